@@ -1,0 +1,5 @@
+"""``python -m userplane``: the admin CLI."""
+
+from userplane.frontends.cli import main
+
+main()

@@ -1,0 +1,34 @@
+"""Email addresses: validation and the one normalisation that decides identity."""
+
+from __future__ import annotations
+
+import email_validator
+
+from userplane.errors import InvalidInput
+from userplane.text import fold
+
+EMAIL_FIELD = "$.email"
+
+
+def normalize_email(address: str, field: str = EMAIL_FIELD) -> str:
+    """Validate ``address`` and return the key that decides whether two addresses are one.
+
+    Syntax is checked by ``email-validator`` (no DNS lookups: a user service must
+    not block on, or leak addresses to, a resolver). The key is the validator's
+    normalised form, then Unicode NFKC and full case folding, repeated until it
+    no longer changes, so that ``Ann@X.org``, ``ANN@x.org`` and the same address
+    in full-width letters share one key. The local part is folded too: RFC 5321 lets
+    it be case-sensitive, but no mailbox provider in use treats it so, and two
+    accounts that differ only by case are a support and phishing hazard.
+
+    This is the only place that normalises an address: storage uniqueness,
+    lookups and filters all go through it. Raises ``InvalidInput`` naming
+    ``field``.
+    """
+    try:
+        checked = email_validator.validate_email(
+            address, check_deliverability=False, allow_smtputf8=True
+        )
+    except email_validator.EmailNotValidError as exc:
+        raise InvalidInput.for_field(field, str(exc)) from None
+    return fold(checked.normalized)

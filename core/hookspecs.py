@@ -1,0 +1,85 @@
+"""The hook specifications: every way a plugin can take part in userplane.
+
+Implement them with ``userplane.hookimpl``. Hooks marked *firstresult* stop
+at the first implementation that returns something other than ``None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from userplane.settings import Settings
+    from userplane.storage import Storage
+    from userplane.users import User
+
+hookspec = pluggy.HookspecMarker("userplane")
+
+
+@hookspec(firstresult=True)
+def userplane_open_storage(settings: Settings) -> Storage | None:
+    """Return a ``Storage`` for ``settings.database_url``, or ``None`` if not your scheme.
+
+    Called once per process by the ``Registry``. firstresult.
+    """
+
+
+@hookspec(historic=True)
+def userplane_startup(settings: Settings) -> None:
+    """Configure process-wide concerns (logging, telemetry) from ``settings``.
+
+    Called once when a ``Registry`` opens. Historic: a plugin registered later
+    is called too, with the same settings.
+    """
+
+
+@hookspec
+def userplane_shutdown() -> None:
+    """Flush and release what ``userplane_startup`` set up; called when the Registry closes."""
+
+
+@hookspec(firstresult=True)
+def userplane_operation(operation: str, call: Callable[[], Any]) -> Any:
+    """Run one service operation (``"users.create"`` …) by calling ``call()``.
+
+    The core implements this (it just calls ``call``). Plugins implement it with
+    ``@hookimpl(wrapper=True)`` to wrap every operation: spans, audit, rate
+    limits. A wrapper ``yield``s to run the operation and gets its result (or
+    its exception raised at the ``yield``). firstresult.
+    """
+
+
+@hookspec
+def userplane_user_created(user: User) -> None:
+    """A user was created; ``user`` is as stored. Called after the write committed."""
+
+
+@hookspec
+def userplane_user_updated(user: User, changed: frozenset[str]) -> None:
+    """A user was updated; ``changed`` names the fields the caller set."""
+
+
+@hookspec
+def userplane_user_deleted(user: User) -> None:
+    """A user was deleted; ``user`` is the last state it had."""
+
+
+@hookspec
+def userplane_cli_commands(cli: Any) -> None:
+    """Add commands to the ``userplane`` CLI; ``cli`` is its root ``click.Group``."""
+
+
+@hookspec
+def userplane_http_middleware(settings: Settings) -> Sequence[Any] | None:
+    """Return Falcon middleware components to install, outermost first.
+
+    Called once per app. Components see every request, including failed ones.
+    """
+
+
+@hookspec
+def userplane_http_routes(app: Any, registry: Any) -> None:
+    """Add routes to the Falcon ``app``; ``registry`` gives the services."""

@@ -1,0 +1,199 @@
+"""Settings: one attrs object built from ``USERPLANE_*`` variables and an optional ``.env``.
+
+Every value comes from the environment (which wins) or the ``.env`` file named
+by ``USERPLANE_ENV_FILE`` (default ``.env`` in the working directory). A bad
+value fails at start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import attrs
+import cattrs
+from dotenv import dotenv_values
+
+from userplane.errors import ConfigurationError
+
+PREFIX = "USERPLANE_"
+MASK = "********"
+
+Env = Literal["dev", "prod"]
+LogFormat = Literal["auto", "console", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+def _between(minimum: int, maximum: int | None = None) -> Any:
+    def check(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum else f"at least {minimum}"
+            raise ValueError(f"{PREFIX}{attribute.name.upper()}: must be {bound}, not {value}")
+
+    return check
+
+
+@attrs.frozen
+class Settings:
+    """The effective configuration of one userplane process."""
+
+    #: ``dev`` (friendly defaults) or ``prod`` (strict defaults, JSON logs).
+    env: Env = "dev"
+    #: Where users are stored; the scheme picks the storage plugin.
+    database_url: str = attrs.field(default="sqlite:///userplane.db", repr=False)
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8000, validator=_between(0, 65535))
+    #: gunicorn worker processes and threads per worker.
+    workers: int = attrs.field(default=2, validator=_between(1))
+    threads: int = attrs.field(default=4, validator=_between(1))
+    #: Seconds a worker may take to finish in-flight requests on shutdown.
+    graceful_timeout: int = attrs.field(default=30, validator=_between(1))
+    log_level: LogLevel = "info"
+    #: ``auto``: console on a terminal in dev, JSON lines otherwise.
+    log_format: LogFormat = "auto"
+    #: Origins allowed by CORS; ``*`` for any. Empty means: any in dev, none in prod.
+    cors_origins: tuple[str, ...] = ()
+    #: Plugin names (entry-point names) not to load.
+    disabled_plugins: tuple[str, ...] = ()
+    #: Largest request body accepted, in bytes.
+    max_body_bytes: int = attrs.field(default=65536, validator=_between(1))
+    #: How long a SQLite writer waits for the lock before giving up, in ms.
+    sqlite_busy_timeout_ms: int = attrs.field(default=5000, validator=_between(0))
+    #: ``USERPLANE_*`` variables no field claims: for plugins' own settings.
+    extra: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+
+    @property
+    def allowed_origins(self) -> tuple[str, ...]:
+        """The CORS origins in force, after the dev/prod default."""
+        if self.cors_origins:
+            return self.cors_origins
+        return ("*",) if self.env == "dev" else ()
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = None
+    ) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``) over the ``.env`` file."""
+        environ = os.environ if environ is None else environ
+        path = Path(env_file or environ.get(f"{PREFIX}ENV_FILE", ".env"))
+        values: dict[str, str] = {}
+        if path.is_file():
+            values.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+        values.update(environ)
+        return cls.from_mapping({k: v for k, v in values.items() if k.startswith(PREFIX)})
+
+    @classmethod
+    def from_mapping(cls, variables: Mapping[str, str]) -> Settings:
+        """Build settings from ``USERPLANE_*`` variable names and string values."""
+        names = {
+            f"{PREFIX}{a.name.upper()}": a.name for a in attrs.fields(cls) if a.name != "extra"
+        }
+        data: dict[str, Any] = {}
+        extra: dict[str, str] = {}
+        for key, value in variables.items():
+            if key in names:
+                data[names[key]] = value
+            elif key != f"{PREFIX}ENV_FILE":
+                extra[key] = value
+        data["extra"] = extra
+        try:
+            return _env_converter.structure(data, cls)
+        except cattrs.ClassValidationError as exc:
+            raise ConfigurationError(_describe(exc)) from None
+        except ValueError as exc:  # an attrs validator, raised after structuring
+            raise ConfigurationError(str(exc)) from None
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting by variable name, secrets masked: safe to print or log."""
+        out: dict[str, Any] = {}
+        for a in attrs.fields(type(self)):
+            value = getattr(self, a.name)
+            if a.name == "database_url":
+                value = mask_url(value)
+            if a.name == "extra":
+                for k, v in sorted(value.items()):
+                    out[k] = MASK if is_secret_name(k) else v
+                continue
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            out[f"{PREFIX}{a.name.upper()}"] = value
+        return out
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a variable's name says it holds a secret."""
+    upper = name.upper()
+    return any(w in upper for w in ("PASSWORD", "SECRET", "TOKEN", "KEY"))
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by a mask."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username or ''}:{MASK}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _env_bool(value: Any, _: type) -> bool:
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError("must be one of true/false, yes/no, on/off, 1/0")
+
+
+def _env_int(value: Any, _: type) -> int:
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"must be a whole number, not {value!r}") from None
+
+
+def _env_list(value: Any, _: type) -> tuple[str, ...]:
+    if isinstance(value, tuple):
+        return value
+    return tuple(part.strip() for part in str(value).split(",") if part.strip())
+
+
+def _env_literal(value: Any, type_: Any) -> Any:
+    allowed = type_.__args__
+    text = str(value).strip().lower()
+    if text not in allowed:
+        raise ValueError(f"must be one of {', '.join(allowed)}, not {value!r}")
+    return text
+
+
+def _make_env_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+    conv.register_structure_hook(bool, _env_bool)
+    conv.register_structure_hook(int, _env_int)
+    conv.register_structure_hook_func(lambda t: t == tuple[str, ...], _env_list)
+    literals = (Env, LogFormat, LogLevel)
+    conv.register_structure_hook_func(lambda t: t in literals, _env_literal)
+    conv.register_structure_hook_func(lambda t: t == Mapping[str, str], lambda v, _: dict(v))
+    return conv
+
+
+_env_converter = _make_env_converter()
+
+
+def _describe(exc: cattrs.ClassValidationError) -> str:
+    messages = []
+    for line in cattrs.transform_error(exc, path="", format_exception=lambda e, _: str(e)):
+        message, _, where = line.rpartition(" @ ")
+        name = where.lstrip(".").upper()
+        # attrs validators name their variable themselves; they fail at the root.
+        messages.append(f"{PREFIX}{name}: {message}" if name else message)
+    return "; ".join(messages)

@@ -1,0 +1,95 @@
+"""The ``Storage`` protocol: the contract every storage plugin implements.
+
+A storage plugin answers ``userplane_open_storage(settings)`` with an object
+satisfying this protocol. ``userplane.testing.StorageContract`` is the test
+suite that proves an implementation honours it; run it against yours.
+
+Rules every implementation follows:
+
+- Races are decided by the database: the unique normalised email by a unique
+  index (a violation raises ``Conflict``), a conditional write by
+  ``UPDATE … WHERE version = ?`` (a miss raises ``PreconditionFailed``).
+  Never check-then-act.
+- Only domain errors escape: driver errors are mapped in one place
+  (connection loss and timeouts to ``Unavailable``).
+- Timestamps go in and come out timezone-aware UTC, with microseconds kept.
+- The object is shared by the threads of one process; it must make its own
+  connections per process (gunicorn forks after the app may be imported).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+
+from userplane.pagination import Position
+from userplane.users import User, UserFilter
+
+
+@attrs.frozen
+class MigrationState:
+    """One migration and whether it has been applied."""
+
+    id: str
+    applied: bool
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Where users live. Methods raise only ``userplane.errors`` exceptions."""
+
+    #: Short backend name shown to operators ("sqlite", "postgresql").
+    name: str
+    #: True for an embedded database a first run may migrate by itself.
+    embedded: bool
+
+    def ping(self) -> None:
+        """Prove the database answers; raise ``Unavailable`` if it does not."""
+
+    def close(self) -> None:
+        """Release every connection; the object is not used afterwards."""
+
+    def migrate(self) -> list[str]:
+        """Apply pending schema migrations, safely against concurrent runs; return their ids."""
+
+    def migration_status(self) -> Sequence[MigrationState]:
+        """Every known migration, in order, and whether it is applied."""
+
+    def insert_user(self, user: User, email_key: str) -> User:
+        """Insert ``user`` with its normalised email ``email_key``; ``Conflict`` if taken."""
+
+    def get_user(self, user_id: uuid.UUID) -> User | None:
+        """The user with ``user_id``, or ``None``."""
+
+    def get_user_by_email(self, email_key: str) -> User | None:
+        """The user whose normalised email is ``email_key``, or ``None``."""
+
+    def list_users(self, flt: UserFilter, after: Position | None, limit: int) -> list[User]:
+        """At most ``limit`` users matching ``flt``, in ``(created_at, id)`` order, after ``after``.
+
+        ``flt.q`` (already folded with ``userplane.text.fold``) matches a
+        substring of the email key or of ``fold(full_name)``, taken literally
+        (``%`` and ``_`` are not wildcards).
+        """
+
+    def update_user(
+        self,
+        user_id: uuid.UUID,
+        fields: Mapping[str, Any],
+        email_key: str | None,
+        expected_version: int | None,
+        now: datetime,
+    ) -> User:
+        """Set ``fields`` (and the email key when the email changes), bump ``version``.
+
+        Set ``updated_at`` to ``now``. One conditional statement: ``NotFound``
+        if there is no such user, ``PreconditionFailed`` if ``expected_version``
+        is given and differs, ``Conflict`` if the new email is taken.
+        """
+
+    def delete_user(self, user_id: uuid.UUID, expected_version: int | None) -> User:
+        """Delete the user and return it as it was; errors as ``update_user``."""

@@ -1,0 +1,290 @@
+"""The User domain: plain attrs models and the ``UserService`` use-cases."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import attrs
+
+from userplane.emails import normalize_email
+from userplane.errors import FieldError, InvalidInput, NotFound
+from userplane.pagination import Position, decode_cursor, encode_cursor
+from userplane.text import fold
+
+if TYPE_CHECKING:
+    from userplane.storage import Storage
+
+T = TypeVar("T")
+
+MAX_FULL_NAME = 200
+DEFAULT_LIMIT: Final = 50
+MAX_LIMIT: Final = 500
+
+
+class Unset(Enum):
+    """Marks a field a partial update leaves alone (``None`` is a value: "clear it")."""
+
+    UNSET = "UNSET"
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = Unset.UNSET
+
+
+@attrs.frozen
+class User:
+    """A stored user. ``version`` starts at 1 and grows by one on every write."""
+
+    id: uuid.UUID
+    email: str
+    full_name: str | None
+    is_active: bool
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+@attrs.frozen
+class NewUser:
+    """What a caller supplies to create a user."""
+
+    email: str
+    full_name: str | None = None
+    is_active: bool = True
+
+
+@attrs.frozen
+class UserChanges:
+    """A partial update: fields left ``UNSET`` are not touched."""
+
+    email: str | Unset = UNSET
+    full_name: str | Unset | None = UNSET
+    is_active: bool | Unset = UNSET
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields that are set, by name."""
+        return {k: v for k, v in attrs.asdict(self).items() if v is not UNSET}
+
+
+@attrs.frozen
+class UserFilter:
+    """Filters of a list, already normalised: ``email`` is an email key, ``q`` folded text.
+
+    ``q`` matches a substring of the email key or of the folded full name.
+    """
+
+    is_active: bool | None = None
+    email: str | None = None
+    q: str | None = None
+
+
+@attrs.frozen
+class UserQuery:
+    """A list request as a client states it (the cursor is still opaque)."""
+
+    limit: int = DEFAULT_LIMIT
+    cursor: str | None = None
+    is_active: bool | None = None
+    email: str | None = None
+    q: str | None = None
+
+
+@attrs.frozen
+class UserPage:
+    """One page of users in ``(created_at, id)`` order; ``next`` is ``None`` on the last."""
+
+    items: tuple[User, ...]
+    next: str | None
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def _check_full_name(value: str | None) -> list[FieldError]:
+    if value is None:
+        return []
+    if not value.strip():
+        return [FieldError("$.full_name", "must not be blank; use null to clear it")]
+    if len(value) > MAX_FULL_NAME:
+        return [FieldError("$.full_name", f"must be at most {MAX_FULL_NAME} characters")]
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return [FieldError("$.full_name", "must not contain control characters")]
+    return []
+
+
+def _check_email(value: str) -> tuple[str | None, list[FieldError]]:
+    try:
+        return normalize_email(value), []
+    except InvalidInput as exc:
+        return None, list(exc.errors)
+
+
+def _raise_if(errors: list[FieldError]) -> None:
+    if errors:
+        detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
+        raise InvalidInput(detail, errors)
+
+
+class UserService:
+    """The use-cases on users, shared by every frontend.
+
+    Each operation runs inside the ``userplane_operation`` hook, so plugins
+    (telemetry, audit, rate limiting) can wrap it without the core knowing
+    them, and announces what it changed through the user-event hooks.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        hook: Any,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+    ) -> None:
+        self._storage = storage
+        self._hook = hook
+        self._clock = clock
+        self._new_id = new_id
+
+    def _run(self, operation: str, call: Callable[[], T]) -> T:
+        result: T = self._hook.userplane_operation(operation=operation, call=call)
+        return result
+
+    def create(self, new: NewUser) -> User:
+        """Create a user; ``Conflict`` if the normalised email is taken."""
+
+        def call() -> User:
+            key, errors = _check_email(new.email)
+            errors += _check_full_name(new.full_name)
+            _raise_if(errors)
+            assert key is not None
+            now = self._clock()
+            user = User(
+                id=self._new_id(),
+                email=new.email,
+                full_name=new.full_name,
+                is_active=new.is_active,
+                created_at=now,
+                updated_at=now,
+                version=1,
+            )
+            stored = self._storage.insert_user(user, key)
+            self._hook.userplane_user_created(user=stored)
+            return stored
+
+        return self._run("users.create", call)
+
+    def get(self, user_id: uuid.UUID) -> User:
+        """The user with ``user_id``, or ``NotFound``."""
+
+        def call() -> User:
+            user = self._storage.get_user(user_id)
+            if user is None:
+                raise NotFound(f"no user with id {user_id}")
+            return user
+
+        return self._run("users.get", call)
+
+    def get_by_email(self, email: str) -> User:
+        """The user whose address normalises like ``email``, or ``NotFound``."""
+
+        def call() -> User:
+            user = self._storage.get_user_by_email(normalize_email(email))
+            if user is None:
+                raise NotFound("no user with that email")
+            return user
+
+        return self._run("users.get_by_email", call)
+
+    def find(self, id_or_email: str) -> User:
+        """Look a user up by id if ``id_or_email`` is a UUID, else by email."""
+        try:
+            user_id = uuid.UUID(id_or_email)
+        except ValueError:
+            return self.get_by_email(id_or_email)
+        return self.get(user_id)
+
+    def list(self, query: UserQuery) -> UserPage:
+        """One page of users matching ``query``, oldest first."""
+
+        def call() -> UserPage:
+            errors: list[FieldError] = []
+            if not 1 <= query.limit <= MAX_LIMIT:
+                errors.append(FieldError("$.limit", f"must be between 1 and {MAX_LIMIT}"))
+            after: Position | None = None
+            if query.cursor is not None:
+                try:
+                    after = decode_cursor(query.cursor)
+                except InvalidInput as exc:
+                    errors += exc.errors
+            email_key: str | None = None
+            if query.email is not None:
+                try:
+                    email_key = normalize_email(query.email)
+                except InvalidInput as exc:
+                    errors += exc.errors
+            if query.q is not None and len(query.q) > MAX_FULL_NAME:
+                errors.append(FieldError("$.q", f"must be at most {MAX_FULL_NAME} characters"))
+            _raise_if(errors)
+            flt = UserFilter(
+                is_active=query.is_active, email=email_key, q=fold(query.q) if query.q else None
+            )
+            rows = self._storage.list_users(flt, after, query.limit + 1)
+            items = tuple(rows[: query.limit])
+            nxt = None
+            if len(rows) > query.limit:
+                last = items[-1]
+                nxt = encode_cursor(Position(last.created_at, last.id))
+            return UserPage(items=items, next=nxt)
+
+        return self._run("users.list", call)
+
+    def update(
+        self, user_id: uuid.UUID, changes: UserChanges, expected_version: int | None = None
+    ) -> User:
+        """Apply ``changes``; with ``expected_version`` only if the user is still at it.
+
+        An empty change still bumps ``version`` and ``updated_at``: it was a
+        write, and a client holding the old ETag must learn of it.
+        """
+
+        def call() -> User:
+            fields = changes.as_dict()
+            errors: list[FieldError] = []
+            key: str | None = None
+            if "email" in fields:
+                key, errors = _check_email(fields["email"])
+            if "full_name" in fields:
+                errors += _check_full_name(fields["full_name"])
+            if "is_active" in fields and not isinstance(fields["is_active"], bool):
+                errors.append(FieldError("$.is_active", "must be a boolean"))
+            _raise_if(errors)
+            updated = self._storage.update_user(
+                user_id, fields, key, expected_version, self._clock()
+            )
+            self._hook.userplane_user_updated(user=updated, changed=frozenset(fields))
+            return updated
+
+        return self._run("users.update", call)
+
+    def delete(self, user_id: uuid.UUID, expected_version: int | None = None) -> User:
+        """Delete the user, only if still at ``expected_version`` when given; returns it."""
+
+        def call() -> User:
+            deleted = self._storage.delete_user(user_id, expected_version)
+            self._hook.userplane_user_deleted(user=deleted)
+            return deleted
+
+        return self._run("users.delete", call)
+
+    def set_active(self, user_id: uuid.UUID, active: bool) -> User:
+        """Activate or deactivate a user (an update of ``is_active`` alone)."""
+        return self.update(user_id, UserChanges(is_active=active))
