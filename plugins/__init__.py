@@ -1,0 +1,1 @@
+"""userplane's built-in plugins: written exactly as a third party would write one."""

@@ -1,0 +1,37 @@
+"""The SQLite storage plugin: the embedded default (``sqlite:///path``)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from userplane import Settings, hookimpl
+from userplane.errors import ConfigurationError
+from userplane.plugins.sqlite.store import SQLiteStorage
+
+__all__ = ["SQLiteStorage", "sqlite_path"]
+
+
+def sqlite_path(url: str) -> str:
+    """The file path of a ``sqlite:///relative`` or ``sqlite:////absolute`` URL."""
+    parts = urlsplit(url)
+    if parts.netloc:
+        raise ConfigurationError(
+            "USERPLANE_DATABASE_URL: a sqlite URL has no host; use sqlite:///relative.db "
+            "or sqlite:////absolute/path.db"
+        )
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if not path or path == ":memory:":
+        raise ConfigurationError(
+            "USERPLANE_DATABASE_URL: give SQLite a file (an in-memory database is not "
+            "shared between connections or workers)"
+        )
+    return path
+
+
+@hookimpl
+def userplane_open_storage(settings: Settings) -> SQLiteStorage | None:
+    """Serve ``sqlite:`` URLs."""
+    if urlsplit(settings.database_url).scheme != "sqlite":
+        return None
+    path = sqlite_path(settings.database_url)
+    return SQLiteStorage(settings.database_url, path, settings.sqlite_busy_timeout_ms)

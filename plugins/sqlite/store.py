@@ -1,0 +1,223 @@
+"""SQLite storage: stdlib ``sqlite3`` in WAL mode, one connection per thread and process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from userplane import migrations
+from userplane.errors import Conflict, NotFound, PreconditionFailed, Unavailable
+from userplane.pagination import Position
+from userplane.queries import load_queries
+from userplane.storage import MigrationState
+from userplane.text import fold
+from userplane.users import User, UserFilter
+
+_Q = load_queries(__package__ or "userplane.plugins.sqlite")
+
+# Fixed width, so that text order is time order in the keyset index.
+_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def _time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime(_TIME)
+
+
+def _user(row: Sequence[Any]) -> User:
+    return User(
+        id=uuid.UUID(row[0]),
+        email=row[1],
+        full_name=row[2],
+        is_active=bool(row[3]),
+        created_at=datetime.strptime(row[4], _TIME).replace(tzinfo=UTC),
+        updated_at=datetime.strptime(row[5], _TIME).replace(tzinfo=UTC),
+        version=row[6],
+    )
+
+
+def _fold_or_none(value: str | None) -> str | None:
+    return None if value is None else fold(value)
+
+
+@contextlib.contextmanager
+def _mapped_errors() -> Iterator[None]:
+    """The one place where sqlite3 errors become domain errors."""
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        if "email_normalized" in str(exc):
+            raise Conflict("a user with that email already exists") from None
+        raise
+    except sqlite3.OperationalError as exc:
+        message = str(exc)
+        if "no such table" in message:
+            raise Unavailable("the database is not migrated: run `userplane migrate`") from None
+        if "locked" in message or "busy" in message:
+            raise Unavailable("the database is busy; retry shortly") from None
+        raise Unavailable("the database cannot be used now") from exc
+
+
+class SQLiteStorage:
+    """The embedded default. Safe for several gunicorn workers on one file.
+
+    WAL lets readers run beside the one writer; ``busy_timeout`` makes a
+    writer wait for the lock instead of failing at once; every write is a
+    single statement, so each is atomic without an explicit transaction.
+    """
+
+    name = "sqlite"
+    embedded = True
+
+    def __init__(self, url: str, path: str, busy_timeout_ms: int = 5000) -> None:
+        self.url = url
+        self.path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[sqlite3.Connection] = []
+        self._pid = os.getpid()
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+    def _connect(self) -> sqlite3.Connection:
+        # A connection must never cross a fork: gunicorn may import the app in
+        # the master, so connections are made lazily in each worker process.
+        pid = os.getpid()
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == pid:
+            return conn
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout_ms / 1000,
+            isolation_level=None,  # autocommit: each statement is its own transaction
+            check_same_thread=False,
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        # FULL: a write acknowledged to a client survives a power cut, not only a crash.
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.create_function("up_fold", 1, _fold_or_none, deterministic=True)
+        self._local.conn = conn
+        self._local.pid = pid
+        with self._lock:
+            if self._pid != pid:
+                self._all, self._pid = [], pid
+            self._all.append(conn)
+        return conn
+
+    def _one(self, query: str, params: Mapping[str, Any]) -> Sequence[Any] | None:
+        with _mapped_errors():
+            row: Sequence[Any] | None = self._connect().execute(_Q[query], params).fetchone()
+            return row
+
+    def ping(self) -> None:
+        """Run a trivial query against the users table."""
+        with _mapped_errors():
+            self._connect().execute("SELECT 1 FROM users LIMIT 1").fetchall()
+
+    def close(self) -> None:
+        """Close every connection this process opened."""
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        self._local = threading.local()
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations (yoyo, with its lock)."""
+        return migrations.apply(self.url, "sqlite")
+
+    def migration_status(self) -> list[MigrationState]:
+        """Every migration and whether it is applied."""
+        return [MigrationState(i, a) for i, a in migrations.status(self.url, "sqlite")]
+
+    def insert_user(self, user: User, email_key: str) -> User:
+        """Insert; the unique index turns a taken email into ``Conflict``."""
+        row = self._one(
+            "insert_user",
+            {
+                "id": str(user.id),
+                "email": user.email,
+                "email_key": email_key,
+                "full_name": user.full_name,
+                "is_active": int(user.is_active),
+                "created_at": _time(user.created_at),
+                "updated_at": _time(user.updated_at),
+                "version": user.version,
+            },
+        )
+        assert row is not None
+        return _user(row)
+
+    def get_user(self, user_id: uuid.UUID) -> User | None:
+        """The user by id."""
+        row = self._one("get_user", {"id": str(user_id)})
+        return None if row is None else _user(row)
+
+    def get_user_by_email(self, email_key: str) -> User | None:
+        """The user by normalised email."""
+        row = self._one("get_user_by_email", {"email_key": email_key})
+        return None if row is None else _user(row)
+
+    def list_users(self, flt: UserFilter, after: Position | None, limit: int) -> list[User]:
+        """A keyset page."""
+        params = {
+            "after_created_at": None if after is None else _time(after.created_at),
+            "after_id": None if after is None else str(after.id),
+            "is_active": None if flt.is_active is None else int(flt.is_active),
+            "email_key": flt.email,
+            "q": flt.q,
+            "limit": limit,
+        }
+        with _mapped_errors():
+            rows = self._connect().execute(_Q["list_users"], params).fetchall()
+        return [_user(r) for r in rows]
+
+    def update_user(
+        self,
+        user_id: uuid.UUID,
+        fields: Mapping[str, Any],
+        email_key: str | None,
+        expected_version: int | None,
+        now: datetime,
+    ) -> User:
+        """One conditional ``UPDATE … RETURNING``."""
+        params = {
+            "id": str(user_id),
+            "expected_version": expected_version,
+            "now": _time(now),
+            "set_email": "email" in fields,
+            "email": fields.get("email"),
+            "email_key": email_key,
+            "set_full_name": "full_name" in fields,
+            "full_name": fields.get("full_name"),
+            "set_is_active": "is_active" in fields,
+            "is_active": int(bool(fields.get("is_active"))),
+        }
+        row = self._one("update_user", params)
+        if row is None:
+            self._explain_miss(user_id)
+        assert row is not None
+        return _user(row)
+
+    def delete_user(self, user_id: uuid.UUID, expected_version: int | None) -> User:
+        """One conditional ``DELETE … RETURNING``."""
+        row = self._one("delete_user", {"id": str(user_id), "expected_version": expected_version})
+        if row is None:
+            self._explain_miss(user_id)
+        assert row is not None
+        return _user(row)
+
+    def _explain_miss(self, user_id: uuid.UUID) -> None:
+        # Only chooses the error to report; the write itself was already decided.
+        if self._one("user_version", {"id": str(user_id)}) is None:
+            raise NotFound(f"no user with id {user_id}")
+        raise PreconditionFailed("the user has changed since that version")
