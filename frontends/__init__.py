@@ -1,0 +1,1 @@
+"""userplane's frontends: thin adapters that drive the core through a Registry."""

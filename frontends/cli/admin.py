@@ -1,0 +1,106 @@
+"""Operating commands: ``serve``, ``migrate``, ``plugins``, ``config``."""
+
+from __future__ import annotations
+
+import click
+
+import userplane
+from userplane.frontends.cli.app import State, cli, pass_state
+from userplane.frontends.cli.output import emit, format_option
+from userplane.plugin_manager import describe_plugins
+
+
+@cli.command()
+@click.option(
+    "--host", default=None, help="Interface to bind [default: USERPLANE_HOST or 127.0.0.1]."
+)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=None, help="[default: USERPLANE_PORT or 8000]."
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="gunicorn worker processes."
+)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads per worker.")
+@click.option("--reload", is_flag=True, help="Restart workers when code changes (development).")
+@click.option(
+    "--migrate/--no-migrate",
+    default=None,
+    help="Apply pending migrations first [default: only for an embedded database].",
+)
+@pass_state
+def serve(
+    state: State,
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    threads: int | None,
+    reload: bool,
+    migrate: bool | None,
+) -> None:
+    """Serve the HTTP API under gunicorn."""
+    from userplane.frontends.http.server import Server
+
+    options = {"host": host, "port": port, "workers": workers, "threads": threads}
+    state.overrides.update({k: v for k, v in options.items() if v is not None})
+    settings = state.settings
+    registry = state.registry
+    if migrate if migrate is not None else registry.storage.embedded:
+        registry.storage.migrate()
+    registry.ping()
+    storage = registry.storage.name
+    # Connections must not cross gunicorn's fork: each worker opens its own.
+    state.close()
+    click.echo(
+        f"userplane {userplane.__version__} serving http://{settings.host}:{settings.port}/ "
+        f"(storage: {storage}, env: {settings.env}, "
+        f"{settings.workers} workers x {settings.threads} threads)",
+        err=True,
+    )
+    Server(settings, reload=reload).run()
+
+
+@cli.command()
+@click.option("--status", is_flag=True, help="Only show which migrations are applied.")
+@format_option
+@pass_state
+def migrate(state: State, status: bool, fmt: str) -> None:
+    """Apply pending schema migrations (safe to run from several instances at once)."""
+    storage = state.registry.storage
+    if status:
+        rows = [{"id": m.id, "applied": m.applied} for m in storage.migration_status()]
+        emit(rows, fmt, ("id", "applied"))
+        return
+    applied = storage.migrate()
+    if fmt == "json":
+        emit([{"applied": applied}], fmt, ())
+    elif applied:
+        click.echo(f"applied: {', '.join(applied)}")
+    else:
+        click.echo("nothing to apply: the schema is up to date")
+
+
+@cli.command()
+@format_option
+@pass_state
+def plugins(state: State, fmt: str) -> None:
+    """List loaded plugins and the hooks each implements."""
+    pm = state.plugin_manager
+    if pm is None:
+        pm = state.registry.pm
+    rows = [
+        {"name": p.name, "module": p.module, "hooks": list(p.hooks), "blocked": p.blocked}
+        for p in describe_plugins(pm)
+    ]
+    emit(rows, fmt, ("name", "module", "blocked", "hooks"))
+
+
+@cli.command()
+@format_option
+@pass_state
+def config(state: State, fmt: str) -> None:
+    """Show the effective settings, secrets masked."""
+    values = state.settings.redacted()
+    if fmt == "json":
+        emit([values], fmt, ())
+        return
+    emit(({"name": k, "value": v} for k, v in values.items()), fmt, ("name", "value"))

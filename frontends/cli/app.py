@@ -1,0 +1,106 @@
+"""The ``userplane`` command group, its context and its error handling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import click
+import pluggy
+
+from userplane import __version__
+from userplane.errors import UserplaneError
+from userplane.frontends.cli.errors import exit_code, message
+from userplane.plugin_manager import make_plugin_manager
+from userplane.registry import Registry
+from userplane.settings import Settings
+
+
+class State:
+    """What commands share: settings and a registry, both made on first use."""
+
+    def __init__(self, env_file: str | None) -> None:
+        self.env_file = env_file
+        self.overrides: dict[str, Any] = {}
+        self.plugin_manager: pluggy.PluginManager | None = None
+        self._settings: Settings | None = None
+        self._registry: Registry | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = attrs.evolve(
+                Settings.from_env(env_file=self.env_file), **self.overrides
+            )
+        return self._settings
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = Registry(self.settings, plugin_manager=self.plugin_manager)
+        return self._registry
+
+    def close(self) -> None:
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
+
+
+class UserplaneGroup(click.Group):
+    """A group that turns domain errors into one line on stderr and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserplaneError as exc:
+            click.echo(message(exc), err=True)
+            ctx.exit(exit_code(exc))
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:  # a bug: say so in one line, never a traceback
+            text = " ".join(str(exc).split())
+            click.echo(f"userplane: internal error: {type(exc).__name__}: {text}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=UserplaneGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="userplane")
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Read settings from this file as well as USERPLANE_* variables [default: .env].",
+)
+@click.pass_context
+def cli(ctx: click.Context, env_file: str | None) -> None:
+    """userplane: a pluggable user-management service.
+
+    Every command drives the same core as the HTTP API, configured by
+    USERPLANE_* variables (see `userplane config`).
+    """
+    state = State(env_file)
+    # main() passes the plugin manager it built for plugin commands: reuse it.
+    if isinstance(ctx.obj, pluggy.PluginManager):
+        state.plugin_manager = ctx.obj
+    ctx.obj = state
+    ctx.call_on_close(state.close)
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+def add_plugin_commands(group: click.Group) -> pluggy.PluginManager | None:
+    """Let plugins add commands; ``None`` if settings are broken (the command will say why)."""
+    try:
+        settings = Settings.from_env()
+    except UserplaneError:
+        return None
+    pm = make_plugin_manager(settings.disabled_plugins)
+    pm.hook.userplane_cli_commands(cli=group)
+    return pm
+
+
+def main() -> None:
+    """Console-script entry point."""
+    pm = add_plugin_commands(cli)
+    cli.main(prog_name="userplane", obj=pm)

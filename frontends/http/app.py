@@ -1,0 +1,63 @@
+"""The Falcon application: ``create_app(registry)`` wires it, ``get_app()`` is for gunicorn."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+
+from userplane.frontends.http import media, problems
+from userplane.frontends.http.middleware import BodyPolicy, RequestId, SecurityHeaders
+from userplane.frontends.http.pages import STATIC, Home, Live, Ready
+from userplane.frontends.http.users import UserResource, UsersResource
+from userplane.registry import Registry
+
+#: Headers a browser script may read on a cross-origin response.
+EXPOSED_HEADERS = ["ETag", "Location", "Link", "Retry-After", "X-Request-ID"]
+
+
+def create_app(registry: Registry) -> falcon.App[Any, Any]:
+    """A WSGI app serving ``registry``'s services; the caller owns the registry's lifetime."""
+    settings = registry.settings
+    middleware: list[Any] = [RequestId()]
+    origins = settings.allowed_origins
+    if origins:
+        middleware.append(
+            falcon.CORSMiddleware(
+                allow_origins="*" if "*" in origins else list(origins),
+                expose_headers=EXPOSED_HEADERS,
+            )
+        )
+    for components in registry.hook.userplane_http_middleware(settings=settings):
+        middleware.extend(components or ())
+    middleware += [SecurityHeaders(), BodyPolicy(settings.max_body_bytes)]
+
+    app = falcon.App(middleware=middleware)
+    app.req_options.strip_url_path_trailing_slash = True
+    # Query strings are parsed strictly: repeated keys stay lists, blanks are kept.
+    app.req_options.auto_parse_qs_csv = False
+    app.req_options.keep_blank_qs_values = True
+    handlers = media.handlers()
+    app.req_options.media_handlers = falcon.media.Handlers(handlers)
+    app.resp_options.media_handlers = falcon.media.Handlers(handlers)
+    problems.install(app)
+
+    app.add_route("/", Home(registry))
+    app.add_route("/health/live", Live())
+    app.add_route("/health/ready", Ready(registry))
+    app.add_route("/api/v1/users", UsersResource(registry.users))
+    app.add_route("/api/v1/users/{user_id:uuid}", UserResource(registry.users))
+    app.add_static_route("/static", str(STATIC))
+    registry.hook.userplane_http_routes(app=app, registry=registry)
+    return app
+
+
+def get_app() -> falcon.App[Any, Any]:
+    """The app for the settings in the environment, for plain gunicorn.
+
+    ``gunicorn 'userplane.frontends.http:get_app()'``
+
+    Called in each gunicorn worker (unless ``--preload``), so every worker has
+    its own registry and connections.
+    """
+    return create_app(Registry.from_env())

@@ -1,0 +1,78 @@
+"""The API's own middleware: request ids, body limits, content types, security headers."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import falcon
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+JSON_TYPES = frozenset({"application/json", "application/merge-patch+json"})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class RequestId:
+    """Accept a well-formed ``X-Request-ID`` or make one; echo it on the response."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        given = req.get_header("X-Request-ID")
+        if given is not None and _REQUEST_ID.fullmatch(given):
+            req.context.request_id = given
+        else:
+            req.context.request_id = uuid.uuid4().hex
+        resp.set_header("X-Request-ID", req.context.request_id)
+
+
+class BodyPolicy:
+    """Bound request bodies and insist on JSON before any handler reads one.
+
+    Runs before routing, so an oversized body is refused without being read.
+    """
+
+    def __init__(self, max_body_bytes: int) -> None:
+        self.max_body_bytes = max_body_bytes
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        length = req.content_length
+        if length is not None and length > self.max_body_bytes:
+            raise falcon.HTTPContentTooLarge(
+                title="Content too large",
+                description=f"request bodies are limited to {self.max_body_bytes} bytes",
+            )
+        if req.method not in _BODY_METHODS:
+            return
+        if length is None and req.get_header("Transfer-Encoding") is not None:
+            # A chunked body's size is unknown until read; refuse rather than buffer it.
+            raise falcon.HTTPLengthRequired(
+                title="Length required", description="send a Content-Length with the body"
+            )
+        if not length:
+            return
+        media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
+        if media_type not in JSON_TYPES:
+            raise falcon.HTTPUnsupportedMediaType(
+                title="Unsupported media type",
+                description="send the body as application/json",
+            )
+
+
+class SecurityHeaders:
+    """Headers every response carries; API responses are never cached."""
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
+    ) -> None:
+        resp.set_header("X-Content-Type-Options", "nosniff")
+        resp.set_header("Referrer-Policy", "no-referrer")
+        if req.path.startswith("/api/") or req.path.startswith("/health/"):
+            resp.set_header("Cache-Control", "no-store")
+        content_type = resp.content_type or ""
+        if content_type.startswith("text/html"):
+            resp.set_header(
+                "Content-Security-Policy",
+                "default-src 'none'; style-src 'self'; img-src 'self'; "
+                "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+            )
+            resp.set_header("X-Frame-Options", "DENY")

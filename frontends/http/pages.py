@@ -1,0 +1,48 @@
+"""Health checks and the small HTML page about the running instance."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import falcon
+
+import userplane
+from userplane.registry import Registry
+
+STATIC = Path(__file__).parent / "static"
+
+
+class Live:
+    """``/health/live``: the process answers. Never touches a dependency."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"status": "ok"}
+
+
+class Ready:
+    """``/health/ready``: storage answers too; 503 problem (via ``Unavailable``) if not."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._registry.ping()
+        resp.media = {"status": "ok", "storage": self._registry.storage.name}
+
+
+class Home:
+    """``/``: what this instance is, and where its API lives."""
+
+    def __init__(self, registry: Registry) -> None:
+        template = (Path(__file__).parent / "home.html").read_text(encoding="utf-8")
+        # Rendered once: nothing on it changes while the process runs.
+        self._page = template.format(
+            version=html.escape(userplane.__version__),
+            storage=html.escape(registry.storage.name),
+            env=html.escape(registry.settings.env),
+        ).encode()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = "text/html; charset=utf-8"
+        resp.data = self._page

@@ -1,0 +1,126 @@
+"""RFC 9457 problem details: the one mapping from errors to HTTP responses.
+
+Every error the API answers, the domain's and Falcon's own (unknown route,
+wrong method, malformed JSON), leaves through here as
+``application/problem+json``. No traceback ever reaches a client.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+import falcon
+import orjson
+import structlog
+
+from userplane.errors import (
+    ConfigurationError,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PreconditionFailed,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+    UserplaneError,
+)
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_PREFIX = "urn:userplane:problem:"
+
+#: Domain error class → HTTP status. The one table; keep it complete.
+STATUS: dict[type[UserplaneError], int] = {
+    NotFound: 404,
+    Conflict: 409,
+    InvalidInput: 422,
+    PreconditionFailed: 412,
+    Unauthenticated: 401,
+    Forbidden: 403,
+    RateLimited: 429,
+    Unavailable: 503,
+    ConfigurationError: 500,
+}
+
+_log = structlog.get_logger("userplane.http")
+
+
+def write_problem(
+    req: falcon.Request,
+    resp: falcon.Response,
+    status: int,
+    title: str,
+    detail: str | None = None,
+    type_: str = "about:blank",
+    **extra: Any,
+) -> None:
+    """Fill ``resp`` with a problem document."""
+    body: dict[str, Any] = {"type": type_, "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    body["instance"] = req.path
+    request_id = getattr(req.context, "request_id", None)
+    if request_id:
+        body["request_id"] = request_id
+    body.update(extra)
+    resp.status = status
+    resp.content_type = PROBLEM_JSON
+    resp.data = orjson.dumps(body)
+
+
+def handle_domain_error(
+    req: falcon.Request, resp: falcon.Response, exc: UserplaneError, params: dict[str, Any]
+) -> None:
+    """Falcon error handler for every ``UserplaneError``."""
+    status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
+    extra: dict[str, Any] = {}
+    if isinstance(exc, InvalidInput):
+        extra["errors"] = [{"field": e.field, "detail": e.message} for e in exc.errors]
+    if isinstance(exc, RateLimited | Unavailable):
+        resp.set_header("Retry-After", str(exc.retry_after))
+    if isinstance(exc, Unauthenticated):
+        resp.set_header("WWW-Authenticate", "Bearer")
+    detail = exc.detail
+    if status >= 500:
+        _log.error("request failed", error_kind=exc.kind, detail=exc.detail)
+        if isinstance(exc, ConfigurationError):
+            detail = "the service is misconfigured"
+    write_problem(req, resp, status, exc.title, detail, TYPE_PREFIX + exc.kind, **extra)
+
+
+def handle_http_error(
+    req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError, params: dict[str, Any]
+) -> None:
+    """Falcon's own errors (404 route, 405, 400 bad JSON, 413, 415) as problems."""
+    for name, value in dict(exc.headers or {}).items():
+        resp.set_header(name, value)
+    extra: dict[str, Any] = {}
+    errors = getattr(exc, "errors", None)
+    if errors:
+        extra["errors"] = errors
+    # Falcon's default title is the status line ("404 Not Found"); a problem's is the phrase.
+    phrase = HTTPStatus(exc.status_code).phrase
+    title = exc.title if exc.title and exc.title != exc.status else phrase
+    write_problem(req, resp, exc.status_code, title, exc.description, **extra)
+
+
+def handle_unexpected(
+    req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]
+) -> None:
+    """Anything else is our bug: log it with its traceback, tell the client only 500."""
+    _log.exception("unhandled error", path=req.path, method=req.method)
+    write_problem(
+        req,
+        resp,
+        500,
+        "Internal server error",
+        "the server failed to handle this request; it has been logged",
+    )
+
+
+def install(app: falcon.App[Any, Any]) -> None:
+    """Register the handlers on ``app``; later registrations win in Falcon, so order matters."""
+    app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler(falcon.HTTPError, handle_http_error)
+    app.add_error_handler(UserplaneError, handle_domain_error)

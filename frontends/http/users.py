@@ -1,0 +1,144 @@
+"""The ``/api/v1/users`` resources: plain classes over ``UserService``."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+from urllib.parse import urlencode
+
+import falcon
+
+from userplane import convert
+from userplane.errors import FieldError, InvalidInput, PreconditionFailed
+from userplane.users import DEFAULT_LIMIT, User, UserQuery, UserService
+
+_LIST_PARAMS = frozenset({"limit", "cursor", "is_active", "email", "q"})
+_BOOLS = {"true": True, "false": False}
+
+
+def etag(user: User) -> str:
+    """The strong entity tag of ``user``'s current state."""
+    return f'"{user.version}"'
+
+
+def _send_user(resp: falcon.Response, user: User) -> None:
+    resp.media = convert.user_to_dict(user)
+    resp.set_header("ETag", etag(user))
+
+
+def _expected_version(req: falcon.Request, users: UserService, user_id: uuid.UUID) -> int | None:
+    """The version ``If-Match`` allows a write at, or ``None`` when unconditional.
+
+    A single tag maps straight to ``WHERE version = ?``. With several, the
+    current version is read and, if listed, used as the condition, so the
+    write still fails if someone else writes in between.
+    """
+    tags = req.if_match
+    if tags is None:
+        return None
+    if any(t == "*" for t in tags):
+        users.get(user_id)  # "*" means: only if it exists
+        return None
+    versions = []
+    for tag in tags:
+        # Strong comparison (RFC 9110 13.1.1): a weak tag never matches.
+        if isinstance(tag, falcon.ETag) and not tag.is_weak and tag.isdigit():
+            versions.append(int(tag))
+    if len(versions) == 1 and len(tags) == 1:
+        return versions[0]
+    current = users.get(user_id).version
+    if current in versions:
+        return current
+    raise PreconditionFailed("the user has changed since that version")
+
+
+def _parse_list_query(req: falcon.Request) -> UserQuery:
+    errors: list[FieldError] = []
+    params = req.params
+    for name in params:
+        if name not in _LIST_PARAMS:
+            errors.append(FieldError(f"$.{name}", "unknown query parameter"))
+    values: dict[str, Any] = {}
+    for name in _LIST_PARAMS & params.keys():
+        value = params[name]
+        if isinstance(value, list):
+            errors.append(FieldError(f"$.{name}", "must be given once"))
+            continue
+        values[name] = value
+    limit = DEFAULT_LIMIT
+    if "limit" in values:
+        try:
+            limit = int(values["limit"])
+        except ValueError:
+            errors.append(FieldError("$.limit", "must be a whole number"))
+    is_active = None
+    if "is_active" in values:
+        is_active = _BOOLS.get(values["is_active"].lower())
+        if is_active is None:
+            errors.append(FieldError("$.is_active", "must be true or false"))
+    if errors:
+        raise InvalidInput("; ".join(f"{e.field}: {e.message}" for e in errors), errors)
+    return UserQuery(
+        limit=limit,
+        cursor=values.get("cursor"),
+        is_active=is_active,
+        email=values.get("email"),
+        q=values.get("q"),
+    )
+
+
+class UsersResource:
+    """``/api/v1/users``: create and list."""
+
+    def __init__(self, users: UserService) -> None:
+        self._users = users
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Create a user: 201 with ``Location`` and ``ETag``."""
+        user = self._users.create(convert.new_user_from(req.get_media()))
+        resp.status = falcon.HTTP_201
+        resp.location = f"/api/v1/users/{user.id}"
+        _send_user(resp, user)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """A page of users; the next page is in ``next`` and in the ``Link`` header."""
+        query = _parse_list_query(req)
+        page = self._users.list(query)
+        resp.media = {
+            "items": [convert.user_to_dict(u) for u in page.items],
+            "next": page.next,
+        }
+        if page.next is not None:
+            params = {k: v for k, v in req.params.items() if k != "cursor"}
+            params["cursor"] = page.next
+            resp.append_link(f"/api/v1/users/?{urlencode(params)}", "next")
+
+
+class UserResource:
+    """``/api/v1/users/{user_id}``: read, partial update, delete."""
+
+    def __init__(self, users: UserService) -> None:
+        self._users = users
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, user_id: uuid.UUID) -> None:
+        """The user; 304 when ``If-None-Match`` names its current ETag."""
+        user = self._users.get(user_id)
+        tags = req.if_none_match
+        # Weak comparison for If-None-Match (RFC 9110 13.1.2).
+        if tags is not None and any(t == "*" or t == str(user.version) for t in tags):
+            resp.status = falcon.HTTP_304
+            resp.set_header("ETag", etag(user))
+            return
+        _send_user(resp, user)
+
+    def on_patch(self, req: falcon.Request, resp: falcon.Response, user_id: uuid.UUID) -> None:
+        """Merge-patch ``email``, ``full_name``, ``is_active``; ``If-Match`` makes it safe."""
+        changes = convert.changes_from(req.get_media())
+        expected = _expected_version(req, self._users, user_id)
+        _send_user(resp, self._users.update(user_id, changes, expected))
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, user_id: uuid.UUID) -> None:
+        """Delete: 204; ``If-Match`` makes it conditional."""
+        expected = _expected_version(req, self._users, user_id)
+        self._users.delete(user_id, expected)
+        resp.status = falcon.HTTP_204
