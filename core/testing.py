@@ -1,0 +1,350 @@
+"""Public test helpers: the storage contract suite and hypothesis strategies.
+
+A storage plugin's author proves their plugin with the very suite that the
+built-in SQLite and PostgreSQL plugins pass::
+
+    import pytest
+    from userplane.testing import StorageContract
+
+    class TestMyStorage(StorageContract):
+        @pytest.fixture
+        def storage(self):
+            store = MyStorage(...)      # an empty database
+            store.migrate()
+            yield store
+            store.close()
+
+Requires pytest and hypothesis (``pip install 'userplane[dev]'``).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import pytest
+from hypothesis import strategies as st
+
+from userplane.emails import normalize_email
+from userplane.errors import Conflict, NotFound, PreconditionFailed
+from userplane.pagination import Position
+from userplane.storage import Storage
+from userplane.users import NewUser, User, UserFilter
+
+T = TypeVar("T")
+
+_BASE_TIME = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+
+
+def make_user(
+    email: str = "ann@example.org",
+    *,
+    full_name: str | None = "Ann Example",
+    is_active: bool = True,
+    created_at: datetime | None = None,
+    version: int = 1,
+) -> User:
+    """A ``User`` as the service would build it, for feeding a storage directly."""
+    at = created_at or datetime.now(UTC)
+    return User(
+        id=uuid.uuid4(),
+        email=email,
+        full_name=full_name,
+        is_active=is_active,
+        created_at=at,
+        updated_at=at,
+        version=version,
+    )
+
+
+def insert(storage: Storage, user: User) -> User:
+    """Insert ``user`` with its email normalised as the service would."""
+    return storage.insert_user(user, normalize_email(user.email))
+
+
+def run_concurrently(count: int, action: Callable[[int], T]) -> list[T | BaseException]:
+    """Run ``action(i)`` on ``count`` threads released at once; results or exceptions, in order."""
+    barrier = threading.Barrier(count)
+    results: list[T | BaseException] = [RuntimeError("did not run")] * count
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = action(i)
+        except BaseException as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return results
+
+
+class StorageContract:
+    """The behaviour every ``Storage`` must have. Subclass it and provide a ``storage`` fixture.
+
+    The fixture yields a migrated, empty storage and closes it afterwards.
+    """
+
+    @pytest.fixture
+    def storage(self) -> Iterator[Storage]:
+        raise NotImplementedError("provide a `storage` fixture yielding an empty, migrated store")
+
+    # -- basics ---------------------------------------------------------------
+
+    def test_satisfies_the_protocol(self, storage: Storage) -> None:
+        assert isinstance(storage, Storage)
+        assert storage.name
+        assert isinstance(storage.embedded, bool)
+
+    def test_ping_answers(self, storage: Storage) -> None:
+        storage.ping()
+
+    def test_migrate_again_applies_nothing(self, storage: Storage) -> None:
+        assert storage.migrate() == []
+        states = storage.migration_status()
+        assert states
+        assert all(s.applied for s in states)
+
+    def test_insert_then_get_round_trips_exactly(self, storage: Storage) -> None:
+        user = make_user("Ann.Example@Example.ORG", created_at=_BASE_TIME)
+        assert insert(storage, user) == user
+        assert storage.get_user(user.id) == user
+        got = storage.get_user(user.id)
+        assert got is not None
+        assert got.created_at.tzinfo is not None
+        assert got.created_at.utcoffset() == timedelta(0)
+
+    def test_keeps_unicode_and_null_name(self, storage: Storage) -> None:
+        user = make_user("zoë@exämple.org", full_name=None)
+        insert(storage, user)
+        assert storage.get_user(user.id) == user
+        named = make_user("jürgen@example.org", full_name="Jürgen Ōtsuka 😀")
+        insert(storage, named)
+        assert storage.get_user(named.id) == named
+
+    def test_get_missing_is_none(self, storage: Storage) -> None:
+        assert storage.get_user(uuid.uuid4()) is None
+        assert storage.get_user_by_email("nobody@example.org") is None
+
+    def test_get_by_email_uses_the_key(self, storage: Storage) -> None:
+        user = insert(storage, make_user("Ann@Example.org"))
+        assert storage.get_user_by_email(normalize_email("ANN@example.ORG")) == user
+
+    # -- uniqueness -----------------------------------------------------------
+
+    def test_same_email_key_conflicts(self, storage: Storage) -> None:
+        insert(storage, make_user("ann@example.org"))
+        with pytest.raises(Conflict):
+            insert(storage, make_user("ANN@EXAMPLE.ORG"))
+
+    def test_concurrent_creates_of_one_email_let_exactly_one_win(self, storage: Storage) -> None:
+        spellings = ["bob@example.org", "BOB@example.org", "Bob@Example.org", "bOb@EXAMPLE.org"]
+        results = run_concurrently(8, lambda i: insert(storage, make_user(spellings[i % 4])))
+        wins = [r for r in results if isinstance(r, User)]
+        assert len(wins) == 1, results
+        assert all(isinstance(r, Conflict) for r in results if not isinstance(r, User)), results
+        assert storage.get_user_by_email("bob@example.org") == wins[0]
+
+    # -- listing --------------------------------------------------------------
+
+    def _seed(self, storage: Storage, count: int) -> list[User]:
+        users = [
+            make_user(
+                f"user{i}@example.org",
+                full_name=f"User {i}",
+                is_active=i % 3 != 0,
+                created_at=_BASE_TIME + timedelta(microseconds=i // 2),  # ties on purpose
+            )
+            for i in range(count)
+        ]
+        for u in users:
+            insert(storage, u)
+        return sorted(users, key=lambda u: (u.created_at, u.id))
+
+    def test_list_orders_by_created_at_then_id(self, storage: Storage) -> None:
+        users = self._seed(storage, 9)
+        assert storage.list_users(UserFilter(), None, 100) == users
+
+    def test_keyset_pages_cover_everything_once(self, storage: Storage) -> None:
+        users = self._seed(storage, 11)
+        seen: list[User] = []
+        after: Position | None = None
+        while True:
+            page = storage.list_users(UserFilter(), after, 3)
+            seen += page
+            if len(page) < 3:
+                break
+            after = Position(page[-1].created_at, page[-1].id)
+        assert seen == users
+
+    def test_inserts_while_paging_never_repeat_or_skip_existing(self, storage: Storage) -> None:
+        users = self._seed(storage, 6)
+        first = storage.list_users(UserFilter(), None, 3)
+        # Someone inserts, before and after the cursor, between two page reads.
+        insert(storage, make_user("early@example.org", created_at=_BASE_TIME - timedelta(days=1)))
+        insert(storage, make_user("late@example.org", created_at=_BASE_TIME + timedelta(days=1)))
+        rest = storage.list_users(UserFilter(), Position(first[-1].created_at, first[-1].id), 100)
+        existing = [u for u in first + rest if u in users]
+        assert existing == users
+
+    def test_filters(self, storage: Storage) -> None:
+        users = self._seed(storage, 9)
+        active = storage.list_users(UserFilter(is_active=True), None, 100)
+        assert active == [u for u in users if u.is_active]
+        inactive = storage.list_users(UserFilter(is_active=False), None, 100)
+        assert inactive == [u for u in users if not u.is_active]
+        by_email = storage.list_users(UserFilter(email="user4@example.org"), None, 100)
+        assert [u.email for u in by_email] == ["user4@example.org"]
+        by_q = storage.list_users(UserFilter(q="user 1"), None, 100)
+        assert [u.full_name for u in by_q] == ["User 1"]
+        by_q_email = storage.list_users(UserFilter(q="user7@"), None, 100)
+        assert [u.email for u in by_q_email] == ["user7@example.org"]
+        both = storage.list_users(UserFilter(is_active=False, q="user"), None, 100)
+        assert both == inactive
+
+    def test_q_is_literal_and_case_insensitive(self, storage: Storage) -> None:
+        insert(storage, make_user("percent@example.org", full_name="100% Sure"))
+        insert(storage, make_user("under@example.org", full_name="snake_case Ünïcode"))
+        insert(storage, make_user("plain@example.org", full_name="Plain"))
+        assert [u.email for u in storage.list_users(UserFilter(q="%"), None, 10)] == [
+            "percent@example.org"
+        ]
+        assert [u.email for u in storage.list_users(UserFilter(q="_"), None, 10)] == [
+            "under@example.org"
+        ]
+        found = storage.list_users(UserFilter(q="ünïcode"), None, 10)
+        assert [u.email for u in found] == ["under@example.org"]
+
+    # -- updates --------------------------------------------------------------
+
+    def test_update_sets_fields_and_bumps_version(self, storage: Storage) -> None:
+        user = insert(storage, make_user(created_at=_BASE_TIME))
+        later = _BASE_TIME + timedelta(hours=1)
+        updated = storage.update_user(
+            user.id, {"full_name": None, "is_active": False}, None, 1, later
+        )
+        assert updated.full_name is None
+        assert updated.is_active is False
+        assert updated.email == user.email
+        assert updated.version == 2
+        assert updated.updated_at == later
+        assert updated.created_at == user.created_at
+        assert storage.get_user(user.id) == updated
+
+    def test_update_email_moves_the_key(self, storage: Storage) -> None:
+        user = insert(storage, make_user("old@example.org"))
+        updated = storage.update_user(
+            user.id, {"email": "New@Example.org"}, "new@example.org", None, datetime.now(UTC)
+        )
+        assert updated.email == "New@Example.org"
+        assert storage.get_user_by_email("new@example.org") == updated
+        assert storage.get_user_by_email("old@example.org") is None
+        # The old address is free again.
+        insert(storage, make_user("old@example.org"))
+
+    def test_update_to_a_taken_email_conflicts(self, storage: Storage) -> None:
+        insert(storage, make_user("taken@example.org"))
+        user = insert(storage, make_user("free@example.org"))
+        with pytest.raises(Conflict):
+            storage.update_user(
+                user.id, {"email": "TAKEN@example.org"}, "taken@example.org", None, _BASE_TIME
+            )
+        assert storage.get_user(user.id) == user
+
+    def test_update_with_a_stale_version_fails_and_changes_nothing(self, storage: Storage) -> None:
+        user = insert(storage, make_user())
+        storage.update_user(user.id, {"full_name": "First"}, None, 1, datetime.now(UTC))
+        with pytest.raises(PreconditionFailed):
+            storage.update_user(user.id, {"full_name": "Second"}, None, 1, datetime.now(UTC))
+        current = storage.get_user(user.id)
+        assert current is not None
+        assert current.full_name == "First"
+        assert current.version == 2
+
+    def test_update_missing_is_not_found(self, storage: Storage) -> None:
+        with pytest.raises(NotFound):
+            storage.update_user(uuid.uuid4(), {"full_name": "X"}, None, None, _BASE_TIME)
+        with pytest.raises(NotFound):
+            storage.update_user(uuid.uuid4(), {"full_name": "X"}, None, 1, _BASE_TIME)
+
+    def test_concurrent_conditional_updates_let_exactly_one_win(self, storage: Storage) -> None:
+        user = insert(storage, make_user())
+
+        def write(i: int) -> User:
+            return storage.update_user(user.id, {"full_name": f"n{i}"}, None, 1, datetime.now(UTC))
+
+        results = run_concurrently(8, write)
+        wins = [r for r in results if isinstance(r, User)]
+        assert len(wins) == 1, results
+        losses = [r for r in results if not isinstance(r, User)]
+        assert all(isinstance(r, PreconditionFailed) for r in losses), results
+        assert storage.get_user(user.id) == wins[0]
+
+    def test_unconditional_concurrent_updates_are_all_counted(self, storage: Storage) -> None:
+        user = insert(storage, make_user())
+
+        def write(i: int) -> User:
+            return storage.update_user(
+                user.id, {"full_name": f"n{i}"}, None, None, datetime.now(UTC)
+            )
+
+        results = run_concurrently(8, write)
+        assert all(isinstance(r, User) for r in results), results
+        final = storage.get_user(user.id)
+        assert final is not None
+        assert final.version == 9
+        assert sorted(r.version for r in results if isinstance(r, User)) == list(range(2, 10))
+
+    # -- deletes --------------------------------------------------------------
+
+    def test_delete_returns_the_user_and_frees_the_email(self, storage: Storage) -> None:
+        user = insert(storage, make_user("gone@example.org"))
+        assert storage.delete_user(user.id, None) == user
+        assert storage.get_user(user.id) is None
+        with pytest.raises(NotFound):
+            storage.delete_user(user.id, None)
+        insert(storage, make_user("gone@example.org"))
+
+    def test_delete_with_a_stale_version_fails(self, storage: Storage) -> None:
+        user = insert(storage, make_user())
+        storage.update_user(user.id, {"is_active": False}, None, None, datetime.now(UTC))
+        with pytest.raises(PreconditionFailed):
+            storage.delete_user(user.id, 1)
+        assert storage.get_user(user.id) is not None
+        assert storage.delete_user(user.id, 2).version == 2
+
+
+# -- hypothesis strategies ------------------------------------------------------
+
+_local = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-",
+    min_size=1,
+    max_size=20,
+).filter(lambda s: not s.startswith(".") and not s.endswith(".") and ".." not in s)
+_label = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=12)
+
+
+@st.composite
+def emails(draw: Any) -> str:
+    """Valid addresses in mixed case, including some with non-ASCII letters."""
+    local = draw(st.one_of(_local, st.sampled_from(["zoë", "JÜRGEN", "straße", "ÅSA"])))
+    domain = ".".join(draw(st.lists(_label, min_size=1, max_size=3)))
+    tld = draw(st.sampled_from(["org", "COM", "net", "Io"]))
+    return f"{local}@{domain}.{tld}"
+
+
+def new_users() -> st.SearchStrategy[NewUser]:
+    """``NewUser`` values the service accepts."""
+    names = st.one_of(
+        st.none(),
+        st.text(
+            alphabet=st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=60
+        ).filter(lambda s: s.strip() != ""),
+    )
+    return st.builds(NewUser, email=emails(), full_name=names, is_active=st.booleans())

@@ -1,0 +1,107 @@
+"""The storage contract suite on the SQLite plugin, plus what is SQLite's own."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from userplane import ConfigurationError, Settings
+from userplane.errors import Unavailable
+from userplane.plugins.sqlite import SQLiteStorage, sqlite_path, userplane_open_storage
+from userplane.testing import StorageContract, insert, make_user
+
+
+class TestSQLiteContract(StorageContract):
+    @pytest.fixture
+    def storage(self, tmp_path: Path) -> Iterator[SQLiteStorage]:
+        path = tmp_path / "contract.db"
+        store = SQLiteStorage(f"sqlite:///{path}", str(path))
+        store.migrate()
+        yield store
+        store.close()
+
+
+def test_answers_only_sqlite_urls(tmp_path: Path) -> None:
+    other = Settings.from_mapping({"USERPLANE_DATABASE_URL": "postgresql://localhost/x"})
+    assert userplane_open_storage(settings=other) is None
+    mine = Settings.from_mapping({"USERPLANE_DATABASE_URL": f"sqlite:///{tmp_path}/a.db"})
+    store = userplane_open_storage(settings=mine)
+    assert isinstance(store, SQLiteStorage)
+    assert store.path == f"{tmp_path}/a.db"
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [("sqlite:///userplane.db", "userplane.db"), ("sqlite:////var/db/u.db", "/var/db/u.db")],
+)
+def test_url_to_path(url: str, path: str) -> None:
+    assert sqlite_path(url) == path
+
+
+@pytest.mark.parametrize("url", ["sqlite://host/x.db", "sqlite:///:memory:", "sqlite:///"])
+def test_unusable_urls_are_refused_naming_the_variable(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="USERPLANE_DATABASE_URL"):
+        sqlite_path(url)
+
+
+def test_unmigrated_database_says_to_migrate(tmp_path: Path) -> None:
+    store = SQLiteStorage(f"sqlite:///{tmp_path}/new.db", str(tmp_path / "new.db"))
+    with pytest.raises(Unavailable, match="userplane migrate"):
+        store.ping()
+    with pytest.raises(Unavailable, match="userplane migrate"):
+        store.get_user_by_email("a@b.org")
+    store.close()
+
+
+def test_uses_wal_so_readers_do_not_block_the_writer(tmp_path: Path) -> None:
+    path = tmp_path / "wal.db"
+    store = SQLiteStorage(f"sqlite:///{path}", str(path))
+    store.migrate()
+    insert(store, make_user())
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.close()
+
+
+def test_a_write_waits_for_a_held_lock_then_reports_busy(tmp_path: Path) -> None:
+    path = tmp_path / "busy.db"
+    store = SQLiteStorage(f"sqlite:///{path}", str(path), busy_timeout_ms=200)
+    store.migrate()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(Unavailable, match="busy"):
+            insert(store, make_user())
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    insert(store, make_user())
+    store.close()
+
+
+def test_concurrent_migrations_from_several_processes_apply_once(tmp_path: Path) -> None:
+    # Several instances starting at once each run `migrate`; yoyo's lock row
+    # must let exactly one apply the schema.
+    path = tmp_path / "race.db"
+    code = (
+        "import sys; from userplane.plugins.sqlite import SQLiteStorage; "
+        "print(SQLiteStorage(sys.argv[1], sys.argv[2]).migrate())"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, f"sqlite:///{path}", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outputs
+    printed = sorted(out.strip() for out, _ in outputs)
+    assert printed == ["['0001_users']", "[]", "[]", "[]"]
