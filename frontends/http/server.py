@@ -52,13 +52,17 @@ class Server(BaseApplication):  # type: ignore[misc]
             "logger_class": _Logger,
             "worker_exit": _worker_exit,
             "proc_name": "userplane",
+            # gunicorn >= 25.1 opens a control socket at one fixed path per user:
+            # two instances would fight over it, and we do not use it.
+            "control_socket_disable": True,
         }
         self._registry: Registry | None = None
         super().__init__()
 
     def load_config(self) -> None:
         for key, value in self.options.items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings:  # settings newer than the installed gunicorn are skipped
+                self.cfg.set(key, value)
 
     def load(self) -> falcon.App[Any, Any]:
         # Runs in each worker after the fork: connections are never shared.
