@@ -14,6 +14,7 @@ from userplane import ConfigurationError, Settings
 from userplane.errors import Unavailable
 from userplane.plugins.sqlite import SQLiteStorage, sqlite_path, userplane_open_storage
 from userplane.testing import StorageContract, insert, make_user
+from userplane.users import UserFilter
 
 
 class TestSQLiteContract(StorageContract):
@@ -105,3 +106,31 @@ def test_concurrent_migrations_from_several_processes_apply_once(tmp_path: Path)
     assert [p.returncode for p in procs] == [0] * 4, outputs
     printed = sorted(out.strip() for out, _ in outputs)
     assert printed == ["['0001_users']", "[]", "[]", "[]"]
+
+
+def test_writers_in_several_processes_all_succeed(tmp_path: Path) -> None:
+    # gunicorn runs several workers on one file: WAL plus the busy timeout must
+    # queue their writes, not fail them.
+    path = tmp_path / "multi.db"
+    store = SQLiteStorage(f"sqlite:///{path}", str(path))
+    store.migrate()
+    code = (
+        "import sys\n"
+        "from userplane.plugins.sqlite import SQLiteStorage\n"
+        "from userplane.testing import insert, make_user\n"
+        "store = SQLiteStorage(sys.argv[1], sys.argv[2])\n"
+        "for i in range(40):\n"
+        "    insert(store, make_user(f'p{sys.argv[3]}-{i}@example.org'))\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, f"sqlite:///{path}", str(path), str(n)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errors
+    assert len(store.list_users(UserFilter(), None, 500)) == 160
+    store.close()
