@@ -14,7 +14,7 @@ import cattrs
 from cattrs.preconf.json import make_converter
 
 from userplane.errors import FieldError, InvalidInput
-from userplane.users import UNSET, NewUser, Unset, User, UserChanges
+from userplane.users import UNSET, NewUser, Unset, User, UserChanges, check_fields
 
 T = TypeVar("T")
 
@@ -85,6 +85,14 @@ def _make_api_converter() -> cattrs.Converter:
 api = _make_api_converter()
 
 
+def _invalid(errors: list[FieldError]) -> InvalidInput:
+    # One field, one entry: the first (structural) complaint about it wins.
+    seen: dict[str, FieldError] = {}
+    for error in errors:
+        seen.setdefault(error.field, error)
+    return InvalidInput.from_errors(list(seen.values()))
+
+
 def structure(data: Any, cls: type[T]) -> T:
     """Build ``cls`` from decoded JSON ``data``; ``InvalidInput`` naming each bad field."""
     if not isinstance(data, dict):
@@ -92,53 +100,51 @@ def structure(data: Any, cls: type[T]) -> T:
     try:
         return api.structure(data, cls)
     except (cattrs.BaseValidationError, cattrs.ForbiddenExtraKeysError) as exc:
-        errors = field_errors(exc)
-        raise InvalidInput("; ".join(f"{e.field}: {e.message}" for e in errors), errors) from None
+        raise _invalid(field_errors(exc)) from None
 
 
 def new_user_from(data: Any) -> NewUser:
-    """A ``NewUser`` from a JSON object (``email`` required; ``full_name``, ``is_active``)."""
-    return structure(data, NewUser)
+    """A ``NewUser`` from a JSON object (``email`` required; ``full_name``, ``is_active``).
+
+    When the shape is wrong, the domain rules still run on the fields that have
+    the right type, so that one answer names every field at fault.
+    """
+    try:
+        return structure(data, NewUser)
+    except InvalidInput as exc:
+        _, domain = check_fields(data) if isinstance(data, dict) else (None, [])
+        raise _invalid([*exc.errors, *domain]) from None
+
+
+_CHANGE_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "email": ((str,), "must be a string"),
+    "full_name": ((str, type(None)), "must be a string or null"),
+    "is_active": ((bool,), "must be a boolean"),
+}
 
 
 def changes_from(data: Any) -> UserChanges:
     """``UserChanges`` from a JSON merge-patch object: absent keys stay ``UNSET``.
 
     ``null`` clears ``full_name``; ``null`` for ``email`` or ``is_active`` is
-    invalid, since neither may be empty.
+    invalid, since neither may be empty. Every field at fault is reported.
     """
     if not isinstance(data, dict):
         raise InvalidInput.for_field("$", "must be a JSON object")
-    errors = [FieldError(f"$.{k}", "unknown field") for k in data if k not in _CHANGE_FIELDS]
-    for key in ("email", "is_active"):
-        if key in data and data[key] is None:
-            errors.append(FieldError(f"$.{key}", "must not be null"))
-    if errors:
-        raise InvalidInput("; ".join(f"{e.field}: {e.message}" for e in errors), errors)
-    present = data
+    errors: list[FieldError] = []
     fields: dict[str, Any] = {}
-    try:
-        if "email" in present:
-            fields["email"] = _strict_str(present["email"], str)
-    except TypeError as exc:
-        errors.append(FieldError("$.email", str(exc)))
-    try:
-        if "is_active" in present:
-            fields["is_active"] = _strict_bool(present["is_active"], bool)
-    except TypeError as exc:
-        errors.append(FieldError("$.is_active", str(exc)))
-    if "full_name" in present:
-        value = present["full_name"]
-        if value is None or isinstance(value, str):
-            fields["full_name"] = value
+    for key, value in data.items():
+        if key not in _CHANGE_TYPES:
+            errors.append(FieldError(f"$.{key}", "unknown field"))
+        elif value is None and key != "full_name":
+            errors.append(FieldError(f"$.{key}", "must not be null"))
+        elif not isinstance(value, _CHANGE_TYPES[key][0]):
+            errors.append(FieldError(f"$.{key}", _CHANGE_TYPES[key][1]))
         else:
-            errors.append(FieldError("$.full_name", "must be a string or null"))
+            fields[key] = value
     if errors:
-        raise InvalidInput("; ".join(f"{e.field}: {e.message}" for e in errors), errors)
+        raise _invalid([*errors, *check_fields(fields)[1]])
     return UserChanges(**fields)
-
-
-_CHANGE_FIELDS = frozenset({"email", "full_name", "is_active"})
 
 
 def user_to_dict(user: User) -> dict[str, Any]:

@@ -56,6 +56,11 @@ class InvalidInput(UserplaneError):
         self.errors = tuple(errors)
 
     @classmethod
+    def from_errors(cls, errors: Sequence[FieldError]) -> InvalidInput:
+        """One error for several fields, its detail listing them all."""
+        return cls("; ".join(f"{e.field}: {e.message}" for e in errors), errors)
+
+    @classmethod
     def for_field(cls, field: str, message: str) -> InvalidInput:
         """One field at fault, with its message as the detail too."""
         return cls(f"{field}: {message}", [FieldError(field, message)])

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -115,7 +116,8 @@ def _check_full_name(value: str | None) -> list[FieldError]:
         return [FieldError("$.full_name", "must not be blank; use null to clear it")]
     if len(value) > MAX_FULL_NAME:
         return [FieldError("$.full_name", f"must be at most {MAX_FULL_NAME} characters")]
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    # Cc covers C0, DEL and C1 (terminal escapes); Cs are lone surrogates.
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
         return [FieldError("$.full_name", "must not contain control characters")]
     return []
 
@@ -127,10 +129,50 @@ def _check_email(value: str) -> tuple[str | None, list[FieldError]]:
         return None, list(exc.errors)
 
 
+def check_fields(values: Mapping[str, Any]) -> tuple[str | None, list[FieldError]]:
+    """The domain rules for the user fields present in ``values``.
+
+    Returns the email key (when a valid email is present) and every field at
+    fault. Values of the wrong type are skipped: the converter reports those,
+    and merges these errors with its own so that one answer names every field.
+    """
+    key: str | None = None
+    errors: list[FieldError] = []
+    email = values.get("email")
+    if isinstance(email, str):
+        key, errors = _check_email(email)
+    full_name = values.get("full_name")
+    if isinstance(full_name, str):
+        errors += _check_full_name(full_name)
+    return key, errors
+
+
+def check_query(query: UserQuery) -> tuple[UserFilter, Position | None, list[FieldError]]:
+    """Resolve a list request: its filter, its position, and every parameter at fault."""
+    errors: list[FieldError] = []
+    if not 1 <= query.limit <= MAX_LIMIT:
+        errors.append(FieldError("$.limit", f"must be between 1 and {MAX_LIMIT}"))
+    after: Position | None = None
+    if query.cursor is not None:
+        try:
+            after = decode_cursor(query.cursor)
+        except InvalidInput as exc:
+            errors += exc.errors
+    email_key: str | None = None
+    if query.email is not None:
+        try:
+            email_key = normalize_email(query.email)
+        except InvalidInput as exc:
+            errors += exc.errors
+    if query.q is not None and len(query.q) > MAX_FULL_NAME:
+        errors.append(FieldError("$.q", f"must be at most {MAX_FULL_NAME} characters"))
+    q = fold(query.q) if query.q else None
+    return UserFilter(is_active=query.is_active, email=email_key, q=q), after, errors
+
+
 def _raise_if(errors: list[FieldError]) -> None:
     if errors:
-        detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
-        raise InvalidInput(detail, errors)
+        raise InvalidInput.from_errors(errors)
 
 
 class UserService:
@@ -162,8 +204,7 @@ class UserService:
         """Create a user; ``Conflict`` if the normalised email is taken."""
 
         def call() -> User:
-            key, errors = _check_email(new.email)
-            errors += _check_full_name(new.full_name)
+            key, errors = check_fields({"email": new.email, "full_name": new.full_name})
             _raise_if(errors)
             assert key is not None
             now = self._clock()
@@ -216,27 +257,8 @@ class UserService:
         """One page of users matching ``query``, oldest first."""
 
         def call() -> UserPage:
-            errors: list[FieldError] = []
-            if not 1 <= query.limit <= MAX_LIMIT:
-                errors.append(FieldError("$.limit", f"must be between 1 and {MAX_LIMIT}"))
-            after: Position | None = None
-            if query.cursor is not None:
-                try:
-                    after = decode_cursor(query.cursor)
-                except InvalidInput as exc:
-                    errors += exc.errors
-            email_key: str | None = None
-            if query.email is not None:
-                try:
-                    email_key = normalize_email(query.email)
-                except InvalidInput as exc:
-                    errors += exc.errors
-            if query.q is not None and len(query.q) > MAX_FULL_NAME:
-                errors.append(FieldError("$.q", f"must be at most {MAX_FULL_NAME} characters"))
+            flt, after, errors = check_query(query)
             _raise_if(errors)
-            flt = UserFilter(
-                is_active=query.is_active, email=email_key, q=fold(query.q) if query.q else None
-            )
             rows = self._storage.list_users(flt, after, query.limit + 1)
             items = tuple(rows[: query.limit])
             nxt = None
@@ -258,12 +280,7 @@ class UserService:
 
         def call() -> User:
             fields = changes.as_dict()
-            errors: list[FieldError] = []
-            key: str | None = None
-            if "email" in fields:
-                key, errors = _check_email(fields["email"])
-            if "full_name" in fields:
-                errors += _check_full_name(fields["full_name"])
+            key, errors = check_fields(fields)
             if "is_active" in fields and not isinstance(fields["is_active"], bool):
                 errors.append(FieldError("$.is_active", "must be a boolean"))
             _raise_if(errors)

@@ -10,7 +10,7 @@ import falcon
 
 from userplane import convert
 from userplane.errors import FieldError, InvalidInput, PreconditionFailed
-from userplane.users import DEFAULT_LIMIT, User, UserQuery, UserService
+from userplane.users import DEFAULT_LIMIT, User, UserQuery, UserService, check_query
 
 _LIST_PARAMS = frozenset({"limit", "cursor", "is_active", "email", "q"})
 _BOOLS = {"true": True, "false": False}
@@ -76,15 +76,19 @@ def _parse_list_query(req: falcon.Request) -> UserQuery:
         is_active = _BOOLS.get(values["is_active"].lower())
         if is_active is None:
             errors.append(FieldError("$.is_active", "must be true or false"))
-    if errors:
-        raise InvalidInput("; ".join(f"{e.field}: {e.message}" for e in errors), errors)
-    return UserQuery(
+    query = UserQuery(
         limit=limit,
         cursor=values.get("cursor"),
         is_active=is_active,
         email=values.get("email"),
         q=values.get("q"),
     )
+    if errors:
+        # Name every parameter at fault at once, the core's checks included.
+        fields = {e.field for e in errors}
+        errors += [e for e in check_query(query)[2] if e.field not in fields]
+        raise InvalidInput.from_errors(errors)
+    return query
 
 
 class UsersResource:
