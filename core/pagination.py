@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 import attrs
 
@@ -41,10 +41,13 @@ def decode_cursor(cursor: str) -> Position:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created_at_raw, id_raw = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        if not isinstance(created_at_raw, str) or not isinstance(id_raw, str):
+            raise bad
         created_at = datetime.fromisoformat(created_at_raw)
-        position = Position(created_at=created_at, id=uuid.UUID(id_raw))
-    except (ValueError, TypeError, UnicodeError, binascii.Error):
+        if created_at.tzinfo is None:
+            raise bad
+        # In UTC, as stored; a time that cannot be expressed in UTC was never issued.
+        position = Position(created_at=created_at.astimezone(UTC), id=uuid.UUID(id_raw))
+    except (ValueError, TypeError, UnicodeError, OverflowError, binascii.Error):
         raise bad from None
-    if created_at.tzinfo is None:
-        raise bad
     return position
