@@ -7,7 +7,7 @@ import click
 import userplane
 from userplane.frontends.cli.app import State, cli, pass_state
 from userplane.frontends.cli.output import emit, format_option
-from userplane.plugin_manager import describe_plugins
+from userplane.plugin_manager import describe_plugins, make_plugin_manager
 
 
 @cli.command()
@@ -84,9 +84,8 @@ def migrate(state: State, status: bool, fmt: str) -> None:
 @pass_state
 def plugins(state: State, fmt: str) -> None:
     """List loaded plugins and the hooks each implements."""
-    pm = state.plugin_manager
-    if pm is None:
-        pm = state.registry.pm
+    # Without opening storage: listing plugins must work when storage cannot.
+    pm = state.plugin_manager or make_plugin_manager(state.settings.disabled_plugins)
     rows = [
         {"name": p.name, "module": p.module, "hooks": list(p.hooks), "blocked": p.blocked}
         for p in describe_plugins(pm)

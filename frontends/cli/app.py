@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import attrs
@@ -89,10 +90,24 @@ def cli(ctx: click.Context, env_file: str | None) -> None:
 pass_state = click.make_pass_decorator(State)
 
 
-def add_plugin_commands(group: click.Group) -> pluggy.PluginManager | None:
+def _env_file_in(args: list[str]) -> str | None:
+    # Commands are added before click parses anything, so find --env-file by hand.
+    for i, arg in enumerate(args):
+        if arg == "--env-file" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--env-file="):
+            return arg.partition("=")[2]
+        if not arg.startswith("-"):
+            break  # the subcommand: group options end here
+    return None
+
+
+def add_plugin_commands(
+    group: click.Group, env_file: str | None = None
+) -> pluggy.PluginManager | None:
     """Let plugins add commands; ``None`` if settings are broken (the command will say why)."""
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(env_file=env_file)
     except UserplaneError:
         return None
     pm = make_plugin_manager(settings.disabled_plugins)
@@ -102,5 +117,5 @@ def add_plugin_commands(group: click.Group) -> pluggy.PluginManager | None:
 
 def main() -> None:
     """Console-script entry point."""
-    pm = add_plugin_commands(cli)
+    pm = add_plugin_commands(cli, _env_file_in(sys.argv[1:]))
     cli.main(prog_name="userplane", obj=pm)
