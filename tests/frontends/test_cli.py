@@ -1,0 +1,676 @@
+"""The admin CLI in-process, through click's CliRunner, over a real SQLite file per test."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from userplane import NewUser, Registry, Settings, migrations
+from userplane.frontends.cli import cli
+from userplane.settings import MASK
+
+MIGRATION_IDS = sorted(
+    p.name.removesuffix(".sql")
+    for p in migrations.folder("sqlite").glob("*.sql")
+    if not p.name.endswith(".rollback.sql")
+)
+USER_KEYS = {"id", "email", "full_name", "is_active", "created_at", "updated_at", "version"}
+TABLE_COLUMNS = ["ID", "EMAIL", "FULL_NAME", "IS_ACTIVE", "CREATED_AT", "VERSION"]
+
+
+@pytest.fixture(autouse=True)
+def _hermetic(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No USERPLANE_* from the outer environment; the root logger restored afterwards.
+
+    The logging plugin attaches a handler to whatever ``sys.stderr`` is when a
+    registry starts, which under CliRunner is the runner's capture stream.
+    """
+    for name in list(os.environ):
+        if name.startswith("USERPLANE_"):
+            monkeypatch.delenv(name)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yoyo_level = logging.getLogger("yoyo").level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.getLogger("yoyo").setLevel(yoyo_level)
+
+
+class Cli:
+    """Invokes ``userplane`` against this test's database, never a stray ``.env``."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.database_url = f"sqlite:///{tmp_path}/u.db"
+        self.env_file = tmp_path / "no-such.env"
+        self.runner = CliRunner()
+        self.env = {"USERPLANE_DATABASE_URL": self.database_url, "USERPLANE_LOG_FORMAT": "json"}
+
+    def __call__(
+        self, *args: str, env: Mapping[str, str | None] | None = None, env_file: Path | None = None
+    ) -> Result:
+        return self.runner.invoke(
+            cli,
+            ["--env-file", str(env_file or self.env_file), *args],
+            env={**self.env, **(env or {})},
+            catch_exceptions=False,
+        )
+
+    def ok(self, *args: str, **kwargs: Any) -> Result:
+        result = self(*args, **kwargs)
+        assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr)
+        assert result.stderr == ""
+        return result
+
+    def json(self, *args: str, **kwargs: Any) -> list[dict[str, Any]]:
+        """The JSON lines a ``--format json`` command prints."""
+        result = self.ok(*args, "--format", "json", **kwargs)
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    def one(self, *args: str, **kwargs: Any) -> dict[str, Any]:
+        """The single JSON object a ``--format json`` command prints."""
+        rows = self.json(*args, **kwargs)
+        assert len(rows) == 1, rows
+        return rows[0]
+
+    def fails(self, code: int, *args: str, **kwargs: Any) -> str:
+        """Run, expect exit ``code``, nothing on stdout and one line on stderr; return it."""
+        result = self(*args, **kwargs)
+        assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+        assert result.stdout == ""
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, result.stderr
+        assert result.stderr.endswith("\n")
+        assert "Traceback" not in result.stderr
+        return lines[0]
+
+    def create(self, email: str, *extra: str) -> dict[str, Any]:
+        return self.one("users", "create", "--email", email, *extra)
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Cli:
+    return Cli(tmp_path)
+
+
+@pytest.fixture
+def app(run: Cli) -> Cli:
+    """The CLI over a migrated database."""
+    run.ok("migrate")
+    return run
+
+
+def table(result: Result) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of a table, split on runs of two or more spaces."""
+    lines = result.stdout.splitlines()
+    split = [[cell for cell in line.split("  ") if cell] for line in lines]
+    return [c.strip() for c in split[0]], [[c.strip() for c in row] for row in split[1:]]
+
+
+def emails(rows: list[dict[str, Any]]) -> list[str]:
+    return [row["email"] for row in rows]
+
+
+# --- migrate -------------------------------------------------------------------------------
+
+
+def test_migrate_applies_once_then_has_nothing_to_apply(run: Cli) -> None:
+    first = run.ok("migrate")
+    assert first.stdout == f"applied: {', '.join(MIGRATION_IDS)}\n"
+    second = run.ok("migrate")
+    assert second.stdout == "nothing to apply: the schema is up to date\n"
+
+
+def test_migrate_json_lists_what_it_applied(run: Cli) -> None:
+    assert run.json("migrate") == [{"applied": MIGRATION_IDS}]
+    assert run.json("migrate") == [{"applied": []}]
+
+
+def test_migrate_status_before_and_after(run: Cli) -> None:
+    before = run.ok("migrate", "--status")
+    header, rows = table(before)
+    assert header == ["ID", "APPLIED"]
+    assert rows == [[m, "no"] for m in MIGRATION_IDS]
+    assert run.json("migrate", "--status") == [{"id": m, "applied": False} for m in MIGRATION_IDS]
+
+    run.ok("migrate")
+    _, rows = table(run.ok("migrate", "--status"))
+    assert rows == [[m, "yes"] for m in MIGRATION_IDS]
+    assert run.json("migrate", "--status") == [{"id": m, "applied": True} for m in MIGRATION_IDS]
+
+
+def test_commands_before_migrate_say_to_run_migrate(run: Cli) -> None:
+    for args in (
+        ("users", "list"),
+        ("users", "create", "--email", "ann@example.org"),
+        ("users", "get", "ann@example.org"),
+    ):
+        line = run.fails(10, *args)
+        assert line.startswith("userplane: unavailable:")
+        assert "run `userplane migrate`" in line
+
+
+# --- users create -------------------------------------------------------------------------
+
+
+def test_create_prints_exactly_one_json_object(app: Cli) -> None:
+    result = app.ok(
+        "users", "create", "--email", "Ann@Example.org", "--full-name", "Ann", "--format", "json"
+    )
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    user = json.loads(lines[0])
+    assert set(user) == USER_KEYS
+    assert uuid.UUID(user["id"])
+    assert user["email"] == "Ann@Example.org"  # stored as given; only the key is folded
+    assert user["full_name"] == "Ann"
+    assert user["is_active"] is True
+    assert user["version"] == 1
+    assert user["created_at"] == user["updated_at"]
+    assert user["created_at"].endswith("Z")
+
+
+def test_create_without_a_name_and_inactive(app: Cli) -> None:
+    user = app.create("bob@example.org", "--inactive")
+    assert user["full_name"] is None
+    assert user["is_active"] is False
+
+
+def test_create_table_output(app: Cli) -> None:
+    result = app.ok("users", "create", "--email", "ann@example.org")
+    header, rows = table(result)
+    assert header == TABLE_COLUMNS
+    assert len(rows) == 1
+    user = app.one("users", "get", "ann@example.org")
+    assert rows[0] == [user["id"], "ann@example.org", "-", "yes", user["created_at"], "1"]
+
+
+def test_duplicate_email_in_another_case_is_a_conflict(app: Cli) -> None:
+    first = app.create("ann@example.org")
+    line = app.fails(4, "users", "create", "--email", "ANN@Example.ORG", "--format", "json")
+    assert line.startswith("userplane: conflict:")
+    assert app.json("users", "list") == [first]
+
+
+@pytest.mark.parametrize("email", ["not-an-email", "ann@", "@example.org", "a b@example.org"])
+def test_invalid_email_is_invalid_input(app: Cli, email: str) -> None:
+    line = app.fails(5, "users", "create", "--email", email)
+    assert line.startswith("userplane: invalid-input:")
+    assert "$.email" in line
+    assert app.json("users", "list") == []
+
+
+def test_blank_full_name_is_invalid_input(app: Cli) -> None:
+    line = app.fails(5, "users", "create", "--email", "ann@example.org", "--full-name", "  ")
+    assert line.startswith("userplane: invalid-input:")
+    assert "$.full_name" in line
+
+
+def test_create_requires_an_email(app: Cli) -> None:
+    result = app("users", "create")
+    assert result.exit_code == 2
+    assert "--email" in result.stderr
+
+
+# --- users get ----------------------------------------------------------------------------
+
+
+def test_get_by_id_and_by_email_in_any_case(app: Cli) -> None:
+    user = app.create("Ann@Example.org", "--full-name", "Ann")
+    app.create("bob@example.org")
+    assert app.one("users", "get", user["id"]) == user
+    assert app.one("users", "get", user["id"].upper()) == user
+    for address in ("Ann@Example.org", "ann@example.org", "ANN@EXAMPLE.ORG", "aNn@eXaMpLe.OrG"):
+        assert app.one("users", "get", address) == user
+
+
+def test_get_table_output(app: Cli) -> None:
+    user = app.create("ann@example.org", "--full-name", "Ann Example")
+    header, rows = table(app.ok("users", "get", user["id"]))
+    assert header == TABLE_COLUMNS
+    assert rows == [[user["id"], "ann@example.org", "Ann Example", "yes", user["created_at"], "1"]]
+
+
+def test_get_unknown_is_not_found(app: Cli) -> None:
+    app.create("ann@example.org")
+    unknown = str(uuid.uuid4())
+    line = app.fails(3, "users", "get", unknown)
+    assert line.startswith("userplane: not-found:")
+    assert unknown in line
+    assert app.fails(3, "users", "get", "nobody@example.org").startswith("userplane: not-found:")
+
+
+# --- users list ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def three(app: Cli) -> list[dict[str, Any]]:
+    """Three users, created in this order."""
+    return [
+        app.create("ann@example.org", "--full-name", "Ann Archer"),
+        app.create("Bob@Example.org", "--full-name", "Bob Builder", "--inactive"),
+        app.create("carol@other.net"),
+    ]
+
+
+def test_list_json_lines_oldest_first(app: Cli, three: list[dict[str, Any]]) -> None:
+    result = app.ok("users", "list", "--format", "json")
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    assert [json.loads(line) for line in lines] == three
+
+
+def test_list_table(app: Cli, three: list[dict[str, Any]]) -> None:
+    header, rows = table(app.ok("users", "list"))
+    assert header == TABLE_COLUMNS
+    ann, bob, carol = three
+    assert rows == [
+        [ann["id"], "ann@example.org", "Ann Archer", "yes", ann["created_at"], "1"],
+        [bob["id"], "Bob@Example.org", "Bob Builder", "no", bob["created_at"], "1"],
+        [carol["id"], "carol@other.net", "-", "yes", carol["created_at"], "1"],
+    ]
+
+
+def test_list_when_empty(app: Cli) -> None:
+    assert app.ok("users", "list", "--format", "json").stdout == ""
+    header, rows = table(app.ok("users", "list"))
+    assert header == TABLE_COLUMNS
+    assert rows == []
+
+
+def test_list_active_and_inactive(app: Cli, three: list[dict[str, Any]]) -> None:
+    ann, bob, carol = three
+    assert app.json("users", "list", "--active") == [ann, carol]
+    assert app.json("users", "list", "--inactive") == [bob]
+
+
+def test_list_by_email_in_any_case(app: Cli, three: list[dict[str, Any]]) -> None:
+    _, bob, _ = three
+    assert app.json("users", "list", "--email", "bob@example.org") == [bob]
+    assert app.json("users", "list", "--email", "BOB@EXAMPLE.ORG") == [bob]
+    assert app.json("users", "list", "--email", "nobody@example.org") == []
+    assert app.json("users", "list", "--email", "bob@example.org", "--active") == []
+
+
+def test_list_by_invalid_email_is_invalid_input(app: Cli, three: list[dict[str, Any]]) -> None:
+    line = app.fails(5, "users", "list", "--email", "not-an-email")
+    assert line.startswith("userplane: invalid-input:")
+
+
+def test_list_query_matches_email_or_name_in_any_case(
+    app: Cli, three: list[dict[str, Any]]
+) -> None:
+    ann, bob, carol = three
+    assert app.json("users", "list", "-q", "EXAMPLE") == [ann, bob]
+    assert app.json("users", "list", "--query", "builder") == [bob]
+    assert app.json("users", "list", "-q", "ARCH") == [ann]
+    assert app.json("users", "list", "-q", "other.net") == [carol]
+    assert app.json("users", "list", "-q", "zzz") == []
+    assert app.json("users", "list", "-q", "%") == []  # taken literally, not a wildcard
+    assert app.json("users", "list", "-q", "example", "--active") == [ann]
+
+
+def test_list_limit(app: Cli, three: list[dict[str, Any]]) -> None:
+    assert app.json("users", "list", "--limit", "2") == three[:2]
+    assert app.json("users", "list", "--limit", "1") == three[:1]
+    assert app.json("users", "list", "--limit", "50") == three
+    result = app("users", "list", "--limit", "0")
+    assert result.exit_code == 2
+    assert "--limit" in result.stderr
+
+
+def test_list_follows_every_page_past_the_page_size(app: Cli) -> None:
+    count = 1203  # more than two full pages of 500
+    settings = Settings.from_mapping({"USERPLANE_DATABASE_URL": app.database_url})
+    with Registry(settings) as reg:
+        created = [
+            reg.users.create(NewUser(email=f"user{i:04d}@example.org", is_active=i % 3 != 0))
+            for i in range(count)
+        ]
+    ids = {str(u.id) for u in created}
+
+    rows = app.json("users", "list")
+    assert len(rows) == count
+    assert {r["id"] for r in rows} == ids
+    keys = [(r["created_at"], r["id"]) for r in rows]
+    assert keys == sorted(keys)  # oldest first, ids break ties, no page overlaps
+
+    assert app.json("users", "list", "--limit", "501") == rows[:501]
+    assert app.json("users", "list", "--limit", "1000") == rows[:1000]
+    assert app.json("users", "list", "--limit", "5000") == rows
+
+    inactive = app.json("users", "list", "--inactive")
+    assert inactive == [r for r in rows if not r["is_active"]]
+    assert len(inactive) == 401
+    active = app.json("users", "list", "--active", "--limit", "700")
+    assert active == [r for r in rows if r["is_active"]][:700]
+
+    _, table_rows = table(app.ok("users", "list"))
+    assert [r[0] for r in table_rows] == [r["id"] for r in rows]
+
+
+# --- users update -------------------------------------------------------------------------
+
+
+def test_update_full_name_and_clear_it(app: Cli) -> None:
+    user = app.create("ann@example.org")
+    renamed = app.one("users", "update", user["id"], "--full-name", "Ann Archer")
+    assert renamed["full_name"] == "Ann Archer"
+    assert renamed["version"] == 2
+    assert renamed["id"] == user["id"]
+    assert renamed["created_at"] == user["created_at"]
+    assert renamed["updated_at"] >= user["updated_at"]
+
+    cleared = app.one("users", "update", "ANN@example.org", "--clear-full-name")
+    assert cleared["full_name"] is None
+    assert cleared["version"] == 3
+    assert app.one("users", "get", user["id"]) == cleared
+
+
+def test_update_email(app: Cli) -> None:
+    user = app.create("ann@example.org")
+    moved = app.one("users", "update", user["id"], "--email", "Ann@New.example")
+    assert moved["email"] == "Ann@New.example"
+    assert app.one("users", "get", "ann@new.example") == moved
+    assert app.fails(3, "users", "get", "ann@example.org").startswith("userplane: not-found:")
+
+
+def test_update_email_to_a_taken_one_is_a_conflict(app: Cli) -> None:
+    ann = app.create("ann@example.org")
+    bob = app.create("bob@example.org")
+    line = app.fails(4, "users", "update", bob["id"], "--email", "ANN@example.org")
+    assert line.startswith("userplane: conflict:")
+    assert app.json("users", "list") == [ann, bob]
+
+
+def test_update_invalid_email_is_invalid_input(app: Cli) -> None:
+    ann = app.create("ann@example.org")
+    assert app.fails(5, "users", "update", ann["id"], "--email", "nope").startswith(
+        "userplane: invalid-input:"
+    )
+    assert app.one("users", "get", ann["id"]) == ann
+
+
+def test_update_active_and_inactive(app: Cli) -> None:
+    user = app.create("ann@example.org")
+    off = app.one("users", "update", user["id"], "--inactive")
+    assert off["is_active"] is False
+    on = app.one("users", "update", user["id"], "--active")
+    assert on["is_active"] is True
+    assert on["version"] == 3
+
+
+def test_update_if_version(app: Cli) -> None:
+    user = app.create("ann@example.org")
+    updated = app.one("users", "update", user["id"], "--full-name", "Ann", "--if-version", "1")
+    assert updated["version"] == 2
+    line = app.fails(6, "users", "update", user["id"], "--full-name", "Lost", "--if-version", "1")
+    assert line.startswith("userplane: precondition-failed:")
+    assert app.one("users", "get", user["id"]) == updated
+
+
+def test_update_full_name_with_clear_full_name_is_a_usage_error(app: Cli) -> None:
+    user = app.create("ann@example.org", "--full-name", "Ann")
+    result = app("users", "update", user["id"], "--full-name", "X", "--clear-full-name")
+    assert result.exit_code == 2
+    assert "--full-name and --clear-full-name exclude each other" in result.stderr
+    assert "Traceback" not in result.output
+    assert app.one("users", "get", user["id"]) == user
+
+
+def test_update_unknown_user_is_not_found(app: Cli) -> None:
+    line = app.fails(3, "users", "update", str(uuid.uuid4()), "--full-name", "X")
+    assert line.startswith("userplane: not-found:")
+    line = app.fails(3, "users", "update", "nobody@example.org", "--inactive")
+    assert line.startswith("userplane: not-found:")
+
+
+# --- users deactivate / activate / delete ----------------------------------------------------
+
+
+def test_deactivate_and_activate(app: Cli) -> None:
+    user = app.create("ann@example.org")
+    off = app.one("users", "deactivate", "ANN@example.org")
+    assert off["is_active"] is False
+    assert off["version"] == 2
+    assert app.json("users", "list", "--inactive") == [off]
+    on = app.one("users", "activate", user["id"])
+    assert on["is_active"] is True
+    assert on["version"] == 3
+    assert app.json("users", "list", "--inactive") == []
+    assert app.fails(3, "users", "activate", str(uuid.uuid4())).startswith("userplane: not-found:")
+
+
+def test_delete_then_get_is_not_found(app: Cli) -> None:
+    ann = app.create("ann@example.org")
+    bob = app.create("bob@example.org")
+    deleted = app.one("users", "delete", ann["id"])
+    assert deleted == ann  # the user as it was
+    assert app.fails(3, "users", "get", ann["id"]).startswith("userplane: not-found:")
+    assert app.fails(3, "users", "get", "ann@example.org").startswith("userplane: not-found:")
+    assert app.fails(3, "users", "delete", ann["id"]).startswith("userplane: not-found:")
+    assert app.json("users", "list") == [bob]
+    # The address is free again.
+    assert app.create("ANN@example.org")["email"] == "ANN@example.org"
+
+
+def test_delete_by_email_with_if_version(app: Cli) -> None:
+    user = app.create("ann@example.org")
+    changed = app.one("users", "update", user["id"], "--full-name", "Ann")
+    line = app.fails(6, "users", "delete", "ann@example.org", "--if-version", "1")
+    assert line.startswith("userplane: precondition-failed:")
+    assert app.one("users", "get", user["id"]) == changed
+    assert app.one("users", "delete", "ANN@example.org", "--if-version", "2") == changed
+    assert app.json("users", "list") == []
+
+
+# --- plugins --------------------------------------------------------------------------------
+
+
+def test_plugins_json_lists_sqlite_and_logging_with_their_hooks(run: Cli) -> None:
+    by_name = {p["name"]: p for p in run.json("plugins")}
+    assert by_name["sqlite"] == {
+        "name": "sqlite",
+        "module": "userplane.plugins.sqlite",
+        "hooks": ["userplane_open_storage"],
+        "blocked": False,
+    }
+    assert by_name["logging"] == {
+        "name": "logging",
+        "module": "userplane.plugins.logging",
+        "hooks": ["userplane_http_middleware", "userplane_startup"],
+        "blocked": False,
+    }
+    assert "userplane.core" not in by_name
+
+
+def test_plugins_table(run: Cli) -> None:
+    header, rows = table(run.ok("plugins"))
+    assert header == ["NAME", "MODULE", "BLOCKED", "HOOKS"]
+    by_name = {r[0]: r for r in rows}
+    assert by_name["sqlite"] == [
+        "sqlite",
+        "userplane.plugins.sqlite",
+        "no",
+        "userplane_open_storage",
+    ]
+    assert by_name["logging"] == [
+        "logging",
+        "userplane.plugins.logging",
+        "no",
+        "userplane_http_middleware, userplane_startup",
+    ]
+
+
+def test_plugins_shows_a_disabled_plugin_as_blocked(run: Cli) -> None:
+    env = {"USERPLANE_DISABLED_PLUGINS": "logging"}
+    by_name = {p["name"]: p for p in run.json("plugins", env=env)}
+    assert by_name["logging"] == {"name": "logging", "module": "", "hooks": [], "blocked": True}
+    assert by_name["sqlite"]["blocked"] is False
+    _, rows = table(run.ok("plugins", env=env))
+    assert ["logging", "yes"] in rows
+    assert rows[-1] == ["logging", "yes"]  # blocked plugins come last
+
+
+def test_plugins_lists_a_disabled_storage_plugin_too(run: Cli) -> None:
+    # Listing plugins is how an operator finds out why storage will not open:
+    # it must not itself need storage.
+    by_name = {
+        p["name"]: p for p in run.json("plugins", env={"USERPLANE_DISABLED_PLUGINS": "sqlite"})
+    }
+    assert by_name["sqlite"]["blocked"] is True
+    assert by_name["logging"]["blocked"] is False
+
+
+# --- config ---------------------------------------------------------------------------------
+
+
+def test_config_masks_the_database_password_without_opening_storage(run: Cli) -> None:
+    env = {
+        "USERPLANE_DATABASE_URL": "postgresql://u:s3cret@db.example:5432/users",
+        "USERPLANE_SOME_SECRET": "x",
+        "USERPLANE_FEATURE_FLAG": "on",
+    }
+    result = run.ok("config", env=env)
+    assert "s3cret" not in result.output
+    header, rows = table(result)
+    assert header == ["NAME", "VALUE"]
+    values = {r[0]: r[1] if len(r) > 1 else "" for r in rows}
+    assert values["USERPLANE_DATABASE_URL"] == f"postgresql://u:{MASK}@db.example:5432/users"
+    assert values["USERPLANE_SOME_SECRET"] == MASK
+    assert values["USERPLANE_FEATURE_FLAG"] == "on"
+    assert values["USERPLANE_LOG_FORMAT"] == "json"
+    assert values["USERPLANE_PORT"] == "8000"
+
+    as_json = run.json("config", env=env)
+    assert "s3cret" not in json.dumps(as_json)
+    assert len(as_json) == 1
+    config = as_json[0]
+    assert config["USERPLANE_DATABASE_URL"] == f"postgresql://u:{MASK}@db.example:5432/users"
+    assert config["USERPLANE_SOME_SECRET"] == MASK
+    assert config["USERPLANE_FEATURE_FLAG"] == "on"
+    assert config["USERPLANE_WORKERS"] == 2
+    assert config["USERPLANE_CORS_ORIGINS"] == ""
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:s3cret@h/db",
+        "postgresql://:s3cret@h/db",
+        "postgresql://u:s3cret@h/db?sslmode=require",
+        # libpq takes any connection parameter from the query string, password too.
+        "postgresql://u@h/db?password=s3cret",
+        "postgresql:///db?host=h&user=u&password=s3cret",
+    ],
+)
+def test_config_never_prints_the_database_password(run: Cli, url: str) -> None:
+    env = {"USERPLANE_DATABASE_URL": url}
+    assert "s3cret" not in run.ok("config", env=env).output
+    assert "s3cret" not in run.ok("config", "--format", "json", env=env).output
+
+
+@pytest.mark.parametrize(
+    "name", ["USERPLANE_SOME_SECRET", "USERPLANE_API_TOKEN", "USERPLANE_SMTP_PASSWORD"]
+)
+def test_config_masks_secret_extras(run: Cli, name: str) -> None:
+    config = run.one("config", env={name: "hunter2"})
+    assert config[name] == MASK
+    assert "hunter2" not in run.ok("config", env={name: "hunter2"}).output
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("USERPLANE_WORKERS", "abc"),
+        ("USERPLANE_PORT", "70000"),
+        ("USERPLANE_LOG_LEVEL", "loud"),
+        ("USERPLANE_ENV", "staging"),
+        ("USERPLANE_GRACEFUL_TIMEOUT", "0"),
+    ],
+)
+def test_a_bad_setting_is_a_configuration_error_naming_it(run: Cli, name: str, value: str) -> None:
+    line = run.fails(11, "config", env={name: value})
+    assert line.startswith("userplane: configuration:")
+    assert name in line
+    # Every command reports it the same way, before touching storage.
+    assert run.fails(11, "users", "list", env={name: value}) == line
+
+
+def test_env_file_is_read_and_the_environment_wins(run: Cli, tmp_path: Path) -> None:
+    env_file = tmp_path / "settings.env"
+    env_file.write_text(
+        "USERPLANE_WORKERS=7\n"
+        "USERPLANE_PORT=1111\n"
+        'USERPLANE_HOST="0.0.0.0"\n'
+        "# a comment\n"
+        "USERPLANE_SOME_TOKEN=abc\n"
+        "OTHER_VARIABLE=ignored\n",
+        encoding="utf-8",
+    )
+    config = run.one("config", env={"USERPLANE_PORT": "2222"}, env_file=env_file)
+    assert config["USERPLANE_WORKERS"] == 7
+    assert config["USERPLANE_HOST"] == "0.0.0.0"
+    assert config["USERPLANE_PORT"] == 2222
+    assert config["USERPLANE_SOME_TOKEN"] == MASK
+    assert "OTHER_VARIABLE" not in config
+
+
+def test_env_file_setting_the_database_is_used(run: Cli, tmp_path: Path) -> None:
+    env_file = tmp_path / "db.env"
+    env_file.write_text(f"USERPLANE_DATABASE_URL=sqlite:///{tmp_path}/from-file.db\n")
+    run.env.pop("USERPLANE_DATABASE_URL")
+    run.ok("migrate", env_file=env_file)
+    user = run.one("users", "create", "--email", "ann@example.org", env_file=env_file)
+    assert (tmp_path / "from-file.db").is_file()
+    assert not (tmp_path / "u.db").exists()
+    assert run.json("users", "list", env_file=env_file) == [user]
+
+
+def test_bad_setting_in_env_file_names_the_variable(run: Cli, tmp_path: Path) -> None:
+    env_file = tmp_path / "bad.env"
+    env_file.write_text("USERPLANE_THREADS=many\n", encoding="utf-8")
+    line = run.fails(11, "config", env_file=env_file)
+    assert "USERPLANE_THREADS" in line
+    # The environment wins over the file, so a good value there fixes it.
+    assert (
+        run.one("config", env={"USERPLANE_THREADS": "3"}, env_file=env_file)["USERPLANE_THREADS"]
+        == 3
+    )
+
+
+def test_dot_env_in_the_working_directory_is_the_default(
+    run: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    (workdir / ".env").write_text("USERPLANE_WORKERS=9\n", encoding="utf-8")
+    other = tmp_path / "other.env"
+    other.write_text("USERPLANE_WORKERS=5\n", encoding="utf-8")
+    monkeypatch.chdir(workdir)
+    result = run.runner.invoke(cli, ["config", "--format", "json"], env=run.env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["USERPLANE_WORKERS"] == 9
+    named = run.runner.invoke(
+        cli, ["config", "--format", "json"], env={**run.env, "USERPLANE_ENV_FILE": str(other)}
+    )
+    assert named.exit_code == 0, named.output
+    assert json.loads(named.stdout)["USERPLANE_WORKERS"] == 5
+
+
+def test_help_lists_the_commands(run: Cli) -> None:
+    result = run.ok("--help")
+    for command in ("config", "migrate", "plugins", "serve", "users"):
+        assert command in result.stdout
+    users_help = run.ok("users", "-h").stdout
+    for command in ("activate", "create", "deactivate", "delete", "get", "list", "update"):
+        assert command in users_help

@@ -1,0 +1,464 @@
+"""End to end: a real ``userplane serve`` (gunicorn, two workers) over SQLite, and the CLI.
+
+The server starts once for the module; the last test stops it with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from email.message import Message
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+SCRIPT = Path(sys.executable).parent / "userplane"
+GRACEFUL_TIMEOUT = 10
+#: Safety limits, not expectations.
+STARTUP_TIMEOUT = 30.0
+REQUEST_TIMEOUT = 15.0
+PROBLEM_JSON = "application/problem+json"
+USER_ROUTE = "/api/v1/users/{user_id:uuid}"
+_USER_PATH = re.compile(r"/api/v1/users/[0-9a-fA-F-]{36}")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@dataclass
+class Response:
+    status: int
+    headers: Message
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "")
+
+
+@dataclass
+class Sent:
+    """A request whose response arrived: the server must have logged it."""
+
+    request_id: str
+    method: str
+    path: str
+    status: int
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    port: int
+    directory: Path
+    env: dict[str, str]
+    logs: tuple[Path, Path]
+    sent: list[Sent] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> Response:
+        request_id = uuid.uuid4().hex
+        all_headers = {"X-Request-ID": request_id, "Connection": "close", **(headers or {})}
+        data = None
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            all_headers["Content-Type"] = content_type
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT)
+        try:
+            conn.request(method, path, body=data, headers=all_headers)
+            raw = conn.getresponse()
+            response = Response(raw.status, raw.headers, raw.read())
+        finally:
+            conn.close()
+        assert response.headers["X-Request-ID"] == request_id
+        with self.lock:
+            self.sent.append(Sent(request_id, method, path, response.status))
+        return response
+
+    def log(self) -> str:
+        """stdout and stderr of the server, together."""
+        return "".join(p.read_text(encoding="utf-8", errors="replace") for p in self.logs)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """The CLI as a process over the server's database."""
+        return subprocess.run(
+            [str(SCRIPT), *args],
+            env=self.env,
+            cwd=self.directory,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=GRACEFUL_TIMEOUT + 5)
+    except subprocess.TimeoutExpired:
+        # Our own session: the master and any worker it left behind.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _wait_ready(server: Server) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while True:
+        code = server.proc.poll()
+        if code is not None:
+            pytest.fail(f"userplane serve exited with {code} before it was ready:\n{server.log()}")
+        with contextlib.suppress(OSError):
+            if server.request("GET", "/health/ready").status == 200:
+                return
+        if time.monotonic() > deadline:
+            pytest.fail(f"userplane serve was not ready within {STARTUP_TIMEOUT}s:\n{server.log()}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    directory = tmp_path_factory.mktemp("e2e")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("USERPLANE_")}
+    env.update(
+        USERPLANE_DATABASE_URL=f"sqlite:///{directory}/e2e.db",
+        USERPLANE_GRACEFUL_TIMEOUT=str(GRACEFUL_TIMEOUT),
+        USERPLANE_ENV_FILE=str(directory / "no-such.env"),
+        # Where gunicorn would put its control socket (serve disables it): never ~/.gunicorn.
+        XDG_RUNTIME_DIR=str(directory),
+    )
+    logs = (directory / "server.stdout", directory / "server.stderr")
+    files: list[IO[bytes]] = [p.open("wb") for p in logs]
+    proc = subprocess.Popen(
+        [str(SCRIPT), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        cwd=directory,
+        env=env,
+        stdout=files[0],
+        stderr=files[1],
+        start_new_session=True,
+    )
+    srv = Server(proc=proc, port=port, directory=directory, env=env, logs=logs)
+    try:
+        _wait_ready(srv)
+        yield srv
+    finally:
+        _stop(proc)
+        for f in files:
+            f.close()
+
+
+@pytest.fixture
+def live(server: Server) -> Server:
+    assert server.proc.poll() is None, f"the server has stopped:\n{server.log()}"
+    return server
+
+
+def assert_problem(resp: Response, status: int, kind: str | None = None) -> dict[str, Any]:
+    """``resp`` is an RFC 9457 problem with ``status``; ``kind`` names a domain error type."""
+    assert resp.status == status, resp.body
+    assert resp.content_type == PROBLEM_JSON
+    assert b"Traceback" not in resp.body
+    problem: dict[str, Any] = resp.json()
+    assert problem["status"] == status
+    assert problem["title"]
+    assert problem["request_id"] == resp.headers["X-Request-ID"]
+    if kind is not None:
+        assert problem["type"] == f"urn:userplane:problem:{kind}"
+    return problem
+
+
+def unique_email(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}@example.org"
+
+
+def all_pages(server: Server, limit: int) -> list[dict[str, Any]]:
+    """Every user, following the ``Link`` header from ``GET /api/v1/users/``."""
+    items: list[dict[str, Any]] = []
+    path: str | None = f"/api/v1/users/?limit={limit}"
+    while path is not None:
+        resp = server.request("GET", path)
+        assert resp.status == 200
+        assert resp.content_type == "application/json"
+        page = resp.json()
+        assert len(page["items"]) <= limit
+        items += page["items"]
+        link = resp.headers.get("Link")
+        if page["next"] is None:
+            assert link is None
+            path = None
+        else:
+            assert page["items"]
+            match = re.fullmatch(r'<([^>]+)>;\s*rel="?next"?', link or "")
+            assert match, link
+            path = match.group(1)
+            assert f"cursor={page['next']}" in path
+    return items
+
+
+def test_health_and_problems_for_falcon_errors(live: Server) -> None:
+    resp = live.request("GET", "/health/live")
+    assert resp.status == 200
+    assert resp.json() == {"status": "ok"}
+    ready = live.request("GET", "/health/ready")
+    assert ready.status == 200
+    assert ready.json() == {"status": "ok", "storage": "sqlite"}
+
+    assert_problem(live.request("GET", "/no/such/route"), 404)
+    assert_problem(live.request("PUT", "/api/v1/users"), 405)
+    assert_problem(live.request("POST", "/api/v1/users", b"{not json"), 400)
+    assert_problem(live.request("POST", "/api/v1/users", b"x=1", content_type="text/plain"), 415)
+
+
+def test_user_lifecycle_over_http(live: Server) -> None:
+    email = unique_email("Life")
+    created = live.request("POST", "/api/v1/users", {"email": email, "full_name": "Life Cycle"})
+    assert created.status == 201
+    user = created.json()
+    assert user["email"] == email
+    assert user["full_name"] == "Life Cycle"
+    assert user["is_active"] is True
+    assert user["version"] == 1
+    assert created.headers["ETag"] == '"1"'
+    location = created.headers["Location"]
+    assert urlsplit(location).path == f"/api/v1/users/{user['id']}"
+
+    got = live.request("GET", location)
+    assert got.status == 200
+    assert got.headers["ETag"] == '"1"'
+    assert got.json() == user
+    assert got.headers["Cache-Control"] == "no-store"
+    not_modified = live.request("GET", location, headers={"If-None-Match": '"1"'})
+    assert not_modified.status == 304
+    assert not_modified.body == b""
+
+    listed = live.request("GET", f"/api/v1/users/?email={email.upper()}")
+    assert listed.status == 200
+    assert listed.json() == {"items": [user], "next": None}
+
+    duplicate = live.request("POST", "/api/v1/users", {"email": email.upper()})
+    assert_problem(duplicate, 409, "conflict")
+    invalid = assert_problem(
+        live.request("POST", "/api/v1/users", {"email": "not-an-email"}), 422, "invalid-input"
+    )
+    assert [e["field"] for e in invalid["errors"]] == ["$.email"]
+
+    patched = live.request(
+        "PATCH",
+        location,
+        {"full_name": "Renamed"},
+        headers={"If-Match": '"1"'},
+        content_type="application/merge-patch+json",
+    )
+    assert patched.status == 200
+    assert patched.headers["ETag"] == '"2"'
+    after = patched.json()
+    assert after["full_name"] == "Renamed"
+    assert after["version"] == 2
+    assert after["created_at"] == user["created_at"]
+
+    stale = live.request(
+        "PATCH",
+        location,
+        {"full_name": "Lost update"},
+        headers={"If-Match": '"1"'},
+        content_type="application/merge-patch+json",
+    )
+    assert_problem(stale, 412, "precondition-failed")
+    assert live.request("GET", location).json() == after
+
+    assert_problem(live.request("DELETE", location, headers={"If-Match": '"1"'}), 412)
+    deleted = live.request("DELETE", location, headers={"If-Match": '"2"'})
+    assert deleted.status == 204
+    assert deleted.body == b""
+
+    gone = assert_problem(live.request("GET", location), 404, "not-found")
+    assert gone["instance"] == location
+    assert_problem(live.request("DELETE", location), 404, "not-found")
+    patch_gone = live.request(
+        "PATCH", location, {"full_name": "x"}, content_type="application/merge-patch+json"
+    )
+    assert_problem(patch_gone, 404, "not-found")
+
+
+def test_user_created_by_the_cli_is_visible_over_http(live: Server) -> None:
+    email = unique_email("Cli")
+    proc = live.cli(
+        "users", "create", "--email", email, "--full-name", "From CLI", "--format", "json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1
+    user = json.loads(lines[0])
+
+    resp = live.request("GET", f"/api/v1/users/{user['id']}")
+    assert resp.status == 200
+    assert resp.json() == user
+    assert resp.headers["ETag"] == f'"{user["version"]}"'
+
+    # And the other way round: a change over HTTP is what the CLI then reads.
+    patched = live.request(
+        "PATCH",
+        f"/api/v1/users/{user['id']}",
+        {"is_active": False},
+        content_type="application/merge-patch+json",
+    )
+    assert patched.status == 200
+    proc = live.cli("users", "get", email.upper(), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == patched.json()
+
+
+def test_cli_list_equals_every_http_page(live: Server) -> None:
+    for i in range(7):
+        resp = live.request("POST", "/api/v1/users", {"email": unique_email(f"page{i}")})
+        assert resp.status == 201
+    proc = live.cli("users", "list", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    from_cli = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(from_cli) >= 7
+
+    assert all_pages(live, limit=3) == from_cli
+    assert all_pages(live, limit=500) == from_cli
+
+
+def test_concurrent_creates_of_one_email_in_different_cases(live: Server) -> None:
+    local = f"race-{uuid.uuid4().hex[:8]}"
+    variants = [
+        f"{local}@example.org",
+        f"{local.upper()}@example.org",
+        f"{local}@EXAMPLE.ORG",
+        f"{local.upper()}@EXAMPLE.ORG",
+        f"{local.capitalize()}@Example.org",
+        f"{local}@Example.Org",
+        f"{local.swapcase()}@example.ORG",
+        f"{local.title()}@exAMPLE.org",
+    ]
+    assert len(set(variants)) == len(variants)
+    barrier = threading.Barrier(len(variants))
+
+    def create(email: str) -> Response:
+        barrier.wait(timeout=REQUEST_TIMEOUT)
+        return live.request("POST", "/api/v1/users", {"email": email})
+
+    with ThreadPoolExecutor(max_workers=len(variants)) as pool:
+        responses = list(pool.map(create, variants))
+
+    statuses = sorted(r.status for r in responses)
+    assert statuses == [201] + [409] * (len(variants) - 1), [r.body for r in responses]
+    for resp in responses:
+        if resp.status == 409:
+            assert_problem(resp, 409, "conflict")
+    [winner] = [r.json() for r in responses if r.status == 201]
+    listed = live.request("GET", f"/api/v1/users/?email={local}@example.org")
+    assert listed.json() == {"items": [winner], "next": None}
+
+
+def _expected_route(path: str, status: int) -> str | None:
+    if status in (411, 413, 415):
+        return None  # refused by middleware before routing
+    bare = urlsplit(path).path
+    if bare != "/":
+        bare = bare.rstrip("/")
+    if bare == "/api/v1/users":
+        return "/api/v1/users"
+    if _USER_PATH.fullmatch(bare):
+        return USER_ROUTE
+    if bare in ("/", "/health/live", "/health/ready"):
+        return bare
+    return None
+
+
+def _access_lines(log: str) -> dict[str, list[dict[str, Any]]]:
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for line in log.splitlines():
+        if not line.startswith("{"):
+            continue
+        entry = json.loads(line)
+        if entry.get("event") == "request":
+            by_id.setdefault(entry.get("request_id"), []).append(entry)
+    return by_id
+
+
+def test_every_request_has_one_access_line_and_no_traceback(live: Server) -> None:
+    user = live.request("POST", "/api/v1/users", {"email": unique_email("log")}).json()
+    live.request("GET", f"/api/v1/users/{user['id']}")
+    live.request("GET", "/api/v1/users/?limit=1")
+    live.request("GET", "/nowhere")
+    live.request("DELETE", f"/api/v1/users/{user['id']}")
+    with live.lock:
+        sent = list(live.sent)
+    wanted = {s.request_id for s in sent}
+
+    # The line is written before the response is sent; the wait is only a safety net.
+    deadline = time.monotonic() + 10
+    while not wanted <= _access_lines(live.log()).keys() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = live.log()
+    lines = _access_lines(log)
+
+    for s in sent:
+        entries = lines.get(s.request_id, [])
+        assert len(entries) == 1, (s, entries)
+        [entry] = entries
+        assert entry["status"] == s.status, (s, entry)
+        assert entry["method"] == s.method
+        assert entry["route"] == _expected_route(s.path, s.status), (s, entry)
+        assert entry["logger"] == "userplane.access"
+        assert entry["level"] == "info"
+        assert isinstance(entry["duration_ms"], int | float)
+    assert "Traceback" not in log
+
+    banner, *rest = [line for line in log.splitlines() if line.strip()]
+    assert banner.startswith("userplane ")
+    assert "serving http://127.0.0.1:" in banner
+    for line in rest:  # JSON lines everywhere else, gunicorn's own included
+        assert isinstance(json.loads(line), dict), line
+
+
+def test_sigterm_stops_the_server_gracefully(live: Server) -> None:
+    live.proc.send_signal(signal.SIGTERM)
+    try:
+        code = live.proc.wait(timeout=GRACEFUL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the server did not stop within {GRACEFUL_TIMEOUT}s:\n{live.log()}")
+    log = live.log()
+    assert code == 0, log
+    assert "Traceback" not in log
+    assert not (live.directory / "gunicorn.ctl").exists()
+    with pytest.raises(ConnectionRefusedError):
+        live.request("GET", "/health/live")

@@ -1,0 +1,243 @@
+"""The plugin manager: entry points, blocked plugins, hookspec hygiene, the Registry's lifetime."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pluggy
+import pytest
+import structlog
+
+from userplane import ConfigurationError, Registry, Settings, hookimpl, hookspecs
+from userplane.plugin_manager import (
+    CORE_PLUGIN_NAME,
+    ENTRY_POINT_GROUP,
+    PluginInfo,
+    describe_plugins,
+    make_plugin_manager,
+)
+from userplane.plugins import logging as logging_plugin
+from userplane.plugins import sqlite as sqlite_plugin
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE_DIRS = [ROOT / "core", ROOT / "frontends", ROOT / "plugins"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """A Registry runs ``userplane_startup``, which configures logging process-wide: undo it."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    structlog.reset_defaults()
+    for handler in [h for h in root.handlers if getattr(h, "_userplane", False)]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def sqlite_settings(tmp_path: Path, **variables: str) -> Settings:
+    return Settings.from_mapping(
+        {"USERPLANE_DATABASE_URL": f"sqlite:///{tmp_path / 'u.db'}", **variables}
+    )
+
+
+# -- discovery -----------------------------------------------------------------------------
+
+
+def test_entry_points_are_declared() -> None:
+    from importlib.metadata import entry_points
+
+    names = {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    assert {"sqlite", "logging"} <= names
+
+
+def test_loads_the_builtin_plugins() -> None:
+    pm = make_plugin_manager()
+    assert pm.get_plugin("sqlite") is sqlite_plugin
+    assert pm.get_plugin("logging") is logging_plugin
+    assert pm.get_plugin(CORE_PLUGIN_NAME) is not None
+    names = [info.name for info in describe_plugins(pm)]
+    assert names == ["logging", "sqlite"]  # the core's own hooks are not listed
+
+
+def test_describe_plugins_lists_their_hooks() -> None:
+    infos = {i.name: i for i in describe_plugins(make_plugin_manager())}
+    assert infos["sqlite"] == PluginInfo(
+        name="sqlite", module="userplane.plugins.sqlite", hooks=("userplane_open_storage",)
+    )
+    assert "userplane_startup" in infos["logging"].hooks
+    assert "userplane_http_middleware" in infos["logging"].hooks
+    assert not infos["logging"].blocked
+
+
+def test_a_disabled_plugin_is_blocked() -> None:
+    pm = make_plugin_manager(disabled=["logging"])
+    assert pm.get_plugin("logging") is None
+    assert not pm.has_plugin("logging")
+    assert pm.is_blocked("logging")
+    assert pm.get_plugin("sqlite") is not None
+    infos = describe_plugins(pm)
+    assert infos[-1] == PluginInfo(name="logging", module="", hooks=(), blocked=True)
+    assert [(i.name, i.blocked) for i in infos] == [("sqlite", False), ("logging", True)]
+
+
+def test_disabling_an_unknown_name_is_harmless() -> None:
+    pm = make_plugin_manager(disabled=["no-such-plugin"])
+    assert pm.get_plugin("sqlite") is not None
+    assert pm.get_plugin("logging") is not None
+
+
+def test_extra_plugins_are_registered() -> None:
+    class Extra:
+        @hookimpl
+        def userplane_shutdown(self) -> None:
+            return None
+
+    extra = Extra()
+    pm = make_plugin_manager(extra_plugins=[extra])
+    assert pm.is_registered(extra)
+    assert any(i.hooks == ("userplane_shutdown",) for i in describe_plugins(pm))
+
+
+def test_a_misspelt_hook_fails_validation() -> None:
+    class Misspelt:
+        @hookimpl
+        def userplane_user_creatd(self, user: object) -> None:
+            return None
+
+    with pytest.raises(pluggy.PluginValidationError, match="userplane_user_creatd"):
+        make_plugin_manager(extra_plugins=[Misspelt()])
+
+
+def test_a_wrong_argument_name_fails_validation() -> None:
+    class WrongArgs:
+        @hookimpl
+        def userplane_user_created(self, person: object) -> None:
+            return None
+
+    with pytest.raises(pluggy.PluginValidationError):
+        make_plugin_manager(extra_plugins=[WrongArgs()])
+
+
+# -- the registry and storage ---------------------------------------------------------------------
+
+
+def test_an_unknown_database_scheme_names_the_variable() -> None:
+    settings = Settings.from_mapping({"USERPLANE_DATABASE_URL": "mysql://x"})
+    with pytest.raises(ConfigurationError) as info:
+        Registry(settings)
+    assert "USERPLANE_DATABASE_URL" in info.value.detail
+    assert "mysql" in info.value.detail
+
+
+def test_disabling_sqlite_leaves_the_default_url_unserved() -> None:
+    settings = Settings.from_mapping({"USERPLANE_DISABLED_PLUGINS": "sqlite"})
+    assert settings.database_url.startswith("sqlite:")
+    with pytest.raises(ConfigurationError) as info:
+        Registry(settings)
+    assert "USERPLANE_DATABASE_URL" in info.value.detail
+    assert "sqlite" in info.value.detail
+
+
+def test_a_registry_without_the_logging_plugin_serves(tmp_path: Path) -> None:
+    settings = sqlite_settings(tmp_path, USERPLANE_DISABLED_PLUGINS="logging")
+    with Registry(settings) as reg:
+        reg.storage.migrate()
+        reg.ping()
+        assert reg.storage.name == "sqlite"
+        assert reg.pm.is_blocked("logging")
+
+
+class Lifecycle:
+    def __init__(self) -> None:
+        self.started: list[Settings] = []
+        self.shutdowns = 0
+
+    @hookimpl
+    def userplane_startup(self, settings: Settings) -> None:
+        self.started.append(settings)
+
+    @hookimpl
+    def userplane_shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+def test_close_is_idempotent_and_shuts_plugins_down_once(tmp_path: Path) -> None:
+    plugin = Lifecycle()
+    settings = sqlite_settings(tmp_path)
+    reg = Registry(settings, plugins=[plugin])
+    assert plugin.started == [settings]
+    assert plugin.shutdowns == 0
+    reg.close()
+    assert plugin.shutdowns == 1
+    reg.close()
+    reg.close()
+    assert plugin.shutdowns == 1
+
+
+def test_the_context_manager_closes_once_even_after_close(tmp_path: Path) -> None:
+    plugin = Lifecycle()
+    with Registry(sqlite_settings(tmp_path), plugins=[plugin]) as reg:
+        reg.close()
+        assert plugin.shutdowns == 1
+    assert plugin.shutdowns == 1
+
+
+def test_a_registry_can_take_a_ready_plugin_manager(tmp_path: Path) -> None:
+    plugin = Lifecycle()
+    pm = make_plugin_manager(extra_plugins=[plugin])
+    with Registry(sqlite_settings(tmp_path), plugin_manager=pm) as reg:
+        assert reg.pm is pm
+        assert len(plugin.started) == 1
+    assert plugin.shutdowns == 1
+
+
+# -- hookspec hygiene (as datasette checks its own) -----------------------------------------------
+
+
+def _hookspecs() -> list[str]:
+    return sorted(
+        name
+        for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+        if name.startswith("userplane_") and hasattr(fn, "userplane_spec")
+    )
+
+
+def _source() -> str:
+    texts = []
+    for directory in SOURCE_DIRS:
+        texts += [p.read_text(encoding="utf-8") for p in sorted(directory.rglob("*.py"))]
+    return "\n".join(texts)
+
+
+def test_there_are_hookspecs() -> None:
+    names = _hookspecs()
+    assert "userplane_operation" in names
+    assert "userplane_open_storage" in names
+    assert len(names) >= 10
+
+
+@pytest.mark.parametrize("name", _hookspecs())
+def test_every_hookspec_has_a_docstring(name: str) -> None:
+    doc = inspect.getdoc(getattr(hookspecs, name))
+    assert doc
+    assert doc.strip()
+
+
+def test_every_hookspec_is_called_somewhere() -> None:
+    source = _source()
+    uncalled = [
+        name for name in _hookspecs() if not re.search(rf"hook\.{name}\b|\.{name}\(", source)
+    ]
+    assert uncalled == [], f"hookspecs never called from the package: {uncalled}"
+
+
+def test_every_hookspec_is_in_the_plugin_manager() -> None:
+    pm = make_plugin_manager()
+    for name in _hookspecs():
+        caller = getattr(pm.hook, name)
+        assert caller.spec is not None, name
