@@ -62,8 +62,24 @@ class Settings:
     max_body_bytes: int = attrs.field(default=65536, validator=_between(1))
     #: How long a SQLite writer waits for the lock before giving up, in ms.
     sqlite_busy_timeout_ms: int = attrs.field(default=5000, validator=_between(0))
+    #: Connections a server database's pool keeps open, and at most opens, per process.
+    db_pool_min_size: int = attrs.field(default=2, validator=_between(0))
+    db_pool_max_size: int = attrs.field(default=10, validator=_between(1))
+    #: How long a request waits for a pooled connection before a 503, in ms.
+    db_pool_timeout_ms: int = attrs.field(default=3000, validator=_between(1))
+    #: Requests that may queue for a connection; more get a 503 at once.
+    db_pool_max_waiting: int = attrs.field(default=64, validator=_between(1))
+    #: The longest one SQL statement may run before it is cancelled (a 503), in ms.
+    db_statement_timeout_ms: int = attrs.field(default=5000, validator=_between(1))
     #: ``USERPLANE_*`` variables no field claims: for plugins' own settings.
     extra: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.db_pool_min_size > self.db_pool_max_size:
+            raise ValueError(
+                f"{PREFIX}DB_POOL_MIN_SIZE: must not exceed {PREFIX}DB_POOL_MAX_SIZE "
+                f"({self.db_pool_min_size} > {self.db_pool_max_size})"
+            )
 
     @property
     def allowed_origins(self) -> tuple[str, ...]:

@@ -27,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 
 from userplane.pagination import Position
+from userplane.text import fold
 from userplane.users import User, UserFilter
 
 
@@ -93,3 +94,51 @@ class Storage(Protocol):
 
     def delete_user(self, user_id: uuid.UUID, expected_version: int | None) -> User:
         """Delete the user and return it as it was; errors as ``update_user``."""
+
+
+def insert_params(user: User, email_key: str) -> dict[str, Any]:
+    """Named parameters of an insert, for SQL stores: the user's fields plus derived keys.
+
+    ``full_name_folded`` is ``fold(full_name)``: stored so that search compares
+    folded text the same way on every backend, without a function per row.
+    """
+    return {
+        "id": user.id,
+        "email": user.email,
+        "email_key": email_key,
+        "full_name": user.full_name,
+        "full_name_folded": None if user.full_name is None else fold(user.full_name),
+        "is_active": user.is_active,
+        "created_at": user.created_at,
+        "updated_at": user.updated_at,
+        "version": user.version,
+    }
+
+
+def update_params(
+    user_id: uuid.UUID,
+    fields: Mapping[str, Any],
+    email_key: str | None,
+    expected_version: int | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """Named parameters of a one-statement conditional update, for SQL stores.
+
+    Each field comes with a ``set_<field>`` flag, so one static statement
+    (``CASE WHEN :set_email THEN :email ELSE email END``) serves every partial
+    update and can be prepared once.
+    """
+    full_name = fields.get("full_name")
+    return {
+        "id": user_id,
+        "expected_version": expected_version,
+        "now": now,
+        "set_email": "email" in fields,
+        "email": fields.get("email"),
+        "email_key": email_key,
+        "set_full_name": "full_name" in fields,
+        "full_name": full_name,
+        "full_name_folded": None if full_name is None else fold(full_name),
+        "set_is_active": "is_active" in fields,
+        "is_active": fields.get("is_active"),
+    }

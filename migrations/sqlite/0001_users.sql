@@ -5,6 +5,8 @@ CREATE TABLE users (
     email TEXT NOT NULL,
     email_normalized TEXT NOT NULL,
     full_name TEXT,
+    -- fold(full_name), computed by the storage, for case-insensitive search.
+    full_name_folded TEXT,
     is_active INTEGER NOT NULL DEFAULT 1 CHECK (is_active IN (0, 1)),
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,

@@ -16,8 +16,7 @@ from userplane import migrations
 from userplane.errors import Conflict, NotFound, PreconditionFailed, Unavailable
 from userplane.pagination import Position
 from userplane.queries import load_queries
-from userplane.storage import MigrationState
-from userplane.text import fold
+from userplane.storage import MigrationState, insert_params, update_params
 from userplane.users import User, UserFilter
 
 _Q = load_queries(__package__ or "userplane.plugins.sqlite")
@@ -40,10 +39,6 @@ def _user(row: Sequence[Any]) -> User:
         updated_at=datetime.strptime(row[5], _TIME).replace(tzinfo=UTC),
         version=row[6],
     )
-
-
-def _fold_or_none(value: str | None) -> str | None:
-    return None if value is None else fold(value)
 
 
 @contextlib.contextmanager
@@ -103,7 +98,6 @@ class SQLiteStorage:
         conn.execute("PRAGMA journal_mode = WAL")
         # FULL: a write acknowledged to a client survives a power cut, not only a crash.
         conn.execute("PRAGMA synchronous = FULL")
-        conn.create_function("up_fold", 1, _fold_or_none, deterministic=True)
         self._local.conn = conn
         self._local.pid = pid
         with self._lock:
@@ -141,19 +135,11 @@ class SQLiteStorage:
 
     def insert_user(self, user: User, email_key: str) -> User:
         """Insert; the unique index turns a taken email into ``Conflict``."""
-        row = self._one(
-            "insert_user",
-            {
-                "id": str(user.id),
-                "email": user.email,
-                "email_key": email_key,
-                "full_name": user.full_name,
-                "is_active": int(user.is_active),
-                "created_at": _time(user.created_at),
-                "updated_at": _time(user.updated_at),
-                "version": user.version,
-            },
+        params = insert_params(user, email_key)
+        params.update(
+            id=str(user.id), created_at=_time(user.created_at), updated_at=_time(user.updated_at)
         )
+        row = self._one("insert_user", params)
         assert row is not None
         return _user(row)
 
@@ -190,18 +176,8 @@ class SQLiteStorage:
         now: datetime,
     ) -> User:
         """One conditional ``UPDATE … RETURNING``."""
-        params = {
-            "id": str(user_id),
-            "expected_version": expected_version,
-            "now": _time(now),
-            "set_email": "email" in fields,
-            "email": fields.get("email"),
-            "email_key": email_key,
-            "set_full_name": "full_name" in fields,
-            "full_name": fields.get("full_name"),
-            "set_is_active": "is_active" in fields,
-            "is_active": int(bool(fields.get("is_active"))),
-        }
+        params = update_params(user_id, fields, email_key, expected_version, now)
+        params.update(id=str(user_id), now=_time(now))
         row = self._one("update_user", params)
         if row is None:
             self._explain_miss(user_id)

@@ -1,0 +1,41 @@
+"""The PostgreSQL storage plugin (``postgresql://`` and ``postgres://`` URLs).
+
+Needs the ``postgresql`` extra: ``pip install 'userplane[postgresql]'``. The
+driver is imported only when such a URL is configured, so this plugin loads
+(and stays out of the way) where the extra is not installed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from userplane import Settings, hookimpl
+from userplane.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from userplane.plugins.postgresql.store import PostgreSQLStorage
+
+SCHEMES = frozenset({"postgresql", "postgres"})
+
+
+@hookimpl
+def userplane_open_storage(settings: Settings) -> PostgreSQLStorage | None:
+    """Serve ``postgresql:`` and ``postgres:`` URLs."""
+    if urlsplit(settings.database_url).scheme not in SCHEMES:
+        return None
+    try:
+        from userplane.plugins.postgresql.store import PostgreSQLStorage
+    except ImportError as exc:
+        raise ConfigurationError(
+            "USERPLANE_DATABASE_URL names PostgreSQL, but its driver is not installed: "
+            f"pip install 'userplane[postgresql]' ({exc})"
+        ) from None
+    return PostgreSQLStorage(
+        settings.database_url,
+        min_size=settings.db_pool_min_size,
+        max_size=settings.db_pool_max_size,
+        timeout=settings.db_pool_timeout_ms / 1000,
+        max_waiting=settings.db_pool_max_waiting,
+        statement_timeout_ms=settings.db_statement_timeout_ms,
+    )

@@ -1,0 +1,43 @@
+-- Parameters are typed with casts: a NULL parameter has no type of its own.
+
+-- name: insert_user
+INSERT INTO users (id, email, email_normalized, full_name, full_name_folded, is_active,
+                   created_at, updated_at, version)
+VALUES (%(id)s, %(email)s, %(email_key)s, %(full_name)s, %(full_name_folded)s, %(is_active)s,
+        %(created_at)s, %(updated_at)s, %(version)s)
+RETURNING id, email, full_name, is_active, created_at, updated_at, version
+
+-- name: get_user
+SELECT id, email, full_name, is_active, created_at, updated_at, version
+FROM users WHERE id = %(id)s
+
+-- name: get_user_by_email
+SELECT id, email, full_name, is_active, created_at, updated_at, version
+FROM users WHERE email_normalized = %(email_key)s
+
+-- name: update_user
+-- One conditional statement: the version check and the write cannot be separated.
+UPDATE users SET
+    email = CASE WHEN %(set_email)s THEN %(email)s::text ELSE email END,
+    email_normalized = CASE WHEN %(set_email)s THEN %(email_key)s::text ELSE email_normalized END,
+    full_name = CASE WHEN %(set_full_name)s THEN %(full_name)s::text ELSE full_name END,
+    full_name_folded = CASE WHEN %(set_full_name)s THEN %(full_name_folded)s::text
+                            ELSE full_name_folded END,
+    is_active = CASE WHEN %(set_is_active)s THEN %(is_active)s::boolean ELSE is_active END,
+    version = version + 1,
+    updated_at = %(now)s
+WHERE id = %(id)s AND (%(expected_version)s::integer IS NULL OR version = %(expected_version)s::integer)
+RETURNING id, email, full_name, is_active, created_at, updated_at, version
+
+-- name: delete_user
+DELETE FROM users
+WHERE id = %(id)s AND (%(expected_version)s::integer IS NULL OR version = %(expected_version)s::integer)
+RETURNING id, email, full_name, is_active, created_at, updated_at, version
+
+-- name: user_version
+SELECT version FROM users WHERE id = %(id)s
+
+-- name: copy_users
+COPY users (id, email, email_normalized, full_name, full_name_folded, is_active,
+            created_at, updated_at, version)
+FROM STDIN
