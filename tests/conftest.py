@@ -1,9 +1,19 @@
-"""Shared fixtures: a migrated registry on a fresh SQLite file per test, and clients."""
+"""Shared fixtures: a migrated registry per test on each backend, and clients.
+
+Tests that take ``database_url`` (or ``settings``, ``registry``, ``client``) run
+twice: on a fresh SQLite file, and on PostgreSQL in a database of this run's own,
+emptied before each test. PostgreSQL comes from ``USERPLANE_TEST_POSTGRESQL_URL``;
+without it those variants are skipped, except under CI, where they must run.
+"""
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from falcon import testing
@@ -11,11 +21,93 @@ from falcon import testing
 from userplane import Registry, Settings
 from userplane.frontends.http import create_app
 
+PG_ENV = "USERPLANE_TEST_POSTGRESQL_URL"
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}: under CI the PostgreSQL tests must run", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgresql_server() -> str:
+    """The URL of a reachable PostgreSQL server (an admin database on it)."""
+    url = os.environ.get(PG_ENV)
+    if not url:
+        _unavailable(f"{PG_ENV} is not set")
+        raise AssertionError("unreachable")
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=5).close()
+    except psycopg.OperationalError as exc:
+        _unavailable(f"PostgreSQL at {PG_ENV} cannot be reached: {exc}")
+    return url
+
+
+def with_database(url: str, name: str) -> str:
+    """``url`` with its database replaced by ``name``."""
+    return urlsplit(url)._replace(path=f"/{name}").geturl()
+
+
+@pytest.fixture(scope="session")
+def create_postgresql_database(postgresql_server: str) -> Iterator[Any]:
+    """A factory of fresh, empty databases; every one is dropped at the end of the run."""
+    import psycopg
+
+    made: list[str] = []
+
+    def create() -> str:
+        name = f"userplane_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(postgresql_server, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return with_database(postgresql_server, name)
+
+    yield create
+    with psycopg.connect(postgresql_server, autocommit=True) as conn:
+        for name in made:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgresql_database(create_postgresql_database: Any) -> str:
+    """This run's migrated PostgreSQL database, shared by the tests that empty it."""
+    from userplane.plugins.postgresql.store import PostgreSQLStorage
+
+    url: str = create_postgresql_database()
+    store = PostgreSQLStorage(url)
+    store.migrate()
+    store.close()
+    return url
+
 
 @pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    """A SQLite database of this test's own."""
-    return f"sqlite:///{tmp_path / 'userplane.db'}"
+def postgresql_url(postgresql_database: str) -> str:
+    """The run's PostgreSQL database, emptied for this test."""
+    import psycopg
+
+    with psycopg.connect(postgresql_database, autocommit=True) as conn:
+        conn.execute("TRUNCATE users")
+    return postgresql_database
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The storage backend a test runs on."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """An empty database of this test's own, on ``backend``."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'userplane.db'}"
+    url: str = request.getfixturevalue("postgresql_url")
+    return url
 
 
 @pytest.fixture

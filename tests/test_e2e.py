@@ -1,209 +1,55 @@
-"""End to end: a real ``userplane serve`` (gunicorn, two workers) over SQLite, and the CLI.
+"""End to end: a real ``userplane serve`` (gunicorn, two workers) and the CLI, on each backend.
 
-The server starts once for the module; the last test stops it with SIGTERM.
+The server starts once per backend; the last test stops it with SIGTERM.
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import json
-import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from email.message import Message
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from serving import (
+    GRACEFUL_TIMEOUT,
+    REQUEST_TIMEOUT,
+    USER_PATH,
+    USER_ROUTE,
+    Response,
+    Server,
+    assert_problem,
+    running_server,
+    unique_email,
+)
 
 pytestmark = pytest.mark.e2e
 
-SCRIPT = Path(sys.executable).parent / "userplane"
-GRACEFUL_TIMEOUT = 10
-#: Safety limits, not expectations.
-STARTUP_TIMEOUT = 30.0
-REQUEST_TIMEOUT = 15.0
-PROBLEM_JSON = "application/problem+json"
-USER_ROUTE = "/api/v1/users/{user_id:uuid}"
-_USER_PATH = re.compile(r"/api/v1/users/[0-9a-fA-F-]{36}")
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-@dataclass
-class Response:
-    status: int
-    headers: Message
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def content_type(self) -> str:
-        return self.headers.get("Content-Type", "")
-
-
-@dataclass
-class Sent:
-    """A request whose response arrived: the server must have logged it."""
-
-    request_id: str
-    method: str
-    path: str
-    status: int
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    port: int
-    directory: Path
-    env: dict[str, str]
-    logs: tuple[Path, Path]
-    sent: list[Sent] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        headers: dict[str, str] | None = None,
-        content_type: str = "application/json",
-    ) -> Response:
-        request_id = uuid.uuid4().hex
-        all_headers = {"X-Request-ID": request_id, "Connection": "close", **(headers or {})}
-        data = None
-        if body is not None:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            all_headers["Content-Type"] = content_type
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT)
-        try:
-            conn.request(method, path, body=data, headers=all_headers)
-            raw = conn.getresponse()
-            response = Response(raw.status, raw.headers, raw.read())
-        finally:
-            conn.close()
-        assert response.headers["X-Request-ID"] == request_id
-        with self.lock:
-            self.sent.append(Sent(request_id, method, path, response.status))
-        return response
-
-    def log(self) -> str:
-        """stdout and stderr of the server, together."""
-        return "".join(p.read_text(encoding="utf-8", errors="replace") for p in self.logs)
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """The CLI as a process over the server's database."""
-        return subprocess.run(
-            [str(SCRIPT), *args],
-            env=self.env,
-            cwd=self.directory,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=GRACEFUL_TIMEOUT + 5)
-    except subprocess.TimeoutExpired:
-        # Our own session: the master and any worker it left behind.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def _wait_ready(server: Server) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while True:
-        code = server.proc.poll()
-        if code is not None:
-            pytest.fail(f"userplane serve exited with {code} before it was ready:\n{server.log()}")
-        with contextlib.suppress(OSError):
-            if server.request("GET", "/health/ready").status == 200:
-                return
-        if time.monotonic() > deadline:
-            pytest.fail(f"userplane serve was not ready within {STARTUP_TIMEOUT}s:\n{server.log()}")
-        time.sleep(0.1)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     directory = tmp_path_factory.mktemp("e2e")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("USERPLANE_")}
-    env.update(
-        USERPLANE_DATABASE_URL=f"sqlite:///{directory}/e2e.db",
-        USERPLANE_GRACEFUL_TIMEOUT=str(GRACEFUL_TIMEOUT),
-        USERPLANE_ENV_FILE=str(directory / "no-such.env"),
-        # Where gunicorn would put its control socket (serve disables it): never ~/.gunicorn.
-        XDG_RUNTIME_DIR=str(directory),
-    )
-    logs = (directory / "server.stdout", directory / "server.stderr")
-    files: list[IO[bytes]] = [p.open("wb") for p in logs]
-    proc = subprocess.Popen(
-        [str(SCRIPT), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-        cwd=directory,
-        env=env,
-        stdout=files[0],
-        stderr=files[1],
-        start_new_session=True,
-    )
-    srv = Server(proc=proc, port=port, directory=directory, env=env, logs=logs)
-    try:
-        _wait_ready(srv)
+    if request.param == "sqlite":
+        database_url = f"sqlite:///{directory}/e2e.db"
+    else:
+        database_url = request.getfixturevalue("create_postgresql_database")()
+    with running_server(directory, database_url, request.param) as srv:
         yield srv
-    finally:
-        _stop(proc)
-        for f in files:
-            f.close()
 
 
 @pytest.fixture
 def live(server: Server) -> Server:
     assert server.proc.poll() is None, f"the server has stopped:\n{server.log()}"
     return server
-
-
-def assert_problem(resp: Response, status: int, kind: str | None = None) -> dict[str, Any]:
-    """``resp`` is an RFC 9457 problem with ``status``; ``kind`` names a domain error type."""
-    assert resp.status == status, resp.body
-    assert resp.content_type == PROBLEM_JSON
-    assert b"Traceback" not in resp.body
-    problem: dict[str, Any] = resp.json()
-    assert problem["status"] == status
-    assert problem["title"]
-    assert problem["request_id"] == resp.headers["X-Request-ID"]
-    if kind is not None:
-        assert problem["type"] == f"urn:userplane:problem:{kind}"
-    return problem
-
-
-def unique_email(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}@example.org"
 
 
 def all_pages(server: Server, limit: int) -> list[dict[str, Any]]:
@@ -236,7 +82,7 @@ def test_health_and_problems_for_falcon_errors(live: Server) -> None:
     assert resp.json() == {"status": "ok"}
     ready = live.request("GET", "/health/ready")
     assert ready.status == 200
-    assert ready.json() == {"status": "ok", "storage": "sqlite"}
+    assert ready.json() == {"status": "ok", "storage": live.backend}
 
     assert_problem(live.request("GET", "/no/such/route"), 404)
     assert_problem(live.request("PUT", "/api/v1/users"), 405)
@@ -388,6 +234,27 @@ def test_concurrent_creates_of_one_email_in_different_cases(live: Server) -> Non
     assert listed.json() == {"items": [winner], "next": None}
 
 
+def test_concurrent_patches_with_one_if_match_let_exactly_one_win(live: Server) -> None:
+    created = live.request("POST", "/api/v1/users", {"email": unique_email("patch-race")})
+    assert created.status == 201
+    path = created.headers["Location"]
+    etag = created.headers["ETag"]
+
+    def patch(i: int) -> Response:
+        return live.request("PATCH", path, {"full_name": f"writer {i}"}, {"If-Match": etag})
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(patch, range(8)))
+    winners = [r for r in responses if r.status == 200]
+    assert len(winners) == 1, [r.status for r in responses]
+    for r in responses:
+        if r.status != 200:
+            assert_problem(r, 412, "precondition-failed")
+    final = live.request("GET", path)
+    assert final.json() == winners[0].json()
+    assert final.json()["version"] == 2
+
+
 def _expected_route(path: str, status: int) -> str | None:
     if status in (411, 413, 415):
         return None  # refused by middleware before routing
@@ -396,7 +263,7 @@ def _expected_route(path: str, status: int) -> str | None:
         bare = bare.rstrip("/")
     if bare == "/api/v1/users":
         return "/api/v1/users"
-    if _USER_PATH.fullmatch(bare):
+    if USER_PATH.fullmatch(bare):
         return USER_ROUTE
     if bare in ("/", "/health/live", "/health/ready"):
         return bare

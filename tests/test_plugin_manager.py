@@ -52,7 +52,7 @@ def test_entry_points_are_declared() -> None:
     from importlib.metadata import entry_points
 
     names = {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    assert {"sqlite", "logging"} <= names
+    assert {"sqlite", "postgresql", "logging"} <= names
 
 
 def test_loads_the_builtin_plugins() -> None:
@@ -61,7 +61,7 @@ def test_loads_the_builtin_plugins() -> None:
     assert pm.get_plugin("logging") is logging_plugin
     assert pm.get_plugin(CORE_PLUGIN_NAME) is not None
     names = [info.name for info in describe_plugins(pm)]
-    assert names == ["logging", "sqlite"]  # the core's own hooks are not listed
+    assert names == ["logging", "postgresql", "sqlite"]  # the core's own hooks are not listed
 
 
 def test_describe_plugins_lists_their_hooks() -> None:
@@ -82,7 +82,11 @@ def test_a_disabled_plugin_is_blocked() -> None:
     assert pm.get_plugin("sqlite") is not None
     infos = describe_plugins(pm)
     assert infos[-1] == PluginInfo(name="logging", module="", hooks=(), blocked=True)
-    assert [(i.name, i.blocked) for i in infos] == [("sqlite", False), ("logging", True)]
+    assert [(i.name, i.blocked) for i in infos] == [
+        ("postgresql", False),
+        ("sqlite", False),
+        ("logging", True),
+    ]
 
 
 def test_disabling_an_unknown_name_is_harmless() -> None:

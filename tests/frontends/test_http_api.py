@@ -977,10 +977,10 @@ def test_live(client: testing.TestClient) -> None:
     assert resp.json == {"status": "ok"}
 
 
-def test_ready(client: testing.TestClient) -> None:
+def test_ready(client: testing.TestClient, backend: str) -> None:
     resp = client.simulate_get("/health/ready")
     assert resp.status_code == 200
-    assert resp.json == {"status": "ok", "storage": "sqlite"}
+    assert resp.json == {"status": "ok", "storage": backend}
 
 
 def test_ready_on_an_unmigrated_database_is_503_with_retry_after(make_client: MakeClient) -> None:
@@ -995,12 +995,12 @@ def test_ready_on_an_unmigrated_database_is_503_with_retry_after(make_client: Ma
     assert_problem(client.simulate_get(USERS), 503)
 
 
-def test_home_page(client: testing.TestClient) -> None:
+def test_home_page(client: testing.TestClient, backend: str) -> None:
     resp = client.simulate_get("/")
     assert resp.status_code == 200
     assert resp.headers["Content-Type"].startswith("text/html")
     assert userplane.__version__ in resp.text
-    assert "sqlite" in resp.text
+    assert backend in resp.text
     csp = resp.headers["Content-Security-Policy"]
     assert "default-src 'none'" in csp
     assert "frame-ancestors 'none'" in csp

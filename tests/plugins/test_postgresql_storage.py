@@ -1,0 +1,252 @@
+"""The storage contract suite on the PostgreSQL plugin, plus what is PostgreSQL's own."""
+
+from __future__ import annotations
+
+import multiprocessing
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from userplane import ConfigurationError, Settings
+from userplane.emails import normalize_email
+from userplane.errors import Conflict, Unavailable
+from userplane.pagination import Position
+from userplane.plugins.postgresql import userplane_open_storage
+from userplane.plugins.postgresql.store import PostgreSQLStorage, _list_sql, yoyo_url
+from userplane.testing import StorageContract, insert, make_user
+from userplane.users import UserFilter
+
+
+class TestPostgreSQLContract(StorageContract):
+    @pytest.fixture
+    def storage(self, postgresql_url: str) -> Iterator[PostgreSQLStorage]:
+        store = PostgreSQLStorage(postgresql_url)
+        yield store
+        store.close()
+
+
+@pytest.fixture
+def store(postgresql_url: str) -> Iterator[PostgreSQLStorage]:
+    s = PostgreSQLStorage(postgresql_url)
+    yield s
+    s.close()
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_answers_both_schemes(scheme: str) -> None:
+    settings = Settings.from_mapping(
+        {"USERPLANE_DATABASE_URL": f"{scheme}://u@127.0.0.1/db", "USERPLANE_DB_POOL_MAX_SIZE": "7"}
+    )
+    store = userplane_open_storage(settings=settings)
+    assert isinstance(store, PostgreSQLStorage)
+    assert store.name == "postgresql"
+    assert store.embedded is False
+    assert store._pool is None  # nothing is opened until first use (after gunicorn forks)
+
+
+def test_leaves_other_schemes_alone() -> None:
+    settings = Settings.from_mapping({"USERPLANE_DATABASE_URL": "sqlite:///x.db"})
+    assert userplane_open_storage(settings=settings) is None
+
+
+def test_without_the_driver_the_error_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "userplane.plugins.postgresql.store", None)
+    settings = Settings.from_mapping({"USERPLANE_DATABASE_URL": "postgresql://u@h/db"})
+    with pytest.raises(ConfigurationError, match=r"userplane\[postgresql\]"):
+        userplane_open_storage(settings=settings)
+
+
+def test_yoyo_gets_the_psycopg3_driver() -> None:
+    assert yoyo_url("postgres://u:p@h:5/db?sslmode=require") == (
+        "postgresql+psycopg://u:p@h:5/db?sslmode=require"
+    )
+
+
+def test_times_come_back_in_utc_whatever_the_server_zone(postgresql_url: str) -> None:
+    with psycopg.connect(postgresql_url, autocommit=True) as conn:
+        conn.execute("SELECT 1")
+        name = conn.info.dbname
+        conn.execute(f"ALTER DATABASE \"{name}\" SET timezone TO 'Asia/Kolkata'")
+    try:
+        s = PostgreSQLStorage(postgresql_url)
+        user = insert(s, make_user())
+        got = s.get_user(user.id)
+        assert got == user
+        assert got is not None
+        assert got.created_at.utcoffset() == timedelta(0)
+        s.close()
+    finally:
+        with psycopg.connect(postgresql_url, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" RESET timezone')
+
+
+def test_unreachable_server_is_unavailable_quickly() -> None:
+    store = PostgreSQLStorage("postgresql://postgres@127.0.0.1:1/none", timeout=0.5)
+    try:
+        with pytest.raises(Unavailable):
+            store.ping()
+        with pytest.raises(Unavailable):
+            store.get_user_by_email("a@b.org")
+    finally:
+        store.close()
+
+
+def test_an_exhausted_pool_answers_unavailable(postgresql_url: str) -> None:
+    store = PostgreSQLStorage(postgresql_url, min_size=1, max_size=1, timeout=0.3)
+    try:
+        with store.pool.connection(), pytest.raises(Unavailable, match="busy"):
+            store.get_user_by_email("a@b.org")  # while the only connection is held
+        store.ping()  # and it recovers as soon as the connection is back
+    finally:
+        store.close()
+
+
+def test_past_max_waiting_requests_are_refused_at_once(postgresql_url: str) -> None:
+    store = PostgreSQLStorage(postgresql_url, min_size=1, max_size=1, timeout=5, max_waiting=1)
+    waiting = threading.Event()
+    outcome: list[Any] = []
+
+    def waiter() -> None:
+        waiting.set()
+        try:
+            outcome.append(store.get_user_by_email("a@b.org"))
+        except Unavailable as exc:
+            outcome.append(exc)
+
+    try:
+        with store.pool.connection():
+            thread = threading.Thread(target=waiter)
+            thread.start()
+            waiting.wait(5)
+            # Wait until the pool has queued the first waiter.
+            for _ in range(200):
+                if store.pool.get_stats().get("requests_waiting", 0) >= 1:
+                    break
+                threading.Event().wait(0.01)
+            with pytest.raises(Unavailable, match="busy"):
+                store.get_user_by_email("b@b.org")
+        thread.join(10)
+        assert outcome == [None]  # the queued request was served once a connection came back
+    finally:
+        store.close()
+
+
+def test_a_statement_past_statement_timeout_is_unavailable(postgresql_url: str) -> None:
+    store = PostgreSQLStorage(postgresql_url, statement_timeout_ms=100)
+    try:
+        with pytest.raises(Unavailable, match="in time"), store._cursor() as cur:
+            cur.execute("SELECT pg_sleep(2)")
+        store.ping()  # the connection went back to the pool in a usable state
+    finally:
+        store.close()
+
+
+def _child_reads(store: PostgreSQLStorage, user_id: Any, queue: Any) -> None:
+    try:
+        user = store.get_user(user_id)
+        queue.put(("ok", None if user is None else str(user.id), id(store.pool)))
+    except BaseException as exc:
+        queue.put(("error", repr(exc), 0))
+
+
+def test_a_forked_worker_opens_its_own_pool(store: PostgreSQLStorage) -> None:
+    user = insert(store, make_user())
+    parent_pool = store.pool
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_reads, args=(store, user.id, queue))
+    child.start()
+    status, found, _ = queue.get(timeout=30)
+    child.join(30)
+    assert (status, found) == ("ok", str(user.id))
+    assert child.exitcode == 0
+    # The parent's pool is untouched by the child and still serves.
+    assert store.pool is parent_pool
+    assert store.get_user(user.id) == user
+
+
+def test_bulk_copy_inserts_all_or_nothing(store: PostgreSQLStorage) -> None:
+    users = [make_user(f"bulk{i}@example.org") for i in range(50)]
+    assert store.copy_users((u, normalize_email(u.email)) for u in users) == 50
+    listed = store.list_users(UserFilter(q="bulk"), None, 100)
+    assert sorted(u.id for u in listed) == sorted(u.id for u in users)
+    clash = [make_user("fresh@example.org"), make_user("BULK7@example.org")]
+    with pytest.raises(Conflict):
+        store.copy_users((u, normalize_email(u.email)) for u in clash)
+    assert store.get_user_by_email("fresh@example.org") is None
+
+
+def _plan(url: str, sql: str, params: dict[str, Any]) -> str:
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(f"EXPLAIN {sql}", params).fetchall()
+    return "\n".join(r[0] for r in rows)
+
+
+def test_deep_pages_and_email_lookups_use_indexes(store: PostgreSQLStorage) -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    users = [
+        make_user(f"n{i}@example.org", created_at=start + timedelta(seconds=i))
+        for i in range(20_000)
+    ]
+    store.copy_users((u, normalize_email(u.email)) for u in users)
+    with psycopg.connect(store.url, autocommit=True) as conn:
+        conn.execute("ANALYZE users")
+    deep = users[15_000]
+    plan = _plan(
+        store.url,
+        _list_sql(True, False, False, False),
+        {"after_created_at": deep.created_at, "after_id": deep.id, "limit": 51},
+    )
+    assert "users_created_at_id_idx" in plan, plan
+    assert "Sort" not in plan, plan
+    plan = _plan(
+        store.url, "SELECT id FROM users WHERE email_normalized = %(k)s", {"k": "n5@example.org"}
+    )
+    assert "users_email_normalized_key" in plan, plan
+    # And the store's page after the cursor is the right one.
+    page = store.list_users(UserFilter(), Position(deep.created_at, deep.id), 3)
+    assert page == users[15_001:15_004]
+
+
+def test_concurrent_migrations_from_several_processes_apply_once(
+    create_postgresql_database: Callable[[], str],
+) -> None:
+    url = create_postgresql_database()
+    code = (
+        "import sys; from userplane.plugins.postgresql.store import PostgreSQLStorage; "
+        "print(PostgreSQLStorage(sys.argv[1]).migrate())"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outputs
+    assert sorted(out.strip() for out, _ in outputs) == ["['0001_users']", "[]", "[]", "[]"]
+    store = PostgreSQLStorage(url)
+    assert [(m.id, m.applied) for m in store.migration_status()] == [("0001_users", True)]
+    store.close()
+
+
+def test_an_unmigrated_database_says_to_migrate(
+    create_postgresql_database: Callable[[], str],
+) -> None:
+    store = PostgreSQLStorage(create_postgresql_database())
+    try:
+        with pytest.raises(Unavailable, match="userplane migrate"):
+            store.ping()
+    finally:
+        store.close()
