@@ -125,3 +125,57 @@ def registry(settings: Settings) -> Iterator[Registry]:
 @pytest.fixture
 def client(registry: Registry) -> testing.TestClient:
     return testing.TestClient(create_app(registry))
+
+
+@pytest.fixture
+def postgresql_cluster(postgresql_server: str) -> Iterator[Any]:
+    """Control of the local PostgreSQL cluster (stop, start), for outage tests.
+
+    Always started again afterwards, whatever the test did.
+    """
+    import shutil
+    import subprocess
+    import time
+
+    host = urlsplit(postgresql_server).hostname
+    clusters = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
+    if host not in {"127.0.0.1", "localhost", None} or not clusters:
+        _unavailable("the PostgreSQL under test is not a local cluster this test may restart")
+    if not shutil.which("pg_ctlcluster") or os.geteuid() != 0:
+        _unavailable("restarting PostgreSQL needs pg_ctlcluster and root")
+    version = clusters[-1]
+
+    def ctl(action: str, *extra: str) -> None:
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action, *extra],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def ready() -> bool:
+        return (
+            subprocess.run(
+                ["pg_isready", "-q", "-h", host or "127.0.0.1"], check=False, timeout=10
+            ).returncode
+            == 0
+        )
+
+    class Cluster:
+        def stop(self) -> None:
+            ctl("stop", "-m", "fast")
+
+        def start(self) -> None:
+            ctl("start")
+            for _ in range(100):
+                if ready():
+                    return
+                time.sleep(0.1)
+            raise AssertionError("PostgreSQL did not come back")
+
+    cluster = Cluster()
+    try:
+        yield cluster
+    finally:
+        if not ready():
+            cluster.start()

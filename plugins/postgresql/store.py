@@ -155,6 +155,11 @@ class PostgreSQLStorage:
                         ),
                     },
                     name="userplane",
+                    # psycopg_pool retries a failed connection with a backoff that
+                    # doubles for up to this long. Kept short, so that once the
+                    # server is back the next request starts a fresh attempt at
+                    # once instead of waiting out a delay grown during the outage.
+                    reconnect_timeout=2.0,
                     **self._pool_args,  # type: ignore[arg-type]
                 )
                 self._pool.open(wait=False)
