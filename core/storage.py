@@ -26,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from userplane.errors import NotFound, PreconditionFailed
 from userplane.pagination import Position
 from userplane.text import fold
 from userplane.users import User, UserFilter
@@ -142,3 +143,14 @@ def update_params(
         "set_is_active": "is_active" in fields,
         "is_active": fields.get("is_active"),
     }
+
+
+def write_missed(user_id: uuid.UUID, exists: bool) -> NotFound | PreconditionFailed:
+    """The error for a conditional write that matched no row.
+
+    Called after the write was already decided by the database, only to choose
+    what to report: ``NotFound`` if the user is gone, else ``PreconditionFailed``.
+    """
+    if not exists:
+        return NotFound(f"no user with id {user_id}")
+    return PreconditionFailed("the user has changed since that version")

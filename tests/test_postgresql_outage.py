@@ -101,7 +101,13 @@ def test_a_restart_under_load_costs_only_503s_and_loses_nothing(
         time.sleep(1.0)
         outage_started = time.monotonic()
         postgresql_cluster.stop()
-        time.sleep(2.5)
+        # Down: not ready (a 503 problem), but alive, so no orchestrator kills it.
+        ready = server.request("GET", "/health/ready")
+        assert ready.status == 503, ready.body
+        assert ready.content_type == PROBLEM_JSON
+        assert ready.headers.get("Retry-After")
+        assert server.request("GET", "/health/live").status == 200
+        time.sleep(2.0)
         postgresql_cluster.start()
         # Recovered: the service answers ready again, by itself.
         deadline = time.monotonic() + 30

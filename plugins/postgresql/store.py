@@ -16,10 +16,10 @@ from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout, TooManyRequests
 
 from userplane import migrations
-from userplane.errors import Conflict, NotFound, PreconditionFailed, Unavailable
+from userplane.errors import Conflict, Unavailable
 from userplane.pagination import Position
 from userplane.queries import load_queries
-from userplane.storage import MigrationState, insert_params, update_params
+from userplane.storage import MigrationState, insert_params, update_params, write_missed
 from userplane.users import User, UserFilter
 
 _Q = load_queries(__package__ or "userplane.plugins.postgresql")
@@ -62,15 +62,8 @@ def _list_sql(after: bool, is_active: bool, email: bool, q: bool) -> str:
 
 
 def _user(row: Sequence[Any]) -> User:
-    return User(
-        id=row[0],
-        email=row[1],
-        full_name=row[2],
-        is_active=row[3],
-        created_at=row[4],
-        updated_at=row[5],
-        version=row[6],
-    )
+    # The columns come back in User's field order, already as uuid, bool and UTC datetimes.
+    return User(*row)
 
 
 @contextlib.contextmanager
@@ -81,15 +74,27 @@ def _mapped_errors() -> Iterator[None]:
     except pg_errors.UniqueViolation as exc:
         if exc.diag.constraint_name == "users_email_normalized_key":
             raise Conflict("a user with that email already exists") from None
-        raise
+        raise StorageFailure(exc) from None
     except pg_errors.UndefinedTable:
         raise Unavailable("the database is not migrated: run `userplane migrate`") from None
     except pg_errors.QueryCanceled:
         raise Unavailable("the database did not answer in time; retry shortly") from None
     except (PoolTimeout, TooManyRequests):
         raise Unavailable("the database is busy; retry shortly") from None
+    except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected):
+        raise Unavailable("the database could not complete the write; retry it") from None
     except psycopg.OperationalError:
         raise Unavailable("the database cannot be reached; retry shortly") from None
+    except psycopg.Error as exc:
+        raise StorageFailure(exc) from None
+
+
+class StorageFailure(RuntimeError):
+    """A database error that is a bug, not a condition (a 500): no driver type escapes."""
+
+    def __init__(self, exc: psycopg.Error) -> None:
+        super().__init__(f"PostgreSQL error {exc.sqlstate or '(no SQLSTATE)'}: {exc}")
+        self.sqlstate = exc.sqlstate
 
 
 def yoyo_url(url: str) -> str:
@@ -173,7 +178,8 @@ class PostgreSQLStorage:
 
     def _one(self, query: str, params: Mapping[str, Any]) -> Sequence[Any] | None:
         with self._cursor() as cur:
-            cur.execute(_Q[query], params)
+            # Prepared at once: every named query is on a hot path.
+            cur.execute(_Q[query], params, prepare=True)
             row: Sequence[Any] | None = cur.fetchone()
             return row
 
@@ -234,7 +240,7 @@ class PostgreSQLStorage:
             "limit": limit,
         }
         with self._cursor() as cur:
-            cur.execute(sql, params)
+            cur.execute(sql, params, prepare=True)
             return [_user(r) for r in cur.fetchall()]
 
     def update_user(
@@ -280,7 +286,5 @@ class PostgreSQLStorage:
         return count
 
     def _explain_miss(self, user_id: uuid.UUID) -> None:
-        # Only chooses the error to report; the write itself was already decided.
-        if self._one("user_version", {"id": user_id}) is None:
-            raise NotFound(f"no user with id {user_id}")
-        raise PreconditionFailed("the user has changed since that version")
+        exists = self._one("user_version", {"id": user_id}) is not None
+        raise write_missed(user_id, exists)

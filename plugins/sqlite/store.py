@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from userplane import migrations
-from userplane.errors import Conflict, NotFound, PreconditionFailed, Unavailable
+from userplane.errors import Conflict, Unavailable
 from userplane.pagination import Position
 from userplane.queries import load_queries
-from userplane.storage import MigrationState, insert_params, update_params
+from userplane.storage import MigrationState, insert_params, update_params, write_missed
 from userplane.users import User, UserFilter
 
 _Q = load_queries(__package__ or "userplane.plugins.sqlite")
@@ -193,7 +193,5 @@ class SQLiteStorage:
         return _user(row)
 
     def _explain_miss(self, user_id: uuid.UUID) -> None:
-        # Only chooses the error to report; the write itself was already decided.
-        if self._one("user_version", {"id": str(user_id)}) is None:
-            raise NotFound(f"no user with id {user_id}")
-        raise PreconditionFailed("the user has changed since that version")
+        exists = self._one("user_version", {"id": str(user_id)}) is not None
+        raise write_missed(user_id, exists)

@@ -18,7 +18,12 @@ from userplane.emails import normalize_email
 from userplane.errors import Conflict, Unavailable
 from userplane.pagination import Position
 from userplane.plugins.postgresql import userplane_open_storage
-from userplane.plugins.postgresql.store import PostgreSQLStorage, _list_sql, yoyo_url
+from userplane.plugins.postgresql.store import (
+    PostgreSQLStorage,
+    StorageFailure,
+    _list_sql,
+    yoyo_url,
+)
 from userplane.testing import StorageContract, insert, make_user
 from userplane.users import UserFilter
 
@@ -250,3 +255,27 @@ def test_an_unmigrated_database_says_to_migrate(
             store.ping()
     finally:
         store.close()
+
+
+def test_hot_queries_are_prepared_on_first_use(postgresql_url: str) -> None:
+    store = PostgreSQLStorage(postgresql_url, min_size=1, max_size=1)
+    try:
+        user = insert(store, make_user())
+        store.get_user(user.id)
+        store.list_users(UserFilter(), None, 10)
+        with store.pool.connection() as conn:
+            rows = conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()
+        statements = " ".join(r[0] for r in rows)
+        assert "INSERT INTO users" in statements
+        assert "FROM users WHERE id = $1" in statements
+        assert "ORDER BY created_at, id" in statements
+    finally:
+        store.close()
+
+
+def test_no_driver_error_type_escapes(store: PostgreSQLStorage) -> None:
+    with pytest.raises(StorageFailure) as info, store._cursor() as cur:
+        cur.execute("SELECT 1 / 0")
+    assert not isinstance(info.value, psycopg.Error)
+    assert info.value.sqlstate == "22012"
+    store.ping()
