@@ -7,6 +7,7 @@ at the first implementation that returns something other than ``None``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -64,7 +65,17 @@ def userplane_user_updated(user: User, changed: frozenset[str]) -> None:
 
 @hookspec
 def userplane_user_deleted(user: User) -> None:
-    """A user was deleted; ``user`` is the last state it had."""
+    """A user was (softly) deleted; ``user`` is as stored, with ``deleted_at`` set."""
+
+
+@hookspec
+def userplane_user_restored(user: User) -> None:
+    """A deleted user was restored; ``user`` is as stored, live again."""
+
+
+@hookspec
+def userplane_users_purged(count: int, deleted_before: datetime) -> None:
+    """``count`` users deleted before ``deleted_before`` were removed for good."""
 
 
 @hookspec

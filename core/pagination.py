@@ -1,4 +1,10 @@
-"""Keyset pagination: opaque cursors over the ``(created_at, id)`` order."""
+"""Keyset pagination: sort orders and the opaque cursors that walk them.
+
+A page is ordered by one sort field and then by ``id``, so the order is total
+and a cursor (the last item's sort key and id) says exactly where the next page
+starts: following cursors never repeats or skips a row, whatever is inserted
+meanwhile.
+"""
 
 from __future__ import annotations
 
@@ -13,41 +19,88 @@ import attrs
 from userplane.errors import InvalidInput
 
 CURSOR_FIELD = "$.cursor"
+SORT_FIELD = "$.sort"
+
+#: The fields a list may be sorted by (``-field`` for descending).
+SORT_FIELDS = ("created_at", "email", "full_name")
+
+
+@attrs.frozen
+class Sort:
+    """One sort order: a field of ``SORT_FIELDS``, ascending or descending, then ``id``.
+
+    ``email`` sorts by the normalised address and ``full_name`` by the folded name
+    (users without a name first), so that the order ignores letter case.
+    """
+
+    field: str = "created_at"
+    descending: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Sort:
+        """``created_at``, ``-email`` …; anything else is ``InvalidInput`` naming the field."""
+        field = text.removeprefix("-")
+        if field not in SORT_FIELDS:
+            raise InvalidInput.for_field(
+                SORT_FIELD,
+                f"cannot sort by {field!r}; use one of {', '.join(SORT_FIELDS)} "
+                "(with - for descending)",
+            )
+        return cls(field, text.startswith("-"))
+
+    def __str__(self) -> str:
+        return f"-{self.field}" if self.descending else self.field
 
 
 @attrs.frozen
 class Position:
-    """A place in the list: the sort key of the last item a client has seen."""
+    """A place in a list: the sort key and id of the last item a client has seen.
 
-    created_at: datetime
+    ``key`` is a UTC ``datetime`` for ``created_at`` and text for the others.
+    """
+
+    key: datetime | str
     id: uuid.UUID
 
 
-def encode_cursor(position: Position) -> str:
-    """Return an opaque, URL-safe cursor for ``position``."""
-    raw = json.dumps([position.created_at.isoformat(), str(position.id)], separators=(",", ":"))
+def encode_cursor(sort: Sort, position: Position) -> str:
+    """An opaque, URL-safe cursor for ``position`` in ``sort`` order."""
+    key = position.key.isoformat() if isinstance(position.key, datetime) else position.key
+    raw = json.dumps([str(sort), key, str(position.id)], separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).rstrip(b"=").decode("ascii")
 
 
-def decode_cursor(cursor: str) -> Position:
-    """Parse a cursor made by ``encode_cursor``; anything else is ``InvalidInput``.
+#: Longer than any cursor this service issues (a 254-character address, escaped).
+MAX_CURSOR = 2400
+
+
+def decode_cursor(cursor: str, sort: Sort) -> Position:
+    """Parse a cursor made by ``encode_cursor`` for ``sort``; anything else is ``InvalidInput``.
 
     A cursor is client input: a tampered one must fail as a clean 4xx, never
-    reach the database as something unexpected.
+    reach the database as something unexpected. A cursor of another sort order
+    is refused too, since its key means nothing in this one.
     """
     bad = InvalidInput.for_field(CURSOR_FIELD, "not a cursor returned by this service")
-    if len(cursor) > 200:
+    if len(cursor) > MAX_CURSOR:
         raise bad
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        created_at_raw, id_raw = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        if not isinstance(created_at_raw, str) or not isinstance(id_raw, str):
+        sort_raw, key_raw, id_raw = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        if not all(isinstance(part, str) for part in (sort_raw, key_raw, id_raw)):
             raise bad
-        created_at = datetime.fromisoformat(created_at_raw)
-        if created_at.tzinfo is None:
-            raise bad
-        # In UTC, as stored; a time that cannot be expressed in UTC was never issued.
-        position = Position(created_at=created_at.astimezone(UTC), id=uuid.UUID(id_raw))
+        key: datetime | str = key_raw
+        if sort.field == "created_at":
+            created_at = datetime.fromisoformat(key_raw)
+            if created_at.tzinfo is None:
+                raise bad
+            # In UTC, as stored; a time that cannot be expressed in UTC was never issued.
+            key = created_at.astimezone(UTC)
+        position = Position(key=key, id=uuid.UUID(id_raw))
     except (ValueError, TypeError, UnicodeError, OverflowError, binascii.Error):
         raise bad from None
+    if sort_raw != str(sort):
+        raise InvalidInput.for_field(
+            CURSOR_FIELD, f"this cursor pages in {sort_raw!r} order, not {str(sort)!r}"
+        )
     return position

@@ -27,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 
 from userplane.errors import NotFound, PreconditionFailed
-from userplane.pagination import Position
+from userplane.pagination import Position, Sort
 from userplane.text import fold
 from userplane.users import User, UserFilter
 
@@ -64,18 +64,24 @@ class Storage(Protocol):
     def insert_user(self, user: User, email_key: str) -> User:
         """Insert ``user`` with its normalised email ``email_key``; ``Conflict`` if taken."""
 
-    def get_user(self, user_id: uuid.UUID) -> User | None:
-        """The user with ``user_id``, or ``None``."""
+    def get_user(self, user_id: uuid.UUID, include_deleted: bool = False) -> User | None:
+        """The user with ``user_id``, or ``None``; a deleted one only if ``include_deleted``."""
 
-    def get_user_by_email(self, email_key: str) -> User | None:
-        """The user whose normalised email is ``email_key``, or ``None``."""
+    def get_user_by_email(self, email_key: str, include_deleted: bool = False) -> User | None:
+        """The user whose normalised email is ``email_key``, or ``None`` (deleted: as above)."""
 
-    def list_users(self, flt: UserFilter, after: Position | None, limit: int) -> list[User]:
-        """At most ``limit`` users matching ``flt``, in ``(created_at, id)`` order, after ``after``.
+    def list_users(
+        self, flt: UserFilter, sort: Sort, after: Position | None, limit: int
+    ) -> list[User]:
+        """At most ``limit`` users matching ``flt``, in ``sort`` order then ``id``, after ``after``.
 
+        ``email`` sorts by the email key (unique, so no tie-break), ``full_name``
+        by ``fold(full_name or "")``; descending reverses both key and ``id``.
+        ``after.key`` is such a key (a UTC datetime for ``created_at``).
         ``flt.q`` (already folded with ``userplane.text.fold``) matches a
-        substring of the email key or of ``fold(full_name)``, taken literally
-        (``%`` and ``_`` are not wildcards).
+        substring of the email key or of the folded name, taken literally
+        (``%`` and ``_`` are not wildcards). Deleted users only with
+        ``flt.include_deleted``.
         """
 
     def update_user(
@@ -86,29 +92,40 @@ class Storage(Protocol):
         expected_version: int | None,
         now: datetime,
     ) -> User:
-        """Set ``fields`` (and the email key when the email changes), bump ``version``.
+        """Set ``fields`` (and the email key when the email changes) of a live user.
 
-        Set ``updated_at`` to ``now``. One conditional statement: ``NotFound``
-        if there is no such user, ``PreconditionFailed`` if ``expected_version``
-        is given and differs, ``Conflict`` if the new email is taken.
+        Bumps ``version`` and sets ``updated_at`` to ``now``. One conditional
+        statement: ``NotFound`` if there is no such live user,
+        ``PreconditionFailed`` if ``expected_version`` is given and differs,
+        ``Conflict`` if the new email is taken (by a deleted user too).
         """
 
-    def delete_user(self, user_id: uuid.UUID, expected_version: int | None) -> User:
-        """Delete the user and return it as it was; errors as ``update_user``."""
+    def delete_user(self, user_id: uuid.UUID, expected_version: int | None, now: datetime) -> User:
+        """Softly delete a live user: set ``deleted_at`` to ``now``, bump ``version``.
+
+        The row, and so the email, stays. Errors as ``update_user``.
+        """
+
+    def restore_user(self, user_id: uuid.UUID, now: datetime) -> User | None:
+        """Clear ``deleted_at`` of a deleted user and bump ``version``; ``None`` if none such."""
+
+    def purge_users(self, deleted_before: datetime) -> int:
+        """Remove for good every user deleted before ``deleted_before``; return how many."""
 
 
 def insert_params(user: User, email_key: str) -> dict[str, Any]:
     """Named parameters of an insert, for SQL stores: the user's fields plus derived keys.
 
-    ``full_name_folded`` is ``fold(full_name)``: stored so that search compares
-    folded text the same way on every backend, without a function per row.
+    ``full_name_folded`` is ``fold(full_name or "")``: stored so that search and
+    sorting compare folded text the same way on every backend, without a
+    function per row.
     """
     return {
         "id": user.id,
         "email": user.email,
         "email_key": email_key,
         "full_name": user.full_name,
-        "full_name_folded": None if user.full_name is None else fold(user.full_name),
+        "full_name_folded": fold(user.full_name or ""),
         "is_active": user.is_active,
         "created_at": user.created_at,
         "updated_at": user.updated_at,
@@ -139,7 +156,7 @@ def update_params(
         "email_key": email_key,
         "set_full_name": "full_name" in fields,
         "full_name": full_name,
-        "full_name_folded": None if full_name is None else fold(full_name),
+        "full_name_folded": fold(full_name or ""),
         "set_is_active": "is_active" in fields,
         "is_active": fields.get("is_active"),
     }

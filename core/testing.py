@@ -25,16 +25,21 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import attrs
 import pytest
 from hypothesis import strategies as st
 
 from userplane.emails import normalize_email
 from userplane.errors import Conflict, NotFound, PreconditionFailed
-from userplane.pagination import Position
+from userplane.pagination import Position, Sort
 from userplane.storage import Storage
-from userplane.users import NewUser, User, UserFilter
+from userplane.text import fold
+from userplane.users import NewUser, User, UserFilter, sort_key
 
 T = TypeVar("T")
+
+#: The default order: oldest first.
+CREATED = Sort()
 
 _BASE_TIME = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 
@@ -169,14 +174,14 @@ class StorageContract:
 
     def test_list_orders_by_created_at_then_id(self, storage: Storage) -> None:
         users = self._seed(storage, 9)
-        assert storage.list_users(UserFilter(), None, 100) == users
+        assert storage.list_users(UserFilter(), CREATED, None, 100) == users
 
     def test_keyset_pages_cover_everything_once(self, storage: Storage) -> None:
         users = self._seed(storage, 11)
         seen: list[User] = []
         after: Position | None = None
         while True:
-            page = storage.list_users(UserFilter(), after, 3)
+            page = storage.list_users(UserFilter(), CREATED, after, 3)
             seen += page
             if len(page) < 3:
                 break
@@ -185,40 +190,41 @@ class StorageContract:
 
     def test_inserts_while_paging_never_repeat_or_skip_existing(self, storage: Storage) -> None:
         users = self._seed(storage, 6)
-        first = storage.list_users(UserFilter(), None, 3)
+        first = storage.list_users(UserFilter(), CREATED, None, 3)
         # Someone inserts, before and after the cursor, between two page reads.
         insert(storage, make_user("early@example.org", created_at=_BASE_TIME - timedelta(days=1)))
         insert(storage, make_user("late@example.org", created_at=_BASE_TIME + timedelta(days=1)))
-        rest = storage.list_users(UserFilter(), Position(first[-1].created_at, first[-1].id), 100)
+        after = Position(first[-1].created_at, first[-1].id)
+        rest = storage.list_users(UserFilter(), CREATED, after, 100)
         existing = [u for u in first + rest if u in users]
         assert existing == users
 
     def test_filters(self, storage: Storage) -> None:
         users = self._seed(storage, 9)
-        active = storage.list_users(UserFilter(is_active=True), None, 100)
+        active = storage.list_users(UserFilter(is_active=True), CREATED, None, 100)
         assert active == [u for u in users if u.is_active]
-        inactive = storage.list_users(UserFilter(is_active=False), None, 100)
+        inactive = storage.list_users(UserFilter(is_active=False), CREATED, None, 100)
         assert inactive == [u for u in users if not u.is_active]
-        by_email = storage.list_users(UserFilter(email="user4@example.org"), None, 100)
+        by_email = storage.list_users(UserFilter(email="user4@example.org"), CREATED, None, 100)
         assert [u.email for u in by_email] == ["user4@example.org"]
-        by_q = storage.list_users(UserFilter(q="user 1"), None, 100)
+        by_q = storage.list_users(UserFilter(q="user 1"), CREATED, None, 100)
         assert [u.full_name for u in by_q] == ["User 1"]
-        by_q_email = storage.list_users(UserFilter(q="user7@"), None, 100)
+        by_q_email = storage.list_users(UserFilter(q="user7@"), CREATED, None, 100)
         assert [u.email for u in by_q_email] == ["user7@example.org"]
-        both = storage.list_users(UserFilter(is_active=False, q="user"), None, 100)
+        both = storage.list_users(UserFilter(is_active=False, q="user"), CREATED, None, 100)
         assert both == inactive
 
     def test_q_is_literal_and_case_insensitive(self, storage: Storage) -> None:
         insert(storage, make_user("percent@example.org", full_name="100% Sure"))
         insert(storage, make_user("under@example.org", full_name="snake_case Ünïcode"))
         insert(storage, make_user("plain@example.org", full_name="Plain"))
-        assert [u.email for u in storage.list_users(UserFilter(q="%"), None, 10)] == [
+        assert [u.email for u in storage.list_users(UserFilter(q="%"), CREATED, None, 10)] == [
             "percent@example.org"
         ]
-        assert [u.email for u in storage.list_users(UserFilter(q="_"), None, 10)] == [
+        assert [u.email for u in storage.list_users(UserFilter(q="_"), CREATED, None, 10)] == [
             "under@example.org"
         ]
-        found = storage.list_users(UserFilter(q="ünïcode"), None, 10)
+        found = storage.list_users(UserFilter(q="ünïcode"), CREATED, None, 10)
         assert [u.email for u in found] == ["under@example.org"]
 
     # -- updates --------------------------------------------------------------
@@ -303,21 +309,100 @@ class StorageContract:
 
     # -- deletes --------------------------------------------------------------
 
-    def test_delete_returns_the_user_and_frees_the_email(self, storage: Storage) -> None:
-        user = insert(storage, make_user("gone@example.org"))
-        assert storage.delete_user(user.id, None) == user
+    def test_delete_is_soft_and_keeps_the_email_reserved(self, storage: Storage) -> None:
+        user = insert(storage, make_user("gone@example.org", created_at=_BASE_TIME))
+        later = _BASE_TIME + timedelta(hours=1)
+        deleted = storage.delete_user(user.id, None, later)
+        assert deleted == attrs.evolve(user, deleted_at=later, updated_at=later, version=2)
         assert storage.get_user(user.id) is None
+        assert storage.get_user_by_email("gone@example.org") is None
+        assert storage.get_user(user.id, include_deleted=True) == deleted
+        assert storage.get_user_by_email("gone@example.org", include_deleted=True) == deleted
+        assert storage.list_users(UserFilter(), CREATED, None, 10) == []
+        assert storage.list_users(UserFilter(include_deleted=True), CREATED, None, 10) == [deleted]
+        with pytest.raises(Conflict):
+            insert(storage, make_user("GONE@example.org"))
         with pytest.raises(NotFound):
-            storage.delete_user(user.id, None)
-        insert(storage, make_user("gone@example.org"))
+            storage.delete_user(user.id, None, later)
+        with pytest.raises(NotFound):
+            storage.update_user(user.id, {"full_name": "x"}, None, None, later)
 
     def test_delete_with_a_stale_version_fails(self, storage: Storage) -> None:
         user = insert(storage, make_user())
-        storage.update_user(user.id, {"is_active": False}, None, None, datetime.now(UTC))
+        now = datetime.now(UTC)
+        storage.update_user(user.id, {"is_active": False}, None, None, now)
         with pytest.raises(PreconditionFailed):
-            storage.delete_user(user.id, 1)
+            storage.delete_user(user.id, 1, now)
         assert storage.get_user(user.id) is not None
-        assert storage.delete_user(user.id, 2).version == 2
+        assert storage.delete_user(user.id, 2, now).version == 3
+
+    def test_restore_brings_a_deleted_user_back(self, storage: Storage) -> None:
+        user = insert(storage, make_user(created_at=_BASE_TIME))
+        storage.delete_user(user.id, None, _BASE_TIME + timedelta(hours=1))
+        later = _BASE_TIME + timedelta(hours=2)
+        restored = storage.restore_user(user.id, later)
+        assert restored == attrs.evolve(user, updated_at=later, version=3)
+        assert storage.get_user(user.id) == restored
+        assert storage.restore_user(user.id, later) is None  # live: nothing to restore
+        assert storage.restore_user(uuid.uuid4(), later) is None
+
+    def test_purge_removes_only_users_deleted_before_the_cut_off(self, storage: Storage) -> None:
+        old = insert(storage, make_user("old@example.org"))
+        recent = insert(storage, make_user("recent@example.org"))
+        live = insert(storage, make_user("live@example.org"))
+        storage.delete_user(old.id, None, _BASE_TIME)
+        storage.delete_user(recent.id, None, _BASE_TIME + timedelta(days=10))
+        assert storage.purge_users(_BASE_TIME + timedelta(days=1)) == 1
+        assert storage.get_user(old.id, include_deleted=True) is None
+        assert storage.get_user(recent.id, include_deleted=True) is not None
+        assert storage.get_user(live.id) == live
+        insert(storage, make_user("old@example.org"))  # purged: the email is free again
+        assert storage.purge_users(_BASE_TIME + timedelta(days=1)) == 0
+
+    # -- sorting ----------------------------------------------------------------
+
+    def _sorted(self, users: list[User], sort: Sort) -> list[User]:
+        def key(u: User) -> tuple[Any, ...]:
+            if sort.field == "created_at":
+                return (u.created_at, u.id)
+            if sort.field == "email":
+                return (normalize_email(u.email),)
+            return (fold(u.full_name or ""), u.id)
+
+        return sorted(users, key=key, reverse=sort.descending)
+
+    @pytest.mark.parametrize(
+        "text", ["created_at", "-created_at", "email", "-email", "full_name", "-full_name"]
+    )
+    def test_every_sort_pages_through_everything_once_in_order(
+        self, storage: Storage, text: str
+    ) -> None:
+        names = ["bob", None, "Ann", "ann", "Zoë", "zoe", None, "émile", "Bob", "carl", "ANN"]
+        users = []
+        for i, name in enumerate(names):
+            email = f"{chr(ord('a') + (i * 7) % 11)}{i}@Example.org"
+            users.append(
+                insert(
+                    storage,
+                    make_user(
+                        email,
+                        full_name=name,
+                        created_at=_BASE_TIME + timedelta(microseconds=i // 3),
+                    ),
+                )
+            )
+        sort = Sort.parse(text)
+        expected = self._sorted(users, sort)
+        seen: list[User] = []
+        after: Position | None = None
+        while True:
+            page = storage.list_users(UserFilter(), sort, after, 3)
+            seen += page
+            if len(page) < 3:
+                break
+            last = page[-1]
+            after = Position(sort_key(last, sort.field), last.id)
+        assert seen == expected
 
 
 # -- hypothesis strategies ------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -13,7 +13,7 @@ import attrs
 
 from userplane.emails import normalize_email
 from userplane.errors import FieldError, InvalidInput, NotFound
-from userplane.pagination import Position, decode_cursor, encode_cursor
+from userplane.pagination import Position, Sort, decode_cursor, encode_cursor
 from userplane.text import fold
 
 if TYPE_CHECKING:
@@ -40,7 +40,11 @@ UNSET: Final = Unset.UNSET
 
 @attrs.frozen
 class User:
-    """A stored user. ``version`` starts at 1 and grows by one on every write."""
+    """A stored user. ``version`` starts at 1 and grows by one on every write.
+
+    ``deleted_at`` is set while the user is (softly) deleted: hidden from reads
+    and lists, its email still reserved, restorable until purged.
+    """
 
     id: uuid.UUID
     email: str
@@ -49,6 +53,7 @@ class User:
     created_at: datetime
     updated_at: datetime
     version: int
+    deleted_at: datetime | None = None
 
 
 @attrs.frozen
@@ -83,22 +88,26 @@ class UserFilter:
     is_active: bool | None = None
     email: str | None = None
     q: str | None = None
+    #: Deleted users too (an administrator's view); otherwise only live ones.
+    include_deleted: bool = False
 
 
 @attrs.frozen
 class UserQuery:
-    """A list request as a client states it (the cursor is still opaque)."""
+    """A list request as a client states it (sort and cursor still as text)."""
 
     limit: int = DEFAULT_LIMIT
     cursor: str | None = None
     is_active: bool | None = None
     email: str | None = None
     q: str | None = None
+    sort: str = "created_at"
+    include_deleted: bool = False
 
 
 @attrs.frozen
 class UserPage:
-    """One page of users in ``(created_at, id)`` order; ``next`` is ``None`` on the last."""
+    """One page of users in the query's sort order; ``next`` is ``None`` on the last."""
 
     items: tuple[User, ...]
     next: str | None
@@ -147,15 +156,30 @@ def check_fields(values: Mapping[str, Any]) -> tuple[str | None, list[FieldError
     return key, errors
 
 
-def check_query(query: UserQuery) -> tuple[UserFilter, Position | None, list[FieldError]]:
-    """Resolve a list request: its filter, its position, and every parameter at fault."""
+@attrs.frozen
+class ResolvedQuery:
+    """A list request resolved for storage, or the parameters at fault."""
+
+    flt: UserFilter
+    sort: Sort
+    after: Position | None
+    errors: list[FieldError]
+
+
+def check_query(query: UserQuery) -> ResolvedQuery:
+    """Resolve a list request: filter, sort, position, and every parameter at fault."""
     errors: list[FieldError] = []
     if not 1 <= query.limit <= MAX_LIMIT:
         errors.append(FieldError("$.limit", f"must be between 1 and {MAX_LIMIT}"))
+    sort = Sort()
+    try:
+        sort = Sort.parse(query.sort)
+    except InvalidInput as exc:
+        errors += exc.errors
     after: Position | None = None
-    if query.cursor is not None:
+    if query.cursor is not None and not errors:
         try:
-            after = decode_cursor(query.cursor)
+            after = decode_cursor(query.cursor, sort)
         except InvalidInput as exc:
             errors += exc.errors
     email_key: str | None = None
@@ -167,7 +191,19 @@ def check_query(query: UserQuery) -> tuple[UserFilter, Position | None, list[Fie
     if query.q is not None and len(query.q) > MAX_FULL_NAME:
         errors.append(FieldError("$.q", f"must be at most {MAX_FULL_NAME} characters"))
     q = fold(query.q) if query.q else None
-    return UserFilter(is_active=query.is_active, email=email_key, q=q), after, errors
+    flt = UserFilter(
+        is_active=query.is_active, email=email_key, q=q, include_deleted=query.include_deleted
+    )
+    return ResolvedQuery(flt, sort, after, errors)
+
+
+def sort_key(user: User, field: str) -> datetime | str:
+    """``user``'s key in a sort by ``field``: what storage orders by and cursors hold."""
+    if field == "created_at":
+        return user.created_at
+    if field == "email":
+        return normalize_email(user.email)
+    return fold(user.full_name or "")
 
 
 def _raise_if(errors: list[FieldError]) -> None:
@@ -223,48 +259,49 @@ class UserService:
 
         return self._run("users.create", call)
 
-    def get(self, user_id: uuid.UUID) -> User:
-        """The user with ``user_id``, or ``NotFound``."""
+    def get(self, user_id: uuid.UUID, include_deleted: bool = False) -> User:
+        """The user with ``user_id``, or ``NotFound`` (also when deleted, unless included)."""
 
         def call() -> User:
-            user = self._storage.get_user(user_id)
+            user = self._storage.get_user(user_id, include_deleted)
             if user is None:
                 raise NotFound(f"no user with id {user_id}")
             return user
 
         return self._run("users.get", call)
 
-    def get_by_email(self, email: str) -> User:
+    def get_by_email(self, email: str, include_deleted: bool = False) -> User:
         """The user whose address normalises like ``email``, or ``NotFound``."""
 
         def call() -> User:
-            user = self._storage.get_user_by_email(normalize_email(email))
+            user = self._storage.get_user_by_email(normalize_email(email), include_deleted)
             if user is None:
                 raise NotFound("no user with that email")
             return user
 
         return self._run("users.get_by_email", call)
 
-    def find(self, id_or_email: str) -> User:
+    def find(self, id_or_email: str, include_deleted: bool = False) -> User:
         """Look a user up by id if ``id_or_email`` is a UUID, else by email."""
         try:
             user_id = uuid.UUID(id_or_email)
         except ValueError:
-            return self.get_by_email(id_or_email)
-        return self.get(user_id)
+            return self.get_by_email(id_or_email, include_deleted)
+        return self.get(user_id, include_deleted)
 
     def list(self, query: UserQuery) -> UserPage:
-        """One page of users matching ``query``, oldest first."""
+        """One page of users matching ``query``, in its sort order (oldest first by default)."""
 
         def call() -> UserPage:
-            flt, after, errors = check_query(query)
-            _raise_if(errors)
-            rows = self._storage.list_users(flt, after, query.limit + 1)
+            resolved = check_query(query)
+            _raise_if(resolved.errors)
+            sort = resolved.sort
+            rows = self._storage.list_users(resolved.flt, sort, resolved.after, query.limit + 1)
             items = tuple(rows[: query.limit])
             nxt = None
             if len(rows) > query.limit:
                 last = items[-1]
-                nxt = encode_cursor(Position(last.created_at, last.id))
+                nxt = encode_cursor(sort, Position(sort_key(last, sort.field), last.id))
             return UserPage(items=items, next=nxt)
 
         return self._run("users.list", call)
@@ -293,14 +330,46 @@ class UserService:
         return self._run("users.update", call)
 
     def delete(self, user_id: uuid.UUID, expected_version: int | None = None) -> User:
-        """Delete the user, only if still at ``expected_version`` when given; returns it."""
+        """Softly delete the user (only if still at ``expected_version`` when given).
+
+        The user is hidden from reads and lists and keeps its email reserved
+        until ``restore`` or ``purge``. Returns it as deleted.
+        """
 
         def call() -> User:
-            deleted = self._storage.delete_user(user_id, expected_version)
+            deleted = self._storage.delete_user(user_id, expected_version, self._clock())
             self._hook.userplane_user_deleted(user=deleted)
             return deleted
 
         return self._run("users.delete", call)
+
+    def restore(self, user_id: uuid.UUID) -> User:
+        """Bring a deleted user back; a live user is returned as it is (retries are safe)."""
+
+        def call() -> User:
+            restored = self._storage.restore_user(user_id, self._clock())
+            if restored is None:
+                user = self._storage.get_user(user_id, False)
+                if user is None:
+                    raise NotFound(f"no deleted or live user with id {user_id}")
+                return user
+            self._hook.userplane_user_restored(user=restored)
+            return restored
+
+        return self._run("users.restore", call)
+
+    def purge(self, older_than: timedelta) -> int:
+        """Remove for good the users deleted more than ``older_than`` ago; returns how many."""
+
+        def call() -> int:
+            if older_than < timedelta(0):
+                raise InvalidInput.for_field("$.older_than", "must not be negative")
+            before = self._clock() - older_than
+            count = self._storage.purge_users(before)
+            self._hook.userplane_users_purged(count=count, deleted_before=before)
+            return count
+
+        return self._run("users.purge", call)
 
     def set_active(self, user_id: uuid.UUID, active: bool) -> User:
         """Activate or deactivate a user (an update of ``is_active`` alone)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any, ClassVar
 
 import click
 
@@ -12,7 +14,7 @@ from userplane.frontends.cli.app import State, cli, pass_state
 from userplane.frontends.cli.output import emit, format_option
 from userplane.users import MAX_LIMIT, User, UserQuery, UserService
 
-COLUMNS = ("id", "email", "full_name", "is_active", "created_at", "version")
+COLUMNS = ("id", "email", "full_name", "is_active", "created_at", "version", "deleted_at")
 
 
 def _show(users: list[User] | Iterator[User], fmt: str) -> None:
@@ -42,6 +44,13 @@ def create(state: State, email: str, full_name: str | None, inactive: bool, fmt:
 
 @users.command("list")
 @click.option(
+    "--sort",
+    default="created_at",
+    show_default=True,
+    help="created_at, email or full_name; prefix - for descending.",
+)
+@click.option("--include-deleted", is_flag=True, help="Deleted users too.")
+@click.option(
     "--active/--inactive", "is_active", default=None, help="Only active (inactive) users."
 )
 @click.option("--email", default=None, help="Only the user with this address.")
@@ -51,13 +60,15 @@ def create(state: State, email: str, full_name: str | None, inactive: bool, fmt:
 @pass_state
 def list_(
     state: State,
+    sort: str,
+    include_deleted: bool,
     is_active: bool | None,
     email: str | None,
     q: str | None,
     limit: int | None,
     fmt: str,
 ) -> None:
-    """List users, oldest first, following every page."""
+    """List users (oldest first unless --sort says otherwise), following every page."""
     service = state.registry.users
 
     def all_users() -> Iterator[User]:
@@ -65,7 +76,15 @@ def list_(
         left = limit
         while True:
             size = MAX_LIMIT if left is None else min(left, MAX_LIMIT)
-            query = UserQuery(limit=size, cursor=cursor, is_active=is_active, email=email, q=q)
+            query = UserQuery(
+                limit=size,
+                cursor=cursor,
+                is_active=is_active,
+                email=email,
+                q=q,
+                sort=sort,
+                include_deleted=include_deleted,
+            )
             page = service.list(query)
             yield from page.items
             if left is not None:
@@ -79,11 +98,12 @@ def list_(
 
 @users.command()
 @click.argument("id_or_email")
+@click.option("--include-deleted", is_flag=True, help="Find a deleted user too.")
 @format_option
 @pass_state
-def get(state: State, id_or_email: str, fmt: str) -> None:
+def get(state: State, id_or_email: str, include_deleted: bool, fmt: str) -> None:
     """Show one user, by id or by email."""
-    _show([state.registry.users.find(id_or_email)], fmt)
+    _show([state.registry.users.find(id_or_email, include_deleted)], fmt)
 
 
 @users.command()
@@ -126,7 +146,7 @@ def update(
 @format_option
 @pass_state
 def delete(state: State, id_or_email: str, if_version: int | None, fmt: str) -> None:
-    """Delete a user; prints the user as it was."""
+    """Delete a user (softly: restorable until purged); prints it as deleted."""
     service = state.registry.users
     _show([service.delete(_id_of(service, id_or_email), if_version)], fmt)
 
@@ -152,3 +172,56 @@ def deactivate(state: State, id_or_email: str, fmt: str) -> None:
 def activate(state: State, id_or_email: str, fmt: str) -> None:
     """Activate a user."""
     _set_active(state, id_or_email, True, fmt)
+
+
+@users.command()
+@click.argument("id_or_email")
+@format_option
+@pass_state
+def restore(state: State, id_or_email: str, fmt: str) -> None:
+    """Bring a deleted user back."""
+    service = state.registry.users
+    _show([service.restore(service.find(id_or_email, include_deleted=True).id)], fmt)
+
+
+class Duration(click.ParamType):
+    """``30d``, ``12h``, ``90m``, ``45s`` or ``2w``."""
+
+    name = "duration"
+    _UNITS: ClassVar[dict[str, str]] = {
+        "s": "seconds",
+        "m": "minutes",
+        "h": "hours",
+        "d": "days",
+        "w": "weeks",
+    }
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, timedelta):
+            return value
+        text = str(value).strip().lower()
+        number, unit = text[:-1], text[-1:]
+        if unit not in self._UNITS or not number.isdigit():
+            self.fail(f"{value!r} is not a duration like 30d, 12h, 90m, 45s or 2w", param, ctx)
+        return timedelta(**{self._UNITS[unit]: int(number)})
+
+
+@users.command()
+@click.option(
+    "--older-than",
+    type=Duration(),
+    required=True,
+    help="Purge users deleted longer ago than this (30d, 12h …).",
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@format_option
+@pass_state
+def purge(state: State, older_than: timedelta, yes: bool, fmt: str) -> None:
+    """Remove deleted users for good (they cannot be restored afterwards)."""
+    if not yes:
+        click.confirm(f"Remove for good every user deleted more than {older_than} ago?", abort=True)
+    count = state.registry.users.purge(older_than)
+    if fmt == "json":
+        emit([{"purged": count}], fmt, ())
+    else:
+        click.echo(f"purged {count} deleted user{'s' if count != 1 else ''}")

@@ -9,7 +9,7 @@ import falcon
 from userplane.frontends.http import media, problems
 from userplane.frontends.http.middleware import BodyPolicy, RequestId, SecurityHeaders
 from userplane.frontends.http.pages import STATIC, Home, Live, Ready
-from userplane.frontends.http.users import UserResource, UsersResource
+from userplane.frontends.http.users import RestoreResource, UserResource, UsersResource
 from userplane.registry import Registry
 
 #: Headers a browser script may read on a cross-origin response.
@@ -47,6 +47,7 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
     app.add_route("/health/ready", Ready(registry))
     app.add_route("/api/v1/users", UsersResource(registry.users))
     app.add_route("/api/v1/users/{user_id:uuid}", UserResource(registry.users))
+    app.add_route("/api/v1/users/{user_id:uuid}/restore", RestoreResource(registry.users))
     app.add_static_route("/static", str(STATIC))
     registry.hook.userplane_http_routes(app=app, registry=registry)
     return app

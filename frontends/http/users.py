@@ -12,7 +12,7 @@ from userplane import convert
 from userplane.errors import FieldError, InvalidInput, PreconditionFailed
 from userplane.users import DEFAULT_LIMIT, User, UserQuery, UserService, check_query
 
-_LIST_PARAMS = frozenset({"limit", "cursor", "is_active", "email", "q"})
+_LIST_PARAMS = frozenset({"limit", "cursor", "is_active", "email", "q", "sort", "include_deleted"})
 _BOOLS = {"true": True, "false": False}
 
 
@@ -52,6 +52,32 @@ def _expected_version(req: falcon.Request, users: UserService, user_id: uuid.UUI
     raise PreconditionFailed("the user has changed since that version")
 
 
+def _bool_param(values: dict[str, Any], name: str, errors: list[FieldError]) -> bool | None:
+    if name not in values:
+        return None
+    value = _BOOLS.get(values[name].lower())
+    if value is None:
+        errors.append(FieldError(f"$.{name}", "must be true or false"))
+    return value
+
+
+def _include_deleted(req: falcon.Request) -> bool:
+    errors: list[FieldError] = []
+    unknown = [
+        FieldError(f"$.{k}", "unknown query parameter")
+        for k in req.params
+        if k != "include_deleted"
+    ]
+    values = {k: v for k, v in req.params.items() if k == "include_deleted"}
+    if isinstance(values.get("include_deleted"), list):
+        errors.append(FieldError("$.include_deleted", "must be given once"))
+        values = {}
+    value = _bool_param(values, "include_deleted", errors)
+    if unknown or errors:
+        raise InvalidInput.from_errors(unknown + errors)
+    return bool(value)
+
+
 def _parse_list_query(req: falcon.Request) -> UserQuery:
     errors: list[FieldError] = []
     params = req.params
@@ -71,22 +97,21 @@ def _parse_list_query(req: falcon.Request) -> UserQuery:
             limit = int(values["limit"])
         except ValueError:
             errors.append(FieldError("$.limit", "must be a whole number"))
-    is_active = None
-    if "is_active" in values:
-        is_active = _BOOLS.get(values["is_active"].lower())
-        if is_active is None:
-            errors.append(FieldError("$.is_active", "must be true or false"))
+    is_active = _bool_param(values, "is_active", errors)
+    include_deleted = _bool_param(values, "include_deleted", errors)
     query = UserQuery(
         limit=limit,
         cursor=values.get("cursor"),
         is_active=is_active,
         email=values.get("email"),
         q=values.get("q"),
+        sort=values.get("sort", "created_at"),
+        include_deleted=bool(include_deleted),
     )
     if errors:
         # Name every parameter at fault at once, the core's checks included.
         fields = {e.field for e in errors}
-        errors += [e for e in check_query(query)[2] if e.field not in fields]
+        errors += [e for e in check_query(query).errors if e.field not in fields]
         raise InvalidInput.from_errors(errors)
     return query
 
@@ -126,7 +151,7 @@ class UserResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, user_id: uuid.UUID) -> None:
         """The user; 304 when ``If-None-Match`` names its current ETag."""
-        user = self._users.get(user_id)
+        user = self._users.get(user_id, include_deleted=_include_deleted(req))
         tags = req.if_none_match
         # Weak comparison for If-None-Match (RFC 9110 13.1.2).
         if tags is not None and any(t == "*" or t == str(user.version) for t in tags):
@@ -142,7 +167,18 @@ class UserResource:
         _send_user(resp, self._users.update(user_id, changes, expected))
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, user_id: uuid.UUID) -> None:
-        """Delete: 204; ``If-Match`` makes it conditional."""
+        """Soft delete: 204; ``If-Match`` makes it conditional."""
         expected = _expected_version(req, self._users, user_id)
         self._users.delete(user_id, expected)
         resp.status = falcon.HTTP_204
+
+
+class RestoreResource:
+    """``/api/v1/users/{user_id}/restore``: undo a soft delete."""
+
+    def __init__(self, users: UserService) -> None:
+        self._users = users
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, user_id: uuid.UUID) -> None:
+        """The restored (or already live) user: 200 with its ETag."""
+        _send_user(resp, self._users.restore(user_id))

@@ -1,19 +1,21 @@
 -- Parameters are typed with casts: a NULL parameter has no type of its own.
+-- The list query is composed per sort and filter: see userplane.list_sql.
 
 -- name: insert_user
 INSERT INTO users (id, email, email_normalized, full_name, full_name_folded, is_active,
                    created_at, updated_at, version)
 VALUES (%(id)s, %(email)s, %(email_key)s, %(full_name)s, %(full_name_folded)s, %(is_active)s,
         %(created_at)s, %(updated_at)s, %(version)s)
-RETURNING id, email, full_name, is_active, created_at, updated_at, version
+RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at
 
 -- name: get_user
-SELECT id, email, full_name, is_active, created_at, updated_at, version
-FROM users WHERE id = %(id)s
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+FROM users WHERE id = %(id)s AND (%(include_deleted)s::boolean OR deleted_at IS NULL)
 
 -- name: get_user_by_email
-SELECT id, email, full_name, is_active, created_at, updated_at, version
-FROM users WHERE email_normalized = %(email_key)s
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+FROM users
+WHERE email_normalized = %(email_key)s AND (%(include_deleted)s::boolean OR deleted_at IS NULL)
 
 -- name: update_user
 -- One conditional statement: the version check and the write cannot be separated.
@@ -26,16 +28,27 @@ UPDATE users SET
     is_active = CASE WHEN %(set_is_active)s THEN %(is_active)s::boolean ELSE is_active END,
     version = version + 1,
     updated_at = %(now)s
-WHERE id = %(id)s AND (%(expected_version)s::integer IS NULL OR version = %(expected_version)s::integer)
-RETURNING id, email, full_name, is_active, created_at, updated_at, version
+WHERE id = %(id)s AND deleted_at IS NULL
+  AND (%(expected_version)s::integer IS NULL OR version = %(expected_version)s::integer)
+RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at
 
 -- name: delete_user
-DELETE FROM users
-WHERE id = %(id)s AND (%(expected_version)s::integer IS NULL OR version = %(expected_version)s::integer)
-RETURNING id, email, full_name, is_active, created_at, updated_at, version
+-- Soft: the row stays, so the email stays reserved until a purge.
+UPDATE users SET deleted_at = %(now)s, updated_at = %(now)s, version = version + 1
+WHERE id = %(id)s AND deleted_at IS NULL
+  AND (%(expected_version)s::integer IS NULL OR version = %(expected_version)s::integer)
+RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+
+-- name: restore_user
+UPDATE users SET deleted_at = NULL, updated_at = %(now)s, version = version + 1
+WHERE id = %(id)s AND deleted_at IS NOT NULL
+RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+
+-- name: purge_users
+DELETE FROM users WHERE deleted_at IS NOT NULL AND deleted_at < %(before)s
 
 -- name: user_version
-SELECT version FROM users WHERE id = %(id)s
+SELECT version FROM users WHERE id = %(id)s AND deleted_at IS NULL
 
 -- name: copy_users
 COPY users (id, email, email_normalized, full_name, full_name_folded, is_active,

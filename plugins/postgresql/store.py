@@ -17,14 +17,15 @@ from psycopg_pool import ConnectionPool, PoolTimeout, TooManyRequests
 
 from userplane import migrations
 from userplane.errors import Conflict, Unavailable
-from userplane.pagination import Position
+from userplane.list_sql import Dialect, list_users_sql
+from userplane.pagination import Position, Sort
 from userplane.queries import load_queries
 from userplane.storage import MigrationState, insert_params, update_params, write_missed
 from userplane.users import User, UserFilter
 
 _Q = load_queries(__package__ or "userplane.plugins.postgresql")
 
-_COLUMNS = "id, email, full_name, is_active, created_at, updated_at, version"
+_COLUMNS = "id, email, full_name, is_active, created_at, updated_at, version, deleted_at"
 _COPY_COLUMNS = (
     "id",
     "email",
@@ -38,27 +39,23 @@ _COPY_COLUMNS = (
 )
 
 
-@functools.lru_cache(maxsize=32)
-def _list_sql(after: bool, is_active: bool, email: bool, q: bool) -> str:
-    """The list query for one combination of filters.
+_DIALECT = Dialect(param="%({name})s", contains="strpos({haystack}, {needle}) > 0")
 
-    Composed from fixed fragments rather than ``(%s IS NULL OR …)`` so that
-    each combination gets its own prepared plan, and the keyset condition is a
-    plain row comparison the ``(created_at, id)`` index can seek on.
-    """
-    conditions = []
-    if after:
-        conditions.append("(created_at, id) > (%(after_created_at)s, %(after_id)s)")
-    if is_active:
-        conditions.append("is_active = %(is_active)s")
-    if email:
-        conditions.append("email_normalized = %(email_key)s")
-    if q:
-        conditions.append(
-            "(strpos(email_normalized, %(q)s) > 0 OR strpos(full_name_folded, %(q)s) > 0)"
-        )
-    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    return f"SELECT {_COLUMNS} FROM users{where} ORDER BY created_at, id LIMIT %(limit)s"
+
+@functools.lru_cache(maxsize=64)
+def _list_sql(field: str, descending: bool, *flags: bool) -> str:
+    after, is_active, email, q, include_deleted = flags
+    return list_users_sql(
+        _DIALECT,
+        _COLUMNS,
+        field,
+        descending,
+        after=after,
+        is_active=is_active,
+        email=email,
+        q=q,
+        include_deleted=include_deleted,
+    )
 
 
 def _user(row: Sequence[Any]) -> User:
@@ -216,23 +213,32 @@ class PostgreSQLStorage:
         assert row is not None
         return _user(row)
 
-    def get_user(self, user_id: uuid.UUID) -> User | None:
+    def get_user(self, user_id: uuid.UUID, include_deleted: bool = False) -> User | None:
         """The user by id."""
-        row = self._one("get_user", {"id": user_id})
+        row = self._one("get_user", {"id": user_id, "include_deleted": include_deleted})
         return None if row is None else _user(row)
 
-    def get_user_by_email(self, email_key: str) -> User | None:
+    def get_user_by_email(self, email_key: str, include_deleted: bool = False) -> User | None:
         """The user by normalised email."""
-        row = self._one("get_user_by_email", {"email_key": email_key})
+        params = {"email_key": email_key, "include_deleted": include_deleted}
+        row = self._one("get_user_by_email", params)
         return None if row is None else _user(row)
 
-    def list_users(self, flt: UserFilter, after: Position | None, limit: int) -> list[User]:
+    def list_users(
+        self, flt: UserFilter, sort: Sort, after: Position | None, limit: int
+    ) -> list[User]:
         """A keyset page."""
         sql = _list_sql(
-            after is not None, flt.is_active is not None, flt.email is not None, bool(flt.q)
+            sort.field,
+            sort.descending,
+            after is not None,
+            flt.is_active is not None,
+            flt.email is not None,
+            bool(flt.q),
+            flt.include_deleted,
         )
         params = {
-            "after_created_at": None if after is None else after.created_at,
+            "after_key": None if after is None else after.key,
             "after_id": None if after is None else after.id,
             "is_active": flt.is_active,
             "email_key": flt.email,
@@ -259,13 +265,25 @@ class PostgreSQLStorage:
         assert row is not None
         return _user(row)
 
-    def delete_user(self, user_id: uuid.UUID, expected_version: int | None) -> User:
-        """One conditional ``DELETE … RETURNING``."""
-        row = self._one("delete_user", {"id": user_id, "expected_version": expected_version})
+    def delete_user(self, user_id: uuid.UUID, expected_version: int | None, now: datetime) -> User:
+        """One conditional ``UPDATE … RETURNING`` setting ``deleted_at``."""
+        params = {"id": user_id, "expected_version": expected_version, "now": now}
+        row = self._one("delete_user", params)
         if row is None:
             self._explain_miss(user_id)
         assert row is not None
         return _user(row)
+
+    def restore_user(self, user_id: uuid.UUID, now: datetime) -> User | None:
+        """Clear ``deleted_at``, if set."""
+        row = self._one("restore_user", {"id": user_id, "now": now})
+        return None if row is None else _user(row)
+
+    def purge_users(self, deleted_before: datetime) -> int:
+        """Delete the rows deleted before the cut-off."""
+        with self._cursor() as cur:
+            cur.execute(_Q["purge_users"], {"before": deleted_before})
+            return cur.rowcount
 
     def copy_users(self, rows: Iterable[tuple[User, str]]) -> int:
         """Insert many ``(user, email_key)`` pairs in one transaction with ``COPY``.

@@ -1,28 +1,19 @@
+-- The list query is composed per sort and filter: see userplane.list_sql.
+
 -- name: insert_user
 INSERT INTO users (id, email, email_normalized, full_name, full_name_folded, is_active,
                    created_at, updated_at, version)
 VALUES (:id, :email, :email_key, :full_name, :full_name_folded, :is_active,
         :created_at, :updated_at, :version)
-RETURNING id, email, full_name, is_active, created_at, updated_at, version
+RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at
 
 -- name: get_user
-SELECT id, email, full_name, is_active, created_at, updated_at, version
-FROM users WHERE id = :id
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+FROM users WHERE id = :id AND (:include_deleted OR deleted_at IS NULL)
 
 -- name: get_user_by_email
-SELECT id, email, full_name, is_active, created_at, updated_at, version
-FROM users WHERE email_normalized = :email_key
-
--- name: list_users
--- Keyset pagination: the row-value comparison walks users_created_at_id_idx.
-SELECT id, email, full_name, is_active, created_at, updated_at, version
-FROM users
-WHERE (:after_created_at IS NULL OR (created_at, id) > (:after_created_at, :after_id))
-  AND (:is_active IS NULL OR is_active = :is_active)
-  AND (:email_key IS NULL OR email_normalized = :email_key)
-  AND (:q IS NULL OR instr(email_normalized, :q) > 0 OR instr(full_name_folded, :q) > 0)
-ORDER BY created_at, id
-LIMIT :limit
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+FROM users WHERE email_normalized = :email_key AND (:include_deleted OR deleted_at IS NULL)
 
 -- name: update_user
 -- One conditional statement: the version check and the write cannot be separated.
@@ -34,13 +25,24 @@ UPDATE users SET
     is_active = CASE WHEN :set_is_active THEN :is_active ELSE is_active END,
     version = version + 1,
     updated_at = :now
-WHERE id = :id AND (:expected_version IS NULL OR version = :expected_version)
-RETURNING id, email, full_name, is_active, created_at, updated_at, version
+WHERE id = :id AND deleted_at IS NULL
+  AND (:expected_version IS NULL OR version = :expected_version)
+RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at
 
 -- name: delete_user
-DELETE FROM users
-WHERE id = :id AND (:expected_version IS NULL OR version = :expected_version)
-RETURNING id, email, full_name, is_active, created_at, updated_at, version
+-- Soft: the row stays, so the email stays reserved until a purge.
+UPDATE users SET deleted_at = :now, updated_at = :now, version = version + 1
+WHERE id = :id AND deleted_at IS NULL
+  AND (:expected_version IS NULL OR version = :expected_version)
+RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+
+-- name: restore_user
+UPDATE users SET deleted_at = NULL, updated_at = :now, version = version + 1
+WHERE id = :id AND deleted_at IS NOT NULL
+RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+
+-- name: purge_users
+DELETE FROM users WHERE deleted_at IS NOT NULL AND deleted_at < :before
 
 -- name: user_version
-SELECT version FROM users WHERE id = :id
+SELECT version FROM users WHERE id = :id AND deleted_at IS NULL

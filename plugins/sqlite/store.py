@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
 import threading
@@ -14,7 +15,8 @@ from typing import Any
 
 from userplane import migrations
 from userplane.errors import Conflict, Unavailable
-from userplane.pagination import Position
+from userplane.list_sql import Dialect, list_users_sql
+from userplane.pagination import Position, Sort
 from userplane.queries import load_queries
 from userplane.storage import MigrationState, insert_params, update_params, write_missed
 from userplane.users import User, UserFilter
@@ -29,15 +31,40 @@ def _time(value: datetime) -> str:
     return value.astimezone(UTC).strftime(_TIME)
 
 
+def _parse_time(value: str) -> datetime:
+    return datetime.strptime(value, _TIME).replace(tzinfo=UTC)
+
+
 def _user(row: Sequence[Any]) -> User:
     return User(
         id=uuid.UUID(row[0]),
         email=row[1],
         full_name=row[2],
         is_active=bool(row[3]),
-        created_at=datetime.strptime(row[4], _TIME).replace(tzinfo=UTC),
-        updated_at=datetime.strptime(row[5], _TIME).replace(tzinfo=UTC),
+        created_at=_parse_time(row[4]),
+        updated_at=_parse_time(row[5]),
         version=row[6],
+        deleted_at=None if row[7] is None else _parse_time(row[7]),
+    )
+
+
+_COLUMNS = "id, email, full_name, is_active, created_at, updated_at, version, deleted_at"
+_DIALECT = Dialect(param=":{name}", contains="instr({haystack}, {needle}) > 0")
+
+
+@functools.lru_cache(maxsize=64)
+def _list_sql(field: str, descending: bool, *flags: bool) -> str:
+    after, is_active, email, q, include_deleted = flags
+    return list_users_sql(
+        _DIALECT,
+        _COLUMNS,
+        field,
+        descending,
+        after=after,
+        is_active=is_active,
+        email=email,
+        q=q,
+        include_deleted=include_deleted,
     )
 
 
@@ -143,28 +170,44 @@ class SQLiteStorage:
         assert row is not None
         return _user(row)
 
-    def get_user(self, user_id: uuid.UUID) -> User | None:
+    def get_user(self, user_id: uuid.UUID, include_deleted: bool = False) -> User | None:
         """The user by id."""
-        row = self._one("get_user", {"id": str(user_id)})
+        row = self._one("get_user", {"id": str(user_id), "include_deleted": include_deleted})
         return None if row is None else _user(row)
 
-    def get_user_by_email(self, email_key: str) -> User | None:
+    def get_user_by_email(self, email_key: str, include_deleted: bool = False) -> User | None:
         """The user by normalised email."""
-        row = self._one("get_user_by_email", {"email_key": email_key})
+        params = {"email_key": email_key, "include_deleted": include_deleted}
+        row = self._one("get_user_by_email", params)
         return None if row is None else _user(row)
 
-    def list_users(self, flt: UserFilter, after: Position | None, limit: int) -> list[User]:
+    def list_users(
+        self, flt: UserFilter, sort: Sort, after: Position | None, limit: int
+    ) -> list[User]:
         """A keyset page."""
+        sql = _list_sql(
+            sort.field,
+            sort.descending,
+            after is not None,
+            flt.is_active is not None,
+            flt.email is not None,
+            bool(flt.q),
+            flt.include_deleted,
+        )
+        after_key: Any = None
+        if after is not None:
+            key = after.key
+            after_key = _time(key) if isinstance(key, datetime) else key
         params = {
-            "after_created_at": None if after is None else _time(after.created_at),
+            "after_key": after_key,
             "after_id": None if after is None else str(after.id),
-            "is_active": None if flt.is_active is None else int(flt.is_active),
+            "is_active": flt.is_active,
             "email_key": flt.email,
             "q": flt.q,
             "limit": limit,
         }
         with _mapped_errors():
-            rows = self._connect().execute(_Q["list_users"], params).fetchall()
+            rows = self._connect().execute(sql, params).fetchall()
         return [_user(r) for r in rows]
 
     def update_user(
@@ -184,13 +227,25 @@ class SQLiteStorage:
         assert row is not None
         return _user(row)
 
-    def delete_user(self, user_id: uuid.UUID, expected_version: int | None) -> User:
-        """One conditional ``DELETE … RETURNING``."""
-        row = self._one("delete_user", {"id": str(user_id), "expected_version": expected_version})
+    def delete_user(self, user_id: uuid.UUID, expected_version: int | None, now: datetime) -> User:
+        """One conditional ``UPDATE … RETURNING`` setting ``deleted_at``."""
+        params = {"id": str(user_id), "expected_version": expected_version, "now": _time(now)}
+        row = self._one("delete_user", params)
         if row is None:
             self._explain_miss(user_id)
         assert row is not None
         return _user(row)
+
+    def restore_user(self, user_id: uuid.UUID, now: datetime) -> User | None:
+        """Clear ``deleted_at``, if set."""
+        row = self._one("restore_user", {"id": str(user_id), "now": _time(now)})
+        return None if row is None else _user(row)
+
+    def purge_users(self, deleted_before: datetime) -> int:
+        """Delete the rows deleted before the cut-off."""
+        with _mapped_errors():
+            cursor = self._connect().execute(_Q["purge_users"], {"before": _time(deleted_before)})
+            return cursor.rowcount
 
     def _explain_miss(self, user_id: uuid.UUID) -> None:
         exists = self._one("user_version", {"id": str(user_id)}) is not None

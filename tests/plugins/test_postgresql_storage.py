@@ -16,7 +16,8 @@ import pytest
 from userplane import ConfigurationError, Settings
 from userplane.emails import normalize_email
 from userplane.errors import Conflict, Unavailable
-from userplane.pagination import Position
+from userplane.migrations import folder
+from userplane.pagination import Position, Sort
 from userplane.plugins.postgresql import userplane_open_storage
 from userplane.plugins.postgresql.store import (
     PostgreSQLStorage,
@@ -181,7 +182,7 @@ def test_a_forked_worker_opens_its_own_pool(store: PostgreSQLStorage) -> None:
 def test_bulk_copy_inserts_all_or_nothing(store: PostgreSQLStorage) -> None:
     users = [make_user(f"bulk{i}@example.org") for i in range(50)]
     assert store.copy_users((u, normalize_email(u.email)) for u in users) == 50
-    listed = store.list_users(UserFilter(q="bulk"), None, 100)
+    listed = store.list_users(UserFilter(q="bulk"), Sort(), None, 100)
     assert sorted(u.id for u in listed) == sorted(u.id for u in users)
     clash = [make_user("fresh@example.org"), make_user("BULK7@example.org")]
     with pytest.raises(Conflict):
@@ -207,8 +208,8 @@ def test_deep_pages_and_email_lookups_use_indexes(store: PostgreSQLStorage) -> N
     deep = users[15_000]
     plan = _plan(
         store.url,
-        _list_sql(True, False, False, False),
-        {"after_created_at": deep.created_at, "after_id": deep.id, "limit": 51},
+        _list_sql("created_at", False, True, False, False, False, False),
+        {"after_key": deep.created_at, "after_id": deep.id, "limit": 51},
     )
     assert "users_created_at_id_idx" in plan, plan
     assert "Sort" not in plan, plan
@@ -216,8 +217,18 @@ def test_deep_pages_and_email_lookups_use_indexes(store: PostgreSQLStorage) -> N
         store.url, "SELECT id FROM users WHERE email_normalized = %(k)s", {"k": "n5@example.org"}
     )
     assert "users_email_normalized_key" in plan, plan
+    for field, descending, index in [
+        ("created_at", True, "users_created_at_id_idx"),
+        ("email", False, "users_email_normalized_key"),
+        ("full_name", True, "users_full_name_folded_id_idx"),
+    ]:
+        sql = _list_sql(field, descending, True, False, False, False, False)
+        key = {"created_at": deep.created_at, "email": "n15000@example.org"}.get(field, "ann")
+        plan = _plan(store.url, sql, {"after_key": key, "after_id": deep.id, "limit": 51})
+        assert index in plan, (field, plan)
+        assert "Sort" not in plan, (field, plan)
     # And the store's page after the cursor is the right one.
-    page = store.list_users(UserFilter(), Position(deep.created_at, deep.id), 3)
+    page = store.list_users(UserFilter(), Sort(), Position(deep.created_at, deep.id), 3)
     assert page == users[15_001:15_004]
 
 
@@ -240,9 +251,13 @@ def test_concurrent_migrations_from_several_processes_apply_once(
     ]
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, outputs
-    assert sorted(out.strip() for out, _ in outputs) == ["['0001_users']", "[]", "[]", "[]"]
+    assert sorted(out.strip() for out, _ in outputs) == sorted(
+        [str(migration_ids("postgresql")), "[]", "[]", "[]"]
+    )
     store = PostgreSQLStorage(url)
-    assert [(m.id, m.applied) for m in store.migration_status()] == [("0001_users", True)]
+    assert [(m.id, m.applied) for m in store.migration_status()] == [
+        (i, True) for i in migration_ids("postgresql")
+    ]
     store.close()
 
 
@@ -262,7 +277,7 @@ def test_hot_queries_are_prepared_on_first_use(postgresql_url: str) -> None:
     try:
         user = insert(store, make_user())
         store.get_user(user.id)
-        store.list_users(UserFilter(), None, 10)
+        store.list_users(UserFilter(), Sort(), None, 10)
         with store.pool.connection() as conn:
             rows = conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()
         statements = " ".join(r[0] for r in rows)
@@ -279,3 +294,8 @@ def test_no_driver_error_type_escapes(store: PostgreSQLStorage) -> None:
     assert not isinstance(info.value, psycopg.Error)
     assert info.value.sqlstate == "22012"
     store.ping()
+
+
+def migration_ids(dialect: str) -> list[str]:
+    """The ids of ``dialect``'s migrations, in order, from the files themselves."""
+    return sorted(p.stem for p in folder(dialect).glob("*.sql") if not p.stem.endswith(".rollback"))
