@@ -7,16 +7,18 @@ they never construct plugins or connections themselves.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import timedelta
 from types import TracebackType
 from urllib.parse import urlsplit
 
 import pluggy
 
 from userplane.errors import ConfigurationError
+from userplane.idempotency import IdempotencyService
 from userplane.plugin_manager import make_plugin_manager
 from userplane.settings import Settings
 from userplane.storage import Storage
-from userplane.users import UserService
+from userplane.users import UserService, utcnow
 
 
 class Registry:
@@ -46,6 +48,9 @@ class Registry:
             )
         self.storage: Storage = storage
         self.users = UserService(storage, self.hook)
+        self.idempotency = IdempotencyService(
+            storage, timedelta(seconds=settings.idempotency_ttl_s), utcnow
+        )
         self._closed = False
 
     @classmethod

@@ -69,6 +69,8 @@ class Settings:
     db_pool_timeout_ms: int = attrs.field(default=3000, validator=_between(1))
     #: Requests that may queue for a connection; more get a 503 at once.
     db_pool_max_waiting: int = attrs.field(default=64, validator=_between(1))
+    #: How long an ``Idempotency-Key`` and its response are kept, in seconds.
+    idempotency_ttl_s: int = attrs.field(default=86400, validator=_between(1))
     #: The longest one SQL statement may run before it is cancelled (a 503), in ms.
     db_statement_timeout_ms: int = attrs.field(default=5000, validator=_between(1))
     #: ``USERPLANE_*`` variables no field claims: for plugins' own settings.

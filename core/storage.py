@@ -27,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 
 from userplane.errors import NotFound, PreconditionFailed
+from userplane.idempotency import IdempotencyRecord, StoredResponse
 from userplane.pagination import Position, Sort
 from userplane.text import fold
 from userplane.users import User, UserFilter
@@ -111,6 +112,34 @@ class Storage(Protocol):
 
     def purge_users(self, deleted_before: datetime) -> int:
         """Remove for good every user deleted before ``deleted_before``; return how many."""
+
+    def claim_idempotency_key(
+        self,
+        key: str,
+        fingerprint: str,
+        now: datetime,
+        expires_at: datetime,
+        stale_before: datetime,
+    ) -> bool:
+        """Claim ``key`` for a request; ``True`` if this caller now owns it.
+
+        One statement: a key not held, expired (``expires_at <= now``) or
+        claimed but never completed before ``stale_before`` is (re)claimed with
+        ``fingerprint`` and no response; otherwise nothing changes. Of two
+        concurrent claims exactly one wins.
+        """
+
+    def get_idempotency_record(self, key: str, now: datetime) -> IdempotencyRecord | None:
+        """The unexpired record of ``key``, or ``None``."""
+
+    def complete_idempotency_key(self, key: str, response: StoredResponse) -> None:
+        """Store the response of the request that claimed ``key``."""
+
+    def release_idempotency_key(self, key: str) -> None:
+        """Drop a claim whose request failed (a completed key is kept)."""
+
+    def purge_idempotency_keys(self, now: datetime) -> int:
+        """Remove every expired key; return how many."""
 
 
 def insert_params(user: User, email_key: str) -> dict[str, Any]:

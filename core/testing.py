@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 
 from userplane.emails import normalize_email
 from userplane.errors import Conflict, NotFound, PreconditionFailed
+from userplane.idempotency import IdempotencyRecord, StoredResponse
 from userplane.pagination import Position, Sort
 from userplane.storage import Storage
 from userplane.text import fold
@@ -358,6 +359,47 @@ class StorageContract:
         assert storage.get_user(live.id) == live
         insert(storage, make_user("old@example.org"))  # purged: the email is free again
         assert storage.purge_users(_BASE_TIME + timedelta(days=1)) == 0
+
+    # -- idempotency keys ------------------------------------------------------
+
+    def test_an_idempotency_key_is_claimed_once_then_replayed(self, storage: Storage) -> None:
+        t = _BASE_TIME
+        hour = timedelta(hours=1)
+        assert storage.claim_idempotency_key("k", "fp", t, t + hour, t - hour)
+        assert not storage.claim_idempotency_key("k", "fp", t, t + hour, t - hour)
+        assert storage.get_idempotency_record("k", t) == IdempotencyRecord("fp", None)
+        response = StoredResponse(201, (("Location", "/x"), ("ETag", '"1"')), b'{"a":1}\x00')
+        storage.complete_idempotency_key("k", response)
+        assert storage.get_idempotency_record("k", t) == IdempotencyRecord("fp", response)
+        # A completed key is not released, nor taken over, until it expires.
+        storage.release_idempotency_key("k")
+        later = t + timedelta(minutes=30)
+        assert not storage.claim_idempotency_key("k", "other", later, later + hour, later)
+        assert storage.get_idempotency_record("k", later) == IdempotencyRecord("fp", response)
+        # Expired: gone from reads, claimable afresh, and purged.
+        expired = t + 2 * hour
+        assert storage.get_idempotency_record("k", expired) is None
+        assert storage.purge_idempotency_keys(expired) == 1
+        assert storage.claim_idempotency_key("k", "new", expired, expired + hour, expired)
+        assert storage.get_idempotency_record("k", expired) == IdempotencyRecord("new", None)
+
+    def test_an_abandoned_claim_is_taken_over_after_it_goes_stale(self, storage: Storage) -> None:
+        t = _BASE_TIME
+        hour = timedelta(hours=1)
+        assert storage.claim_idempotency_key("k", "fp", t, t + hour, t - hour)
+        soon = t + timedelta(seconds=30)
+        assert not storage.claim_idempotency_key("k", "fp", soon, soon + hour, t - hour)
+        assert storage.claim_idempotency_key("k", "fp", soon, soon + hour, soon)
+        storage.release_idempotency_key("k")
+        assert storage.get_idempotency_record("k", soon) is None
+
+    def test_concurrent_claims_of_one_key_let_exactly_one_win(self, storage: Storage) -> None:
+        t = _BASE_TIME
+        hour = timedelta(hours=1)
+        results = run_concurrently(
+            8, lambda i: storage.claim_idempotency_key("race", f"fp{i}", t, t + hour, t - hour)
+        )
+        assert sorted(results, key=str) == [False] * 7 + [True], results
 
     # -- sorting ----------------------------------------------------------------
 

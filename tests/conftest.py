@@ -90,7 +90,14 @@ def postgresql_url(postgresql_database: str) -> str:
     import psycopg
 
     with psycopg.connect(postgresql_database, autocommit=True) as conn:
-        conn.execute("TRUNCATE users")
+        tables = [
+            name
+            for (name,) in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                " AND tablename NOT LIKE '%yoyo%'"
+            )
+        ]
+        conn.execute(f"TRUNCATE {', '.join(tables)}")
     return postgresql_database
 
 

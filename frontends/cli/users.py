@@ -221,7 +221,10 @@ def purge(state: State, older_than: timedelta, yes: bool, fmt: str) -> None:
     if not yes:
         click.confirm(f"Remove for good every user deleted more than {older_than} ago?", abort=True)
     count = state.registry.users.purge(older_than)
+    # Expired Idempotency-Key records go too: they only ever replay creations.
+    keys = state.registry.idempotency.purge_expired()
     if fmt == "json":
-        emit([{"purged": count}], fmt, ())
+        emit([{"purged": count, "expired_idempotency_keys": keys}], fmt, ())
     else:
         click.echo(f"purged {count} deleted user{'s' if count != 1 else ''}")
+        click.echo(f"removed {keys} expired idempotency key{'s' if keys != 1 else ''}")

@@ -45,7 +45,7 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
     app.add_route("/", Home(registry))
     app.add_route("/health/live", Live())
     app.add_route("/health/ready", Ready(registry))
-    app.add_route("/api/v1/users", UsersResource(registry.users))
+    app.add_route("/api/v1/users", UsersResource(registry.users, registry.idempotency))
     app.add_route("/api/v1/users/{user_id:uuid}", UserResource(registry.users))
     app.add_route("/api/v1/users/{user_id:uuid}/restore", RestoreResource(registry.users))
     app.add_static_route("/static", str(STATIC))

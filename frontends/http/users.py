@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 from urllib.parse import urlencode
 
 import falcon
+import orjson
 
 from userplane import convert
 from userplane.errors import FieldError, InvalidInput, PreconditionFailed
+from userplane.idempotency import IdempotencyService, StoredResponse
 from userplane.users import DEFAULT_LIMIT, User, UserQuery, UserService, check_query
 
 _LIST_PARAMS = frozenset({"limit", "cursor", "is_active", "email", "q", "sort", "include_deleted"})
@@ -116,18 +119,48 @@ def _parse_list_query(req: falcon.Request) -> UserQuery:
     return query
 
 
+def _created(user: User) -> StoredResponse:
+    headers = (("Location", f"/api/v1/users/{user.id}"), ("ETag", etag(user)))
+    return StoredResponse(201, headers, orjson.dumps(convert.user_to_dict(user)))
+
+
+def _fingerprint(req: falcon.Request, media: Any) -> str:
+    # The same request means the same method, path and JSON body (key order aside).
+    body = orjson.dumps(media, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(f"{req.method} {req.path}\n".encode() + body).hexdigest()
+
+
 class UsersResource:
     """``/api/v1/users``: create and list."""
 
-    def __init__(self, users: UserService) -> None:
+    def __init__(self, users: UserService, idempotency: IdempotencyService) -> None:
         self._users = users
+        self._idempotency = idempotency
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """Create a user: 201 with ``Location`` and ``ETag``."""
-        user = self._users.create(convert.new_user_from(req.get_media()))
-        resp.status = falcon.HTTP_201
-        resp.location = f"/api/v1/users/{user.id}"
-        _send_user(resp, user)
+        """Create a user: 201 with ``Location`` and ``ETag``.
+
+        With ``Idempotency-Key``, a retry of the same request replays the first
+        response (marked ``Idempotent-Replayed: true``) instead of creating again.
+        """
+        media = req.get_media()
+        key = req.get_header("Idempotency-Key")
+
+        def create() -> StoredResponse:
+            return _created(self._users.create(convert.new_user_from(media)))
+
+        replayed = False
+        if key is None:
+            response = create()
+        else:
+            response, replayed = self._idempotency.run(key, _fingerprint(req, media), create)
+        resp.status = response.status
+        for name, value in response.headers:
+            resp.set_header(name, value)
+        if replayed:
+            resp.set_header("Idempotent-Replayed", "true")
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = response.body
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         """A page of users; the next page is in ``next`` and in the ``Link`` header."""

@@ -50,6 +50,30 @@ DELETE FROM users WHERE deleted_at IS NOT NULL AND deleted_at < %(before)s
 -- name: user_version
 SELECT version FROM users WHERE id = %(id)s AND deleted_at IS NULL
 
+-- name: claim_idempotency_key
+-- One statement decides the owner: a new key, or one expired or abandoned, is claimed.
+INSERT INTO idempotency_keys (key, fingerprint, claimed_at, expires_at)
+VALUES (%(key)s, %(fingerprint)s, %(now)s, %(expires_at)s)
+ON CONFLICT (key) DO UPDATE SET
+    fingerprint = excluded.fingerprint, claimed_at = excluded.claimed_at,
+    expires_at = excluded.expires_at, status = NULL, headers = NULL, body = NULL
+WHERE idempotency_keys.expires_at <= %(now)s
+   OR (idempotency_keys.status IS NULL AND idempotency_keys.claimed_at < %(stale_before)s)
+RETURNING key
+
+-- name: get_idempotency_record
+SELECT fingerprint, status, headers, body FROM idempotency_keys
+WHERE key = %(key)s AND expires_at > %(now)s
+
+-- name: complete_idempotency_key
+UPDATE idempotency_keys SET status = %(status)s, headers = %(headers)s, body = %(body)s WHERE key = %(key)s
+
+-- name: release_idempotency_key
+DELETE FROM idempotency_keys WHERE key = %(key)s AND status IS NULL
+
+-- name: purge_idempotency_keys
+DELETE FROM idempotency_keys WHERE expires_at <= %(now)s
+
 -- name: copy_users
 COPY users (id, email, email_normalized, full_name, full_name_folded, is_active,
             created_at, updated_at, version)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import threading
 import uuid
@@ -17,6 +18,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout, TooManyRequests
 
 from userplane import migrations
 from userplane.errors import Conflict, Unavailable
+from userplane.idempotency import IdempotencyRecord, StoredResponse
 from userplane.list_sql import Dialect, list_users_sql
 from userplane.pagination import Position, Sort
 from userplane.queries import load_queries
@@ -180,6 +182,11 @@ class PostgreSQLStorage:
             row: Sequence[Any] | None = cur.fetchone()
             return row
 
+    def _execute(self, query: str, params: Mapping[str, Any]) -> int:
+        with self._cursor() as cur:
+            cur.execute(_Q[query], params, prepare=True)
+            return cur.rowcount
+
     def ping(self) -> None:
         """``SELECT 1`` through the pool."""
         with self._cursor() as cur:
@@ -281,9 +288,7 @@ class PostgreSQLStorage:
 
     def purge_users(self, deleted_before: datetime) -> int:
         """Delete the rows deleted before the cut-off."""
-        with self._cursor() as cur:
-            cur.execute(_Q["purge_users"], {"before": deleted_before})
-            return cur.rowcount
+        return self._execute("purge_users", {"before": deleted_before})
 
     def copy_users(self, rows: Iterable[tuple[User, str]]) -> int:
         """Insert many ``(user, email_key)`` pairs in one transaction with ``COPY``.
@@ -302,6 +307,53 @@ class PostgreSQLStorage:
                 copy.write_row([p[c] for c in _COPY_COLUMNS])
                 count += 1
         return count
+
+    def claim_idempotency_key(
+        self,
+        key: str,
+        fingerprint: str,
+        now: datetime,
+        expires_at: datetime,
+        stale_before: datetime,
+    ) -> bool:
+        """One ``INSERT … ON CONFLICT DO UPDATE … WHERE`` decides the owner."""
+        params = {
+            "key": key,
+            "fingerprint": fingerprint,
+            "now": now,
+            "expires_at": expires_at,
+            "stale_before": stale_before,
+        }
+        return self._one("claim_idempotency_key", params) is not None
+
+    def get_idempotency_record(self, key: str, now: datetime) -> IdempotencyRecord | None:
+        """The unexpired record."""
+        row = self._one("get_idempotency_record", {"key": key, "now": now})
+        if row is None:
+            return None
+        fingerprint, status, headers, body = row
+        if status is None:
+            return IdempotencyRecord(fingerprint, None)
+        pairs = tuple((str(k), str(v)) for k, v in json.loads(headers))
+        return IdempotencyRecord(fingerprint, StoredResponse(status, pairs, bytes(body)))
+
+    def complete_idempotency_key(self, key: str, response: StoredResponse) -> None:
+        """Store the response."""
+        params = {
+            "key": key,
+            "status": response.status,
+            "headers": json.dumps(response.headers),
+            "body": response.body,
+        }
+        self._execute("complete_idempotency_key", params)
+
+    def release_idempotency_key(self, key: str) -> None:
+        """Drop an unfinished claim."""
+        self._execute("release_idempotency_key", {"key": key})
+
+    def purge_idempotency_keys(self, now: datetime) -> int:
+        """Remove expired keys."""
+        return self._execute("purge_idempotency_keys", {"now": now})
 
     def _explain_miss(self, user_id: uuid.UUID) -> None:
         exists = self._one("user_version", {"id": user_id}) is not None

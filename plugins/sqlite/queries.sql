@@ -46,3 +46,27 @@ DELETE FROM users WHERE deleted_at IS NOT NULL AND deleted_at < :before
 
 -- name: user_version
 SELECT version FROM users WHERE id = :id AND deleted_at IS NULL
+
+-- name: claim_idempotency_key
+-- One statement decides the owner: a new key, or one expired or abandoned, is claimed.
+INSERT INTO idempotency_keys (key, fingerprint, claimed_at, expires_at)
+VALUES (:key, :fingerprint, :now, :expires_at)
+ON CONFLICT (key) DO UPDATE SET
+    fingerprint = excluded.fingerprint, claimed_at = excluded.claimed_at,
+    expires_at = excluded.expires_at, status = NULL, headers = NULL, body = NULL
+WHERE idempotency_keys.expires_at <= :now
+   OR (idempotency_keys.status IS NULL AND idempotency_keys.claimed_at < :stale_before)
+RETURNING key
+
+-- name: get_idempotency_record
+SELECT fingerprint, status, headers, body FROM idempotency_keys
+WHERE key = :key AND expires_at > :now
+
+-- name: complete_idempotency_key
+UPDATE idempotency_keys SET status = :status, headers = :headers, body = :body WHERE key = :key
+
+-- name: release_idempotency_key
+DELETE FROM idempotency_keys WHERE key = :key AND status IS NULL
+
+-- name: purge_idempotency_keys
+DELETE FROM idempotency_keys WHERE expires_at <= :now

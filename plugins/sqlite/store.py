@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import sqlite3
 import threading
@@ -15,6 +16,7 @@ from typing import Any
 
 from userplane import migrations
 from userplane.errors import Conflict, Unavailable
+from userplane.idempotency import IdempotencyRecord, StoredResponse
 from userplane.list_sql import Dialect, list_users_sql
 from userplane.pagination import Position, Sort
 from userplane.queries import load_queries
@@ -138,6 +140,10 @@ class SQLiteStorage:
             row: Sequence[Any] | None = self._connect().execute(_Q[query], params).fetchone()
             return row
 
+    def _execute(self, query: str, params: Mapping[str, Any]) -> int:
+        with _mapped_errors():
+            return self._connect().execute(_Q[query], params).rowcount
+
     def ping(self) -> None:
         """Run a trivial query against the users table."""
         with _mapped_errors():
@@ -243,9 +249,54 @@ class SQLiteStorage:
 
     def purge_users(self, deleted_before: datetime) -> int:
         """Delete the rows deleted before the cut-off."""
-        with _mapped_errors():
-            cursor = self._connect().execute(_Q["purge_users"], {"before": _time(deleted_before)})
-            return cursor.rowcount
+        return self._execute("purge_users", {"before": _time(deleted_before)})
+
+    def claim_idempotency_key(
+        self,
+        key: str,
+        fingerprint: str,
+        now: datetime,
+        expires_at: datetime,
+        stale_before: datetime,
+    ) -> bool:
+        """One ``INSERT … ON CONFLICT DO UPDATE … WHERE`` decides the owner."""
+        params = {
+            "key": key,
+            "fingerprint": fingerprint,
+            "now": _time(now),
+            "expires_at": _time(expires_at),
+            "stale_before": _time(stale_before),
+        }
+        return self._one("claim_idempotency_key", params) is not None
+
+    def get_idempotency_record(self, key: str, now: datetime) -> IdempotencyRecord | None:
+        """The unexpired record."""
+        row = self._one("get_idempotency_record", {"key": key, "now": _time(now)})
+        if row is None:
+            return None
+        fingerprint, status, headers, body = row
+        if status is None:
+            return IdempotencyRecord(fingerprint, None)
+        pairs = tuple((str(k), str(v)) for k, v in json.loads(headers))
+        return IdempotencyRecord(fingerprint, StoredResponse(status, pairs, bytes(body)))
+
+    def complete_idempotency_key(self, key: str, response: StoredResponse) -> None:
+        """Store the response."""
+        params = {
+            "key": key,
+            "status": response.status,
+            "headers": json.dumps(response.headers),
+            "body": response.body,
+        }
+        self._execute("complete_idempotency_key", params)
+
+    def release_idempotency_key(self, key: str) -> None:
+        """Drop an unfinished claim."""
+        self._execute("release_idempotency_key", {"key": key})
+
+    def purge_idempotency_keys(self, now: datetime) -> int:
+        """Remove expired keys."""
+        return self._execute("purge_idempotency_keys", {"now": _time(now)})
 
     def _explain_miss(self, user_id: uuid.UUID) -> None:
         exists = self._one("user_version", {"id": str(user_id)}) is not None
