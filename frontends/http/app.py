@@ -7,6 +7,7 @@ from typing import Any
 import falcon
 
 from userplane.frontends.http import media, problems
+from userplane.frontends.http.docs import Docs, OpenApi
 from userplane.frontends.http.middleware import BodyPolicy, RequestId, SecurityHeaders
 from userplane.frontends.http.pages import STATIC, Home, Live, Ready
 from userplane.frontends.http.users import RestoreResource, UserResource, UsersResource
@@ -43,6 +44,8 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
     problems.install(app)
 
     app.add_route("/", Home(registry))
+    app.add_route("/docs", Docs())
+    app.add_route("/api/v1/openapi.json", OpenApi())
     app.add_route("/health/live", Live())
     app.add_route("/health/ready", Ready(registry))
     app.add_route("/api/v1/users", UsersResource(registry.users, registry.idempotency))

@@ -8,6 +8,30 @@ import falcon
 import orjson
 from falcon import media
 
+#: No request body of ours nests deeper or holds a longer string; more is hostile.
+MAX_DEPTH = 8
+MAX_STRING = 1024
+
+
+def _too_large(detail: str) -> falcon.HTTPError:
+    return falcon.HTTPBadRequest(title="Request body too complex", description=detail)
+
+
+def _check_shape(value: object, depth: int) -> None:
+    """Refuse deep nesting and long strings before any handler walks the body."""
+    if isinstance(value, str):
+        if len(value) > MAX_STRING:
+            raise _too_large(f"strings in a body are limited to {MAX_STRING} characters")
+        return
+    if isinstance(value, dict | list):
+        if depth >= MAX_DEPTH:
+            raise _too_large(f"a body may nest at most {MAX_DEPTH} levels deep")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str) and len(key) > MAX_STRING:
+                raise _too_large(f"strings in a body are limited to {MAX_STRING} characters")
+            _check_shape(item, depth + 1)
+
 
 class JSONHandler(media.BaseHandler):
     """orjson for speed and strictness (no NaN, no lone surrogates, UTF-8 only)."""
@@ -22,9 +46,11 @@ class JSONHandler(media.BaseHandler):
         if not data:
             raise falcon.MediaNotFoundError("JSON")
         try:
-            return orjson.loads(data)
+            media = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise falcon.MediaMalformedError("JSON") from exc
+        _check_shape(media, 0)
+        return media
 
     exhaust_stream = True
 

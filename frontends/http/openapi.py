@@ -1,0 +1,467 @@
+"""The OpenAPI 3.1 document of the HTTP API: the contract clients rely on.
+
+Written out rather than derived, so that it says what we promise; a test
+checks that it and the routes agree, and schemathesis checks that the server
+keeps every promise in it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import email_validator
+
+import userplane
+from userplane.idempotency import MAX_KEY_LENGTH
+from userplane.pagination import SORT_FIELDS
+from userplane.users import DEFAULT_LIMIT, MAX_FULL_NAME, MAX_LIMIT
+
+PROBLEM = "application/problem+json"
+JSON = "application/json"
+
+# No C0 or C1 control characters, and at least one character that is not a space.
+_NAME_CHAR = r"[^\u0000-\u001f\u007f-\u009f]"
+_NAME_PATTERN = rf"^{_NAME_CHAR}*[^\s\u0000-\u001f\u007f-\u009f]{_NAME_CHAR}*$"
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in word)
+
+
+# Addresses at special-use domains (RFC 6761: .test, .invalid, .localhost …) are
+# refused, as they can never receive mail; the pattern says so to clients.
+_EMAIL_PATTERN = (
+    r"^(?!.*\.(?:"
+    + "|".join(_any_case(d) for d in email_validator.SPECIAL_USE_DOMAIN_NAMES)
+    + r")\.?$)"
+)
+
+
+def _ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _problem(description: str, *headers: str) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "headers": {"X-Request-ID": _ref("headers", "X-Request-ID")},
+        "content": {PROBLEM: {"schema": _ref("schemas", "Problem")}},
+    }
+    for header in headers:
+        response["headers"][header] = _ref("headers", header)
+    return response
+
+
+def _ok(description: str, schema: str | None, *headers: str, media: str = JSON) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "headers": {"X-Request-ID": _ref("headers", "X-Request-ID")},
+    }
+    for header in headers:
+        response["headers"][header] = _ref("headers", header)
+    if schema is not None:
+        response["content"] = {media: {"schema": _ref("schemas", schema)}}
+    return response
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    """The error responses of an operation: its own, plus those every operation may give."""
+    return {str(s): _ref("responses", str(s)) for s in sorted({*statuses, 500, 503})}
+
+
+_BODY_ERRORS = (400, 411, 413, 415, 422)
+
+
+def _json_body(schema: str, *media: str) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {m: {"schema": _ref("schemas", schema)} for m in (JSON, *media)},
+    }
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def _header(name: str) -> dict[str, str]:
+    return _ref("parameters", name)
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI document, as a JSON-ready dict."""
+    user_id = _ref("parameters", "user_id")
+    include_deleted = _query(
+        "include_deleted",
+        {"type": "boolean", "default": False},
+        "Also find deleted users (an administrator's view).",
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "userplane",
+            "version": userplane.__version__,
+            "summary": "A pluggable user-management service.",
+            "description": (
+                "Every error is an RFC 9457 problem document. Single users carry an "
+                "`ETag`; send it back as `If-Match` to make an update or delete "
+                "conditional. Lists page by keyset: follow `next` (or the `Link` header)."
+            ),
+        },
+        "servers": [{"url": "/"}],
+        "paths": {
+            "/api/v1/users/": {
+                "post": {
+                    "operationId": "createUser",
+                    "summary": "Create a user",
+                    "description": (
+                        "With `Idempotency-Key`, a retry of the same request replays the "
+                        "first response instead of creating a second user."
+                    ),
+                    "parameters": [_header("Idempotency-Key"), _header("X-Request-ID")],
+                    "requestBody": _json_body("NewUser"),
+                    "responses": {
+                        "201": _ok(
+                            "Created (or, with a replayed key, created before)",
+                            "User",
+                            "Location",
+                            "ETag",
+                            "Idempotent-Replayed",
+                        ),
+                        **_errors(*_BODY_ERRORS, 409),
+                    },
+                },
+                "get": {
+                    "operationId": "listUsers",
+                    "summary": "List users, one page at a time",
+                    "parameters": [
+                        _query(
+                            "limit",
+                            {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": MAX_LIMIT,
+                                "default": DEFAULT_LIMIT,
+                            },
+                            "Users per page.",
+                        ),
+                        _query(
+                            "cursor",
+                            {"type": "string", "minLength": 1, "maxLength": 2400},
+                            "Where the page starts: `next` of the previous page.",
+                        ),
+                        _query(
+                            "sort",
+                            {
+                                "type": "string",
+                                "enum": [*SORT_FIELDS, *(f"-{f}" for f in SORT_FIELDS)],
+                                "default": "created_at",
+                            },
+                            "Order (then by id); `-` for descending.",
+                        ),
+                        _query("is_active", {"type": "boolean"}, "Only (in)active users."),
+                        _query(
+                            "email",
+                            _ref("schemas", "Email"),
+                            "Only the user with this address (any letter case).",
+                        ),
+                        _query(
+                            "q",
+                            {"type": "string", "maxLength": MAX_FULL_NAME},
+                            "Substring of the email or the name, any letter case.",
+                        ),
+                        include_deleted,
+                        _header("X-Request-ID"),
+                    ],
+                    "responses": {
+                        "200": _ok("A page of users", "UserPage", "Link"),
+                        **_errors(422),
+                    },
+                },
+            },
+            "/api/v1/users/{user_id}": {
+                "parameters": [user_id],
+                "get": {
+                    "operationId": "getUser",
+                    "summary": "Read a user",
+                    "parameters": [
+                        include_deleted,
+                        _header("If-None-Match"),
+                        _header("X-Request-ID"),
+                    ],
+                    "responses": {
+                        "200": _ok("The user", "User", "ETag"),
+                        "304": {
+                            "description": "Not modified: the `If-None-Match` tag is current",
+                            "headers": {
+                                "ETag": _ref("headers", "ETag"),
+                                "X-Request-ID": _ref("headers", "X-Request-ID"),
+                            },
+                        },
+                        **_errors(404, 422),
+                    },
+                },
+                "patch": {
+                    "operationId": "updateUser",
+                    "summary": "Change some fields of a user (JSON merge patch)",
+                    "parameters": [_header("If-Match"), _header("X-Request-ID")],
+                    "requestBody": _json_body("UserChanges", "application/merge-patch+json"),
+                    "responses": {
+                        "200": _ok("The updated user", "User", "ETag"),
+                        **_errors(*_BODY_ERRORS, 404, 409, 412),
+                    },
+                },
+                "delete": {
+                    "operationId": "deleteUser",
+                    "summary": "Delete a user (restorable until purged; its email stays reserved)",
+                    "parameters": [_header("If-Match"), _header("X-Request-ID")],
+                    "responses": {
+                        "204": _ok("Deleted", None),
+                        **_errors(404, 412),
+                    },
+                },
+            },
+            "/api/v1/users/{user_id}/restore": {
+                "parameters": [user_id],
+                "post": {
+                    "operationId": "restoreUser",
+                    "summary": "Bring a deleted user back (a live user is returned as it is)",
+                    "parameters": [_header("X-Request-ID")],
+                    "responses": {
+                        "200": _ok("The user, live", "User", "ETag"),
+                        **_errors(404, 413),
+                    },
+                },
+            },
+            "/api/v1/openapi.json": {
+                "get": {
+                    "operationId": "getOpenApi",
+                    "summary": "This document",
+                    "parameters": [_header("X-Request-ID")],
+                    "responses": {"200": _ok("The OpenAPI document", "Document"), **_errors()},
+                },
+            },
+            "/health/live": {
+                "get": {
+                    "operationId": "live",
+                    "summary": "Liveness: the process answers",
+                    "parameters": [_header("X-Request-ID")],
+                    "responses": {"200": _ok("Alive", "Health"), **_errors()},
+                },
+            },
+            "/health/ready": {
+                "get": {
+                    "operationId": "ready",
+                    "summary": "Readiness: storage answers too",
+                    "parameters": [_header("X-Request-ID")],
+                    "responses": {"200": _ok("Ready", "Health"), **_errors()},
+                },
+            },
+            "/": {
+                "get": {
+                    "operationId": "home",
+                    "summary": "A page about this instance",
+                    "parameters": [_header("X-Request-ID")],
+                    "responses": {"200": _ok("HTML", "Html", media="text/html"), **_errors()},
+                },
+            },
+            "/docs": {
+                "get": {
+                    "operationId": "docs",
+                    "summary": "This document, for people",
+                    "parameters": [_header("X-Request-ID")],
+                    "responses": {"200": _ok("HTML", "Html", media="text/html"), **_errors()},
+                },
+            },
+        },
+        "components": _components(),
+    }
+
+
+def _components() -> dict[str, Any]:
+    nullable_time = {"type": ["string", "null"], "format": "date-time"}
+    return {
+        "schemas": {
+            "User": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": [
+                    "id",
+                    "email",
+                    "full_name",
+                    "is_active",
+                    "created_at",
+                    "updated_at",
+                    "version",
+                    "deleted_at",
+                ],
+                "properties": {
+                    "id": {"type": "string", "format": "uuid"},
+                    "email": {"type": "string", "format": "email"},
+                    "full_name": {"type": ["string", "null"]},
+                    "is_active": {"type": "boolean"},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "updated_at": {"type": "string", "format": "date-time"},
+                    "version": {"type": "integer", "minimum": 1},
+                    "deleted_at": {**nullable_time, "description": "Set while deleted."},
+                },
+            },
+            "NewUser": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["email"],
+                "properties": {
+                    "email": _ref("schemas", "Email"),
+                    "full_name": _ref("schemas", "FullName"),
+                    "is_active": {"type": "boolean", "default": True},
+                },
+            },
+            "UserChanges": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "email": _ref("schemas", "Email"),
+                    "full_name": _ref("schemas", "FullName"),
+                    "is_active": {"type": "boolean"},
+                },
+            },
+            "Email": {
+                "type": "string",
+                "format": "email",
+                "maxLength": 254,
+                "pattern": _EMAIL_PATTERN,
+                "description": "Unique, compared case-insensitively (Unicode NFKC + case folding).",
+            },
+            "FullName": {
+                "type": ["string", "null"],
+                "minLength": 1,
+                "maxLength": MAX_FULL_NAME,
+                "pattern": _NAME_PATTERN,
+                "description": "Not blank, no control characters; null clears it.",
+            },
+            "UserPage": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["items", "next"],
+                "properties": {
+                    "items": {"type": "array", "items": _ref("schemas", "User")},
+                    "next": {
+                        "type": ["string", "null"],
+                        "description": "The cursor of the next page; null on the last.",
+                    },
+                },
+            },
+            "Health": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["status"],
+                "properties": {
+                    "status": {"const": "ok"},
+                    "storage": {"type": "string"},
+                },
+            },
+            "Problem": {
+                "type": "object",
+                "description": "RFC 9457 problem details.",
+                "required": ["type", "title", "status"],
+                "additionalProperties": False,
+                "properties": {
+                    "type": {"type": "string"},
+                    "title": {"type": "string"},
+                    "status": {"type": "integer", "minimum": 400, "maximum": 599},
+                    "detail": {"type": "string"},
+                    "instance": {"type": "string"},
+                    "request_id": {"type": "string"},
+                    "errors": {
+                        "type": "array",
+                        "description": "Each field at fault (invalid input).",
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["field", "detail"],
+                            "properties": {
+                                "field": {"type": "string"},
+                                "detail": {"type": "string"},
+                            },
+                        },
+                    },
+                },
+            },
+            "Document": {"type": "object"},
+            "Html": {"type": "string"},
+        },
+        "parameters": {
+            "user_id": {
+                "name": "user_id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "format": "uuid"},
+            },
+            "If-Match": {
+                "name": "If-Match",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "Only if the user is still at this `ETag` (else 412).",
+            },
+            "If-None-Match": {
+                "name": "If-None-Match",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "304 if the user is still at this `ETag`.",
+            },
+            "Idempotency-Key": {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_KEY_LENGTH,
+                    "pattern": "^[!-~]+$",
+                },
+                "description": "Makes a retry of this request safe.",
+            },
+            "X-Request-ID": {
+                "name": "X-Request-ID",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": (
+                    "Echoed back and logged when it is 1 to 128 of `A-Za-z0-9._:-`; "
+                    "otherwise (or if absent) one is made."
+                ),
+            },
+        },
+        "headers": {
+            "X-Request-ID": {"schema": {"type": "string"}, "description": "This request's id."},
+            "ETag": {"schema": {"type": "string"}, "description": "The user's version, quoted."},
+            "Location": {"schema": {"type": "string"}, "description": "The new user's URL."},
+            "Link": {"schema": {"type": "string"}, "description": 'The next page: rel="next".'},
+            "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."},
+            "Allow": {"schema": {"type": "string"}, "description": "The methods allowed."},
+            "WWW-Authenticate": {"schema": {"type": "string"}},
+            "Idempotent-Replayed": {
+                "schema": {"const": "true"},
+                "description": "Present when this is the replay of an earlier response.",
+            },
+        },
+        "responses": {
+            "400": _problem("Malformed request: bad JSON, or a body too deep or too long"),
+            "404": _problem("No such user (or route)"),
+            "409": _problem("Conflict: the email is taken, or a keyed request is still running"),
+            "411": _problem("A body needs a Content-Length"),
+            "412": _problem("Precondition failed: `If-Match` is stale"),
+            "413": _problem("Body too large"),
+            "415": _problem("Bodies must be application/json"),
+            "422": _problem("Invalid input; `errors` names each field at fault"),
+            "500": _problem("Internal error (logged; no details are given)"),
+            "503": _problem("A dependency is unavailable; retry later", "Retry-After"),
+        },
+    }
