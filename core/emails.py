@@ -8,6 +8,8 @@ from userplane.errors import InvalidInput
 from userplane.text import fold
 
 EMAIL_FIELD = "$.email"
+#: The longest an email key may be: RFC 5321's 254, with room for folding.
+MAX_KEY = 320
 
 
 def normalize_email(address: str, field: str = EMAIL_FIELD) -> str:
@@ -31,4 +33,8 @@ def normalize_email(address: str, field: str = EMAIL_FIELD) -> str:
         )
     except email_validator.EmailNotValidError as exc:
         raise InvalidInput.for_field(field, str(exc)) from None
-    return fold(checked.normalized)
+    key = fold(checked.normalized)
+    # Folding can lengthen an address; the key must still fit what a cursor carries.
+    if len(key) > MAX_KEY:
+        raise InvalidInput.for_field(field, "is too long once Unicode-normalised")
+    return key

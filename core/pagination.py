@@ -66,11 +66,13 @@ class Position:
 def encode_cursor(sort: Sort, position: Position) -> str:
     """An opaque, URL-safe cursor for ``position`` in ``sort`` order."""
     key = position.key.isoformat() if isinstance(position.key, datetime) else position.key
-    raw = json.dumps([str(sort), key, str(position.id)], separators=(",", ":"))
+    # Not ASCII-escaped: a non-ASCII key costs its UTF-8 bytes, not six per character.
+    raw = json.dumps([str(sort), key, str(position.id)], separators=(",", ":"), ensure_ascii=False)
     return base64.urlsafe_b64encode(raw.encode()).rstrip(b"=").decode("ascii")
 
 
-#: Longer than any cursor this service issues (a 254-character address, escaped).
+#: Longer than any cursor this service issues: the largest key is 400 folded
+#: characters of at most 4 UTF-8 bytes, in base64, plus the sort and the id.
 MAX_CURSOR = 2400
 
 

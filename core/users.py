@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 MAX_FULL_NAME = 200
+#: The longest a name or an email key may be once folded (e.g. every "ß" becomes "ss").
+MAX_FOLDED = 2 * MAX_FULL_NAME
 DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 500
 
@@ -125,6 +127,10 @@ def _check_full_name(value: str | None) -> list[FieldError]:
         return [FieldError("$.full_name", "must not be blank; use null to clear it")]
     if len(value) > MAX_FULL_NAME:
         return [FieldError("$.full_name", f"must be at most {MAX_FULL_NAME} characters")]
+    # Normalising can multiply a character (U+FDFA becomes 18); the folded name is
+    # the sort key a cursor carries, so it is bounded too.
+    if len(fold(value)) > MAX_FOLDED:
+        return [FieldError("$.full_name", "is too long once Unicode-normalised")]
     # Cc covers C0, DEL and C1 (terminal escapes); Cs are lone surrogates.
     if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
         return [FieldError("$.full_name", "must not contain control characters")]
@@ -172,12 +178,15 @@ def check_query(query: UserQuery) -> ResolvedQuery:
     if not 1 <= query.limit <= MAX_LIMIT:
         errors.append(FieldError("$.limit", f"must be between 1 and {MAX_LIMIT}"))
     sort = Sort()
+    sort_known = True
     try:
         sort = Sort.parse(query.sort)
     except InvalidInput as exc:
         errors += exc.errors
+        sort_known = False
     after: Position | None = None
-    if query.cursor is not None and not errors:
+    # A cursor can only be read in the order it was made for.
+    if query.cursor is not None and sort_known:
         try:
             after = decode_cursor(query.cursor, sort)
         except InvalidInput as exc:

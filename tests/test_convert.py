@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -34,6 +34,7 @@ users = st.builds(
     created_at=utc_datetimes,
     updated_at=utc_datetimes,
     version=st.integers(min_value=1, max_value=2**53),
+    deleted_at=st.one_of(st.none(), utc_datetimes),
 )
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | json_text,
@@ -76,9 +77,16 @@ def test_user_dict_is_json_with_z_timestamps(user: User) -> None:
         "created_at",
         "updated_at",
         "version",
+        "deleted_at",
     }
     assert data["id"] == str(user.id)
-    for name in ("created_at", "updated_at"):
+    times = ["created_at", "updated_at"]
+    if user.deleted_at is None:
+        assert data["deleted_at"] is None
+        assert b'"deleted_at":null' in encoded
+    else:
+        times.append("deleted_at")
+    for name in times:
         assert isinstance(data[name], str)
         assert data[name].endswith("Z")
         assert "+00:00" not in data[name]
@@ -104,7 +112,44 @@ def test_user_dict_shape() -> None:
         "created_at": "2026-01-02T03:04:05.123456Z",
         "updated_at": "2026-01-02T03:04:05.123456Z",
         "version": 3,
+        "deleted_at": None,
     }
+
+
+def test_a_deleted_user_dict_shape() -> None:
+    at = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+    gone = datetime(2026, 2, 3, 4, 5, 6, 7, tzinfo=UTC)
+    user = User(
+        id=uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        email="Ann@Example.org",
+        full_name="Ann",
+        is_active=False,
+        created_at=at,
+        updated_at=gone,
+        version=4,
+        deleted_at=gone,
+    )
+    data = user_to_dict(user)
+    assert data == {
+        "id": "12345678-1234-5678-1234-567812345678",
+        "email": "Ann@Example.org",
+        "full_name": "Ann",
+        "is_active": False,
+        "created_at": "2026-01-02T03:04:05.123456Z",
+        "updated_at": "2026-02-03T04:05:06.000007Z",
+        "version": 4,
+        "deleted_at": "2026-02-03T04:05:06.000007Z",
+    }
+    assert user_from_dict(data) == user
+
+
+def test_a_user_is_live_unless_deleted_at_is_given() -> None:
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    # deleted_at is the last field and optional: positional construction keeps working.
+    user = User(uuid.uuid4(), "a@b.org", None, True, at, at, 1)
+    assert user.deleted_at is None
+    assert user_to_dict(user)["deleted_at"] is None
+    assert user_from_dict(user_to_dict(user)).deleted_at is None
 
 
 def test_microseconds_survive_the_round_trip() -> None:
@@ -114,6 +159,12 @@ def test_microseconds_survive_the_round_trip() -> None:
     assert back.created_at.microsecond == 1
     assert back.created_at.utcoffset() is not None
     assert back.created_at.utcoffset().total_seconds() == 0
+    deleted = User(uuid.uuid4(), "a@b.org", "A", False, at, at, 2, deleted_at=at)
+    back = user_from_dict(user_to_dict(deleted))
+    assert back.deleted_at == at
+    assert back.deleted_at is not None
+    assert back.deleted_at.microsecond == 1
+    assert back.deleted_at.utcoffset() == timedelta(0)
 
 
 # -- new users --------------------------------------------------------------------------
@@ -139,6 +190,15 @@ def test_new_user_rejects_each_unknown_key() -> None:
         new_user_from({"email": "a@b.org", "zzz": 1, "aaa": 2, "id": "x"})
     assert sorted(fields_of(info.value)) == ["$.aaa", "$.id", "$.zzz"]
     assert all(e.message == "unknown field" for e in info.value.errors)
+
+
+@pytest.mark.parametrize("value", [None, "2026-01-02T03:04:05Z"])
+def test_new_user_cannot_be_created_deleted(value: Any) -> None:
+    # deleted_at is the service's to set (delete, restore), never a client's.
+    with pytest.raises(InvalidInput) as info:
+        new_user_from({"email": "a@b.org", "deleted_at": value})
+    assert fields_of(info.value) == ["$.deleted_at"]
+    assert info.value.errors[0].message == "unknown field"
 
 
 @FAST
@@ -270,6 +330,8 @@ def test_both_nulls_are_reported_together() -> None:
         ({"full_name": ["Ann"]}, "$.full_name"),
         ({"id": "x"}, "$.id"),
         ({"version": 2}, "$.version"),
+        ({"deleted_at": None}, "$.deleted_at"),
+        ({"deleted_at": "2026-01-02T03:04:05Z"}, "$.deleted_at"),
     ],
 )
 def test_patch_is_strict(data: dict[str, Any], field: str) -> None:

@@ -6,13 +6,14 @@ import inspect
 import logging
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pluggy
 import pytest
 import structlog
 
-from userplane import ConfigurationError, Registry, Settings, hookimpl, hookspecs
+from userplane import ConfigurationError, NewUser, Registry, Settings, hookimpl, hookspecs
 from userplane.plugin_manager import (
     CORE_PLUGIN_NAME,
     ENTRY_POINT_GROUP,
@@ -22,9 +23,11 @@ from userplane.plugin_manager import (
 )
 from userplane.plugins import logging as logging_plugin
 from userplane.plugins import sqlite as sqlite_plugin
+from userplane.users import UserService
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DIRS = [ROOT / "core", ROOT / "frontends", ROOT / "plugins"]
+DAY = timedelta(days=1)
 
 
 @pytest.fixture(autouse=True)
@@ -127,6 +130,75 @@ def test_a_wrong_argument_name_fails_validation() -> None:
         make_plugin_manager(extra_plugins=[WrongArgs()])
 
 
+class SoftDeleteListener:
+    """A plugin of the soft-delete events, taking exactly their arguments."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+
+    @hookimpl
+    def userplane_user_restored(self, user: object) -> None:
+        self.events.append(("restored", user))
+
+    @hookimpl
+    def userplane_users_purged(self, count: int, deleted_before: object) -> None:
+        self.events.append(("purged", (count, deleted_before)))
+
+
+def test_a_plugin_of_the_restore_and_purge_hooks_validates_and_is_listed() -> None:
+    listener = SoftDeleteListener()
+    pm = make_plugin_manager(extra_plugins=[listener])
+    assert pm.is_registered(listener)
+    assert any(
+        i.hooks == ("userplane_user_restored", "userplane_users_purged")
+        for i in describe_plugins(pm)
+    )
+    pm.hook.userplane_users_purged(count=2, deleted_before="t")
+    pm.hook.userplane_user_restored(user="u")
+    assert listener.events == [("purged", (2, "t")), ("restored", "u")]
+
+
+def test_a_purge_listener_may_take_only_the_count() -> None:
+    class CountOnly:
+        def __init__(self) -> None:
+            self.counts: list[int] = []
+
+        @hookimpl
+        def userplane_users_purged(self, count: int) -> None:
+            self.counts.append(count)
+
+    plugin = CountOnly()
+    pm = make_plugin_manager(extra_plugins=[plugin])
+    pm.hook.userplane_users_purged(count=3, deleted_before="t")
+    assert plugin.counts == [3]
+
+
+class RestoredWithAWrongArgument:
+    @hookimpl
+    def userplane_user_restored(self, person: object) -> None:
+        return None
+
+
+class PurgedWithAWrongArgument:
+    @hookimpl
+    def userplane_users_purged(self, count: int, before: object) -> None:
+        return None
+
+
+class PurgedMisspelt:
+    @hookimpl
+    def userplane_user_purged(self, count: int) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    "plugin_class", [RestoredWithAWrongArgument, PurgedWithAWrongArgument, PurgedMisspelt]
+)
+def test_wrong_restore_and_purge_hooks_fail_validation(plugin_class: type) -> None:
+    with pytest.raises(pluggy.PluginValidationError):
+        make_plugin_manager(extra_plugins=[plugin_class()])
+
+
 # -- the registry and storage ---------------------------------------------------------------------
 
 
@@ -191,6 +263,26 @@ def test_the_context_manager_closes_once_even_after_close(tmp_path: Path) -> Non
     assert plugin.shutdowns == 1
 
 
+def test_a_registry_tells_plugins_of_restores_and_purges(tmp_path: Path) -> None:
+    listener = SoftDeleteListener()
+    with Registry(sqlite_settings(tmp_path), plugins=[listener]) as reg:
+        reg.storage.migrate()
+        user = reg.users.create(NewUser("ann@example.org"))
+        reg.users.delete(user.id)
+        restored = reg.users.restore(user.id)
+        deleted = reg.users.delete(user.id)
+        assert deleted.deleted_at is not None
+        # A clock a day on, so that the purge does not depend on the real clock advancing.
+        later = UserService(reg.storage, reg.hook, clock=lambda: deleted.deleted_at + DAY)
+        count = later.purge(timedelta(hours=1))
+    assert count == 1
+    assert [kind for kind, _ in listener.events] == ["restored", "purged"]
+    assert listener.events[0] == ("restored", restored)
+    purged = listener.events[1][1]
+    assert isinstance(purged, tuple)
+    assert purged == (1, deleted.deleted_at + DAY - timedelta(hours=1))
+
+
 def test_a_registry_can_take_a_ready_plugin_manager(tmp_path: Path) -> None:
     plugin = Lifecycle()
     pm = make_plugin_manager(extra_plugins=[plugin])
@@ -218,11 +310,34 @@ def _source() -> str:
     return "\n".join(texts)
 
 
+#: The events a plugin hears about users, and the arguments each passes.
+USER_EVENTS = {
+    "userplane_user_created": ("user",),
+    "userplane_user_updated": ("user", "changed"),
+    "userplane_user_deleted": ("user",),
+    "userplane_user_restored": ("user",),
+    "userplane_users_purged": ("count", "deleted_before"),
+}
+
+
 def test_there_are_hookspecs() -> None:
     names = _hookspecs()
     assert "userplane_operation" in names
     assert "userplane_open_storage" in names
-    assert len(names) >= 10
+    assert set(USER_EVENTS) <= set(names)
+    assert len(names) >= 12
+
+
+@pytest.mark.parametrize(("name", "argnames"), USER_EVENTS.items(), ids=list(USER_EVENTS))
+def test_user_events_are_plain_broadcasts_with_their_arguments(
+    name: str, argnames: tuple[str, ...]
+) -> None:
+    caller = getattr(make_plugin_manager().hook, name)
+    assert caller.spec is not None
+    assert caller.spec.argnames == argnames
+    # Every listener hears every event: none may stop the others.
+    assert not caller.spec.opts.get("firstresult")
+    assert not caller.spec.opts.get("historic")
 
 
 @pytest.mark.parametrize("name", _hookspecs())
