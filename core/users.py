@@ -373,7 +373,10 @@ class UserService:
         def call() -> int:
             if older_than < timedelta(0):
                 raise InvalidInput.for_field("$.older_than", "must not be negative")
-            before = self._clock() - older_than
+            try:
+                before = self._clock() - older_than
+            except OverflowError:  # before the calendar began: nothing is that old
+                before = datetime.min.replace(tzinfo=UTC)
             count = self._storage.purge_users(before)
             self._hook.userplane_users_purged(count=count, deleted_before=before)
             return count

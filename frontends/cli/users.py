@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -199,11 +200,13 @@ class Duration(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, timedelta):
             return value
-        text = str(value).strip().lower()
-        number, unit = text[:-1], text[-1:]
-        if unit not in self._UNITS or not number.isdigit():
+        match = re.fullmatch(r"([0-9]{1,9})([smhdw])", str(value).strip().lower())
+        if match is None:
             self.fail(f"{value!r} is not a duration like 30d, 12h, 90m, 45s or 2w", param, ctx)
-        return timedelta(**{self._UNITS[unit]: int(number)})
+        try:
+            return timedelta(**{self._UNITS[match[2]]: int(match[1])})
+        except OverflowError:
+            self.fail(f"{value!r} is longer than any duration the calendar holds", param, ctx)
 
 
 @users.command()

@@ -1,4 +1,8 @@
-"""The admin CLI in-process, through click's CliRunner, over a real SQLite file per test."""
+"""The admin CLI in-process, through click's CliRunner, over a real database per test.
+
+Most tests use a SQLite file of their own; those taking ``on_db`` run on SQLite and
+PostgreSQL (see ``conftest.py``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import logging
 import os
 import uuid
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +21,28 @@ from click.testing import CliRunner, Result
 from userplane import NewUser, Registry, Settings, migrations
 from userplane.frontends.cli import cli
 from userplane.settings import MASK
+from userplane.users import UserService
+
+#: Read by ``conftest.py`` when a test first needs PostgreSQL: kept out of the CLI's
+#: environment rather than out of the test process.
+PG_ENV = "USERPLANE_TEST_POSTGRESQL_URL"
 
 MIGRATION_IDS = sorted(
     p.name.removesuffix(".sql")
     for p in migrations.folder("sqlite").glob("*.sql")
     if not p.name.endswith(".rollback.sql")
 )
-USER_KEYS = {"id", "email", "full_name", "is_active", "created_at", "updated_at", "version"}
-TABLE_COLUMNS = ["ID", "EMAIL", "FULL_NAME", "IS_ACTIVE", "CREATED_AT", "VERSION"]
+USER_KEYS = {
+    "id",
+    "email",
+    "full_name",
+    "is_active",
+    "created_at",
+    "updated_at",
+    "version",
+    "deleted_at",
+}
+TABLE_COLUMNS = ["ID", "EMAIL", "FULL_NAME", "IS_ACTIVE", "CREATED_AT", "VERSION", "DELETED_AT"]
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +53,7 @@ def _hermetic(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     registry starts, which under CliRunner is the runner's capture stream.
     """
     for name in list(os.environ):
-        if name.startswith("USERPLANE_"):
+        if name.startswith("USERPLANE_") and name != PG_ENV:
             monkeypatch.delenv(name)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
@@ -48,20 +67,29 @@ def _hermetic(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 class Cli:
     """Invokes ``userplane`` against this test's database, never a stray ``.env``."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, database_url: str | None = None) -> None:
         self.tmp_path = tmp_path
-        self.database_url = f"sqlite:///{tmp_path}/u.db"
+        self.database_url = database_url or f"sqlite:///{tmp_path}/u.db"
         self.env_file = tmp_path / "no-such.env"
         self.runner = CliRunner()
-        self.env = {"USERPLANE_DATABASE_URL": self.database_url, "USERPLANE_LOG_FORMAT": "json"}
+        self.env: dict[str, str | None] = {
+            "USERPLANE_DATABASE_URL": self.database_url,
+            "USERPLANE_LOG_FORMAT": "json",
+            PG_ENV: None,
+        }
 
     def __call__(
-        self, *args: str, env: Mapping[str, str | None] | None = None, env_file: Path | None = None
+        self,
+        *args: str,
+        env: Mapping[str, str | None] | None = None,
+        env_file: Path | None = None,
+        input: str | None = None,
     ) -> Result:
         return self.runner.invoke(
             cli,
             ["--env-file", str(env_file or self.env_file), *args],
             env={**self.env, **(env or {})},
+            input=input,
             catch_exceptions=False,
         )
 
@@ -177,6 +205,7 @@ def test_create_prints_exactly_one_json_object(app: Cli) -> None:
     assert user["version"] == 1
     assert user["created_at"] == user["updated_at"]
     assert user["created_at"].endswith("Z")
+    assert user["deleted_at"] is None
 
 
 def test_create_without_a_name_and_inactive(app: Cli) -> None:
@@ -191,7 +220,7 @@ def test_create_table_output(app: Cli) -> None:
     assert header == TABLE_COLUMNS
     assert len(rows) == 1
     user = app.one("users", "get", "ann@example.org")
-    assert rows[0] == [user["id"], "ann@example.org", "-", "yes", user["created_at"], "1"]
+    assert rows[0] == [user["id"], "ann@example.org", "-", "yes", user["created_at"], "1", "-"]
 
 
 def test_duplicate_email_in_another_case_is_a_conflict(app: Cli) -> None:
@@ -237,7 +266,9 @@ def test_get_table_output(app: Cli) -> None:
     user = app.create("ann@example.org", "--full-name", "Ann Example")
     header, rows = table(app.ok("users", "get", user["id"]))
     assert header == TABLE_COLUMNS
-    assert rows == [[user["id"], "ann@example.org", "Ann Example", "yes", user["created_at"], "1"]]
+    assert rows == [
+        [user["id"], "ann@example.org", "Ann Example", "yes", user["created_at"], "1", "-"]
+    ]
 
 
 def test_get_unknown_is_not_found(app: Cli) -> None:
@@ -274,9 +305,9 @@ def test_list_table(app: Cli, three: list[dict[str, Any]]) -> None:
     assert header == TABLE_COLUMNS
     ann, bob, carol = three
     assert rows == [
-        [ann["id"], "ann@example.org", "Ann Archer", "yes", ann["created_at"], "1"],
-        [bob["id"], "Bob@Example.org", "Bob Builder", "no", bob["created_at"], "1"],
-        [carol["id"], "carol@other.net", "-", "yes", carol["created_at"], "1"],
+        [ann["id"], "ann@example.org", "Ann Archer", "yes", ann["created_at"], "1", "-"],
+        [bob["id"], "Bob@Example.org", "Bob Builder", "no", bob["created_at"], "1", "-"],
+        [carol["id"], "carol@other.net", "-", "yes", carol["created_at"], "1", "-"],
     ]
 
 
@@ -333,7 +364,13 @@ def test_list_follows_every_page_past_the_page_size(app: Cli) -> None:
     settings = Settings.from_mapping({"USERPLANE_DATABASE_URL": app.database_url})
     with Registry(settings) as reg:
         created = [
-            reg.users.create(NewUser(email=f"user{i:04d}@example.org", is_active=i % 3 != 0))
+            reg.users.create(
+                NewUser(
+                    email=f"{'User' if i % 2 else 'user'}{(i * 7919) % count:04d}@example.org",
+                    full_name=None if i % 10 == 0 else f"{'Name' if i % 3 else 'name'} {i % 37}",
+                    is_active=i % 3 != 0,
+                )
+            )
             for i in range(count)
         ]
     ids = {str(u.id) for u in created}
@@ -356,6 +393,19 @@ def test_list_follows_every_page_past_the_page_size(app: Cli) -> None:
 
     _, table_rows = table(app.ok("users", "list"))
     assert [r[0] for r in table_rows] == [r["id"] for r in rows]
+
+    # Every sort follows its own cursors across pages: each user once, in order.
+    by_email = app.json("users", "list", "--sort", "-email")
+    assert [r["email"].lower() for r in by_email] == sorted(
+        (r["email"].lower() for r in rows), reverse=True
+    )
+    by_name = app.json("users", "list", "--sort", "full_name")
+    assert [r["id"] for r in by_name] == [
+        r["id"]
+        for r in sorted(rows, key=lambda r: ((r["full_name"] or "").lower(), uuid.UUID(r["id"])))
+    ]
+    newest = app.json("users", "list", "--sort", "-created_at", "--inactive", "--limit", "600")
+    assert newest == inactive[::-1]
 
 
 # --- users update -------------------------------------------------------------------------
@@ -450,17 +500,32 @@ def test_deactivate_and_activate(app: Cli) -> None:
     assert app.fails(3, "users", "activate", str(uuid.uuid4())).startswith("userplane: not-found:")
 
 
-def test_delete_then_get_is_not_found(app: Cli) -> None:
+def test_delete_then_get_is_not_found_and_the_email_stays_reserved(app: Cli) -> None:
     ann = app.create("ann@example.org")
     bob = app.create("bob@example.org")
     deleted = app.one("users", "delete", ann["id"])
-    assert deleted == ann  # the user as it was
+    # The user as deleted: the same user, one version on, with deleted_at set.
+    assert {
+        k: v for k, v in deleted.items() if k not in {"version", "updated_at", "deleted_at"}
+    } == {k: v for k, v in ann.items() if k not in {"version", "updated_at", "deleted_at"}}
+    assert deleted["version"] == 2
+    assert deleted["deleted_at"] is not None
+    deleted_at = datetime.fromisoformat(deleted["deleted_at"])
+    assert deleted_at >= datetime.fromisoformat(ann["created_at"])
     assert app.fails(3, "users", "get", ann["id"]).startswith("userplane: not-found:")
     assert app.fails(3, "users", "get", "ann@example.org").startswith("userplane: not-found:")
     assert app.fails(3, "users", "delete", ann["id"]).startswith("userplane: not-found:")
+    assert app.fails(3, "users", "delete", "ann@example.org").startswith("userplane: not-found:")
+    line = app.fails(3, "users", "update", ann["id"], "--full-name", "X")
+    assert line.startswith("userplane: not-found:")
     assert app.json("users", "list") == [bob]
-    # The address is free again.
-    assert app.create("ANN@example.org")["email"] == "ANN@example.org"
+    # Soft: the address stays taken until the user is purged.
+    line = app.fails(4, "users", "create", "--email", "ANN@example.org")
+    assert line.startswith("userplane: conflict:")
+    line = app.fails(4, "users", "update", bob["id"], "--email", "Ann@Example.org")
+    assert line.startswith("userplane: conflict:")
+    assert app.one("users", "get", bob["id"]) == bob
+    assert app.one("users", "get", ann["id"], "--include-deleted") == deleted
 
 
 def test_delete_by_email_with_if_version(app: Cli) -> None:
@@ -469,8 +534,380 @@ def test_delete_by_email_with_if_version(app: Cli) -> None:
     line = app.fails(6, "users", "delete", "ann@example.org", "--if-version", "1")
     assert line.startswith("userplane: precondition-failed:")
     assert app.one("users", "get", user["id"]) == changed
-    assert app.one("users", "delete", "ANN@example.org", "--if-version", "2") == changed
+    deleted = app.one("users", "delete", "ANN@example.org", "--if-version", "2")
+    assert deleted["version"] == 3
+    assert deleted["deleted_at"] is not None
+    assert deleted["full_name"] == "Ann"
     assert app.json("users", "list") == []
+    assert app.json("users", "list", "--include-deleted") == [deleted]
+
+
+# --- soft delete, restore, include-deleted (on SQLite and PostgreSQL) -----------------------
+
+
+@pytest.fixture
+def on_db(tmp_path: Path, database_url: str) -> Cli:
+    """The CLI over this test's migrated database, on each backend."""
+    run = Cli(tmp_path, database_url)
+    run.ok("migrate")
+    return run
+
+
+def service_at(registry: Registry, when: datetime) -> UserService:
+    """``registry``'s user service (same storage and hooks) with its clock stopped at ``when``."""
+    return UserService(registry.storage, registry.hook, clock=lambda: when)
+
+
+def same_user(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """The same user with the same data, whatever its version, update time and deletion."""
+    ignored = {"version", "updated_at", "deleted_at"}
+    return {k: v for k, v in a.items() if k not in ignored} == {
+        k: v for k, v in b.items() if k not in ignored
+    }
+
+
+def test_delete_include_deleted_restore_round_trip(on_db: Cli) -> None:
+    app = on_db
+    ann = app.create("Ann@Example.org", "--full-name", "Ann")
+    bob = app.create("bob@example.org")
+
+    deleted = app.one("users", "delete", "ann@EXAMPLE.org")
+    assert same_user(deleted, ann)
+    assert deleted["version"] == 2
+    assert deleted["deleted_at"] is not None
+    for ref in (ann["id"], "ANN@example.org"):
+        assert app.fails(3, "users", "get", ref).startswith("userplane: not-found:")
+        assert app.one("users", "get", ref, "--include-deleted") == deleted
+    assert app.json("users", "list") == [bob]
+    assert app.json("users", "list", "--include-deleted") == [deleted, bob]
+    line = app.fails(6, "users", "update", bob["id"], "--full-name", "B", "--if-version", "2")
+    assert line.startswith("userplane: precondition-failed:")
+
+    restored = app.one("users", "restore", "ann@example.ORG")
+    assert same_user(restored, ann)
+    assert restored["deleted_at"] is None
+    assert restored["version"] == 3
+    assert app.one("users", "get", ann["id"]) == restored
+    assert app.one("users", "get", ann["id"], "--include-deleted") == restored
+    assert app.json("users", "list") == [restored, bob]
+    # Restoring a live user changes nothing, by id or by email.
+    assert app.one("users", "restore", ann["id"]) == restored
+    assert app.one("users", "restore", "bob@example.org") == bob
+    # Writes go on from the restored version.
+    line = app.fails(6, "users", "update", ann["id"], "--full-name", "X", "--if-version", "2")
+    assert line.startswith("userplane: precondition-failed:")
+    updated = app.one("users", "update", ann["id"], "--full-name", "Ann B", "--if-version", "3")
+    assert updated["version"] == 4
+
+
+def test_delete_if_version_of_a_deleted_user_is_not_found(on_db: Cli) -> None:
+    user = on_db.create("ann@example.org")
+    on_db.one("users", "delete", user["id"], "--if-version", "1")
+    line = on_db.fails(3, "users", "delete", user["id"], "--if-version", "2")
+    assert line.startswith("userplane: not-found:")
+
+
+def test_restore_unknown_is_not_found(on_db: Cli) -> None:
+    on_db.create("ann@example.org")
+    unknown = str(uuid.uuid4())
+    line = on_db.fails(3, "users", "restore", unknown)
+    assert line.startswith("userplane: not-found:")
+    assert unknown in line
+    line = on_db.fails(3, "users", "restore", "nobody@example.org")
+    assert line.startswith("userplane: not-found:")
+    line = on_db.fails(5, "users", "restore", "not-an-email")
+    assert line.startswith("userplane: invalid-input:")
+
+
+def test_restore_and_delete_print_tables_with_deleted_at(on_db: Cli) -> None:
+    user = on_db.create("ann@example.org", "--full-name", "Ann")
+    header, rows = table(on_db.ok("users", "delete", user["id"]))
+    assert header == TABLE_COLUMNS
+    [row] = rows
+    deleted = on_db.one("users", "get", user["id"], "--include-deleted")
+    created = user["created_at"]
+    assert row == [user["id"], "ann@example.org", "Ann", "yes", created, "2", deleted["deleted_at"]]
+    header, rows = table(on_db.ok("users", "restore", user["id"]))
+    assert header == TABLE_COLUMNS
+    assert rows == [[user["id"], "ann@example.org", "Ann", "yes", user["created_at"], "3", "-"]]
+
+
+def test_list_table_shows_deleted_at_only_for_deleted_users(on_db: Cli) -> None:
+    ann = on_db.create("ann@example.org")
+    bob = on_db.create("bob@example.org")
+    deleted = on_db.one("users", "delete", bob["id"])
+    header, rows = table(on_db.ok("users", "list", "--include-deleted"))
+    assert header == TABLE_COLUMNS
+    assert [(r[0], r[-1]) for r in rows] == [
+        (ann["id"], "-"),
+        (bob["id"], deleted["deleted_at"]),
+    ]
+    header, rows = table(on_db.ok("users", "get", "bob@example.org", "--include-deleted"))
+    assert rows[0][-1] == deleted["deleted_at"]
+
+
+# --- users list --sort ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def sortable(on_db: Cli) -> dict[str, dict[str, Any]]:
+    """Users whose orders by email, by name and by creation all differ."""
+    made = {}
+    for key, email, name in [
+        ("carl", "carl@x.org", "carl"),
+        ("anon", "Zed@x.org", None),
+        ("bea", "BEA@x.org", "Bea"),
+        ("al", "al+1@x.org", "ALAN"),
+        ("ann", "Ann@X.org", "ann"),
+    ]:
+        made[key] = on_db.create(email, *(["--full-name", name] if name else []))
+    return made
+
+
+@pytest.mark.parametrize(
+    ("sort", "order"),
+    [
+        ("created_at", ["carl", "anon", "bea", "al", "ann"]),
+        ("-created_at", ["ann", "al", "bea", "anon", "carl"]),
+        ("email", ["al", "ann", "bea", "carl", "anon"]),
+        ("-email", ["anon", "carl", "bea", "ann", "al"]),
+        ("full_name", ["anon", "al", "ann", "bea", "carl"]),
+        ("-full_name", ["carl", "bea", "ann", "al", "anon"]),
+    ],
+)
+def test_list_sorts(
+    on_db: Cli, sortable: dict[str, dict[str, Any]], sort: str, order: list[str]
+) -> None:
+    expected = [sortable[k] for k in order]
+    assert on_db.json("users", "list", "--sort", sort) == expected
+    assert on_db.json("users", "list", f"--sort={sort}", "--limit", "2") == expected[:2]
+    _, rows = table(on_db.ok("users", "list", "--sort", sort))
+    assert [r[0] for r in rows] == [u["id"] for u in expected]
+
+
+def test_list_sort_with_include_deleted_and_filters(
+    on_db: Cli, sortable: dict[str, dict[str, Any]]
+) -> None:
+    gone = on_db.one("users", "delete", sortable["bea"]["id"])
+    on_db.one("users", "deactivate", sortable["carl"]["id"])
+    carl = on_db.one("users", "get", sortable["carl"]["id"])
+    anon, al, ann = sortable["anon"], sortable["al"], sortable["ann"]
+
+    assert on_db.json("users", "list", "--sort", "-email") == [anon, carl, ann, al]
+    everyone = on_db.json("users", "list", "--sort", "-email", "--include-deleted")
+    assert everyone == [anon, carl, gone, ann, al]
+    assert on_db.json("users", "list", "--include-deleted", "--sort", "full_name", "--active") == [
+        anon,
+        al,
+        ann,
+        gone,
+    ]
+    assert on_db.json("users", "list", "--sort", "-full_name", "-q", "A", "--limit", "2") == [
+        carl,
+        ann,
+    ]
+    assert on_db.json(
+        "users", "list", "--sort", "-created_at", "--include-deleted", "--email", "bea@x.org"
+    ) == [gone]
+    assert on_db.json("users", "list", "--sort", "email", "--inactive") == [carl]
+
+
+@pytest.mark.parametrize("sort", ["bogus", "-", "Email", "id", "--email", "updated_at"])
+def test_list_unknown_sort_is_invalid_input_naming_sort(app: Cli, sort: str) -> None:
+    app.create("ann@example.org")
+    line = app.fails(5, "users", "list", f"--sort={sort}")
+    assert line.startswith("userplane: invalid-input:")
+    assert "$.sort" in line
+
+
+# --- users purge ----------------------------------------------------------------------------
+
+
+def purged_line(count: int) -> str:
+    return f"purged {count} deleted user{'s' if count != 1 else ''}"
+
+
+def test_purge_removes_only_users_deleted_long_enough_ago(on_db: Cli, registry: Registry) -> None:
+    app = on_db
+    users = {key: app.create(f"{key}@example.org") for key in ("old", "older", "recent", "live")}
+    now = datetime.now(UTC)
+    for key, ago in [
+        ("older", timedelta(days=400)),
+        ("old", timedelta(days=30, hours=1)),
+        ("recent", timedelta(days=29, hours=23)),
+    ]:
+        service_at(registry, now - ago).delete(uuid.UUID(users[key]["id"]))
+    recent = app.one("users", "get", users["recent"]["id"], "--include-deleted")
+
+    result = app.ok("users", "purge", "--older-than", "30d", "--yes")
+
+    assert purged_line(2) in result.stdout.splitlines()
+    for key in ("old", "older"):
+        gone = users[key]
+        for ref in (gone["id"], gone["email"]):
+            line = app.fails(3, "users", "get", ref, "--include-deleted")
+            assert line.startswith("userplane: not-found:")
+            assert app.fails(3, "users", "restore", ref).startswith("userplane: not-found:")
+    assert app.json("users", "list", "--include-deleted") == [recent, users["live"]]
+    # Their addresses are free again; the recent one's is still reserved.
+    again = app.create("OLD@example.org")
+    assert again["id"] != users["old"]["id"]
+    app.create("older@example.org")
+    line = app.fails(4, "users", "create", "--email", "recent@example.org")
+    assert line.startswith("userplane: conflict:")
+    # Nothing else is old enough; the recent one can still be restored.
+    assert (
+        app.one("users", "purge", "--older-than", "30d", "--yes", "--format", "json")["purged"] == 0
+    )
+    assert app.one("users", "restore", "recent@example.org")["deleted_at"] is None
+
+
+@pytest.mark.parametrize(
+    ("text", "duration"),
+    [
+        pytest.param("45s", timedelta(seconds=45), id="45s"),
+        pytest.param("90m", timedelta(minutes=90), id="90m"),
+        pytest.param("12h", timedelta(hours=12), id="12h"),
+        pytest.param("30d", timedelta(days=30), id="30d"),
+        pytest.param("2w", timedelta(weeks=2), id="2w"),
+    ],
+)
+def test_purge_durations_in_every_unit(
+    on_db: Cli, registry: Registry, text: str, duration: timedelta
+) -> None:
+    app = on_db
+    before = app.create("before@example.org")
+    after = app.create("after@example.org")
+    now = datetime.now(UTC)
+    # A fifth of the duration on either side of the cut-off.
+    service_at(registry, now - duration * 1.2).delete(uuid.UUID(before["id"]))
+    service_at(registry, now - duration * 0.8).delete(uuid.UUID(after["id"]))
+
+    [out] = app.json("users", "purge", "--older-than", text, "--yes")
+
+    assert out["purged"] == 1
+    assert app.fails(3, "users", "get", before["id"], "--include-deleted").startswith(
+        "userplane: not-found:"
+    )
+    assert app.one("users", "get", after["id"], "--include-deleted")["deleted_at"] is not None
+
+
+def test_purge_zero_seconds_takes_every_deleted_user_and_a_large_value_none(on_db: Cli) -> None:
+    app = on_db
+    ann = app.create("ann@example.org")
+    bob = app.create("bob@example.org")
+    app.one("users", "delete", ann["id"])
+
+    assert purged_line(0) in app.ok("users", "purge", "--older-than", "52w", "--yes").stdout
+    assert app.one("users", "get", ann["id"], "--include-deleted")["deleted_at"] is not None
+
+    assert purged_line(1) in app.ok("users", "purge", "--older-than", "0s", "--yes").stdout
+
+    assert app.fails(3, "users", "get", ann["id"], "--include-deleted").startswith(
+        "userplane: not-found:"
+    )
+    assert app.fails(3, "users", "restore", ann["id"]).startswith("userplane: not-found:")
+    assert app.json("users", "list", "--include-deleted") == [bob]
+    assert app.create("Ann@Example.org")["id"] != ann["id"]
+    # Live users are never purged.
+    assert (
+        app.one("users", "purge", "--older-than", "0s", "--yes", "--format", "json")["purged"] == 0
+    )
+    assert len(app.json("users", "list")) == 2
+
+
+@pytest.mark.parametrize("answer", ["n\n", "\n", "", "no\n"])
+def test_purge_without_yes_aborts_unless_confirmed(on_db: Cli, answer: str) -> None:
+    user = on_db.create("ann@example.org")
+    on_db.one("users", "delete", user["id"])
+
+    result = on_db("users", "purge", "--older-than", "0s", input=answer)
+
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    assert "Aborted" in result.stderr
+    assert "Traceback" not in result.output
+    assert "?" in result.stdout  # it asked
+    assert "purged" not in result.stdout
+    assert on_db.one("users", "restore", user["id"])["deleted_at"] is None
+
+
+def test_purge_without_yes_proceeds_when_confirmed(on_db: Cli) -> None:
+    user = on_db.create("ann@example.org")
+    on_db.one("users", "delete", user["id"])
+
+    result = on_db("users", "purge", "--older-than", "0s", input="y\n")
+
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert result.stderr == ""
+    assert purged_line(1) in result.stdout.splitlines()
+    assert on_db.fails(3, "users", "restore", user["id"]).startswith("userplane: not-found:")
+
+
+def test_purge_json_is_one_object(on_db: Cli) -> None:
+    for i in range(3):
+        user = on_db.create(f"u{i}@example.org")
+        on_db.one("users", "delete", user["id"])
+    result = on_db.ok("users", "purge", "--older-than", "0s", "--yes", "--format", "json")
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    out = json.loads(lines[0])
+    assert out["purged"] == 3
+    assert on_db.json("users", "list", "--include-deleted") == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "30",
+        "d",
+        "30x",
+        "30 d",
+        "1.5h",
+        "-1d",
+        "+1d",
+        "",
+        "P30D",
+        "30days",
+        "thirty d",
+        "1e3s",
+        "0x1fs",
+        "²d",  # a digit to str.isdigit, not to int()
+        "1000000000d",  # more days than any timedelta holds
+    ],
+)
+def test_purge_bad_duration_is_a_usage_error(app: Cli, value: str) -> None:
+    user = app.create("ann@example.org")
+    app.one("users", "delete", user["id"])
+
+    result = app("users", "purge", "--older-than", value, "--yes")
+
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    assert result.stdout == ""
+    assert "--older-than" in result.stderr
+    assert "internal error" not in result.stderr
+    assert "Traceback" not in result.output
+    assert app.one("users", "get", user["id"], "--include-deleted")["deleted_at"] is not None
+
+
+def test_purge_needs_older_than(app: Cli) -> None:
+    result = app("users", "purge", "--yes")
+    assert result.exit_code == 2
+    assert "--older-than" in result.stderr
+
+
+def test_purge_with_a_duration_longer_than_the_calendar_is_not_an_internal_error(
+    app: Cli,
+) -> None:
+    # 800000 days is a well-formed duration; no user was deleted that long ago.
+    user = app.create("ann@example.org")
+    app.one("users", "delete", user["id"])
+
+    result = app("users", "purge", "--older-than", "800000d", "--yes")
+
+    assert result.exit_code in (0, 2), (result.exit_code, result.stdout, result.stderr)
+    assert "internal error" not in result.stderr
+    assert "Traceback" not in result.output
+    assert app.one("users", "get", user["id"], "--include-deleted")["deleted_at"] is not None
 
 
 # --- plugins --------------------------------------------------------------------------------
@@ -672,5 +1109,15 @@ def test_help_lists_the_commands(run: Cli) -> None:
     for command in ("config", "migrate", "plugins", "serve", "users"):
         assert command in result.stdout
     users_help = run.ok("users", "-h").stdout
-    for command in ("activate", "create", "deactivate", "delete", "get", "list", "update"):
+    for command in (
+        "activate",
+        "create",
+        "deactivate",
+        "delete",
+        "get",
+        "list",
+        "purge",
+        "restore",
+        "update",
+    ):
         assert command in users_help

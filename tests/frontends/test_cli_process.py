@@ -37,12 +37,13 @@ class Proc:
         )
 
     def __call__(
-        self, *args: str, env: dict[str, str] | None = None
+        self, *args: str, env: dict[str, str] | None = None, input: str = ""
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*self.command, *args],
             env={**self.env, **(env or {})},
             cwd=self.tmp_path,
+            input=input,
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
@@ -113,9 +114,17 @@ def test_migrate_create_get_round_trip(run: Proc) -> None:
     assert run.json("users", "get", "ANN@EXAMPLE.ORG") == [created]
     assert run.json("users", "list") == [created]
     table = run.ok("users", "get", created["id"]).splitlines()
-    assert table[0].split() == ["ID", "EMAIL", "FULL_NAME", "IS_ACTIVE", "CREATED_AT", "VERSION"]
+    assert table[0].split() == [
+        "ID",
+        "EMAIL",
+        "FULL_NAME",
+        "IS_ACTIVE",
+        "CREATED_AT",
+        "VERSION",
+        "DELETED_AT",
+    ]
     name_and_state = ["Ann@Example.org", "Ann", "yes"]
-    assert table[1].split() == [created["id"], *name_and_state, created["created_at"], "1"]
+    assert table[1].split() == [created["id"], *name_and_state, created["created_at"], "1", "-"]
     assert (run.tmp_path / "cli.db").is_file()
 
 
@@ -153,6 +162,8 @@ def test_documented_exit_codes(module: Proc) -> None:
         ("users", "list", "--no-such-option"),
         ("users", "update", "x@example.org", "--full-name", "X", "--clear-full-name"),
         ("users", "list", "--limit", "0"),
+        ("users", "purge", "--older-than", "30", "--yes"),
+        ("users", "purge", "--yes"),
     ],
 )
 def test_usage_errors_exit_2_without_a_traceback(module: Proc, args: tuple[str, ...]) -> None:
@@ -213,3 +224,35 @@ def test_serve_refuses_to_start_without_a_schema_or_with_bad_settings(module: Pr
     assert line == "userplane: unavailable: the database is not migrated: run `userplane migrate`"
     line = module.fails(11, "serve", env={"USERPLANE_WORKERS": "abc"})
     assert line.startswith("userplane: configuration: USERPLANE_WORKERS:")
+
+
+def test_soft_delete_restore_and_purge_round_trip(module: Proc) -> None:
+    run = module
+    run.ok("migrate")
+    [ann] = run.json("users", "create", "--email", "ann@example.org", "--full-name", "Ann")
+    [bob] = run.json("users", "create", "--email", "bob@example.org")
+
+    [deleted] = run.json("users", "delete", "ANN@example.org")
+    assert deleted["deleted_at"] is not None
+    assert deleted["version"] == 2
+    assert run.fails(3, "users", "get", ann["id"]).startswith("userplane: not-found:")
+    assert run.json("users", "list", "--sort", "-email", "--include-deleted") == [bob, deleted]
+
+    [restored] = run.json("users", "restore", "ann@example.org")
+    assert restored["deleted_at"] is None
+    assert restored["version"] == 3
+    run.json("users", "delete", ann["id"])
+
+    # Not confirmed (no answer on stdin): nothing is purged.
+    proc = run("users", "purge", "--older-than", "0s")
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "Aborted" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # Deleted too recently for a week's cut-off; then confirmed on stdin with 0s.
+    assert "purged 0 deleted users\n" in run.ok("users", "purge", "--older-than", "1w", "--yes")
+    proc = run("users", "purge", "--older-than", "0s", input="y\n")
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert "purged 1 deleted user\n" in proc.stdout
+    assert run.fails(3, "users", "restore", ann["id"]).startswith("userplane: not-found:")
+    [again] = run.json("users", "create", "--email", "Ann@example.org")
+    assert run.json("users", "list", "--include-deleted") == [bob, again]

@@ -1,7 +1,8 @@
 """The HTTP API as a demanding client sees it: status codes, headers and exact bodies.
 
 Everything runs through ``falcon.testing.TestClient`` against a real, migrated
-SQLite file; nothing below the HTTP surface is mocked.
+database (SQLite and PostgreSQL, see ``conftest.py``); nothing below the HTTP
+surface is mocked.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import re
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import hypothesis
 import pytest
@@ -23,13 +24,23 @@ from falcon import testing
 from hypothesis import strategies as st
 
 import userplane
-from userplane import NewUser, Registry, Settings
+from userplane import NewUser, Registry, Settings, convert
 from userplane.frontends.http import create_app
+from userplane.users import UserService
 
 USERS = "/api/v1/users"
 PROBLEM_JSON = "application/problem+json"
 JSON_CT = {"Content-Type": "application/json"}
-USER_FIELDS = {"id", "email", "full_name", "is_active", "created_at", "updated_at", "version"}
+USER_FIELDS = {
+    "id",
+    "email",
+    "full_name",
+    "is_active",
+    "created_at",
+    "updated_at",
+    "version",
+    "deleted_at",
+}
 GENERATED_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 NEXT_LINK = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?(?:\s*;|\s*,|\s*$)')
 
@@ -152,6 +163,80 @@ def cursor_of(value: object) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+SORTS = ["created_at", "-created_at", "email", "-email", "full_name", "-full_name"]
+
+
+def order_key(user: Mapping[str, Any], field: str) -> tuple[Any, uuid.UUID]:
+    """An independent oracle of the documented order, for ASCII test data.
+
+    ``email`` by the case-folded address, ``full_name`` case-insensitively with
+    users without a name first (as the empty name), ``created_at`` by time;
+    ties broken by id.
+    """
+    key: Any
+    if field == "created_at":
+        key = datetime.fromisoformat(user["created_at"])
+    elif field == "email":
+        key = user["email"].casefold()
+    else:
+        key = (user["full_name"] or "").casefold()
+    return (key, uuid.UUID(user["id"]))
+
+
+def expected_ids(users: Iterable[Mapping[str, Any]], sort: str) -> list[str]:
+    """The ids of ``users`` in ``sort`` order (``-`` reverses key and tie-break alike)."""
+    field = sort.removeprefix("-")
+    ordered = sorted(users, key=lambda u: order_key(u, field), reverse=sort.startswith("-"))
+    return [u["id"] for u in ordered]
+
+
+def ids(items: Iterable[Mapping[str, Any]]) -> list[str]:
+    return [u["id"] for u in items]
+
+
+def list_following_links(
+    client: testing.TestClient, params: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """Every item over every page of ``params``, following ``Link``.
+
+    Checks that each page holds at most ``limit`` items, that each ``Link`` keeps
+    every parameter (sort and filters) and carries the body's ``next`` cursor.
+    """
+    items: list[dict[str, Any]] = []
+    limit = int(params.get("limit", "50"))
+    resp = client.simulate_get(f"{USERS}/", params=dict(params))
+    for _ in range(1000):
+        assert resp.status_code == 200, resp.text
+        page = resp.json["items"]
+        assert len(page) <= limit
+        items += page
+        link = next_link(resp)
+        assert (link is None) == (resp.json["next"] is None)
+        if link is None:
+            return items
+        assert page, "a page with a next link must not be empty"
+        query = parse_qs(urlsplit(link).query, keep_blank_values=True)
+        assert query.pop("cursor") == [resp.json["next"]]
+        assert query == {k: [v] for k, v in params.items()}, link
+        resp = follow(client, link)
+    raise AssertionError("paging did not end")
+
+
+class Clock:
+    """A settable clock for a ``UserService``: times of writes chosen by the test."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def service_at(registry: Registry, clock: Callable[[], datetime]) -> UserService:
+    """``registry``'s user service (same storage and hooks), writing at ``clock``'s times."""
+    return UserService(registry.storage, registry.hook, clock=clock)
+
+
 class ExplodingPlugin:
     """A plugin whose hook fails the way a bug would."""
 
@@ -182,6 +267,7 @@ def test_create_answers_201_with_location_etag_and_the_user(
     assert body["updated_at"].endswith("Z")
     assert datetime.fromisoformat(body["created_at"]).utcoffset() is not None
     assert body["created_at"] == body["updated_at"]
+    assert body["deleted_at"] is None
     assert resp.headers["Location"] == f"{USERS}/{body['id']}"
     assert resp.headers["ETag"] == '"1"'
 
@@ -402,6 +488,20 @@ def test_wrong_method_is_a_405_problem_with_allow(
     assert method not in allow
 
 
+def test_restore_takes_only_post(client: testing.TestClient) -> None:
+    user = create(client, "rm@x.org")
+    path = f"{USERS}/{user['id']}/restore"
+    for method in ("GET", "PUT", "PATCH", "DELETE"):
+        resp = client.simulate_request(method, path, json={})
+        assert_problem(resp, 405)
+        allow = {m.strip() for m in resp.headers["Allow"].split(",")}
+        assert "POST" in allow
+        assert method not in allow
+    assert get_user(client, user["id"]).json == user
+    for bad_id in ("not-a-uuid", "123", "zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz"):
+        assert_problem(client.simulate_post(f"{USERS}/{bad_id}/restore"), 404)
+
+
 def test_wrong_method_on_health_is_a_405_problem(client: testing.TestClient) -> None:
     resp = client.simulate_delete("/health/live")
     assert_problem(resp, 405)
@@ -482,6 +582,7 @@ def test_patch_merges_bumps_version_and_etag(client: testing.TestClient) -> None
     assert body["updated_at"].endswith("Z")
     assert datetime.fromisoformat(body["updated_at"]) >= datetime.fromisoformat(user["updated_at"])
     assert body["version"] == 2
+    assert body["deleted_at"] is None
     assert resp.headers["ETag"] == '"2"'
     assert client.simulate_get(path).json == body
 
@@ -663,7 +764,9 @@ def test_patch_unknown_user_is_404(client: testing.TestClient, headers: dict[str
 # --------------------------------------------------------------------------- delete
 
 
-def test_delete_is_204_then_the_user_is_gone(client: testing.TestClient) -> None:
+def test_delete_is_204_then_the_user_is_gone_but_its_email_stays_reserved(
+    client: testing.TestClient,
+) -> None:
     user = create(client, "del@x.org")
     keep = create(client, "keep@x.org")
     path = f"{USERS}/{user['id']}"
@@ -673,10 +776,15 @@ def test_delete_is_204_then_the_user_is_gone(client: testing.TestClient) -> None
     assert resp.status_code == 204
     assert resp.content == b""
     assert_problem(client.simulate_get(path), 404)
+    assert_problem(client.simulate_patch(path, json={"full_name": "x"}), 404)
     assert_problem(client.simulate_delete(path), 404)
     assert [u["id"] for u in client.simulate_get(USERS).json["items"]] == [keep["id"]]
-    # The address is free again.
-    create(client, "DEL@x.org")
+    assert client.simulate_get(USERS, params={"email": "del@x.org"}).json["items"] == []
+    # Soft: the address stays taken, in any case, until the user is purged.
+    body = assert_problem(client.simulate_post(USERS, json={"email": "DEL@x.org"}), 409)
+    assert body["type"].endswith("conflict")
+    assert_problem(client.simulate_patch(f"{USERS}/{keep['id']}", json={"email": "del@X.org"}), 409)
+    assert get_user(client, keep["id"]).json == keep
 
 
 def test_delete_with_a_stale_if_match_is_412_and_the_user_stays(
@@ -692,12 +800,16 @@ def test_delete_with_a_stale_if_match_is_412_and_the_user_stays(
     assert client.simulate_get(path).json == current
     assert client.simulate_delete(path, headers={"If-Match": '"2"'}).status_code == 204
     assert_problem(client.simulate_get(path), 404)
+    # The deleted user cannot be deleted again, whatever tag is sent.
+    for tag in ('"2"', '"3"', "*", '"2", "3"'):
+        assert_problem(client.simulate_delete(path, headers={"If-Match": tag}), 404)
 
 
 def test_delete_with_if_match_star_on_an_existing_user(client: testing.TestClient) -> None:
     user = create(client, "dstar@x.org")
     resp = client.simulate_delete(f"{USERS}/{user['id']}", headers={"If-Match": "*"})
     assert resp.status_code == 204
+    assert_problem(get_user(client, user["id"]), 404)
 
 
 def test_delete_unknown_user_is_404(client: testing.TestClient) -> None:
@@ -874,18 +986,23 @@ def test_filters_combine(client: testing.TestClient) -> None:
     [
         pytest.param("!!!", id="not-base64"),
         pytest.param("abc", id="short-garbage"),
-        pytest.param("x" * 300, id="too-long"),
+        pytest.param("x" * 2401, id="too-long"),
         pytest.param("\u00e9t\u00e9", id="non-ascii"),
         pytest.param(cursor_of({"a": 1}), id="json-object"),
         pytest.param(cursor_of([1, 2]), id="numbers"),
-        pytest.param(cursor_of(["2024-01-01T00:00:00", str(uuid.UUID(int=0))]), id="naive-time"),
-        pytest.param(cursor_of(["2024-01-01T00:00:00+00:00", "nope"]), id="bad-uuid"),
-        pytest.param(cursor_of(["2024-01-01T00:00:00+00:00"]), id="one-element"),
         pytest.param(
-            cursor_of(["9999-12-31T23:59:59-05:00", str(uuid.UUID(int=0))]), id="time-overflow"
+            cursor_of(["created_at", "2024-01-01T00:00:00", str(uuid.UUID(int=0))]),
+            id="naive-time",
+        ),
+        pytest.param(cursor_of(["created_at", "2024-01-01T00:00:00+00:00", "nope"]), id="bad-uuid"),
+        pytest.param(cursor_of(["created_at", "2024-01-01T00:00:00+00:00"]), id="two-elements"),
+        pytest.param(
+            cursor_of(["created_at", "9999-12-31T23:59:59-05:00", str(uuid.UUID(int=0))]),
+            id="time-overflow",
         ),
         pytest.param(
-            cursor_of(["0001-01-01T00:00:00+05:00", str(uuid.UUID(int=0))]), id="time-underflow"
+            cursor_of(["created_at", "0001-01-01T00:00:00+05:00", str(uuid.UUID(int=0))]),
+            id="time-underflow",
         ),
     ],
 )
@@ -913,6 +1030,22 @@ def test_unknown_or_repeated_query_parameters_are_422(
     client: testing.TestClient, query: str, fields: list[str]
 ) -> None:
     assert_invalid(client.simulate_get(USERS, query_string=query), fields)
+
+
+def test_bad_sort_and_include_deleted_parameters_are_422_with_every_field(
+    client: testing.TestClient,
+) -> None:
+    for query, fields in [
+        ("sort=email&sort=-email", ["$.sort"]),
+        ("include_deleted=true&include_deleted=false", ["$.include_deleted"]),
+        ("include_deleted=yes", ["$.include_deleted"]),
+        ("include_deleted=", ["$.include_deleted"]),
+        ("bogus=1&sort=id", ["$.bogus", "$.sort"]),
+        ("limit=0&sort=-nope", ["$.limit", "$.sort"]),
+        ("include_deleted=1&sort=email&is_active=no", ["$.include_deleted", "$.is_active"]),
+        ("sort=nope&include_deleted=no&q=x", ["$.sort", "$.include_deleted"]),
+    ]:
+        assert_invalid(client.simulate_get(USERS, query_string=query), fields)
 
 
 def test_repeated_cursor_is_422(client: testing.TestClient) -> None:
@@ -966,6 +1099,565 @@ def test_paging_sees_every_existing_user_once_in_order_despite_inserts(
             assert [i for i in ids if i in originals] == expected
             keys = [sort_key(u) for u in seen]
             assert keys == sorted(keys)
+
+
+# --------------------------------------------------------------------------- soft delete, restore
+
+
+def test_delete_restore_round_trip_with_etags_and_if_match(client: testing.TestClient) -> None:
+    user = create(client, "round@x.org", full_name="Round Trip")
+    path = f"{USERS}/{user['id']}"
+    patched = client.simulate_patch(path, json={"is_active": False})
+    assert patched.headers["ETag"] == '"2"'
+
+    # A stale tag protects the user from a delete based on an old read.
+    assert_problem(client.simulate_delete(path, headers={"If-Match": '"1"'}), 412)
+    assert get_user(client, user["id"]).json == patched.json
+    deleted = client.simulate_delete(path, headers={"If-Match": '"2"'})
+    assert deleted.status_code == 204
+    assert deleted.content == b""
+
+    # Hidden from plain reads and writes.
+    assert_problem(get_user(client, user["id"]), 404)
+    assert_problem(client.simulate_get(path, params={"include_deleted": "false"}), 404)
+    for tag in ('"2"', '"3"', "*"):
+        resp = client.simulate_patch(path, json={"full_name": "x"}, headers={"If-Match": tag})
+        assert_problem(resp, 404)
+
+    # Visible on request, as deleted, with a new version and ETag.
+    shown = client.simulate_get(path, params={"include_deleted": "true"})
+    assert shown.status_code == 200
+    body = shown.json
+    assert set(body) == USER_FIELDS
+    assert body["version"] == 3
+    assert shown.headers["ETag"] == '"3"'
+    assert body["deleted_at"] is not None
+    assert body["deleted_at"].endswith("Z")
+    assert datetime.fromisoformat(body["deleted_at"]) >= datetime.fromisoformat(
+        patched.json["updated_at"]
+    )
+    for field in ("id", "email", "full_name", "is_active", "created_at"):
+        assert body[field] == patched.json[field], field
+    assert client.simulate_get(path, query_string="include_deleted=TRUE").json == body
+    cached = client.simulate_get(
+        path, params={"include_deleted": "true"}, headers={"If-None-Match": '"3"'}
+    )
+    assert cached.status_code == 304
+    assert cached.headers["ETag"] == '"3"'
+    assert_problem(client.simulate_get(path, headers={"If-None-Match": '"3"'}), 404)
+
+    # Restore: live again, version bumped once more, a new ETag.
+    restored = client.simulate_post(f"{path}/restore")
+    assert restored.status_code == 200, restored.text
+    assert restored.headers["ETag"] == '"4"'
+    again = restored.json
+    assert set(again) == USER_FIELDS
+    assert again["deleted_at"] is None
+    assert again["version"] == 4
+    for field in ("id", "email", "full_name", "is_active", "created_at"):
+        assert again[field] == patched.json[field], field
+    assert get_user(client, user["id"]).json == again
+    assert client.simulate_get(path, params={"include_deleted": "true"}).json == again
+
+    # The tags of the deleted state no longer match.
+    assert_problem(
+        client.simulate_patch(path, json={"full_name": "x"}, headers={"If-Match": '"3"'}), 412
+    )
+    ok = client.simulate_patch(path, json={"full_name": "Back"}, headers={"If-Match": '"4"'})
+    assert ok.status_code == 200, ok.text
+    assert ok.headers["ETag"] == '"5"'
+    assert ok.json["deleted_at"] is None
+
+
+def test_restore_of_a_live_user_is_200_and_changes_nothing(client: testing.TestClient) -> None:
+    user = create(client, "live@x.org")
+    path = f"{USERS}/{user['id']}"
+
+    for _ in range(2):
+        resp = client.simulate_post(f"{path}/restore")
+        assert resp.status_code == 200, resp.text
+        assert resp.json == user
+        assert resp.headers["ETag"] == '"1"'
+    assert get_user(client, user["id"]).json == user
+
+
+def test_restore_is_idempotent_after_a_delete(client: testing.TestClient) -> None:
+    user = create(client, "twice@x.org")
+    path = f"{USERS}/{user['id']}"
+    assert client.simulate_delete(path).status_code == 204
+
+    first = client.simulate_post(f"{path}/restore")
+    second = client.simulate_post(f"{path}/restore")
+
+    assert first.status_code == second.status_code == 200
+    assert first.json == second.json
+    assert first.json["version"] == 3
+    assert first.headers["ETag"] == second.headers["ETag"] == '"3"'
+
+
+def test_restore_of_an_unknown_user_is_404(client: testing.TestClient) -> None:
+    create(client, "someone@x.org")
+    missing = uuid.uuid4()
+    body = assert_problem(client.simulate_post(f"{USERS}/{missing}/restore"), 404)
+    assert body["type"].endswith("not-found")
+    assert body["instance"] == f"{USERS}/{missing}/restore"
+
+
+def test_the_email_of_a_deleted_user_stays_reserved_across_restore(
+    client: testing.TestClient,
+) -> None:
+    gone = create(client, "reserved@x.org")
+    other = create(client, "other@x.org")
+    assert client.simulate_delete(f"{USERS}/{gone['id']}").status_code == 204
+
+    for variant in ("reserved@x.org", "RESERVED@X.ORG", "\uff52eserved@x.org"):
+        assert_problem(client.simulate_post(USERS, json={"email": variant}), 409)
+        resp = client.simulate_patch(f"{USERS}/{other['id']}", json={"email": variant})
+        assert_problem(resp, 409)
+    assert get_user(client, other["id"]).json == other
+
+    restored = client.simulate_post(f"{USERS}/{gone['id']}/restore").json
+    assert restored["email"] == "reserved@x.org"
+    assert_problem(client.simulate_post(USERS, json={"email": "Reserved@x.org"}), 409)
+    # Once back, the user may move to another address, which frees this one.
+    moved = client.simulate_patch(f"{USERS}/{gone['id']}", json={"email": "moved@x.org"})
+    assert moved.status_code == 200, moved.text
+    assert create(client, "RESERVED@x.org")["email"] == "RESERVED@x.org"
+
+
+def test_list_include_deleted_shows_deleted_users_in_order(client: testing.TestClient) -> None:
+    users = [create(client, f"inc{i}@x.org", is_active=i % 2 == 0) for i in range(5)]
+    for i in (1, 2):
+        assert client.simulate_delete(f"{USERS}/{users[i]['id']}").status_code == 204
+    live = [users[0], users[3], users[4]]
+
+    assert client.simulate_get(USERS).json["items"] == live
+    assert client.simulate_get(USERS, params={"include_deleted": "false"}).json["items"] == live
+
+    everyone = client.simulate_get(USERS, params={"include_deleted": "true"}).json["items"]
+    assert ids(everyone) == ids(users)
+    for item, original in zip(everyone, users, strict=True):
+        if original in live:
+            assert item == original
+        else:
+            assert item["deleted_at"] is not None
+            assert item["version"] == 2
+            single = client.simulate_get(
+                f"{USERS}/{item['id']}", params={"include_deleted": "true"}
+            )
+            assert item == single.json
+
+    # Paged with a small limit, the Link keeps include_deleted.
+    assert list_following_links(client, {"include_deleted": "true", "limit": "2"}) == everyone
+    # Filters apply to deleted users too.
+    by_email = client.simulate_get(USERS, params={"email": "INC1@x.org", "include_deleted": "true"})
+    assert ids(by_email.json["items"]) == [users[1]["id"]]
+    assert client.simulate_get(USERS, params={"email": "inc1@x.org"}).json["items"] == []
+    inactive = client.simulate_get(USERS, params={"is_active": "false", "include_deleted": "true"})
+    assert ids(inactive.json["items"]) == [users[1]["id"], users[3]["id"]]
+    deleted_q = client.simulate_get(USERS, params={"q": "inc2", "include_deleted": "true"})
+    assert ids(deleted_q.json["items"]) == [users[2]["id"]]
+
+
+def test_restored_user_is_listed_again_in_its_place(client: testing.TestClient) -> None:
+    users = [create(client, f"place{i}@x.org") for i in range(3)]
+    middle = f"{USERS}/{users[1]['id']}"
+    assert client.simulate_delete(middle).status_code == 204
+    assert ids(client.simulate_get(USERS).json["items"]) == [users[0]["id"], users[2]["id"]]
+
+    restored = client.simulate_post(f"{middle}/restore").json
+
+    assert client.simulate_get(USERS).json["items"] == [users[0], restored, users[2]]
+
+
+def test_purged_users_are_gone_for_good_and_free_their_email(
+    client: testing.TestClient, registry: Registry
+) -> None:
+    old = create(client, "purged@x.org")
+    recent = create(client, "recent@x.org")
+    live = create(client, "alive@x.org")
+    now = datetime.now(UTC)
+    service_at(registry, Clock(now - timedelta(days=40))).delete(uuid.UUID(old["id"]))
+    service_at(registry, Clock(now - timedelta(days=1))).delete(uuid.UUID(recent["id"]))
+
+    assert registry.users.purge(timedelta(days=30)) == 1
+
+    old_path = f"{USERS}/{old['id']}"
+    assert_problem(client.simulate_get(old_path, params={"include_deleted": "true"}), 404)
+    assert_problem(client.simulate_post(f"{old_path}/restore"), 404)
+    everyone = client.simulate_get(USERS, params={"include_deleted": "true"}).json["items"]
+    assert ids(everyone) == [recent["id"], live["id"]]
+    assert create(client, "PURGED@x.org")["id"] != old["id"]
+    assert_problem(client.simulate_post(USERS, json={"email": "recent@x.org"}), 409)
+
+
+SINGLE_GET_BAD_QUERIES = [
+    ("bogus=1", ["$.bogus"]),
+    ("sort=email", ["$.sort"]),
+    ("limit=1", ["$.limit"]),
+    ("include_deleted=true&x=1", ["$.x"]),
+    ("include_deleted=yes", ["$.include_deleted"]),
+    ("include_deleted=1", ["$.include_deleted"]),
+    ("include_deleted=", ["$.include_deleted"]),
+    ("include_deleted=true&include_deleted=true", ["$.include_deleted"]),
+    ("a=1&b=2&include_deleted=maybe", ["$.a", "$.b", "$.include_deleted"]),
+]
+
+
+def test_single_user_get_rejects_unknown_or_bad_query_parameters(
+    client: testing.TestClient,
+) -> None:
+    user = create(client, "params@x.org")
+    path = f"{USERS}/{user['id']}"
+    assert client.simulate_delete(path).status_code == 204
+    for query, fields in SINGLE_GET_BAD_QUERIES:
+        body = assert_invalid(client.simulate_get(path, query_string=query), fields)
+        assert body["instance"] == path
+        # Even for an unknown id: the request itself is wrong.
+        unknown = client.simulate_get(f"{USERS}/{uuid.uuid4()}", query_string=query)
+        assert_invalid(unknown, fields)
+
+
+def test_deleted_at_is_null_everywhere_for_live_users(client: testing.TestClient) -> None:
+    user = create(client, "nulls@x.org")
+    path = f"{USERS}/{user['id']}"
+    assert user["deleted_at"] is None
+    assert get_user(client, user["id"]).json["deleted_at"] is None
+    assert client.simulate_patch(path, json={"full_name": "N"}).json["deleted_at"] is None
+    assert client.simulate_get(USERS).json["items"][0]["deleted_at"] is None
+    assert client.simulate_get(path, params={"include_deleted": "true"}).json["deleted_at"] is None
+
+
+# --------------------------------------------------------------------------- sorting
+
+#: Addresses in mixed case; ``alpha+1`` and ``a.lpha`` sort by code point around ``alpha``.
+SORT_EMAILS = [
+    "Mike@x.org",
+    "alpha@x.org",
+    "ZULU@x.org",
+    "bravo@X.org",
+    "alpha+1@x.org",
+    "Charlie@x.org",
+    "a.lpha@x.org",
+    "delta@x.org",
+    "ECHO@x.org",
+    "foxtrot@x.org",
+    "Golf@x.org",
+    "hotel@x.org",
+    "India@x.org",
+    "juliet@x.org",
+]
+#: Names with case-only ties, exact ties, users without a name, punctuation.
+SORT_NAMES = [
+    None,
+    "ann lee",
+    "Ann Lee",
+    "bob",
+    "ANN LEE",
+    None,
+    "Zed",
+    "carl",
+    "Bob",
+    "ann-lee",
+    "annlee",
+    "ann lee",
+    "Ann",
+    None,
+]
+
+
+def seed_sortable(registry: Registry) -> list[dict[str, Any]]:
+    """Users with ties in every sort key: three share each creation time, names repeat."""
+    clock = Clock(datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC))
+    service = service_at(registry, clock)
+    users = []
+    for i, (email, name) in enumerate(zip(SORT_EMAILS, SORT_NAMES, strict=True)):
+        clock.now += timedelta(seconds=1 if i % 3 == 0 else 0)
+        user = service.create(NewUser(email=email, full_name=name, is_active=i % 4 != 1))
+        users.append(convert.user_to_dict(user))
+    return users
+
+
+def test_every_sort_pages_through_every_user_once_in_order(
+    client: testing.TestClient, registry: Registry
+) -> None:
+    users = seed_sortable(registry)
+    by_id = {u["id"]: u for u in users}
+
+    for sort in SORTS:
+        expected = expected_ids(users, sort)
+        for limit in (1, 2, 5, 13, 14, 500):
+            items = list_following_links(client, {"sort": sort, "limit": str(limit)})
+            assert ids(items) == expected, (sort, limit)
+            assert all(item == by_id[item["id"]] for item in items)
+
+
+def test_descending_is_the_exact_reverse_of_ascending(
+    client: testing.TestClient, registry: Registry
+) -> None:
+    seed_sortable(registry)
+    for field in ("created_at", "email", "full_name"):
+        ascending = list_following_links(client, {"sort": field, "limit": "3"})
+        descending = list_following_links(client, {"sort": f"-{field}", "limit": "3"})
+        assert ids(descending) == ids(reversed(ascending)), field
+
+
+def test_default_order_is_created_at_ascending(
+    client: testing.TestClient, registry: Registry
+) -> None:
+    users = seed_sortable(registry)
+    expected = expected_ids(users, "created_at")
+    assert ids(list_following_links(client, {"limit": "4"})) == expected
+    assert ids(list_following_links(client, {"sort": "created_at", "limit": "4"})) == expected
+
+
+def test_email_sorts_by_the_case_folded_address(client: testing.TestClient) -> None:
+    for email in ("bob@x.org", "Alice@X.org", "carol@x.org", "ALAN@x.org", "alan+1@x.org"):
+        create(client, email)
+    expected = ["alan+1@x.org", "ALAN@x.org", "Alice@X.org", "bob@x.org", "carol@x.org"]
+
+    def emails(sort: str) -> list[str]:
+        return [u["email"] for u in list_following_links(client, {"sort": sort, "limit": "2"})]
+
+    assert emails("email") == expected
+    assert emails("-email") == expected[::-1]
+
+
+def test_full_name_sorts_case_insensitively_nameless_first_ties_by_id(
+    client: testing.TestClient,
+) -> None:
+    made = {
+        key: create(client, f"{key}@x.org", full_name=name)
+        for key, name in [
+            ("b1", "bob"),
+            ("n1", None),
+            ("a1", "Ann"),
+            ("c1", "Carl"),
+            ("a2", "ann"),
+            ("n2", None),
+            ("a3", "ANN"),
+        ]
+    }
+
+    def by_id(*keys: str) -> list[str]:
+        return sorted((made[k]["id"] for k in keys), key=uuid.UUID)
+
+    expected = [*by_id("n1", "n2"), *by_id("a1", "a2", "a3"), made["b1"]["id"], made["c1"]["id"]]
+    assert ids(list_following_links(client, {"sort": "full_name", "limit": "1"})) == expected
+    assert ids(list_following_links(client, {"sort": "-full_name", "limit": "2"})) == expected[::-1]
+
+
+def test_sort_follows_updates(client: testing.TestClient) -> None:
+    ann = create(client, "ann@x.org", full_name="Ann")
+    bob = create(client, "bob@x.org", full_name="Bob")
+    cid = create(client, "cid@x.org", full_name="Cid")
+
+    def order(sort: str) -> list[str]:
+        return ids(client.simulate_get(USERS, params={"sort": sort}).json["items"])
+
+    client.simulate_patch(f"{USERS}/{cid['id']}", json={"full_name": None})
+    client.simulate_patch(f"{USERS}/{ann['id']}", json={"full_name": "zoe"})
+    client.simulate_patch(f"{USERS}/{bob['id']}", json={"email": "Aaron@x.org"})
+
+    assert order("full_name") == [cid["id"], bob["id"], ann["id"]]
+    assert order("email") == [bob["id"], ann["id"], cid["id"]]
+    assert order("created_at") == [ann["id"], bob["id"], cid["id"]]
+
+
+def test_sort_combines_with_filters_and_include_deleted(
+    client: testing.TestClient, registry: Registry
+) -> None:
+    users = seed_sortable(registry)
+    for user in users[2::5]:
+        assert client.simulate_delete(f"{USERS}/{user['id']}").status_code == 204
+    shown = {
+        u["id"]: u
+        for u in client.simulate_get(
+            USERS, params={"include_deleted": "true", "limit": "500"}
+        ).json["items"]
+    }
+    deleted = {u["id"] for u in users[2::5]}
+    assert {i for i, u in shown.items() if u["deleted_at"] is not None} == deleted
+
+    cases: list[tuple[dict[str, str], Callable[[dict[str, Any]], bool]]] = [
+        ({"is_active": "true"}, lambda u: u["is_active"] and u["id"] not in deleted),
+        ({"is_active": "false", "include_deleted": "true"}, lambda u: not u["is_active"]),
+        (
+            {"q": "ann", "include_deleted": "true"},
+            lambda u: "ann" in (u["full_name"] or "").lower(),
+        ),
+        (
+            {"q": "A", "is_active": "true"},
+            lambda u: (
+                u["is_active"]
+                and u["id"] not in deleted
+                and ("a" in u["email"].lower() or "a" in (u["full_name"] or "").lower())
+            ),
+        ),
+        ({"include_deleted": "true"}, lambda u: True),
+        ({"include_deleted": "false"}, lambda u: u["id"] not in deleted),
+    ]
+    for sort in SORTS:
+        for filters, wanted in cases:
+            expected = expected_ids([u for u in shown.values() if wanted(u)], sort)
+            assert expected, filters
+            items = list_following_links(client, {**filters, "sort": sort, "limit": "2"})
+            assert ids(items) == expected, (sort, filters)
+
+
+def test_sort_with_an_email_filter(client: testing.TestClient) -> None:
+    ann = create(client, "Ann@x.org")
+    create(client, "bob@x.org")
+    for sort in SORTS:
+        resp = client.simulate_get(USERS, params={"sort": sort, "email": "ann@X.org"})
+        assert ids(resp.json["items"]) == [ann["id"]], sort
+
+
+UNKNOWN_SORTS = [
+    "bogus",
+    "-bogus",
+    "",
+    "-",
+    "--email",
+    "Email",
+    "EMAIL",
+    "+email",
+    " email",
+    "email ",
+    "id",
+    "-id",
+    "updated_at",
+    "deleted_at",
+    "version",
+    "is_active",
+    "email,full_name",
+    "full-name",
+]
+
+
+def test_unknown_sort_is_422_naming_sort(client: testing.TestClient) -> None:
+    create(client, "sorted@x.org")
+    for sort in UNKNOWN_SORTS:
+        resp = client.simulate_get(USERS, query_string=f"sort={quote(sort, safe='')}")
+        body = assert_invalid(resp, ["$.sort"])
+        assert body["instance"] == USERS
+        with_filters = client.simulate_get(
+            USERS, params={"sort": sort, "include_deleted": "true", "q": "sorted"}
+        )
+        assert_invalid(with_filters, ["$.sort"])
+
+
+def test_a_cursor_of_one_sort_is_refused_by_every_other(
+    client: testing.TestClient, registry: Registry
+) -> None:
+    seed_sortable(registry)
+    cursors = {}
+    for sort in SORTS:
+        first = client.simulate_get(USERS, params={"sort": sort, "limit": "2"})
+        cursors[sort] = first.json["next"]
+        assert cursors[sort] is not None
+    for made_by, cursor in cursors.items():
+        for used_with in SORTS:
+            resp = client.simulate_get(
+                USERS, params={"sort": used_with, "limit": "2", "cursor": cursor}
+            )
+            if used_with == made_by:
+                assert resp.status_code == 200, resp.text
+            else:
+                assert_invalid(resp, ["$.cursor"])
+        # The default order is created_at: only its cursors work without a sort.
+        plain = client.simulate_get(USERS, params={"limit": "2", "cursor": cursor})
+        if made_by == "created_at":
+            assert plain.status_code == 200, plain.text
+        else:
+            assert_invalid(plain, ["$.cursor"])
+
+
+def test_a_link_edited_to_another_sort_is_422(client: testing.TestClient) -> None:
+    for i in range(3):
+        create(client, f"edit{i}@x.org", full_name=f"Edit {i}")
+    link = next_link(client.simulate_get(USERS, params={"sort": "-email", "limit": "1"}))
+    assert link is not None
+    assert "sort=-email" in link
+    assert follow(client, link).status_code == 200
+    edited = link.replace("sort=-email", "sort=email")
+    assert_invalid(follow(client, edited), ["$.cursor"])
+    dropped = link.replace("sort=-email", "")
+    assert_invalid(follow(client, dropped), ["$.cursor"])
+
+
+def test_tampered_cursor_for_a_sort_is_422(client: testing.TestClient) -> None:
+    create(client, "tamper@x.org")
+    zero = str(uuid.UUID(int=0))
+    for cursor in [
+        # As the service issued them before sorting existed.
+        cursor_of(["2024-01-01T00:00:00+00:00", zero]),
+        cursor_of(["created_at", "2024-01-01T00:00:00+00:00", zero, "x"]),
+        cursor_of(["bogus", "2024-01-01T00:00:00+00:00", zero]),
+        cursor_of(["created_at", "yesterday", zero]),
+        cursor_of(["created_at", 1704067200, zero]),
+        cursor_of([None, "2024-01-01T00:00:00+00:00", zero]),
+    ]:
+        assert_invalid(client.simulate_get(USERS, params={"cursor": cursor}), ["$.cursor"])
+    for sort, key in [
+        ("email", 5),
+        ("email", None),
+        ("-full_name", ["a"]),
+        ("created_at", "not a time"),
+        ("-created_at", "2024-01-01T00:00:00"),
+    ]:
+        resp = client.simulate_get(
+            USERS, params={"sort": sort, "cursor": cursor_of([sort, key, zero])}
+        )
+        assert_invalid(resp, ["$.cursor"])
+
+
+@hypothesis.settings(max_examples=20, deadline=None)
+@hypothesis.given(
+    names=st.lists(
+        st.sampled_from([None, "ann", "Ann", "bob", "BOB", "b-ob", "Zed", "zed"]), max_size=18
+    ),
+    sort=st.sampled_from(SORTS),
+    limit=st.integers(min_value=1, max_value=6),
+    data=st.data(),
+)
+def test_every_sort_pages_every_existing_user_once_despite_writes(
+    names: list[str | None], sort: str, limit: int, data: st.DataObject
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{Path(tmp) / 'sorting.db'}"
+        with Registry(Settings.from_mapping({"USERPLANE_DATABASE_URL": url})) as registry:
+            registry.storage.migrate()
+            client = testing.TestClient(create_app(registry))
+            created = []
+            for i, name in enumerate(names):
+                local = data.draw(st.sampled_from(["m", "M", "a", "Z", "q"]), label="prefix")
+                created.append(create(client, f"{local}{i}@x.org", full_name=name))
+            expected = expected_ids(created, sort)
+            writes = 0
+
+            seen: list[dict[str, Any]] = []
+            resp = client.simulate_get(USERS, params={"sort": sort, "limit": str(limit)})
+            for _ in range(200):
+                assert resp.status_code == 200, resp.text
+                seen += resp.json["items"]
+                link = next_link(resp)
+                # Others create users between this client's page reads.
+                for _ in range(data.draw(st.integers(0, min(2, 8 - writes)), label="writes")):
+                    name = data.draw(st.sampled_from([None, "ann", "Mid", "zz"]), label="name")
+                    create(client, f"late{writes}@x.org", full_name=name)
+                    writes += 1
+                if link is None:
+                    break
+                resp = follow(client, link)
+            else:
+                raise AssertionError("paging did not end")
+
+            got = ids(seen)
+            assert len(got) == len(set(got)), "a user was returned twice"
+            originals = set(expected)
+            assert [i for i in got if i in originals] == expected
+            assert got == expected_ids(seen, sort)
 
 
 # --------------------------------------------------------------------------- health and pages
@@ -1084,6 +1776,10 @@ def _responses(client: testing.TestClient) -> list[tuple[str, testing.Result]]:
         (f"{USERS}/bad", client.simulate_get(f"{USERS}/bad")),
         (USERS, client.simulate_get(USERS, query_string="cursor=zz")),
         (item, client.simulate_delete(item)),
+        (item, client.simulate_get(item, params={"include_deleted": "true"})),
+        (item, client.simulate_get(item, params={"bogus": "1"})),
+        (f"{item}/restore", client.simulate_post(f"{item}/restore")),
+        (USERS, client.simulate_get(USERS, query_string="sort=nope")),
         ("/health/live", client.simulate_get("/health/live")),
         ("/health/ready", client.simulate_get("/health/ready")),
         ("/", client.simulate_get("/")),
