@@ -8,6 +8,8 @@ can seek on, so page 100 costs what page 1 costs.
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 
 #: The column each sort field orders by.
@@ -30,6 +32,7 @@ class Dialect:
     contains: str
 
 
+@functools.lru_cache(maxsize=256)
 def list_users_sql(
     dialect: Dialect,
     columns: str,

@@ -185,7 +185,7 @@ def restore(state: State, id_or_email: str, fmt: str) -> None:
     _show([service.restore(service.find(id_or_email, include_deleted=True).id)], fmt)
 
 
-class Duration(click.ParamType):
+class Duration(click.ParamType[timedelta]):
     """``30d``, ``12h``, ``90m``, ``45s`` or ``2w``."""
 
     name = "duration"

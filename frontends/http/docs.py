@@ -36,7 +36,7 @@ def _e(value: Any) -> str:
 def _schema_name(node: dict[str, Any]) -> str:
     ref = node.get("$ref", "")
     if ref:
-        return ref.rsplit("/", 1)[-1]
+        return str(ref).rsplit("/", 1)[-1]
     kind = node.get("type", "")
     return " | ".join(kind) if isinstance(kind, list) else str(kind)
 

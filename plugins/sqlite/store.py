@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import os
 import sqlite3
 import threading
@@ -16,14 +14,11 @@ from typing import Any
 
 from userplane import migrations
 from userplane.errors import Conflict, Unavailable
-from userplane.idempotency import IdempotencyRecord, StoredResponse
-from userplane.list_sql import Dialect, list_users_sql
-from userplane.pagination import Position, Sort
+from userplane.list_sql import Dialect
 from userplane.queries import load_queries
-from userplane.storage import MigrationState, insert_params, update_params, write_missed
-from userplane.users import User, UserFilter
-
-_Q = load_queries(__package__ or "userplane.plugins.sqlite")
+from userplane.sql_storage import SQLStorage
+from userplane.storage import MigrationState
+from userplane.users import User
 
 # Fixed width, so that text order is time order in the keyset index.
 _TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -50,26 +45,6 @@ def _user(row: Sequence[Any]) -> User:
     )
 
 
-_COLUMNS = "id, email, full_name, is_active, created_at, updated_at, version, deleted_at"
-_DIALECT = Dialect(param=":{name}", contains="instr({haystack}, {needle}) > 0")
-
-
-@functools.lru_cache(maxsize=64)
-def _list_sql(field: str, descending: bool, *flags: bool) -> str:
-    after, is_active, email, q, include_deleted = flags
-    return list_users_sql(
-        _DIALECT,
-        _COLUMNS,
-        field,
-        descending,
-        after=after,
-        is_active=is_active,
-        email=email,
-        q=q,
-        include_deleted=include_deleted,
-    )
-
-
 @contextlib.contextmanager
 def _mapped_errors() -> Iterator[None]:
     """The one place where sqlite3 errors become domain errors."""
@@ -88,7 +63,7 @@ def _mapped_errors() -> Iterator[None]:
         raise Unavailable("the database cannot be used now") from exc
 
 
-class SQLiteStorage:
+class SQLiteStorage(SQLStorage):
     """The embedded default. Safe for several gunicorn workers on one file.
 
     WAL lets readers run beside the one writer; ``busy_timeout`` makes a
@@ -98,6 +73,8 @@ class SQLiteStorage:
 
     name = "sqlite"
     embedded = True
+    queries = load_queries(__package__ or "userplane.plugins.sqlite")
+    dialect = Dialect(param=":{name}", contains="instr({haystack}, {needle}) > 0")
 
     def __init__(self, url: str, path: str, busy_timeout_ms: int = 5000) -> None:
         self.url = url
@@ -105,7 +82,7 @@ class SQLiteStorage:
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._all: list[sqlite3.Connection] = []
+        self._connections: list[sqlite3.Connection] = []
         self._pid = os.getpid()
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -131,18 +108,33 @@ class SQLiteStorage:
         self._local.pid = pid
         with self._lock:
             if self._pid != pid:
-                self._all, self._pid = [], pid
-            self._all.append(conn)
+                self._connections, self._pid = [], pid
+            self._connections.append(conn)
         return conn
 
-    def _one(self, query: str, params: Mapping[str, Any]) -> Sequence[Any] | None:
+    def _one(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None:
         with _mapped_errors():
-            row: Sequence[Any] | None = self._connect().execute(_Q[query], params).fetchone()
+            row: Sequence[Any] | None = self._connect().execute(sql, params).fetchone()
             return row
 
-    def _execute(self, query: str, params: Mapping[str, Any]) -> int:
+    def _all(self, sql: str, params: Mapping[str, Any]) -> list[Sequence[Any]]:
         with _mapped_errors():
-            return self._connect().execute(_Q[query], params).rowcount
+            return self._connect().execute(sql, params).fetchall()
+
+    def _execute(self, sql: str, params: Mapping[str, Any]) -> int:
+        with _mapped_errors():
+            return self._connect().execute(sql, params).rowcount
+
+    def _user(self, row: Sequence[Any]) -> User:
+        return _user(row)
+
+    def _value(self, value: Any) -> Any:
+        # Times as fixed-width UTC text (text order is time order), ids as text.
+        if isinstance(value, datetime):
+            return _time(value)
+        if isinstance(value, uuid.UUID):
+            return str(value)
+        return value
 
     def ping(self) -> None:
         """Run a trivial query against the users table."""
@@ -152,7 +144,7 @@ class SQLiteStorage:
     def close(self) -> None:
         """Close every connection this process opened."""
         with self._lock:
-            conns, self._all = self._all, []
+            conns, self._connections = self._connections, []
         for conn in conns:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
@@ -165,139 +157,3 @@ class SQLiteStorage:
     def migration_status(self) -> list[MigrationState]:
         """Every migration and whether it is applied."""
         return [MigrationState(i, a) for i, a in migrations.status(self.url, "sqlite")]
-
-    def insert_user(self, user: User, email_key: str) -> User:
-        """Insert; the unique index turns a taken email into ``Conflict``."""
-        params = insert_params(user, email_key)
-        params.update(
-            id=str(user.id), created_at=_time(user.created_at), updated_at=_time(user.updated_at)
-        )
-        row = self._one("insert_user", params)
-        assert row is not None
-        return _user(row)
-
-    def get_user(self, user_id: uuid.UUID, include_deleted: bool = False) -> User | None:
-        """The user by id."""
-        row = self._one("get_user", {"id": str(user_id), "include_deleted": include_deleted})
-        return None if row is None else _user(row)
-
-    def get_user_by_email(self, email_key: str, include_deleted: bool = False) -> User | None:
-        """The user by normalised email."""
-        params = {"email_key": email_key, "include_deleted": include_deleted}
-        row = self._one("get_user_by_email", params)
-        return None if row is None else _user(row)
-
-    def list_users(
-        self, flt: UserFilter, sort: Sort, after: Position | None, limit: int
-    ) -> list[User]:
-        """A keyset page."""
-        sql = _list_sql(
-            sort.field,
-            sort.descending,
-            after is not None,
-            flt.is_active is not None,
-            flt.email is not None,
-            bool(flt.q),
-            flt.include_deleted,
-        )
-        after_key: Any = None
-        if after is not None:
-            key = after.key
-            after_key = _time(key) if isinstance(key, datetime) else key
-        params = {
-            "after_key": after_key,
-            "after_id": None if after is None else str(after.id),
-            "is_active": flt.is_active,
-            "email_key": flt.email,
-            "q": flt.q,
-            "limit": limit,
-        }
-        with _mapped_errors():
-            rows = self._connect().execute(sql, params).fetchall()
-        return [_user(r) for r in rows]
-
-    def update_user(
-        self,
-        user_id: uuid.UUID,
-        fields: Mapping[str, Any],
-        email_key: str | None,
-        expected_version: int | None,
-        now: datetime,
-    ) -> User:
-        """One conditional ``UPDATE … RETURNING``."""
-        params = update_params(user_id, fields, email_key, expected_version, now)
-        params.update(id=str(user_id), now=_time(now))
-        row = self._one("update_user", params)
-        if row is None:
-            self._explain_miss(user_id)
-        assert row is not None
-        return _user(row)
-
-    def delete_user(self, user_id: uuid.UUID, expected_version: int | None, now: datetime) -> User:
-        """One conditional ``UPDATE … RETURNING`` setting ``deleted_at``."""
-        params = {"id": str(user_id), "expected_version": expected_version, "now": _time(now)}
-        row = self._one("delete_user", params)
-        if row is None:
-            self._explain_miss(user_id)
-        assert row is not None
-        return _user(row)
-
-    def restore_user(self, user_id: uuid.UUID, now: datetime) -> User | None:
-        """Clear ``deleted_at``, if set."""
-        row = self._one("restore_user", {"id": str(user_id), "now": _time(now)})
-        return None if row is None else _user(row)
-
-    def purge_users(self, deleted_before: datetime) -> int:
-        """Delete the rows deleted before the cut-off."""
-        return self._execute("purge_users", {"before": _time(deleted_before)})
-
-    def claim_idempotency_key(
-        self,
-        key: str,
-        fingerprint: str,
-        now: datetime,
-        expires_at: datetime,
-        stale_before: datetime,
-    ) -> bool:
-        """One ``INSERT … ON CONFLICT DO UPDATE … WHERE`` decides the owner."""
-        params = {
-            "key": key,
-            "fingerprint": fingerprint,
-            "now": _time(now),
-            "expires_at": _time(expires_at),
-            "stale_before": _time(stale_before),
-        }
-        return self._one("claim_idempotency_key", params) is not None
-
-    def get_idempotency_record(self, key: str, now: datetime) -> IdempotencyRecord | None:
-        """The unexpired record."""
-        row = self._one("get_idempotency_record", {"key": key, "now": _time(now)})
-        if row is None:
-            return None
-        fingerprint, status, headers, body = row
-        if status is None:
-            return IdempotencyRecord(fingerprint, None)
-        pairs = tuple((str(k), str(v)) for k, v in json.loads(headers))
-        return IdempotencyRecord(fingerprint, StoredResponse(status, pairs, bytes(body)))
-
-    def complete_idempotency_key(self, key: str, response: StoredResponse) -> None:
-        """Store the response."""
-        params = {
-            "key": key,
-            "status": response.status,
-            "headers": json.dumps(response.headers),
-            "body": response.body,
-        }
-        self._execute("complete_idempotency_key", params)
-
-    def release_idempotency_key(self, key: str) -> None:
-        """Drop an unfinished claim."""
-        self._execute("release_idempotency_key", {"key": key})
-
-    def purge_idempotency_keys(self, now: datetime) -> int:
-        """Remove expired keys."""
-        return self._execute("purge_idempotency_keys", {"now": _time(now)})
-
-    def _explain_miss(self, user_id: uuid.UUID) -> None:
-        exists = self._one("user_version", {"id": str(user_id)}) is not None
-        raise write_missed(user_id, exists)

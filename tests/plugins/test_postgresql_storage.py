@@ -16,17 +16,33 @@ import pytest
 from userplane import ConfigurationError, Settings
 from userplane.emails import normalize_email
 from userplane.errors import Conflict, Unavailable
+from userplane.list_sql import list_users_sql
 from userplane.migrations import folder
 from userplane.pagination import Position, Sort
 from userplane.plugins.postgresql import userplane_open_storage
 from userplane.plugins.postgresql.store import (
     PostgreSQLStorage,
     StorageFailure,
-    _list_sql,
     yoyo_url,
 )
+from userplane.sql_storage import USER_COLUMNS
 from userplane.testing import StorageContract, insert, make_user
 from userplane.users import UserFilter
+
+
+def _list_sql(field: str, descending: bool, *flags: bool) -> str:
+    after, is_active, email, q, include_deleted = flags
+    return list_users_sql(
+        PostgreSQLStorage.dialect,
+        USER_COLUMNS,
+        field,
+        descending,
+        after=after,
+        is_active=is_active,
+        email=email,
+        q=q,
+        include_deleted=include_deleted,
+    )
 
 
 class TestPostgreSQLContract(StorageContract):
