@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import attrs
@@ -201,13 +201,22 @@ def _env_literal(value: Any, type_: Any) -> Any:
     return text
 
 
+def _env_float(value: Any, _: type) -> float:
+    try:
+        return float(str(value).strip())
+    except ValueError:
+        raise ValueError(f"must be a number, not {value!r}") from None
+
+
 def _make_env_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True)
     conv.register_structure_hook(bool, _env_bool)
     conv.register_structure_hook(int, _env_int)
     conv.register_structure_hook_func(lambda t: t == tuple[str, ...], _env_list)
-    literals = (Env, LogFormat, LogLevel)
-    conv.register_structure_hook_func(lambda t: t in literals, _env_literal)
+    conv.register_structure_hook(float, _env_float)
+    conv.register_structure_hook_func(
+        lambda t: getattr(t, "__origin__", None) is Literal, _env_literal
+    )
     conv.register_structure_hook_func(lambda t: t == Mapping[str, str], lambda v, _: dict(v))
     return conv
 
@@ -215,11 +224,31 @@ def _make_env_converter() -> cattrs.Converter:
 _env_converter = _make_env_converter()
 
 
-def _describe(exc: cattrs.ClassValidationError) -> str:
+T = TypeVar("T")
+
+
+def section(cls: type[T], settings: Settings, prefix: str) -> T:
+    """A plugin's own settings: ``USERPLANE_<prefix><FIELD>`` variables into attrs ``cls``.
+
+    Read from ``settings.extra`` with the same parsing and error messages as
+    the core's settings, so ``USERPLANE_OTEL_SAMPLE_RATIO=lots`` fails at
+    start-up naming the variable.
+    """
+    names = {f"{PREFIX}{prefix}{a.name.upper()}": a.name for a in attrs.fields(cls)}  # type: ignore[arg-type]
+    data = {names[k]: v for k, v in settings.extra.items() if k in names}
+    try:
+        return _env_converter.structure(data, cls)
+    except cattrs.ClassValidationError as exc:
+        raise ConfigurationError(_describe(exc, PREFIX + prefix)) from None
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+def _describe(exc: cattrs.ClassValidationError, prefix: str = PREFIX) -> str:
     messages = []
     for line in cattrs.transform_error(exc, path="", format_exception=lambda e, _: str(e)):
         message, _, where = line.rpartition(" @ ")
         name = where.lstrip(".").upper()
         # attrs validators name their variable themselves; they fail at the root.
-        messages.append(f"{PREFIX}{name}: {message}" if name else message)
+        messages.append(f"{prefix}{name}: {message}" if name else message)
     return "; ".join(messages)

@@ -8,6 +8,7 @@ and userplane still runs, logging through whatever the host configured.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -15,18 +16,73 @@ from typing import Any
 import structlog
 
 from userplane import Settings, hookimpl
+from userplane.settings import MASK
+
+_HAVE_OTEL: bool
+try:  # the OpenTelemetry API comes with the otel extra; without it there are no spans
+    from opentelemetry.trace import get_current_span as _get_current_span
+
+    _HAVE_OTEL = True
+except ImportError:  # pragma: no cover - depends on the installed extras
+    _HAVE_OTEL = False
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 _LEVELS["error"] = logging.ERROR
+
+
+_SECRET_KEY = re.compile(
+    r"password|passwd|secret|token|api_?key|authorization|cookie|credential", re.I
+)
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/\s@]*:)[^\s/]+@")
+_QUERY_PASSWORD = re.compile(r"(?i)([?&;\s](?:password|passwd|secret|token)=)[^&\s]*")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[^\s,;]+")
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        if "://" in value or "=" in value:
+            # URLs anywhere in the text, not only a value that is one URL.
+            value = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}@", value)
+            value = _QUERY_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}", value)
+        return _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", value)
+    if isinstance(value, dict):
+        return {
+            k: MASK if _SECRET_KEY.search(str(k)) else _redact_value(v) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_redact_value(v) for v in value]
+    return value
+
+
+def redact(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Mask secrets wherever they appear: by key name, in URLs, and in bearer credentials.
+
+    The last line of defence: code should not log secrets, but a header dump or
+    a database URL in an error message must still never reach the log.
+    """
+    return {k: MASK if _SECRET_KEY.search(k) else _redact_value(v) for k, v in event_dict.items()}
+
+
+def add_trace_ids(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """``trace_id`` and ``span_id`` of the current span, when there is one."""
+    if not _HAVE_OTEL:
+        return event_dict
+    span_context = _get_current_span().get_span_context()
+    if span_context.is_valid:
+        event_dict.setdefault("trace_id", format(span_context.trace_id, "032x"))
+        event_dict.setdefault("span_id", format(span_context.span_id, "016x"))
+    return event_dict
 
 
 def _shared_processors() -> list[Any]:
     return [
         # Context first: request id and friends bound per request reach every line.
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
     ]
 
 
@@ -95,11 +151,13 @@ class AccessLog:
     def process_response(self, req: Any, resp: Any, resource: Any, req_succeeded: bool) -> None:
         started = getattr(req.context, "started", None)
         duration = 0.0 if started is None else (time.perf_counter() - started) * 1000
+        body = resp.render_body()
         self._log.info(
             "request",
             route=req.uri_template or None,
             path=req.path,
             status=resp.status_code,
+            bytes=0 if body is None else len(body),
             duration_ms=round(duration, 2),
         )
         structlog.contextvars.clear_contextvars()

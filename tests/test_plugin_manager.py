@@ -55,7 +55,7 @@ def test_entry_points_are_declared() -> None:
     from importlib.metadata import entry_points
 
     names = {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    assert {"sqlite", "postgresql", "logging"} <= names
+    assert {"sqlite", "postgresql", "logging", "telemetry"} <= names
 
 
 def test_loads_the_builtin_plugins() -> None:
@@ -64,7 +64,8 @@ def test_loads_the_builtin_plugins() -> None:
     assert pm.get_plugin("logging") is logging_plugin
     assert pm.get_plugin(CORE_PLUGIN_NAME) is not None
     names = [info.name for info in describe_plugins(pm)]
-    assert names == ["logging", "postgresql", "sqlite"]  # the core's own hooks are not listed
+    # The core's own hooks are not listed.
+    assert names == ["logging", "postgresql", "sqlite", "telemetry"]
 
 
 def test_describe_plugins_lists_their_hooks() -> None:
@@ -88,6 +89,7 @@ def test_a_disabled_plugin_is_blocked() -> None:
     assert [(i.name, i.blocked) for i in infos] == [
         ("postgresql", False),
         ("sqlite", False),
+        ("telemetry", False),
         ("logging", True),
     ]
 
