@@ -6,7 +6,7 @@ at the first implementation that returns something other than ``None``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,14 @@ def userplane_startup(settings: Settings) -> None:
 
     Called once when a ``Registry`` opens. Historic: a plugin registered later
     is called too, with the same settings.
+    """
+
+
+@hookspec
+def userplane_describe(settings: Settings) -> Mapping[str, str] | None:
+    """Facts for an operator at start-up: where this plugin sends what (``{"traces": …}``).
+
+    ``userplane serve`` prints them in its start-up line.
     """
 
 

@@ -170,6 +170,13 @@ def userplane_startup(settings: Settings) -> None:
 
 
 @hookimpl
+def userplane_describe(settings: Settings) -> dict[str, str]:
+    """Where log lines go."""
+    kind = "JSON lines" if _use_json(settings) else "console lines"
+    return {"logs": f"stderr as {kind} at {settings.log_level}"}
+
+
+@hookimpl
 def userplane_http_middleware(settings: Settings) -> list[Any]:
     """The access-log middleware."""
     return [AccessLog()]

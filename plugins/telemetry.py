@@ -178,6 +178,17 @@ def userplane_startup(settings: Settings) -> None:
 
 
 @hookimpl
+def userplane_describe(settings: Settings) -> dict[str, str]:
+    """Where traces go."""
+    cfg = section(OtelSettings, settings, "OTEL_")
+    if not cfg.enabled or cfg.exporter == "none":
+        return {"traces": "off"}
+    where = cfg.endpoint or "the OTEL_EXPORTER_OTLP_* default"
+    target = "stdout" if cfg.exporter == "console" else f"{cfg.exporter} to {where}"
+    return {"traces": f"{target}, sampling {cfg.sample_ratio:g}"}
+
+
+@hookimpl
 def userplane_shutdown() -> None:
     """Flush spans still buffered."""
     provider = _state.provider

@@ -310,11 +310,15 @@ def test_every_request_has_one_access_line_and_no_traceback(live: Server) -> Non
         assert isinstance(entry["duration_ms"], int | float)
     assert "Traceback" not in log
 
-    banner, *rest = [line for line in log.splitlines() if line.strip()]
-    assert banner.startswith("userplane ")
-    assert "serving http://127.0.0.1:" in banner
-    for line in rest:  # JSON lines everywhere else, gunicorn's own included
-        assert isinstance(json.loads(line), dict), line
+    entries = [json.loads(line) for line in log.splitlines() if line.strip()]
+    # JSON lines only, the start-up line and gunicorn's own included.
+    assert all(isinstance(e, dict) for e in entries)
+    (serving,) = [e for e in entries if e["event"] == "serving"]
+    assert serving["url"].startswith("http://127.0.0.1:")
+    assert serving["storage"] == live.backend
+    assert serving["logs"].startswith("stderr as JSON lines")
+    assert serving["traces"] == "off"
+    assert any(e.get("logger") == "gunicorn.error" for e in entries)
 
 
 def test_sigterm_stops_the_server_gracefully(live: Server) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+import structlog
 
 import userplane
 from userplane.frontends.cli.app import State, cli, pass_state
@@ -50,11 +51,19 @@ def serve(
     storage = registry.storage.name
     # Connections must not cross gunicorn's fork: each worker opens its own.
     state.close()
-    click.echo(
-        f"userplane {userplane.__version__} serving http://{settings.host}:{settings.port}/ "
-        f"(storage: {storage}, env: {settings.env}, "
-        f"{settings.workers} workers x {settings.threads} threads)",
-        err=True,
+    facts: dict[str, str] = {}
+    for described in registry.hook.userplane_describe(settings=settings):
+        facts.update(described or {})
+    # A log line, not a bare print: in prod an operator sees only JSON lines.
+    structlog.get_logger("userplane.serve").info(
+        "serving",
+        url=f"http://{settings.host}:{settings.port}/",
+        version=userplane.__version__,
+        storage=storage,
+        env=settings.env,
+        workers=settings.workers,
+        threads=settings.threads,
+        **facts,
     )
     Server(settings, reload=reload).run()
 

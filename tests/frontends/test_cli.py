@@ -924,7 +924,7 @@ def test_plugins_json_lists_sqlite_and_logging_with_their_hooks(run: Cli) -> Non
     assert by_name["logging"] == {
         "name": "logging",
         "module": "userplane.plugins.logging",
-        "hooks": ["userplane_http_middleware", "userplane_startup"],
+        "hooks": ["userplane_describe", "userplane_http_middleware", "userplane_startup"],
         "blocked": False,
     }
     assert "userplane.core" not in by_name
@@ -944,7 +944,7 @@ def test_plugins_table(run: Cli) -> None:
         "logging",
         "userplane.plugins.logging",
         "no",
-        "userplane_http_middleware, userplane_startup",
+        "userplane_describe, userplane_http_middleware, userplane_startup",
     ]
 
 

@@ -212,7 +212,11 @@ def test_plugins_honour_disabled_plugins_from_the_env_file(module: Proc) -> None
 def test_plugins_from_the_console_script(run: Proc) -> None:
     by_name = {p["name"]: p for p in run.json("plugins")}
     assert by_name["sqlite"]["hooks"] == ["userplane_open_storage"]
-    assert by_name["logging"]["hooks"] == ["userplane_http_middleware", "userplane_startup"]
+    assert by_name["logging"]["hooks"] == [
+        "userplane_describe",
+        "userplane_http_middleware",
+        "userplane_startup",
+    ]
     blocked = {
         p["name"]: p for p in run.json("plugins", env={"USERPLANE_DISABLED_PLUGINS": "logging"})
     }

@@ -159,3 +159,27 @@ def test_sampling_zero_records_nothing_unless_the_caller_sampled(
 def test_bad_settings_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigurationError, match=name):
         telemetry.configure(Settings.from_mapping({name: value}))
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({}, "off"),
+        ({"USERPLANE_OTEL_ENABLED": "true", "USERPLANE_OTEL_EXPORTER": "none"}, "off"),
+        (
+            {"USERPLANE_OTEL_ENABLED": "true", "USERPLANE_OTEL_SAMPLE_RATIO": "0.1"},
+            "otlp-http to the OTEL_EXPORTER_OTLP_* default, sampling 0.1",
+        ),
+        (
+            {
+                "USERPLANE_OTEL_ENABLED": "true",
+                "USERPLANE_OTEL_EXPORTER": "otlp-grpc",
+                "USERPLANE_OTEL_ENDPOINT": "http://collector:4317",
+            },
+            "otlp-grpc to http://collector:4317, sampling 1",
+        ),
+    ],
+)
+def test_serve_is_told_where_traces_go(variables: dict[str, str], expected: str) -> None:
+    settings = Settings.from_mapping(variables)
+    assert telemetry.userplane_describe(settings=settings) == {"traces": expected}
