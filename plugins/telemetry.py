@@ -1,4 +1,4 @@
-"""The telemetry plugin: OpenTelemetry traces of HTTP requests and service operations.
+"""The telemetry plugin: OpenTelemetry traces and metrics of requests and operations.
 
 Off unless ``USERPLANE_OTEL_ENABLED=true`` (and it needs the ``otel`` extra).
 When off, it adds no middleware and its operation wrapper returns at once, so
@@ -14,6 +14,7 @@ not already decided by an incoming ``traceparent``), ``SERVICE_NAME``.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,6 +26,9 @@ from userplane.errors import ConfigurationError, UserplaneError
 from userplane.settings import section
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import Meter
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import MetricReader
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Tracer
@@ -46,12 +50,32 @@ class OtelSettings:
     service_name: str = "userplane"
 
 
+class _Instruments:
+    """The metrics userplane records."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.duration = meter.create_histogram(
+            "http.server.request.duration", unit="s", description="Duration of HTTP requests."
+        )
+        self.active = meter.create_up_down_counter(
+            "http.server.active_requests", unit="{request}", description="Requests in flight."
+        )
+        self.created = meter.create_counter(
+            "userplane.users.created", unit="{user}", description="Users created."
+        )
+        self.deleted = meter.create_counter(
+            "userplane.users.deleted", unit="{user}", description="Users (softly) deleted."
+        )
+
+
 class _State:
-    """The tracer of this process, once configured."""
+    """The tracer and meters of this process, once configured."""
 
     def __init__(self) -> None:
         self.provider: TracerProvider | None = None
+        self.meter_provider: MeterProvider | None = None
         self.tracer: Tracer | None = None
+        self.instruments: _Instruments | None = None
         self.lock = threading.Lock()
 
 
@@ -82,16 +106,52 @@ def _exporter(cfg: OtelSettings) -> SpanExporter | None:
     return None
 
 
-def configure(settings: Settings, span_exporter: SpanExporter | None = None) -> bool:
-    """Set up tracing from ``settings``; ``span_exporter`` replaces the configured one (tests).
+def _metric_reader(cfg: OtelSettings) -> MetricReader | None:
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-    Returns whether tracing is on.
+    try:
+        if cfg.exporter == "console":
+            from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+
+            return PeriodicExportingMetricReader(ConsoleMetricExporter())
+        if cfg.exporter == "otlp-http":
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+                OTLPMetricExporter,
+            )
+
+            endpoint = f"{cfg.endpoint.rstrip('/')}/v1/metrics" if cfg.endpoint else None
+            return PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=endpoint))
+        if cfg.exporter == "otlp-grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+                OTLPMetricExporter as GrpcMetricExporter,
+            )
+
+            return PeriodicExportingMetricReader(GrpcMetricExporter(endpoint=cfg.endpoint))
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"USERPLANE_OTEL_EXPORTER={cfg.exporter} needs its exporter: "
+            f"pip install 'userplane[otel]' ({exc})"
+        ) from None
+    return None
+
+
+def configure(
+    settings: Settings,
+    span_exporter: SpanExporter | None = None,
+    metric_reader: MetricReader | None = None,
+) -> bool:
+    """Set up traces and metrics from ``settings``; the arguments replace the exporters (tests).
+
+    Returns whether telemetry is on.
     """
     cfg = section(OtelSettings, settings, "OTEL_")
     with _state.lock:
         if _state.provider is not None:
             _state.provider.shutdown()
+        if _state.meter_provider is not None:
+            _state.meter_provider.shutdown()
         _state.provider = _state.tracer = None
+        _state.meter_provider = _state.instruments = None
         if not cfg.enabled:
             return False
         try:
@@ -121,6 +181,13 @@ def configure(settings: Settings, span_exporter: SpanExporter | None = None) -> 
                 provider.add_span_processor(BatchSpanProcessor(exporter))
         _state.provider = provider
         _state.tracer = provider.get_tracer("userplane", userplane.__version__)
+
+        from opentelemetry.sdk.metrics import MeterProvider
+
+        reader = metric_reader if metric_reader is not None else _metric_reader(cfg)
+        meters = MeterProvider(resource=resource, metric_readers=[reader] if reader else [])
+        _state.meter_provider = meters
+        _state.instruments = _Instruments(meters.get_meter("userplane", userplane.__version__))
         return True
 
 
@@ -129,13 +196,17 @@ def tracer_provider() -> TracerProvider | None:
     return _state.provider
 
 
-class ServerSpans:
-    """Falcon middleware: one server span per request, child of an incoming ``traceparent``."""
+class ServerTelemetry:
+    """Falcon middleware: a server span, a duration and an in-flight count per request.
 
-    def __init__(self, tracer: Tracer) -> None:
+    The span is the child of an incoming W3C ``traceparent``.
+    """
+
+    def __init__(self, tracer: Tracer, instruments: _Instruments) -> None:
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self._tracer = tracer
+        self._instruments = instruments
         self._propagator = TraceContextTextMapPropagator()
 
     def process_request(self, req: Any, resp: Any) -> None:
@@ -151,6 +222,8 @@ class ServerSpans:
         )
         req.context.otel_span = span
         req.context.otel_token = context.attach(trace.set_span_in_context(span, parent))
+        req.context.otel_started = time.perf_counter()
+        self._instruments.active.add(1, {"http.request.method": req.method})
 
     def process_response(self, req: Any, resp: Any, resource: Any, req_succeeded: bool) -> None:
         from opentelemetry import context
@@ -169,6 +242,15 @@ class ServerSpans:
             span.set_status(Status(StatusCode.ERROR))
         span.end()
         context.detach(req.context.otel_token)
+        attributes: dict[str, Any] = {
+            "http.request.method": req.method,
+            "http.response.status_code": status,
+        }
+        if route:
+            attributes["http.route"] = route
+        elapsed = time.perf_counter() - req.context.otel_started
+        self._instruments.duration.record(elapsed, attributes)
+        self._instruments.active.add(-1, {"http.request.method": req.method})
 
 
 @hookimpl
@@ -191,16 +273,33 @@ def userplane_describe(settings: Settings) -> dict[str, str]:
 @hookimpl
 def userplane_shutdown() -> None:
     """Flush spans still buffered."""
-    provider = _state.provider
-    if provider is not None:
-        provider.force_flush()
+    if _state.provider is not None:
+        _state.provider.force_flush()
+    if _state.meter_provider is not None:
+        _state.meter_provider.force_flush()
 
 
 @hookimpl(tryfirst=True)
 def userplane_http_middleware(settings: Settings) -> list[Any]:
     """The server-span middleware, outermost, so every other layer runs inside the span."""
-    tracer = _state.tracer
-    return [] if tracer is None else [ServerSpans(tracer)]
+    tracer, instruments = _state.tracer, _state.instruments
+    if tracer is None or instruments is None:
+        return []
+    return [ServerTelemetry(tracer, instruments)]
+
+
+@hookimpl
+def userplane_user_created(user: Any) -> None:
+    """Count creations."""
+    if _state.instruments is not None:
+        _state.instruments.created.add(1)
+
+
+@hookimpl
+def userplane_user_deleted(user: Any) -> None:
+    """Count deletions."""
+    if _state.instruments is not None:
+        _state.instruments.deleted.add(1)
 
 
 @hookimpl(wrapper=True)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
 from falcon import testing
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -183,3 +185,48 @@ def test_bad_settings_name_the_variable(name: str, value: str) -> None:
 def test_serve_is_told_where_traces_go(variables: dict[str, str], expected: str) -> None:
     settings = Settings.from_mapping(variables)
     assert telemetry.userplane_describe(settings=settings) == {"traces": expected}
+
+
+def _metrics(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    found: dict[str, list[Any]] = {}
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                found.setdefault(metric.name, []).extend(metric.data.data_points)
+    return found
+
+
+def test_metrics_count_requests_durations_and_users(
+    database_url: str, exporter: InMemorySpanExporter
+) -> None:
+    settings = settings_for(database_url)
+    reader = InMemoryMetricReader()
+    with Registry(settings) as registry:
+        registry.storage.migrate()
+        telemetry.configure(settings, span_exporter=exporter, metric_reader=reader)
+        client = testing.TestClient(create_app(registry))
+        created = client.simulate_post(USERS, json={"email": "m@example.org"})
+        client.simulate_post(USERS, json={"email": "m@example.org"})  # 409
+        client.simulate_delete(created.headers["Location"])
+        client.simulate_get("/nowhere")
+    metrics = _metrics(reader)
+    durations = {
+        (
+            p.attributes["http.request.method"],
+            p.attributes.get("http.route"),
+            p.attributes["http.response.status_code"],
+        ): p.count
+        for p in metrics["http.server.request.duration"]
+    }
+    assert durations == {
+        ("POST", "/api/v1/users", 201): 1,
+        ("POST", "/api/v1/users", 409): 1,
+        ("DELETE", "/api/v1/users/{user_id:uuid}", 204): 1,
+        ("GET", None, 404): 1,
+    }
+    assert all(p.sum >= 0 for p in metrics["http.server.request.duration"])
+    assert sum(p.value for p in metrics["http.server.active_requests"]) == 0  # all finished
+    assert [p.value for p in metrics["userplane.users.created"]] == [1]
+    assert [p.value for p in metrics["userplane.users.deleted"]] == [1]
