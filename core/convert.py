@@ -46,28 +46,34 @@ def _format_error(exc: BaseException, type_: type | None) -> str:
     return "has the wrong type"
 
 
+def _unknown_fields(exc: cattrs.ForbiddenExtraKeysError, path: str) -> list[FieldError]:
+    # Extra keys come as one error naming them all; give each its own entry.
+    return [FieldError(f"{path}.{k}", "unknown field") for k in sorted(exc.extra_fields)]
+
+
+def _transformed(exc: Exception, path: str) -> list[FieldError]:
+    errors = []
+    for line in cattrs.transform_error(exc, path, format_exception=_format_error):
+        message, _, where = line.rpartition(" @ ")
+        errors.append(FieldError(where or path, message))
+    return errors
+
+
 def field_errors(exc: Exception, path: str = "$") -> list[FieldError]:
     """Flatten a cattrs error into one ``FieldError`` per field at fault."""
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        return _unknown_fields(exc, path)
+    if not isinstance(exc, cattrs.ClassValidationError):
+        return _transformed(exc, path)
     errors: list[FieldError] = []
-    if isinstance(exc, cattrs.ClassValidationError):
-        # Extra keys come as one error naming them all; give each its own entry.
-        for sub in exc.exceptions:
-            if isinstance(sub, cattrs.ForbiddenExtraKeysError):
-                errors += [
-                    FieldError(f"{path}.{k}", "unknown field") for k in sorted(sub.extra_fields)
-                ]
-        rest = [e for e in exc.exceptions if not isinstance(e, cattrs.ForbiddenExtraKeysError)]
-        if rest:
-            remaining = cattrs.ClassValidationError(exc.message, rest, exc.cl)
-            for line in cattrs.transform_error(remaining, path, format_exception=_format_error):
-                message, _, where = line.rpartition(" @ ")
-                errors.append(FieldError(where, message))
-    elif isinstance(exc, cattrs.ForbiddenExtraKeysError):
-        errors += [FieldError(f"{path}.{k}", "unknown field") for k in sorted(exc.extra_fields)]
-    else:
-        for line in cattrs.transform_error(exc, path, format_exception=_format_error):
-            message, _, where = line.rpartition(" @ ")
-            errors.append(FieldError(where or path, message))
+    rest = []
+    for sub in exc.exceptions:
+        if isinstance(sub, cattrs.ForbiddenExtraKeysError):
+            errors += _unknown_fields(sub, path)
+        else:
+            rest.append(sub)
+    if rest:
+        errors += _transformed(cattrs.ClassValidationError(exc.message, rest, exc.cl), path)
     return errors
 
 

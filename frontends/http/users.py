@@ -16,6 +16,7 @@ from userplane.idempotency import IdempotencyService, StoredResponse
 from userplane.users import DEFAULT_LIMIT, User, UserQuery, UserService, check_query
 
 _LIST_PARAMS = frozenset({"limit", "cursor", "is_active", "email", "q", "sort", "include_deleted"})
+_GET_PARAMS = frozenset({"include_deleted"})
 _BOOLS = {"true": True, "false": False}
 
 
@@ -64,36 +65,36 @@ def _bool_param(values: dict[str, Any], name: str, errors: list[FieldError]) -> 
     return value
 
 
-def _include_deleted(req: falcon.Request) -> bool:
-    errors: list[FieldError] = []
-    unknown = [
-        FieldError(f"$.{k}", "unknown query parameter")
-        for k in req.params
-        if k != "include_deleted"
+def _single_params(
+    req: falcon.Request, allowed: frozenset[str]
+) -> tuple[dict[str, Any], list[FieldError]]:
+    """The allowed query parameters given once, and an error for any other or repeated one."""
+    errors = [
+        FieldError(f"$.{name}", "unknown query parameter")
+        for name in req.params
+        if name not in allowed
     ]
-    values = {k: v for k, v in req.params.items() if k == "include_deleted"}
-    if isinstance(values.get("include_deleted"), list):
-        errors.append(FieldError("$.include_deleted", "must be given once"))
-        values = {}
+    values: dict[str, Any] = {}
+    for name, value in req.params.items():
+        if name not in allowed:
+            continue
+        if isinstance(value, list):
+            errors.append(FieldError(f"$.{name}", "must be given once"))
+        else:
+            values[name] = value
+    return values, errors
+
+
+def _include_deleted(req: falcon.Request) -> bool:
+    values, errors = _single_params(req, _GET_PARAMS)
     value = _bool_param(values, "include_deleted", errors)
-    if unknown or errors:
-        raise InvalidInput.from_errors(unknown + errors)
+    if errors:
+        raise InvalidInput.from_errors(errors)
     return bool(value)
 
 
 def _parse_list_query(req: falcon.Request) -> UserQuery:
-    errors: list[FieldError] = []
-    params = req.params
-    for name in params:
-        if name not in _LIST_PARAMS:
-            errors.append(FieldError(f"$.{name}", "unknown query parameter"))
-    values: dict[str, Any] = {}
-    for name in _LIST_PARAMS & params.keys():
-        value = params[name]
-        if isinstance(value, list):
-            errors.append(FieldError(f"$.{name}", "must be given once"))
-            continue
-        values[name] = value
+    values, errors = _single_params(req, _LIST_PARAMS)
     limit = DEFAULT_LIMIT
     if "limit" in values:
         try:

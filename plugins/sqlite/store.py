@@ -32,19 +32,6 @@ def _parse_time(value: str) -> datetime:
     return datetime.strptime(value, _TIME).replace(tzinfo=UTC)
 
 
-def _user(row: Sequence[Any]) -> User:
-    return User(
-        id=uuid.UUID(row[0]),
-        email=row[1],
-        full_name=row[2],
-        is_active=bool(row[3]),
-        created_at=_parse_time(row[4]),
-        updated_at=_parse_time(row[5]),
-        version=row[6],
-        deleted_at=None if row[7] is None else _parse_time(row[7]),
-    )
-
-
 @contextlib.contextmanager
 def _mapped_errors() -> Iterator[None]:
     """The one place where sqlite3 errors become domain errors."""
@@ -126,7 +113,16 @@ class SQLiteStorage(SQLStorage):
             return self._connect().execute(sql, params).rowcount
 
     def _user(self, row: Sequence[Any]) -> User:
-        return _user(row)
+        return User(
+            id=uuid.UUID(row[0]),
+            email=row[1],
+            full_name=row[2],
+            is_active=bool(row[3]),
+            created_at=_parse_time(row[4]),
+            updated_at=_parse_time(row[5]),
+            version=row[6],
+            deleted_at=None if row[7] is None else _parse_time(row[7]),
+        )
 
     def _value(self, value: Any) -> Any:
         # Times as fixed-width UTC text (text order is time order), ids as text.
