@@ -28,6 +28,16 @@ def userplane_open_storage(settings: Settings) -> Storage | None:
     """
 
 
+@hookspec
+def userplane_storage_opened(storage: Storage, settings: Settings) -> None:
+    """The Registry opened ``storage``; called once, before it runs a statement.
+
+    A plugin may use the storage's optional capabilities here: report its pool
+    (``userplane.storage.PooledStorage``) or wrap its connections
+    (``userplane.storage.InstrumentableStorage``).
+    """
+
+
 @hookspec(historic=True)
 def userplane_startup(settings: Settings) -> None:
     """Configure process-wide concerns (logging, telemetry) from ``settings``.

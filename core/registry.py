@@ -47,6 +47,11 @@ class Registry:
                 "(is its plugin installed and not disabled?)"
             )
         self.storage: Storage = storage
+        try:
+            self.hook.userplane_storage_opened(storage=storage, settings=settings)
+        except BaseException:
+            storage.close()
+            raise
         self.users = UserService(storage, self.hook)
         self.idempotency = IdempotencyService(
             storage, timedelta(seconds=settings.idempotency_ttl_s), utcnow

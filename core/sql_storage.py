@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -33,6 +33,22 @@ class SQLStorage(abc.ABC):
     queries: ClassVar[dict[str, str]]
     #: How the plugin's SQL spells parameters and substring tests.
     dialect: ClassVar[Dialect]
+    #: The database system, as OpenTelemetry names it.
+    system: ClassVar[str]
+    _connection_wrappers: tuple[Callable[[Any], Any], ...] = ()
+
+    def wrap_connections(self, wrapper: Callable[[Any], Any]) -> None:
+        """Pass every connection opened from now on through ``wrapper``.
+
+        See ``userplane.storage.InstrumentableStorage``.
+        """
+        self._connection_wrappers = (*self._connection_wrappers, wrapper)
+
+    def _wrapped(self, connection: Any) -> Any:
+        """``connection`` as the wrappers return it."""
+        for wrapper in self._connection_wrappers:
+            connection = wrapper(connection)
+        return connection
 
     @abc.abstractmethod
     def _one(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None:

@@ -20,7 +20,7 @@ Rules every implementation follows:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -189,6 +189,48 @@ def update_params(
         "set_is_active": "is_active" in fields,
         "is_active": fields.get("is_active"),
     }
+
+
+@attrs.frozen
+class PoolStats:
+    """A snapshot of a connection pool, for metrics."""
+
+    #: Connections open now, idle or in use.
+    size: int
+    #: Connections lent out now.
+    in_use: int
+    #: Callers waiting for a connection.
+    waiting: int
+    #: The most connections the pool may open.
+    max_size: int
+
+
+@runtime_checkable
+class PooledStorage(Protocol):
+    """A storage that can report on its connection pool (optional capability)."""
+
+    def pool_stats(self) -> PoolStats | None:
+        """This process's pool now, or ``None`` while no pool is open."""
+
+
+@runtime_checkable
+class InstrumentableStorage(Protocol):
+    """A storage that lets plugins wrap its DB-API connections (optional capability).
+
+    A tracing plugin uses it to put one span on every SQL statement.
+    """
+
+    #: The database system, as OpenTelemetry names it (``"sqlite"``, ``"postgresql"``).
+    system: str
+
+    def wrap_connections(self, wrapper: Callable[[Any], Any]) -> None:
+        """Pass every connection opened from now on through ``wrapper``.
+
+        ``wrapper(connection)`` returns the connection to use: the same one,
+        changed in place, or a proxy (a pooled store keeps its own connection
+        objects, so there the wrapper must change the connection in place).
+        Call before the first statement runs.
+        """
 
 
 def write_missed(user_id: uuid.UUID, exists: bool) -> NotFound | PreconditionFailed:

@@ -1,5 +1,11 @@
 """The telemetry plugin: OpenTelemetry traces and metrics of requests and operations.
 
+Spans: one server span per request (child of an incoming ``traceparent``), one
+per service operation and CLI command (the ``userplane_operation`` wrapper),
+and one per SQL statement (the psycopg and sqlite3 instrumentations, put on the
+storage's connections through ``userplane_storage_opened``). Metrics: request
+duration and in-flight requests, the PostgreSQL pool, users created and deleted.
+
 Off unless ``USERPLANE_OTEL_ENABLED=true`` (and it needs the ``otel`` extra).
 When off, it adds no middleware and its operation wrapper returns at once, so
 it costs nothing per request. It keeps its own ``TracerProvider`` rather than
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -24,9 +31,10 @@ import userplane
 from userplane import Settings, hookimpl
 from userplane.errors import ConfigurationError, UserplaneError
 from userplane.settings import section
+from userplane.storage import InstrumentableStorage, PooledStorage, Storage
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import Meter
+    from opentelemetry.metrics import CallbackOptions, Meter, Observation
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import MetricReader
     from opentelemetry.sdk.trace import TracerProvider
@@ -66,6 +74,25 @@ class _Instruments:
         self.deleted = meter.create_counter(
             "userplane.users.deleted", unit="{user}", description="Users (softly) deleted."
         )
+        # The database pool, as OpenTelemetry's database-client conventions name it.
+        meter.create_observable_up_down_counter(
+            "db.client.connection.count",
+            callbacks=[_pool_counts],
+            unit="{connection}",
+            description="Pool connections by state (idle, used).",
+        )
+        meter.create_observable_up_down_counter(
+            "db.client.connection.max",
+            callbacks=[_pool_max],
+            unit="{connection}",
+            description="The most connections the pool may open.",
+        )
+        meter.create_observable_up_down_counter(
+            "db.client.connection.pending_requests",
+            callbacks=[_pool_waiting],
+            unit="{request}",
+            description="Callers waiting for a pool connection.",
+        )
 
 
 class _State:
@@ -76,10 +103,67 @@ class _State:
         self.meter_provider: MeterProvider | None = None
         self.tracer: Tracer | None = None
         self.instruments: _Instruments | None = None
+        #: The storage whose pool the gauges observe (weak: the Registry owns it).
+        self.pooled: weakref.ref[PooledStorage] | None = None
         self.lock = threading.Lock()
 
 
 _state = _State()
+
+_POOL = {"db.client.connection.pool.name": "userplane"}
+
+
+def _pool_stats() -> Any:
+    storage = _state.pooled() if _state.pooled is not None else None
+    return storage.pool_stats() if storage is not None else None
+
+
+def _pool_counts(options: CallbackOptions) -> list[Observation]:
+    from opentelemetry.metrics import Observation
+
+    stats = _pool_stats()
+    if stats is None:
+        return []
+    return [
+        Observation(stats.size - stats.in_use, {**_POOL, "db.client.connection.state": "idle"}),
+        Observation(stats.in_use, {**_POOL, "db.client.connection.state": "used"}),
+    ]
+
+
+def _pool_max(options: CallbackOptions) -> list[Observation]:
+    from opentelemetry.metrics import Observation
+
+    stats = _pool_stats()
+    return [] if stats is None else [Observation(stats.max_size, _POOL)]
+
+
+def _pool_waiting(options: CallbackOptions) -> list[Observation]:
+    from opentelemetry.metrics import Observation
+
+    stats = _pool_stats()
+    return [] if stats is None else [Observation(stats.waiting, _POOL)]
+
+
+def _statement_tracing(system: str, provider: TracerProvider) -> Callable[[Any], Any] | None:
+    """A connection wrapper that puts a span on every statement, for a database ``system``."""
+    try:
+        if system == "postgresql":
+            from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+
+            return lambda conn: PsycopgInstrumentor.instrument_connection(
+                conn, tracer_provider=provider
+            )
+        if system == "sqlite":
+            from opentelemetry.instrumentation.sqlite3 import SQLite3Instrumentor
+
+            return lambda conn: SQLite3Instrumentor.instrument_connection(
+                conn, tracer_provider=provider
+            )
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"USERPLANE_OTEL_ENABLED traces SQL with pip install 'userplane[otel]' ({exc})"
+        ) from None
+    return None  # a database no instrumentation knows: its statements go untraced
 
 
 def _exporter(cfg: OtelSettings) -> SpanExporter | None:
@@ -91,7 +175,9 @@ def _exporter(cfg: OtelSettings) -> SpanExporter | None:
         if cfg.exporter == "otlp-http":
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            return OTLPSpanExporter(endpoint=cfg.endpoint) if cfg.endpoint else OTLPSpanExporter()
+            # The setting is the collector's base URL, as OTEL_EXPORTER_OTLP_ENDPOINT is.
+            endpoint = f"{cfg.endpoint.rstrip('/')}/v1/traces" if cfg.endpoint else None
+            return OTLPSpanExporter(endpoint=endpoint)
         if cfg.exporter == "otlp-grpc":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
                 OTLPSpanExporter as GrpcExporter,
@@ -152,6 +238,7 @@ def configure(
             _state.meter_provider.shutdown()
         _state.provider = _state.tracer = None
         _state.meter_provider = _state.instruments = None
+        _state.pooled = None
         if not cfg.enabled:
             return False
         try:
@@ -257,6 +344,20 @@ class ServerTelemetry:
 def userplane_startup(settings: Settings) -> None:
     """Configure tracing once per process."""
     configure(settings)
+
+
+@hookimpl
+def userplane_storage_opened(storage: Storage, settings: Settings) -> None:
+    """Trace every SQL statement and observe the connection pool, when telemetry is on."""
+    provider = _state.provider
+    if provider is None:
+        return
+    if isinstance(storage, InstrumentableStorage):
+        wrapper = _statement_tracing(storage.system, provider)
+        if wrapper is not None:
+            storage.wrap_connections(wrapper)
+    if isinstance(storage, PooledStorage):
+        _state.pooled = weakref.ref(storage)
 
 
 @hookimpl

@@ -6,7 +6,7 @@ import click
 import structlog
 
 import userplane
-from userplane.frontends.cli.app import State, cli, pass_state
+from userplane.frontends.cli.app import OperationCommand, State, cli, pass_state
 from userplane.frontends.cli.output import emit, format_option
 from userplane.plugin_manager import describe_plugins, make_plugin_manager
 
@@ -68,7 +68,7 @@ def serve(
     Server(settings, reload=reload).run()
 
 
-@cli.command()
+@cli.command(cls=OperationCommand)
 @click.option("--status", is_flag=True, help="Only show which migrations are applied.")
 @format_option
 @pass_state

@@ -90,6 +90,30 @@ def cli(ctx: click.Context, env_file: str | None) -> None:
 pass_state = click.make_pass_decorator(State)
 
 
+class OperationCommand(click.Command):
+    """A command that runs as one operation, ``"cli users create"``, of the registry.
+
+    It goes through the ``userplane_operation`` hook like a service operation,
+    so a tracing plugin gives each command a root span with the service
+    operations it ran beneath it.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        state = ctx.find_object(State)
+        if state is None:  # invoked outside the userplane group (embedding)
+            return super().invoke(ctx)
+        name = "cli " + " ".join(ctx.command_path.split()[1:])
+        return state.registry.hook.userplane_operation(
+            operation=name, call=lambda: super(OperationCommand, self).invoke(ctx)
+        )
+
+
+class OperationGroup(click.Group):
+    """A group whose commands are ``OperationCommand``s."""
+
+    command_class = OperationCommand
+
+
 def _env_file_in(args: list[str]) -> str | None:
     # Commands are added before click parses anything, so find --env-file by hand.
     for i, arg in enumerate(args):

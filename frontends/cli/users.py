@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import click
 
 from userplane import convert
-from userplane.frontends.cli.app import State, cli, pass_state
+from userplane.frontends.cli.app import OperationGroup, State, cli, pass_state
 from userplane.frontends.cli.output import emit, format_option
 from userplane.users import MAX_LIMIT, User, UserQuery, UserService
 
@@ -26,7 +26,7 @@ def _id_of(service: UserService, id_or_email: str) -> uuid.UUID:
     return service.find(id_or_email).id
 
 
-@cli.group()
+@cli.group(cls=OperationGroup)
 def users() -> None:
     """Create, read, update and delete users."""
 

@@ -17,7 +17,7 @@ from userplane.errors import Conflict, Unavailable
 from userplane.list_sql import Dialect
 from userplane.queries import load_queries
 from userplane.sql_storage import SQLStorage
-from userplane.storage import MigrationState, insert_params
+from userplane.storage import MigrationState, PoolStats, insert_params
 from userplane.users import User
 
 _COPY_COLUMNS = (
@@ -70,6 +70,16 @@ def yoyo_url(url: str) -> str:
     return f"postgresql+psycopg://{rest}" if sep else url
 
 
+def _check(conn: psycopg.Connection[Any]) -> None:
+    """The pool's liveness check on checkout: an empty statement, as psycopg_pool's own.
+
+    It runs on a plain ``psycopg.Cursor``, past the connection's cursor factory,
+    so a tracing wrapper does not give every checkout a span of its own.
+    """
+    with psycopg.Cursor(conn) as cur:
+        cur.execute("")
+
+
 class PostgreSQLStorage(SQLStorage):
     """The production storage.
 
@@ -81,6 +91,7 @@ class PostgreSQLStorage(SQLStorage):
     """
 
     name = "postgresql"
+    system = "postgresql"
     embedded = False
     queries = load_queries(__package__ or "userplane.plugins.postgresql")
     dialect = Dialect(param="%({name})s", contains="strpos({haystack}, {needle}) > 0")
@@ -120,7 +131,8 @@ class PostgreSQLStorage(SQLStorage):
                 self._pool = ConnectionPool(
                     self.url,  # libpq takes postgresql:// and postgres:// alike
                     open=False,
-                    check=ConnectionPool.check_connection,
+                    check=_check,
+                    configure=self._configure,
                     kwargs={
                         "autocommit": True,
                         "options": (
@@ -139,6 +151,24 @@ class PostgreSQLStorage(SQLStorage):
                 self._pool.open(wait=False)
                 self._pid = pid
             return self._pool
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        # The pool keeps its own connection objects: wrappers change them in place.
+        self._wrapped(conn)
+
+    def pool_stats(self) -> PoolStats | None:
+        """This process's pool now (``PooledStorage``), or ``None`` before its first use."""
+        pool = self._pool
+        if pool is None or self._pid != os.getpid():
+            return None
+        stats = pool.get_stats()
+        size = stats.get("pool_size", 0)
+        return PoolStats(
+            size=size,
+            in_use=size - stats.get("pool_available", 0),
+            waiting=stats.get("requests_waiting", 0),
+            max_size=pool.max_size,
+        )
 
     @contextlib.contextmanager
     def _cursor(self) -> Iterator[psycopg.Cursor[Any]]:

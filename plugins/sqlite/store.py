@@ -59,6 +59,7 @@ class SQLiteStorage(SQLStorage):
     """
 
     name = "sqlite"
+    system = "sqlite"
     embedded = True
     queries = load_queries(__package__ or "userplane.plugins.sqlite")
     dialect = Dialect(param=":{name}", contains="instr({haystack}, {needle}) > 0")
@@ -74,13 +75,14 @@ class SQLiteStorage(SQLStorage):
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self) -> Any:
+        """This thread's connection (a ``sqlite3.Connection``, or a wrapper's proxy of one)."""
         # A connection must never cross a fork: gunicorn may import the app in
         # the master, so connections are made lazily in each worker process.
         pid = os.getpid()
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == pid:
-            return conn
+        cached = getattr(self._local, "conn", None)
+        if cached is not None and self._local.pid == pid:
+            return cached
         conn = sqlite3.connect(
             self.path,
             timeout=self._busy_timeout_ms / 1000,
@@ -91,26 +93,33 @@ class SQLiteStorage(SQLStorage):
         conn.execute("PRAGMA journal_mode = WAL")
         # FULL: a write acknowledged to a client survives a power cut, not only a crash.
         conn.execute("PRAGMA synchronous = FULL")
-        self._local.conn = conn
-        self._local.pid = pid
         with self._lock:
             if self._pid != pid:
                 self._connections, self._pid = [], pid
             self._connections.append(conn)
-        return conn
+        wrapped = self._wrapped(conn)
+        self._local.conn = wrapped
+        self._local.pid = pid
+        return wrapped
+
+    def _cursor(self) -> sqlite3.Cursor:
+        # Statements go through a cursor, not the ``Connection.execute`` shortcut:
+        # a connection wrapper (SQL tracing) sees ``cursor().execute`` only.
+        cursor: sqlite3.Cursor = self._connect().cursor()
+        return cursor
 
     def _one(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None:
         with _mapped_errors():
-            row: Sequence[Any] | None = self._connect().execute(sql, params).fetchone()
+            row: Sequence[Any] | None = self._cursor().execute(sql, params).fetchone()
             return row
 
     def _all(self, sql: str, params: Mapping[str, Any]) -> list[Sequence[Any]]:
         with _mapped_errors():
-            return self._connect().execute(sql, params).fetchall()
+            return self._cursor().execute(sql, params).fetchall()
 
     def _execute(self, sql: str, params: Mapping[str, Any]) -> int:
         with _mapped_errors():
-            return self._connect().execute(sql, params).rowcount
+            return self._cursor().execute(sql, params).rowcount
 
     def _user(self, row: Sequence[Any]) -> User:
         return User(
@@ -135,7 +144,7 @@ class SQLiteStorage(SQLStorage):
     def ping(self) -> None:
         """Run a trivial query against the users table."""
         with _mapped_errors():
-            self._connect().execute("SELECT 1 FROM users LIMIT 1").fetchall()
+            self._cursor().execute("SELECT 1 FROM users LIMIT 1").fetchall()
 
     def close(self) -> None:
         """Close every connection this process opened."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,14 +41,31 @@ def exporter() -> Iterator[InMemorySpanExporter]:
     telemetry.configure(Settings.from_mapping({}))  # off again for the other tests
 
 
+@contextlib.contextmanager
+def traced_registry(
+    database_url: str,
+    exporter: InMemorySpanExporter,
+    reader: InMemoryMetricReader | None = None,
+    **extra: str,
+) -> Iterator[Registry]:
+    """A registry traced into ``exporter``, as the plugin's hooks set one up in a process.
+
+    It opens with telemetry off; the test's exporters go in, and the storage is
+    instrumented, as ``userplane_startup`` and ``userplane_storage_opened`` do.
+    """
+    with Registry(Settings.from_mapping({"USERPLANE_DATABASE_URL": database_url})) as registry:
+        settings = settings_for(database_url, **extra)
+        assert telemetry.configure(settings, span_exporter=exporter, metric_reader=reader)
+        telemetry.userplane_storage_opened(storage=registry.storage, settings=settings)
+        registry.storage.migrate()
+        yield registry
+
+
 @pytest.fixture
 def traced(
     database_url: str, exporter: InMemorySpanExporter
 ) -> Iterator[tuple[testing.TestClient, Registry]]:
-    settings = settings_for(database_url)
-    with Registry(settings) as registry:
-        registry.storage.migrate()
-        assert telemetry.configure(settings, span_exporter=exporter)
+    with traced_registry(database_url, exporter) as registry:
         yield testing.TestClient(create_app(registry)), registry
 
 
@@ -138,15 +156,15 @@ def test_the_access_line_carries_the_trace_id(
 def test_sampling_zero_records_nothing_unless_the_caller_sampled(
     database_url: str, exporter: InMemorySpanExporter
 ) -> None:
-    settings = settings_for(database_url, USERPLANE_OTEL_SAMPLE_RATIO="0")
-    with Registry(settings) as registry:
-        registry.storage.migrate()
-        telemetry.configure(settings, span_exporter=exporter)
+    with traced_registry(database_url, exporter, USERPLANE_OTEL_SAMPLE_RATIO="0") as registry:
         client = testing.TestClient(create_app(registry))
         client.simulate_get(USERS)
         assert exporter.get_finished_spans() == ()
         client.simulate_get(USERS, headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
-        assert len(exporter.get_finished_spans()) == 2  # the server span and users.list
+        names = [s.name for s in exporter.get_finished_spans()]
+        # The server span, users.list and its statement.
+        assert names[-2:] == ["users.list", "GET /api/v1/users"]
+        assert len(names) == 3
 
 
 @pytest.mark.parametrize(
@@ -201,11 +219,8 @@ def _metrics(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
 def test_metrics_count_requests_durations_and_users(
     database_url: str, exporter: InMemorySpanExporter
 ) -> None:
-    settings = settings_for(database_url)
     reader = InMemoryMetricReader()
-    with Registry(settings) as registry:
-        registry.storage.migrate()
-        telemetry.configure(settings, span_exporter=exporter, metric_reader=reader)
+    with traced_registry(database_url, exporter, reader) as registry:
         client = testing.TestClient(create_app(registry))
         created = client.simulate_post(USERS, json={"email": "m@example.org"})
         client.simulate_post(USERS, json={"email": "m@example.org"})  # 409
@@ -230,3 +245,56 @@ def test_metrics_count_requests_durations_and_users(
     assert sum(p.value for p in metrics["http.server.active_requests"]) == 0  # all finished
     assert [p.value for p in metrics["userplane.users.created"]] == [1]
     assert [p.value for p in metrics["userplane.users.deleted"]] == [1]
+
+
+def test_every_statement_is_a_span_under_its_operation(
+    traced: tuple[testing.TestClient, Registry],
+    exporter: InMemorySpanExporter,
+    backend: str,
+) -> None:
+    client, _ = traced
+    assert client.simulate_post(USERS, json={"email": "s@example.org"}).status_code == 201
+    spans = exporter.get_finished_spans()
+    (operation,) = [s for s in spans if s.name == "users.create"]
+    statements = [s for s in spans if s.parent and s.parent.span_id == operation.context.span_id]
+    assert statements, [s.name for s in spans]
+    for statement in statements:
+        assert statement.kind == SpanKind.CLIENT
+        assert statement.context.trace_id == operation.context.trace_id
+        assert statement.attributes is not None
+        system = statement.attributes.get("db.system.name", statement.attributes.get("db.system"))
+        assert system == backend
+        text = statement.attributes.get("db.query.text", statement.attributes.get("db.statement"))
+        assert "INSERT INTO users" in str(text)
+        # Values stay out of spans: the statement text has placeholders only.
+        assert "s@example.org" not in str(text)
+
+
+def test_pool_gauges_report_the_postgresql_pool(
+    postgresql_url: str, exporter: InMemorySpanExporter
+) -> None:
+    reader = InMemoryMetricReader()
+    with traced_registry(postgresql_url, exporter, reader) as registry:
+        client = testing.TestClient(create_app(registry))
+        assert client.simulate_get(USERS).status_code == 200
+        pool = registry.storage.pool  # type: ignore[attr-defined]
+        with pool.connection():  # one connection lent out while the gauges are read
+            metrics = _metrics(reader)
+    counts = {
+        p.attributes["db.client.connection.state"]: p.value
+        for p in metrics["db.client.connection.count"]
+    }
+    assert counts["used"] == 1
+    assert counts["idle"] >= 0
+    assert [p.value for p in metrics["db.client.connection.max"]] == [pool.max_size]
+    assert [p.value for p in metrics["db.client.connection.pending_requests"]] == [0]
+    for points in (metrics["db.client.connection.count"], metrics["db.client.connection.max"]):
+        assert all(p.attributes["db.client.connection.pool.name"] == "userplane" for p in points)
+
+
+def test_sqlite_has_no_pool_gauges(tmp_path: Path, exporter: InMemorySpanExporter) -> None:
+    reader = InMemoryMetricReader()
+    with traced_registry(f"sqlite:///{tmp_path}/g.db", exporter, reader) as registry:
+        testing.TestClient(create_app(registry)).simulate_get(USERS)
+        metrics = _metrics(reader)
+    assert "db.client.connection.count" not in metrics
