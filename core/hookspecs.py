@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from userplane.auth import Credentials, Principal
+    from userplane.registry import Registry
     from userplane.settings import Settings
     from userplane.storage import Storage
     from userplane.users import User
@@ -48,10 +50,11 @@ def userplane_startup(settings: Settings) -> None:
 
 
 @hookspec
-def userplane_describe(settings: Settings) -> Mapping[str, str] | None:
+def userplane_describe(settings: Settings, registry: Registry | None) -> Mapping[str, str] | None:
     """Facts for an operator at start-up: where this plugin sends what (``{"traces": …}``).
 
-    ``userplane serve`` prints them in its start-up line.
+    ``userplane serve`` prints them in its start-up line. ``registry`` is open
+    (``None`` when described without one), for facts that need storage.
     """
 
 
@@ -71,28 +74,60 @@ def userplane_operation(operation: str, call: Callable[[], Any]) -> Any:
     """
 
 
+@hookspec(firstresult=True)
+def userplane_authenticate(credentials: Credentials, registry: Registry) -> Principal | None:
+    """Who presented ``credentials``; ``None`` when they are not yours to judge.
+
+    Return a ``userplane.auth.Principal`` for credentials you verified. Raise
+    ``userplane.errors.Unauthenticated`` when they are yours and wrong (unknown
+    key, bad signature, expired): no other plugin gets to try them. Called on
+    every authenticated request, so do not reach a database each time: cache
+    briefly. ``registry`` gives settings and storage. firstresult.
+    """
+
+
 @hookspec
-def userplane_user_created(user: User) -> None:
+def userplane_authorize(principal: Principal, action: str, resource: Any) -> bool | None:
+    """Whether ``principal`` may do ``action`` (``"users:delete"``) on ``resource``.
+
+    ``True`` allows, ``False`` denies, ``None`` has no opinion. Any deny wins;
+    with no allow the action is denied. The core's role policy already allows
+    what the principal's roles grant, so implement this to deny more (network
+    rules, suspended accounts) or to allow by other means (a policy engine).
+    ``resource`` is what the action is on, when known (a user id), else ``None``.
+    """
+
+
+# The user-event hooks receive ``principal``: who acted (``None`` when no
+# frontend set one, as when the core is embedded). Implementations may omit it.
+
+
+@hookspec
+def userplane_user_created(user: User, principal: Principal | None) -> None:
     """A user was created; ``user`` is as stored. Called after the write committed."""
 
 
 @hookspec
-def userplane_user_updated(user: User, changed: frozenset[str]) -> None:
+def userplane_user_updated(
+    user: User, changed: frozenset[str], principal: Principal | None
+) -> None:
     """A user was updated; ``changed`` names the fields the caller set."""
 
 
 @hookspec
-def userplane_user_deleted(user: User) -> None:
+def userplane_user_deleted(user: User, principal: Principal | None) -> None:
     """A user was (softly) deleted; ``user`` is as stored, with ``deleted_at`` set."""
 
 
 @hookspec
-def userplane_user_restored(user: User) -> None:
+def userplane_user_restored(user: User, principal: Principal | None) -> None:
     """A deleted user was restored; ``user`` is as stored, live again."""
 
 
 @hookspec
-def userplane_users_purged(count: int, deleted_before: datetime) -> None:
+def userplane_users_purged(
+    count: int, deleted_before: datetime, principal: Principal | None
+) -> None:
     """``count`` users deleted before ``deleted_before`` were removed for good."""
 
 

@@ -69,15 +69,24 @@ class IdempotencyService:
         self._stale_after = stale_after
 
     def run(
-        self, key: str, fingerprint: str, action: Callable[[], StoredResponse]
+        self,
+        key: str,
+        fingerprint: str,
+        action: Callable[[], StoredResponse],
+        *,
+        scope: str = "",
     ) -> tuple[StoredResponse, bool]:
         """The response for ``key`` and whether it is a replay.
 
         ``fingerprint`` identifies the request (method, path, body): the same
         key with another fingerprint is ``InvalidInput``; a key whose first
-        request is still running is ``Conflict`` (retry shortly).
+        request is still running is ``Conflict`` (retry shortly). ``scope``
+        (the principal's id) gives each caller its own keys, so one client can
+        neither replay nor block another's.
         """
         check_key(key)
+        if scope:
+            key = f"{scope} {key}"  # a key has no spaces, so this cannot collide
         for _ in range(2):  # a record may expire between a failed claim and the read
             now = self._clock()
             claimed = self._storage.claim_idempotency_key(

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import pluggy
 
+from userplane.auth import AuthService
 from userplane.errors import ConfigurationError
 from userplane.idempotency import IdempotencyService
 from userplane.plugin_manager import make_plugin_manager
@@ -53,6 +54,7 @@ class Registry:
             storage.close()
             raise
         self.users = UserService(storage, self.hook)
+        self.auth = AuthService(self, settings)
         self.idempotency = IdempotencyService(
             storage, timedelta(seconds=settings.idempotency_ttl_s), utcnow
         )

@@ -25,6 +25,7 @@ MASK = "********"
 Env = Literal["dev", "prod"]
 LogFormat = Literal["auto", "console", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+AuthMode = Literal["enabled", "disabled"]
 
 
 def _between(minimum: int, maximum: int | None = None) -> Any:
@@ -73,10 +74,19 @@ class Settings:
     idempotency_ttl_s: int = attrs.field(default=86400, validator=_between(1))
     #: The longest one SQL statement may run before it is cancelled (a 503), in ms.
     db_statement_timeout_ms: int = attrs.field(default=5000, validator=_between(1))
+    #: ``disabled`` lets every caller act as an administrator: local development only.
+    auth: AuthMode = "enabled"
+    #: Custom roles, a JSON object: ``{"support": ["users:read", "users:restore"]}``.
+    roles: str | None = None
     #: ``USERPLANE_*`` variables no field claims: for plugins' own settings.
     extra: Mapping[str, str] = attrs.field(factory=dict, repr=False)
 
     def __attrs_post_init__(self) -> None:
+        if self.auth == "disabled" and self.env == "prod":
+            raise ValueError(
+                f"{PREFIX}AUTH=disabled is for local development only and is refused "
+                f"when {PREFIX}ENV=prod"
+            )
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError(
                 f"{PREFIX}DB_POOL_MIN_SIZE: must not exceed {PREFIX}DB_POOL_MAX_SIZE "

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
+from userplane.api_keys import ApiKey
 from userplane.idempotency import IdempotencyRecord, StoredResponse
 from userplane.list_sql import Dialect, list_users_sql
 from userplane.pagination import Position, Sort
@@ -205,3 +206,56 @@ class SQLStorage(abc.ABC):
         """Remove expired keys."""
         params = self._params({"now": now})
         return self._execute(self.queries["purge_idempotency_keys"], params)
+
+    # -- API keys ------------------------------------------------------------------
+
+    def _datetime(self, value: Any) -> datetime | None:
+        """A time column's value as an aware ``datetime`` (identity unless overridden)."""
+        return value  # type: ignore[no-any-return]
+
+    def _api_key(self, row: Sequence[Any]) -> ApiKey:
+        key_id, name, role, lookup, secret_hash, created, expires, revoked, used = row
+        created_at = self._datetime(created)
+        assert created_at is not None
+        return ApiKey(
+            id=key_id if isinstance(key_id, uuid.UUID) else uuid.UUID(key_id),
+            name=name,
+            role=role,
+            lookup=lookup,
+            secret_hash=secret_hash,
+            created_at=created_at,
+            expires_at=self._datetime(expires),
+            revoked_at=self._datetime(revoked),
+            last_used_at=self._datetime(used),
+        )
+
+    def insert_api_key(self, key: ApiKey) -> None:
+        """Store a new key."""
+        params = {
+            "id": key.id,
+            "name": key.name,
+            "role": key.role,
+            "lookup": key.lookup,
+            "secret_hash": key.secret_hash,
+            "created_at": key.created_at,
+            "expires_at": key.expires_at,
+        }
+        self._execute(self.queries["insert_api_key"], self._params(params))
+
+    def get_api_key(self, lookup: str) -> ApiKey | None:
+        """The key with this lookup id."""
+        row = self._row("get_api_key", {"lookup": lookup})
+        return None if row is None else self._api_key(row)
+
+    def list_api_keys(self) -> list[ApiKey]:
+        """Every key, oldest first."""
+        return [self._api_key(r) for r in self._all(self.queries["list_api_keys"], {})]
+
+    def revoke_api_key(self, key_id: uuid.UUID, now: datetime) -> ApiKey | None:
+        """Set ``revoked_at`` once."""
+        row = self._row("revoke_api_key", {"id": key_id, "now": now})
+        return None if row is None else self._api_key(row)
+
+    def touch_api_key(self, key_id: uuid.UUID, now: datetime) -> None:
+        """Move ``last_used_at`` forward."""
+        self._execute(self.queries["touch_api_key"], self._params({"id": key_id, "now": now}))

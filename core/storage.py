@@ -22,7 +22,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 
@@ -31,6 +31,9 @@ from userplane.idempotency import IdempotencyRecord, StoredResponse
 from userplane.pagination import Position, Sort
 from userplane.text import fold
 from userplane.users import User, UserFilter
+
+if TYPE_CHECKING:
+    from userplane.api_keys import ApiKey
 
 
 @attrs.frozen
@@ -189,6 +192,30 @@ def update_params(
         "set_is_active": "is_active" in fields,
         "is_active": fields.get("is_active"),
     }
+
+
+@runtime_checkable
+class ApiKeyStorage(Protocol):
+    """Where API keys live: the storage side of the api-keys plugin.
+
+    The SQL stores implement it; the contract suite (``userplane.testing``)
+    checks it. Methods raise only ``userplane.errors`` exceptions.
+    """
+
+    def insert_api_key(self, key: ApiKey) -> None:
+        """Store a new key; ``Conflict`` if its id or lookup id is taken."""
+
+    def get_api_key(self, lookup: str) -> ApiKey | None:
+        """The key with this lookup id, revoked or expired ones included."""
+
+    def list_api_keys(self) -> list[ApiKey]:
+        """Every key, oldest first (then by id)."""
+
+    def revoke_api_key(self, key_id: uuid.UUID, now: datetime) -> ApiKey | None:
+        """Set ``revoked_at`` (kept if already set); the key, or ``None`` if unknown."""
+
+    def touch_api_key(self, key_id: uuid.UUID, now: datetime) -> None:
+        """Move ``last_used_at`` forward to ``now`` (never back)."""
 
 
 @attrs.frozen

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 
+from userplane.auth import current_principal
 from userplane.emails import normalize_email
 from userplane.errors import FieldError, InvalidInput, NotFound
 from userplane.pagination import Position, Sort, decode_cursor, encode_cursor
@@ -263,7 +264,7 @@ class UserService:
                 version=1,
             )
             stored = self._storage.insert_user(user, key)
-            self._hook.userplane_user_created(user=stored)
+            self._hook.userplane_user_created(user=stored, principal=current_principal())
             return stored
 
         return self._run("users.create", call)
@@ -333,7 +334,9 @@ class UserService:
             updated = self._storage.update_user(
                 user_id, fields, key, expected_version, self._clock()
             )
-            self._hook.userplane_user_updated(user=updated, changed=frozenset(fields))
+            self._hook.userplane_user_updated(
+                user=updated, changed=frozenset(fields), principal=current_principal()
+            )
             return updated
 
         return self._run("users.update", call)
@@ -347,7 +350,7 @@ class UserService:
 
         def call() -> User:
             deleted = self._storage.delete_user(user_id, expected_version, self._clock())
-            self._hook.userplane_user_deleted(user=deleted)
+            self._hook.userplane_user_deleted(user=deleted, principal=current_principal())
             return deleted
 
         return self._run("users.delete", call)
@@ -362,7 +365,7 @@ class UserService:
                 if user is None:
                     raise NotFound(f"no deleted or live user with id {user_id}")
                 return user
-            self._hook.userplane_user_restored(user=restored)
+            self._hook.userplane_user_restored(user=restored, principal=current_principal())
             return restored
 
         return self._run("users.restore", call)
@@ -378,7 +381,9 @@ class UserService:
             except OverflowError:  # before the calendar began: nothing is that old
                 before = datetime.min.replace(tzinfo=UTC)
             count = self._storage.purge_users(before)
-            self._hook.userplane_users_purged(count=count, deleted_before=before)
+            self._hook.userplane_users_purged(
+                count=count, deleted_before=before, principal=current_principal()
+            )
             return count
 
         return self._run("users.purge", call)

@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from userplane import Settings, hookimpl
+from userplane.auth import current_principal
 from userplane.settings import MASK
 
 _HAVE_OTEL: bool
@@ -74,11 +75,20 @@ def add_trace_ids(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[
     return event_dict
 
 
+def add_principal(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """``principal``: who the current request or command acts as, when known (audit)."""
+    principal = current_principal()
+    if principal is not None:
+        event_dict.setdefault("principal", principal.id)
+    return event_dict
+
+
 def _shared_processors() -> list[Any]:
     return [
         # Context first: request id and friends bound per request reach every line.
         structlog.contextvars.merge_contextvars,
         add_trace_ids,
+        add_principal,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -152,8 +162,12 @@ class AccessLog:
         started = getattr(req.context, "started", None)
         duration = 0.0 if started is None else (time.perf_counter() - started) * 1000
         body = resp.render_body()
+        # Read from the request: the auth middleware, inner to this one, has
+        # already reset the current principal by the time this runs.
+        principal = req.context.get("principal")
         self._log.info(
             "request",
+            principal=None if principal is None else principal.id,
             route=req.uri_template or None,
             path=req.path,
             status=resp.status_code,

@@ -16,10 +16,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from clients import client_for
 from falcon import testing
 
 from userplane import Registry, Settings
-from userplane.frontends.http import create_app
 
 PG_ENV = "USERPLANE_TEST_POSTGRESQL_URL"
 BACKENDS = ["sqlite", "postgresql"]
@@ -131,7 +131,8 @@ def registry(settings: Settings) -> Iterator[Registry]:
 
 @pytest.fixture
 def client(registry: Registry) -> testing.TestClient:
-    return testing.TestClient(create_app(registry))
+    """A test client that authenticates as an administrator on every request."""
+    return client_for(registry)
 
 
 @pytest.fixture

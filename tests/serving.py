@@ -71,6 +71,8 @@ class Server:
     env: dict[str, str]
     logs: tuple[Path, Path]
     backend: str
+    #: An admin API key, sent with every request unless the caller sets Authorization.
+    key: str = ""
     sent: list[Sent] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -79,11 +81,16 @@ class Server:
         method: str,
         path: str,
         body: Any = None,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str | None] | None = None,
         content_type: str = "application/json",
     ) -> Response:
         request_id = uuid.uuid4().hex
-        all_headers = {"X-Request-ID": request_id, "Connection": "close", **(headers or {})}
+        all_headers = {"X-Request-ID": request_id, "Connection": "close"}
+        if self.key:
+            all_headers["Authorization"] = f"Bearer {self.key}"
+        all_headers.update(headers or {})
+        # None removes a default header: an anonymous request.
+        all_headers = {k: v for k, v in all_headers.items() if v is not None}
         data = None
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -115,6 +122,23 @@ class Server:
             timeout=60,
             check=False,
         )
+
+
+def create_key(env: dict[str, str], directory: Path, role: str = "admin") -> str:
+    """Migrate the database and create an API key with ``role``, through the CLI."""
+    for args in (("migrate",), ("keys", "create", "--name", f"e2e {role}", "--role", role)):
+        done = subprocess.run(
+            [str(SCRIPT), *args, "--format", "json"],
+            env=env,
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+    key: str = json.loads(done.stdout)["key"]
+    return key
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -159,6 +183,7 @@ def running_server(
         XDG_RUNTIME_DIR=str(directory),
         **(extra_env or {}),
     )
+    key = create_key(env, directory)
     logs = (directory / "server.stdout", directory / "server.stderr")
     files: list[IO[bytes]] = [p.open("wb") for p in logs]
     proc = subprocess.Popen(
@@ -172,7 +197,9 @@ def running_server(
         stderr=files[1],
         start_new_session=True,
     )
-    srv = Server(proc=proc, port=port, directory=directory, env=env, logs=logs, backend=backend)
+    srv = Server(
+        proc=proc, port=port, directory=directory, env=env, logs=logs, backend=backend, key=key
+    )
     try:
         _wait_ready(srv)
         yield srv

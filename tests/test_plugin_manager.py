@@ -65,7 +65,7 @@ def test_loads_the_builtin_plugins() -> None:
     assert pm.get_plugin(CORE_PLUGIN_NAME) is not None
     names = [info.name for info in describe_plugins(pm)]
     # The core's own hooks are not listed.
-    assert names == ["logging", "postgresql", "sqlite", "telemetry"]
+    assert names == ["api_keys", "jwt", "logging", "postgresql", "sqlite", "telemetry"]
 
 
 def test_describe_plugins_lists_their_hooks() -> None:
@@ -87,6 +87,8 @@ def test_a_disabled_plugin_is_blocked() -> None:
     infos = describe_plugins(pm)
     assert infos[-1] == PluginInfo(name="logging", module="", hooks=(), blocked=True)
     assert [(i.name, i.blocked) for i in infos] == [
+        ("api_keys", False),
+        ("jwt", False),
         ("postgresql", False),
         ("sqlite", False),
         ("telemetry", False),
@@ -314,11 +316,11 @@ def _source() -> str:
 
 #: The events a plugin hears about users, and the arguments each passes.
 USER_EVENTS = {
-    "userplane_user_created": ("user",),
-    "userplane_user_updated": ("user", "changed"),
-    "userplane_user_deleted": ("user",),
-    "userplane_user_restored": ("user",),
-    "userplane_users_purged": ("count", "deleted_before"),
+    "userplane_user_created": ("user", "principal"),
+    "userplane_user_updated": ("user", "changed", "principal"),
+    "userplane_user_deleted": ("user", "principal"),
+    "userplane_user_restored": ("user", "principal"),
+    "userplane_users_purged": ("count", "deleted_before", "principal"),
 }
 
 

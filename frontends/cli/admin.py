@@ -49,13 +49,19 @@ def serve(
         registry.storage.migrate()
     registry.ping()
     storage = registry.storage.name
+    facts: dict[str, str] = {}
+    for described in registry.hook.userplane_describe(settings=settings, registry=registry):
+        facts.update(described or {})
     # Connections must not cross gunicorn's fork: each worker opens its own.
     state.close()
-    facts: dict[str, str] = {}
-    for described in registry.hook.userplane_describe(settings=settings):
-        facts.update(described or {})
+    log = structlog.get_logger("userplane.serve")
+    if not registry.auth.enabled:
+        log.warning(
+            "authentication is DISABLED: every caller acts as an administrator",
+            detail="USERPLANE_AUTH=disabled is for local development only",
+        )
     # A log line, not a bare print: in prod an operator sees only JSON lines.
-    structlog.get_logger("userplane.serve").info(
+    log.info(
         "serving",
         url=f"http://{settings.host}:{settings.port}/",
         version=userplane.__version__,

@@ -7,6 +7,7 @@ from typing import Any
 import falcon
 
 from userplane.frontends.http import media, problems
+from userplane.frontends.http.auth import App, Authenticate
 from userplane.frontends.http.docs import Docs, OpenApi
 from userplane.frontends.http.middleware import BodyPolicy, RequestId, SecurityHeaders
 from userplane.frontends.http.pages import STATIC, Home, Live, Ready
@@ -31,9 +32,15 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
         )
     for components in registry.hook.userplane_http_middleware(settings=settings):
         middleware.extend(components or ())
-    middleware += [SecurityHeaders(), BodyPolicy(settings.max_body_bytes)]
+    route_actions: dict[str, dict[str, str]] = {}
+    middleware += [
+        SecurityHeaders(),
+        BodyPolicy(settings.max_body_bytes),
+        Authenticate(registry.auth, route_actions),
+    ]
 
-    app = falcon.App(middleware=middleware)
+    app = App(middleware=middleware)
+    app.route_actions = route_actions
     app.req_options.strip_url_path_trailing_slash = True
     # Query strings are parsed strictly: repeated keys stay lists, blanks are kept.
     app.req_options.auto_parse_qs_csv = False
@@ -48,8 +55,10 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
     app.add_route("/api/v1/openapi.json", OpenApi())
     app.add_route("/health/live", Live())
     app.add_route("/health/ready", Ready(registry))
-    app.add_route("/api/v1/users", UsersResource(registry.users, registry.idempotency))
-    app.add_route("/api/v1/users/{user_id:uuid}", UserResource(registry.users))
+    app.add_route(
+        "/api/v1/users", UsersResource(registry.users, registry.idempotency, registry.auth)
+    )
+    app.add_route("/api/v1/users/{user_id:uuid}", UserResource(registry.users, registry.auth))
     app.add_route("/api/v1/users/{user_id:uuid}/restore", RestoreResource(registry.users))
     app.add_static_route("/static", str(STATIC))
     registry.hook.userplane_http_routes(app=app, registry=registry)

@@ -8,11 +8,12 @@ strict Content-Security-Policy.
 from __future__ import annotations
 
 import html
-from typing import Any
+from typing import Any, ClassVar
 
 import falcon
 import orjson
 
+from userplane.frontends.http.auth import PUBLIC
 from userplane.frontends.http.openapi import document
 
 _METHODS = ("get", "post", "put", "patch", "delete")
@@ -20,6 +21,8 @@ _METHODS = ("get", "post", "put", "patch", "delete")
 
 class OpenApi:
     """``GET /api/v1/openapi.json``."""
+
+    actions: ClassVar[dict[str, str]] = {"GET": PUBLIC}
 
     def __init__(self) -> None:
         self._body = orjson.dumps(document())
@@ -124,6 +127,8 @@ def render(doc: dict[str, Any]) -> str:
 
 class Docs:
     """``GET /docs``: the API for people."""
+
+    actions: ClassVar[dict[str, str]] = {"GET": PUBLIC}
 
     def __init__(self) -> None:
         self._page = render(document()).encode()

@@ -64,9 +64,17 @@ def _ok(description: str, schema: str | None, *headers: str, media: str = JSON) 
     return response
 
 
-def _errors(*statuses: int) -> dict[str, Any]:
-    """The error responses of an operation: its own, plus those every operation may give."""
-    return {str(s): _ref("responses", str(s)) for s in sorted({*statuses, 500, 503})}
+def _errors(*statuses: int, public: bool = False) -> dict[str, Any]:
+    """The error responses of an operation: its own, plus those every operation may give.
+
+    Every operation but a public one may also answer 401 and 403.
+    """
+    common = {500, 503} if public else {401, 403, 500, 503}
+    return {str(s): _ref("responses", str(s)) for s in sorted({*statuses, *common})}
+
+
+#: What a public operation (health, docs) declares: no credentials needed.
+_PUBLIC: list[dict[str, list[str]]] = []
 
 
 _BODY_ERRORS = (400, 411, 413, 415, 422)
@@ -114,6 +122,8 @@ def document() -> dict[str, Any]:
             ),
         },
         "servers": [{"url": "/"}],
+        # Every operation needs credentials unless it says otherwise.
+        "security": [{"bearer": []}],
         "paths": {
             "/api/v1/users/": {
                 "post": {
@@ -243,7 +253,11 @@ def document() -> dict[str, Any]:
                     "operationId": "getOpenApi",
                     "summary": "This document",
                     "parameters": [_header("X-Request-ID")],
-                    "responses": {"200": _ok("The OpenAPI document", "Document"), **_errors()},
+                    "security": _PUBLIC,
+                    "responses": {
+                        "200": _ok("The OpenAPI document", "Document"),
+                        **_errors(public=True),
+                    },
                 },
             },
             "/health/live": {
@@ -251,7 +265,8 @@ def document() -> dict[str, Any]:
                     "operationId": "live",
                     "summary": "Liveness: the process answers",
                     "parameters": [_header("X-Request-ID")],
-                    "responses": {"200": _ok("Alive", "Health"), **_errors()},
+                    "security": _PUBLIC,
+                    "responses": {"200": _ok("Alive", "Health"), **_errors(public=True)},
                 },
             },
             "/health/ready": {
@@ -259,7 +274,8 @@ def document() -> dict[str, Any]:
                     "operationId": "ready",
                     "summary": "Readiness: storage answers too",
                     "parameters": [_header("X-Request-ID")],
-                    "responses": {"200": _ok("Ready", "Health"), **_errors()},
+                    "security": _PUBLIC,
+                    "responses": {"200": _ok("Ready", "Health"), **_errors(public=True)},
                 },
             },
             "/": {
@@ -267,7 +283,11 @@ def document() -> dict[str, Any]:
                     "operationId": "home",
                     "summary": "A page about this instance",
                     "parameters": [_header("X-Request-ID")],
-                    "responses": {"200": _ok("HTML", "Html", media="text/html"), **_errors()},
+                    "security": _PUBLIC,
+                    "responses": {
+                        "200": _ok("HTML", "Html", media="text/html"),
+                        **_errors(public=True),
+                    },
                 },
             },
             "/docs": {
@@ -275,7 +295,11 @@ def document() -> dict[str, Any]:
                     "operationId": "docs",
                     "summary": "This document, for people",
                     "parameters": [_header("X-Request-ID")],
-                    "responses": {"200": _ok("HTML", "Html", media="text/html"), **_errors()},
+                    "security": _PUBLIC,
+                    "responses": {
+                        "200": _ok("HTML", "Html", media="text/html"),
+                        **_errors(public=True),
+                    },
                 },
             },
         },
@@ -446,14 +470,29 @@ def _components() -> dict[str, Any]:
             "Link": {"schema": {"type": "string"}, "description": 'The next page: rel="next".'},
             "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."},
             "Allow": {"schema": {"type": "string"}, "description": "The methods allowed."},
-            "WWW-Authenticate": {"schema": {"type": "string"}},
+            "WWW-Authenticate": {
+                "schema": {"type": "string"},
+                "description": "How to authenticate: `Bearer`.",
+            },
             "Idempotent-Replayed": {
                 "schema": {"const": "true"},
                 "description": "Present when this is the replay of an earlier response.",
             },
         },
+        "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": (
+                    "An API key (`up_…`, from `userplane keys create`) or a JWT from "
+                    "the configured identity provider."
+                ),
+            }
+        },
         "responses": {
             "400": _problem("Malformed request: bad JSON, or a body too deep or too long"),
+            "401": _problem("Missing or rejected credentials", "WWW-Authenticate"),
+            "403": _problem("Authenticated, but the principal may not do this"),
             "404": _problem("No such user (or route)"),
             "409": _problem("Conflict: the email is taken, or a keyed request is still running"),
             "411": _problem("A body needs a Content-Length"),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
+from typing import ClassVar
 
 import falcon
 
 import userplane
+from userplane.frontends.http.auth import PUBLIC
 from userplane.registry import Registry
 
 STATIC = Path(__file__).parent / "static"
@@ -16,12 +18,16 @@ STATIC = Path(__file__).parent / "static"
 class Live:
     """``/health/live``: the process answers. Never touches a dependency."""
 
+    actions: ClassVar[dict[str, str]] = {"GET": PUBLIC}
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"status": "ok"}
 
 
 class Ready:
     """``/health/ready``: storage answers too; 503 problem (via ``Unavailable``) if not."""
+
+    actions: ClassVar[dict[str, str]] = {"GET": PUBLIC}
 
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
@@ -33,6 +39,8 @@ class Ready:
 
 class Home:
     """``/``: what this instance is, and where its API lives."""
+
+    actions: ClassVar[dict[str, str]] = {"GET": PUBLIC}
 
     def __init__(self, registry: Registry) -> None:
         template = (Path(__file__).parent / "home.html").read_text(encoding="utf-8")

@@ -80,7 +80,12 @@ def handle_domain_error(
     if isinstance(exc, RateLimited | Unavailable):
         resp.set_header("Retry-After", str(exc.retry_after))
     if isinstance(exc, Unauthenticated):
-        resp.set_header("WWW-Authenticate", "Bearer")
+        # RFC 6750: name the error only when credentials were presented.
+        presented = req.get_header("Authorization") is not None
+        challenge = 'Bearer realm="userplane"'
+        resp.set_header(
+            "WWW-Authenticate", f'{challenge}, error="invalid_token"' if presented else challenge
+        )
     detail = exc.detail
     if status >= 500:
         _log.error("request failed", error_kind=exc.kind, detail=exc.detail)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlencode
 
 import falcon
 import orjson
 
-from userplane import convert
-from userplane.errors import FieldError, InvalidInput, PreconditionFailed
+from userplane import auth, convert
+from userplane.auth import USERS_READ_DELETED, AuthService
+from userplane.errors import FieldError, Forbidden, InvalidInput, PreconditionFailed
 from userplane.idempotency import IdempotencyService, StoredResponse
 from userplane.users import DEFAULT_LIMIT, User, UserQuery, UserService, check_query
 
@@ -93,6 +94,14 @@ def _include_deleted(req: falcon.Request) -> bool:
     return bool(value)
 
 
+def _may_see_deleted(req: falcon.Request, auth: AuthService) -> None:
+    """``include_deleted`` needs its own permission: deleted users are an admin's view."""
+    principal = req.context.get("principal")
+    if principal is None:  # the auth middleware always sets one: fail closed regardless
+        raise Forbidden("no principal")
+    auth.authorize(principal, USERS_READ_DELETED)
+
+
 def _parse_list_query(req: falcon.Request) -> UserQuery:
     values, errors = _single_params(req, _LIST_PARAMS)
     limit = DEFAULT_LIMIT
@@ -134,9 +143,14 @@ def _fingerprint(req: falcon.Request, media: Any) -> str:
 class UsersResource:
     """``/api/v1/users``: create and list."""
 
-    def __init__(self, users: UserService, idempotency: IdempotencyService) -> None:
+    actions: ClassVar[dict[str, str]] = {"POST": auth.USERS_WRITE, "GET": auth.USERS_READ}
+
+    def __init__(
+        self, users: UserService, idempotency: IdempotencyService, auth: AuthService
+    ) -> None:
         self._users = users
         self._idempotency = idempotency
+        self._auth = auth
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Create a user: 201 with ``Location`` and ``ETag``.
@@ -154,7 +168,11 @@ class UsersResource:
         if key is None:
             response = create()
         else:
-            response, replayed = self._idempotency.run(key, _fingerprint(req, media), create)
+            principal = req.context.get("principal")
+            scope = principal.id if principal is not None else ""
+            response, replayed = self._idempotency.run(
+                key, _fingerprint(req, media), create, scope=scope
+            )
         resp.status = response.status
         for name, value in response.headers:
             resp.set_header(name, value)
@@ -166,6 +184,8 @@ class UsersResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         """A page of users; the next page is in ``next`` and in the ``Link`` header."""
         query = _parse_list_query(req)
+        if query.include_deleted:
+            _may_see_deleted(req, self._auth)
         page = self._users.list(query)
         resp.media = {
             "items": [convert.user_to_dict(u) for u in page.items],
@@ -180,12 +200,22 @@ class UsersResource:
 class UserResource:
     """``/api/v1/users/{user_id}``: read, partial update, delete."""
 
-    def __init__(self, users: UserService) -> None:
+    actions: ClassVar[dict[str, str]] = {
+        "GET": auth.USERS_READ,
+        "PATCH": auth.USERS_WRITE,
+        "DELETE": auth.USERS_DELETE,
+    }
+
+    def __init__(self, users: UserService, auth: AuthService) -> None:
         self._users = users
+        self._auth = auth
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, user_id: uuid.UUID) -> None:
         """The user; 304 when ``If-None-Match`` names its current ETag."""
-        user = self._users.get(user_id, include_deleted=_include_deleted(req))
+        include_deleted = _include_deleted(req)
+        if include_deleted:
+            _may_see_deleted(req, self._auth)
+        user = self._users.get(user_id, include_deleted=include_deleted)
         tags = req.if_none_match
         # Weak comparison for If-None-Match (RFC 9110 13.1.2).
         if tags is not None and any(t == "*" or t == str(user.version) for t in tags):
@@ -209,6 +239,8 @@ class UserResource:
 
 class RestoreResource:
     """``/api/v1/users/{user_id}/restore``: undo a soft delete."""
+
+    actions: ClassVar[dict[str, str]] = {"POST": auth.USERS_RESTORE}
 
     def __init__(self, users: UserService) -> None:
         self._users = users

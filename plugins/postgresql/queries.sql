@@ -74,6 +74,25 @@ DELETE FROM idempotency_keys WHERE key = %(key)s AND status IS NULL
 -- name: purge_idempotency_keys
 DELETE FROM idempotency_keys WHERE expires_at <= %(now)s
 
+-- name: insert_api_key
+INSERT INTO api_keys (id, name, role, lookup, secret_hash, created_at, expires_at)
+VALUES (%(id)s, %(name)s, %(role)s, %(lookup)s, %(secret_hash)s, %(created_at)s, %(expires_at)s)
+
+-- name: get_api_key
+SELECT id, name, role, lookup, secret_hash, created_at, expires_at, revoked_at, last_used_at FROM api_keys WHERE lookup = %(lookup)s
+
+-- name: list_api_keys
+SELECT id, name, role, lookup, secret_hash, created_at, expires_at, revoked_at, last_used_at FROM api_keys ORDER BY created_at, id
+
+-- name: revoke_api_key
+UPDATE api_keys SET revoked_at = COALESCE(revoked_at, %(now)s) WHERE id = %(id)s
+RETURNING id, name, role, lookup, secret_hash, created_at, expires_at, revoked_at, last_used_at
+
+-- name: touch_api_key
+-- Only forward: workers touching a key at once never move it back in time.
+UPDATE api_keys SET last_used_at = %(now)s
+WHERE id = %(id)s AND (last_used_at IS NULL OR last_used_at < %(now)s)
+
 -- name: copy_users
 COPY users (id, email, email_normalized, full_name, full_name_folded, is_active,
             created_at, updated_at, version)

@@ -41,6 +41,8 @@ def _mapped_errors() -> Iterator[None]:
     except pg_errors.UniqueViolation as exc:
         if exc.diag.constraint_name == "users_email_normalized_key":
             raise Conflict("a user with that email already exists") from None
+        if (exc.diag.table_name or "") == "api_keys":
+            raise Conflict("an API key with that id already exists") from None
         raise StorageFailure(exc) from None
     except pg_errors.UndefinedTable:
         raise Unavailable("the database is not migrated: run `userplane migrate`") from None

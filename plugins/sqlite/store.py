@@ -40,6 +40,8 @@ def _mapped_errors() -> Iterator[None]:
     except sqlite3.IntegrityError as exc:
         if "email_normalized" in str(exc):
             raise Conflict("a user with that email already exists") from None
+        if "api_keys." in str(exc):
+            raise Conflict("an API key with that id already exists") from None
         raise
     except sqlite3.OperationalError as exc:
         message = str(exc)
@@ -132,6 +134,9 @@ class SQLiteStorage(SQLStorage):
             version=row[6],
             deleted_at=None if row[7] is None else _parse_time(row[7]),
         )
+
+    def _datetime(self, value: Any) -> datetime | None:
+        return None if value is None else _parse_time(value)
 
     def _value(self, value: Any) -> Any:
         # Times as fixed-width UTC text (text order is time order), ids as text.

@@ -7,10 +7,10 @@ from typing import Any
 import orjson
 import pytest
 import structlog
+from clients import client_for
 from falcon import testing
 
 from userplane import Registry, User, hookimpl
-from userplane.frontends.http import create_app
 from userplane.frontends.http.media import MAX_DEPTH, MAX_STRING
 
 USERS = "/api/v1/users/"
@@ -74,7 +74,7 @@ class LogsInside:
 
 def test_a_log_line_inside_a_request_carries_its_request_id(registry: Registry) -> None:
     registry.pm.register(LogsInside())
-    client = testing.TestClient(create_app(registry))
+    client = client_for(registry)
     with structlog.testing.capture_logs(
         processors=[structlog.contextvars.merge_contextvars]
     ) as logs:

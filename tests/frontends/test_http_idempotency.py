@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from clients import client_for
 from falcon import testing
 
 from userplane import Registry, UserQuery
-from userplane.frontends.http import create_app
 from userplane.idempotency import IdempotencyService
 
 USERS = "/api/v1/users/"
@@ -83,10 +83,10 @@ def test_malformed_keys_are_422(client: testing.TestClient, key: str) -> None:
 
 
 def test_concurrent_retries_create_one_user(registry: Registry) -> None:
-    app = create_app(registry)
+    client = client_for(registry)
 
     def send(_: int) -> testing.Result:
-        return post(testing.TestClient(app), {"email": "race@example.org"}, "k-race")
+        return post(client, {"email": "race@example.org"}, "k-race")
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(send, range(8)))
@@ -114,7 +114,7 @@ class Clock:
 def clocked(registry: Registry) -> tuple[testing.TestClient, Clock]:
     clock = Clock()
     registry.idempotency = IdempotencyService(registry.storage, timedelta(hours=1), clock)
-    return testing.TestClient(create_app(registry)), clock
+    return client_for(registry), clock
 
 
 def test_an_expired_key_runs_the_request_again(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import falcon
 import schemathesis
+from clients import new_key
 from falcon import inspect, testing
 from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate
@@ -86,17 +87,18 @@ def _fuzzed_app() -> falcon.App:
     registry = Registry(settings_)
     registry.storage.migrate()
     atexit.register(registry.close)
-    return create_app(registry)
+    return create_app(registry), new_key(registry)
 
 
-schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", _fuzzed_app())
+_app, _key = _fuzzed_app()
+schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", _app)
 
 
 @schema.parametrize()
 @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
 def test_the_server_keeps_every_promise_of_the_document(case: schemathesis.Case) -> None:
     _as_a_client_would(case)
-    case.call_and_validate()
+    case.call_and_validate(headers={"Authorization": f"Bearer {_key}"})
 
 
 def _as_a_client_would(case: schemathesis.Case) -> None:

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 import structlog
+from clients import client_for
 from falcon import testing
 from structlog.testing import capture_logs
 
 from userplane import Registry, Settings
-from userplane.frontends.http import create_app
 from userplane.plugins.logging import configure
 
 USER_ROUTE = "/api/v1/users/{user_id:uuid}"
@@ -195,7 +195,7 @@ def test_with_the_plugin_disabled_requests_are_still_served(tmp_path: Path) -> N
     with Registry(settings) as reg:
         reg.storage.migrate()
         assert reg.pm.is_blocked("logging")
-        client = testing.TestClient(create_app(reg))
+        client = client_for(reg)
         with capture_logs() as logs:
             created = client.simulate_post("/api/v1/users", json={"email": "ann@example.org"})
             listed = client.simulate_get("/api/v1/users")

@@ -7,10 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 import structlog
-from falcon import testing
+from clients import client_for
 
 from userplane import Registry, Settings
-from userplane.frontends.http import create_app
 from userplane.plugins import logging as logging_plugin
 
 PASSWORD = "s3cr3t-Pa55"
@@ -59,7 +58,7 @@ def test_an_authorization_header_never_reaches_the_access_log(
     )
     with Registry(settings) as registry:
         registry.storage.migrate()
-        client = testing.TestClient(create_app(registry))
+        client = client_for(registry)
         client.simulate_get(
             "/api/v1/users/", headers={"Authorization": f"Bearer {API_KEY}"}, params={"q": API_KEY}
         )

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 import structlog
+from clients import client_for
 from falcon import testing
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from userplane import ConfigurationError, Registry, Settings, User, hookimpl
-from userplane.frontends.http import create_app
 from userplane.plugins import telemetry
 from userplane.plugins.logging import add_trace_ids
 
@@ -66,7 +66,7 @@ def traced(
     database_url: str, exporter: InMemorySpanExporter
 ) -> Iterator[tuple[testing.TestClient, Registry]]:
     with traced_registry(database_url, exporter) as registry:
-        yield testing.TestClient(create_app(registry)), registry
+        yield client_for(registry), registry
 
 
 def test_off_by_default_adds_nothing(tmp_path: Path) -> None:
@@ -157,7 +157,7 @@ def test_sampling_zero_records_nothing_unless_the_caller_sampled(
     database_url: str, exporter: InMemorySpanExporter
 ) -> None:
     with traced_registry(database_url, exporter, USERPLANE_OTEL_SAMPLE_RATIO="0") as registry:
-        client = testing.TestClient(create_app(registry))
+        client = client_for(registry)
         client.simulate_get(USERS)
         assert exporter.get_finished_spans() == ()
         client.simulate_get(USERS, headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
@@ -221,7 +221,7 @@ def test_metrics_count_requests_durations_and_users(
 ) -> None:
     reader = InMemoryMetricReader()
     with traced_registry(database_url, exporter, reader) as registry:
-        client = testing.TestClient(create_app(registry))
+        client = client_for(registry)
         created = client.simulate_post(USERS, json={"email": "m@example.org"})
         client.simulate_post(USERS, json={"email": "m@example.org"})  # 409
         client.simulate_delete(created.headers["Location"])
@@ -275,7 +275,7 @@ def test_pool_gauges_report_the_postgresql_pool(
 ) -> None:
     reader = InMemoryMetricReader()
     with traced_registry(postgresql_url, exporter, reader) as registry:
-        client = testing.TestClient(create_app(registry))
+        client = client_for(registry)
         assert client.simulate_get(USERS).status_code == 200
         pool = registry.storage.pool  # type: ignore[attr-defined]
         with pool.connection():  # one connection lent out while the gauges are read
@@ -295,6 +295,6 @@ def test_pool_gauges_report_the_postgresql_pool(
 def test_sqlite_has_no_pool_gauges(tmp_path: Path, exporter: InMemorySpanExporter) -> None:
     reader = InMemoryMetricReader()
     with traced_registry(f"sqlite:///{tmp_path}/g.db", exporter, reader) as registry:
-        testing.TestClient(create_app(registry)).simulate_get(USERS)
+        client_for(registry).simulate_get(USERS)
         metrics = _metrics(reader)
     assert "db.client.connection.count" not in metrics

@@ -1,0 +1,141 @@
+"""API keys: their format, the record storage keeps, and their life cycle.
+
+A key reads ``up_`` + 12 characters of lookup id + 32 of secret, all base62
+(``up_`` makes leaked keys easy for secret scanners to recognise). Storage
+keeps the lookup id, to find the record, and a SHA-256 of the whole key, never
+the key itself. The secret is ~190 random bits, so a fast hash is enough: no
+guessing attack can walk that space, and a slow hash would cost every request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import string
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+
+import attrs
+
+from userplane.errors import FieldError, InvalidInput, NotFound
+from userplane.storage import ApiKeyStorage
+
+KEY_PREFIX = "up_"
+LOOKUP_LENGTH = 12
+SECRET_LENGTH = 32
+MAX_NAME = 100
+_ALPHABET = string.ascii_letters + string.digits
+_SHAPE = re.compile(rf"up_[A-Za-z0-9]{{{LOOKUP_LENGTH + SECRET_LENGTH}}}")
+
+
+@attrs.frozen
+class ApiKey:
+    """A stored API key: everything but the key itself."""
+
+    id: uuid.UUID
+    name: str
+    role: str
+    #: The key's public lookup id (its first characters after ``up_``).
+    lookup: str
+    secret_hash: str = attrs.field(repr=False)
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+    def usable_at(self, now: datetime) -> bool:
+        """Neither revoked nor expired at ``now``."""
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or now < self.expires_at
+
+    def public(self) -> dict[str, object]:
+        """What listings show: never the hash."""
+        return {
+            "id": str(self.id),
+            "name": self.name,
+            "role": self.role,
+            "prefix": f"{KEY_PREFIX}{self.lookup}",
+            "created_at": self.created_at.isoformat(),
+            "expires_at": None if self.expires_at is None else self.expires_at.isoformat(),
+            "revoked_at": None if self.revoked_at is None else self.revoked_at.isoformat(),
+            "last_used_at": None if self.last_used_at is None else self.last_used_at.isoformat(),
+        }
+
+
+def hash_key(key: str) -> str:
+    """The stored form of a key."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def lookup_of(key: str) -> str | None:
+    """The lookup id of a well-formed key, else ``None``."""
+    if not _SHAPE.fullmatch(key):
+        return None
+    return key[len(KEY_PREFIX) : len(KEY_PREFIX) + LOOKUP_LENGTH]
+
+
+def matches(key: str, record: ApiKey) -> bool:
+    """Whether ``key`` is ``record``'s key, compared in constant time."""
+    return hmac.compare_digest(hash_key(key), record.secret_hash)
+
+
+def _random(length: int) -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+class ApiKeyService:
+    """Create, list and revoke keys. Authentication with them is the api-keys plugin's."""
+
+    def __init__(
+        self,
+        storage: ApiKeyStorage,
+        roles: Mapping[str, object],
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._storage = storage
+        self._roles = roles
+        self._clock = clock
+
+    def create(
+        self, name: str, role: str, expires_in: timedelta | None = None
+    ) -> tuple[ApiKey, str]:
+        """A new key and its secret text, which is shown once and never stored."""
+        errors = []
+        if not name.strip() or len(name) > MAX_NAME or not name.isprintable():
+            errors.append(FieldError("name", f"must be 1 to {MAX_NAME} printable characters"))
+        if role not in self._roles:
+            known = ", ".join(sorted(self._roles))
+            errors.append(FieldError("role", f"must be one of: {known}"))
+        if expires_in is not None and expires_in <= timedelta(0):
+            errors.append(FieldError("expires", "must be in the future"))
+        if errors:
+            raise InvalidInput.from_errors(errors)
+        lookup = _random(LOOKUP_LENGTH)
+        key = f"{KEY_PREFIX}{lookup}{_random(SECRET_LENGTH)}"
+        now = self._clock()
+        record = ApiKey(
+            id=uuid.uuid4(),
+            name=name,
+            role=role,
+            lookup=lookup,
+            secret_hash=hash_key(key),
+            created_at=now,
+            expires_at=None if expires_in is None else now + expires_in,
+        )
+        self._storage.insert_api_key(record)
+        return record, key
+
+    def list(self) -> list[ApiKey]:
+        """Every key, oldest first, revoked ones included."""
+        return self._storage.list_api_keys()
+
+    def revoke(self, key_id: uuid.UUID) -> ApiKey:
+        """Revoke a key (again is fine); ``NotFound`` if there is no such key."""
+        record = self._storage.revoke_api_key(key_id, self._clock())
+        if record is None:
+            raise NotFound(f"no API key with id {key_id}")
+        return record

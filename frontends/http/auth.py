@@ -1,0 +1,95 @@
+"""Authentication and authorization at the HTTP edge.
+
+Every resource declares, in its ``actions`` class attribute, the action each
+of its methods needs (``{"GET": "users:read"}``) or ``PUBLIC``. ``App`` refuses
+a route whose resource leaves a responder undeclared, so no route can be added
+without a decision, a plugin's included. ``Authenticate`` then checks every
+request before its responder runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import falcon
+import falcon.routing
+
+from userplane.auth import AuthService, Credentials, reset_principal, set_principal
+from userplane.errors import ConfigurationError, Forbidden
+
+#: The action of a route anyone may call (health, docs, the home page).
+PUBLIC = "public"
+
+#: Methods answered by Falcon itself, never by a responder: CORS preflight.
+_FRAMEWORK_METHODS = frozenset({"OPTIONS"})
+
+
+def required_actions(resource: Any, suffix: str | None = None) -> dict[str, str]:
+    """The action each of ``resource``'s methods needs; ``ConfigurationError`` on a gap."""
+    declared: Mapping[str, str] = getattr(resource, "actions", None) or {}
+    methods = set(falcon.routing.map_http_methods(resource, suffix=suffix))
+    missing = sorted(methods - set(declared) - _FRAMEWORK_METHODS)
+    if missing:
+        raise ConfigurationError(
+            f"{type(resource).__name__} does not declare the action for {', '.join(missing)}: "
+            "give it an `actions` mapping of method to action (or PUBLIC)"
+        )
+    actions = dict(declared)
+    if "GET" in actions:
+        actions.setdefault("HEAD", actions["GET"])
+    return actions
+
+
+class App(falcon.App):  # type: ignore[type-arg]
+    """A Falcon app that refuses a route without declared actions.
+
+    ``route_actions`` maps each route's URI template to its methods' actions,
+    worked out once here rather than on every request.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.route_actions: dict[str, dict[str, str]] = {}
+
+    def add_route(self, uri_template: str, resource: object, **kwargs: Any) -> None:
+        actions = required_actions(resource, kwargs.get("suffix"))
+        super().add_route(uri_template, resource, **kwargs)
+        self.route_actions[uri_template] = actions
+
+
+class Authenticate:
+    """Falcon middleware: who is calling (401), and may they do this (403).
+
+    Fails closed: a routed request whose route has no entry in the action
+    table is refused (static files aside, which are public).
+    """
+
+    def __init__(self, auth: AuthService, route_actions: Mapping[str, Mapping[str, str]]) -> None:
+        self._auth = auth
+        self._route_actions = route_actions
+
+    def process_resource(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, params: dict[str, Any]
+    ) -> None:
+        if resource is None or req.method in _FRAMEWORK_METHODS:
+            return  # no route (a 404 follows) or CORS preflight
+        actions = self._route_actions.get(req.uri_template or "")
+        if actions is None:
+            if isinstance(resource, falcon.routing.StaticRoute):
+                return
+            raise Forbidden("this route declares no action")
+        action = actions.get(req.method)
+        if action is None or action == PUBLIC:
+            return  # a method the resource does not answer (Falcon's 405), or public
+        principal = self._auth.authenticate(Credentials.from_headers(req.headers))
+        req.context.principal = principal
+        req.context.principal_token = set_principal(principal)
+        self._auth.authorize(principal, action, params.get("user_id"))
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
+    ) -> None:
+        token = req.context.get("principal_token")
+        if token is not None:
+            reset_principal(token)

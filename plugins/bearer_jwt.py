@@ -1,0 +1,220 @@
+"""The jwt plugin: bearer JWTs from an external identity provider, verified with PyJWT.
+
+Off until a key is configured. The algorithm is pinned by settings and never
+taken from a token, which rules out ``alg: none`` and HS/RS key confusion.
+
+Settings (``USERPLANE_JWT_*``):
+
+- ``ALGORITHM``: ``HS256``/``384``/``512``, ``RS…``, ``PS…``, ``ES…`` or ``EdDSA``;
+- ``KEY`` (an HMAC secret or a PEM public key), or ``KEY_FILE`` (a PEM file),
+  or ``JWKS_FILE`` (a local JSON Web Key Set, keys picked by ``kid``);
+- ``ISSUER`` and ``AUDIENCE``: checked when set;
+- ``LEEWAY_SECONDS`` (default 30): clock skew allowed on ``exp``, ``nbf``, ``iat``;
+- ``ROLES_CLAIM`` (default ``roles``): a claim, dotted for nested ones
+  (``realm_access.roles``), holding a list or a space-separated string.
+
+``exp``, ``iat`` and ``sub`` are required. The principal is ``jwt:<sub>`` with
+the roles from the claim that userplane knows; others are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import jwt
+
+from userplane import hookimpl
+from userplane.auth import Credentials, Principal
+from userplane.errors import ConfigurationError, Unauthenticated
+from userplane.settings import Settings, section
+
+if TYPE_CHECKING:
+    from userplane.registry import Registry
+
+REJECTED = "the credentials were not accepted"
+ALGORITHMS = frozenset(
+    {
+        *(f"{family}{bits}" for family in ("HS", "RS", "PS", "ES") for bits in (256, 384, 512)),
+        "EdDSA",
+    }
+)
+
+
+def _leeway(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 0 <= value <= 300:
+        raise ValueError("USERPLANE_JWT_LEEWAY_SECONDS: must be between 0 and 300")
+
+
+@attrs.frozen
+class JwtSettings:
+    """This plugin's settings, from ``USERPLANE_JWT_*``."""
+
+    algorithm: str | None = None
+    key: str | None = attrs.field(default=None, repr=False)
+    key_file: str | None = None
+    jwks_file: str | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    leeway_seconds: int = attrs.field(default=30, validator=_leeway)
+    roles_claim: str = "roles"
+
+    @property
+    def configured(self) -> bool:
+        """Whether any key material is set: the plugin is on."""
+        return any((self.key, self.key_file, self.jwks_file))
+
+
+def _read(path: str, name: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(f"{name}: cannot read {path}: {exc.strerror}") from None
+
+
+class Verifier:
+    """Checks tokens against one configuration."""
+
+    def __init__(self, cfg: JwtSettings) -> None:
+        if cfg.algorithm not in ALGORITHMS:
+            raise ConfigurationError(
+                "USERPLANE_JWT_ALGORITHM: must be one of "
+                f"{', '.join(sorted(ALGORITHMS))} when a JWT key is set"
+            )
+        if sum(bool(v) for v in (cfg.key, cfg.key_file, cfg.jwks_file)) != 1:
+            raise ConfigurationError(
+                "USERPLANE_JWT_KEY, USERPLANE_JWT_KEY_FILE, USERPLANE_JWT_JWKS_FILE: "
+                "set exactly one"
+            )
+        self.cfg = cfg
+        self.algorithm: str = cfg.algorithm
+        algorithm = jwt.get_algorithm_by_name(self.algorithm)
+        self._key: Any = None
+        self._jwks: dict[str, Any] = {}
+        if cfg.jwks_file:
+            self._jwks = self._load_jwks(cfg.jwks_file)
+            return
+        text = cfg.key or _read(cfg.key_file or "", "USERPLANE_JWT_KEY_FILE")
+        symmetric = self.algorithm.startswith("HS")
+        looks_pem = "-----BEGIN" in text
+        if symmetric and looks_pem:
+            # PyJWT refuses this too; say it at start-up, naming the setting.
+            raise ConfigurationError(
+                f"USERPLANE_JWT_KEY: {self.algorithm} needs a shared secret, not a PEM key"
+            )
+        if symmetric and len(text.encode()) < 32:
+            raise ConfigurationError(
+                f"USERPLANE_JWT_KEY: an {self.algorithm} secret must be at least 32 bytes"
+            )
+        try:
+            self._key = algorithm.prepare_key(text)
+        except (ValueError, TypeError, jwt.InvalidKeyError) as exc:
+            raise ConfigurationError(
+                f"USERPLANE_JWT_KEY: not a key for {self.algorithm} ({exc})"
+            ) from None
+
+    def _load_jwks(self, path: str) -> dict[str, Any]:
+        name = "USERPLANE_JWT_JWKS_FILE"
+        try:
+            keys = jwt.PyJWKSet.from_json(_read(path, name))
+        except (jwt.PyJWKSetError, jwt.InvalidKeyError, json.JSONDecodeError, ValueError) as exc:
+            raise ConfigurationError(f"{name}: not a usable JWKS ({exc})") from None
+        usable = {k.key_id or "": k for k in keys.keys if k.algorithm_name == self.algorithm}
+        if not usable:
+            raise ConfigurationError(f"{name}: no key for {self.algorithm}")
+        return usable
+
+    def _key_for(self, token: str) -> Any:
+        if not self._jwks:
+            return self._key
+        kid = jwt.get_unverified_header(token).get("kid") or ""
+        found = self._jwks.get(kid) if kid else next(iter(self._jwks.values()))
+        if found is None:
+            raise Unauthenticated(REJECTED)
+        return found
+
+    def verify(self, token: str, known_roles: Any) -> Principal:
+        """The token's principal, or ``Unauthenticated`` with one message for every failure."""
+        cfg = self.cfg
+        try:
+            claims = jwt.decode(
+                token,
+                self._key_for(token),
+                algorithms=[self.algorithm],
+                audience=cfg.audience,
+                issuer=cfg.issuer,
+                leeway=cfg.leeway_seconds,
+                options={
+                    "require": ["exp", "iat", "sub"],
+                    # Without a configured audience, a token's ``aud`` is not ours to judge.
+                    "verify_aud": cfg.audience is not None,
+                },
+            )
+        except jwt.PyJWTError:
+            raise Unauthenticated(REJECTED) from None
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject:
+            raise Unauthenticated(REJECTED)
+        roles = frozenset(r for r in _roles(claims, cfg.roles_claim) if r in known_roles)
+        return Principal(id=f"jwt:{subject}", kind="jwt", roles=roles, name=subject)
+
+
+def _roles(claims: dict[str, Any], path: str) -> list[str]:
+    value: Any = claims
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
+
+_verifiers: weakref.WeakKeyDictionary[Registry, Verifier | None] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def _verifier(registry: Registry) -> Verifier | None:
+    try:
+        return _verifiers[registry]
+    except KeyError:
+        pass
+    with _lock:
+        if registry not in _verifiers:
+            cfg = section(JwtSettings, registry.settings, "JWT_")
+            _verifiers[registry] = Verifier(cfg) if cfg.configured else None
+        return _verifiers[registry]
+
+
+@hookimpl
+def userplane_startup(settings: Settings) -> None:
+    """Check the settings and keys at start-up, not on the first request."""
+    cfg = section(JwtSettings, settings, "JWT_")
+    if cfg.configured or cfg.algorithm:
+        Verifier(cfg)
+
+
+@hookimpl
+def userplane_authenticate(credentials: Credentials, registry: Registry) -> Principal | None:
+    """Bearer tokens shaped like a JWT are ours, once a key is configured."""
+    token = credentials.bearer
+    if token is None or token.count(".") != 2:
+        return None
+    verifier = _verifier(registry)
+    if verifier is None:
+        return None
+    return verifier.verify(token, registry.auth.roles)
+
+
+@hookimpl
+def userplane_describe(settings: Settings) -> dict[str, str]:
+    """Whether JWTs are accepted, and from whom."""
+    cfg = section(JwtSettings, settings, "JWT_")
+    if not cfg.configured:
+        return {}
+    issuer = f" from {cfg.issuer}" if cfg.issuer else ""
+    return {"jwt": f"{cfg.algorithm} bearer tokens{issuer}"}
