@@ -170,9 +170,17 @@ def _wait_ready(server: Server) -> None:
 
 @contextlib.contextmanager
 def running_server(
-    directory: Path, database_url: str, backend: str, extra_env: dict[str, str] | None = None
+    directory: Path,
+    database_url: str,
+    backend: str,
+    extra_env: dict[str, str] | None = None,
+    *,
+    with_key: bool = True,
 ) -> Iterator[Server]:
-    """``userplane serve --migrate`` with two workers on a free port, stopped afterwards."""
+    """``userplane serve --migrate`` with two workers on a free port, stopped afterwards.
+
+    With ``with_key``, an admin key is made first and sent with every request.
+    """
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("USERPLANE_")}
     env.update(
@@ -183,7 +191,7 @@ def running_server(
         XDG_RUNTIME_DIR=str(directory),
         **(extra_env or {}),
     )
-    key = create_key(env, directory)
+    key = create_key(env, directory) if with_key else ""
     logs = (directory / "server.stdout", directory / "server.stderr")
     files: list[IO[bytes]] = [p.open("wb") for p in logs]
     proc = subprocess.Popen(

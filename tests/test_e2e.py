@@ -333,3 +333,45 @@ def test_sigterm_stops_the_server_gracefully(live: Server) -> None:
     assert not (live.directory / "gunicorn.ctl").exists()
     with pytest.raises(ConnectionRefusedError):
         live.request("GET", "/health/live")
+
+
+#: Every API operation, with a path that routes (its user need not exist).
+API_OPERATIONS = [
+    ("GET", "/api/v1/users"),
+    ("POST", "/api/v1/users"),
+    ("GET", f"/api/v1/users/{uuid.UUID(int=1)}"),
+    ("PATCH", f"/api/v1/users/{uuid.UUID(int=1)}"),
+    ("DELETE", f"/api/v1/users/{uuid.UUID(int=1)}"),
+    ("POST", f"/api/v1/users/{uuid.UUID(int=1)}/restore"),
+]
+
+
+def test_a_fresh_prod_server_refuses_anonymous_calls_and_says_how_to_make_a_key(
+    tmp_path: Any,
+) -> None:
+    env = {"USERPLANE_ENV": "prod"}
+    database_url = f"sqlite:///{tmp_path}/prod.db"
+    with running_server(tmp_path, database_url, "sqlite", env, with_key=False) as srv:
+        for method, path in API_OPERATIONS:
+            body = {"email": "anon@example.org"} if method in {"POST", "PATCH"} else None
+            resp = srv.request(method, path, body)
+            problem = assert_problem(resp, 401, "unauthenticated")
+            assert resp.headers["WWW-Authenticate"].startswith("Bearer"), (method, path)
+            assert "Bearer" in problem["detail"]
+        # Health and docs stay open to probes and people.
+        assert srv.request("GET", "/health/ready").status == 200
+        assert srv.request("GET", "/docs").status == 200
+
+        lines = [json.loads(line) for line in srv.log().splitlines() if line.strip()]
+        (serving,) = [line for line in lines if line.get("event") == "serving"]
+        assert "userplane keys create --name admin --role admin" in serving["authentication"]
+
+        made = srv.cli("keys", "create", "--name", "first", "--role", "admin", "--format", "json")
+        assert made.returncode == 0, made.stderr
+        key = json.loads(made.stdout)["key"]
+        resp = srv.request("GET", "/api/v1/users", headers={"Authorization": f"Bearer {key}"})
+        assert resp.status == 200
+        access = [line for line in srv.log().splitlines() if '"event": "request"' in line]
+        principals = [json.loads(a)["principal"] for a in access]
+        assert principals[-1] is not None
+        assert principals[-1].startswith("key:")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 import sys
 from typing import Any
 
@@ -10,6 +12,7 @@ import click
 import pluggy
 
 from userplane import __version__
+from userplane.auth import acting_as, local_principal
 from userplane.errors import UserplaneError
 from userplane.frontends.cli.errors import exit_code, message
 from userplane.plugin_manager import make_plugin_manager
@@ -95,7 +98,8 @@ class OperationCommand(click.Command):
 
     It goes through the ``userplane_operation`` hook like a service operation,
     so a tracing plugin gives each command a root span with the service
-    operations it ran beneath it.
+    operations it ran beneath it. It acts as the local administrator
+    (``local:<login>``), the principal the user-event hooks receive.
     """
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -103,9 +107,17 @@ class OperationCommand(click.Command):
         if state is None:  # invoked outside the userplane group (embedding)
             return super().invoke(ctx)
         name = "cli " + " ".join(ctx.command_path.split()[1:])
-        return state.registry.hook.userplane_operation(
-            operation=name, call=lambda: super(OperationCommand, self).invoke(ctx)
-        )
+        with acting_as(local_principal(_login())):
+            return state.registry.hook.userplane_operation(
+                operation=name, call=lambda: super(OperationCommand, self).invoke(ctx)
+            )
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers) and no LOGNAME
+        return str(os.getuid())
 
 
 class OperationGroup(click.Group):
