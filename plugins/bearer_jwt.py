@@ -98,24 +98,28 @@ class Verifier:
         if cfg.jwks_file:
             self._jwks = self._load_jwks(cfg.jwks_file)
             return
-        text = cfg.key or _read(cfg.key_file or "", "USERPLANE_JWT_KEY_FILE")
+        name = "USERPLANE_JWT_KEY" if cfg.key else "USERPLANE_JWT_KEY_FILE"
+        text = cfg.key or _read(cfg.key_file or "", name)
         symmetric = self.algorithm.startswith("HS")
         looks_pem = "-----BEGIN" in text
         if symmetric and looks_pem:
             # PyJWT refuses this too; say it at start-up, naming the setting.
             raise ConfigurationError(
-                f"USERPLANE_JWT_KEY: {self.algorithm} needs a shared secret, not a PEM key"
+                f"{name}: {self.algorithm} needs a shared secret, not a PEM key"
             )
         if symmetric and len(text.encode()) < 32:
             raise ConfigurationError(
-                f"USERPLANE_JWT_KEY: an {self.algorithm} secret must be at least 32 bytes"
+                f"{name}: an {self.algorithm} secret must be at least 32 bytes"
             )
         try:
             self._key = algorithm.prepare_key(text)
         except (ValueError, TypeError, jwt.InvalidKeyError) as exc:
+            raise ConfigurationError(f"{name}: not a key for {self.algorithm} ({exc})") from None
+        if hasattr(self._key, "private_bytes"):
+            # Verifying needs only the public half; a signing key has no business here.
             raise ConfigurationError(
-                f"USERPLANE_JWT_KEY: not a key for {self.algorithm} ({exc})"
-            ) from None
+                f"{name}: this is a private key; give the identity provider's public key"
+            )
 
     def _load_jwks(self, path: str) -> dict[str, Any]:
         name = "USERPLANE_JWT_JWKS_FILE"

@@ -157,8 +157,8 @@ def test_a_plugin_of_the_restore_and_purge_hooks_validates_and_is_listed() -> No
         i.hooks == ("userplane_user_restored", "userplane_users_purged")
         for i in describe_plugins(pm)
     )
-    pm.hook.userplane_users_purged(count=2, deleted_before="t")
-    pm.hook.userplane_user_restored(user="u")
+    pm.hook.userplane_users_purged(count=2, deleted_before="t", principal=None)
+    pm.hook.userplane_user_restored(user="u", principal=None)
     assert listener.events == [("purged", (2, "t")), ("restored", "u")]
 
 
@@ -173,7 +173,7 @@ def test_a_purge_listener_may_take_only_the_count() -> None:
 
     plugin = CountOnly()
     pm = make_plugin_manager(extra_plugins=[plugin])
-    pm.hook.userplane_users_purged(count=3, deleted_before="t")
+    pm.hook.userplane_users_purged(count=3, deleted_before="t", principal=None)
     assert plugin.counts == [3]
 
 

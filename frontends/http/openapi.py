@@ -107,7 +107,7 @@ def document() -> dict[str, Any]:
     include_deleted = _query(
         "include_deleted",
         {"type": "boolean", "default": False},
-        "Also find deleted users (an administrator's view).",
+        "Also find deleted users; needs users:read-deleted (else a list is 403, a user 404).",
     )
     return {
         "openapi": "3.1.0",

@@ -212,9 +212,11 @@ class UserResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, user_id: uuid.UUID) -> None:
         """The user; 304 when ``If-None-Match`` names its current ETag."""
-        include_deleted = _include_deleted(req)
-        if include_deleted:
-            _may_see_deleted(req, self._auth)
+        # A deleted user is hidden, not forbidden, from whoever may not see deleted
+        # users: 404 as if it never existed (a 403 would confirm that it did).
+        include_deleted = _include_deleted(req) and self._auth.allows(
+            req.context.principal, USERS_READ_DELETED, user_id
+        )
         user = self._users.get(user_id, include_deleted=include_deleted)
         tags = req.if_none_match
         # Weak comparison for If-None-Match (RFC 9110 13.1.2).
