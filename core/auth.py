@@ -47,6 +47,8 @@ ACTIONS = frozenset(
     }
 )
 
+_NAMESPACES = frozenset(a.partition(":")[0] for a in ACTIONS)
+
 #: Built-in roles. ``admin`` may do everything, plugin-defined actions included.
 BUILTIN_ROLES: Mapping[str, frozenset[str]] = {
     "admin": frozenset({"*"}),
@@ -170,7 +172,13 @@ def parse_roles(text: str | None) -> dict[str, frozenset[str]]:
             raise ConfigurationError(f"{name}: {role!r} is built in and cannot be redefined")
         if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
             raise ConfigurationError(f"{name}: {role!r} must map to a list of action names")
-        unknown = sorted(a for a in actions if a not in ACTIONS and ":" not in a)
+        # A plugin's actions live in its own namespace ("reports:read"); in userplane's
+        # namespaces only userplane's actions exist, so a typo there is caught.
+        unknown = sorted(
+            a
+            for a in actions
+            if a not in ACTIONS and (":" not in a or a.partition(":")[0] in _NAMESPACES)
+        )
         if unknown:
             raise ConfigurationError(f"{name}: {role!r} names unknown actions {unknown}")
         roles[role] = frozenset(actions)

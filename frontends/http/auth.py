@@ -27,17 +27,16 @@ _FRAMEWORK_METHODS = frozenset({"OPTIONS"})
 
 def required_actions(resource: Any, suffix: str | None = None) -> dict[str, str]:
     """The action each of ``resource``'s methods needs; ``ConfigurationError`` on a gap."""
-    declared: Mapping[str, str] = getattr(resource, "actions", None) or {}
+    actions = dict(getattr(resource, "actions", None) or {})
+    if "GET" in actions:
+        actions.setdefault("HEAD", actions["GET"])  # HEAD is a GET without the body
     methods = set(falcon.routing.map_http_methods(resource, suffix=suffix))
-    missing = sorted(methods - set(declared) - _FRAMEWORK_METHODS)
+    missing = sorted(methods - set(actions) - _FRAMEWORK_METHODS)
     if missing:
         raise ConfigurationError(
             f"{type(resource).__name__} does not declare the action for {', '.join(missing)}: "
             "give it an `actions` mapping of method to action (or PUBLIC)"
         )
-    actions = dict(declared)
-    if "GET" in actions:
-        actions.setdefault("HEAD", actions["GET"])
     return actions
 
 

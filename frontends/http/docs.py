@@ -31,6 +31,9 @@ class OpenApi:
         resp.content_type = falcon.MEDIA_JSON
         resp.data = self._body
 
+    # RFC 9110: HEAD wherever GET; Falcon sends no body for it.
+    on_head = on_get
+
 
 def _e(value: Any) -> str:
     return html.escape(str(value))
@@ -136,3 +139,6 @@ class Docs:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = "text/html; charset=utf-8"
         resp.data = self._page
+
+    # RFC 9110: HEAD wherever GET; Falcon sends no body for it.
+    on_head = on_get

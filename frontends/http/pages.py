@@ -23,6 +23,9 @@ class Live:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"status": "ok"}
 
+    # RFC 9110: HEAD wherever GET; Falcon sends no body for it.
+    on_head = on_get
+
 
 class Ready:
     """``/health/ready``: storage answers too; 503 problem (via ``Unavailable``) if not."""
@@ -35,6 +38,9 @@ class Ready:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._registry.ping()
         resp.media = {"status": "ok", "storage": self._registry.storage.name}
+
+    # RFC 9110: HEAD wherever GET; Falcon sends no body for it.
+    on_head = on_get
 
 
 class Home:
@@ -54,3 +60,6 @@ class Home:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = "text/html; charset=utf-8"
         resp.data = self._page
+
+    # RFC 9110: HEAD wherever GET; Falcon sends no body for it.
+    on_head = on_get

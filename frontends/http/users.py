@@ -196,6 +196,9 @@ class UsersResource:
             params["cursor"] = page.next
             resp.append_link(f"/api/v1/users/?{urlencode(params)}", "next")
 
+    # RFC 9110: HEAD wherever GET; Falcon sends no body for it.
+    on_head = on_get
+
 
 class UserResource:
     """``/api/v1/users/{user_id}``: read, partial update, delete."""
@@ -225,6 +228,9 @@ class UserResource:
             resp.set_header("ETag", etag(user))
             return
         _send_user(resp, user)
+
+    # RFC 9110: HEAD wherever GET; Falcon sends no body for it.
+    on_head = on_get
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response, user_id: uuid.UUID) -> None:
         """Merge-patch ``email``, ``full_name``, ``is_active``; ``If-Match`` makes it safe."""
