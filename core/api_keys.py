@@ -112,11 +112,17 @@ class ApiKeyService:
             errors.append(FieldError("role", f"must be one of: {known}"))
         if expires_in is not None and expires_in <= timedelta(0):
             errors.append(FieldError("expires", "must be in the future"))
+        now = self._clock()
+        expires_at = None
+        if expires_in is not None and not errors:
+            try:
+                expires_at = now + expires_in
+            except OverflowError:
+                errors.append(FieldError("expires", "is beyond the calendar's last day"))
         if errors:
             raise InvalidInput.from_errors(errors)
         lookup = _random(LOOKUP_LENGTH)
         key = f"{KEY_PREFIX}{lookup}{_random(SECRET_LENGTH)}"
-        now = self._clock()
         record = ApiKey(
             id=uuid.uuid4(),
             name=name,
@@ -124,7 +130,7 @@ class ApiKeyService:
             lookup=lookup,
             secret_hash=hash_key(key),
             created_at=now,
-            expires_at=None if expires_in is None else now + expires_in,
+            expires_at=expires_at,
         )
         self._storage.insert_api_key(record)
         return record, key

@@ -14,26 +14,34 @@ built-in SQLite and PostgreSQL plugins pass::
             yield store
             store.close()
 
+A storage that does not hold API keys (``userplane.storage.ApiKeyStorage``)
+sets ``holds_api_keys = False`` on its subclass: those tests are then skipped,
+and the ``api_keys`` plugin must be disabled wherever that storage is used.
+
 Requires pytest and hypothesis (``pip install 'userplane[dev]'``).
 """
 
 from __future__ import annotations
 
+import secrets
+import string
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from userplane.api_keys import KEY_PREFIX, LOOKUP_LENGTH, SECRET_LENGTH, ApiKey, hash_key
 from userplane.emails import normalize_email
 from userplane.errors import Conflict, NotFound, PreconditionFailed
 from userplane.idempotency import IdempotencyRecord, StoredResponse
 from userplane.pagination import Position, Sort
-from userplane.storage import Storage
+from userplane.storage import ApiKeyStorage, Storage
 from userplane.text import fold
 from userplane.users import NewUser, User, UserFilter, sort_key
 
@@ -71,6 +79,34 @@ def insert(storage: Storage, user: User) -> User:
     return storage.insert_user(user, normalize_email(user.email))
 
 
+def make_api_key(
+    name: str = "ci",
+    *,
+    role: str = "admin",
+    lookup: str | None = None,
+    created_at: datetime | None = None,
+    expires_at: datetime | None = None,
+) -> tuple[ApiKey, str]:
+    """An ``ApiKey`` record and its key text, as ``ApiKeyService.create`` would build them.
+
+    The record keeps the key's lookup id and hash, never the key. Pass ``lookup``
+    to force a lookup id (12 base62 characters), e.g. to provoke a collision.
+    """
+    alphabet = string.ascii_letters + string.digits
+    lookup = lookup or "".join(secrets.choice(alphabet) for _ in range(LOOKUP_LENGTH))
+    key = KEY_PREFIX + lookup + "".join(secrets.choice(alphabet) for _ in range(SECRET_LENGTH))
+    record = ApiKey(
+        id=uuid.uuid4(),
+        name=name,
+        role=role,
+        lookup=lookup,
+        secret_hash=hash_key(key),
+        created_at=created_at or datetime.now(UTC),
+        expires_at=expires_at,
+    )
+    return record, key
+
+
 def run_concurrently(count: int, action: Callable[[int], T]) -> list[T | BaseException]:
     """Run ``action(i)`` on ``count`` threads released at once; results or exceptions, in order."""
     barrier = threading.Barrier(count)
@@ -95,7 +131,13 @@ class StorageContract:
     """The behaviour every ``Storage`` must have. Subclass it and provide a ``storage`` fixture.
 
     The fixture yields a migrated, empty storage and closes it afterwards.
+    The API-key tests also require ``userplane.storage.ApiKeyStorage``, unless
+    ``holds_api_keys`` is set to ``False``.
     """
+
+    #: Whether the storage holds API keys (implements ``ApiKeyStorage``). A storage
+    #: that does not sets this to ``False``: the API-key tests are then skipped.
+    holds_api_keys: ClassVar[bool] = True
 
     @pytest.fixture
     def storage(self) -> Iterator[Storage]:
@@ -445,6 +487,201 @@ class StorageContract:
             last = page[-1]
             after = Position(sort_key(last, sort.field), last.id)
         assert seen == expected
+
+    # -- API keys -----------------------------------------------------------------
+
+    @pytest.fixture
+    def key_storage(self, storage: Storage) -> ApiKeyStorage:
+        """``storage`` as an ``ApiKeyStorage``; the test is skipped if ``holds_api_keys`` is off."""
+        if not self.holds_api_keys:
+            pytest.skip("this storage does not hold API keys (holds_api_keys = False)")
+        assert isinstance(storage, ApiKeyStorage), (
+            f"{type(storage).__name__} does not implement userplane.storage.ApiKeyStorage; "
+            "set holds_api_keys = False on the contract subclass if it is not meant to"
+        )
+        return storage
+
+    def _assert_utc(self, value: datetime | None) -> None:
+        assert value is not None
+        assert value.tzinfo is not None
+        assert value.utcoffset() == timedelta(0)
+
+    def test_api_key_insert_then_get_round_trips_exactly(self, key_storage: ApiKeyStorage) -> None:
+        record, _ = make_api_key("deploy bot", role="editor", created_at=_BASE_TIME)
+        key_storage.insert_api_key(record)
+        got = key_storage.get_api_key(record.lookup)
+        assert got == record
+        assert got is not None
+        self._assert_utc(got.created_at)
+        assert got.expires_at is None
+        assert got.revoked_at is None
+        assert got.last_used_at is None
+
+    def test_api_key_with_an_expiry_round_trips(self, key_storage: ApiKeyStorage) -> None:
+        expires = _BASE_TIME + timedelta(days=90, microseconds=1)
+        record, _ = make_api_key(created_at=_BASE_TIME, expires_at=expires)
+        key_storage.insert_api_key(record)
+        got = key_storage.get_api_key(record.lookup)
+        assert got == record
+        assert got is not None
+        assert got.expires_at == expires
+        self._assert_utc(got.expires_at)
+
+    def test_api_key_keeps_unicode_names(self, key_storage: ApiKeyStorage) -> None:
+        record, _ = make_api_key("Zoë's CI 😀 — prod", created_at=_BASE_TIME)
+        key_storage.insert_api_key(record)
+        assert key_storage.get_api_key(record.lookup) == record
+
+    def test_api_key_unknown_lookup_is_none(self, key_storage: ApiKeyStorage) -> None:
+        assert key_storage.get_api_key("A" * LOOKUP_LENGTH) is None
+        record, _ = make_api_key(lookup="AbCdEfGh1234")
+        key_storage.insert_api_key(record)
+        assert key_storage.get_api_key("aBcDeFgH1234") is None  # case matters
+        assert key_storage.get_api_key(record.lookup[:-1]) is None  # no prefix matching
+        assert key_storage.get_api_key("") is None
+
+    def test_api_key_get_includes_revoked_and_expired_keys(
+        self, key_storage: ApiKeyStorage
+    ) -> None:
+        expired, _ = make_api_key(created_at=_BASE_TIME, expires_at=_BASE_TIME)
+        revoked, _ = make_api_key(created_at=_BASE_TIME)
+        key_storage.insert_api_key(expired)
+        key_storage.insert_api_key(revoked)
+        later = _BASE_TIME + timedelta(hours=1)
+        key_storage.revoke_api_key(revoked.id, later)
+        assert key_storage.get_api_key(expired.lookup) == expired
+        assert key_storage.get_api_key(revoked.lookup) == attrs.evolve(revoked, revoked_at=later)
+
+    def test_api_keys_list_oldest_first_then_by_id(self, key_storage: ApiKeyStorage) -> None:
+        assert key_storage.list_api_keys() == []
+        records = [
+            make_api_key(f"k{i}", created_at=_BASE_TIME + timedelta(microseconds=i // 3))[0]
+            for i in range(8)  # ties on purpose
+        ]
+        for record in reversed(records):
+            key_storage.insert_api_key(record)
+        expected = sorted(records, key=lambda k: (k.created_at, k.id))
+        assert key_storage.list_api_keys() == expected
+        # Revoked keys are listed too, in place.
+        revoked = key_storage.revoke_api_key(expected[2].id, _BASE_TIME + timedelta(days=1))
+        assert revoked is not None
+        expected[2] = revoked
+        assert key_storage.list_api_keys() == expected
+
+    def test_api_key_revoke_sets_revoked_at_once(self, key_storage: ApiKeyStorage) -> None:
+        record, _ = make_api_key(created_at=_BASE_TIME)
+        other, _ = make_api_key(created_at=_BASE_TIME)
+        key_storage.insert_api_key(record)
+        key_storage.insert_api_key(other)
+        first = _BASE_TIME + timedelta(hours=1, microseconds=7)
+        revoked = key_storage.revoke_api_key(record.id, first)
+        assert revoked == attrs.evolve(record, revoked_at=first)
+        assert revoked is not None
+        self._assert_utc(revoked.revoked_at)
+        assert key_storage.get_api_key(record.lookup) == revoked
+        # Again, later or earlier: the first revocation time stays.
+        assert key_storage.revoke_api_key(record.id, first + timedelta(days=1)) == revoked
+        assert key_storage.revoke_api_key(record.id, first - timedelta(days=1)) == revoked
+        assert key_storage.get_api_key(record.lookup) == revoked
+        assert key_storage.get_api_key(other.lookup) == other
+
+    def test_api_key_revoke_unknown_is_none(self, key_storage: ApiKeyStorage) -> None:
+        assert key_storage.revoke_api_key(uuid.uuid4(), _BASE_TIME) is None
+        assert key_storage.list_api_keys() == []
+
+    def test_api_key_touch_moves_last_used_at_forward_only(
+        self, key_storage: ApiKeyStorage
+    ) -> None:
+        record, _ = make_api_key(created_at=_BASE_TIME)
+        other, _ = make_api_key(created_at=_BASE_TIME)
+        key_storage.insert_api_key(record)
+        key_storage.insert_api_key(other)
+        t1 = _BASE_TIME + timedelta(minutes=1, microseconds=1)
+        t2 = t1 + timedelta(microseconds=1)
+        key_storage.touch_api_key(record.id, t2)
+        got = key_storage.get_api_key(record.lookup)
+        assert got == attrs.evolve(record, last_used_at=t2)
+        assert got is not None
+        self._assert_utc(got.last_used_at)
+        key_storage.touch_api_key(record.id, t1)  # an older time: ignored
+        assert key_storage.get_api_key(record.lookup) == attrs.evolve(record, last_used_at=t2)
+        t3 = t2 + timedelta(days=1)
+        key_storage.touch_api_key(record.id, t3)
+        assert key_storage.get_api_key(record.lookup) == attrs.evolve(record, last_used_at=t3)
+        assert key_storage.get_api_key(other.lookup) == other
+        key_storage.touch_api_key(uuid.uuid4(), t3)  # an unknown key: nothing to do, no error
+
+    def test_api_key_concurrent_touches_keep_the_latest(self, key_storage: ApiKeyStorage) -> None:
+        record, _ = make_api_key(created_at=_BASE_TIME)
+        key_storage.insert_api_key(record)
+        times = [_BASE_TIME + timedelta(seconds=i) for i in range(8)]
+        results = run_concurrently(8, lambda i: key_storage.touch_api_key(record.id, times[i]))
+        assert results == [None] * 8, results
+        got = key_storage.get_api_key(record.lookup)
+        assert got is not None
+        assert got.last_used_at == max(times)
+
+    # Fixtures are function-scoped, so each example inserts a key of its own; the
+    # method is inherited by every storage's subclass (differing executors), on purpose.
+    @settings(
+        max_examples=25,
+        deadline=None,
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.differing_executors,
+        ],
+    )
+    @given(offsets=st.lists(st.integers(min_value=0, max_value=10**12), min_size=1, max_size=8))
+    def test_api_key_any_touches_leave_the_latest_time(
+        self, key_storage: ApiKeyStorage, offsets: list[int]
+    ) -> None:
+        # A fresh key per example: the storage is shared by hypothesis's examples.
+        record, _ = make_api_key(created_at=_BASE_TIME)
+        key_storage.insert_api_key(record)
+        times = [_BASE_TIME + timedelta(microseconds=o) for o in offsets]
+        for t in times:
+            key_storage.touch_api_key(record.id, t)
+        got = key_storage.get_api_key(record.lookup)
+        assert got == attrs.evolve(record, last_used_at=max(times))
+
+    def test_api_key_same_lookup_or_id_conflicts(self, key_storage: ApiKeyStorage) -> None:
+        record, _ = make_api_key("first", created_at=_BASE_TIME)
+        key_storage.insert_api_key(record)
+        same_lookup, _ = make_api_key("second", lookup=record.lookup)
+        with pytest.raises(Conflict):
+            key_storage.insert_api_key(same_lookup)
+        same_id = attrs.evolve(make_api_key("third")[0], id=record.id)
+        with pytest.raises(Conflict):
+            key_storage.insert_api_key(same_id)
+        assert key_storage.get_api_key(record.lookup) == record
+        assert key_storage.get_api_key(same_id.lookup) is None
+        assert key_storage.list_api_keys() == [record]
+
+    def test_api_key_concurrent_inserts_of_one_lookup_let_exactly_one_win(
+        self, key_storage: ApiKeyStorage
+    ) -> None:
+        lookup = make_api_key()[0].lookup
+        records = [make_api_key(f"k{i}", lookup=lookup)[0] for i in range(8)]
+        results = run_concurrently(8, lambda i: key_storage.insert_api_key(records[i]))
+        wins = [records[i] for i, r in enumerate(results) if r is None]
+        assert len(wins) == 1, results
+        assert all(isinstance(r, Conflict) for r in results if r is not None), results
+        assert key_storage.get_api_key(lookup) == wins[0]
+        assert key_storage.list_api_keys() == wins
+
+    def test_api_key_stores_the_hash_never_the_key(self, key_storage: ApiKeyStorage) -> None:
+        record, key = make_api_key(created_at=_BASE_TIME)
+        key_storage.insert_api_key(record)
+        key_storage.touch_api_key(record.id, _BASE_TIME + timedelta(seconds=1))
+        key_storage.revoke_api_key(record.id, _BASE_TIME + timedelta(seconds=2))
+        got = key_storage.get_api_key(record.lookup)
+        assert got is not None
+        assert got.secret_hash == hash_key(key)
+        secret = key[len(KEY_PREFIX) + LOOKUP_LENGTH :]
+        for stored in (got, *key_storage.list_api_keys()):
+            for value in attrs.astuple(stored):
+                assert key not in str(value)
+                assert secret not in str(value)
 
 
 # -- hypothesis strategies ------------------------------------------------------

@@ -92,7 +92,9 @@ class SQLiteStorage(SQLStorage):
             check_same_thread=False,
         )
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            with self._lock:  # one switch per process; migrate() made it already
+                conn.execute("PRAGMA journal_mode = WAL")
         # FULL: a write acknowledged to a client survives a power cut, not only a crash.
         conn.execute("PRAGMA synchronous = FULL")
         with self._lock:
@@ -161,8 +163,18 @@ class SQLiteStorage(SQLStorage):
         self._local = threading.local()
 
     def migrate(self) -> list[str]:
-        """Apply pending migrations (yoyo, with its lock)."""
-        return migrations.apply(self.url, "sqlite")
+        """Apply pending migrations (yoyo, with its lock), and leave the file in WAL mode.
+
+        WAL is a property of the file: set here, before any worker serves, so
+        that connections opened at once do not race to switch it (switching
+        takes an exclusive lock that concurrent writers fail on at once).
+        """
+        applied = migrations.apply(self.url, "sqlite")
+        if self.path != ":memory:":
+            with _mapped_errors(), contextlib.closing(sqlite3.connect(self.path)) as conn:
+                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+                conn.execute("PRAGMA journal_mode = WAL")
+        return applied
 
     def migration_status(self) -> list[MigrationState]:
         """Every migration and whether it is applied."""

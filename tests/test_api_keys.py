@@ -1,0 +1,586 @@
+"""API keys: their format (``userplane.api_keys``), ``ApiKeyService`` and the plugin's
+``KeyAuthenticator``, over a real ``Registry`` on SQLite and PostgreSQL (see ``conftest.py``).
+
+Time is the test's own: a ``Clock`` for wall-clock time (creation, expiry, revocation,
+``last_used_at``) and ``Ticks`` for the monotonic clock the authenticator's cache runs on.
+Storage is never faked; a bound method is at most wrapped to count its calls or fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import string
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import structlog
+from hypothesis import given
+from hypothesis import strategies as st
+
+from userplane import Registry, Settings
+from userplane.api_keys import (
+    KEY_PREFIX,
+    LOOKUP_LENGTH,
+    MAX_NAME,
+    ApiKey,
+    ApiKeyService,
+    hash_key,
+    lookup_of,
+    matches,
+)
+from userplane.auth import Principal
+from userplane.errors import InvalidInput, NotFound, Unauthenticated, Unavailable
+from userplane.plugins import api_keys as plugin
+from userplane.storage import ApiKeyStorage
+from userplane.testing import run_concurrently
+
+T0 = datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
+SECOND = timedelta(seconds=1)
+BASE62 = string.ascii_letters + string.digits
+KEY_SHAPE = re.compile(r"^up_[A-Za-z0-9]{44}$")
+TTL = 5.0
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """A Registry's ``userplane_startup`` configures logging process-wide: undo it after."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    structlog.reset_defaults()
+    for handler in [h for h in root.handlers if getattr(h, "_userplane", False)]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+
+
+class Clock:
+    """Wall-clock time the test sets: every reading is ``now`` until the test advances it."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> datetime:
+        self.now += delta
+        return self.now
+
+
+class Ticks:
+    """A monotonic clock (seconds) the test advances."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Calls:
+    """Wraps a bound method to count its calls, optionally failing them with ``fail``."""
+
+    def __init__(self, method: Callable[..., Any]) -> None:
+        self.method = method
+        self.args: list[tuple[Any, ...]] = []
+        self.fail: Exception | None = None
+
+    def __call__(self, *args: Any) -> Any:
+        self.args.append(args)
+        if self.fail is not None:
+            raise self.fail
+        return self.method(*args)
+
+    @property
+    def count(self) -> int:
+        return len(self.args)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """The test's wall clock, also the api-keys plugin's ``utcnow``."""
+    c = Clock(T0)
+    monkeypatch.setattr(plugin, "utcnow", c)
+    return c
+
+
+@pytest.fixture
+def ticks(monkeypatch: pytest.MonkeyPatch) -> Ticks:
+    """The test's monotonic clock, as the api-keys plugin's ``time.monotonic``."""
+    t = Ticks()
+    monkeypatch.setattr(plugin, "time", SimpleNamespace(monotonic=t))
+    return t
+
+
+@pytest.fixture
+def store(registry: Registry) -> ApiKeyStorage:
+    storage = registry.storage
+    assert isinstance(storage, ApiKeyStorage)
+    return storage
+
+
+@pytest.fixture
+def keys(registry: Registry, store: ApiKeyStorage, clock: Clock) -> ApiKeyService:
+    """Key management over the registry's storage and roles, on the test's clock."""
+    return ApiKeyService(store, registry.auth.roles, clock)
+
+
+@pytest.fixture
+def touches(store: ApiKeyStorage, monkeypatch: pytest.MonkeyPatch) -> Calls:
+    """Every ``touch_api_key`` call the storage gets."""
+    calls = Calls(store.touch_api_key)
+    monkeypatch.setattr(store, "touch_api_key", calls)
+    return calls
+
+
+@pytest.fixture
+def reads(store: ApiKeyStorage, monkeypatch: pytest.MonkeyPatch) -> Calls:
+    """Every ``get_api_key`` call the storage gets."""
+    calls = Calls(store.get_api_key)
+    monkeypatch.setattr(store, "get_api_key", calls)
+    return calls
+
+
+def fields_of(exc: InvalidInput) -> list[str]:
+    return [e.field for e in exc.errors]
+
+
+def record_for(key: str) -> ApiKey:
+    """A record of ``key`` built by hand (for the pure functions: nothing is stored)."""
+    return ApiKey(
+        id=uuid.uuid4(),
+        name="hand made",
+        role="viewer",
+        lookup=key[len(KEY_PREFIX) : len(KEY_PREFIX) + LOOKUP_LENGTH],
+        secret_hash=hash_key(key),
+        created_at=T0,
+    )
+
+
+def is_key_shaped(text: str) -> bool:
+    """The documented format, spelt out without the product's regular expression."""
+    body = text[len(KEY_PREFIX) :]
+    return text.startswith(KEY_PREFIX) and len(body) == 44 and all(c in BASE62 for c in body)
+
+
+# --- the key format ------------------------------------------------------------------------
+
+valid_keys = st.text(alphabet=BASE62, min_size=44, max_size=44).map(lambda s: KEY_PREFIX + s)
+#: Characters that look like base62 to ``str.isalnum`` or ``\w`` but are not, and separators.
+LOOK_ALIKES = [
+    # Arabic-Indic and full-width digits and letters, letters outside ASCII:
+    "٣", "\uff17", "\uff21", "ß", "İ", "\u0131", "é",
+    # separators and control characters:
+    "_", "-", " ", "\n", "\t", "\x00", "😀",
+]  # fmt: skip
+odd_chars = st.one_of(st.sampled_from(LOOK_ALIKES), st.characters())
+
+
+@st.composite
+def near_misses(draw: st.DrawFn) -> str:
+    """A valid key with one thing wrong, or (rarely) still right: the test checks which."""
+    key = draw(valid_keys)
+    how = draw(st.sampled_from(["replace", "insert", "delete", "prefix", "pad", "case"]))
+    i = draw(st.integers(min_value=0, max_value=len(key) - 1))
+    if how == "replace":
+        return key[:i] + draw(odd_chars) + key[i + 1 :]
+    if how == "insert":
+        return key[:i] + draw(st.one_of(odd_chars, st.sampled_from(BASE62))) + key[i:]
+    if how == "delete":
+        return key[:i] + key[i + 1 :]
+    if how == "prefix":
+        prefix = draw(st.sampled_from(["", "UP_", "up-", "up", "up__", "pu_", "sk_"]))
+        return prefix + key[len(KEY_PREFIX) :]
+    if how == "pad":
+        pad = draw(st.sampled_from([" ", "\n", "\r\n", "\t", "\x00", "\u200b"]))
+        return draw(st.sampled_from([pad + key, key + pad]))
+    return key.upper() if draw(st.booleans()) else key.swapcase()
+
+
+@given(st.one_of(st.text(), valid_keys, near_misses()))
+def test_lookup_of_accepts_exactly_the_documented_shape(text: str) -> None:
+    if is_key_shaped(text):
+        assert lookup_of(text) == text[3:15]
+    else:
+        assert lookup_of(text) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "up_",
+        "up_" + "a" * 43,
+        "up_" + "a" * 45,
+        "UP_" + "a" * 44,
+        "up_" + "a" * 44 + "\n",
+        "up_" + "٣" * 44,  # Arabic-Indic digits: \d, not [0-9]
+        "up_" + "\uff41" * 44,  # full-width letters: NFKC would map them to ASCII
+        "Bearer up_" + "a" * 44,
+    ],
+)
+def test_lookup_of_rejects_almost_keys(text: str) -> None:
+    assert lookup_of(text) is None
+
+
+@given(key=valid_keys, other=st.one_of(st.text(), valid_keys, near_misses()))
+def test_matches_only_the_exact_key(key: str, other: str) -> None:
+    record = record_for(key)
+    assert matches(key, record)
+    assert matches(other, record) == (other == key)
+
+
+@given(key=valid_keys, last=st.sampled_from(BASE62))
+def test_same_lookup_with_another_secret_does_not_match(key: str, last: str) -> None:
+    record = record_for(key)
+    other = key[:-1] + last
+    assert lookup_of(other) == record.lookup
+    assert matches(other, record) == (other == key)
+
+
+def test_hash_is_the_sha256_hex_of_the_whole_key() -> None:
+    key = KEY_PREFIX + "A" * 12 + "b" * 32
+    assert hash_key(key) == hashlib.sha256(key.encode()).hexdigest()
+    assert re.fullmatch(r"[0-9a-f]{64}", hash_key(key))
+    assert hash_key(key) != hash_key(key[:-1] + "c")
+
+
+def test_created_keys_have_the_documented_shape_and_never_repeat(
+    keys: ApiKeyService, store: ApiKeyStorage
+) -> None:
+    made = [keys.create(f"k{i}", "viewer") for i in range(200)]
+    texts = [key for _, key in made]
+    for record, key in made:
+        assert KEY_SHAPE.fullmatch(key), key
+        assert lookup_of(key) == record.lookup == key[3:15]
+        assert record.secret_hash == hash_key(key)
+        assert matches(key, record)
+        assert key not in repr(record)
+        assert record.secret_hash not in repr(record)
+    assert len(set(texts)) == len(texts)
+    assert len({r.lookup for r, _ in made}) == len(made)
+    # All of base62 is used (not hex, not one case): 8,800 characters miss none of 62.
+    assert set("".join(k[3:] for k in texts)) == set(BASE62)
+    assert store.list_api_keys() == sorted((r for r, _ in made), key=lambda r: (r.created_at, r.id))
+
+
+# --- ApiKeyService -------------------------------------------------------------------------
+
+
+def test_create_stores_the_record_and_returns_the_key_once(
+    keys: ApiKeyService, store: ApiKeyStorage
+) -> None:
+    record, key = keys.create("deploy bot", "editor", timedelta(days=90))
+    assert (record.name, record.role) == ("deploy bot", "editor")
+    assert record.created_at == T0
+    assert record.expires_at == T0 + timedelta(days=90)
+    assert record.revoked_at is None
+    assert record.last_used_at is None
+    assert store.get_api_key(record.lookup) == record
+    public = record.public()
+    assert public["prefix"] == key[:15]
+    assert set(public) == {
+        "id",
+        "name",
+        "role",
+        "prefix",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+    }
+    assert key not in str(public)
+    assert record.secret_hash not in str(public)
+
+
+def test_create_without_expiry_never_expires(keys: ApiKeyService) -> None:
+    record, _ = keys.create("forever", "admin")
+    assert record.expires_at is None
+    assert record.usable_at(datetime.max.replace(tzinfo=UTC))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "   ",
+        "\t",
+        "x" * (MAX_NAME + 1),
+        "tab\there",
+        "new\nline",
+        "nul\x00",
+        "bell\x07",
+        "\x1b[31mred",  # terminal escapes would reach the table output
+        "zero\u200bwidth",
+    ],
+)
+def test_create_rejects_bad_names(keys: ApiKeyService, store: ApiKeyStorage, name: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        keys.create(name, "admin")
+    assert fields_of(info.value) == ["name"]
+    assert store.list_api_keys() == []
+
+
+@pytest.mark.parametrize("name", ["x", "x" * MAX_NAME, "Zoë's CI 😀", " padded "])
+def test_create_accepts_printable_names_up_to_the_limit(keys: ApiKeyService, name: str) -> None:
+    record, _ = keys.create(name, "admin")
+    assert record.name == name
+
+
+@pytest.mark.parametrize("role", ["nope", "", "Admin", "admin ", "*"])
+def test_create_rejects_unknown_roles_naming_role(
+    keys: ApiKeyService, store: ApiKeyStorage, role: str
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        keys.create("ci", role)
+    assert fields_of(info.value) == ["role"]
+    assert "role" in info.value.detail
+    assert "admin, editor, viewer" in info.value.detail
+    assert store.list_api_keys() == []
+
+
+def test_create_accepts_a_custom_role_from_settings(database_url: str) -> None:
+    settings = Settings.from_mapping(
+        {
+            "USERPLANE_DATABASE_URL": database_url,
+            "USERPLANE_ROLES": '{"support": ["users:read"]}',
+        }
+    )
+    with Registry(settings) as reg:
+        reg.storage.migrate()
+        record, _ = plugin.service(reg).create("helpdesk", "support")
+        assert record.role == "support"
+        with pytest.raises(InvalidInput) as info:
+            plugin.service(reg).create("helpdesk", "nope")
+        assert "support" in info.value.detail
+
+
+@pytest.mark.parametrize("expires_in", [timedelta(0), -SECOND, timedelta(days=-90)])
+def test_create_rejects_a_lifetime_that_is_not_positive(
+    keys: ApiKeyService, store: ApiKeyStorage, expires_in: timedelta
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        keys.create("ci", "admin", expires_in)
+    assert fields_of(info.value) == ["expires"]
+    assert store.list_api_keys() == []
+
+
+def test_create_accepts_the_shortest_lifetime(keys: ApiKeyService) -> None:
+    record, _ = keys.create("ci", "admin", timedelta(microseconds=1))
+    assert record.expires_at == T0 + timedelta(microseconds=1)
+
+
+@pytest.mark.parametrize("expires_in", [timedelta(days=3_000_000), timedelta.max])
+def test_create_rejects_a_lifetime_past_the_calendar(
+    keys: ApiKeyService, store: ApiKeyStorage, expires_in: timedelta
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        keys.create("ci", "admin", expires_in)
+    assert fields_of(info.value) == ["expires"]
+    assert store.list_api_keys() == []
+
+
+def test_create_reports_every_bad_field_at_once(keys: ApiKeyService) -> None:
+    with pytest.raises(InvalidInput) as info:
+        keys.create("", "nope", -SECOND)
+    assert fields_of(info.value) == ["name", "role", "expires"]
+
+
+def test_list_is_oldest_first_with_revoked_keys(keys: ApiKeyService, clock: Clock) -> None:
+    assert keys.list() == []
+    first, _ = keys.create("first", "admin")
+    clock.advance(SECOND)
+    second, _ = keys.create("second", "viewer")
+    clock.advance(SECOND)
+    revoked = keys.revoke(first.id)
+    assert keys.list() == [revoked, second]
+
+
+def test_revoke_sets_revoked_at_once(keys: ApiKeyService, clock: Clock) -> None:
+    record, _ = keys.create("ci", "admin")
+    at = clock.advance(SECOND)
+    revoked = keys.revoke(record.id)
+    assert revoked.revoked_at == at
+    assert revoked.id == record.id
+    assert not revoked.usable_at(at)
+    clock.advance(timedelta(days=1))
+    assert keys.revoke(record.id) == revoked  # again is fine, and keeps the first time
+
+
+def test_revoke_unknown_is_not_found(keys: ApiKeyService) -> None:
+    unknown = uuid.uuid4()
+    with pytest.raises(NotFound) as info:
+        keys.revoke(unknown)
+    assert str(unknown) in info.value.detail
+
+
+# --- KeyAuthenticator ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def authenticator(store: ApiKeyStorage, ticks: Ticks, clock: Clock) -> plugin.KeyAuthenticator:
+    return plugin.KeyAuthenticator(store, TTL)
+
+
+def rejected(auth: plugin.KeyAuthenticator, key: str) -> bool:
+    try:
+        auth.authenticate(key)
+    except Unauthenticated as exc:
+        detail = exc.detail
+    else:
+        return False
+    assert detail == plugin.REJECTED  # one message for every failure
+    return True
+
+
+def test_a_valid_key_authenticates_as_its_principal(
+    keys: ApiKeyService, authenticator: plugin.KeyAuthenticator
+) -> None:
+    record, key = keys.create("deploy bot", "editor")
+    assert authenticator.authenticate(key) == Principal(
+        id=f"key:{record.id}", kind="api-key", roles=frozenset({"editor"}), name="deploy bot"
+    )
+
+
+def test_malformed_unknown_and_wrong_keys_are_rejected_alike(
+    keys: ApiKeyService, authenticator: plugin.KeyAuthenticator, touches: Calls
+) -> None:
+    _, key = keys.create("ci", "admin")
+    other = next(c for c in BASE62 if c != key[-1])
+    assert rejected(authenticator, "")
+    assert rejected(authenticator, "up_short")
+    assert rejected(authenticator, key + "x")
+    assert rejected(authenticator, key.swapcase())
+    assert rejected(authenticator, KEY_PREFIX + "Z" * 44)  # well formed, unknown
+    assert rejected(authenticator, key[:-1] + other)  # known lookup, wrong secret
+    assert touches.count == 0
+    assert not rejected(authenticator, key)
+
+
+def test_reads_are_cached_for_the_window(
+    keys: ApiKeyService, authenticator: plugin.KeyAuthenticator, ticks: Ticks, reads: Calls
+) -> None:
+    _, key = keys.create("ci", "admin")
+    for _ in range(20):
+        authenticator.authenticate(key)
+    assert reads.count == 1  # no database round trip per request
+    ticks.advance(TTL)
+    authenticator.authenticate(key)
+    assert reads.count == 2
+
+
+def test_a_revoked_key_is_rejected_once_the_cache_expires(
+    keys: ApiKeyService, authenticator: plugin.KeyAuthenticator, ticks: Ticks
+) -> None:
+    record, key = keys.create("ci", "admin")
+    authenticator.authenticate(key)
+    keys.revoke(record.id)
+    ticks.advance(TTL)
+    assert rejected(authenticator, key)
+    ticks.advance(TTL)
+    assert rejected(authenticator, key)
+
+
+def test_without_a_cache_a_revoked_key_is_rejected_at_once(
+    keys: ApiKeyService, store: ApiKeyStorage, ticks: Ticks, clock: Clock
+) -> None:
+    auth = plugin.KeyAuthenticator(store, 0.0)
+    record, key = keys.create("ci", "admin")
+    auth.authenticate(key)
+    keys.revoke(record.id)
+    assert rejected(auth, key)
+
+
+def test_an_expired_key_is_rejected_at_once(
+    keys: ApiKeyService, authenticator: plugin.KeyAuthenticator, clock: Clock, ticks: Ticks
+) -> None:
+    _, key = keys.create("ci", "admin", timedelta(seconds=10))
+    authenticator.authenticate(key)
+    clock.advance(timedelta(seconds=10) - timedelta(microseconds=1))
+    authenticator.authenticate(key)  # still inside its lifetime
+    clock.advance(timedelta(microseconds=1))
+    assert rejected(authenticator, key)  # no cache delay: expiry is checked on every use
+
+
+def test_last_used_at_is_written_at_most_once_per_window(
+    keys: ApiKeyService,
+    store: ApiKeyStorage,
+    authenticator: plugin.KeyAuthenticator,
+    touches: Calls,
+    ticks: Ticks,
+    clock: Clock,
+) -> None:
+    record, key = keys.create("ci", "admin")
+    used = clock.advance(SECOND)
+    for _ in range(20):
+        authenticator.authenticate(key)
+    assert touches.count == 1
+    assert touches.args[0] == (record.id, used)
+    stored = store.get_api_key(record.lookup)
+    assert stored is not None
+    assert stored.last_used_at == used
+    clock.advance(SECOND)
+    ticks.advance(TTL - 0.01)
+    authenticator.authenticate(key)
+    assert touches.count == 1
+    later = clock.advance(SECOND)
+    ticks.advance(0.01)
+    for _ in range(5):
+        authenticator.authenticate(key)
+    assert touches.count == 2
+    stored = store.get_api_key(record.lookup)
+    assert stored is not None
+    assert stored.last_used_at == later
+
+
+def test_each_key_is_touched_on_its_own(
+    keys: ApiKeyService, authenticator: plugin.KeyAuthenticator, touches: Calls
+) -> None:
+    a, key_a = keys.create("a", "admin")
+    b, key_b = keys.create("b", "viewer")
+    for _ in range(3):
+        authenticator.authenticate(key_a)
+        authenticator.authenticate(key_b)
+    assert sorted(args[0] for args in touches.args) == sorted([a.id, b.id])
+
+
+def test_an_unavailable_database_while_touching_does_not_reject_a_valid_key(
+    keys: ApiKeyService,
+    store: ApiKeyStorage,
+    authenticator: plugin.KeyAuthenticator,
+    touches: Calls,
+    ticks: Ticks,
+) -> None:
+    record, key = keys.create("ci", "admin")
+    touches.fail = Unavailable("the database is busy; retry shortly")
+    assert authenticator.authenticate(key).id == f"key:{record.id}"
+    assert touches.count == 1
+    assert authenticator.authenticate(key).id == f"key:{record.id}"
+    stored = store.get_api_key(record.lookup)
+    assert stored is not None
+    assert stored.last_used_at is None
+    # Once the database is back, the next window records the use.
+    touches.fail = None
+    ticks.advance(TTL)
+    authenticator.authenticate(key)
+    assert touches.count == 2
+    stored = store.get_api_key(record.lookup)
+    assert stored is not None
+    assert stored.last_used_at == T0
+
+
+def test_concurrent_requests_with_one_key_all_authenticate(
+    keys: ApiKeyService, authenticator: plugin.KeyAuthenticator
+) -> None:
+    record, key = keys.create("ci", "admin")
+    results = run_concurrently(8, lambda _: authenticator.authenticate(key))
+    assert all(isinstance(r, Principal) and r.id == f"key:{record.id}" for r in results), results
