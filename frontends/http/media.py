@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import falcon
@@ -33,6 +34,29 @@ def _check_shape(value: object, depth: int) -> None:
             _check_shape(item, depth + 1)
 
 
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise falcon.HTTPBadRequest(
+                title="Duplicate key in JSON",
+                description=f"the key {key!r} appears twice in one object; send it once",
+            )
+        seen.add(key)
+    return dict(pairs)
+
+
+def _check_duplicates(data: bytes) -> None:
+    """Refuse an object with a repeated key, which orjson would settle silently (last wins).
+
+    A second parse with the standard library, only for bodies that hold an
+    object: our bodies are small, so it costs microseconds, and a client whose
+    two values disagree is told so instead of one being dropped unseen.
+    """
+    if b"{" in data:
+        json.loads(data, object_pairs_hook=_refuse_duplicates)
+
+
 class JSONHandler(media.BaseHandler):
     """orjson for speed and strictness (no NaN, no lone surrogates, UTF-8 only)."""
 
@@ -50,6 +74,7 @@ class JSONHandler(media.BaseHandler):
         except orjson.JSONDecodeError as exc:
             raise falcon.MediaMalformedError("JSON") from exc
         _check_shape(media, 0)
+        _check_duplicates(data)
         return media
 
     exhaust_stream = True

@@ -87,3 +87,22 @@ def test_a_log_line_inside_a_request_carries_its_request_id(registry: Registry) 
     assert welcome[0]["request_id"] == "req-42"
     access = [e for e in logs if e["event"] == "request"]
     assert [e["request_id"] for e in access] == ["req-42"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"email": "a@example.org", "email": "b@example.org"}',
+        b'{"email": "a@example.org", "full_name": "A", "full_name": "B"}',
+    ],
+)
+def test_a_repeated_key_is_refused_not_settled_silently(
+    client: testing.TestClient, body: bytes
+) -> None:
+    resp = client.simulate_post(
+        "/api/v1/users", body=body, headers={"Content-Type": "application/json"}
+    )
+    assert resp.status_code == 400, resp.text
+    assert resp.headers["Content-Type"] == "application/problem+json"
+    assert "appears twice" in resp.json["detail"]
+    assert client.simulate_get("/api/v1/users").json["items"] == []
