@@ -9,7 +9,7 @@ import falcon
 from userplane.frontends.http import media, problems
 from userplane.frontends.http.auth import App, Authenticate
 from userplane.frontends.http.docs import Docs, OpenApi
-from userplane.frontends.http.middleware import BodyPolicy, RequestId, SecurityHeaders
+from userplane.frontends.http.middleware import BodyPolicy, RequestId, SecurityHeaders, ShedLoad
 from userplane.frontends.http.pages import STATIC, Home, Live, Ready
 from userplane.frontends.http.users import RestoreResource, UserResource, UsersResource
 from userplane.registry import Registry
@@ -34,6 +34,9 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
         middleware.extend(components or ())
     route_actions: dict[str, dict[str, str]] = {}
     middleware += [
+        # Inside the plugins' layers, so a refused request is still logged and
+        # traced; before everything else of ours, so refusing it costs little.
+        ShedLoad(settings.queue_timeout_ms / 1000),
         SecurityHeaders(),
         BodyPolicy(settings.max_body_bytes),
         Authenticate(registry.auth, route_actions),

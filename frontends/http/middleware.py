@@ -8,6 +8,9 @@ from typing import Any
 
 import falcon
 
+from userplane.errors import Unavailable
+from userplane.frontends.http.queueing import queued_for
+
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 JSON_TYPES = frozenset({"application/json", "application/merge-patch+json"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -56,6 +59,22 @@ class BodyPolicy:
                 title="Unsupported media type",
                 description="send the body as application/json",
             )
+
+
+class ShedLoad:
+    """Refuse, with a fast 503, a request that waited too long for a worker thread.
+
+    See ``userplane.frontends.http.queueing``. Liveness is always answered:
+    a busy worker is alive, and an orchestrator must not restart it for that.
+    """
+
+    def __init__(self, queue_timeout_s: float) -> None:
+        self.queue_timeout_s = queue_timeout_s
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        waited = queued_for()
+        if waited is not None and waited > self.queue_timeout_s and req.path != "/health/live":
+            raise Unavailable("the service is overloaded; retry shortly", retry_after=1)
 
 
 class SecurityHeaders:

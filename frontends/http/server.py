@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import falcon
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
+from gunicorn.workers.gthread import ThreadWorker
 
+from userplane.frontends.http.queueing import mark_queued
 from userplane.registry import Registry
 from userplane.settings import Settings
 
@@ -28,6 +31,26 @@ class _Logger(Logger):  # type: ignore[misc]
                 log.propagate = True
 
 
+class Worker(ThreadWorker):  # type: ignore[misc]
+    """gunicorn's gthread worker, noting when each request joins the queue for a thread.
+
+    The note is what ``ShedLoad`` reads to refuse requests that waited too long.
+    A connection is queued again for each request on it (keep-alive), so the
+    time is per request.
+    """
+
+    def enqueue_req(self, conn: Any) -> None:
+        conn.userplane_queued_at = time.monotonic()
+        super().enqueue_req(conn)
+
+    def handle(self, conn: Any) -> Any:
+        mark_queued(getattr(conn, "userplane_queued_at", None))
+        try:
+            return super().handle(conn)
+        finally:
+            mark_queued(None)
+
+
 def _worker_exit(server: Any, worker: Any) -> None:
     app = getattr(worker, "app", None)
     if isinstance(app, Server):
@@ -43,7 +66,7 @@ class Server(BaseApplication):  # type: ignore[misc]
             "bind": [f"{settings.host}:{settings.port}"],
             "workers": settings.workers,
             "threads": settings.threads,
-            "worker_class": "gthread",
+            "worker_class": Worker,
             "graceful_timeout": settings.graceful_timeout,
             "reload": reload,
             "accesslog": None,  # the logging plugin writes one access line per request
