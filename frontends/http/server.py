@@ -43,6 +43,16 @@ class Worker(ThreadWorker):  # type: ignore[misc]
         conn.userplane_queued_at = time.monotonic()
         super().enqueue_req(conn)
 
+    def set_accept_enabled(self, enabled: bool) -> None:
+        super().set_accept_enabled(enabled)
+        if not enabled and not self.alive:
+            # Draining for shutdown: gthread would keep its copies of the listening
+            # sockets open until the drain ends, so the kernel would go on queueing
+            # new connections that no one accepts (clients hang, then get a reset).
+            # Closed now, new connections are refused at once and go elsewhere.
+            for listener in self.sockets:
+                listener.close()
+
     def handle(self, conn: Any) -> Any:
         mark_queued(getattr(conn, "userplane_queued_at", None))
         try:
