@@ -91,6 +91,10 @@ def decode_cursor(cursor: str, sort: Sort) -> Position:
         sort_raw, key_raw, id_raw = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
         if not all(isinstance(part, str) for part in (sort_raw, key_raw, id_raw)):
             raise bad
+        # The key reaches the database as text: it must be text a driver can send.
+        if "\x00" in key_raw:
+            raise bad
+        key_raw.encode("utf-8")  # a lone surrogate raises UnicodeError
         key: datetime | str = key_raw
         if sort.field == "created_at":
             created_at = datetime.fromisoformat(key_raw)
@@ -99,7 +103,8 @@ def decode_cursor(cursor: str, sort: Sort) -> Position:
             # In UTC, as stored; a time that cannot be expressed in UTC was never issued.
             key = created_at.astimezone(UTC)
         position = Position(key=key, id=uuid.UUID(id_raw))
-    except (ValueError, TypeError, UnicodeError, OverflowError, binascii.Error):
+    except (ValueError, TypeError, UnicodeError, OverflowError, RecursionError, binascii.Error):
+        # RecursionError: a cursor decoding to JSON nested past Python's limit.
         raise bad from None
     if sort_raw != str(sort):
         raise InvalidInput.for_field(

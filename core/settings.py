@@ -74,6 +74,8 @@ class Settings:
     idempotency_ttl_s: int = attrs.field(default=86400, validator=_between(1))
     #: The longest one SQL statement may run before it is cancelled (a 503), in ms.
     db_statement_timeout_ms: int = attrs.field(default=5000, validator=_between(1))
+    #: How long a request body may take to arrive, in ms (then a 408).
+    body_timeout_ms: int = attrs.field(default=10000, validator=_between(1))
     #: How long a request may wait for a worker thread before a fast 503 instead, in ms.
     queue_timeout_ms: int = attrs.field(default=1000, validator=_between(1))
     #: ``disabled`` lets every caller act as an administrator: local development only.

@@ -200,11 +200,24 @@ def check_query(query: UserQuery) -> ResolvedQuery:
             errors += exc.errors
     if query.q is not None and len(query.q) > MAX_FULL_NAME:
         errors.append(FieldError("$.q", f"must be at most {MAX_FULL_NAME} characters"))
+    elif query.q is not None and not _sendable(query.q):
+        errors.append(FieldError("$.q", "must be text without NUL characters"))
     q = fold(query.q) if query.q else None
     flt = UserFilter(
         is_active=query.is_active, email=email_key, q=q, include_deleted=query.include_deleted
     )
     return ResolvedQuery(flt, sort, after, errors)
+
+
+def _sendable(text: str) -> bool:
+    """Whether every database can take ``text``: no NUL, no lone surrogate."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeError:
+        return False
+    return True
 
 
 def sort_key(user: User, field: str) -> datetime | str:

@@ -38,7 +38,7 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
         # traced; before everything else of ours, so refusing it costs little.
         ShedLoad(settings.queue_timeout_ms / 1000),
         SecurityHeaders(),
-        BodyPolicy(settings.max_body_bytes),
+        BodyPolicy(settings.max_body_bytes, settings.body_timeout_ms / 1000),
         Authenticate(registry.auth, route_actions),
     ]
 

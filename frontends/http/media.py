@@ -66,7 +66,22 @@ class JSONHandler(media.BaseHandler):
     def deserialize(
         self, stream: Any, content_type: str | None, content_length: int | None
     ) -> object:
-        data = stream.read()
+        try:
+            data = stream.read()
+        except TimeoutError:  # BodyPolicy's read timeout: a client stalled mid-body
+            raise falcon.HTTPError(
+                falcon.HTTP_408,
+                title="Request timeout",
+                description="the body did not arrive in time",
+                headers={"Connection": "close"},
+            ) from None
+        if content_length is not None and len(data) < content_length:
+            # The client closed early: a prefix of a body is not the body (RFC 9112 6.3).
+            raise falcon.HTTPBadRequest(
+                title="Incomplete body",
+                description="the body ended before its Content-Length",
+                headers={"Connection": "close"},
+            )
         if not data:
             raise falcon.MediaNotFoundError("JSON")
         try:

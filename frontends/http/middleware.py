@@ -34,8 +34,9 @@ class BodyPolicy:
     Runs before routing, so an oversized body is refused without being read.
     """
 
-    def __init__(self, max_body_bytes: int) -> None:
+    def __init__(self, max_body_bytes: int, read_timeout_s: float = 10.0) -> None:
         self.max_body_bytes = max_body_bytes
+        self.read_timeout_s = read_timeout_s
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         length = req.content_length
@@ -53,6 +54,12 @@ class BodyPolicy:
             )
         if not length:
             return
+        # A client that sends less than it announced must not hold a thread for
+        # ever: reads of this request's body time out (a 408). gthread makes the
+        # socket blocking again for the next request on the connection.
+        sock = req.env.get("gunicorn.socket")
+        if sock is not None:
+            sock.settimeout(self.read_timeout_s)
         media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
         if media_type not in JSON_TYPES:
             raise falcon.HTTPUnsupportedMediaType(

@@ -46,6 +46,12 @@ STATUS: dict[type[UserplaneError], int] = {
 _log = structlog.get_logger("userplane.http")
 
 
+_DEFAULT_DETAIL = {
+    404: "nothing is served at this path",
+    405: "this path does not answer this method; see the Allow header",
+}
+
+
 def write_problem(
     req: falcon.Request,
     resp: falcon.Response,
@@ -56,9 +62,9 @@ def write_problem(
     **extra: Any,
 ) -> None:
     """Fill ``resp`` with a problem document."""
+    # Every problem has a detail, as documented; Falcon's own errors may lack one.
     body: dict[str, Any] = {"type": type_, "title": title, "status": status}
-    if detail:
-        body["detail"] = detail
+    body["detail"] = detail or _DEFAULT_DETAIL.get(status, title)
     body["instance"] = req.path
     request_id = getattr(req.context, "request_id", None)
     if request_id:

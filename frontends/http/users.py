@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from typing import Any, ClassVar
 from urllib.parse import urlencode
@@ -41,13 +42,16 @@ def _expected_version(req: falcon.Request, users: UserService, user_id: uuid.UUI
     tags = req.if_match
     if tags is None:
         return None
-    if any(t == "*" for t in tags):
+    # The wildcard is the bare ``*``; a quoted "*" is an entity tag (Falcon's ETag).
+    if any(t == "*" and not isinstance(t, falcon.ETag) for t in tags):
         users.get(user_id)  # "*" means: only if it exists
         return None
     versions = []
     for tag in tags:
-        # Strong comparison (RFC 9110 13.1.1): a weak tag never matches.
-        if isinstance(tag, falcon.ETag) and not tag.is_weak and tag.isdigit():
+        # Strong comparison (RFC 9110 13.1.1), character by character: a weak tag,
+        # "01" or "²" never matches "1"; a tag past any version we issue neither.
+        strong = isinstance(tag, falcon.ETag) and not tag.is_weak
+        if strong and _VERSION_TAG.fullmatch(tag) and int(tag) < 2**31:
             versions.append(int(tag))
     if len(versions) == 1 and len(tags) == 1:
         return versions[0]
@@ -55,6 +59,10 @@ def _expected_version(req: falcon.Request, users: UserService, user_id: uuid.UUI
     if current in versions:
         return current
     raise PreconditionFailed("the user has changed since that version")
+
+
+#: The ETags we issue: a version, 1 to 2**31 - 1 (the column's range), no leading zero.
+_VERSION_TAG = re.compile(r"[1-9][0-9]{0,9}")
 
 
 def _bool_param(values: dict[str, Any], name: str, errors: list[FieldError]) -> bool | None:
