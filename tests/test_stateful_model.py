@@ -678,8 +678,16 @@ class ServiceMachine(RuleBasedStateMachine):
             assert got == new.as_json()
             self.model[user_id] = new
 
-    @rule(user_id=users)
-    def restore(self, user_id: str) -> None:
+    @precondition(lambda self: any(u.deleted for u in self.model.values()))
+    @rule(data=st.data())
+    def restore_a_deleted_user(self, data: st.DataObject) -> None:
+        # In creation order: ids are random, so sorting them would make a replay of the
+        # same choices pick another user (hypothesis then reports flaky generation).
+        deleted = [u.id for u in self.model.values() if u.deleted]
+        self.restore(data.draw(st.sampled_from(deleted), label="user_id"), read_back=True)
+
+    @rule(user_id=users, read_back=st.booleans())
+    def restore(self, user_id: str, read_back: bool) -> None:
         user = self.model[user_id]
         resp = self.client.simulate_post(f"{USERS}/{user_id}/restore")
         assert resp.status_code == 200, resp.text
@@ -694,6 +702,10 @@ class ServiceMachine(RuleBasedStateMachine):
         assert got == new.as_json()
         assert resp.headers["ETag"] == f'"{new.version}"'
         self.model[user_id] = new
+        if read_back:  # live again: found without include_deleted
+            again = self.client.simulate_get(f"{USERS}/{user_id}")
+            assert again.status_code == 200, again.text
+            assert again.json == new.as_json()
 
     # -- after every step --------------------------------------------------------------
 
