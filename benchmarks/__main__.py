@@ -1,0 +1,5 @@
+"""``python -m benchmarks``: the whole benchmark run."""
+
+from benchmarks.harness import main
+
+raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""The benchmark database: created, migrated, seeded, reset between runs, dropped."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+from benchmarks import processes
+
+#: Seeded users' emails start with this; anything else was created by a run.
+SEED_PREFIX = "seed-"
+EMAIL_DOMAIN = "bench.example.org"
+
+
+def with_database(url: str, name: str) -> str:
+    """``url`` naming database ``name`` instead of its own."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@contextlib.contextmanager
+def temporary_database(admin_url: str) -> Iterator[str]:
+    """A new, empty database next to ``admin_url``'s, dropped (connections and all) after."""
+    name = f"userplane_bench_{os.getpid()}_{int(time.time())}"
+    try:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.OperationalError as exc:
+        raise SystemExit(f"bench: cannot reach PostgreSQL at {admin_url}: {exc}") from None
+    try:
+        yield with_database(admin_url, name)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """The seeded users, in creation order."""
+
+    ids: list[uuid.UUID]
+    emails: list[str]
+    seconds: float
+
+
+def seed(url: str, count: int) -> Seeded:
+    """Insert ``count`` users with ``PostgreSQLStorage.copy_users`` (one COPY).
+
+    Through the storage plugin, so rows are exactly what userplane writes
+    (normalised email key, folded name, UTC times), ``count`` times faster
+    than through the API. Creation times are one second apart, in the past,
+    so that the list order is the seeding order and users created by the
+    runs sort after every seeded one. Also fills ``bench_ids(n, id,
+    email_key)``, the table pgbench scripts draw random users from.
+    """
+    from userplane.emails import normalize_email
+    from userplane.plugins.postgresql.store import PostgreSQLStorage
+    from userplane.users import User
+
+    started = time.monotonic()
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=count + 3600)
+    users = []
+    for n in range(count):
+        created = base + timedelta(seconds=n)
+        email = f"{SEED_PREFIX}{n:05d}@{EMAIL_DOMAIN}"
+        user = User(uuid.uuid4(), email, f"Seed User {n}", True, created, created, 1)
+        users.append((user, normalize_email(email)))
+    storage = PostgreSQLStorage(url, min_size=1, max_size=1)
+    try:
+        storage.copy_users(users)
+    finally:
+        storage.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE bench_ids (n integer PRIMARY KEY, id uuid NOT NULL, email_key text)"
+        )
+        with conn.cursor() as cur, cur.copy("COPY bench_ids (n, id, email_key) FROM STDIN") as cp:
+            for n, (user, key) in enumerate(users, start=1):
+                cp.write_row((n, user.id, key))
+        conn.execute("VACUUM ANALYZE users")
+        conn.execute("VACUUM ANALYZE bench_ids")
+    return Seeded(
+        ids=[u.id for u, _ in users],
+        emails=[u.email for u, _ in users],
+        seconds=time.monotonic() - started,
+    )
+
+
+def reset(url: str) -> None:
+    """Remove the users a run created and vacuum, so every run starts from the same table."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM users WHERE email_normalized NOT LIKE %s", (f"{SEED_PREFIX}%",))
+        conn.execute("VACUUM ANALYZE users")
+
+
+def versions(url: str, ids: Sequence[uuid.UUID]) -> list[tuple[uuid.UUID, int]]:
+    """The current version of each of ``ids``, for the If-Match of update runs."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT id, version FROM users WHERE id = ANY(%s)", (list(ids),)
+        ).fetchall()
+    current = dict(rows)
+    return [(i, current[i]) for i in ids]
+
+
+def server_facts(url: str) -> tuple[str, int | None]:
+    """The server's version, and its postmaster's pid when it runs on this machine."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT current_setting('server_version'), pg_backend_pid()").fetchone()
+    assert row is not None
+    version, backend = row
+    postmaster = None
+    backend_stat = processes.stat(int(backend))
+    host = urlsplit(url).hostname or "localhost"
+    if backend_stat is not None and host in {"127.0.0.1", "localhost", "::1"}:
+        comm = Path(f"/proc/{backend_stat.ppid}/comm").read_text().strip()
+        if comm.startswith("postgres"):
+            postmaster = backend_stat.ppid
+    return str(version), postmaster
+
+
+def settings(url: str, names: Sequence[str]) -> dict[str, str]:
+    """Some server settings, by name."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = [conn.execute("SELECT current_setting(%s)", (n,)).fetchone() for n in names]
+    return {n: str(row[0]) if row else "?" for n, row in zip(names, rows, strict=True)}

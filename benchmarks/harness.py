@@ -1,0 +1,672 @@
+"""The benchmark run: targets, scenarios, interleaved rounds, and the report.
+
+See ``benchmarks/README.md`` for what is measured and how to read it.
+"""
+
+# Starting tools (userplane, gunicorn, wrk, pgbench, apt-get) with fixed
+# arguments is this module's job.
+# ruff: noqa: S603, S607
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from benchmarks import database, load, processes, report
+from benchmarks.sql import statements
+from benchmarks.targets import HttpTarget, OtlpSink, free_port, request
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BIN = Path(sys.executable).parent
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+TARGETS = ("userplane", "userplane-otel", "bare", "pgbench")
+#: Of the seeded users, the mix updates every MIX_UPDATE_EVERY-th (and reads the others).
+MIX_UPDATE_EVERY = 10
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One kind of load: a wrk script for HTTP targets, weighted pgbench scripts for pgbench."""
+
+    name: str
+    script: str
+    pgbench: tuple[tuple[str, int], ...]
+    #: Creates or updates rows: the table is reset after each run.
+    writes: bool = False
+    #: Which users the run updates with If-Match ("all" seeded users, or the "mix" share).
+    updates: str | None = None
+    #: The list page the run GETs (1-based).
+    page: int | None = None
+
+
+SCENARIOS = (
+    Scenario("get_by_id", "get_by_id", (("get_user", 1),)),
+    Scenario("get_by_email", "get_by_email", (("list_email", 1),)),
+    Scenario("list_page_1", "list", (("list_first", 1),), page=1),
+    Scenario("list_page_100", "list", (("list_after", 1),), page=100),
+    Scenario("create", "create", (("insert_user", 1),), writes=True),
+    Scenario("update", "update", (("update_user", 1),), writes=True, updates="all"),
+    Scenario(
+        "mix",
+        "mix",
+        (
+            ("get_user", 40),
+            ("list_email", 40),
+            ("list_first", 10),
+            ("insert_user", 5),
+            ("update_user", 5),
+        ),
+        writes=True,
+        updates="mix",
+    ),
+)
+
+
+def log(message: str) -> None:
+    """A progress line on stderr."""
+    print(f"[bench {datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Benchmark userplane serve on PostgreSQL against a bare stack and pgbench.",
+    )
+    parser.add_argument("--duration", type=float, default=8, help="seconds per run [8]")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds [3]")
+    parser.add_argument(
+        "--warmup", type=float, default=2, help="seconds of warm-up before each first run [2]"
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke test: 3 s x 1 round")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections [64]")
+    parser.add_argument("--wrk-threads", type=int, default=2, help="wrk threads [2]")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="gunicorn workers [USERPLANE default]"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="threads per worker [USERPLANE default]"
+    )
+    parser.add_argument("--users", type=int, default=10_000, help="seeded users [10000]")
+    parser.add_argument(
+        "--pg-url",
+        default=os.environ.get("USERPLANE_BENCH_PG_URL", DEFAULT_PG_URL),
+        help="a database to create the benchmark database from "
+        "[USERPLANE_BENCH_PG_URL or %(default)s]",
+    )
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(s.name for s in SCENARIOS),
+        help="comma-separated subset [all]",
+    )
+    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="where to write the report [benchmarks/RESULTS.md; none with --quick]",
+    )
+    parser.add_argument("--keep-workdir", action="store_true", help="keep logs and data files")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.rounds, args.warmup = 3.0, 1, 1.0
+    elif args.output is None:
+        args.output = HERE / "RESULTS.md"
+    known = {s.name for s in SCENARIOS}
+    args.scenarios = [s for s in args.scenarios.split(",") if s]
+    args.targets = [t for t in args.targets.split(",") if t]
+    if unknown := set(args.scenarios) - known:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    if unknown := set(args.targets) - set(TARGETS):
+        parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    if args.duration < 1 or args.rounds < 1:
+        parser.error("--duration must be at least 1 and --rounds at least 1")
+    return args
+
+
+def ensure_tools() -> None:
+    """wrk (installed with apt-get when missing and possible) and pgbench, or a clear error."""
+    if shutil.which("wrk") is None:
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            log("wrk is missing: apt-get install -y wrk")
+            done = subprocess.run(
+                ["apt-get", "install", "-y", "wrk"], capture_output=True, text=True, check=False
+            )
+            if done.returncode != 0:
+                subprocess.run(["apt-get", "update"], capture_output=True, check=False)
+                subprocess.run(
+                    ["apt-get", "install", "-y", "wrk"], capture_output=True, check=False
+                )
+        if shutil.which("wrk") is None:
+            raise SystemExit(
+                "bench: wrk is not installed and could not be installed here; "
+                "install it (Debian/Ubuntu: `apt-get install -y wrk`) and run again"
+            )
+    if shutil.which("pgbench") is None:
+        raise SystemExit(
+            "bench: pgbench is not installed; install PostgreSQL's client tools "
+            "(Debian/Ubuntu: `apt-get install -y postgresql-client`) and run again"
+        )
+    for tool in ("userplane", "gunicorn"):
+        if not (BIN / tool).exists():
+            raise SystemExit(
+                f"bench: {BIN / tool} is missing: run from an environment with "
+                "userplane installed with its extras (pip install -e '.[all]')"
+            )
+
+
+def _version(tool: Sequence[str]) -> str:
+    with contextlib.suppress(OSError):
+        done = subprocess.run(tool, capture_output=True, text=True, check=False, timeout=10)
+        text = (done.stdout or done.stderr).strip().splitlines()
+        return text[0] if text else "?"
+    return "?"
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or "?"
+
+
+def _memory() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                return f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    return "?"
+
+
+def _packages() -> str:
+    names = (
+        "userplane",
+        "falcon",
+        "gunicorn",
+        "psycopg",
+        "psycopg-pool",
+        "orjson",
+        "structlog",
+        "opentelemetry-sdk",
+        "opentelemetry-exporter-otlp-proto-http",
+    )
+    found = []
+    for name in names:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found.append(f"{name} {importlib.metadata.version(name)}")
+    return ", ".join(found)
+
+
+class Bench:
+    """One benchmark run: its database, targets and results; everything stopped by ``close``."""
+
+    def __init__(self, args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
+        from userplane.settings import Settings
+
+        self.args = args
+        self.stack = stack
+        self.defaults = Settings()
+        self.workers = args.workers or self.defaults.workers
+        self.threads = args.threads or self.defaults.threads
+        self.workdir = Path(tempfile.mkdtemp(prefix="userplane-bench-"))
+        self.data = self.workdir / "data"
+        self.data.mkdir()
+        self.results: dict[tuple[str, str], list[load.Result]] = {}
+        self.http: dict[str, HttpTarget] = {}
+        self.facts: dict[str, Any] = {}
+        self.url = ""
+        self.key = ""
+        self.postmaster: int | None = None
+        self.seeded: database.Seeded | None = None
+        self.paths: dict[tuple[str, int], str] = {}
+        self.pg_scripts: dict[str, Path] = {}
+        self.pg_defines: dict[str, str] = {}
+        self.sink: OtlpSink | None = None
+
+    # -- setup ----------------------------------------------------------------------
+
+    def base_env(self) -> dict[str, str]:
+        """A clean environment for child processes (no stray USERPLANE_* or OTEL_*)."""
+        keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
+        env = {k: v for k, v in os.environ.items() if k in keep}
+        env.setdefault("LANG", "C.UTF-8")
+        env["XDG_RUNTIME_DIR"] = str(self.workdir)
+        return env
+
+    def userplane_env(self, port: int, telemetry: bool) -> dict[str, str]:
+        """Production settings: prod, JSON logs, auth on; telemetry on or off."""
+        env = self.base_env()
+        env.update(
+            USERPLANE_ENV="prod",
+            USERPLANE_LOG_FORMAT="json",
+            USERPLANE_DATABASE_URL=self.url,
+            USERPLANE_ENV_FILE=str(self.workdir / "no-such.env"),
+            USERPLANE_HOST="127.0.0.1",
+            USERPLANE_PORT=str(port),
+            USERPLANE_WORKERS=str(self.workers),
+            USERPLANE_THREADS=str(self.threads),
+            USERPLANE_GRACEFUL_TIMEOUT="5",
+            USERPLANE_OTEL_ENABLED="false",
+        )
+        if telemetry:
+            assert self.sink is not None
+            env.update(
+                USERPLANE_OTEL_ENABLED="true",
+                USERPLANE_OTEL_EXPORTER="otlp-http",
+                USERPLANE_OTEL_ENDPOINT=self.sink.endpoint,
+                USERPLANE_OTEL_SAMPLE_RATIO="0.1",
+            )
+        return env
+
+    def cli(self, *args: str) -> str:
+        """``userplane ARGS`` against the benchmark database; its stdout."""
+        done = subprocess.run(
+            [str(BIN / "userplane"), *args],
+            env=self.userplane_env(0, telemetry=False),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"userplane {' '.join(args)} failed: {done.stderr}")
+        return done.stdout
+
+    def setup_database(self) -> None:
+        """Create, migrate and seed the database; make the admin key."""
+        self.url = self.stack.enter_context(database.temporary_database(self.args.pg_url))
+        log(f"database {self.url.rsplit('/', 1)[-1]} created")
+        self.cli("migrate")
+        created = self.cli(
+            "keys", "create", "--name", "bench", "--role", "admin", "--format", "json"
+        )
+        self.key = json.loads(created)["key"]
+        self.seeded = database.seed(self.url, self.args.users)
+        log(f"seeded {self.args.users} users with copy_users in {self.seeded.seconds:.2f} s")
+        lines = [
+            f"{i} {quote(e, safe='')}"
+            for i, e in zip(self.seeded.ids, self.seeded.emails, strict=True)
+        ]
+        (self.data / "users.txt").write_text("\n".join(lines) + "\n")
+        version, self.postmaster = database.server_facts(self.url)
+        self.facts["postgres"] = version
+        self.facts["pg_settings"] = database.settings(
+            self.url, ["max_connections", "shared_buffers", "synchronous_commit", "fsync"]
+        )
+        sql = statements()
+        (self.workdir / "statements.json").write_text(json.dumps(sql))
+        self.pg_scripts = load.pgbench_scripts(self.workdir / "pgbench", sql)
+
+    def new_target(self, name: str) -> HttpTarget:
+        """A target (not started) on a free port."""
+        port = free_port()
+        log_path = self.workdir / f"{name}.log"
+        if name == "bare":
+            env = self.base_env()
+            env.update(
+                BARE_DATABASE_URL=self.url,
+                BARE_SQL_FILE=str(self.workdir / "statements.json"),
+                BARE_POOL_MIN_SIZE=str(self.defaults.db_pool_min_size),
+                BARE_POOL_MAX_SIZE=str(self.defaults.db_pool_max_size),
+                BARE_POOL_TIMEOUT_S=str(self.defaults.db_pool_timeout_ms / 1000),
+                BARE_POOL_MAX_WAITING=str(self.defaults.db_pool_max_waiting),
+                BARE_STATEMENT_TIMEOUT_MS=str(self.defaults.db_statement_timeout_ms),
+            )
+            cmd = [
+                str(BIN / "gunicorn"),
+                *("--workers", str(self.workers), "--threads", str(self.threads)),
+                *("--worker-class", "gthread", "--bind", f"127.0.0.1:{port}"),
+                *("--pythonpath", str(ROOT), "--graceful-timeout", "5", "--no-control-socket"),
+                "benchmarks.bare_app:app",
+            ]
+            what = "Falcon + psycopg_pool, same SQL, same gunicorn settings, nothing else"
+            return HttpTarget(name, cmd, env, port, log_path, what)
+        telemetry = name == "userplane-otel"
+        cmd = [str(BIN / "userplane"), "serve"]
+        what = "userplane serve, prod, JSON logs, API-key auth, telemetry " + (
+            "on (otlp-http to a no-op sink, sampling 0.1)" if telemetry else "off"
+        )
+        return HttpTarget(name, cmd, self.userplane_env(port, telemetry), port, log_path, what)
+
+    def cold_starts(self) -> None:
+        """``userplane --help`` (median of 10) and ``serve`` until ready (median of 3)."""
+        helps = 3 if self.args.quick else 10
+        serves = 1 if self.args.quick else 3
+        env = self.userplane_env(0, telemetry=False)
+        times = []
+        for _ in range(helps):
+            started = time.perf_counter()
+            subprocess.run(
+                [str(BIN / "userplane"), "--help"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=True,
+            )
+            times.append((time.perf_counter() - started) * 1000)
+        self.facts["help_ms"] = times
+        starts = []
+        for i in range(serves):
+            target = self.new_target("userplane")
+            target.log_path = self.workdir / f"cold-start-{i}.log"
+            with target:
+                starts.append(target.start() * 1000)
+        self.facts["serve_ms"] = starts
+        log(
+            f"cold start: --help {statistics.median(times):.0f} ms, "
+            f"serve until ready {statistics.median(starts):.0f} ms"
+        )
+
+    def start_targets(self) -> None:
+        """Start the HTTP targets, check they answer alike, and find each one's list pages."""
+        headers = {"Authorization": f"Bearer {self.key}"}
+        for name in self.args.targets:
+            if name == "pgbench":
+                continue
+            target = self.stack.enter_context(self.new_target(name))
+            seconds = target.start()
+            self.http[name] = target
+            log(f"{name} ready on :{target.port} in {seconds:.1f} s (pid {target.proc.pid})")
+        assert self.seeded is not None
+        probe = self.seeded.ids[len(self.seeded.ids) // 2]
+        for name, target in self.http.items():
+            for path in (f"/api/v1/users/{probe}", "/api/v1/users"):
+                status, body = request(target.port, "GET", path, headers)
+                if status != 200:
+                    raise RuntimeError(f"{name}: GET {path} answered {status}: {body[:300]!r}")
+            for page in sorted({s.page for s in SCENARIOS if s.page}):
+                self.paths[(name, page)] = target.page_path(page, headers)[0]
+        self.pg_defines = load.pgbench_defines(self.args.users, *self.page_position(100))
+
+    def page_position(self, page: int) -> tuple[str, str]:
+        """The keyset position (created_at, id) page ``page`` starts after, from its cursor."""
+        path = next((p for (_, n), p in self.paths.items() if n == page), None)
+        if path is None:  # no HTTP target: walk the database instead
+            import psycopg
+
+            with psycopg.connect(self.url) as conn:
+                row = conn.execute(
+                    "SELECT created_at, id FROM users WHERE deleted_at IS NULL "
+                    "ORDER BY created_at, id OFFSET %s LIMIT 1",
+                    ((page - 1) * 50 - 1,),
+                ).fetchone()
+            assert row is not None
+            return row[0].isoformat(), str(row[1])
+        cursor = path.partition("cursor=")[2]
+        _, key, user_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return key, user_id
+
+    # -- runs -------------------------------------------------------------------------
+
+    def write_versions(self, scenario: Scenario) -> None:
+        """``versions.txt``: the users the run updates, at their current versions."""
+        assert self.seeded is not None
+        ids = self.seeded.ids
+        if scenario.updates == "mix":
+            ids = ids[::MIX_UPDATE_EVERY]
+        rows = database.versions(self.url, ids)
+        (self.data / "versions.txt").write_text("".join(f"{i} {v}\n" for i, v in rows))
+
+    def db_cpu(self) -> float | None:
+        """CPU seconds used so far by the PostgreSQL server (when it runs on this machine)."""
+        return processes.tree_cpu(self.postmaster) if self.postmaster else None
+
+    def run(self, scenario: Scenario, target: str, duration: float, tag: str) -> load.Result:
+        """One run of ``scenario`` against ``target``, with the CPU it cost."""
+        if scenario.updates:
+            self.write_versions(scenario)
+        http = self.http.get(target)
+        app_before = http.cpu() if http else None
+        db_before = self.db_cpu()
+        if http is None:
+            prefix = self.workdir / "pgbench-logs" / tag
+            prefix.parent.mkdir(exist_ok=True)
+            result = load.pgbench(
+                self.url,
+                [(self.pg_scripts[name], weight) for name, weight in scenario.pgbench],
+                self.pg_defines,
+                duration=duration,
+                clients=self.args.connections,
+                threads=self.args.wrk_threads,
+                log_prefix=prefix,
+            )
+        else:
+            args = {"data": str(self.data), "tag": tag, "threads": str(self.args.wrk_threads)}
+            if scenario.page:
+                args["path"] = self.paths[(target, scenario.page)]
+            env = self.base_env()
+            env["BENCH_AUTHORIZATION"] = f"Bearer {self.key}"
+            result = load.wrk(
+                http.url,
+                scenario.script,
+                args,
+                duration=duration,
+                connections=self.args.connections,
+                threads=self.args.wrk_threads,
+                env=env,
+            )
+        if http is not None and app_before is not None:
+            result.app_cpu_s = http.cpu() - app_before
+        db_after = self.db_cpu()
+        if db_before is not None and db_after is not None:
+            result.db_cpu_s = db_after - db_before
+        if scenario.writes:
+            database.reset(self.url)
+        if http is not None:
+            if not http.alive():
+                raise RuntimeError(f"{target} died during {scenario.name}:\n{http.log_tail()}")
+            http.trim_log()
+        return result
+
+    def measure(self) -> None:
+        """Every round: every scenario, every target in turn (A B C D A B C D …)."""
+        scenarios = [s for s in SCENARIOS if s.name in self.args.scenarios]
+        targets = [t for t in TARGETS if t in self.args.targets]
+        per_run = self.args.duration + 1.5
+        total = len(scenarios) * len(targets) * (self.args.rounds * per_run + self.args.warmup)
+        log(
+            f"{len(scenarios)} scenarios x {len(targets)} targets x {self.args.rounds} rounds "
+            f"of {self.args.duration:g} s: about {total / 60:.1f} min"
+        )
+        for rnd in range(1, self.args.rounds + 1):
+            for scenario in scenarios:
+                for target in targets:
+                    short = target.replace("userplane", "up").replace("-", "")
+                    if rnd == 1 and self.args.warmup > 0:
+                        self.run(scenario, target, self.args.warmup, f"w-{scenario.name}-{short}")
+                    tag = f"r{rnd}-{scenario.name}-{short}".replace("_", "")
+                    result = self.run(scenario, target, self.args.duration, tag)
+                    self.results.setdefault((scenario.name, target), []).append(result)
+                    codes = " ".join(f"{k}:{v}" for k, v in sorted(result.statuses.items()))
+                    extra = f" [{codes}]" if codes else ""
+                    log(
+                        f"round {rnd} {scenario.name:<14} {target:<15} {result.rps:9,.0f} req/s "
+                        f"p50 {result.p50_ms:7.2f} ms p99 {result.p99_ms:7.2f} ms "
+                        f"errors {result.errors}{extra}"
+                    )
+
+    # -- report ---------------------------------------------------------------------
+
+    def render(self, started: float, load_before: str) -> str:
+        """The Markdown report."""
+        summaries = {k: report.summarize(v) for k, v in self.results.items()}
+        scenarios = [s.name for s in SCENARIOS if s.name in self.args.scenarios]
+        targets = [t for t in TARGETS if t in self.args.targets]
+        help_ms = statistics.median(self.facts["help_ms"]) if self.facts.get("help_ms") else None
+        serve_ms = self.facts.get("serve_ms") or []
+        out = [
+            "# userplane benchmark results",
+            "",
+            f"Generated by `python -m benchmarks` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC "
+            f"({'--quick smoke test' if self.args.quick else 'full run'}). "
+            "Medians over the rounds; errors and 412s are summed over the rounds.",
+            "",
+            "## Results",
+            "",
+            report.results_table(summaries, scenarios, targets),
+            "",
+            "Targets: "
+            + "; ".join(f"**{n}**: {t.description}" for n, t in self.http.items())
+            + (
+                "; **pgbench**: the same statements straight to PostgreSQL, same client count"
+                if "pgbench" in targets
+                else ""
+            )
+            + ".",
+            "",
+            "Columns: *errors* are non-2xx answers except 412 plus socket errors (pgbench: failed "
+            "transactions and aborted clients); *412* counts If-Match conflicts apart; *app CPU* "
+            "is utime+stime of the gunicorn master and workers from /proc over the run, per "
+            "request; *DB CPU* the same for every PostgreSQL process (backends, and those that "
+            "exited through the postmaster's cutime).",
+            "",
+        ]
+        for name in ("userplane", "userplane-otel"):
+            if name in targets and "bare" in targets:
+                title = "The issue's targets" if name == "userplane" else "Same, telemetry on"
+                out += [
+                    f"## {title} ({name})",
+                    "",
+                    report.checks_table(report.checks(summaries, help_ms, name)),
+                    "",
+                ]
+        out += ["## Cold start, memory, telemetry export", ""]
+        pairs = []
+        if help_ms is not None:
+            values = ", ".join(f"{v:.0f}" for v in self.facts["help_ms"])
+            pairs.append(
+                (
+                    f"`userplane --help` (median of {len(self.facts['help_ms'])})",
+                    f"{help_ms:.0f} ms (runs: {values})",
+                )
+            )
+        if serve_ms:
+            values = ", ".join(f"{v:.0f}" for v in serve_ms)
+            pairs.append(
+                (
+                    f"`userplane serve` until /health/ready is 200 (median of {len(serve_ms)})",
+                    f"{statistics.median(serve_ms):.0f} ms (runs: {values})",
+                )
+            )
+        for name, kib in self.facts.get("rss", {}).items():
+            workers = ", ".join(f"{k / 1024:.1f}" for k in kib) or "?"
+            pairs.append((f"peak RSS per worker (VmHWM), {name}", f"{workers} MiB"))
+        if self.sink is not None and self.sink.counts:
+            sent = ", ".join(
+                f"{path}: {n} requests, {size / 1024:.0f} KiB"
+                for path, (n, size) in sorted(self.sink.counts.items())
+            )
+            pairs.append(("OTLP/HTTP exports received by the no-op sink", sent))
+        out += [report.bullet_table(pairs), ""]
+        assert self.seeded is not None
+        env_pairs = [
+            ("CPU", f"{os.cpu_count()} x {_cpu_model()}, {_memory()} RAM"),
+            ("kernel", platform.platform()),
+            ("load average before / after", f"{load_before} / {_loadavg()}"),
+            ("Python", platform.python_version()),
+            ("packages", _packages()),
+            ("PostgreSQL", f"{self.facts['postgres']} ({_settings(self.facts['pg_settings'])})"),
+            ("wrk", _version(["wrk", "-v"])),
+            ("pgbench", _version(["pgbench", "--version"])),
+            (
+                "server settings",
+                f"gunicorn gthread, {self.workers} workers x {self.threads} threads; "
+                f"DB pool {self.defaults.db_pool_min_size}-{self.defaults.db_pool_max_size} "
+                "per worker",
+            ),
+            (
+                "load",
+                f"{self.args.connections} connections (pgbench: clients), "
+                f"{self.args.wrk_threads} wrk threads (pgbench: -j)",
+            ),
+            (
+                "durations",
+                f"{self.args.rounds} rounds x {self.args.duration:g} s per run, "
+                f"{self.args.warmup:g} s warm-up before each first run; "
+                f"total {(time.monotonic() - started) / 60:.1f} min",
+            ),
+            (
+                "data",
+                f"{self.args.users} users seeded with PostgreSQLStorage.copy_users in "
+                f"{self.seeded.seconds:.2f} s; rows a run creates are deleted (and the table "
+                "vacuumed) after it",
+            ),
+        ]
+        out += ["## Environment", "", report.bullet_table(env_pairs), ""]
+        return "\n".join(out)
+
+
+def _loadavg() -> str:
+    with contextlib.suppress(OSError):
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return "?"
+
+
+def _settings(values: Mapping[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
+@contextlib.contextmanager
+def _terminate_on_sigterm() -> Iterator[None]:
+    """SIGTERM and SIGHUP unwind like Ctrl-C, so every ``finally`` runs."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; print the report and write it to ``--output``."""
+    args = parse_args(argv)
+    ensure_tools()
+    started = time.monotonic()
+    load_before = _loadavg()
+    failed = True
+    with _terminate_on_sigterm(), contextlib.ExitStack() as stack:
+        bench = Bench(args, stack)
+        try:
+            bench.setup_database()
+            bench.sink = stack.enter_context(OtlpSink())
+            bench.cold_starts()
+            bench.start_targets()
+            bench.measure()
+            bench.facts["rss"] = {n: t.peak_rss_kib() for n, t in bench.http.items()}
+            text = bench.render(started, load_before)
+            failed = False
+        finally:
+            stack.close()  # servers stopped, sink closed, database dropped
+            if failed or args.keep_workdir:
+                log(f"logs and data kept in {bench.workdir}")
+            else:
+                shutil.rmtree(bench.workdir, ignore_errors=True)
+    print(text)
+    if args.output is not None:
+        args.output.write_text(text + "\n", encoding="utf-8")
+        log(f"report written to {args.output}")
+    return 0

@@ -1,0 +1,28 @@
+-- 80 % reads (40 % by id, 40 % by email), 10 % first list page, 5 % create,
+-- 5 % update with If-Match (as update.lua).
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "common.lua")
+
+local first_page = "/api/v1/users"
+
+function init(args)
+  prepare(args, {users = true, versions = true})
+end
+
+function request()
+  local r = math.random(100)
+  if r <= 40 then
+    return get_by_id()
+  elseif r <= 80 then
+    return get_by_email()
+  elseif r <= 90 then
+    return get_path(first_page)
+  elseif r <= 95 then
+    return create()
+  end
+  return update()
+end
+
+function response(status, headers, body)
+  count(status)
+  track_update(status, body)
+end

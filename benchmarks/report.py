@@ -1,0 +1,189 @@
+"""The results as a Markdown report: the table, the target checks, cold starts, environment."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from benchmarks.load import Result, median
+
+#: The target the issue's goals are checked against (production settings, telemetry off).
+PRIMARY = "userplane"
+BARE = "bare"
+PGBENCH = "pgbench"
+#: The scenarios the issue compares with the bare stack.
+VERSUS_BARE = ("get_by_id", "create", "update")
+RPS_RATIO_MIN = 0.8
+P99_RATIO_MAX = 1.5
+PAGE_RATIO_MIN = 0.8
+HELP_MAX_MS = 150.0
+
+
+@dataclass
+class Summary:
+    """The medians of one scenario and target over the measured rounds."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    precondition_failed: int
+    app_cpu_ms: float | None
+    db_cpu_ms: float | None
+    rounds: list[float] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)
+
+
+def summarize(results: Sequence[Result]) -> Summary:
+    """Medians of rps, latencies and CPU per request; errors and 412s summed over rounds."""
+
+    def med(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return median(present) if present else None
+
+    return Summary(
+        rps=median([r.rps for r in results]),
+        p50_ms=median([r.p50_ms for r in results]),
+        p99_ms=median([r.p99_ms for r in results]),
+        errors=sum(r.errors for r in results),
+        precondition_failed=sum(r.precondition_failed for r in results),
+        app_cpu_ms=med([r.per_request_ms(r.app_cpu_s) for r in results]),
+        db_cpu_ms=med([r.per_request_ms(r.db_cpu_s) for r in results]),
+        rounds=[r.rps for r in results],
+        details=sorted({r.detail for r in results if r.detail}),
+    )
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return "-"
+    return f"{a / b:.2f}"
+
+
+def results_table(
+    summaries: Mapping[tuple[str, str], Summary], scenarios: Sequence[str], targets: Sequence[str]
+) -> str:
+    """The main table: one row per scenario and target, ratios on the userplane rows."""
+    head = (
+        "| scenario | target | req/s | req/s per round | p50 ms | p99 ms | errors | 412 "
+        "| app CPU ms/req | DB CPU ms/req | req/s ÷ bare | req/s ÷ pgbench | p99 ÷ bare |"
+    )
+    rows = [head, "|" + "---|" * 13]
+    for scenario in scenarios:
+        bare = summaries.get((scenario, BARE))
+        pg = summaries.get((scenario, PGBENCH))
+        for target in targets:
+            s = summaries.get((scenario, target))
+            if s is None:
+                continue
+            ours = target.startswith(PRIMARY)
+            per_round = " / ".join(f"{x:,.0f}" for x in s.rounds)
+            errors = str(s.errors) + (f" ({'; '.join(s.details)})" if s.details else "")
+            rows.append(
+                f"| {scenario} | {target} | {_num(s.rps, 0)} | {per_round} | {_num(s.p50_ms, 2)} "
+                f"| {_num(s.p99_ms, 2)} | {errors} | {s.precondition_failed} "
+                f"| {_num(s.app_cpu_ms, 3)} | {_num(s.db_cpu_ms, 3)} "
+                f"| {_ratio(s.rps, bare.rps) if ours and bare else ''} "
+                f"| {_ratio(s.rps, pg.rps) if ours and pg else ''} "
+                f"| {_ratio(s.p99_ms, bare.p99_ms) if ours and bare else ''} |"
+            )
+    return "\n".join(rows)
+
+
+@dataclass
+class Check:
+    """One of the issue's targets: what was measured against what is required."""
+
+    name: str
+    measured: str
+    required: str
+    met: bool | None  # None: not measured in this run
+
+
+def checks(
+    summaries: Mapping[tuple[str, str], Summary], help_ms: float | None, target: str = PRIMARY
+) -> list[Check]:
+    """The issue's targets, for ``target``."""
+    out: list[Check] = []
+    for scenario in VERSUS_BARE:
+        ours, bare = summaries.get((scenario, target)), summaries.get((scenario, BARE))
+        if ours is None or bare is None:
+            out.append(Check(f"{scenario}: req/s vs bare", "not run", "≥ 0.80", None))
+            continue
+        ratio = ours.rps / bare.rps if bare.rps else 0.0
+        out.append(
+            Check(
+                f"{scenario}: req/s vs bare",
+                f"{ratio:.2f} ({ours.rps:,.0f} / {bare.rps:,.0f})",
+                f"≥ {RPS_RATIO_MIN:.2f}",
+                ratio >= RPS_RATIO_MIN,
+            )
+        )
+        p99 = ours.p99_ms / bare.p99_ms if bare.p99_ms else math.inf
+        out.append(
+            Check(
+                f"{scenario}: p99 vs bare",
+                f"{p99:.2f} ({ours.p99_ms:.1f} ms / {bare.p99_ms:.1f} ms)",
+                f"≤ {P99_RATIO_MAX:.2f}",
+                p99 <= P99_RATIO_MAX,
+            )
+        )
+    first, hundred = (
+        summaries.get(("list_page_1", target)),
+        summaries.get(("list_page_100", target)),
+    )
+    if first is not None and hundred is not None:
+        ratio = hundred.rps / first.rps if first.rps else 0.0
+        out.append(
+            Check(
+                "list page 100 vs page 1 (req/s)",
+                f"{ratio:.2f} ({hundred.rps:,.0f} / {first.rps:,.0f})",
+                f"≥ {PAGE_RATIO_MIN:.2f}",
+                ratio >= PAGE_RATIO_MIN,
+            )
+        )
+    ours_all = {k[0]: v for k, v in summaries.items() if k[1] == target}
+    if ours_all:
+        errors = sum(s.errors for s in ours_all.values())
+        where = ", ".join(f"{k} {s.errors}" for k, s in ours_all.items() if s.errors)
+        out.append(
+            Check(
+                "errors at 64 connections (all scenarios, all rounds)",
+                f"{errors}" + (f" ({where})" if where else ""),
+                "0",
+                errors == 0,
+            )
+        )
+    if help_ms is not None:
+        out.append(
+            Check(
+                "`userplane --help` cold start",
+                f"{help_ms:.0f} ms",
+                f"≤ {HELP_MAX_MS:.0f} ms",
+                help_ms <= HELP_MAX_MS,
+            )
+        )
+    return out
+
+
+def checks_table(items: Sequence[Check]) -> str:
+    """The checks as a Markdown table."""
+    rows = ["| target | measured | required | verdict |", "|---|---|---|---|"]
+    for c in items:
+        verdict = "-" if c.met is None else ("met" if c.met else "**MISSED**")
+        rows.append(f"| {c.name} | {c.measured} | {c.required} | {verdict} |")
+    return "\n".join(rows)
+
+
+def bullet_table(pairs: Sequence[tuple[str, str]]) -> str:
+    """Two-column Markdown table."""
+    rows = ["| | |", "|---|---|"]
+    rows += [f"| {k} | {v} |" for k, v in pairs]
+    return "\n".join(rows)
