@@ -135,23 +135,25 @@ def _authenticator(registry: Registry) -> KeyAuthenticator:
     with _authenticators_lock:
         found = _authenticators.get(registry)
         if found is None:
-            storage = registry.storage
-            if not isinstance(storage, ApiKeyStorage):
-                raise ConfigurationError(
-                    f"the {storage.name} storage cannot hold API keys; "
-                    "disable the api_keys plugin or use a storage that can"
-                )
             ttl = section(ApiKeySettings, registry.settings, "API_KEYS_").cache_seconds
-            found = _authenticators[registry] = KeyAuthenticator(storage, ttl)
+            found = _authenticators[registry] = KeyAuthenticator(_key_storage(registry), ttl)
         return found
+
+
+def _key_storage(registry: Registry) -> ApiKeyStorage:
+    """``registry``'s storage as a key store, or ``ConfigurationError`` if it cannot be one."""
+    storage = registry.storage
+    if not isinstance(storage, ApiKeyStorage):
+        raise ConfigurationError(
+            f"the {storage.name} storage cannot hold API keys; "
+            "disable the api_keys plugin or use a storage that can"
+        )
+    return storage
 
 
 def service(registry: Registry) -> ApiKeyService:
     """Key management over ``registry``'s storage."""
-    storage = registry.storage
-    if not isinstance(storage, ApiKeyStorage):
-        raise ConfigurationError(f"the {storage.name} storage cannot hold API keys")
-    return ApiKeyService(storage, registry.auth.roles, utcnow)
+    return ApiKeyService(_key_storage(registry), registry.auth.roles, utcnow)
 
 
 @hookimpl
