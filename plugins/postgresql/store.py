@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -73,13 +74,27 @@ def yoyo_url(url: str) -> str:
 
 
 def _check(conn: psycopg.Connection[Any]) -> None:
-    """The pool's liveness check on checkout: an empty statement, as psycopg_pool's own.
+    """The pool's check on checkout: is the server still at the other end? No round trip.
 
-    It runs on a plain ``psycopg.Cursor``, past the connection's cursor factory,
-    so a tracing wrapper does not give every checkout a span of its own.
+    An idle connection in autocommit expects nothing from the server, so
+    anything readable on its socket means the server has spoken unasked: a
+    restart or a terminated backend sends its FATAL notice and closes the
+    socket. A zero-timeout ``poll`` sees that for a system call's cost,
+    where psycopg_pool's own check (an empty statement) costs a round trip
+    on every checkout: measured, the round trip took a third of the
+    requests per second of a read. The pool discards a connection whose
+    check raises and hands out another, so a server that was restarted
+    still costs no failed request once it is back.
     """
-    with psycopg.Cursor(conn) as cur:
-        cur.execute("")
+    if conn.closed:
+        raise psycopg.OperationalError("the connection is closed")
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+    if poller.poll(0):
+        # Closed here: the pool puts a connection that failed its check back
+        # unless it is closed, and would hand the dead one out again.
+        conn.close()
+        raise psycopg.OperationalError("the server closed or spoke on an idle connection")
 
 
 class PostgreSQLStorage(SQLStorage):

@@ -8,6 +8,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -300,6 +301,48 @@ def test_hot_queries_are_prepared_on_first_use(postgresql_url: str) -> None:
         assert "INSERT INTO users" in statements
         assert "FROM users WHERE id = $1" in statements
         assert "ORDER BY created_at, id" in statements
+    finally:
+        store.close()
+
+
+def _backend_pids(store: PostgreSQLStorage) -> set[int]:
+    with store.pool.connection() as conn:
+        return {conn.info.backend_pid}
+
+
+def test_a_terminated_backend_costs_no_failed_request(postgresql_url: str) -> None:
+    store = PostgreSQLStorage(postgresql_url, min_size=1, max_size=1)
+    try:
+        user = insert(store, make_user())
+        [pid] = _backend_pids(store)
+        with psycopg.connect(postgresql_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+            # The FATAL notice and the close reach the idle socket asynchronously.
+            admin.execute("SELECT pg_sleep(0.2)")
+        assert store.get_user(user.id) == user  # the check saw it, and a new one served
+        assert _backend_pids(store) != {pid}
+    finally:
+        store.close()
+
+
+def test_a_checkout_costs_no_round_trip(postgresql_url: str, tmp_path: Path) -> None:
+    # libpq's protocol trace of the pooled connection: checkouts must add nothing to it.
+    store = PostgreSQLStorage(postgresql_url, min_size=1, max_size=1)
+    trace = tmp_path / "libpq.trace"
+    try:
+        store.ping()
+        with trace.open("w") as out:
+            with store.pool.connection() as conn:
+                conn.pgconn.trace(out.fileno())
+            for _ in range(5):
+                with store.pool.connection():
+                    pass
+            checkouts = trace.read_text()
+            store.ping()  # a statement shows in the same trace: the trace works
+            with store.pool.connection() as conn:
+                conn.pgconn.untrace()
+        assert checkouts == ""
+        assert "SELECT 1 FROM users" in trace.read_text()
     finally:
         store.close()
 
