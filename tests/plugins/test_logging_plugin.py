@@ -146,6 +146,29 @@ def test_json_format_renders_json_lines(capsys: pytest.CaptureFixture[str]) -> N
     assert second["level"] == "warning"
 
 
+def test_json_lines_hold_what_orjson_refuses(capsys: pytest.CaptureFixture[str]) -> None:
+    # A lone surrogate (from a hostile path, say) or a non-string key still logs one line.
+    configure(Settings(log_format="json"))
+    structlog.get_logger("userplane.test").info("odd", path="/x\udc80", ids={1: "a"})
+    [line] = _lines(capsys.readouterr().err)
+    event = json.loads(line)
+    assert event["path"] == "/x\udc80"
+    assert event["ids"] == {"1": "a"}
+
+
+def test_an_exception_in_a_json_line_is_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    configure(Settings(log_format="json"))
+    try:
+        raise RuntimeError("cannot reach postgresql://app:hunter22@db/users")
+    except RuntimeError:
+        structlog.get_logger("userplane.test").exception("failed")
+    [line] = _lines(capsys.readouterr().err)
+    event = json.loads(line)
+    assert "hunter22" not in line
+    assert event["exception"][0]["exc_type"] == "RuntimeError"
+    assert "db/users" in event["exception"][0]["exc_value"]
+
+
 def test_console_format_renders_text(capsys: pytest.CaptureFixture[str]) -> None:
     configure(Settings(log_format="console"))
     logging.getLogger("gunicorn.error").info("worker booted")
