@@ -11,6 +11,7 @@ more connections than its pools' minimum.
 
 from __future__ import annotations
 
+import json
 import statistics
 import threading
 import time
@@ -130,5 +131,6 @@ def test_overload_sheds_fast_and_recovers(
             assert time.monotonic() < deadline, _connections(postgresql_server, database)
             time.sleep(0.2)
         assert sum(_connections(postgresql_server, database).values()) <= 2 * 10
-        access = [line for line in server.log().splitlines() if '"status": 503' in line]
+        lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+        access = [e for e in lines if e["event"] == "request" and e["status"] == 503]
         assert len(access) == len(shed), "every refusal has its access line"
