@@ -5,31 +5,30 @@ The public API for plugin authors and embedders is what ``__all__`` lists.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib
+from typing import TYPE_CHECKING
 
-from userplane.errors import (
-    ConfigurationError,
-    Conflict,
-    FieldError,
-    Forbidden,
-    InvalidInput,
-    NotFound,
-    PreconditionFailed,
-    RateLimited,
-    Unauthenticated,
-    Unavailable,
-    UserplaneError,
-)
-from userplane.plugin_manager import hookimpl
-from userplane.registry import Registry
-from userplane.settings import Settings
-from userplane.storage import MigrationState, Storage
-from userplane.users import UNSET, NewUser, User, UserChanges, UserFilter, UserPage, UserQuery
+if TYPE_CHECKING:
+    from userplane.errors import (
+        ConfigurationError,
+        Conflict,
+        FieldError,
+        Forbidden,
+        InvalidInput,
+        NotFound,
+        PreconditionFailed,
+        RateLimited,
+        Unauthenticated,
+        Unavailable,
+        UserplaneError,
+    )
+    from userplane.plugin_manager import hookimpl
+    from userplane.registry import Registry
+    from userplane.settings import Settings
+    from userplane.storage import MigrationState, Storage
+    from userplane.users import UNSET, NewUser, User, UserChanges, UserFilter, UserPage, UserQuery
 
-try:
-    __version__ = version("userplane")
-except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-    __version__ = "0+unknown"
+    __version__: str
 
 __all__ = [
     "UNSET",
@@ -57,3 +56,60 @@ __all__ = [
     "__version__",
     "hookimpl",
 ]
+
+# The public names are imported on first use (PEP 562), not with the package:
+# importing any ``userplane.x`` (a plugin, the CLI for ``--help``) must not pay
+# for the registry, storage and users modules and what they pull in.
+_SOURCES = {
+    **dict.fromkeys(
+        (
+            "ConfigurationError",
+            "Conflict",
+            "FieldError",
+            "Forbidden",
+            "InvalidInput",
+            "NotFound",
+            "PreconditionFailed",
+            "RateLimited",
+            "Unauthenticated",
+            "Unavailable",
+            "UserplaneError",
+        ),
+        "userplane.errors",
+    ),
+    "hookimpl": "userplane.plugin_manager",
+    "Registry": "userplane.registry",
+    "Settings": "userplane.settings",
+    "MigrationState": "userplane.storage",
+    "Storage": "userplane.storage",
+    **dict.fromkeys(
+        ("UNSET", "NewUser", "User", "UserChanges", "UserFilter", "UserPage", "UserQuery"),
+        "userplane.users",
+    ),
+}
+
+
+def _version() -> str:
+    # importlib.metadata looks the distribution up on sys.path: only when asked.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("userplane")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0+unknown"
+
+
+if not TYPE_CHECKING:  # mypy sees the imports above, and no catch-all attribute
+
+    def __getattr__(name: str) -> object:
+        if name == "__version__":
+            value: object = _version()
+        elif name in _SOURCES:
+            value = getattr(importlib.import_module(_SOURCES[name]), name)
+        else:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        globals()[name] = value  # once: later lookups do not come here
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})

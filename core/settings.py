@@ -15,7 +15,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import attrs
 import cattrs
-from dotenv import dotenv_values
 
 from userplane.errors import ConfigurationError
 
@@ -113,6 +112,10 @@ class Settings:
         path = Path(env_file or environ.get(f"{PREFIX}ENV_FILE", ".env"))
         values: dict[str, str] = {}
         if path.is_file():
+            # Imported here: most runs have no .env file, and python-dotenv
+            # (with the logging and tempfile modules it loads) takes milliseconds.
+            from dotenv import dotenv_values
+
             values.update({k: v for k, v in dotenv_values(path).items() if v is not None})
         values.update(environ)
         return cls.from_mapping({k: v for k, v in values.items() if k.startswith(PREFIX)})

@@ -12,40 +12,33 @@ Commands: ``userplane keys create|list|revoke``.
 from __future__ import annotations
 
 import collections
-import hmac
+import functools
 import threading
 import time
 import uuid
 import weakref
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import click
-import structlog
 
 from userplane import hookimpl
-from userplane.api_keys import (
-    KEY_PREFIX,
-    ApiKey,
-    ApiKeyService,
-    hash_key,
-    lookup_of,
-    matches,
-)
 from userplane.auth import Credentials, Principal
 from userplane.errors import ConfigurationError, Unauthenticated, Unavailable
 from userplane.settings import Settings, section
-from userplane.storage import ApiKeyStorage
-from userplane.users import utcnow
 
 if TYPE_CHECKING:
+    from userplane.api_keys import ApiKey, ApiKeyService
     from userplane.registry import Registry
+    from userplane.storage import ApiKeyStorage
+
+# The core's api_keys, storage and users modules, hmac and structlog are imported
+# where keys are handled, not here: every userplane process loads this plugin,
+# and the CLI's --help and the commands that never see a key must not pay for them.
 
 #: The one answer to any key that does not authenticate: unknown, wrong, revoked, expired.
 REJECTED = "the credentials were not accepted"
-#: Compared against when no record exists, so an unknown key costs what a wrong one does.
-_NO_HASH = hash_key(KEY_PREFIX + "0" * 44)
 #: Lookups remembered per process (known and unknown); the oldest are dropped beyond it.
 _CACHE_ENTRIES = 10_000
 
@@ -63,10 +56,26 @@ class ApiKeySettings:
     cache_seconds: float = attrs.field(default=5.0, validator=_cache_seconds)
 
 
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC: what expiry is judged by (tests replace it)."""
+    from userplane.users import utcnow as now
+
+    return now()
+
+
 class KeyAuthenticator:
     """Verifies keys for one registry, with a short per-process cache."""
 
     def __init__(self, storage: ApiKeyStorage, ttl: float) -> None:
+        import hmac
+
+        from userplane.api_keys import KEY_PREFIX, hash_key, lookup_of, matches
+
+        # Bound once: authenticate runs on every request.
+        self._compare_digest = hmac.compare_digest
+        self._hash_key, self._lookup_of, self._matches = hash_key, lookup_of, matches
+        #: Compared against when no record exists, so an unknown key costs what a wrong one does.
+        self._no_hash = hash_key(KEY_PREFIX + "0" * 44)
         self._storage = storage
         self._ttl = ttl
         self._lock = threading.Lock()
@@ -97,6 +106,8 @@ class KeyAuthenticator:
         try:
             self._storage.touch_api_key(record.id, utcnow())
         except Unavailable:
+            import structlog
+
             # Bookkeeping only: a database hiccup must not refuse a valid key.
             structlog.get_logger("userplane.api_keys").warning(
                 "last_used_at not recorded", key_id=str(record.id)
@@ -104,15 +115,15 @@ class KeyAuthenticator:
 
     def authenticate(self, key: str) -> Principal:
         """The key's principal, or ``Unauthenticated`` with one message for every failure."""
-        lookup = lookup_of(key)
+        lookup = self._lookup_of(key)
         if lookup is None:
             raise Unauthenticated(REJECTED)
         now = time.monotonic()
         record, touched = self._record(lookup, now)
         if record is None:
-            hmac.compare_digest(hash_key(key), _NO_HASH)  # the work a wrong key costs
+            self._compare_digest(self._hash_key(key), self._no_hash)  # what a wrong key costs
             raise Unauthenticated(REJECTED)
-        if not matches(key, record) or not record.usable_at(utcnow()):
+        if not self._matches(key, record) or not record.usable_at(utcnow()):
             raise Unauthenticated(REJECTED)
         if now - touched >= max(self._ttl, 1.0):
             self._touch(record, now)
@@ -140,8 +151,17 @@ def _authenticator(registry: Registry) -> KeyAuthenticator:
         return found
 
 
+@functools.cache
+def _key_prefix() -> str:
+    from userplane.api_keys import KEY_PREFIX
+
+    return KEY_PREFIX
+
+
 def _key_storage(registry: Registry) -> ApiKeyStorage:
     """``registry``'s storage as a key store, or ``ConfigurationError`` if it cannot be one."""
+    from userplane.storage import ApiKeyStorage
+
     storage = registry.storage
     if not isinstance(storage, ApiKeyStorage):
         raise ConfigurationError(
@@ -153,6 +173,8 @@ def _key_storage(registry: Registry) -> ApiKeyStorage:
 
 def service(registry: Registry) -> ApiKeyService:
     """Key management over ``registry``'s storage."""
+    from userplane.api_keys import ApiKeyService
+
     return ApiKeyService(_key_storage(registry), registry.auth.roles, utcnow)
 
 
@@ -166,7 +188,7 @@ def userplane_startup(settings: Settings) -> None:
 def userplane_authenticate(credentials: Credentials, registry: Registry) -> Principal | None:
     """Bearer tokens that start with ``up_`` are ours; anything else is not."""
     token = credentials.bearer
-    if token is None or not token.startswith(KEY_PREFIX):
+    if token is None or not token.startswith(_key_prefix()):
         return None
     return _authenticator(registry).authenticate(token)
 
@@ -174,6 +196,8 @@ def userplane_authenticate(credentials: Credentials, registry: Registry) -> Prin
 @hookimpl
 def userplane_describe(settings: Settings, registry: Registry | None) -> dict[str, str]:
     """How many keys can authenticate, and how to make the first."""
+    from userplane.storage import ApiKeyStorage
+
     if registry is None or not isinstance(registry.storage, ApiKeyStorage):
         return {}
     now = utcnow()

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import jwt
 
 from userplane import hookimpl
 from userplane.auth import Credentials, Principal
@@ -35,6 +34,10 @@ from userplane.settings import Settings, section
 
 if TYPE_CHECKING:
     from userplane.registry import Registry
+
+# PyJWT (and the cryptography it loads) is imported where a key or token is
+# handled, not here: every userplane process loads this plugin, and one that
+# never sees a JWT (the CLI, --help) must not pay for it.
 
 REJECTED = "the credentials were not accepted"
 ALGORITHMS = frozenset(
@@ -90,6 +93,8 @@ class Verifier:
                 "USERPLANE_JWT_KEY, USERPLANE_JWT_KEY_FILE, USERPLANE_JWT_JWKS_FILE: "
                 "set exactly one"
             )
+        import jwt
+
         self.cfg = cfg
         self.algorithm: str = cfg.algorithm
         algorithm = jwt.get_algorithm_by_name(self.algorithm)
@@ -122,6 +127,8 @@ class Verifier:
             )
 
     def _load_jwks(self, path: str) -> dict[str, Any]:
+        import jwt
+
         name = "USERPLANE_JWT_JWKS_FILE"
         try:
             keys = jwt.PyJWKSet.from_json(_read(path, name))
@@ -135,6 +142,8 @@ class Verifier:
     def _key_for(self, token: str) -> Any:
         if not self._jwks:
             return self._key
+        import jwt
+
         kid = jwt.get_unverified_header(token).get("kid") or ""
         found = self._jwks.get(kid) if kid else next(iter(self._jwks.values()))
         if found is None:
@@ -143,6 +152,8 @@ class Verifier:
 
     def verify(self, token: str, known_roles: Any) -> Principal:
         """The token's principal, or ``Unauthenticated`` with one message for every failure."""
+        import jwt
+
         cfg = self.cfg
         try:
             claims = jwt.decode(

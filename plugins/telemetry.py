@@ -31,7 +31,6 @@ import userplane
 from userplane import Settings, hookimpl
 from userplane.errors import ConfigurationError, UserplaneError
 from userplane.settings import section
-from userplane.storage import InstrumentableStorage, PooledStorage, Storage
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Meter, Observation
@@ -40,6 +39,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Tracer
+
+    from userplane.storage import PooledStorage, Storage
 
 
 def _ratio(_: Any, attribute: attrs.Attribute[float], value: float) -> None:
@@ -352,6 +353,10 @@ def userplane_storage_opened(storage: Storage, settings: Settings) -> None:
     provider = _state.provider
     if provider is None:
         return
+    # Imported here, not with the plugin: --help must not pay for the storage
+    # module and the users module it needs.
+    from userplane.storage import InstrumentableStorage, PooledStorage
+
     if isinstance(storage, InstrumentableStorage):
         wrapper = _statement_tracing(storage.system, provider)
         if wrapper is not None:

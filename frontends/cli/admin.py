@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-import structlog
 
 import userplane
 from userplane.frontends.cli.app import OperationCommand, State, cli, pass_state
@@ -39,6 +38,10 @@ def serve(
     migrate: bool | None,
 ) -> None:
     """Serve the HTTP API under gunicorn."""
+    # Imported here: every other command, --help included, must not pay for
+    # structlog, falcon and gunicorn.
+    import structlog
+
     from userplane.frontends.http.server import Server
 
     options = {"host": host, "port": port, "workers": workers, "threads": threads}

@@ -5,19 +5,20 @@ from __future__ import annotations
 import getpass
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import click
 import pluggy
 
-from userplane import __version__
-from userplane.auth import acting_as, local_principal
+import userplane
 from userplane.errors import UserplaneError
 from userplane.frontends.cli.errors import exit_code, message
 from userplane.plugin_manager import make_plugin_manager
-from userplane.registry import Registry
 from userplane.settings import Settings
+
+if TYPE_CHECKING:
+    from userplane.registry import Registry
 
 
 class State:
@@ -41,6 +42,9 @@ class State:
     @property
     def registry(self) -> Registry:
         if self._registry is None:
+            # Imported here: --help must not pay for the registry, storage and users modules.
+            from userplane.registry import Registry
+
             self._registry = Registry(self.settings, plugin_manager=self.plugin_manager)
         return self._registry
 
@@ -67,8 +71,24 @@ class UserplaneGroup(click.Group):
             ctx.exit(1)
 
 
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    # Not click.version_option(userplane.__version__): that would look the
+    # distribution up on every run, --help included, not only for --version.
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(f"userplane, version {userplane.__version__}", color=ctx.color)
+    ctx.exit()
+
+
 @click.group(cls=UserplaneGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="userplane")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show the version and exit.",
+)
 @click.option(
     "--env-file",
     type=click.Path(dir_okay=False),
@@ -106,6 +126,8 @@ class OperationCommand(click.Command):
         state = ctx.find_object(State)
         if state is None:  # invoked outside the userplane group (embedding)
             return super().invoke(ctx)
+        from userplane.auth import acting_as, local_principal
+
         name = "cli " + " ".join(ctx.command_path.split()[1:])
         with acting_as(local_principal(_login())):
             return state.registry.hook.userplane_operation(

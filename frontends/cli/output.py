@@ -6,7 +6,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import click
-import orjson
 
 FORMATS = ("table", "json")
 
@@ -33,6 +32,8 @@ def _cell(value: Any) -> str:
 def emit(rows: Iterable[Mapping[str, Any]], fmt: str, columns: Sequence[str]) -> None:
     """Print ``rows``: JSON lines (every key), or a table of ``columns``."""
     if fmt == "json":
+        import orjson  # here, not above: --help and tables must not pay for it (and json)
+
         for row in rows:
             click.echo(orjson.dumps(row).decode())
         return

@@ -6,19 +6,24 @@ import re
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 
-from userplane import convert
 from userplane.frontends.cli.app import OperationGroup, State, cli, pass_state
 from userplane.frontends.cli.output import emit, format_option
-from userplane.users import MAX_LIMIT, User, UserQuery, UserService
+
+# The core's users and convert modules (email-validator, cattrs) are imported in
+# the commands that use them: --help and the other commands must not pay for them.
+if TYPE_CHECKING:
+    from userplane.users import User, UserService
 
 COLUMNS = ("id", "email", "full_name", "is_active", "created_at", "version", "deleted_at")
 
 
 def _show(users: list[User] | Iterator[User], fmt: str) -> None:
+    from userplane import convert
+
     emit((convert.user_to_dict(u) for u in users), fmt, COLUMNS)
 
 
@@ -39,6 +44,8 @@ def users() -> None:
 @pass_state
 def create(state: State, email: str, full_name: str | None, inactive: bool, fmt: str) -> None:
     """Create a user and print it."""
+    from userplane import convert
+
     data = {"email": email, "full_name": full_name, "is_active": not inactive}
     _show([state.registry.users.create(convert.new_user_from(data))], fmt)
 
@@ -70,6 +77,8 @@ def list_(
     fmt: str,
 ) -> None:
     """List users (oldest first unless --sort says otherwise), following every page."""
+    from userplane.users import MAX_LIMIT, UserQuery
+
     service = state.registry.users
 
     def all_users() -> Iterator[User]:
@@ -127,6 +136,8 @@ def update(
     fmt: str,
 ) -> None:
     """Change some fields of a user."""
+    from userplane import convert
+
     if full_name is not None and clear_full_name:
         raise click.UsageError("--full-name and --clear-full-name exclude each other")
     data: dict[str, object] = {}

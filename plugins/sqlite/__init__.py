@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from userplane import Settings, hookimpl
 from userplane.errors import ConfigurationError
-from userplane.plugins.sqlite.store import SQLiteStorage
+
+if TYPE_CHECKING:
+    from userplane.plugins.sqlite.store import SQLiteStorage
 
 __all__ = ["SQLiteStorage", "sqlite_path"]
 
@@ -34,4 +37,18 @@ def userplane_open_storage(settings: Settings) -> SQLiteStorage | None:
     if urlsplit(settings.database_url).scheme != "sqlite":
         return None
     path = sqlite_path(settings.database_url)
+    from userplane.plugins.sqlite.store import SQLiteStorage
+
     return SQLiteStorage(settings.database_url, path, settings.sqlite_busy_timeout_ms)
+
+
+if not TYPE_CHECKING:  # mypy sees the import above, and no catch-all attribute
+
+    def __getattr__(name: str) -> object:
+        # The store (sqlite3, the SQL layer, the users module) is imported on
+        # first use: every userplane process loads this plugin, --help too.
+        if name == "SQLiteStorage":
+            from userplane.plugins.sqlite.store import SQLiteStorage
+
+            return SQLiteStorage
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
