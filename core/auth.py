@@ -88,12 +88,23 @@ class Credentials:
     def from_headers(cls, headers: Mapping[str, str]) -> Credentials:
         """Credentials from request headers (any case)."""
         lowered = {k.lower(): v for k, v in headers.items()}
+        return cls.from_authorization(lowered.get("authorization"), lowered)
+
+    @classmethod
+    def from_authorization(
+        cls, authorization: str | None, headers: Mapping[str, str]
+    ) -> Credentials:
+        """Credentials from the ``Authorization`` header and every header by lowercased name.
+
+        For frontends that can read one header cheaply: ``headers`` may be a
+        lazy view, so a request pays for the rest only if a plugin reads them.
+        """
         scheme, token = None, None
-        authorization = lowered.get("authorization", "").strip()
+        authorization = (authorization or "").strip()
         if authorization:
             scheme, _, token = authorization.partition(" ")
             scheme, token = scheme.lower(), token.strip() or None
-        return cls(scheme=scheme, token=token, headers=lowered)
+        return cls(scheme=scheme, token=token, headers=headers)
 
     @property
     def bearer(self) -> str | None:

@@ -9,7 +9,7 @@ request before its responder runs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import falcon
@@ -57,6 +57,30 @@ class App(falcon.App):  # type: ignore[type-arg]
         self.route_actions[uri_template] = actions
 
 
+class _HeadersView(Mapping[str, str]):
+    """A request's headers by lowercased name, built only if a plugin looks past ``Authorization``.
+
+    Falcon builds its header dict on first access: most requests never need it.
+    """
+
+    __slots__ = ("_req",)
+
+    def __init__(self, req: falcon.Request) -> None:
+        self._req = req
+
+    def __getitem__(self, name: str) -> str:
+        value = self._req.get_header(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._req.headers_lower)
+
+    def __len__(self) -> int:
+        return len(self._req.headers_lower)
+
+
 class Authenticate:
     """Falcon middleware: who is calling (401), and may they do this (403).
 
@@ -81,7 +105,8 @@ class Authenticate:
         action = actions.get(req.method)
         if action is None or action == PUBLIC:
             return  # a method the resource does not answer (Falcon's 405), or public
-        principal = self._auth.authenticate(Credentials.from_headers(req.headers))
+        credentials = Credentials.from_authorization(req.auth, _HeadersView(req))
+        principal = self._auth.authenticate(credentials)
         req.context.principal = principal
         req.context.principal_token = set_principal(principal)
         self._auth.authorize(principal, action, params.get("user_id"))
