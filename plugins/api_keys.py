@@ -63,6 +63,13 @@ def utcnow() -> datetime:
     return now()
 
 
+def _usable_now(record: ApiKey) -> bool:
+    # Most keys never expire: those need no clock reading.
+    if record.expires_at is None and record.revoked_at is None:
+        return True
+    return record.usable_at(utcnow())
+
+
 class KeyAuthenticator:
     """Verifies keys for one registry, with a short per-process cache."""
 
@@ -85,8 +92,7 @@ class KeyAuthenticator:
         )
 
     def _record(self, lookup: str, now: float) -> tuple[ApiKey | None, float]:
-        with self._lock:
-            cached = self._cache.get(lookup)
+        cached = self._cache.get(lookup)  # one dict read: atomic, no lock on the hot path
         if cached is not None and now - cached[1] < self._ttl:
             return cached[0], cached[2]
         record = self._storage.get_api_key(lookup)
@@ -123,7 +129,7 @@ class KeyAuthenticator:
         if record is None:
             self._compare_digest(self._hash_key(key), self._no_hash)  # what a wrong key costs
             raise Unauthenticated(REJECTED)
-        if not self._matches(key, record) or not record.usable_at(utcnow()):
+        if not self._matches(key, record) or not _usable_now(record):
             raise Unauthenticated(REJECTED)
         if now - touched >= max(self._ttl, 1.0):
             self._touch(record, now)
