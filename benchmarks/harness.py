@@ -39,6 +39,10 @@ ROOT = HERE.parent
 BIN = Path(sys.executable).parent
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 TARGETS = ("userplane", "userplane-otel", "bare", "pgbench")
+#: How a baseline revision is installed: its code only, on this environment's packages.
+PIP_INSTALL = (sys.executable, "-m", "pip", "install", "--quiet", "--no-deps")
+#: Targets serving an earlier revision are named userplane@REV.
+BASELINE_PREFIX = "userplane@"
 #: Of the seeded users, the mix updates every MIX_UPDATE_EVERY-th (and reads the others).
 MIX_UPDATE_EVERY = 10
 
@@ -126,7 +130,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="where to write the report [benchmarks/RESULTS.md; none with --quick]",
     )
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs and data files")
+    parser.add_argument(
+        "--baseline",
+        dest="baselines",
+        action="append",
+        default=[],
+        metavar="REV",
+        help="also serve userplane as of this git revision, as target userplane@REV, "
+        "interleaved with the others: what changes since REV bought, from one run; "
+        "repeatable",
+    )
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="USERPLANE_NAME=VALUE",
+        help="a setting for the userplane targets, for ablations "
+        "(e.g. USERPLANE_DISABLED_PLUGINS=logging); repeatable; the report lists them",
+    )
     args = parser.parse_args(argv)
+    for item in args.settings:
+        name, sep, _ = item.partition("=")
+        if not sep or not name.startswith("USERPLANE_"):
+            parser.error(f"--set takes USERPLANE_NAME=VALUE, not {item!r}")
     if args.quick:
         args.duration, args.rounds, args.warmup = 3.0, 1, 1.0
     elif args.output is None:
@@ -138,6 +165,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     if unknown := set(args.targets) - set(TARGETS):
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    for rev in args.baselines:
+        done = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            parser.error(f"--baseline {rev}: not a commit of {ROOT}")
+    args.targets += [f"{BASELINE_PREFIX}{rev}" for rev in args.baselines]
     if args.duration < 1 or args.rounds < 1:
         parser.error("--duration must be at least 1 and --rounds at least 1")
     return args
@@ -243,7 +280,38 @@ class Bench:
         self.pg_defines: dict[str, str] = {}
         self.sink: OtlpSink | None = None
 
+    def ordered_targets(self) -> list[str]:
+        """The targets in a fixed order: baselines right after the current userplane."""
+        fixed = [t for t in TARGETS if t in self.args.targets]
+        baselines = [t for t in self.args.targets if t.startswith(BASELINE_PREFIX)]
+        at = fixed.index("userplane") + 1 if "userplane" in fixed else 0
+        return fixed[:at] + baselines + fixed[at:]
+
     # -- setup ----------------------------------------------------------------------
+
+    def install_baseline(self, rev: str) -> Path:
+        """``rev``'s userplane, built from ``git archive`` into a folder of its own.
+
+        Installed without dependencies: it runs on this environment's packages,
+        ahead of the current code on PYTHONPATH, so only our code differs.
+        """
+        src = self.workdir / f"baseline-{rev}" / "src"
+        site = self.workdir / f"baseline-{rev}" / "site"
+        src.mkdir(parents=True)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", "--format=tar", rev],
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+        subprocess.run(
+            [*PIP_INSTALL, "--target", str(site), str(src)],
+            capture_output=True,
+            check=True,
+            timeout=600,
+        )
+        log(f"baseline {rev} built in {site}")
+        return site
 
     def base_env(self) -> dict[str, str]:
         """A clean environment for child processes (no stray USERPLANE_* or OTEL_*)."""
@@ -268,6 +336,7 @@ class Bench:
             USERPLANE_GRACEFUL_TIMEOUT="5",
             USERPLANE_OTEL_ENABLED="false",
         )
+        env.update(item.split("=", 1) for item in self.args.settings)
         if telemetry:
             assert self.sink is not None
             env.update(
@@ -341,6 +410,13 @@ class Bench:
             ]
             what = "Falcon + psycopg_pool, same SQL, same gunicorn settings, nothing else"
             return HttpTarget(name, cmd, env, port, log_path, what)
+        if name.startswith(BASELINE_PREFIX):
+            rev = name.removeprefix(BASELINE_PREFIX)
+            env = self.userplane_env(port, telemetry=False)
+            env["PYTHONPATH"] = str(self.install_baseline(rev))
+            cmd = [str(BIN / "python"), "-c", "from userplane.frontends.cli import main; main()"]
+            what = f"as userplane, from git revision {rev}"
+            return HttpTarget(name, [*cmd, "serve"], env, port, log_path, what)
         telemetry = name == "userplane-otel"
         cmd = [str(BIN / "userplane"), "serve"]
         what = "userplane serve, prod, JSON logs, API-key auth, telemetry " + (
@@ -481,7 +557,7 @@ class Bench:
     def measure(self) -> None:
         """Every round: every scenario, every target in turn (A B C D A B C D …)."""
         scenarios = [s for s in SCENARIOS if s.name in self.args.scenarios]
-        targets = [t for t in TARGETS if t in self.args.targets]
+        targets = self.ordered_targets()
         per_run = self.args.duration + 1.5
         total = len(scenarios) * len(targets) * (self.args.rounds * per_run + self.args.warmup)
         log(
@@ -491,7 +567,10 @@ class Bench:
         for rnd in range(1, self.args.rounds + 1):
             for scenario in scenarios:
                 for target in targets:
-                    short = target.replace("userplane", "up").replace("-", "")
+                    # Tags go into created emails: letters and digits only.
+                    short = "".join(
+                        c for c in target.replace("userplane", "up") if c.isascii() and c.isalnum()
+                    )
                     if rnd == 1 and self.args.warmup > 0:
                         self.run(scenario, target, self.args.warmup, f"w-{scenario.name}-{short}")
                     tag = f"r{rnd}-{scenario.name}-{short}".replace("_", "")
@@ -511,7 +590,7 @@ class Bench:
         """The Markdown report."""
         summaries = {k: report.summarize(v) for k, v in self.results.items()}
         scenarios = [s.name for s in SCENARIOS if s.name in self.args.scenarios]
-        targets = [t for t in TARGETS if t in self.args.targets]
+        targets = self.ordered_targets()
         help_ms = statistics.median(self.facts["help_ms"]) if self.facts.get("help_ms") else None
         serve_ms = self.facts.get("serve_ms") or []
         out = [
@@ -592,7 +671,7 @@ class Bench:
                 "server settings",
                 f"gunicorn gthread, {self.workers} workers x {self.threads} threads; "
                 f"DB pool {self.defaults.db_pool_min_size}-{self.defaults.db_pool_max_size} "
-                "per worker",
+                "per worker" + "".join(f"; {item}" for item in self.args.settings),
             ),
             (
                 "load",
