@@ -36,6 +36,19 @@ def _between(minimum: int, maximum: int | None = None) -> Any:
     return check
 
 
+#: At most this many default workers: each holds a pool of database connections.
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_workers() -> int:
+    """Two worker processes per CPU this process may run on, from 2 to ``MAX_DEFAULT_WORKERS``."""
+    try:
+        cpus = len(os.sched_getaffinity(0))  # what a container or taskset allows
+    except AttributeError:  # pragma: no cover - platforms without sched_getaffinity
+        cpus = os.cpu_count() or 1
+    return max(2, min(MAX_DEFAULT_WORKERS, 2 * cpus))
+
+
 @attrs.frozen
 class Settings:
     """The effective configuration of one userplane process."""
@@ -46,9 +59,12 @@ class Settings:
     database_url: str = attrs.field(default="sqlite:///userplane.db", repr=False)
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8000, validator=_between(0, 65535))
-    #: gunicorn worker processes and threads per worker.
-    workers: int = attrs.field(default=2, validator=_between(1))
-    threads: int = attrs.field(default=4, validator=_between(1))
+    #: gunicorn worker processes and threads per worker. Measured on 2 cores
+    #: (benchmarks/RESULTS.md), 2 processes per CPU with 2 threads each served
+    #: the most requests: Python work holds the GIL, so processes scale it and
+    #: a second thread covers the database round trip.
+    workers: int = attrs.field(factory=default_workers, validator=_between(1))
+    threads: int = attrs.field(default=2, validator=_between(1))
     #: Seconds a worker may take to finish in-flight requests on shutdown.
     graceful_timeout: int = attrs.field(default=30, validator=_between(1))
     log_level: LogLevel = "info"

@@ -100,6 +100,8 @@ def workers(server: Server, count: int = 2) -> set[int]:
 def serve(directory: Path, url: str, env: dict[str, str] | None = None) -> Iterator[Server]:
     """``running_server`` on PostgreSQL; afterwards, nothing of it survives, not even a worker."""
     server: Server | None = None
+    # Two workers, set explicitly: the tests count them and size bursts by them.
+    env = {"USERPLANE_WORKERS": "2", **(env or {})}
     try:
         with running_server(directory, url, "postgresql", env) as server:
             yield server

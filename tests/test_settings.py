@@ -44,6 +44,16 @@ def test_defaults() -> None:
     assert s.extra == {}
 
 
+@pytest.mark.parametrize(("cpus", "workers"), [(1, 2), (2, 4), (3, 6), (4, 8), (64, 8)])
+def test_default_workers_are_two_per_cpu_within_bounds(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, workers: int
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    assert Settings().workers == workers
+    assert Settings().threads == 2
+    assert Settings.from_mapping({"USERPLANE_WORKERS": "3"}).workers == 3
+
+
 def test_an_empty_mapping_gives_the_defaults() -> None:
     assert Settings.from_mapping({}) == Settings()
 

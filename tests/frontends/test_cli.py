@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 
 from userplane import NewUser, Registry, Settings, migrations
 from userplane.frontends.cli import cli
-from userplane.settings import MASK
+from userplane.settings import MASK, default_workers
 from userplane.users import UserService
 
 #: Read by ``conftest.py`` when a test first needs PostgreSQL: kept out of the CLI's
@@ -995,7 +995,7 @@ def test_config_masks_the_database_password_without_opening_storage(run: Cli) ->
     assert config["USERPLANE_DATABASE_URL"] == f"postgresql://u:{MASK}@db.example:5432/users"
     assert config["USERPLANE_SOME_SECRET"] == MASK
     assert config["USERPLANE_FEATURE_FLAG"] == "on"
-    assert config["USERPLANE_WORKERS"] == 2
+    assert config["USERPLANE_WORKERS"] == default_workers()
     assert config["USERPLANE_CORS_ORIGINS"] == ""
 
 
