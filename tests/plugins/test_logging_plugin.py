@@ -169,6 +169,20 @@ def test_an_exception_in_a_json_line_is_redacted(capsys: pytest.CaptureFixture[s
     assert "db/users" in event["exception"][0]["exc_value"]
 
 
+def test_json_lines_go_whole_to_the_stderr_descriptor(capfd: pytest.CaptureFixture[str]) -> None:
+    # A real descriptor: each line is one write(2), long ones completed, none interleaved.
+    configure(Settings(log_format="json"))
+    log = structlog.get_logger("userplane.test")
+    log.info("short", n=1)
+    log.info("long", text="x" * 200_000)
+    logging.getLogger("gunicorn.error").info("from stdlib")
+    lines = _lines(capfd.readouterr().err)
+    events = [json.loads(line) for line in lines]
+    assert [e["event"] for e in events] == ["short", "long", "from stdlib"]
+    assert len(events[1]["text"]) == 200_000
+    assert events[0]["logger"] == "userplane.test"
+
+
 def test_console_format_renders_text(capsys: pytest.CaptureFixture[str]) -> None:
     configure(Settings(log_format="console"))
     logging.getLogger("gunicorn.error").info("worker booted")
