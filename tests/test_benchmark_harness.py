@@ -1,0 +1,39 @@
+"""The benchmark harness's own logic: target order, kept notes, argument checks (no load run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks import harness
+
+
+def test_a_rewritten_report_keeps_the_hand_written_notes(tmp_path: Path) -> None:
+    report = tmp_path / "RESULTS.md"
+    report.write_text(f"# generated\n| a |\n{harness.NOTES_MARKER}\n## What each change bought\n")
+    assert harness._kept_notes(report) == f"\n{harness.NOTES_MARKER}\n## What each change bought\n"
+    report.write_text("# generated, no notes\n")
+    assert harness._kept_notes(report) == ""
+    assert harness._kept_notes(tmp_path / "missing.md") == ""
+
+
+def test_baselines_become_targets_after_the_current_userplane() -> None:
+    args = harness.parse_args(
+        ["--targets", "userplane,bare,pgbench", "--baseline", "HEAD", "--output", "/dev/null"]
+    )
+    assert args.targets[-1] == "userplane@HEAD"
+    bench = harness.Bench.__new__(harness.Bench)
+    bench.args = args
+    assert bench.ordered_targets() == ["userplane", "userplane@HEAD", "bare", "pgbench"]
+
+
+def test_an_unknown_revision_or_a_stray_setting_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        harness.parse_args(["--baseline", "no-such-revision-anywhere"])
+    assert "not a commit" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        harness.parse_args(["--set", "PATH=/tmp"])
+    assert "USERPLANE_NAME=VALUE" in capsys.readouterr().err
