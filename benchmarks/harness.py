@@ -453,8 +453,29 @@ class Bench:
             f"serve until ready {statistics.median(starts):.0f} ms"
         )
 
+    def check_connection_budget(self) -> None:
+        """Stop before starting anything if the targets could exhaust ``max_connections``.
+
+        A worker holds at most one connection per thread (at least the pool's
+        minimum); pgbench holds one per client; the harness needs a couple.
+        """
+        http = [t for t in self.args.targets if t != "pgbench"]
+        per_worker = max(self.threads, self.defaults.db_pool_min_size)
+        need = len(http) * self.workers * per_worker + 2
+        if "pgbench" in self.args.targets:
+            need += self.args.connections
+        limit = int(self.facts["pg_settings"]["max_connections"])
+        if need > limit:
+            raise SystemExit(
+                f"bench: {len(http)} HTTP targets x {self.workers} workers x {per_worker} "
+                f"connections{' and pgbench' if 'pgbench' in self.args.targets else ''} may "
+                f"hold {need} PostgreSQL connections, more than max_connections={limit}: "
+                "run fewer --targets or --baseline revisions, or fewer --workers"
+            )
+
     def start_targets(self) -> None:
         """Start the HTTP targets, check they answer alike, and find each one's list pages."""
+        self.check_connection_budget()
         headers = {"Authorization": f"Bearer {self.key}"}
         for name in self.args.targets:
             if name == "pgbench":

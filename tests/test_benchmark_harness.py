@@ -37,3 +37,19 @@ def test_an_unknown_revision_or_a_stray_setting_is_refused(
     with pytest.raises(SystemExit):
         harness.parse_args(["--set", "PATH=/tmp"])
     assert "USERPLANE_NAME=VALUE" in capsys.readouterr().err
+
+
+def test_targets_that_could_exhaust_max_connections_are_refused_before_starting() -> None:
+    from userplane.settings import Settings
+
+    bench = harness.Bench.__new__(harness.Bench)
+    bench.defaults = Settings(workers=4, threads=2)
+    bench.workers, bench.threads = 4, 2
+    bench.facts = {"pg_settings": {"max_connections": "100"}}
+    bench.args = harness.parse_args(["--baseline", "HEAD", "--output", "/dev/null"])
+    bench.check_connection_budget()  # 4 HTTP targets x 4 x 2 + 64 for pgbench + 2: 98
+    bench.args = harness.parse_args(
+        ["--baseline", "HEAD", "--baseline", "HEAD~1", "--output", "/dev/null"]
+    )
+    with pytest.raises(SystemExit, match="106 PostgreSQL connections"):
+        bench.check_connection_budget()
