@@ -265,6 +265,7 @@ class Bench:
         self.defaults = Settings()
         self.workers = args.workers or self.defaults.workers
         self.threads = args.threads or self.defaults.threads
+        self.pool_max = Settings(threads=self.threads).db_pool_max_size
         self.workdir = Path(tempfile.mkdtemp(prefix="userplane-bench-"))
         self.data = self.workdir / "data"
         self.data.mkdir()
@@ -335,6 +336,9 @@ class Bench:
             USERPLANE_THREADS=str(self.threads),
             USERPLANE_GRACEFUL_TIMEOUT="5",
             USERPLANE_OTEL_ENABLED="false",
+            # Explicit, so that baselines of other revisions use the same pools.
+            USERPLANE_DB_POOL_MIN_SIZE=str(self.defaults.db_pool_min_size),
+            USERPLANE_DB_POOL_MAX_SIZE=str(self.pool_max),
         )
         env.update(item.split("=", 1) for item in self.args.settings)
         if telemetry:
@@ -396,7 +400,7 @@ class Bench:
                 BARE_DATABASE_URL=self.url,
                 BARE_SQL_FILE=str(self.workdir / "statements.json"),
                 BARE_POOL_MIN_SIZE=str(self.defaults.db_pool_min_size),
-                BARE_POOL_MAX_SIZE=str(self.defaults.db_pool_max_size),
+                BARE_POOL_MAX_SIZE=str(self.pool_max),
                 BARE_POOL_TIMEOUT_S=str(self.defaults.db_pool_timeout_ms / 1000),
                 BARE_POOL_MAX_WAITING=str(self.defaults.db_pool_max_waiting),
                 BARE_STATEMENT_TIMEOUT_MS=str(self.defaults.db_statement_timeout_ms),
@@ -456,11 +460,11 @@ class Bench:
     def check_connection_budget(self) -> None:
         """Stop before starting anything if the targets could exhaust ``max_connections``.
 
-        A worker holds at most one connection per thread (at least the pool's
-        minimum); pgbench holds one per client; the harness needs a couple.
+        A worker holds at most its pool's maximum; pgbench holds one
+        connection per client; the harness needs a couple.
         """
         http = [t for t in self.args.targets if t != "pgbench"]
-        per_worker = max(self.threads, self.defaults.db_pool_min_size)
+        per_worker = self.pool_max
         need = len(http) * self.workers * per_worker + 2
         if "pgbench" in self.args.targets:
             need += self.args.connections
@@ -696,7 +700,7 @@ class Bench:
             (
                 "server settings",
                 f"gunicorn gthread, {self.workers} workers x {self.threads} threads; "
-                f"DB pool {self.defaults.db_pool_min_size}-{self.defaults.db_pool_max_size} "
+                f"DB pool {self.defaults.db_pool_min_size}-{self.pool_max} "
                 "per worker" + "".join(f"; {item}" for item in self.args.settings),
             ),
             (

@@ -79,8 +79,16 @@ class Settings:
     #: How long a SQLite writer waits for the lock before giving up, in ms.
     sqlite_busy_timeout_ms: int = attrs.field(default=5000, validator=_between(0))
     #: Connections a server database's pool keeps open, and at most opens, per process.
+    #: By default at most one per thread: a request holds one connection at a
+    #: time, so more only pile up on the server (psycopg_pool grows when a
+    #: request comes while another's connection is on its way back).
     db_pool_min_size: int = attrs.field(default=2, validator=_between(0))
-    db_pool_max_size: int = attrs.field(default=10, validator=_between(1))
+    db_pool_max_size: int = attrs.field(validator=_between(1))
+
+    @db_pool_max_size.default
+    def _one_connection_per_thread(self) -> int:
+        return max(self.threads, self.db_pool_min_size, 1)
+
     #: How long a request waits for a pooled connection before a 503, in ms.
     db_pool_timeout_ms: int = attrs.field(default=3000, validator=_between(1))
     #: Requests that may queue for a connection; more get a 503 at once.

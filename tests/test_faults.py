@@ -351,7 +351,7 @@ def test_a_worker_killed_under_load_costs_only_its_in_flight_requests(
 #: POSTs in flight when SIGTERM arrives: no more than one worker's threads, so none queues.
 IN_FLIGHT = 4
 #: The lock must not outlast a statement: the POSTs are to be slow, not cancelled.
-SLOW_ENV = {"USERPLANE_DB_STATEMENT_TIMEOUT_MS": "15000"}
+SLOW_ENV = {"USERPLANE_DB_STATEMENT_TIMEOUT_MS": "15000", "USERPLANE_THREADS": str(THREADS)}
 
 
 def _slow_posts(srv: Server, results: list[Outcome]) -> list[threading.Thread]:
