@@ -2,8 +2,8 @@
 
 Served by gunicorn with the same workers, threads and worker class (gthread)
 as ``userplane serve``. It answers the benchmarked routes with the same
-statements (read from ``BARE_SQL_FILE``, which the harness writes from
-``benchmarks.sql.statements()``), the same pool sizes and connection options,
+statements and user columns (read from ``BARE_SQL_FILE``, which the harness
+writes from ``benchmarks.sql``), the same pool sizes and connection options,
 and the same JSON shapes, status codes, ``ETag`` and cursors, so the same wrk
 scripts drive it. It deliberately has no authentication, no validation, no
 email normalisation, no logging, no middleware and no connection check on
@@ -29,30 +29,23 @@ import orjson
 import psycopg
 from psycopg_pool import ConnectionPool
 
-COLUMNS = (
-    "id",
-    "email",
-    "full_name",
-    "is_active",
-    "created_at",
-    "updated_at",
-    "version",
-    "deleted_at",
-)
 PAGE_SIZE = 50
 
 
-def _statements() -> dict[str, str]:
+def _product_sql() -> dict[str, Any]:
+    """userplane's statements and user columns, as the harness wrote them (or asked directly)."""
     path = os.environ.get("BARE_SQL_FILE")
     if path:
-        loaded: dict[str, str] = json.loads(Path(path).read_text(encoding="utf-8"))
+        loaded: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
         return loaded
-    from benchmarks.sql import statements  # standalone use: ask userplane directly
+    from benchmarks.sql import columns, statements  # standalone use: ask userplane directly
 
-    return statements()
+    return {"statements": statements(), "columns": columns()}
 
 
-SQL = _statements()
+_PRODUCT = _product_sql()
+SQL: dict[str, str] = _PRODUCT["statements"]
+COLUMNS: tuple[str, ...] = tuple(_PRODUCT["columns"])
 
 
 def _pool() -> ConnectionPool[psycopg.Connection[Any]]:

@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import quote
 
 from benchmarks import database, load, processes, report
-from benchmarks.sql import statements
+from benchmarks.sql import columns, statements
 from benchmarks.targets import HttpTarget, OtlpSink, free_port, request
 
 HERE = Path(__file__).resolve().parent
@@ -387,7 +387,8 @@ class Bench:
             self.url, ["max_connections", "shared_buffers", "synchronous_commit", "fsync"]
         )
         sql = statements()
-        (self.workdir / "statements.json").write_text(json.dumps(sql))
+        product = {"statements": sql, "columns": columns()}
+        (self.workdir / "statements.json").write_text(json.dumps(product))
         self.pg_scripts = load.pgbench_scripts(self.workdir / "pgbench", sql)
 
     def new_target(self, name: str) -> HttpTarget:

@@ -48,6 +48,13 @@ def statements() -> dict[str, str]:
     }
 
 
+def columns() -> list[str]:
+    """The user columns every statement returns, in order: the keys of the JSON shape."""
+    from userplane.sql_storage import USER_COLUMNS
+
+    return [c.strip() for c in USER_COLUMNS.split(",")]
+
+
 def parameters(sql: str) -> list[str]:
     """The names of ``sql``'s ``%(name)s`` parameters, each once, in order."""
     return list(dict.fromkeys(_PARAM.findall(sql)))

@@ -7,6 +7,7 @@ and userplane still runs, logging through whatever the host configured.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -22,24 +23,19 @@ from userplane import Settings, hookimpl
 from userplane.auth import current_principal
 from userplane.settings import MASK
 
-# The OpenTelemetry API's span lookup, found on first use: it comes with the
-# otel extra (without it there are no spans), and the CLI's --help must not
-# pay for importing it.
-_get_current_span: Callable[[], Any] | None = None
-_looked_for_otel = False
 
-
+@functools.cache
 def _span_lookup() -> Callable[[], Any] | None:
-    global _get_current_span, _looked_for_otel
-    if not _looked_for_otel:
-        try:
-            from opentelemetry.trace import get_current_span
+    """The OpenTelemetry API's current-span lookup, or ``None`` without the otel extra.
 
-            _get_current_span = get_current_span
-        except ImportError:  # pragma: no cover - depends on the installed extras
-            pass
-        _looked_for_otel = True
-    return _get_current_span
+    Found on first use, not with the plugin: the CLI's --help must not pay
+    for importing it.
+    """
+    try:
+        from opentelemetry.trace import get_current_span
+    except ImportError:  # pragma: no cover - depends on the installed extras
+        return None
+    return get_current_span
 
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
@@ -143,7 +139,7 @@ def _plainly_clean(event_dict: dict[str, Any]) -> bool:
 
 def add_trace_ids(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """``trace_id`` and ``span_id`` of the current span, when there is one."""
-    current_span = _get_current_span if _looked_for_otel else _span_lookup()
+    current_span = _span_lookup()
     if current_span is None:
         return event_dict
     span_context = current_span().get_span_context()
@@ -246,14 +242,15 @@ def configure(settings: Settings) -> None:
     level = _LEVELS[settings.log_level]
     renderer: Any
     exc: list[Any]
-    if _use_json(settings):
+    json_lines = _use_json(settings)
+    if json_lines:
         renderer = structlog.processors.JSONRenderer()
         exc = [structlog.processors.dict_tracebacks]
     else:
         renderer = structlog.dev.ConsoleRenderer()
         exc = []
-    factory = _line_writer_factory()
-    if _use_json(settings) and factory is not None:
+    factory = _line_writer_factory() if json_lines else None
+    if factory is not None:
         # The hot path: every request writes an access line. orjson and one
         # write per line take a fraction of the time the stdlib route takes
         # (LogRecord, handler, formatter, json, a locked buffer).

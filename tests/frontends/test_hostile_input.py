@@ -515,19 +515,18 @@ def test_protocol_abuse_gets_a_4xx_from_the_real_server(
     assert real_server.request("GET", "/health/live").status == 200
 
 
+def _post_short_of_its_length(server: Server, body: bytes) -> bytes:
+    """A user POST whose Content-Length announces 50 bytes more than ``body``."""
+    headers = {"Authorization": f"Bearer {server.key}", "Content-Type": JSON}
+    return request_bytes("POST", USERS, headers, body, content_length=len(body) + 50)
+
+
 @pytest.mark.e2e
 def test_a_body_shorter_than_its_length_is_a_400_once_the_client_stops_sending(
     real_server: Server, stalled_upload: StalledUpload
 ) -> None:
     before = users_over_http(real_server)
-    body = b'{"email": "short@example.org", "full_'
-    data = request_bytes(
-        "POST",
-        USERS,
-        {"Authorization": f"Bearer {real_server.key}", "Content-Type": JSON},
-        body,
-        content_length=len(body) + 50,
-    )
+    data = _post_short_of_its_length(real_server, b'{"email": "short@example.org", "full_')
     started = time.monotonic()
     resp = raw_exchange(real_server.port, data, half_close=True)
     assert time.monotonic() - started < REQUEST_TIMEOUT
@@ -542,14 +541,8 @@ def test_a_truncated_body_is_never_processed(
     real_server: Server, stalled_upload: StalledUpload
 ) -> None:
     before = users_over_http(real_server)
-    body = b'{"email": "truncated@example.org"}'  # the client meant to send 50 bytes more
-    data = request_bytes(
-        "POST",
-        USERS,
-        {"Authorization": f"Bearer {real_server.key}", "Content-Type": JSON},
-        body,
-        content_length=len(body) + 50,
-    )
+    # A whole JSON object, but the client meant to send 50 bytes more.
+    data = _post_short_of_its_length(real_server, b'{"email": "truncated@example.org"}')
     resp = raw_exchange(real_server.port, data, half_close=True)
     assert resp is not None
     added = [u for u in users_over_http(real_server) if u not in before]
