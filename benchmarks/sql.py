@@ -18,9 +18,9 @@ _PARAM = re.compile(r"%\((\w+)\)s")
 
 def statements() -> dict[str, str]:
     """``{name: sql}`` with psycopg ``%(name)s`` parameters, for every benchmarked request."""
-    from userplane.list_sql import list_users_sql
+    from userplane.sql import list_users_sql
     from userplane.plugins.postgresql.store import PostgreSQLStorage
-    from userplane.sql_storage import USER_COLUMNS
+    from userplane.sql import USER_COLUMNS
 
     queries = PostgreSQLStorage.queries
 
@@ -50,7 +50,7 @@ def statements() -> dict[str, str]:
 
 def columns() -> list[str]:
     """The user columns every statement returns, in order: the keys of the JSON shape."""
-    from userplane.sql_storage import USER_COLUMNS
+    from userplane.sql import USER_COLUMNS
 
     return [c.strip() for c in USER_COLUMNS.split(",")]
 

@@ -7,24 +7,23 @@ and ``userplane_authorize``); this module holds the frontend-agnostic pieces and
 - the first plugin that recognises the credentials names the ``Principal``, or
   raises ``Unauthenticated`` when they are its kind and wrong;
 - for authorization, any deny wins, and without an allow the answer is no.
-  The built-in role policy allows what the principal's roles grant.
+  The built-in ``roles`` plugin allows what the principal's roles grant.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import json
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from userplane.errors import ConfigurationError, Forbidden, Unauthenticated
+from userplane.errors import Forbidden, Unauthenticated
+from userplane.proxies import ClientCertificate
 
 if TYPE_CHECKING:
     from userplane.registry import Registry
-    from userplane.settings import Settings
 
 # The actions userplane's own operations need. Plugins may define more.
 USERS_READ = "users:read"
@@ -47,14 +46,9 @@ ACTIONS = frozenset(
     }
 )
 
-_NAMESPACES = frozenset(a.partition(":")[0] for a in ACTIONS)
-
-#: Built-in roles. ``admin`` may do everything, plugin-defined actions included.
-BUILTIN_ROLES: Mapping[str, frozenset[str]] = {
-    "admin": frozenset({"*"}),
-    "editor": frozenset({USERS_READ, USERS_READ_DELETED, USERS_WRITE, USERS_DELETE, USERS_RESTORE}),
-    "viewer": frozenset({USERS_READ}),
-}
+#: The namespaces of userplane's own actions: a plugin's actions live in namespaces of
+#: its own ("reports:read"), so a role naming an unknown action in these is a typo.
+NAMESPACES = frozenset(a.partition(":")[0] for a in ACTIONS)
 
 
 @attrs.frozen
@@ -72,44 +66,55 @@ class Principal:
 
 @attrs.frozen
 class Credentials:
-    """What a caller presented, independent of the frontend.
+    """What a caller presented, and where from, independent of the frontend.
 
-    ``scheme`` and ``token`` come from an ``Authorization: <scheme> <token>``
-    header (the scheme lowercased); ``headers`` holds every request header by
-    lowercased name, for plugins that authenticate otherwise (mTLS proxies,
-    gateways).
+    ``scheme`` and ``value`` come from an ``Authorization: <scheme> <value>``
+    header (the scheme lowercased, the value as sent); ``headers`` holds every
+    request header by lowercased name (it may be a lazy view). ``peer_address``
+    is the direct peer; ``client_address`` the client as resolved through
+    ``USERPLANE_TRUSTED_PROXIES`` (``userplane.proxies``), the peer itself when
+    it is no trusted proxy. ``client_certificate`` is the TLS client
+    certificate a trusted proxy forwarded, if any.
     """
 
     scheme: str | None = None
-    token: str | None = attrs.field(default=None, repr=False)
+    value: str | None = attrs.field(default=None, repr=False)
     headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    client_address: str | None = None
+    peer_address: str | None = None
+    client_certificate: ClientCertificate | None = None
 
     @classmethod
-    def from_headers(cls, headers: Mapping[str, str]) -> Credentials:
-        """Credentials from request headers (any case)."""
+    def from_headers(cls, headers: Mapping[str, str], **context: Any) -> Credentials:
+        """Credentials from request headers (any case); ``context`` sets the address fields."""
         lowered = {k.lower(): v for k, v in headers.items()}
-        return cls.from_authorization(lowered.get("authorization"), lowered)
+        return cls.from_authorization(lowered.get("authorization"), lowered, **context)
 
     @classmethod
     def from_authorization(
-        cls, authorization: str | None, headers: Mapping[str, str]
+        cls, authorization: str | None, headers: Mapping[str, str], **context: Any
     ) -> Credentials:
         """Credentials from the ``Authorization`` header and every header by lowercased name.
 
         For frontends that can read one header cheaply: ``headers`` may be a
         lazy view, so a request pays for the rest only if a plugin reads them.
         """
-        scheme, token = None, None
+        scheme, value = None, None
         authorization = (authorization or "").strip()
         if authorization:
-            scheme, _, token = authorization.partition(" ")
-            scheme, token = scheme.lower(), token.strip() or None
-        return cls(scheme=scheme, token=token, headers=headers)
+            scheme, _, value = authorization.partition(" ")
+            scheme, value = scheme.lower(), value.strip() or None
+        return cls(scheme=scheme, value=value, headers=headers, **context)
+
+    @property
+    def token(self) -> str | None:
+        """The ``Authorization`` value (an alias of ``value``)."""
+        return self.value
 
     @property
     def bearer(self) -> str | None:
         """The bearer token, if that is what was presented."""
-        return self.token if self.scheme == "bearer" else None
+        return self.value if self.scheme == "bearer" else None
 
     @property
     def present(self) -> bool:
@@ -161,58 +166,17 @@ def reset_principal(token: contextvars.Token[Principal | None]) -> None:
     _current.reset(token)
 
 
-def parse_roles(text: str | None) -> dict[str, frozenset[str]]:
-    """The built-in roles plus custom ones from ``USERPLANE_ROLES``.
-
-    ``USERPLANE_ROLES`` is a JSON object mapping a role name to its actions:
-    ``{"support": ["users:read", "users:restore"]}``. A built-in role cannot be
-    redefined.
-    """
-    roles = dict(BUILTIN_ROLES)
-    if not text:
-        return roles
-    name = "USERPLANE_ROLES"
-    try:
-        custom = json.loads(text)
-    except ValueError:
-        raise ConfigurationError(f"{name}: must be a JSON object of role: [actions]") from None
-    if not isinstance(custom, dict):
-        raise ConfigurationError(f"{name}: must be a JSON object of role: [actions]")
-    for role, actions in custom.items():
-        if role in BUILTIN_ROLES:
-            raise ConfigurationError(f"{name}: {role!r} is built in and cannot be redefined")
-        if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
-            raise ConfigurationError(f"{name}: {role!r} must map to a list of action names")
-        # A plugin's actions live in its own namespace ("reports:read"); in userplane's
-        # namespaces only userplane's actions exist, so a typo there is caught.
-        unknown = sorted(
-            a
-            for a in actions
-            if a not in ACTIONS and (":" not in a or a.partition(":")[0] in _NAMESPACES)
-        )
-        if unknown:
-            raise ConfigurationError(f"{name}: {role!r} names unknown actions {unknown}")
-        roles[role] = frozenset(actions)
-    return roles
-
-
-def grants(roles: Mapping[str, frozenset[str]], principal: Principal, action: str) -> bool:
-    """Whether one of ``principal``'s roles grants ``action``."""
-    for role in principal.roles:
-        allowed = roles.get(role, frozenset())
-        if action in allowed or "*" in allowed:
-            return True
-    return False
-
-
 class AuthService:
     """Authenticates credentials and authorizes actions through the plugins."""
 
-    def __init__(self, registry: Registry, settings: Settings) -> None:
+    def __init__(self, registry: Registry) -> None:
         self._registry = registry
-        self._hook = registry.hook
-        self.mode = settings.auth
-        self.roles = parse_roles(settings.roles)
+        self._hooks = registry.hooks
+        self.mode = registry.settings.auth
+        #: Every role the plugins define (``userplane_roles``), to its actions.
+        self.roles: Mapping[str, frozenset[str]] = registry.hooks.roles(registry.settings)
+        #: The ``WWW-Authenticate`` challenges a 401 offers.
+        self.challenges: tuple[str, ...] = registry.hooks.auth_challenges(registry.settings)
 
     @property
     def enabled(self) -> bool:
@@ -227,9 +191,7 @@ class AuthService:
         """
         if not self.enabled:
             return DEVELOPMENT_PRINCIPAL
-        principal: Principal | None = self._hook.userplane_authenticate(
-            credentials=credentials, registry=self._registry
-        )
+        principal = self._hooks.authenticate(credentials, self._registry)
         if principal is None:
             if credentials.present:
                 raise Unauthenticated("the credentials were not accepted")
@@ -238,12 +200,8 @@ class AuthService:
 
     def allows(self, principal: Principal, action: str, resource: Any = None) -> bool:
         """Whether ``principal`` may do ``action`` (on ``resource``): no deny and an allow."""
-        votes = self._hook.userplane_authorize(
-            principal=principal, action=action, resource=resource
-        )
-        if any(v is False for v in votes):
-            return False
-        return grants(self.roles, principal, action) or any(v is True for v in votes)
+        votes = self._hooks.authorize(principal, action, resource, self._registry)
+        return False not in votes and True in votes
 
     def authorize(self, principal: Principal, action: str, resource: Any = None) -> None:
         """Raise ``Forbidden`` unless ``principal`` may do ``action``."""

@@ -1,13 +1,18 @@
 """The hook specifications: every way a plugin can take part in userplane.
 
-Implement them with ``userplane.hookimpl``. Hooks marked *firstresult* stop
-at the first implementation that returns something other than ``None``.
+Implement them with ``userplane.plugin.hookimpl``; an implementation may take
+any subset of a hook's arguments, by name. Hooks marked *firstresult* stop at
+the first implementation that returns something other than ``None``. The
+reference (when each is called, ordering, exceptions, examples) is
+``docs/hooks.md``; callers go through ``userplane.hooks.Hooks``, never
+``pm.hook`` directly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -15,37 +20,77 @@ import pluggy
 if TYPE_CHECKING:
     from userplane.auth import Credentials, Principal
     from userplane.registry import Registry
-    from userplane.settings import Settings
+    from userplane.settings import Settings, SettingsSection
     from userplane.storage import Storage
     from userplane.users import User
 
 hookspec = pluggy.HookspecMarker("userplane")
 
+#: The user-event hooks: called one by one after the write committed, each
+#: implementation isolated from the others (an exception is logged, never raised).
+EVENT_HOOKS = frozenset(
+    {
+        "userplane_user_created",
+        "userplane_user_updated",
+        "userplane_user_deleted",
+        "userplane_user_restored",
+        "userplane_users_purged",
+    }
+)
 
-@hookspec(firstresult=True)
-def userplane_open_storage(settings: Settings) -> Storage | None:
-    """Return a ``Storage`` for ``settings.database_url``, or ``None`` if not your scheme.
-
-    Called once per process by the ``Registry``. firstresult.
-    """
-
-
-@hookspec
-def userplane_storage_opened(storage: Storage, settings: Settings) -> None:
-    """The Registry opened ``storage``; called once, before it runs a statement.
-
-    A plugin may use the storage's optional capabilities here: report its pool
-    (``userplane.storage.PooledStorage``) or wrap its connections
-    (``userplane.storage.InstrumentableStorage``).
-    """
+# -- life cycle ----------------------------------------------------------------------
 
 
 @hookspec(historic=True)
 def userplane_startup(settings: Settings) -> None:
-    """Configure process-wide concerns (logging, telemetry) from ``settings``.
+    """Configure process-wide concerns (logging) and check your settings.
 
-    Called once when a ``Registry`` opens. Historic: a plugin registered later
-    is called too, with the same settings.
+    Called when a ``Registry`` opens, before storage. Historic: a plugin
+    registered later is called too. Raise ``ConfigurationError`` for a bad setting.
+    """
+
+
+@hookspec
+def userplane_settings_sections() -> Sequence[SettingsSection] | SettingsSection | None:
+    """Declare your settings (``SettingsSection``): ``config`` lists them and masks secrets."""
+
+
+@hookspec
+def userplane_open_storage(settings: Settings) -> Storage | None:
+    """Return a ``Storage`` for ``settings.database_url``, or ``None`` if not your scheme.
+
+    Called once per ``Registry``; do not connect yet (connections are opened
+    lazily, in each worker after the fork). Two plugins answering one URL is a
+    start-up error naming both.
+    """
+
+
+@hookspec
+def userplane_register_services(registry: Registry) -> None:
+    """Register this plugin's per-registry state with ``registry.services.register``.
+
+    Called once per ``Registry``, after storage is open and before
+    ``userplane_storage_opened``. Keep per-registry state here, never in
+    module globals: two registries in one process must not share it.
+    """
+
+
+@hookspec
+def userplane_storage_opened(storage: Storage, settings: Settings, registry: Registry) -> None:
+    """The Registry opened ``storage``; called once, before it runs a statement.
+
+    Use its optional capabilities: report its pool (``PooledStorage``) or wrap
+    its connections (``InstrumentableStorage``).
+    """
+
+
+@hookspec
+def userplane_migrations() -> Mapping[str, str | Path] | None:
+    """Your schema: a folder of yoyo SQL migrations per dialect (``{"sqlite": path, …}``).
+
+    ``userplane migrate`` applies them after the core's; ``migrate --status``
+    lists them under your plugin's name. File names must be unique across
+    plugins: prefix them with your plugin's name.
     """
 
 
@@ -59,18 +104,24 @@ def userplane_describe(settings: Settings, registry: Registry | None) -> Mapping
 
 
 @hookspec
-def userplane_shutdown() -> None:
-    """Flush and release what ``userplane_startup`` set up; called when the Registry closes."""
+def userplane_shutdown(registry: Registry) -> None:
+    """``registry`` is closing: flush what you buffered. Its services close after this."""
+
+
+# -- operations and auth --------------------------------------------------------------
 
 
 @hookspec(firstresult=True)
-def userplane_operation(operation: str, call: Callable[[], Any]) -> Any:
+def userplane_operation(operation: str, call: Callable[[], Any], registry: Registry) -> Any:
     """Run one service operation (``"users.create"`` …) by calling ``call()``.
 
     The core implements this (it just calls ``call``). Plugins implement it with
     ``@hookimpl(wrapper=True)`` to wrap every operation: spans, audit, rate
     limits. A wrapper ``yield``s to run the operation and gets its result (or
-    its exception raised at the ``yield``). firstresult.
+    its exception raised at the ``yield``). A wrapper that raises *before* its
+    ``yield`` refuses the operation; one that raises *after* it replaces the
+    answer although any write already committed (and its events were sent):
+    do not. firstresult.
     """
 
 
@@ -78,57 +129,81 @@ def userplane_operation(operation: str, call: Callable[[], Any]) -> Any:
 def userplane_authenticate(credentials: Credentials, registry: Registry) -> Principal | None:
     """Who presented ``credentials``; ``None`` when they are not yours to judge.
 
-    Return a ``userplane.auth.Principal`` for credentials you verified. Raise
-    ``userplane.errors.Unauthenticated`` when they are yours and wrong (unknown
-    key, bad signature, expired): no other plugin gets to try them. Called on
-    every authenticated request, so do not reach a database each time: cache
-    briefly. ``registry`` gives settings and storage. firstresult.
+    Return a ``Principal`` for credentials you verified. Raise
+    ``Unauthenticated`` when they are yours and wrong (unknown key, bad
+    signature, expired): no other plugin gets to try them. Called on every
+    authenticated request, so do not reach a database each time: cache
+    briefly. firstresult.
     """
 
 
 @hookspec
-def userplane_authorize(principal: Principal, action: str, resource: Any) -> bool | None:
+def userplane_authorize(
+    principal: Principal, action: str, resource: Any, registry: Registry
+) -> bool | None:
     """Whether ``principal`` may do ``action`` (``"users:delete"``) on ``resource``.
 
     ``True`` allows, ``False`` denies, ``None`` has no opinion. Any deny wins;
-    with no allow the action is denied. The core's role policy already allows
-    what the principal's roles grant, so implement this to deny more (network
-    rules, suspended accounts) or to allow by other means (a policy engine).
+    with no allow the action is denied. The built-in ``roles`` plugin allows
+    what the principal's roles grant; block it to replace the policy.
     ``resource`` is what the action is on, when known (a user id), else ``None``.
     """
 
 
-# The user-event hooks receive ``principal``: who acted (``None`` when no
-# frontend set one, as when the core is embedded). Implementations may omit it.
+@hookspec
+def userplane_roles(settings: Settings) -> Mapping[str, frozenset[str]] | None:
+    """Roles this plugin defines, each to the actions it grants (``"*"``: all).
+
+    Key creation and token mapping accept only known roles.
+    """
 
 
 @hookspec
-def userplane_user_created(user: User, principal: Principal | None) -> None:
-    """A user was created; ``user`` is as stored. Called after the write committed."""
+def userplane_auth_challenges(settings: Settings) -> Sequence[str] | str | None:
+    """The ``WWW-Authenticate`` challenges a 401 offers for your scheme.
+
+    For example ``'Bearer realm="userplane"'``; the same challenge from two
+    plugins is sent once.
+    """
+
+
+# -- events (after commit) -------------------------------------------------------------
+
+
+@hookspec
+def userplane_user_created(user: User, principal: Principal | None, registry: Registry) -> None:
+    """A user was created; ``user`` is as stored. Called after the write committed.
+
+    ``principal`` is who acted (``None`` when the core is embedded without one).
+    An exception is logged with your plugin's name and does not change the answer.
+    """
 
 
 @hookspec
 def userplane_user_updated(
-    user: User, changed: frozenset[str], principal: Principal | None
+    user: User, changed: frozenset[str], principal: Principal | None, registry: Registry
 ) -> None:
-    """A user was updated; ``changed`` names the fields the caller set."""
+    """A user was updated (after commit); ``changed`` names the fields the caller set."""
 
 
 @hookspec
-def userplane_user_deleted(user: User, principal: Principal | None) -> None:
-    """A user was (softly) deleted; ``user`` is as stored, with ``deleted_at`` set."""
+def userplane_user_deleted(user: User, principal: Principal | None, registry: Registry) -> None:
+    """A user was (softly) deleted (after commit); ``user`` has ``deleted_at`` set."""
 
 
 @hookspec
-def userplane_user_restored(user: User, principal: Principal | None) -> None:
-    """A deleted user was restored; ``user`` is as stored, live again."""
+def userplane_user_restored(user: User, principal: Principal | None, registry: Registry) -> None:
+    """A deleted user was restored (after commit); ``user`` is as stored, live again."""
 
 
 @hookspec
 def userplane_users_purged(
-    count: int, deleted_before: datetime, principal: Principal | None
+    count: int, deleted_before: datetime, principal: Principal | None, registry: Registry
 ) -> None:
-    """``count`` users deleted before ``deleted_before`` were removed for good."""
+    """``count`` users deleted before ``deleted_before`` were removed for good (after commit)."""
+
+
+# -- frontends ----------------------------------------------------------------------
 
 
 @hookspec
@@ -137,7 +212,7 @@ def userplane_cli_commands(cli: Any) -> None:
 
 
 @hookspec
-def userplane_http_middleware(settings: Settings) -> Sequence[Any] | None:
+def userplane_http_middleware(settings: Settings, registry: Registry) -> Sequence[Any] | None:
     """Return Falcon middleware components to install, outermost first.
 
     Called once per app. Components see every request, including failed ones.
@@ -145,5 +220,5 @@ def userplane_http_middleware(settings: Settings) -> Sequence[Any] | None:
 
 
 @hookspec
-def userplane_http_routes(app: Any, registry: Any) -> None:
-    """Add routes to the Falcon ``app``; ``registry`` gives the services."""
+def userplane_http_routes(app: Any, registry: Registry) -> None:
+    """Add routes to the Falcon ``app``; each resource declares its ``actions``."""

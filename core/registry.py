@@ -6,6 +6,7 @@ they never construct plugins or connections themselves.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from datetime import timedelta
 from types import TracebackType
@@ -14,19 +15,22 @@ from urllib.parse import urlsplit
 import pluggy
 
 from userplane.auth import AuthService
-from userplane.errors import ConfigurationError
+from userplane.errors import ConfigurationError, Unavailable
+from userplane.hooks import Hooks
 from userplane.idempotency import IdempotencyService
 from userplane.plugin_manager import make_plugin_manager
+from userplane.services import ServiceCheck, Services
 from userplane.settings import Settings
-from userplane.storage import Storage
+from userplane.storage import MigrationState, Storage
 from userplane.users import UserService, utcnow
 
 
 class Registry:
-    """Settings, the plugin manager, the open storage and the services, for one process.
+    """Settings, the plugin manager, the open storage, plugin services and the use-cases.
 
-    Use as a context manager, or call ``close()``: it releases connections
-    and lets plugins flush (``userplane_shutdown``).
+    Use as a context manager, or call ``close()``: it lets plugins flush
+    (``userplane_shutdown``), closes their services and releases connections.
+    A constructor that fails part-way closes what it had opened.
     """
 
     def __init__(
@@ -38,46 +42,84 @@ class Registry:
     ) -> None:
         self.settings = settings
         self.pm = plugin_manager or make_plugin_manager(settings.disabled_plugins, plugins)
-        self.hook = self.pm.hook
-        self.hook.userplane_startup.call_historic(kwargs={"settings": settings})
-        storage = self.hook.userplane_open_storage(settings=settings)
+        broken = getattr(self.pm, "broken", ())
+        if broken:
+            raise broken[0].error()
+        self.hooks = Hooks(self.pm)
+        #: Per-registry plugin state (``userplane_register_services``).
+        self.services = Services()
+        self._closed = False
+        self._storage: Storage | None = None
+        self.hooks.startup(settings)
+        storage = self.hooks.open_storage(settings)
         if storage is None:
             scheme = urlsplit(settings.database_url).scheme or "(none)"
             raise ConfigurationError(
                 f"USERPLANE_DATABASE_URL: no storage plugin serves the {scheme!r} scheme "
                 "(is its plugin installed and not disabled?)"
             )
-        self.storage: Storage = storage
+        self._storage = storage
         try:
-            self.hook.userplane_storage_opened(storage=storage, settings=settings)
+            self.hooks.register_services(self)
+            self.hooks.storage_opened(storage, settings, self)
+            self.auth = AuthService(self)
+            self.users = UserService(storage, self.hooks, registry=self)
+            self.idempotency = IdempotencyService(
+                storage, timedelta(seconds=settings.idempotency_ttl_s), utcnow
+            )
         except BaseException:
-            storage.close()
+            with contextlib.suppress(Exception):
+                self.close()
             raise
-        self.users = UserService(storage, self.hook)
-        self.auth = AuthService(self, settings)
-        self.idempotency = IdempotencyService(
-            storage, timedelta(seconds=settings.idempotency_ttl_s), utcnow
-        )
-        self._closed = False
+
+    @property
+    def storage(self) -> Storage:
+        """The open storage."""
+        assert self._storage is not None
+        return self._storage
 
     @classmethod
     def from_env(cls) -> Registry:
         """A registry for the settings in the environment and ``.env``."""
         return cls(Settings.from_env())
 
+    def check(self) -> list[ServiceCheck]:
+        """Ping storage and every plugin service; one check each, failures included."""
+        try:
+            self.storage.ping()
+        except Unavailable as exc:
+            storage = ServiceCheck("storage", exc.detail)
+        else:
+            storage = ServiceCheck("storage")
+        return [storage, *self.services.ping()]
+
     def ping(self) -> None:
-        """Check every dependency answers; raises ``Unavailable`` otherwise."""
-        self.storage.ping()
+        """Check every dependency answers; raises ``Unavailable`` naming the first that does not."""
+        for check in self.check():
+            if not check.ok:
+                raise check.unavailable()
+
+    def migrate(self) -> list[str]:
+        """Apply the core's and every plugin's pending migrations; their ids."""
+        return self.storage.migrate(self.hooks.migrations())
+
+    def migration_status(self) -> list[MigrationState]:
+        """Every migration, the core's and the plugins', and whether it is applied."""
+        return list(self.storage.migration_status(self.hooks.migrations()))
 
     def close(self) -> None:
-        """Close storage and tell plugins to shut down; safe to call twice."""
+        """Tell plugins, close their services, then storage; safe to call twice."""
         if self._closed:
             return
         self._closed = True
         try:
-            self.storage.close()
+            self.hooks.shutdown(self)
         finally:
-            self.hook.userplane_shutdown()
+            try:
+                self.services.close()
+            finally:
+                if self._storage is not None:
+                    self._storage.close()
 
     def __enter__(self) -> Registry:
         return self

@@ -8,7 +8,7 @@ value fails at start-up with a message naming the variable.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -34,6 +34,18 @@ def _between(minimum: int, maximum: int | None = None) -> Any:
             raise ValueError(f"{PREFIX}{attribute.name.upper()}: must be {bound}, not {value}")
 
     return check
+
+
+def _networks(_: Any, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
+    import ipaddress
+
+    for text in value:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"{PREFIX}{attribute.name.upper()}: {text!r} is not an IP address or network"
+            ) from None
 
 
 #: At most this many default workers: each holds a pool of database connections.
@@ -103,8 +115,8 @@ class Settings:
     queue_timeout_ms: int = attrs.field(default=1000, validator=_between(1))
     #: ``disabled`` lets every caller act as an administrator: local development only.
     auth: AuthMode = "enabled"
-    #: Custom roles, a JSON object: ``{"support": ["users:read", "users:restore"]}``.
-    roles: str | None = None
+    #: Proxies (addresses or networks) whose ``Forwarded``/``X-Forwarded-For`` is believed.
+    trusted_proxies: tuple[str, ...] = attrs.field(default=(), validator=_networks)
     #: ``USERPLANE_*`` variables no field claims: for plugins' own settings.
     extra: Mapping[str, str] = attrs.field(factory=dict, repr=False)
 
@@ -165,16 +177,23 @@ class Settings:
         except ValueError as exc:  # an attrs validator, raised after structuring
             raise ConfigurationError(str(exc)) from None
 
-    def redacted(self) -> dict[str, Any]:
-        """Every setting by variable name, secrets masked: safe to print or log."""
+    def redacted(self, sections: Sequence[SettingsSection] = ()) -> dict[str, Any]:
+        """Every setting by variable name, secrets masked: safe to print or log.
+
+        ``sections`` are the plugins' declared settings: each of their
+        variables is listed (with its default when unset), and those declared
+        ``secret`` are masked whatever their name.
+        """
         out: dict[str, Any] = {}
+        secret = secret_names(sections)
         for a in attrs.fields(type(self)):
             value = getattr(self, a.name)
             if a.name == "database_url":
                 value = mask_url(value)
             if a.name == "extra":
-                for k, v in sorted(value.items()):
-                    out[k] = MASK if is_secret_name(k) else v
+                declared = {n: d for s in sections for n, d in s.defaults().items()}
+                for k, v in sorted({**declared, **value}.items()):
+                    out[k] = MASK if v is not None and (k in secret or is_secret_name(k)) else v
                 continue
             if isinstance(value, tuple):
                 value = ",".join(value)
@@ -266,6 +285,59 @@ _env_converter = _make_env_converter()
 
 
 T = TypeVar("T")
+
+
+#: The metadata key that marks a plugin setting as secret (see ``setting``).
+SECRET = "userplane_secret"  # noqa: S105 (a metadata key, not a password)
+
+
+def setting(default: Any = attrs.NOTHING, *, secret: bool = False, **kwargs: Any) -> Any:
+    """An attrs field for a plugin's settings class; ``secret=True`` masks it everywhere.
+
+    A secret setting is masked by ``userplane config`` and its value is
+    masked in log lines, whatever the variable is called.
+    """
+    metadata = {**kwargs.pop("metadata", {}), SECRET: secret}
+    return attrs.field(default=default, metadata=metadata, **kwargs)
+
+
+@attrs.frozen
+class SettingsSection:
+    """A plugin's settings: ``USERPLANE_<prefix><FIELD>`` variables into the attrs ``cls``.
+
+    Return one from ``userplane_settings_sections`` so that ``config`` lists
+    them and masks the secret ones; read them with ``section``.
+    """
+
+    prefix: str
+    cls: type
+
+    def names(self) -> dict[str, str]:
+        """Variable name -> field name."""
+        return {f"{PREFIX}{self.prefix}{a.name.upper()}": a.name for a in attrs.fields(self.cls)}
+
+    def secrets(self) -> frozenset[str]:
+        """The variable names declared secret."""
+        return frozenset(
+            f"{PREFIX}{self.prefix}{a.name.upper()}"
+            for a in attrs.fields(self.cls)
+            if a.metadata.get(SECRET)
+        )
+
+    def defaults(self) -> dict[str, Any]:
+        """Variable name -> default (``None`` when the field has none or a factory)."""
+        out: dict[str, Any] = {}
+        for a in attrs.fields(self.cls):
+            default = a.default
+            if default is attrs.NOTHING or isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+                default = None
+            out[f"{PREFIX}{self.prefix}{a.name.upper()}"] = default
+        return out
+
+
+def secret_names(sections: Sequence[SettingsSection]) -> frozenset[str]:
+    """Every variable the sections declare secret."""
+    return frozenset(name for s in sections for name in s.secrets())
 
 
 def section(cls: type[T], settings: Settings, prefix: str) -> T:

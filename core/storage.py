@@ -26,22 +26,22 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 
-from userplane.errors import NotFound, PreconditionFailed
 from userplane.idempotency import IdempotencyRecord, StoredResponse
 from userplane.pagination import Position, Sort
-from userplane.text import fold
 from userplane.users import User, UserFilter
 
 if TYPE_CHECKING:
-    from userplane.api_keys import ApiKey
+    from userplane.hooks import PluginMigrations
 
 
 @attrs.frozen
 class MigrationState:
-    """One migration and whether it has been applied."""
+    """One migration, whether it has been applied, and who ships it."""
 
     id: str
     applied: bool
+    #: ``"userplane"`` for the core's schema, else the plugin's name.
+    source: str = "userplane"
 
 
 @runtime_checkable
@@ -59,11 +59,20 @@ class Storage(Protocol):
     def close(self) -> None:
         """Release every connection; the object is not used afterwards."""
 
-    def migrate(self) -> list[str]:
-        """Apply pending schema migrations, safely against concurrent runs; return their ids."""
+    #: The version of the published schema this storage holds (``userplane.sql.SCHEMA_VERSION``).
+    schema_version: int
 
-    def migration_status(self) -> Sequence[MigrationState]:
-        """Every known migration, in order, and whether it is applied."""
+    def migrate(self, plugins: Sequence[PluginMigrations] = ()) -> list[str]:
+        """Apply pending migrations, the core's then ``plugins``', safely against concurrent runs.
+
+        Returns the ids applied. ``plugins`` are the folders plugins contribute
+        (``userplane_migrations``); the storage picks those of its dialect.
+        """
+
+    def migration_status(
+        self, plugins: Sequence[PluginMigrations] = ()
+    ) -> Sequence[MigrationState]:
+        """Every known migration, the core's and ``plugins``', in order, and whether applied."""
 
     def insert_user(self, user: User, email_key: str) -> User:
         """Insert ``user`` with its normalised email ``email_key``; ``Conflict`` if taken."""
@@ -145,79 +154,6 @@ class Storage(Protocol):
         """Remove every expired key; return how many."""
 
 
-def insert_params(user: User, email_key: str) -> dict[str, Any]:
-    """Named parameters of an insert, for SQL stores: the user's fields plus derived keys.
-
-    ``full_name_folded`` is ``fold(full_name or "")``: stored so that search and
-    sorting compare folded text the same way on every backend, without a
-    function per row.
-    """
-    return {
-        "id": user.id,
-        "email": user.email,
-        "email_key": email_key,
-        "full_name": user.full_name,
-        "full_name_folded": fold(user.full_name or ""),
-        "is_active": user.is_active,
-        "created_at": user.created_at,
-        "updated_at": user.updated_at,
-        "version": user.version,
-    }
-
-
-def update_params(
-    user_id: uuid.UUID,
-    fields: Mapping[str, Any],
-    email_key: str | None,
-    expected_version: int | None,
-    now: datetime,
-) -> dict[str, Any]:
-    """Named parameters of a one-statement conditional update, for SQL stores.
-
-    Each field comes with a ``set_<field>`` flag, so one static statement
-    (``CASE WHEN :set_email THEN :email ELSE email END``) serves every partial
-    update and can be prepared once.
-    """
-    full_name = fields.get("full_name")
-    return {
-        "id": user_id,
-        "expected_version": expected_version,
-        "now": now,
-        "set_email": "email" in fields,
-        "email": fields.get("email"),
-        "email_key": email_key,
-        "set_full_name": "full_name" in fields,
-        "full_name": full_name,
-        "full_name_folded": fold(full_name or ""),
-        "set_is_active": "is_active" in fields,
-        "is_active": fields.get("is_active"),
-    }
-
-
-@runtime_checkable
-class ApiKeyStorage(Protocol):
-    """Where API keys live: the storage side of the api-keys plugin.
-
-    The SQL stores implement it; the contract suite (``userplane.testing``)
-    checks it. Methods raise only ``userplane.errors`` exceptions.
-    """
-
-    def insert_api_key(self, key: ApiKey) -> None:
-        """Store a new key; ``Conflict`` if its id or lookup id is taken."""
-
-    def get_api_key(self, lookup: str) -> ApiKey | None:
-        """The key with this lookup id, revoked or expired ones included."""
-
-    def list_api_keys(self) -> list[ApiKey]:
-        """Every key, oldest first (then by id)."""
-
-    def revoke_api_key(self, key_id: uuid.UUID, now: datetime) -> ApiKey | None:
-        """Set ``revoked_at`` (kept if already set); the key, or ``None`` if unknown."""
-
-    def touch_api_key(self, key_id: uuid.UUID, now: datetime) -> None:
-        """Move ``last_used_at`` forward to ``now`` (never back)."""
-
-
 @attrs.frozen
 class PoolStats:
     """A snapshot of a connection pool, for metrics."""
@@ -258,14 +194,3 @@ class InstrumentableStorage(Protocol):
         objects, so there the wrapper must change the connection in place).
         Call before the first statement runs.
         """
-
-
-def write_missed(user_id: uuid.UUID, exists: bool) -> NotFound | PreconditionFailed:
-    """The error for a conditional write that matched no row.
-
-    Called after the write was already decided by the database, only to choose
-    what to report: ``NotFound`` if the user is gone, else ``PreconditionFailed``.
-    """
-    if not exists:
-        return NotFound(f"no user with id {user_id}")
-    return PreconditionFailed("the user has changed since that version")

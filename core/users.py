@@ -18,6 +18,8 @@ from userplane.pagination import Position, Sort, decode_cursor, encode_cursor
 from userplane.text import fold
 
 if TYPE_CHECKING:
+    from userplane.hooks import Hooks
+    from userplane.registry import Registry
     from userplane.storage import Storage
 
 T = TypeVar("T")
@@ -239,25 +241,27 @@ class UserService:
 
     Each operation runs inside the ``userplane_operation`` hook, so plugins
     (telemetry, audit, rate limiting) can wrap it without the core knowing
-    them, and announces what it changed through the user-event hooks.
+    them, and announces what it changed through the user-event hooks, once the
+    write has committed (every write is one statement or one transaction).
     """
 
     def __init__(
         self,
         storage: Storage,
-        hook: Any,
+        hooks: Hooks,
         *,
+        registry: Registry,
         clock: Callable[[], datetime] = utcnow,
         new_id: Callable[[], uuid.UUID] = uuid.uuid4,
     ) -> None:
         self._storage = storage
-        self._hook = hook
+        self._hooks = hooks
+        self._registry = registry
         self._clock = clock
         self._new_id = new_id
 
     def _run(self, operation: str, call: Callable[[], T]) -> T:
-        result: T = self._hook.userplane_operation(operation=operation, call=call)
-        return result
+        return self._hooks.operation(operation, call, self._registry)
 
     def create(self, new: NewUser) -> User:
         """Create a user; ``Conflict`` if the normalised email is taken."""
@@ -277,7 +281,7 @@ class UserService:
                 version=1,
             )
             stored = self._storage.insert_user(user, key)
-            self._hook.userplane_user_created(user=stored, principal=current_principal())
+            self._hooks.user_created(stored, current_principal(), self._registry)
             return stored
 
         return self._run("users.create", call)
@@ -347,8 +351,8 @@ class UserService:
             updated = self._storage.update_user(
                 user_id, fields, key, expected_version, self._clock()
             )
-            self._hook.userplane_user_updated(
-                user=updated, changed=frozenset(fields), principal=current_principal()
+            self._hooks.user_updated(
+                updated, frozenset(fields), current_principal(), self._registry
             )
             return updated
 
@@ -363,7 +367,7 @@ class UserService:
 
         def call() -> User:
             deleted = self._storage.delete_user(user_id, expected_version, self._clock())
-            self._hook.userplane_user_deleted(user=deleted, principal=current_principal())
+            self._hooks.user_deleted(deleted, current_principal(), self._registry)
             return deleted
 
         return self._run("users.delete", call)
@@ -378,7 +382,7 @@ class UserService:
                 if user is None:
                     raise NotFound(f"no deleted or live user with id {user_id}")
                 return user
-            self._hook.userplane_user_restored(user=restored, principal=current_principal())
+            self._hooks.user_restored(restored, current_principal(), self._registry)
             return restored
 
         return self._run("users.restore", call)
@@ -394,9 +398,7 @@ class UserService:
             except OverflowError:  # before the calendar began: nothing is that old
                 before = datetime.min.replace(tzinfo=UTC)
             count = self._storage.purge_users(before)
-            self._hook.userplane_users_purged(
-                count=count, deleted_before=before, principal=current_principal()
-            )
+            self._hooks.users_purged(count, before, current_principal(), self._registry)
             return count
 
         return self._run("users.purge", call)

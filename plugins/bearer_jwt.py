@@ -20,20 +20,25 @@ the roles from the claim that userplane knows; others are ignored.
 from __future__ import annotations
 
 import json
-import threading
-import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from userplane import hookimpl
-from userplane.auth import Credentials, Principal
-from userplane.errors import ConfigurationError, Unauthenticated
-from userplane.settings import Settings, section
+from userplane.plugin import (
+    ConfigurationError,
+    Credentials,
+    Principal,
+    Settings,
+    SettingsSection,
+    Unauthenticated,
+    hookimpl,
+    section,
+    setting,
+)
 
 if TYPE_CHECKING:
-    from userplane.registry import Registry
+    from userplane.plugin import Registry
 
 # PyJWT (and the cryptography it loads) is imported where a key or token is
 # handled, not here: every userplane process loads this plugin, and one that
@@ -58,7 +63,7 @@ class JwtSettings:
     """This plugin's settings, from ``USERPLANE_JWT_*``."""
 
     algorithm: str | None = None
-    key: str | None = attrs.field(default=None, repr=False)
+    key: str | None = setting(default=None, secret=True, repr=False)
     key_file: str | None = None
     jwks_file: str | None = None
     issuer: str | None = None
@@ -169,7 +174,8 @@ class Verifier:
                     "verify_aud": cfg.audience is not None,
                 },
             )
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, UnicodeError):
+            # UnicodeError: text no token can hold (a lone surrogate from an embedder).
             raise Unauthenticated(REJECTED) from None
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
@@ -189,20 +195,31 @@ def _roles(claims: dict[str, Any], path: str) -> list[str]:
     return []
 
 
-_verifiers: weakref.WeakKeyDictionary[Registry, Verifier | None] = weakref.WeakKeyDictionary()
-_lock = threading.Lock()
+@attrs.frozen
+class JwtVerifier:
+    """This plugin's state in one registry: the verifier, or ``None`` while no key is set."""
+
+    verifier: Verifier | None
 
 
-def _verifier(registry: Registry) -> Verifier | None:
-    try:
-        return _verifiers[registry]
-    except KeyError:
-        pass
-    with _lock:
-        if registry not in _verifiers:
-            cfg = section(JwtSettings, registry.settings, "JWT_")
-            _verifiers[registry] = Verifier(cfg) if cfg.configured else None
-        return _verifiers[registry]
+SETTINGS = SettingsSection("JWT_", JwtSettings)
+
+
+@hookimpl
+def userplane_settings_sections() -> SettingsSection:
+    """``USERPLANE_JWT_*``."""
+    return SETTINGS
+
+
+@hookimpl
+def userplane_register_services(registry: Registry) -> None:
+    """The verifier for this registry's settings, built on first use."""
+
+    def build() -> JwtVerifier:
+        cfg = section(JwtSettings, registry.settings, "JWT_")
+        return JwtVerifier(Verifier(cfg) if cfg.configured else None)
+
+    registry.services.register(JwtVerifier, build, name="jwt")
 
 
 @hookimpl
@@ -219,10 +236,16 @@ def userplane_authenticate(credentials: Credentials, registry: Registry) -> Prin
     token = credentials.bearer
     if token is None or token.count(".") != 2:
         return None
-    verifier = _verifier(registry)
+    verifier = registry.services.get(JwtVerifier).verifier
     if verifier is None:
         return None
     return verifier.verify(token, registry.auth.roles)
+
+
+@hookimpl
+def userplane_auth_challenges(settings: Settings) -> str | None:
+    """Tokens are sent as bearer tokens (RFC 6750), once a key is configured."""
+    return 'Bearer realm="userplane"' if section(JwtSettings, settings, "JWT_").configured else None
 
 
 @hookimpl

@@ -15,13 +15,14 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from userplane import Settings, hookimpl
-from userplane.auth import current_principal
-from userplane.settings import MASK
+from userplane.plugin import MASK, Settings, current_principal, hookimpl
+
+if TYPE_CHECKING:
+    from userplane.plugin import Registry
 
 
 @functools.cache
@@ -57,8 +58,27 @@ _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[^\s,;]+")
 _MAYBE_CREDENTIALS = re.compile(r"(?i:b(?:earer|asic))\s")
 
 
+class _DeclaredSecrets:
+    """Values of settings that plugins declared secret, masked wherever they appear.
+
+    Process-wide, as logging itself is: every registry of the process adds its own.
+    """
+
+    values: tuple[str, ...] = ()
+
+    @classmethod
+    def add(cls, values: set[str]) -> None:
+        # Longest first, so that a secret containing another is masked whole.
+        cls.values = tuple(sorted({*cls.values, *values}, key=len, reverse=True))
+
+
 def _maybe_secret_text(text: str) -> bool:
-    return "://" in text or "=" in text or _MAYBE_CREDENTIALS.search(text) is not None
+    return (
+        "://" in text
+        or "=" in text
+        or _MAYBE_CREDENTIALS.search(text) is not None
+        or any(secret in text for secret in _DeclaredSecrets.values)
+    )
 
 
 # Whether a key names a secret, by key: keys come from a small set of call
@@ -81,6 +101,8 @@ def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
         if not _maybe_secret_text(value):
             return value
+        for secret in _DeclaredSecrets.values:
+            value = value.replace(secret, MASK)
         if "://" in value or "=" in value:
             # URLs anywhere in the text, not only a value that is one URL.
             value = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}@", value)
@@ -149,12 +171,32 @@ def add_trace_ids(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[
     return event_dict
 
 
+#: What every stdlib ``LogRecord`` has, and what formatting adds: not a caller's ``extra``.
+_RECORD_KEYS = frozenset(
+    {*logging.LogRecord("", 0, "", 0, "", (), None).__dict__, "message", "asctime"}
+)
+
+
+def add_record_extras(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """The ``extra`` of a stdlib record as keys (``_events.exception(…, extra={"plugin": …})``)."""
+    record = event_dict.get("_record")
+    if record is not None:
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_KEYS and not key.startswith("_"):
+                event_dict.setdefault(key, value)
+    return event_dict
+
+
 def add_principal(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """``principal``: who the current request or command acts as, when known (audit)."""
     principal = current_principal()
     if principal is not None:
         event_dict.setdefault("principal", principal.id)
     return event_dict
+
+
+def _extras_then_redact() -> list[Any]:
+    return [add_record_extras, redact]
 
 
 def _shared_processors(*, redacted: bool = True) -> list[Any]:
@@ -245,7 +287,12 @@ def configure(settings: Settings) -> None:
     json_lines = _use_json(settings)
     if json_lines:
         renderer = structlog.processors.JSONRenderer()
-        exc = [structlog.processors.dict_tracebacks]
+        # Without frame locals: they hold request data (addresses, keys) a log must not.
+        exc = [
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        ]
     else:
         renderer = structlog.dev.ConsoleRenderer()
         exc = []
@@ -282,7 +329,8 @@ def configure(settings: Settings) -> None:
         )
     # gunicorn, yoyo and friends log through stdlib: render them the same way.
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=_shared_processors(),
+        # A stdlib record's ``extra`` (the plugin of a failed listener) becomes keys, masked too.
+        foreign_pre_chain=[*_shared_processors(redacted=False), *_extras_then_redact()],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             *exc,
@@ -342,6 +390,15 @@ class AccessLog:
 def userplane_startup(settings: Settings) -> None:
     """Configure logging once per process."""
     configure(settings)
+
+
+@hookimpl
+def userplane_register_services(registry: Registry) -> None:
+    """Mask, in every line, the values of the settings plugins declare secret."""
+    extra = registry.settings.extra
+    names = {name for s in registry.hooks.settings_sections() for name in s.secrets()}
+    # Very short values would mask ordinary words; no real secret is that short.
+    _DeclaredSecrets.add({extra[n] for n in names if len(extra.get(n) or "") >= 6})
 
 
 @hookimpl

@@ -7,9 +7,16 @@ storage's connections through ``userplane_storage_opened``). Metrics: request
 duration and in-flight requests, the PostgreSQL pool, users created and deleted.
 
 Off unless ``USERPLANE_OTEL_ENABLED=true`` (and it needs the ``otel`` extra).
-When off, it adds no middleware and its operation wrapper returns at once, so
-it costs nothing per request. It keeps its own ``TracerProvider`` rather than
-the process-global one, so tests and embedders can run several side by side.
+When off, it registers nothing, adds no middleware and its operation wrapper
+returns at once, so it costs nothing per request.
+
+Per registry: each ``Registry`` with telemetry on has its own tracer and meter
+providers, instruments and observed pool (the ``Telemetry`` service, see
+``state_of``), built as it opens and shut down when it closes. None of it is
+process-global (not OpenTelemetry's global providers either), so two
+registries in one process never see each other's spans or metrics, and closing
+one leaves the other tracing. ``Exporters`` sends one registry's spans and
+metrics to exporters of your own (tests, embedders).
 
 Settings (``USERPLANE_OTEL_*``): ``ENABLED``, ``EXPORTER`` (``none``,
 ``console``, ``otlp-http``, ``otlp-grpc``), ``ENDPOINT`` (else the exporter's
@@ -19,7 +26,6 @@ not already decided by an incoming ``traceparent``), ``SERVICE_NAME``.
 
 from __future__ import annotations
 
-import threading
 import time
 import weakref
 from collections.abc import Callable, Generator
@@ -28,9 +34,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 
 import userplane
-from userplane import Settings, hookimpl
-from userplane.errors import ConfigurationError, UserplaneError
-from userplane.settings import section
+from userplane.plugin import (
+    ConfigurationError,
+    Settings,
+    SettingsSection,
+    UserplaneError,
+    hookimpl,
+    section,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Meter, Observation
@@ -40,7 +51,11 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Tracer
 
-    from userplane.storage import PooledStorage, Storage
+    from userplane.plugin import PooledStorage, PoolStats, Registry, Storage
+
+# OpenTelemetry, the storage protocols and the registry are imported where
+# telemetry is on, not with the plugin: every userplane process loads this
+# module, and the CLI's --help must not pay for them.
 
 
 def _ratio(_: Any, attribute: attrs.Attribute[float], value: float) -> None:
@@ -59,10 +74,51 @@ class OtelSettings:
     service_name: str = "userplane"
 
 
-class _Instruments:
-    """The metrics userplane records."""
+SETTINGS = SettingsSection("OTEL_", OtelSettings)
 
-    def __init__(self, meter: Meter) -> None:
+
+def _settings(settings: Settings) -> OtelSettings:
+    return section(OtelSettings, settings, "OTEL_")
+
+
+@attrs.frozen
+class Exporters:
+    """Where one registry's spans and metrics go, instead of where ``USERPLANE_OTEL_EXPORTER`` says.
+
+    Give it to that registry, and to no other, as a plugin::
+
+        spans, metrics = InMemorySpanExporter(), InMemoryMetricReader()
+        Registry(settings, plugins=[telemetry.Exporters(spans=spans, metrics=metrics)])
+
+    It registers itself in the registry's services; the registry's providers
+    are built with it. Spans reach ``spans`` as each one ends (a
+    ``SimpleSpanProcessor``: a test sees them at once), metrics are read by
+    ``metrics``; one left ``None`` goes to the configured exporter.
+    ``USERPLANE_OTEL_ENABLED`` still decides whether there is telemetry, and
+    the other settings (sampling, service name) apply. The registry shuts both
+    down when it closes (an ``InMemorySpanExporter`` keeps what it received).
+    The providers take their exporters when built, so this is the one way in:
+    a registry's telemetry is never re-pointed once it is open.
+    """
+
+    spans: SpanExporter | None = None
+    metrics: MetricReader | None = None
+
+    @hookimpl(tryfirst=True)
+    def userplane_register_services(self, registry: Registry) -> None:
+        """Before the telemetry plugin builds this registry's providers (it runs last)."""
+        registry.services.register_value(Exporters, self, name="telemetry exporters")
+
+
+_POOL = {"db.client.connection.pool.name": "userplane"}
+
+
+class _Instruments:
+    """The metrics userplane records, on one registry's meter."""
+
+    def __init__(self, meter: Meter, pool_stats: Callable[[], PoolStats | None]) -> None:
+        from opentelemetry.metrics import Observation
+
         self.duration = meter.create_histogram(
             "http.server.request.duration", unit="s", description="Duration of HTTP requests."
         )
@@ -75,74 +131,133 @@ class _Instruments:
         self.deleted = meter.create_counter(
             "userplane.users.deleted", unit="{user}", description="Users (softly) deleted."
         )
+
+        def counts(options: CallbackOptions) -> list[Observation]:
+            stats = pool_stats()
+            if stats is None:
+                return []
+            return [
+                Observation(
+                    stats.size - stats.in_use, {**_POOL, "db.client.connection.state": "idle"}
+                ),
+                Observation(stats.in_use, {**_POOL, "db.client.connection.state": "used"}),
+            ]
+
+        def most(options: CallbackOptions) -> list[Observation]:
+            stats = pool_stats()
+            return [] if stats is None else [Observation(stats.max_size, _POOL)]
+
+        def waiting(options: CallbackOptions) -> list[Observation]:
+            stats = pool_stats()
+            return [] if stats is None else [Observation(stats.waiting, _POOL)]
+
         # The database pool, as OpenTelemetry's database-client conventions name it.
         meter.create_observable_up_down_counter(
             "db.client.connection.count",
-            callbacks=[_pool_counts],
+            callbacks=[counts],
             unit="{connection}",
             description="Pool connections by state (idle, used).",
         )
         meter.create_observable_up_down_counter(
             "db.client.connection.max",
-            callbacks=[_pool_max],
+            callbacks=[most],
             unit="{connection}",
             description="The most connections the pool may open.",
         )
         meter.create_observable_up_down_counter(
             "db.client.connection.pending_requests",
-            callbacks=[_pool_waiting],
+            callbacks=[waiting],
             unit="{request}",
             description="Callers waiting for a pool connection.",
         )
 
 
-class _State:
-    """The tracer and meters of this process, once configured."""
+class Telemetry:
+    """This plugin's state in one registry: its providers, tracer, instruments and pool.
 
-    def __init__(self) -> None:
-        self.provider: TracerProvider | None = None
-        self.meter_provider: MeterProvider | None = None
-        self.tracer: Tracer | None = None
-        self.instruments: _Instruments | None = None
-        #: The storage whose pool the gauges observe (weak: the Registry owns it).
-        self.pooled: weakref.ref[PooledStorage] | None = None
-        self.lock = threading.Lock()
+    A service of the registry (``registry.services``), registered only when
+    telemetry is on; the registry's close shuts its providers down.
+    """
+
+    def __init__(self, settings: Settings, cfg: OtelSettings, exporters: Exporters | None) -> None:
+        try:
+            from opentelemetry.sdk.metrics import MeterProvider
+            from opentelemetry.sdk.resources import Resource
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+            from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"USERPLANE_OTEL_ENABLED needs pip install 'userplane[otel]' ({exc})"
+            ) from None
+        given = exporters or Exporters()
+        # Everything that can fail first, the span exporter before the metric
+        # reader (which starts a thread): a failure leaves nothing running.
+        span_exporter = given.spans if given.spans is not None else _exporter(cfg)
+        reader = given.metrics if given.metrics is not None else _metric_reader(cfg)
+        resource = Resource.create(
+            {
+                "service.name": cfg.service_name,
+                "service.version": userplane.__version__,
+                "deployment.environment.name": settings.env,
+            }
+        )
+        self.meter_provider: MeterProvider = MeterProvider(
+            resource=resource, metric_readers=[reader] if reader else []
+        )
+        # The SDK's own metrics (when OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED)
+        # go to this registry's meters too, not to the process-global provider.
+        self.tracer_provider: TracerProvider = TracerProvider(
+            resource=resource,
+            sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio)),
+            meter_provider=self.meter_provider,
+        )
+        if given.spans is not None:
+            self.tracer_provider.add_span_processor(
+                SimpleSpanProcessor(given.spans, meter_provider=self.meter_provider)
+            )
+        elif span_exporter is not None:
+            self.tracer_provider.add_span_processor(
+                BatchSpanProcessor(span_exporter, meter_provider=self.meter_provider)
+            )
+        self.tracer: Tracer = self.tracer_provider.get_tracer("userplane", userplane.__version__)
+        #: The storage whose pool the gauges observe (weak: the registry owns it).
+        self._pooled: weakref.ref[PooledStorage] | None = None
+        meter = self.meter_provider.get_meter("userplane", userplane.__version__)
+        self.instruments = _Instruments(meter, self._pool_stats)
+
+    def _pool_stats(self) -> PoolStats | None:
+        storage = self._pooled() if self._pooled is not None else None
+        return storage.pool_stats() if storage is not None else None
+
+    def observe_pool(self, storage: PooledStorage) -> None:
+        """Report ``storage``'s pool in the ``db.client.connection.*`` gauges."""
+        self._pooled = weakref.ref(storage)
+
+    def flush(self) -> None:
+        """Export the spans and metrics still buffered."""
+        self.tracer_provider.force_flush()
+        self.meter_provider.force_flush()
+
+    def close(self) -> None:
+        """Flush and shut both providers down (their exporters and reader threads with them)."""
+        self._pooled = None
+        try:
+            self.tracer_provider.shutdown()
+        finally:
+            self.meter_provider.shutdown()
 
 
-_state = _State()
-
-_POOL = {"db.client.connection.pool.name": "userplane"}
-
-
-def _pool_stats() -> Any:
-    storage = _state.pooled() if _state.pooled is not None else None
-    return storage.pool_stats() if storage is not None else None
+def state_of(registry: Registry) -> Telemetry | None:
+    """This plugin's state in ``registry``, or ``None`` when its telemetry is off."""
+    services = registry.services
+    return services.get(Telemetry) if Telemetry in services else None
 
 
-def _pool_counts(options: CallbackOptions) -> list[Observation]:
-    from opentelemetry.metrics import Observation
-
-    stats = _pool_stats()
-    if stats is None:
-        return []
-    return [
-        Observation(stats.size - stats.in_use, {**_POOL, "db.client.connection.state": "idle"}),
-        Observation(stats.in_use, {**_POOL, "db.client.connection.state": "used"}),
-    ]
-
-
-def _pool_max(options: CallbackOptions) -> list[Observation]:
-    from opentelemetry.metrics import Observation
-
-    stats = _pool_stats()
-    return [] if stats is None else [Observation(stats.max_size, _POOL)]
-
-
-def _pool_waiting(options: CallbackOptions) -> list[Observation]:
-    from opentelemetry.metrics import Observation
-
-    stats = _pool_stats()
-    return [] if stats is None else [Observation(stats.waiting, _POOL)]
+def tracer_provider(registry: Registry) -> TracerProvider | None:
+    """``registry``'s tracer provider, or ``None`` when its telemetry is off."""
+    state = state_of(registry)
+    return state.tracer_provider if state is not None else None
 
 
 def _statement_tracing(system: str, provider: TracerProvider) -> Callable[[Any], Any] | None:
@@ -222,68 +337,6 @@ def _metric_reader(cfg: OtelSettings) -> MetricReader | None:
     return None
 
 
-def configure(
-    settings: Settings,
-    span_exporter: SpanExporter | None = None,
-    metric_reader: MetricReader | None = None,
-) -> bool:
-    """Set up traces and metrics from ``settings``; the arguments replace the exporters (tests).
-
-    Returns whether telemetry is on.
-    """
-    cfg = section(OtelSettings, settings, "OTEL_")
-    with _state.lock:
-        if _state.provider is not None:
-            _state.provider.shutdown()
-        if _state.meter_provider is not None:
-            _state.meter_provider.shutdown()
-        _state.provider = _state.tracer = None
-        _state.meter_provider = _state.instruments = None
-        _state.pooled = None
-        if not cfg.enabled:
-            return False
-        try:
-            from opentelemetry.sdk.resources import Resource
-            from opentelemetry.sdk.trace import TracerProvider
-            from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-            from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-        except ImportError as exc:
-            raise ConfigurationError(
-                f"USERPLANE_OTEL_ENABLED needs pip install 'userplane[otel]' ({exc})"
-            ) from None
-        resource = Resource.create(
-            {
-                "service.name": cfg.service_name,
-                "service.version": userplane.__version__,
-                "deployment.environment.name": settings.env,
-            }
-        )
-        provider = TracerProvider(
-            resource=resource, sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio))
-        )
-        if span_exporter is not None:
-            provider.add_span_processor(SimpleSpanProcessor(span_exporter))
-        else:
-            exporter = _exporter(cfg)
-            if exporter is not None:
-                provider.add_span_processor(BatchSpanProcessor(exporter))
-        _state.provider = provider
-        _state.tracer = provider.get_tracer("userplane", userplane.__version__)
-
-        from opentelemetry.sdk.metrics import MeterProvider
-
-        reader = metric_reader if metric_reader is not None else _metric_reader(cfg)
-        meters = MeterProvider(resource=resource, metric_readers=[reader] if reader else [])
-        _state.meter_provider = meters
-        _state.instruments = _Instruments(meters.get_meter("userplane", userplane.__version__))
-        return True
-
-
-def tracer_provider() -> TracerProvider | None:
-    """This process's provider, or ``None`` when tracing is off."""
-    return _state.provider
-
-
 class ServerTelemetry:
     """Falcon middleware: a server span, a duration and an in-flight count per request.
 
@@ -342,33 +395,57 @@ class ServerTelemetry:
 
 
 @hookimpl
-def userplane_startup(settings: Settings) -> None:
-    """Configure tracing once per process."""
-    configure(settings)
+def userplane_settings_sections() -> SettingsSection:
+    """``USERPLANE_OTEL_*``."""
+    return SETTINGS
 
 
 @hookimpl
-def userplane_storage_opened(storage: Storage, settings: Settings) -> None:
-    """Trace every SQL statement and observe the connection pool, when telemetry is on."""
-    provider = _state.provider
-    if provider is None:
+def userplane_startup(settings: Settings) -> None:
+    """Fail at start-up, naming the variable, on a bad setting."""
+    _settings(settings)
+
+
+@hookimpl(trylast=True)
+def userplane_register_services(registry: Registry) -> None:
+    """This registry's providers, when telemetry is on; built now, closed with the registry.
+
+    Last of the plugins' registrations, so that ``Exporters`` given to this
+    registry are registered before the providers that use them are built.
+    """
+    cfg = _settings(registry.settings)
+    if not cfg.enabled:
         return
-    # Imported here, not with the plugin: --help must not pay for the storage
-    # module and the users module it needs.
-    from userplane.storage import InstrumentableStorage, PooledStorage
+    services = registry.services
+    exporters = services.get(Exporters) if Exporters in services else None
+    state = Telemetry(registry.settings, cfg, exporters)
+    try:
+        services.register_value(Telemetry, state, close=Telemetry.close, name="telemetry")
+    except BaseException:
+        state.close()
+        raise
+
+
+@hookimpl
+def userplane_storage_opened(storage: Storage, registry: Registry) -> None:
+    """Trace every SQL statement and observe the connection pool, when telemetry is on."""
+    state = state_of(registry)
+    if state is None:
+        return
+    from userplane.plugin import InstrumentableStorage, PooledStorage
 
     if isinstance(storage, InstrumentableStorage):
-        wrapper = _statement_tracing(storage.system, provider)
+        wrapper = _statement_tracing(storage.system, state.tracer_provider)
         if wrapper is not None:
             storage.wrap_connections(wrapper)
     if isinstance(storage, PooledStorage):
-        _state.pooled = weakref.ref(storage)
+        state.observe_pool(storage)
 
 
 @hookimpl
 def userplane_describe(settings: Settings) -> dict[str, str]:
     """Where traces go."""
-    cfg = section(OtelSettings, settings, "OTEL_")
+    cfg = _settings(settings)
     if not cfg.enabled or cfg.exporter == "none":
         return {"traces": "off"}
     where = cfg.endpoint or "the OTEL_EXPORTER_OTLP_* default"
@@ -377,43 +454,45 @@ def userplane_describe(settings: Settings) -> dict[str, str]:
 
 
 @hookimpl
-def userplane_shutdown() -> None:
-    """Flush spans still buffered."""
-    if _state.provider is not None:
-        _state.provider.force_flush()
-    if _state.meter_provider is not None:
-        _state.meter_provider.force_flush()
+def userplane_shutdown(registry: Registry) -> None:
+    """Flush what ``registry`` still buffers; its providers shut down as its services close."""
+    state = state_of(registry)
+    if state is not None:
+        state.flush()
 
 
 @hookimpl(tryfirst=True)
-def userplane_http_middleware(settings: Settings) -> list[Any]:
+def userplane_http_middleware(registry: Registry) -> list[Any]:
     """The server-span middleware, outermost, so every other layer runs inside the span."""
-    tracer, instruments = _state.tracer, _state.instruments
-    if tracer is None or instruments is None:
+    state = state_of(registry)
+    if state is None:
         return []
-    return [ServerTelemetry(tracer, instruments)]
+    return [ServerTelemetry(state.tracer, state.instruments)]
 
 
 @hookimpl
-def userplane_user_created(user: Any) -> None:
+def userplane_user_created(registry: Registry) -> None:
     """Count creations."""
-    if _state.instruments is not None:
-        _state.instruments.created.add(1)
+    state = state_of(registry)
+    if state is not None:
+        state.instruments.created.add(1)
 
 
 @hookimpl
-def userplane_user_deleted(user: Any) -> None:
+def userplane_user_deleted(registry: Registry) -> None:
     """Count deletions."""
-    if _state.instruments is not None:
-        _state.instruments.deleted.add(1)
+    state = state_of(registry)
+    if state is not None:
+        state.instruments.deleted.add(1)
 
 
 @hookimpl(wrapper=True)
-def userplane_operation(operation: str, call: Callable[[], Any]) -> Generator[None, Any, Any]:
+def userplane_operation(operation: str, registry: Registry) -> Generator[None, Any, Any]:
     """One span per service operation, recording its error."""
-    tracer = _state.tracer
-    if tracer is None:
+    services = registry.services
+    if Telemetry not in services:  # off: one dict lookup, then straight to the operation
         return (yield)
+    tracer = services.get(Telemetry).tracer
     from opentelemetry.trace import Status, StatusCode
 
     with tracer.start_as_current_span(

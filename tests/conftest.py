@@ -75,12 +75,9 @@ def create_postgresql_database(postgresql_server: str) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def postgresql_database(create_postgresql_database: Any) -> str:
     """This run's migrated PostgreSQL database, shared by the tests that empty it."""
-    from userplane.plugins.postgresql.store import PostgreSQLStorage
-
     url: str = create_postgresql_database()
-    store = PostgreSQLStorage(url)
-    store.migrate()
-    store.close()
+    with Registry(Settings.from_mapping({"USERPLANE_DATABASE_URL": url})) as registry:
+        registry.migrate()  # the core's schema and every plugin's (api_keys)
     return url
 
 
@@ -125,7 +122,7 @@ def settings(database_url: str) -> Settings:
 @pytest.fixture
 def registry(settings: Settings) -> Iterator[Registry]:
     with Registry(settings) as reg:
-        reg.storage.migrate()
+        reg.migrate()
         yield reg
 
 

@@ -24,7 +24,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from userplane import Registry, Settings
-from userplane.api_keys import (
+from userplane.auth import Principal
+from userplane.errors import InvalidInput, NotFound, Unauthenticated, Unavailable
+from userplane.plugins import api_keys
+from userplane.plugins.api_keys import authenticator as plugin
+from userplane.plugins.api_keys.keys import (
     KEY_PREFIX,
     LOOKUP_LENGTH,
     MAX_NAME,
@@ -34,10 +38,7 @@ from userplane.api_keys import (
     lookup_of,
     matches,
 )
-from userplane.auth import Principal
-from userplane.errors import InvalidInput, NotFound, Unauthenticated, Unavailable
-from userplane.plugins import api_keys as plugin
-from userplane.storage import ApiKeyStorage
+from userplane.plugins.api_keys.store import ApiKeyStore as ApiKeyStorage
 from userplane.testing import run_concurrently
 
 T0 = datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
@@ -123,9 +124,7 @@ def ticks(monkeypatch: pytest.MonkeyPatch) -> Ticks:
 
 @pytest.fixture
 def store(registry: Registry) -> ApiKeyStorage:
-    storage = registry.storage
-    assert isinstance(storage, ApiKeyStorage)
-    return storage
+    return api_keys.state_of(registry).store
 
 
 @pytest.fixture
@@ -356,11 +355,11 @@ def test_create_accepts_a_custom_role_from_settings(database_url: str) -> None:
         }
     )
     with Registry(settings) as reg:
-        reg.storage.migrate()
-        record, _ = plugin.service(reg).create("helpdesk", "support")
+        reg.migrate()
+        record, _ = api_keys.service(reg).create("helpdesk", "support")
         assert record.role == "support"
         with pytest.raises(InvalidInput) as info:
-            plugin.service(reg).create("helpdesk", "nope")
+            api_keys.service(reg).create("helpdesk", "nope")
         assert "support" in info.value.detail
 
 

@@ -1,13 +1,15 @@
-"""Traces from real processes reach an OTLP/HTTP collector.
+"""Traces from real processes, and from registries in this one, reach an OTLP/HTTP collector.
 
 A receiver in this process stands in for the collector: it accepts
 ``POST /v1/traces`` and ``/v1/metrics``, decodes the trace exports and keeps
 their spans. The CLI and ``userplane serve`` run as real processes configured,
-by ``USERPLANE_OTEL_*`` variables only, to export to it.
+by ``USERPLANE_OTEL_*`` variables only, to export to it; two registries in
+this process, configured the same way, each export to a receiver of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -26,6 +28,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 from serving import SCRIPT, Server, running_server, unique_email
+
+from userplane import NewUser, Registry, Settings
 
 pytestmark = pytest.mark.e2e
 
@@ -202,9 +206,9 @@ class _Receiver(ThreadingHTTPServer):
         self.collector = collector
 
 
-@pytest.fixture
-def collector() -> Iterator[Collector]:
-    """An OTLP/HTTP receiver on a free port of 127.0.0.1, for this test only."""
+@contextlib.contextmanager
+def receiving() -> Iterator[Collector]:
+    """An OTLP/HTTP receiver on a free port of 127.0.0.1, until the block ends."""
     collector = Collector()
     receiver = _Receiver(collector)
     collector.url = f"http://127.0.0.1:{receiver.server_port}"
@@ -216,6 +220,13 @@ def collector() -> Iterator[Collector]:
         receiver.shutdown()
         receiver.server_close()
         thread.join()
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    """An OTLP/HTTP receiver for this test only."""
+    with receiving() as collector:
+        yield collector
 
 
 def otel_env(collector: Collector) -> dict[str, str]:
@@ -356,3 +367,54 @@ def test_server_request_exports_its_trace_and_logs_its_id(
     assert access[0]["trace_id"] == trace_id, access[0]
     assert access[0]["span_id"] == found.server_span.span_id, access[0]
     assert "Traceback" not in log
+
+
+def test_two_registries_in_one_process_export_each_to_its_own_collector(tmp_path: Path) -> None:
+    """Each registry's spans and metrics reach its collector only; closing one flushes it.
+
+    The production path (batching span processor, OTLP/HTTP exporters,
+    periodic metric reader), set up by ``USERPLANE_OTEL_*`` settings alone.
+    Spans leave in batches every few seconds: what a registry's ``close``
+    exported is at its collector when ``close`` returns, without waiting.
+    """
+    with receiving() as alpha_collector, receiving() as beta_collector:
+
+        def registry(name: str, collector: Collector) -> Registry:
+            settings = Settings.from_mapping(
+                {
+                    "USERPLANE_DATABASE_URL": f"sqlite:///{tmp_path}/{name}.db",
+                    "USERPLANE_OTEL_SERVICE_NAME": name,
+                    **otel_env(collector),
+                }
+            )
+            opened = Registry(settings)
+            opened.migrate()
+            return opened
+
+        alpha = registry("alpha", alpha_collector)
+        try:
+            with registry("beta", beta_collector) as beta:
+                alpha.users.create(NewUser(email="alpha@example.org"))
+                beta.users.create(NewUser(email="beta-1@example.org"))
+                alpha.close()  # the first closes while the second goes on
+
+                alpha_spans = alpha_collector.spans
+                assert alpha_collector.metric_posts >= 1, alpha_collector.dump()
+                beta.users.create(NewUser(email="beta-2@example.org"))
+        finally:
+            alpha.close()
+        beta_spans = beta_collector.spans
+
+    for spans, name, creates in ((alpha_spans, "alpha", 1), (beta_spans, "beta", 2)):
+        dump = "\n".join(str(s) for s in spans)
+        assert spans, f"{name}: no spans"
+        assert {s.resource.get("service.name") for s in spans} == {name}, dump
+        operations = [s for s in spans if s.name == "users.create"]
+        assert len(operations) == creates, dump
+        for operation in operations:
+            assert sql_inserts_under(spans, operation), dump
+    assert beta_collector.metric_posts >= 1
+    assert not {s.trace_id for s in alpha_spans} & {s.trace_id for s in beta_spans}
+    assert alpha_collector.spans == alpha_spans  # nothing more after alpha closed
+    assert not alpha_collector.errors
+    assert not beta_collector.errors

@@ -312,7 +312,7 @@ class ServiceMachine(RuleBasedStateMachine):
         variables = {"USERPLANE_DATABASE_URL": url, "USERPLANE_DB_POOL_MIN_SIZE": "1"}
         self.registry = Registry(Settings.from_mapping(variables))
         if url.startswith("sqlite:"):
-            self.registry.storage.migrate()
+            self.registry.migrate()
         self.client = client_for(self.registry)
         self.model: dict[str, ModelUser] = {}
         self.replays: dict[str, Replay] = {}

@@ -94,12 +94,14 @@ def clock() -> Clock:
 @pytest.fixture
 def service(registry: Registry, clock: Clock) -> UserService:
     """The registry's storage and hooks, on a clock the test controls."""
-    return UserService(registry.storage, registry.hook, clock=clock)
+    return UserService(registry.storage, registry.hooks, registry=registry, clock=clock)
 
 
 def purge_every_deleted_user(reg: Registry) -> int:
     """Purge every deleted user now, whatever the real clock says (a clock a year on)."""
-    later = UserService(reg.storage, reg.hook, clock=lambda: datetime.now(UTC) + 365 * DAY)
+    later = UserService(
+        reg.storage, reg.hooks, registry=reg, clock=lambda: datetime.now(UTC) + 365 * DAY
+    )
     return later.purge(timedelta(0))
 
 
@@ -868,14 +870,14 @@ def observer() -> Observer:
 @pytest.fixture
 def observed(settings: Settings, observer: Observer) -> Iterator[Registry]:
     with Registry(settings, plugins=[observer]) as reg:
-        reg.storage.migrate()
+        reg.migrate()
         yield reg
 
 
 @pytest.fixture
 def observed_service(observed: Registry, clock: Clock) -> UserService:
     """The observed registry's storage and hooks, on a clock the test controls."""
-    return UserService(observed.storage, observed.hook, clock=clock)
+    return UserService(observed.storage, observed.hooks, registry=observed, clock=clock)
 
 
 def test_plugin_sees_user_events_with_changed_fields(

@@ -49,12 +49,10 @@ def serve(
     settings = state.settings
     registry = state.registry
     if migrate if migrate is not None else registry.storage.embedded:
-        registry.storage.migrate()
+        registry.migrate()
     registry.ping()
     storage = registry.storage.name
-    facts: dict[str, str] = {}
-    for described in registry.hook.userplane_describe(settings=settings, registry=registry):
-        facts.update(described or {})
+    facts = registry.hooks.describe(settings, registry)
     # Connections must not cross gunicorn's fork: each worker opens its own.
     state.close()
     log = structlog.get_logger("userplane.serve")
@@ -83,12 +81,15 @@ def serve(
 @pass_state
 def migrate(state: State, status: bool, fmt: str) -> None:
     """Apply pending schema migrations (safe to run from several instances at once)."""
-    storage = state.registry.storage
+    registry = state.registry
     if status:
-        rows = [{"id": m.id, "applied": m.applied} for m in storage.migration_status()]
-        emit(rows, fmt, ("id", "applied"))
+        rows = [
+            {"id": m.id, "source": m.source, "applied": m.applied}
+            for m in registry.migration_status()
+        ]
+        emit(rows, fmt, ("id", "source", "applied"))
         return
-    applied = storage.migrate()
+    applied = registry.migrate()
     if fmt == "json":
         emit([{"applied": applied}], fmt, ())
     elif applied:
@@ -101,23 +102,50 @@ def migrate(state: State, status: bool, fmt: str) -> None:
 @format_option
 @pass_state
 def plugins(state: State, fmt: str) -> None:
-    """List loaded plugins and the hooks each implements."""
+    """List plugins, the hooks each implements, and the blocked and broken ones."""
     # Without opening storage: listing plugins must work when storage cannot.
     pm = state.plugin_manager or make_plugin_manager(state.settings.disabled_plugins)
     rows = [
-        {"name": p.name, "module": p.module, "hooks": list(p.hooks), "blocked": p.blocked}
+        {
+            "name": p.name,
+            "module": p.module,
+            "distribution": p.distribution,
+            "hooks": list(p.hooks),
+            "blocked": p.blocked,
+            "broken": p.broken,
+            "status": "blocked" if p.blocked else f"broken: {p.broken}" if p.broken else "ok",
+        }
         for p in describe_plugins(pm)
     ]
-    emit(rows, fmt, ("name", "module", "blocked", "hooks"))
+    if fmt == "json":
+        for row in rows:
+            del row["status"]
+    emit(rows, fmt, ("name", "module", "distribution", "status", "hooks"))
 
 
 @cli.command()
 @format_option
 @pass_state
 def config(state: State, fmt: str) -> None:
-    """Show the effective settings, secrets masked."""
-    values = state.settings.redacted()
+    """Show the effective settings, plugins' included, secrets masked."""
+    from userplane.hooks import Hooks
+
+    pm = state.plugin_manager or make_plugin_manager(state.settings.disabled_plugins)
+    values = state.settings.redacted(Hooks(pm).settings_sections())
     if fmt == "json":
         emit([values], fmt, ())
         return
     emit(({"name": k, "value": v} for k, v in values.items()), fmt, ("name", "value"))
+
+
+@cli.command()
+@format_option
+@pass_state
+def check(state: State, fmt: str) -> None:
+    """Ping storage and every plugin's services; exit 10 if any does not answer."""
+    checks = state.registry.check()
+    rows = [{"name": c.name, "ok": c.ok, "error": c.error} for c in checks]
+    emit(rows, fmt, ("name", "ok", "error"))
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise failed[0].unavailable()

@@ -129,9 +129,10 @@ class OperationCommand(click.Command):
         from userplane.auth import acting_as, local_principal
 
         name = "cli " + " ".join(ctx.command_path.split()[1:])
+        registry = state.registry
         with acting_as(local_principal(_login())):
-            return state.registry.hook.userplane_operation(
-                operation=name, call=lambda: super(OperationCommand, self).invoke(ctx)
+            return registry.hooks.operation(
+                name, lambda: super(OperationCommand, self).invoke(ctx), registry
             )
 
 
@@ -163,13 +164,19 @@ def _env_file_in(args: list[str]) -> str | None:
 def add_plugin_commands(
     group: click.Group, env_file: str | None = None
 ) -> pluggy.PluginManager | None:
-    """Let plugins add commands; ``None`` if settings are broken (the command will say why)."""
+    """Let plugins add commands; ``None`` if settings are broken (the command will say why).
+
+    A plugin whose commands fail to load is recorded as broken (``userplane
+    plugins`` shows why) rather than taking the whole CLI down.
+    """
+    from userplane.hooks import Hooks
+
     try:
         settings = Settings.from_env(env_file=env_file)
     except UserplaneError:
         return None
     pm = make_plugin_manager(settings.disabled_plugins)
-    pm.hook.userplane_cli_commands(cli=group)
+    pm.broken.extend(Hooks(pm).cli_commands(group))
     return pm
 
 

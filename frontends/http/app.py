@@ -30,8 +30,7 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
                 expose_headers=EXPOSED_HEADERS,
             )
         )
-    for components in registry.hook.userplane_http_middleware(settings=settings):
-        middleware.extend(components or ())
+    middleware.extend(registry.hooks.http_middleware(settings, registry))
     route_actions: dict[str, dict[str, str]] = {}
     middleware += [
         # Inside the plugins' layers, so a refused request is still logged and
@@ -39,7 +38,7 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
         ShedLoad(settings.queue_timeout_ms / 1000),
         SecurityHeaders(),
         BodyPolicy(settings.max_body_bytes, settings.body_timeout_ms / 1000),
-        Authenticate(registry.auth, route_actions),
+        Authenticate(registry.auth, route_actions, settings.trusted_proxies),
     ]
 
     app = App(middleware=middleware)
@@ -51,7 +50,7 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
     handlers = media.handlers()
     app.req_options.media_handlers = falcon.media.Handlers(handlers)
     app.resp_options.media_handlers = falcon.media.Handlers(handlers)
-    problems.install(app)
+    problems.install(app, registry.auth.challenges)
 
     app.add_route("/", Home(registry))
     app.add_route("/docs", Docs())
@@ -64,7 +63,7 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
     app.add_route("/api/v1/users/{user_id:uuid}", UserResource(registry.users, registry.auth))
     app.add_route("/api/v1/users/{user_id:uuid}/restore", RestoreResource(registry.users))
     app.add_static_route("/static", str(STATIC))
-    registry.hook.userplane_http_routes(app=app, registry=registry)
+    registry.hooks.http_routes(app, registry)
     return app
 
 

@@ -17,6 +17,7 @@ import falcon.routing
 
 from userplane.auth import AuthService, Credentials, reset_principal, set_principal
 from userplane.errors import ConfigurationError, Forbidden
+from userplane.proxies import parse_client_certificate, trusted_proxies
 
 #: The action of a route anyone may call (health, docs, the home page).
 PUBLIC = "public"
@@ -88,9 +89,15 @@ class Authenticate:
     table is refused (static files aside, which are public).
     """
 
-    def __init__(self, auth: AuthService, route_actions: Mapping[str, Mapping[str, str]]) -> None:
+    def __init__(
+        self,
+        auth: AuthService,
+        route_actions: Mapping[str, Mapping[str, str]],
+        proxies: tuple[str, ...] = (),
+    ) -> None:
         self._auth = auth
         self._route_actions = route_actions
+        self._proxies = trusted_proxies(tuple(proxies))
 
     def process_resource(
         self, req: falcon.Request, resp: falcon.Response, resource: Any, params: dict[str, Any]
@@ -105,11 +112,36 @@ class Authenticate:
         action = actions.get(req.method)
         if action is None or action == PUBLIC:
             return  # a method the resource does not answer (Falcon's 405), or public
-        credentials = Credentials.from_authorization(req.auth, _HeadersView(req))
+        credentials = self.credentials(req)
         principal = self._auth.authenticate(credentials)
         req.context.principal = principal
         req.context.principal_token = set_principal(principal)
         self._auth.authorize(principal, action, params.get("user_id"))
+
+    def credentials(self, req: falcon.Request) -> Credentials:
+        """What ``req`` presents, with the client address resolved through trusted proxies.
+
+        Forwarding headers, and a forwarded client certificate, count only when
+        the direct peer is a trusted proxy; without trusted proxies no header
+        is even read.
+        """
+        peer = req.remote_addr
+        client: str | None = peer
+        certificate = None
+        if self._proxies.trusts(peer):
+            client = self._proxies.client_address(
+                peer, req.get_header("Forwarded"), req.get_header("X-Forwarded-For")
+            )
+            forwarded_cert = req.get_header("X-Forwarded-Client-Cert")
+            if forwarded_cert:
+                certificate = parse_client_certificate(forwarded_cert)
+        return Credentials.from_authorization(
+            req.auth,
+            _HeadersView(req),
+            client_address=client,
+            peer_address=peer,
+            client_certificate=certificate,
+        )
 
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool

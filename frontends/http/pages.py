@@ -36,6 +36,7 @@ class Ready:
         self._registry = registry
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        # Storage and every plugin service with a ping (svcs-style health checks).
         self._registry.ping()
         resp.media = {"status": "ok", "storage": self._registry.storage.name}
 

@@ -75,8 +75,30 @@ def write_problem(
     resp.data = orjson.dumps(body)
 
 
+#: The challenge a 401 offers when no plugin contributes one (RFC 9110 requires one).
+DEFAULT_CHALLENGES = ('Bearer realm="userplane"',)
+
+
+def _challenge(challenges: tuple[str, ...], presented: bool) -> str:
+    """The ``WWW-Authenticate`` value: every plugin's challenge.
+
+    RFC 6750: a bearer challenge names ``invalid_token`` only when credentials
+    were presented (and refused).
+    """
+    out = []
+    for challenge in challenges:
+        if presented and challenge.split(" ", 1)[0].lower() == "bearer":
+            challenge = f'{challenge}, error="invalid_token"'
+        out.append(challenge)
+    return ", ".join(out)
+
+
 def handle_domain_error(
-    req: falcon.Request, resp: falcon.Response, exc: UserplaneError, params: dict[str, Any]
+    req: falcon.Request,
+    resp: falcon.Response,
+    exc: UserplaneError,
+    params: dict[str, Any],
+    challenges: tuple[str, ...] = DEFAULT_CHALLENGES,
 ) -> None:
     """Falcon error handler for every ``UserplaneError``."""
     status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
@@ -86,12 +108,8 @@ def handle_domain_error(
     if isinstance(exc, RateLimited | Unavailable):
         resp.set_header("Retry-After", str(exc.retry_after))
     if isinstance(exc, Unauthenticated):
-        # RFC 6750: name the error only when credentials were presented.
         presented = req.get_header("Authorization") is not None
-        challenge = 'Bearer realm="userplane"'
-        resp.set_header(
-            "WWW-Authenticate", f'{challenge}, error="invalid_token"' if presented else challenge
-        )
+        resp.set_header("WWW-Authenticate", _challenge(challenges or DEFAULT_CHALLENGES, presented))
     detail = exc.detail
     if status >= 500:
         _log.error("request failed", error_kind=exc.kind, detail=exc.detail)
@@ -130,8 +148,17 @@ def handle_unexpected(
     )
 
 
-def install(app: falcon.App[Any, Any]) -> None:
-    """Register the handlers on ``app``; later registrations win in Falcon, so order matters."""
+def install(app: falcon.App[Any, Any], challenges: tuple[str, ...] = DEFAULT_CHALLENGES) -> None:
+    """Register the handlers on ``app``; later registrations win in Falcon, so order matters.
+
+    ``challenges`` are the ``WWW-Authenticate`` challenges the auth plugins offer.
+    """
+
+    def domain_error(
+        req: falcon.Request, resp: falcon.Response, exc: UserplaneError, params: dict[str, Any]
+    ) -> None:
+        handle_domain_error(req, resp, exc, params, challenges)
+
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)
-    app.add_error_handler(UserplaneError, handle_domain_error)
+    app.add_error_handler(UserplaneError, domain_error)

@@ -13,13 +13,15 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout, TooManyRequests
 
-from userplane import migrations
-from userplane.errors import Conflict, Unavailable
-from userplane.list_sql import Dialect
-from userplane.queries import load_queries
-from userplane.sql_storage import SQLStorage
-from userplane.storage import MigrationState, PoolStats, insert_params
-from userplane.users import User
+from userplane.plugin import (
+    Conflict,
+    MigrationState,
+    PluginMigrations,
+    PoolStats,
+    Unavailable,
+    User,
+)
+from userplane.sql import Dialect, SQLStorage, insert_params, load_queries
 
 _COPY_COLUMNS = (
     "id",
@@ -42,9 +44,8 @@ def _mapped_errors() -> Iterator[None]:
     except pg_errors.UniqueViolation as exc:
         if exc.diag.constraint_name == "users_email_normalized_key":
             raise Conflict("a user with that email already exists") from None
-        if (exc.diag.table_name or "") == "api_keys":
-            raise Conflict("an API key with that id already exists") from None
-        raise StorageFailure(exc) from None
+        # A plugin's table: the plugin words its own message.
+        raise Conflict(f"that record already exists ({exc.diag.constraint_name})") from None
     except pg_errors.UndefinedTable:
         raise Unavailable("the database is not migrated: run `userplane migrate`") from None
     except pg_errors.QueryCanceled:
@@ -111,7 +112,9 @@ class PostgreSQLStorage(SQLStorage):
     system = "postgresql"
     embedded = False
     queries = load_queries(__package__ or "userplane.plugins.postgresql")
-    dialect = Dialect(param="%({name})s", contains="strpos({haystack}, {needle}) > 0")
+    dialect = Dialect(
+        name="postgresql", param="%({name})s", contains="strpos({haystack}, {needle}) > 0"
+    )
 
     def __init__(
         self,
@@ -171,7 +174,7 @@ class PostgreSQLStorage(SQLStorage):
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         # The pool keeps its own connection objects: wrappers change them in place.
-        self._wrapped(conn)
+        self.wrapped(conn)
 
     def pool_stats(self) -> PoolStats | None:
         """This process's pool now (``PooledStorage``), or ``None`` before its first use."""
@@ -194,24 +197,27 @@ class PostgreSQLStorage(SQLStorage):
 
     # Every statement is prepared at once: all of them are on hot paths.
 
-    def _one(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None:
+    def fetch_one(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None:
+        """The first row (a prepared statement), driver errors mapped."""
         with self._cursor() as cur:
             cur.execute(sql, params, prepare=True)
             row: Sequence[Any] | None = cur.fetchone()
             return row
 
-    def _all(self, sql: str, params: Mapping[str, Any]) -> list[Sequence[Any]]:
+    def fetch_all(self, sql: str, params: Mapping[str, Any]) -> list[Sequence[Any]]:
+        """Every row (a prepared statement), driver errors mapped."""
         with self._cursor() as cur:
             cur.execute(sql, params, prepare=True)
             return cur.fetchall()
 
-    def _execute(self, sql: str, params: Mapping[str, Any]) -> int:
+    def execute(self, sql: str, params: Mapping[str, Any]) -> int:
+        """The rows changed (a prepared statement), driver errors mapped."""
         with self._cursor() as cur:
             cur.execute(sql, params, prepare=True)
             return cur.rowcount
 
-    def _user(self, row: Sequence[Any]) -> User:
-        # The columns come back in User's field order, as uuid, bool and UTC datetimes.
+    def user_from_row(self, row: Sequence[Any]) -> User:
+        """The columns come back in ``User``'s field order, as uuid, bool and UTC datetimes."""
         return User(*row)
 
     def ping(self) -> None:
@@ -226,20 +232,23 @@ class PostgreSQLStorage(SQLStorage):
         if pool is not None and self._pid == os.getpid():
             pool.close()
 
-    def migrate(self) -> list[str]:
+    def migration_url(self) -> str:
+        """yoyo names the psycopg 3 driver in the scheme."""
+        return yoyo_url(self.url)
+
+    def migrate(self, plugins: Sequence[PluginMigrations] = ()) -> list[str]:
         """Apply pending migrations (yoyo, with its lock)."""
         try:
-            return migrations.apply(yoyo_url(self.url), "postgresql")
+            return super().migrate(plugins)
         except psycopg.OperationalError:
             raise Unavailable("the database cannot be reached to migrate it") from None
 
-    def migration_status(self) -> list[MigrationState]:
+    def migration_status(self, plugins: Sequence[PluginMigrations] = ()) -> list[MigrationState]:
         """Every migration and whether it is applied."""
         try:
-            states = migrations.status(yoyo_url(self.url), "postgresql")
+            return super().migration_status(plugins)
         except psycopg.OperationalError:
             raise Unavailable("the database cannot be reached") from None
-        return [MigrationState(i, a) for i, a in states]
 
     def copy_users(self, rows: Iterable[tuple[User, str]]) -> int:
         """Insert many ``(user, email_key)`` pairs in one transaction with ``COPY``.

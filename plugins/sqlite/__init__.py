@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from userplane import Settings, hookimpl
-from userplane.errors import ConfigurationError
+from userplane.plugin import ConfigurationError, Settings, hookimpl
 
 if TYPE_CHECKING:
     from userplane.plugins.sqlite.store import SQLiteStorage

@@ -12,13 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from userplane import migrations
-from userplane.errors import Conflict, Unavailable
-from userplane.list_sql import Dialect
-from userplane.queries import load_queries
-from userplane.sql_storage import SQLStorage
-from userplane.storage import MigrationState
-from userplane.users import User
+from userplane.plugin import Conflict, PluginMigrations, Unavailable
+from userplane.sql import Dialect, SQLStorage, load_queries
 
 # Fixed width, so that text order is time order in the keyset index.
 _TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -38,10 +33,11 @@ def _mapped_errors() -> Iterator[None]:
     try:
         yield
     except sqlite3.IntegrityError as exc:
-        if "email_normalized" in str(exc):
+        message = str(exc)
+        if "email_normalized" in message:
             raise Conflict("a user with that email already exists") from None
-        if "api_keys." in str(exc):
-            raise Conflict("an API key with that id already exists") from None
+        if "UNIQUE" in message:  # a plugin's table: the plugin words its own message
+            raise Conflict(f"that record already exists ({message})") from None
         raise
     except sqlite3.OperationalError as exc:
         message = str(exc)
@@ -64,7 +60,12 @@ class SQLiteStorage(SQLStorage):
     system = "sqlite"
     embedded = True
     queries = load_queries(__package__ or "userplane.plugins.sqlite")
-    dialect = Dialect(param=":{name}", contains="instr({haystack}, {needle}) > 0")
+    dialect = Dialect(
+        name="sqlite",
+        param=":{name}",
+        contains="instr({haystack}, {needle}) > 0",
+        locking="database",
+    )
 
     def __init__(self, url: str, path: str, busy_timeout_ms: int = 5000) -> None:
         self.url = url
@@ -101,7 +102,7 @@ class SQLiteStorage(SQLStorage):
             if self._pid != pid:
                 self._connections, self._pid = [], pid
             self._connections.append(conn)
-        wrapped = self._wrapped(conn)
+        wrapped = self.wrapped(conn)
         self._local.conn = wrapped
         self._local.pid = pid
         return wrapped
@@ -112,35 +113,28 @@ class SQLiteStorage(SQLStorage):
         cursor: sqlite3.Cursor = self._connect().cursor()
         return cursor
 
-    def _one(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None:
+    def fetch_one(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None:
+        """The first row, sqlite3 errors mapped."""
         with _mapped_errors():
             row: Sequence[Any] | None = self._cursor().execute(sql, params).fetchone()
             return row
 
-    def _all(self, sql: str, params: Mapping[str, Any]) -> list[Sequence[Any]]:
+    def fetch_all(self, sql: str, params: Mapping[str, Any]) -> list[Sequence[Any]]:
+        """Every row, sqlite3 errors mapped."""
         with _mapped_errors():
             return self._cursor().execute(sql, params).fetchall()
 
-    def _execute(self, sql: str, params: Mapping[str, Any]) -> int:
+    def execute(self, sql: str, params: Mapping[str, Any]) -> int:
+        """The rows changed, sqlite3 errors mapped."""
         with _mapped_errors():
             return self._cursor().execute(sql, params).rowcount
 
-    def _user(self, row: Sequence[Any]) -> User:
-        return User(
-            id=uuid.UUID(row[0]),
-            email=row[1],
-            full_name=row[2],
-            is_active=bool(row[3]),
-            created_at=_parse_time(row[4]),
-            updated_at=_parse_time(row[5]),
-            version=row[6],
-            deleted_at=None if row[7] is None else _parse_time(row[7]),
-        )
+    def time_from_db(self, value: Any) -> datetime:
+        """Fixed-width UTC text to an aware ``datetime``."""
+        return _parse_time(value)
 
-    def _datetime(self, value: Any) -> datetime | None:
-        return None if value is None else _parse_time(value)
-
-    def _value(self, value: Any) -> Any:
+    def to_db(self, value: Any) -> Any:
+        """Times as fixed-width UTC text, ids as text."""
         # Times as fixed-width UTC text (text order is time order), ids as text.
         if isinstance(value, datetime):
             return _time(value)
@@ -162,20 +156,16 @@ class SQLiteStorage(SQLStorage):
                 conn.close()
         self._local = threading.local()
 
-    def migrate(self) -> list[str]:
+    def migrate(self, plugins: Sequence[PluginMigrations] = ()) -> list[str]:
         """Apply pending migrations (yoyo, with its lock), and leave the file in WAL mode.
 
         WAL is a property of the file: set here, before any worker serves, so
         that connections opened at once do not race to switch it (switching
         takes an exclusive lock that concurrent writers fail on at once).
         """
-        applied = migrations.apply(self.url, "sqlite")
+        applied = super().migrate(plugins)
         if self.path != ":memory:":
             with _mapped_errors(), contextlib.closing(sqlite3.connect(self.path)) as conn:
                 conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
                 conn.execute("PRAGMA journal_mode = WAL")
         return applied
-
-    def migration_status(self) -> list[MigrationState]:
-        """Every migration and whether it is applied."""
-        return [MigrationState(i, a) for i, a in migrations.status(self.url, "sqlite")]

@@ -6,6 +6,7 @@ PostgreSQL (see ``conftest.py``).
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
@@ -27,11 +28,18 @@ from userplane.users import UserService
 #: environment rather than out of the test process.
 PG_ENV = "USERPLANE_TEST_POSTGRESQL_URL"
 
-MIGRATION_IDS = sorted(
+CORE_MIGRATION_IDS = sorted(
     p.name.removesuffix(".sql")
-    for p in migrations.folder("sqlite").glob("*.sql")
+    for p in migrations.folder("sqlite").glob("*.sql")  # type: ignore[union-attr]
     if not p.name.endswith(".rollback.sql")
 )
+#: The core's migrations, then the plugins' (the api_keys plugin owns its table).
+MIGRATIONS = [(m, "userplane") for m in CORE_MIGRATION_IDS] + [
+    ("api_keys_0001_api_keys", "api_keys")
+]
+MIGRATION_IDS = [m for m, _ in MIGRATIONS]
+#: The distribution that ships the built-in plugins, as `plugins` names it.
+DISTRIBUTION = f"userplane {importlib.metadata.version('userplane')}"
 USER_KEYS = {
     "id",
     "email",
@@ -166,14 +174,18 @@ def test_migrate_json_lists_what_it_applied(run: Cli) -> None:
 def test_migrate_status_before_and_after(run: Cli) -> None:
     before = run.ok("migrate", "--status")
     header, rows = table(before)
-    assert header == ["ID", "APPLIED"]
-    assert rows == [[m, "no"] for m in MIGRATION_IDS]
-    assert run.json("migrate", "--status") == [{"id": m, "applied": False} for m in MIGRATION_IDS]
+    assert header == ["ID", "SOURCE", "APPLIED"]
+    assert rows == [[m, source, "no"] for m, source in MIGRATIONS]
+    assert run.json("migrate", "--status") == [
+        {"id": m, "source": source, "applied": False} for m, source in MIGRATIONS
+    ]
 
     run.ok("migrate")
     _, rows = table(run.ok("migrate", "--status"))
-    assert rows == [[m, "yes"] for m in MIGRATION_IDS]
-    assert run.json("migrate", "--status") == [{"id": m, "applied": True} for m in MIGRATION_IDS]
+    assert rows == [[m, source, "yes"] for m, source in MIGRATIONS]
+    assert run.json("migrate", "--status") == [
+        {"id": m, "source": source, "applied": True} for m, source in MIGRATIONS
+    ]
 
 
 def test_commands_before_migrate_say_to_run_migrate(run: Cli) -> None:
@@ -555,7 +567,7 @@ def on_db(tmp_path: Path, database_url: str) -> Cli:
 
 def service_at(registry: Registry, when: datetime) -> UserService:
     """``registry``'s user service (same storage and hooks) with its clock stopped at ``when``."""
-    return UserService(registry.storage, registry.hook, clock=lambda: when)
+    return UserService(registry.storage, registry.hooks, registry=registry, clock=lambda: when)
 
 
 def same_user(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
@@ -918,44 +930,62 @@ def test_plugins_json_lists_sqlite_and_logging_with_their_hooks(run: Cli) -> Non
     assert by_name["sqlite"] == {
         "name": "sqlite",
         "module": "userplane.plugins.sqlite",
+        "distribution": DISTRIBUTION,
         "hooks": ["userplane_open_storage"],
         "blocked": False,
+        "broken": None,
     }
     assert by_name["logging"] == {
         "name": "logging",
         "module": "userplane.plugins.logging",
-        "hooks": ["userplane_describe", "userplane_http_middleware", "userplane_startup"],
+        "distribution": DISTRIBUTION,
+        "hooks": [
+            "userplane_describe",
+            "userplane_http_middleware",
+            "userplane_register_services",
+            "userplane_startup",
+        ],
         "blocked": False,
+        "broken": None,
     }
     assert "userplane.core" not in by_name
 
 
 def test_plugins_table(run: Cli) -> None:
     header, rows = table(run.ok("plugins"))
-    assert header == ["NAME", "MODULE", "BLOCKED", "HOOKS"]
+    assert header == ["NAME", "MODULE", "DISTRIBUTION", "STATUS", "HOOKS"]
     by_name = {r[0]: r for r in rows}
     assert by_name["sqlite"] == [
         "sqlite",
         "userplane.plugins.sqlite",
-        "no",
+        DISTRIBUTION,
+        "ok",
         "userplane_open_storage",
     ]
     assert by_name["logging"] == [
         "logging",
         "userplane.plugins.logging",
-        "no",
-        "userplane_describe, userplane_http_middleware, userplane_startup",
+        DISTRIBUTION,
+        "ok",
+        "userplane_describe, userplane_http_middleware, userplane_register_services, "
+        "userplane_startup",
     ]
 
 
 def test_plugins_shows_a_disabled_plugin_as_blocked(run: Cli) -> None:
     env = {"USERPLANE_DISABLED_PLUGINS": "logging"}
     by_name = {p["name"]: p for p in run.json("plugins", env=env)}
-    assert by_name["logging"] == {"name": "logging", "module": "", "hooks": [], "blocked": True}
+    assert by_name["logging"] == {
+        "name": "logging",
+        "module": "",
+        "distribution": None,
+        "hooks": [],
+        "blocked": True,
+        "broken": None,
+    }
     assert by_name["sqlite"]["blocked"] is False
     _, rows = table(run.ok("plugins", env=env))
-    assert ["logging", "yes"] in rows
-    assert rows[-1] == ["logging", "yes"]  # blocked plugins come last
+    assert rows[-1] == ["logging", "-", "blocked"]  # blocked plugins come last
 
 
 def test_plugins_lists_a_disabled_storage_plugin_too(run: Cli) -> None:
@@ -1121,3 +1151,27 @@ def test_help_lists_the_commands(run: Cli) -> None:
         "update",
     ):
         assert command in users_help
+
+
+# --- check ----------------------------------------------------------------------------------
+
+
+def test_check_pings_storage_and_every_plugin_service(run: Cli) -> None:
+    # Every check is reported on stdout; the first failure is the one line on stderr.
+    failed = run("check", "--format", "json")
+    assert failed.exit_code == 10
+    not_migrated = "the database is not migrated: run `userplane migrate`"
+    assert [json.loads(line) for line in failed.stdout.splitlines()] == [
+        {"name": "storage", "ok": False, "error": not_migrated},
+        {"name": "api_keys", "ok": False, "error": not_migrated},
+    ]
+    assert failed.stderr == f"userplane: unavailable: {not_migrated}\n"
+    run.ok("migrate")
+    rows = run.json("check")
+    assert rows == [
+        {"name": "storage", "ok": True, "error": None},
+        {"name": "api_keys", "ok": True, "error": None},
+    ]
+    header, table_rows = table(run.ok("check"))
+    assert header == ["NAME", "OK", "ERROR"]
+    assert table_rows == [["storage", "yes", "-"], ["api_keys", "yes", "-"]]

@@ -30,11 +30,12 @@ from click.testing import CliRunner, Result
 from falcon import testing
 
 from userplane import Registry, Settings
-from userplane.api_keys import hash_key, lookup_of, matches
 from userplane.frontends.cli import cli
 from userplane.frontends.http import create_app
+from userplane.hooks import Hooks
 from userplane.plugin_manager import make_plugin_manager
-from userplane.storage import ApiKeyStorage
+from userplane.plugins import api_keys
+from userplane.plugins.api_keys.keys import hash_key, lookup_of, matches
 
 #: Read by ``conftest.py`` when a test first needs PostgreSQL: kept out of the CLI's
 #: environment rather than out of the test process.
@@ -93,7 +94,7 @@ def group() -> click.Group:
     """``userplane`` with every plugin's commands, as ``main()`` builds it."""
     g = copy.copy(cli)
     g.commands = dict(cli.commands)
-    make_plugin_manager().hook.userplane_cli_commands(cli=g)
+    Hooks(make_plugin_manager()).cli_commands(g)
     assert "keys" in g.commands
     return g
 
@@ -196,8 +197,7 @@ def assert_no_secret(stdout: str, key: str) -> None:
 def stored(settings: Settings, key: str) -> Any:
     """The stored record of ``key``, read through a registry of its own."""
     with Registry(settings) as reg:
-        storage = reg.storage
-        assert isinstance(storage, ApiKeyStorage)
+        storage = api_keys.state_of(reg).store
         lookup = lookup_of(key)
         assert lookup is not None
         return storage.get_api_key(lookup)

@@ -215,6 +215,7 @@ def test_plugins_from_the_console_script(run: Proc) -> None:
     assert by_name["logging"]["hooks"] == [
         "userplane_describe",
         "userplane_http_middleware",
+        "userplane_register_services",
         "userplane_startup",
     ]
     blocked = {

@@ -67,7 +67,7 @@ def make_client(tmp_path: Path) -> Iterator[MakeClient]:
         registry = Registry(Settings.from_mapping(variables), plugins=plugins)
         registries.append(registry)
         if migrate:
-            registry.storage.migrate()
+            registry.migrate()
             return client_for(registry)
         # No table to keep a key in: a well-formed one, which storage must be asked about.
         return testing.TestClient(
@@ -239,15 +239,17 @@ class Clock:
 
 def service_at(registry: Registry, clock: Callable[[], datetime]) -> UserService:
     """``registry``'s user service (same storage and hooks), writing at ``clock``'s times."""
-    return UserService(registry.storage, registry.hook, clock=clock)
+    return UserService(registry.storage, registry.hooks, registry=registry, clock=clock)
 
 
 class ExplodingPlugin:
-    """A plugin whose hook fails the way a bug would."""
+    """A plugin whose operation wrapper fails the way a bug would, before the write."""
 
-    @userplane.hookimpl
-    def userplane_user_created(self, user: userplane.User) -> None:
-        raise RuntimeError("boom secret")
+    @userplane.hookimpl(wrapper=True)
+    def userplane_operation(self, operation: str) -> Iterator[None]:
+        if operation == "users.create":
+            raise RuntimeError("boom secret")
+        return (yield)
 
 
 # --------------------------------------------------------------------------- create
@@ -1073,7 +1075,7 @@ def test_paging_sees_every_existing_user_once_in_order_despite_inserts(
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'paging.db'}"
         with Registry(Settings.from_mapping({"USERPLANE_DATABASE_URL": url})) as registry:
-            registry.storage.migrate()
+            registry.migrate()
             client = client_for(registry)
             created = [create(client, f"h{i}@x.org") for i in range(n)]
             expected = [u["id"] for u in sorted(created, key=sort_key)]
@@ -1632,7 +1634,7 @@ def test_every_sort_pages_every_existing_user_once_despite_writes(
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'sorting.db'}"
         with Registry(Settings.from_mapping({"USERPLANE_DATABASE_URL": url})) as registry:
-            registry.storage.migrate()
+            registry.migrate()
             client = client_for(registry)
             created = []
             for i, name in enumerate(names):

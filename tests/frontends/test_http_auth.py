@@ -33,12 +33,12 @@ from falcon import testing
 from structlog.testing import capture_logs
 
 from userplane import NewUser, Registry, Settings, UserQuery, hookimpl
-from userplane.api_keys import lookup_of
 from userplane.auth import Principal
 from userplane.errors import ConfigurationError
 from userplane.frontends.http import create_app
 from userplane.frontends.http.auth import PUBLIC, App
 from userplane.plugins import api_keys
+from userplane.plugins.api_keys.keys import lookup_of
 from userplane.users import User, utcnow
 
 USERS = "/api/v1/users"
@@ -128,7 +128,7 @@ def assert_forbidden(resp: testing.Result, *, has_body: bool = True) -> None:
 
 def count_lookups(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record every ``get_api_key`` the registry's storage is asked for."""
-    storage: Any = registry.storage
+    storage: Any = api_keys.state_of(registry).store
     original = storage.get_api_key
     calls: list[str] = []
 
@@ -149,7 +149,7 @@ def make_registry(database_url: str) -> Iterator[MakeRegistry]:
         settings = Settings.from_mapping({"USERPLANE_DATABASE_URL": database_url, **env})
         registry = Registry(settings, plugins=plugins)
         made.append(registry)
-        registry.storage.migrate()
+        registry.migrate()
         return registry
 
     yield make

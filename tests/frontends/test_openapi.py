@@ -85,7 +85,7 @@ def _fuzzed_app() -> falcon.App:
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
     settings_ = Settings.from_mapping({"USERPLANE_DATABASE_URL": f"sqlite:///{directory}/f.db"})
     registry = Registry(settings_)
-    registry.storage.migrate()
+    registry.migrate()
     atexit.register(registry.close)
     return create_app(registry), new_key(registry)
 

@@ -159,7 +159,7 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
         settings = Settings.from_mapping({"USERPLANE_DATABASE_URL": url, **env})
         registry = Registry(settings, plugins=plugins)
         registries.append(registry)
-        registry.storage.migrate()
+        registry.migrate()
         return Server(registry, testing.TestClient(create_app(registry)))
 
     yield make

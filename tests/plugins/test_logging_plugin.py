@@ -230,7 +230,7 @@ def test_with_the_plugin_disabled_requests_are_still_served(tmp_path: Path) -> N
         }
     )
     with Registry(settings) as reg:
-        reg.storage.migrate()
+        reg.migrate()
         assert reg.pm.is_blocked("logging")
         client = client_for(reg)
         with capture_logs() as logs:

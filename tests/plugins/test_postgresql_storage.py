@@ -6,10 +6,12 @@ import multiprocessing
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -17,7 +19,6 @@ import pytest
 from userplane import ConfigurationError, Settings
 from userplane.emails import normalize_email
 from userplane.errors import Conflict, Unavailable
-from userplane.list_sql import list_users_sql
 from userplane.migrations import folder
 from userplane.pagination import Position, Sort
 from userplane.plugins.postgresql import userplane_open_storage
@@ -26,7 +27,7 @@ from userplane.plugins.postgresql.store import (
     StorageFailure,
     yoyo_url,
 )
-from userplane.sql_storage import USER_COLUMNS
+from userplane.sql import USER_COLUMNS, list_users_sql
 from userplane.testing import StorageContract, insert, make_user
 from userplane.users import UserFilter
 
@@ -52,6 +53,41 @@ class TestPostgreSQLContract(StorageContract):
         store = PostgreSQLStorage(postgresql_url)
         yield store
         store.close()
+
+    # A short pool timeout: each failing call waits it out before answering Unavailable.
+
+    @pytest.fixture
+    def unreachable_storage(self) -> Iterator[PostgreSQLStorage]:
+        store = PostgreSQLStorage("postgresql://postgres@127.0.0.1:1/none", timeout=0.3)
+        yield store  # nothing listens on port 1
+        store.close()
+
+    @pytest.fixture
+    def unmigrated_storage(
+        self, create_postgresql_database: Callable[[], str]
+    ) -> Iterator[PostgreSQLStorage]:
+        store = PostgreSQLStorage(create_postgresql_database(), timeout=0.3)
+        yield store
+        store.close()
+
+    @pytest.fixture
+    def refused_storage(
+        self, postgresql_server: str, postgresql_url: str
+    ) -> Iterator[PostgreSQLStorage]:
+        # The local server trusts 127.0.0.1, so no password is ever wrong there:
+        # a role that may not log in is what it refuses.
+        role = f"userplane_nologin_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(postgresql_server, autocommit=True) as conn:
+            conn.execute(f'CREATE ROLE "{role}" NOLOGIN')
+        parts = urlsplit(postgresql_url)
+        netloc = f"{role}@{parts.hostname}:{parts.port or 5432}"
+        store = PostgreSQLStorage(parts._replace(netloc=netloc).geturl(), timeout=0.3)
+        try:
+            yield store
+        finally:
+            store.close()
+            with psycopg.connect(postgresql_server, autocommit=True) as conn:
+                conn.execute(f'DROP ROLE IF EXISTS "{role}"')
 
 
 @pytest.fixture

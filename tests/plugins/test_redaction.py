@@ -58,7 +58,7 @@ def test_an_authorization_header_never_reaches_the_access_log(
         {"USERPLANE_DATABASE_URL": f"sqlite:///{tmp_path}/r.db", "USERPLANE_LOG_FORMAT": "json"}
     )
     with Registry(settings) as registry:
-        registry.storage.migrate()
+        registry.migrate()
         client = client_for(registry)
         client.simulate_get(
             "/api/v1/users/", headers={"Authorization": f"Bearer {API_KEY}"}, params={"q": API_KEY}

@@ -29,6 +29,30 @@ class TestSQLiteContract(StorageContract):
         yield store
         store.close()
 
+    @pytest.fixture
+    def unreachable_storage(self, tmp_path: Path) -> Iterator[SQLiteStorage]:
+        # A file has no server to be down: it is unreachable when it cannot be
+        # opened where it is configured, as when the volume holding it is gone.
+        volume = tmp_path / "volume"
+        store = SQLiteStorage(f"sqlite:///{volume}/gone.db", str(volume / "gone.db"))
+        volume.rmdir()  # made by the constructor, then unmounted
+        yield store
+        store.close()
+
+    @pytest.fixture
+    def unmigrated_storage(self, tmp_path: Path) -> Iterator[SQLiteStorage]:
+        path = tmp_path / "new.db"
+        store = SQLiteStorage(f"sqlite:///{path}", str(path))
+        yield store
+        store.close()
+
+    @pytest.fixture
+    def refused_storage(self) -> Iterator[SQLiteStorage]:
+        pytest.skip(
+            "SQLite has no login to refuse: who may open the file is the file system's "
+            "say, and a file that cannot be opened is the unreachable_storage case"
+        )
+
 
 def test_answers_only_sqlite_urls(tmp_path: Path) -> None:
     other = Settings.from_mapping({"USERPLANE_DATABASE_URL": "postgresql://localhost/x"})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from userplane import ConfigurationError, Registry, Settings, User, hookimpl
+from userplane import ConfigurationError, Registry, Settings, hookimpl
 from userplane.plugins import telemetry
 from userplane.plugins.logging import add_trace_ids
 
@@ -36,9 +36,8 @@ def settings_for(database_url: str, **extra: str) -> Settings:
 
 
 @pytest.fixture
-def exporter() -> Iterator[InMemorySpanExporter]:
-    yield InMemorySpanExporter()
-    telemetry.configure(Settings.from_mapping({}))  # off again for the other tests
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
 
 
 @contextlib.contextmanager
@@ -48,16 +47,16 @@ def traced_registry(
     reader: InMemoryMetricReader | None = None,
     **extra: str,
 ) -> Iterator[Registry]:
-    """A registry traced into ``exporter``, as the plugin's hooks set one up in a process.
+    """A migrated registry with telemetry on, its spans into ``exporter``, metrics to ``reader``.
 
-    It opens with telemetry off; the test's exporters go in, and the storage is
-    instrumented, as ``userplane_startup`` and ``userplane_storage_opened`` do.
+    The exporters go in as the plugin documents (``telemetry.Exporters``, a
+    plugin of this registry only); the registry's own hooks do the rest, as in
+    any process.
     """
-    with Registry(Settings.from_mapping({"USERPLANE_DATABASE_URL": database_url})) as registry:
-        settings = settings_for(database_url, **extra)
-        assert telemetry.configure(settings, span_exporter=exporter, metric_reader=reader)
-        telemetry.userplane_storage_opened(storage=registry.storage, settings=settings)
-        registry.storage.migrate()
+    settings = settings_for(database_url, **extra)
+    exporters = telemetry.Exporters(spans=exporter, metrics=reader)
+    with Registry(settings, plugins=[exporters]) as registry:
+        registry.migrate()
         yield registry
 
 
@@ -69,11 +68,45 @@ def traced(
         yield client_for(registry), registry
 
 
-def test_off_by_default_adds_nothing(tmp_path: Path) -> None:
+def test_off_by_default_adds_nothing(tmp_path: Path, exporter: InMemorySpanExporter) -> None:
     settings = Settings.from_mapping({"USERPLANE_DATABASE_URL": f"sqlite:///{tmp_path}/o.db"})
-    assert telemetry.configure(settings) is False
-    assert telemetry.tracer_provider() is None
-    assert telemetry.userplane_http_middleware(settings=settings) == []
+    # Exporters given, but USERPLANE_OTEL_ENABLED is not set: still off.
+    with Registry(settings, plugins=[telemetry.Exporters(spans=exporter)]) as registry:
+        registry.migrate()
+        assert telemetry.Telemetry not in registry.services
+        assert telemetry.state_of(registry) is None
+        assert telemetry.tracer_provider(registry) is None
+        middleware = registry.hooks.http_middleware(settings, registry)
+        assert not any(isinstance(m, telemetry.ServerTelemetry) for m in middleware)
+        client = client_for(registry)
+        assert client.simulate_post(USERS, json={"email": "o@example.org"}).status_code == 201
+    assert exporter.get_finished_spans() == ()
+
+
+def test_the_settings_section_is_declared(tmp_path: Path) -> None:
+    with Registry(settings_for(f"sqlite:///{tmp_path}/s.db")) as registry:
+        sections = registry.hooks.settings_sections()
+    assert telemetry.SETTINGS in sections
+    assert set(telemetry.SETTINGS.names()) == {
+        "USERPLANE_OTEL_ENABLED",
+        "USERPLANE_OTEL_EXPORTER",
+        "USERPLANE_OTEL_ENDPOINT",
+        "USERPLANE_OTEL_SAMPLE_RATIO",
+        "USERPLANE_OTEL_SERVICE_NAME",
+    }
+
+
+def test_closing_the_registry_shuts_its_providers_down(
+    tmp_path: Path, exporter: InMemorySpanExporter
+) -> None:
+    with traced_registry(f"sqlite:///{tmp_path}/c.db", exporter) as registry:
+        provider = telemetry.tracer_provider(registry)
+        assert provider is not None
+        provider.get_tracer("test").start_span("while open").end()
+    provider.get_tracer("test").start_span("after close").end()
+    names = [s.name for s in exporter.get_finished_spans()]
+    assert "while open" in names
+    assert "after close" not in names
 
 
 def test_a_create_is_one_trace_http_then_service(
@@ -109,9 +142,16 @@ def test_an_incoming_traceparent_is_the_parent(
 
 
 class Explodes:
-    @hookimpl
-    def userplane_user_created(self, user: User) -> None:
-        raise RuntimeError("boom")
+    """A bug in ``users.create``: the innermost wrapper, inside the span, fails in its place.
+
+    (Not a failing event listener: listeners run isolated, and the answer stays 201.)
+    """
+
+    @hookimpl(wrapper=True, trylast=True)
+    def userplane_operation(self, operation: str) -> Generator[None, Any, Any]:
+        if operation == "users.create":
+            raise RuntimeError("boom")
+        return (yield)
 
 
 def test_a_failing_request_records_the_error(
@@ -176,9 +216,10 @@ def test_sampling_zero_records_nothing_unless_the_caller_sampled(
         ("USERPLANE_OTEL_ENABLED", "maybe"),
     ],
 )
-def test_bad_settings_name_the_variable(name: str, value: str) -> None:
+def test_bad_settings_name_the_variable(name: str, value: str, tmp_path: Path) -> None:
+    variables = {"USERPLANE_DATABASE_URL": f"sqlite:///{tmp_path}/b.db", name: value}
     with pytest.raises(ConfigurationError, match=name):
-        telemetry.configure(Settings.from_mapping({name: value}))
+        Registry(Settings.from_mapping(variables))
 
 
 @pytest.mark.parametrize(
@@ -226,7 +267,7 @@ def test_metrics_count_requests_durations_and_users(
         client.simulate_post(USERS, json={"email": "m@example.org"})  # 409
         client.simulate_delete(created.headers["Location"])
         client.simulate_get("/nowhere")
-    metrics = _metrics(reader)
+        metrics = _metrics(reader)
     durations = {
         (
             p.attributes["http.request.method"],
@@ -297,4 +338,5 @@ def test_sqlite_has_no_pool_gauges(tmp_path: Path, exporter: InMemorySpanExporte
     with traced_registry(f"sqlite:///{tmp_path}/g.db", exporter, reader) as registry:
         client_for(registry).simulate_get(USERS)
         metrics = _metrics(reader)
+    assert "http.server.request.duration" in metrics  # read, and still no pool gauges
     assert "db.client.connection.count" not in metrics

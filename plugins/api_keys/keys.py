@@ -17,11 +17,14 @@ import string
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import attrs
 
-from userplane.errors import FieldError, InvalidInput, NotFound
-from userplane.storage import ApiKeyStorage
+from userplane.plugin import FieldError, InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from userplane.plugins.api_keys.store import ApiKeyStore
 
 KEY_PREFIX = "up_"
 LOOKUP_LENGTH = 12
@@ -92,7 +95,7 @@ class ApiKeyService:
 
     def __init__(
         self,
-        storage: ApiKeyStorage,
+        storage: ApiKeyStore,
         roles: Mapping[str, object],
         clock: Callable[[], datetime],
     ) -> None:

@@ -1,4 +1,4 @@
-"""Public test helpers: the storage contract suite and hypothesis strategies.
+"""The storage contract suite, its helpers, and hypothesis strategies.
 
 A storage plugin's author proves their plugin with the very suite that the
 built-in SQLite and PostgreSQL plugins pass::
@@ -14,36 +14,37 @@ built-in SQLite and PostgreSQL plugins pass::
             yield store
             store.close()
 
-A storage that does not hold API keys (``userplane.storage.ApiKeyStorage``)
-sets ``holds_api_keys = False`` on its subclass: those tests are then skipped,
-and the ``api_keys`` plugin must be disabled wherever that storage is used.
+The error-mapping tests take optional fixtures, each a store that cannot
+work for one reason (``unreachable_storage``, ``unmigrated_storage``,
+``refused_storage``); a subclass that does not provide one sees those tests
+skipped, with the fixture's name in the reason (``pytest -ra`` lists them).
+A ``userplane.sql.SQLStorage`` has its ``dialect.capabilities()`` recorded
+(``record_property``, and printed), and the tests that need a capability are
+skipped, naming it, on a store whose flags say it lacks it.
 
-Requires pytest and hypothesis (``pip install 'userplane[dev]'``).
+Requires pytest and hypothesis (``pip install 'userplane[testing]'``).
 """
 
 from __future__ import annotations
 
-import secrets
-import string
+import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from userplane.api_keys import KEY_PREFIX, LOOKUP_LENGTH, SECRET_LENGTH, ApiKey, hash_key
 from userplane.emails import normalize_email
-from userplane.errors import Conflict, NotFound, PreconditionFailed
+from userplane.errors import Conflict, NotFound, PreconditionFailed, Unavailable
 from userplane.idempotency import IdempotencyRecord, StoredResponse
 from userplane.pagination import Position, Sort
-from userplane.storage import ApiKeyStorage, Storage
+from userplane.sql import SCHEMA, SQLStorage, insert_params
+from userplane.storage import Storage
 from userplane.text import fold
-from userplane.users import NewUser, User, UserFilter, sort_key
+from userplane.users import User, UserFilter, sort_key
 
 T = TypeVar("T")
 
@@ -79,32 +80,16 @@ def insert(storage: Storage, user: User) -> User:
     return storage.insert_user(user, normalize_email(user.email))
 
 
-def make_api_key(
-    name: str = "ci",
-    *,
-    role: str = "admin",
-    lookup: str | None = None,
-    created_at: datetime | None = None,
-    expires_at: datetime | None = None,
-) -> tuple[ApiKey, str]:
-    """An ``ApiKey`` record and its key text, as ``ApiKeyService.create`` would build them.
+def max_length(table: str, column: str) -> int:
+    """The longest value ``table.column`` must hold, from the published ``userplane.sql.SCHEMA``."""
+    [spec] = [c for c in SCHEMA if c.table == table and c.name == column]
+    assert spec.max_length is not None, f"{table}.{column} has no maximum length"
+    return spec.max_length
 
-    The record keeps the key's lookup id and hash, never the key. Pass ``lookup``
-    to force a lookup id (12 base62 characters), e.g. to provoke a collision.
-    """
-    alphabet = string.ascii_letters + string.digits
-    lookup = lookup or "".join(secrets.choice(alphabet) for _ in range(LOOKUP_LENGTH))
-    key = KEY_PREFIX + lookup + "".join(secrets.choice(alphabet) for _ in range(SECRET_LENGTH))
-    record = ApiKey(
-        id=uuid.uuid4(),
-        name=name,
-        role=role,
-        lookup=lookup,
-        secret_hash=hash_key(key),
-        created_at=created_at or datetime.now(UTC),
-        expires_at=expires_at,
-    )
-    return record, key
+
+def capabilities(storage: Storage) -> dict[str, object] | None:
+    """The dialect's capability flags of a ``userplane.sql.SQLStorage``, else ``None``."""
+    return storage.dialect.capabilities() if isinstance(storage, SQLStorage) else None
 
 
 def run_concurrently(count: int, action: Callable[[int], T]) -> list[T | BaseException]:
@@ -131,13 +116,7 @@ class StorageContract:
     """The behaviour every ``Storage`` must have. Subclass it and provide a ``storage`` fixture.
 
     The fixture yields a migrated, empty storage and closes it afterwards.
-    The API-key tests also require ``userplane.storage.ApiKeyStorage``, unless
-    ``holds_api_keys`` is set to ``False``.
     """
-
-    #: Whether the storage holds API keys (implements ``ApiKeyStorage``). A storage
-    #: that does not sets this to ``False``: the API-key tests are then skipped.
-    holds_api_keys: ClassVar[bool] = True
 
     @pytest.fixture
     def storage(self) -> Iterator[Storage]:
@@ -158,6 +137,21 @@ class StorageContract:
         states = storage.migration_status()
         assert states
         assert all(s.applied for s in states)
+
+    def test_holds_the_published_schema_version(self, storage: Storage) -> None:
+        from userplane.sql import SCHEMA_VERSION
+
+        assert storage.schema_version == SCHEMA_VERSION, (
+            f"{type(storage).__name__} holds schema {storage.schema_version}; "
+            f"this userplane publishes {SCHEMA_VERSION} (docs/schema.md)"
+        )
+
+    def test_a_sql_store_has_every_named_query(self, storage: Storage) -> None:
+        from userplane.sql import SQLStorage, check_queries
+
+        if not isinstance(storage, SQLStorage):
+            pytest.skip("not a userplane.sql.SQLStorage: no named queries to check")
+        assert check_queries(storage.queries) == []
 
     def test_insert_then_get_round_trips_exactly(self, storage: Storage) -> None:
         user = make_user("Ann.Example@Example.ORG", created_at=_BASE_TIME)
@@ -435,6 +429,28 @@ class StorageContract:
         storage.release_idempotency_key("k")
         assert storage.get_idempotency_record("k", soon) is None
 
+    def test_a_takeover_replaces_the_whole_claim(self, storage: Storage) -> None:
+        # Every column of a takeover is decided on the row as it was: an upsert
+        # whose assignments run left to right (MySQL's ON DUPLICATE KEY UPDATE)
+        # would test the later ones against the columns it has just changed.
+        t = _BASE_TIME
+        hour = timedelta(hours=1)
+        assert storage.claim_idempotency_key("abandoned", "old", t, t + hour, t - hour)
+        soon = t + timedelta(seconds=30)
+        assert storage.claim_idempotency_key("abandoned", "new", soon, soon + 2 * hour, soon)
+        # The new expiry, not the old one; a fresh claim, not stale before `soon`.
+        past_old_expiry = t + hour + timedelta(seconds=1)
+        record = storage.get_idempotency_record("abandoned", past_old_expiry)
+        assert record == IdempotencyRecord("new", None)
+        assert not storage.claim_idempotency_key("abandoned", "x", soon, soon + hour, soon)
+        # An expired, completed key: its response goes, and the claim is fresh.
+        assert storage.claim_idempotency_key("done", "old", t, t + hour, t - hour)
+        storage.complete_idempotency_key("done", StoredResponse(201, (("ETag", '"1"'),), b"{}"))
+        expired = t + 2 * hour
+        assert storage.claim_idempotency_key("done", "new", expired, expired + hour, t)
+        assert storage.get_idempotency_record("done", expired) == IdempotencyRecord("new", None)
+        assert not storage.claim_idempotency_key("done", "x", expired, expired + hour, expired)
+
     def test_concurrent_claims_of_one_key_let_exactly_one_win(self, storage: Storage) -> None:
         t = _BASE_TIME
         hour = timedelta(hours=1)
@@ -488,227 +504,299 @@ class StorageContract:
             after = Position(sort_key(last, sort.field), last.id)
         assert seen == expected
 
-    # -- API keys -----------------------------------------------------------------
+    # -- exact keys: trailing spaces, letter case, code-point order -------------------
+
+    def test_email_keys_are_exact_trailing_spaces_and_case_included(self, storage: Storage) -> None:
+        # The storage compares the keys it is given, byte for byte: a collation
+        # that pads with spaces (MySQL's PAD SPACE) or ignores case or accents
+        # would merge rows the service keeps apart, or find the wrong one.
+        keys = [
+            "ann@example.org",
+            "ann@example.org ",
+            "ann@example.org  ",
+            "Ann@example.org",
+            "straße@example.org",
+            "strasse@example.org",
+            "zoë@example.org",
+            "zoe@example.org",
+        ]
+        users = {key: storage.insert_user(make_user(key.strip()), key) for key in keys}
+        for key, user in users.items():
+            assert storage.get_user_by_email(key) == user, repr(key)
+            listed = storage.list_users(UserFilter(email=key), CREATED, None, 10)
+            assert listed == [user], repr(key)
+        assert storage.get_user_by_email("ann@example.org   ") is None
+        assert storage.get_user_by_email(" ann@example.org") is None
+        assert storage.get_user_by_email("ANN@example.org") is None
+        with pytest.raises(Conflict):
+            storage.insert_user(make_user("ann@example.org"), "ann@example.org ")
+
+    def test_idempotency_keys_are_exact(self, storage: Storage) -> None:
+        t = _BASE_TIME
+        hour = timedelta(hours=1)
+        for key in ["k", "k ", "K", "straße", "strasse"]:
+            assert storage.claim_idempotency_key(key, f"fp {key!r}", t, t + hour, t - hour)
+        assert storage.get_idempotency_record("k ", t) == IdempotencyRecord("fp 'k '", None)
+        assert storage.get_idempotency_record("k  ", t) is None
+        assert not storage.claim_idempotency_key("k ", "again", t, t + hour, t - hour)
+
+    @pytest.mark.parametrize("descending", [False, True], ids=["ascending", "descending"])
+    def test_sorting_by_email_key_follows_code_points(
+        self, storage: Storage, descending: bool
+    ) -> None:
+        # Python's order of the keys: upper case before lower, "ß" and accents
+        # after "z", U+E000 before an emoji (not UTF-16 order), a tab before a space.
+        keys = [
+            "b@example.org",
+            "B@example.org",
+            "a@example.org",
+            "a@example.org ",
+            "a@example.org\t",
+            "a@example.org!",
+            "é@example.org",
+            "f@example.org",
+            "ß@example.org",
+            "ss@example.org",
+            "st@example.org",
+            "Z@example.org",
+            "z@example.org",
+            "ø@example.org",
+            "\ue000@example.org",
+            "\U0001f600@example.org",
+        ]
+        key_of = {}
+        for key in keys:
+            user = storage.insert_user(make_user(key.strip()), key)
+            key_of[user.id] = key
+        expected = sorted(key_of, key=key_of.__getitem__, reverse=descending)
+        seen = self._pages(storage, Sort("email", descending), lambda u: key_of[u.id], 4)
+        assert [key_of[u.id] for u in seen] == [key_of[i] for i in expected]
+
+    @pytest.mark.parametrize("descending", [False, True], ids=["ascending", "descending"])
+    def test_sorting_by_name_follows_code_points_of_the_folded_name(
+        self, storage: Storage, descending: bool
+    ) -> None:
+        # fold() lowers case and turns "ß" into "ss" ("Straße" ties "Strasse",
+        # broken by id); what remains sorts by code point: "f" before "é", "z" before "ø".
+        names = [
+            "émile",
+            "Emile",
+            "f",
+            "Zoë",
+            "zoe",
+            "z",
+            "ø",
+            "Straße",
+            "Strasse",
+            "Stb",
+            "Ann ",
+            "Ann",
+            "ANN",
+            None,
+            "\ue000",
+            "\U0001f600",
+        ]
+        users = [
+            insert(storage, make_user(f"n{i}@example.org", full_name=name))
+            for i, name in enumerate(names)
+        ]
+        expected = self._sorted(users, Sort("full_name", descending))
+        seen = self._pages(
+            storage, Sort("full_name", descending), lambda u: fold(u.full_name or "")
+        )
+        assert [u.full_name for u in seen] == [u.full_name for u in expected]
+        assert seen == expected
+
+    def _pages(
+        self, storage: Storage, sort: Sort, key: Callable[[User], Any], size: int = 3
+    ) -> list[User]:
+        """Every user, following cursors built with ``key``, ``size`` at a time."""
+        seen: list[User] = []
+        after: Position | None = None
+        while True:
+            page = storage.list_users(UserFilter(), sort, after, size)
+            seen += page
+            if len(page) < size:
+                return seen
+            after = Position(key(page[-1]), page[-1].id)
+
+    # -- the published schema's longest values ---------------------------------------
+
+    def test_the_longest_email_and_email_key_round_trip(self, storage: Storage) -> None:
+        # 4-byte characters: a store counting bytes, or with a 3-byte "utf8", fails here.
+        domain = "@example.org"
+        email = ("Ü\U0001f600" * 400)[: max_length("users", "email") - len(domain)] + domain
+        key = ("ü\U0001f600" * 400)[: max_length("users", "email_normalized") - len(domain)]
+        key += domain
+        user = storage.insert_user(make_user(email), key)
+        assert user.email == email
+        assert storage.get_user(user.id) == user
+        assert storage.get_user_by_email(key) == user
+        assert storage.get_user_by_email(key[:-1]) is None
+        other = storage.insert_user(make_user("a@example.org"), "a@example.org")
+        # The whole key is the cursor: the page after it is exactly the next user.
+        page = storage.list_users(UserFilter(), Sort("email", True), Position(key, user.id), 10)
+        assert page == [other]
+
+    def test_the_longest_names_round_trip_and_their_folded_form_is_searched_whole(
+        self, storage: Storage
+    ) -> None:
+        longest = max_length("users", "full_name")
+        names = [
+            "\U0001f600" * longest,  # 4-byte characters
+            "\U00010400" * longest,  # 4-byte, and folds to another 4-byte character
+            "ß" * longest,  # folds to "ss": the longest folded name
+        ]
+        assert len(fold(names[2])) == max_length("users", "full_name_folded")
+        users = [
+            insert(storage, make_user(f"n{i}@example.org", full_name=name))
+            for i, name in enumerate(names)
+        ]
+        for user in users:
+            assert storage.get_user(user.id) == user
+            found = storage.list_users(UserFilter(q=fold(user.full_name or "")), CREATED, None, 10)
+            assert found == [user]
+        assert storage.list_users(UserFilter(q=fold(names[2]) + "s"), CREATED, None, 10) == []
+        # And each folded name, whole, is a cursor.
+        sort = Sort("full_name")
+        seen = self._pages(storage, sort, lambda u: fold(u.full_name or ""), 1)
+        assert seen == self._sorted(users, sort)
+
+    def test_the_longest_idempotency_key_and_response_round_trip(self, storage: Storage) -> None:
+        t = _BASE_TIME
+        hour = timedelta(hours=1)
+        key = ("scope \U0001f600 ü " * 200)[: max_length("idempotency_keys", "key")]
+        fingerprint = "f" * max_length("idempotency_keys", "fingerprint")
+        # Headers as the SQL kit stores them (JSON), at the longest; every byte value in the body.
+        room = max_length("idempotency_keys", "headers") - len(json.dumps([["X-Big", ""]]))
+        headers = (("X-Big", "v" * room),)
+        body = bytes(range(256)) * (max_length("idempotency_keys", "body") // 256)
+        assert len(body) == max_length("idempotency_keys", "body")
+        response = StoredResponse(200, headers, body)
+        assert storage.claim_idempotency_key(key, fingerprint, t, t + hour, t - hour)
+        assert storage.get_idempotency_record(key, t) == IdempotencyRecord(fingerprint, None)
+        storage.complete_idempotency_key(key, response)
+        assert storage.get_idempotency_record(key, t) == IdempotencyRecord(fingerprint, response)
+        assert storage.get_idempotency_record(key[:-1], t) is None
+        assert storage.claim_idempotency_key(key[:-1], "other", t, t + hour, t - hour)
+
+    # -- error mapping: a database that cannot serve ----------------------------------
 
     @pytest.fixture
-    def key_storage(self, storage: Storage) -> ApiKeyStorage:
-        """``storage`` as an ``ApiKeyStorage``; the test is skipped if ``holds_api_keys`` is off."""
-        if not self.holds_api_keys:
-            pytest.skip("this storage does not hold API keys (holds_api_keys = False)")
-        assert isinstance(storage, ApiKeyStorage), (
-            f"{type(storage).__name__} does not implement userplane.storage.ApiKeyStorage; "
-            "set holds_api_keys = False on the contract subclass if it is not meant to"
+    def unreachable_storage(self) -> Iterator[Storage]:
+        """A store whose database cannot be reached: no server there, or no file where it was."""
+        pytest.skip(
+            "error mapping of an unreachable database: provide the unreachable_storage fixture"
         )
-        return storage
 
-    def _assert_utc(self, value: datetime | None) -> None:
-        assert value is not None
-        assert value.tzinfo is not None
-        assert value.utcoffset() == timedelta(0)
+    @pytest.fixture
+    def unmigrated_storage(self) -> Iterator[Storage]:
+        """A store on an empty database that was never migrated."""
+        pytest.skip(
+            "error mapping of an unmigrated database: provide the unmigrated_storage fixture"
+        )
 
-    def test_api_key_insert_then_get_round_trips_exactly(self, key_storage: ApiKeyStorage) -> None:
-        record, _ = make_api_key("deploy bot", role="editor", created_at=_BASE_TIME)
-        key_storage.insert_api_key(record)
-        got = key_storage.get_api_key(record.lookup)
-        assert got == record
-        assert got is not None
-        self._assert_utc(got.created_at)
-        assert got.expires_at is None
-        assert got.revoked_at is None
-        assert got.last_used_at is None
+    @pytest.fixture
+    def refused_storage(self) -> Iterator[Storage]:
+        """A store whose database is up but refuses its login (a wrong password, a locked role)."""
+        pytest.skip("error mapping of a refused login: provide the refused_storage fixture")
 
-    def test_api_key_with_an_expiry_round_trips(self, key_storage: ApiKeyStorage) -> None:
-        expires = _BASE_TIME + timedelta(days=90, microseconds=1)
-        record, _ = make_api_key(created_at=_BASE_TIME, expires_at=expires)
-        key_storage.insert_api_key(record)
-        got = key_storage.get_api_key(record.lookup)
-        assert got == record
-        assert got is not None
-        assert got.expires_at == expires
-        self._assert_utc(got.expires_at)
+    def _unavailable_everywhere(self, storage: Storage, saying: str = "") -> None:
+        """``ping``, a read and a write each raise ``Unavailable`` (whose detail has ``saying``)."""
+        operations: dict[str, Callable[[], object]] = {
+            "ping": storage.ping,
+            "a read": lambda: storage.get_user_by_email("ann@example.org"),
+            "a write": lambda: insert(storage, make_user()),
+        }
+        wrong = {}
+        for name, operation in operations.items():
+            try:
+                operation()
+            except Unavailable as exc:
+                if saying not in exc.detail:
+                    wrong[name] = f"Unavailable({exc.detail!r}) does not say {saying!r}"
+            except Exception as exc:  # a driver's, or a bug: either way not the contract
+                wrong[name] = f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
+            else:
+                wrong[name] = "no error"
+        assert not wrong, f"expected Unavailable from each: {wrong}"
 
-    def test_api_key_keeps_unicode_names(self, key_storage: ApiKeyStorage) -> None:
-        record, _ = make_api_key("Zoë's CI 😀 — prod", created_at=_BASE_TIME)
-        key_storage.insert_api_key(record)
-        assert key_storage.get_api_key(record.lookup) == record
+    def test_an_unreachable_database_is_unavailable(self, unreachable_storage: Storage) -> None:
+        self._unavailable_everywhere(unreachable_storage)
 
-    def test_api_key_unknown_lookup_is_none(self, key_storage: ApiKeyStorage) -> None:
-        assert key_storage.get_api_key("A" * LOOKUP_LENGTH) is None
-        record, _ = make_api_key(lookup="AbCdEfGh1234")
-        key_storage.insert_api_key(record)
-        assert key_storage.get_api_key("aBcDeFgH1234") is None  # case matters
-        assert key_storage.get_api_key(record.lookup[:-1]) is None  # no prefix matching
-        assert key_storage.get_api_key("") is None
-
-    def test_api_key_get_includes_revoked_and_expired_keys(
-        self, key_storage: ApiKeyStorage
+    def test_an_unmigrated_database_is_unavailable_saying_to_migrate(
+        self, unmigrated_storage: Storage
     ) -> None:
-        expired, _ = make_api_key(created_at=_BASE_TIME, expires_at=_BASE_TIME)
-        revoked, _ = make_api_key(created_at=_BASE_TIME)
-        key_storage.insert_api_key(expired)
-        key_storage.insert_api_key(revoked)
-        later = _BASE_TIME + timedelta(hours=1)
-        key_storage.revoke_api_key(revoked.id, later)
-        assert key_storage.get_api_key(expired.lookup) == expired
-        assert key_storage.get_api_key(revoked.lookup) == attrs.evolve(revoked, revoked_at=later)
+        self._unavailable_everywhere(unmigrated_storage, "userplane migrate")
+        # As the message says: once migrated, it serves.
+        unmigrated_storage.migrate()
+        unmigrated_storage.ping()
+        assert insert(unmigrated_storage, make_user()).version == 1
 
-    def test_api_keys_list_oldest_first_then_by_id(self, key_storage: ApiKeyStorage) -> None:
-        assert key_storage.list_api_keys() == []
-        records = [
-            make_api_key(f"k{i}", created_at=_BASE_TIME + timedelta(microseconds=i // 3))[0]
-            for i in range(8)  # ties on purpose
-        ]
-        for record in reversed(records):
-            key_storage.insert_api_key(record)
-        expected = sorted(records, key=lambda k: (k.created_at, k.id))
-        assert key_storage.list_api_keys() == expected
-        # Revoked keys are listed too, in place.
-        revoked = key_storage.revoke_api_key(expected[2].id, _BASE_TIME + timedelta(days=1))
-        assert revoked is not None
-        expected[2] = revoked
-        assert key_storage.list_api_keys() == expected
+    def test_a_refused_login_is_unavailable(self, refused_storage: Storage) -> None:
+        self._unavailable_everywhere(refused_storage)
 
-    def test_api_key_revoke_sets_revoked_at_once(self, key_storage: ApiKeyStorage) -> None:
-        record, _ = make_api_key(created_at=_BASE_TIME)
-        other, _ = make_api_key(created_at=_BASE_TIME)
-        key_storage.insert_api_key(record)
-        key_storage.insert_api_key(other)
-        first = _BASE_TIME + timedelta(hours=1, microseconds=7)
-        revoked = key_storage.revoke_api_key(record.id, first)
-        assert revoked == attrs.evolve(record, revoked_at=first)
-        assert revoked is not None
-        self._assert_utc(revoked.revoked_at)
-        assert key_storage.get_api_key(record.lookup) == revoked
-        # Again, later or earlier: the first revocation time stays.
-        assert key_storage.revoke_api_key(record.id, first + timedelta(days=1)) == revoked
-        assert key_storage.revoke_api_key(record.id, first - timedelta(days=1)) == revoked
-        assert key_storage.get_api_key(record.lookup) == revoked
-        assert key_storage.get_api_key(other.lookup) == other
+    # -- capabilities of SQL stores -----------------------------------------------------
 
-    def test_api_key_revoke_unknown_is_none(self, key_storage: ApiKeyStorage) -> None:
-        assert key_storage.revoke_api_key(uuid.uuid4(), _BASE_TIME) is None
-        assert key_storage.list_api_keys() == []
+    def _needs(self, storage: Storage, flag: str, value: object) -> None:
+        """Skip, naming the flags, unless the store's dialect has ``flag`` set to ``value``."""
+        caps = capabilities(storage)
+        if caps is None:
+            pytest.skip(f"needs {flag}={value!r}: not a userplane.sql.SQLStorage")
+        if caps[flag] != value:
+            pytest.skip(f"needs {flag}={value!r}; {type(storage).__name__} declares {caps}")
 
-    def test_api_key_touch_moves_last_used_at_forward_only(
-        self, key_storage: ApiKeyStorage
+    def test_declares_its_capabilities(
+        self, storage: Storage, record_property: Callable[[str, object], None]
     ) -> None:
-        record, _ = make_api_key(created_at=_BASE_TIME)
-        other, _ = make_api_key(created_at=_BASE_TIME)
-        key_storage.insert_api_key(record)
-        key_storage.insert_api_key(other)
-        t1 = _BASE_TIME + timedelta(minutes=1, microseconds=1)
-        t2 = t1 + timedelta(microseconds=1)
-        key_storage.touch_api_key(record.id, t2)
-        got = key_storage.get_api_key(record.lookup)
-        assert got == attrs.evolve(record, last_used_at=t2)
-        assert got is not None
-        self._assert_utc(got.last_used_at)
-        key_storage.touch_api_key(record.id, t1)  # an older time: ignored
-        assert key_storage.get_api_key(record.lookup) == attrs.evolve(record, last_used_at=t2)
-        t3 = t2 + timedelta(days=1)
-        key_storage.touch_api_key(record.id, t3)
-        assert key_storage.get_api_key(record.lookup) == attrs.evolve(record, last_used_at=t3)
-        assert key_storage.get_api_key(other.lookup) == other
-        key_storage.touch_api_key(uuid.uuid4(), t3)  # an unknown key: nothing to do, no error
+        caps = capabilities(storage)
+        if caps is None:
+            pytest.skip("not a userplane.sql.SQLStorage: no dialect capabilities")
+        record_property("capabilities", caps)
+        print(f"{type(storage).__name__} capabilities: {caps}")
+        assert isinstance(caps["returning"], bool)
+        assert caps["upsert"] in {"on-conflict", "on-duplicate-key"}
+        assert caps["locking"] in {"database", "row"}
 
-    def test_api_key_concurrent_touches_keep_the_latest(self, key_storage: ApiKeyStorage) -> None:
-        record, _ = make_api_key(created_at=_BASE_TIME)
-        key_storage.insert_api_key(record)
-        times = [_BASE_TIME + timedelta(seconds=i) for i in range(8)]
-        results = run_concurrently(8, lambda i: key_storage.touch_api_key(record.id, times[i]))
-        assert results == [None] * 8, results
-        got = key_storage.get_api_key(record.lookup)
-        assert got is not None
-        assert got.last_used_at == max(times)
-
-    # Fixtures are function-scoped, so each example inserts a key of its own; the
-    # method is inherited by every storage's subclass (differing executors), on purpose.
-    @settings(
-        max_examples=25,
-        deadline=None,
-        suppress_health_check=[
-            HealthCheck.function_scoped_fixture,
-            HealthCheck.differing_executors,
-        ],
-    )
-    @given(offsets=st.lists(st.integers(min_value=0, max_value=10**12), min_size=1, max_size=8))
-    def test_api_key_any_touches_leave_the_latest_time(
-        self, key_storage: ApiKeyStorage, offsets: list[int]
+    def test_without_returning_a_transaction_commits_together_or_not_at_all(
+        self, storage: Storage
     ) -> None:
-        # A fresh key per example: the storage is shared by hypothesis's examples.
-        record, _ = make_api_key(created_at=_BASE_TIME)
-        key_storage.insert_api_key(record)
-        times = [_BASE_TIME + timedelta(microseconds=o) for o in offsets]
-        for t in times:
-            key_storage.touch_api_key(record.id, t)
-        got = key_storage.get_api_key(record.lookup)
-        assert got == attrs.evolve(record, last_used_at=max(times))
+        # The kit writes, then reads the row back, inside transaction(): it must be real.
+        self._needs(storage, "returning", False)
+        assert isinstance(storage, SQLStorage)
+        first, second = make_user("first@example.org"), make_user("second@example.org")
 
-    def test_api_key_same_lookup_or_id_conflicts(self, key_storage: ApiKeyStorage) -> None:
-        record, _ = make_api_key("first", created_at=_BASE_TIME)
-        key_storage.insert_api_key(record)
-        same_lookup, _ = make_api_key("second", lookup=record.lookup)
-        with pytest.raises(Conflict):
-            key_storage.insert_api_key(same_lookup)
-        same_id = attrs.evolve(make_api_key("third")[0], id=record.id)
-        with pytest.raises(Conflict):
-            key_storage.insert_api_key(same_id)
-        assert key_storage.get_api_key(record.lookup) == record
-        assert key_storage.get_api_key(same_id.lookup) is None
-        assert key_storage.list_api_keys() == [record]
+        def write(user: User) -> int:
+            params = insert_params(user, normalize_email(user.email))
+            return storage.execute(storage.queries["insert_user"], storage.params(params))
 
-    def test_api_key_concurrent_inserts_of_one_lookup_let_exactly_one_win(
-        self, key_storage: ApiKeyStorage
+        def abandoned() -> None:
+            with storage.transaction():
+                write(first)
+                assert storage.get_user(first.id) == first  # its own writes, seen inside
+                write(second)
+                raise RuntimeError("abandon the block")
+
+        with pytest.raises(RuntimeError, match="abandon"):
+            abandoned()
+        assert storage.get_user(first.id) is None
+        assert storage.get_user(second.id) is None
+        with storage.transaction():
+            write(first)
+            write(second)
+        assert storage.get_user(first.id) == first
+        assert storage.get_user(second.id) == second
+
+    def test_without_returning_other_threads_see_a_transaction_once_it_commits(
+        self, storage: Storage
     ) -> None:
-        lookup = make_api_key()[0].lookup
-        records = [make_api_key(f"k{i}", lookup=lookup)[0] for i in range(8)]
-        results = run_concurrently(8, lambda i: key_storage.insert_api_key(records[i]))
-        wins = [records[i] for i, r in enumerate(results) if r is None]
-        assert len(wins) == 1, results
-        assert all(isinstance(r, Conflict) for r in results if r is not None), results
-        assert key_storage.get_api_key(lookup) == wins[0]
-        assert key_storage.list_api_keys() == wins
-
-    def test_api_key_stores_the_hash_never_the_key(self, key_storage: ApiKeyStorage) -> None:
-        record, key = make_api_key(created_at=_BASE_TIME)
-        key_storage.insert_api_key(record)
-        key_storage.touch_api_key(record.id, _BASE_TIME + timedelta(seconds=1))
-        key_storage.revoke_api_key(record.id, _BASE_TIME + timedelta(seconds=2))
-        got = key_storage.get_api_key(record.lookup)
-        assert got is not None
-        assert got.secret_hash == hash_key(key)
-        secret = key[len(KEY_PREFIX) + LOOKUP_LENGTH :]
-        for stored in (got, *key_storage.list_api_keys()):
-            for value in attrs.astuple(stored):
-                assert key not in str(value)
-                assert secret not in str(value)
-
-
-# -- hypothesis strategies ------------------------------------------------------
-
-_local = st.text(
-    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-",
-    min_size=1,
-    max_size=20,
-).filter(lambda s: not s.startswith(".") and not s.endswith(".") and ".." not in s)
-_label = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=12)
-
-
-@st.composite
-def emails(draw: Any) -> str:
-    """Valid addresses in mixed case, including some with non-ASCII letters."""
-    local = draw(st.one_of(_local, st.sampled_from(["zoë", "JÜRGEN", "straße", "ÅSA"])))
-    domain = ".".join(draw(st.lists(_label, min_size=1, max_size=3)))
-    tld = draw(st.sampled_from(["org", "COM", "net", "Io"]))
-    return f"{local}@{domain}.{tld}"
-
-
-def new_users() -> st.SearchStrategy[NewUser]:
-    """``NewUser`` values the service accepts."""
-    names = st.one_of(
-        st.none(),
-        st.text(
-            alphabet=st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=60
-        ).filter(lambda s: s.strip() != ""),
-    )
-    return st.builds(NewUser, email=emails(), full_name=names, is_active=st.booleans())
+        self._needs(storage, "returning", False)
+        assert isinstance(storage, SQLStorage)
+        user = make_user()
+        params = storage.params(insert_params(user, normalize_email(user.email)))
+        with storage.transaction():
+            storage.execute(storage.queries["insert_user"], params)
+            [inside] = run_concurrently(1, lambda _: storage.get_user(user.id))
+        [after] = run_concurrently(1, lambda _: storage.get_user(user.id))
+        assert inside is None, "another thread saw a write its transaction had not committed"
+        assert after == user

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 
-import attrs
+from userplane.sql.dialect import Dialect
 
 #: The column each sort field orders by.
 SORT_COLUMNS = {
@@ -20,16 +20,6 @@ SORT_COLUMNS = {
 }
 #: Sort columns that are unique on their own: no ``id`` tie-break needed.
 UNIQUE_SORT_COLUMNS = frozenset({"email_normalized"})
-
-
-@attrs.frozen
-class Dialect:
-    """How a SQL dialect spells a named parameter and a literal substring test."""
-
-    #: A named parameter, from ``{name}``: ``":{name}"`` or ``"%({name})s"``.
-    param: str
-    #: True when ``{needle}`` occurs in ``{haystack}``, without wildcards.
-    contains: str
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,6 +1,6 @@
--- depends: 0003_idempotency_keys
 -- API keys: a lookup id and a SHA-256 of the key, never the key. Times as in users.
-CREATE TABLE api_keys (
+-- IF NOT EXISTS: databases migrated before the table moved into this plugin have it.
+CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY NOT NULL,
     name TEXT NOT NULL,
     role TEXT NOT NULL,

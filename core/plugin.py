@@ -1,0 +1,230 @@
+"""The plugin API: every name a plugin author needs, from one place.
+
+Import from here (and from ``userplane.sql`` for SQL stores, ``userplane.testing``
+for the contract suites, ``userplane.frontends.cli`` / ``userplane.frontends.http``
+for commands and routes); every other module is internal and may change in
+any release. The built-in plugins use exactly these names, and a test fails
+when one of them imports anything else, or when a type in a hook or a
+``Storage`` signature is missing here. See ``docs/plugins.md``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from userplane.auth import (
+        ACTIONS,
+        KEYS_MANAGE,
+        NAMESPACES,
+        USERS_DELETE,
+        USERS_PURGE,
+        USERS_READ,
+        USERS_READ_DELETED,
+        USERS_RESTORE,
+        USERS_WRITE,
+        AuthService,
+        Credentials,
+        Principal,
+        acting_as,
+        current_principal,
+        local_principal,
+    )
+    from userplane.errors import (
+        ConfigurationError,
+        Conflict,
+        FieldError,
+        Forbidden,
+        InvalidInput,
+        NotFound,
+        PreconditionFailed,
+        RateLimited,
+        Unauthenticated,
+        Unavailable,
+        UserplaneError,
+    )
+    from userplane.hooks import Hooks, PluginMigrations
+    from userplane.idempotency import IdempotencyRecord, StoredResponse
+    from userplane.pagination import Position, Sort
+    from userplane.plugin_manager import hookimpl
+    from userplane.proxies import ClientCertificate, TrustedProxies
+    from userplane.registry import Registry
+    from userplane.services import ServiceCheck, Services
+    from userplane.settings import (
+        MASK,
+        Settings,
+        SettingsSection,
+        is_secret_name,
+        mask_url,
+        section,
+        setting,
+    )
+    from userplane.storage import (
+        InstrumentableStorage,
+        MigrationState,
+        PooledStorage,
+        PoolStats,
+        Storage,
+    )
+    from userplane.users import (
+        UNSET,
+        NewUser,
+        User,
+        UserChanges,
+        UserFilter,
+        UserPage,
+        UserQuery,
+        UserService,
+        utcnow,
+    )
+
+_SOURCES = {
+    **dict.fromkeys(
+        (
+            "ACTIONS",
+            "KEYS_MANAGE",
+            "NAMESPACES",
+            "USERS_DELETE",
+            "USERS_PURGE",
+            "USERS_READ",
+            "USERS_READ_DELETED",
+            "USERS_RESTORE",
+            "USERS_WRITE",
+            "AuthService",
+            "Credentials",
+            "Principal",
+            "acting_as",
+            "current_principal",
+            "local_principal",
+        ),
+        "userplane.auth",
+    ),
+    **dict.fromkeys(
+        (
+            "ConfigurationError",
+            "Conflict",
+            "FieldError",
+            "Forbidden",
+            "InvalidInput",
+            "NotFound",
+            "PreconditionFailed",
+            "RateLimited",
+            "Unauthenticated",
+            "Unavailable",
+            "UserplaneError",
+        ),
+        "userplane.errors",
+    ),
+    "Hooks": "userplane.hooks",
+    "PluginMigrations": "userplane.hooks",
+    "IdempotencyRecord": "userplane.idempotency",
+    "StoredResponse": "userplane.idempotency",
+    "Position": "userplane.pagination",
+    "Sort": "userplane.pagination",
+    "hookimpl": "userplane.plugin_manager",
+    "ClientCertificate": "userplane.proxies",
+    "TrustedProxies": "userplane.proxies",
+    "Registry": "userplane.registry",
+    "ServiceCheck": "userplane.services",
+    "Services": "userplane.services",
+    **dict.fromkeys(
+        ("MASK", "Settings", "SettingsSection", "is_secret_name", "mask_url", "section", "setting"),
+        "userplane.settings",
+    ),
+    **dict.fromkeys(
+        ("InstrumentableStorage", "MigrationState", "PooledStorage", "PoolStats", "Storage"),
+        "userplane.storage",
+    ),
+    **dict.fromkeys(
+        (
+            "UNSET",
+            "NewUser",
+            "User",
+            "UserChanges",
+            "UserFilter",
+            "UserPage",
+            "UserQuery",
+            "UserService",
+            "utcnow",
+        ),
+        "userplane.users",
+    ),
+}
+
+__all__ = [
+    "ACTIONS",
+    "KEYS_MANAGE",
+    "MASK",
+    "NAMESPACES",
+    "UNSET",
+    "USERS_DELETE",
+    "USERS_PURGE",
+    "USERS_READ",
+    "USERS_READ_DELETED",
+    "USERS_RESTORE",
+    "USERS_WRITE",
+    "AuthService",
+    "ClientCertificate",
+    "ConfigurationError",
+    "Conflict",
+    "Credentials",
+    "FieldError",
+    "Forbidden",
+    "Hooks",
+    "IdempotencyRecord",
+    "InstrumentableStorage",
+    "InvalidInput",
+    "MigrationState",
+    "NewUser",
+    "NotFound",
+    "PluginMigrations",
+    "PoolStats",
+    "PooledStorage",
+    "Position",
+    "PreconditionFailed",
+    "Principal",
+    "RateLimited",
+    "Registry",
+    "ServiceCheck",
+    "Services",
+    "Settings",
+    "SettingsSection",
+    "Sort",
+    "Storage",
+    "StoredResponse",
+    "TrustedProxies",
+    "Unauthenticated",
+    "Unavailable",
+    "User",
+    "UserChanges",
+    "UserFilter",
+    "UserPage",
+    "UserQuery",
+    "UserService",
+    "UserplaneError",
+    "acting_as",
+    "current_principal",
+    "hookimpl",
+    "is_secret_name",
+    "local_principal",
+    "mask_url",
+    "section",
+    "setting",
+    "utcnow",
+]
+
+# Imported on first use (PEP 562): every plugin imports this module, and the
+# CLI's --help must not pay for the registry, storage and users modules.
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> object:
+        source = _SOURCES.get(name)
+        if source is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(source), name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})

@@ -1,0 +1,138 @@
+"""Which address a request came from, believing forwarding headers only from trusted proxies.
+
+The one place that reads ``Forwarded`` (RFC 7239) and ``X-Forwarded-For``,
+and the client-certificate header a TLS-terminating proxy adds
+(``X-Forwarded-Client-Cert``, in Envoy's format). A header is believed only
+when the direct peer is in ``USERPLANE_TRUSTED_PROXIES``; the chain is then
+walked from the right, past every trusted hop, and the first untrusted
+address is the client. Anything else would let a caller name its own address.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+
+import attrs
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# One element of a comma-separated header, commas inside quoted strings kept.
+_ELEMENT = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*")+')
+_FOR = re.compile(r'(?i)(?:^|;)\s*for\s*=\s*("(?:[^"\\]|\\.)*"|[^;,\s]*)')
+
+
+@attrs.frozen
+class ClientCertificate:
+    """The TLS client certificate a trusted proxy verified and forwarded.
+
+    Parsed from the first element of ``X-Forwarded-Client-Cert``: ``subject``
+    (the distinguished name), ``hash`` (SHA-256 of the DER, hex), ``uris`` and
+    ``dns`` (subject alternative names).
+    """
+
+    subject: str | None = None
+    hash: str | None = None
+    uris: tuple[str, ...] = ()
+    dns: tuple[str, ...] = ()
+
+
+def _address(text: str) -> IPAddress | None:
+    text = text.strip().strip('"')
+    if text.startswith("["):  # [2001:db8::1]:4711
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:  # 192.0.2.1:4711
+        text = text.partition(":")[0]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None  # "unknown", an obfuscated identifier, garbage
+
+
+def forwarded_for(header: str) -> list[str]:
+    """The ``for=`` values of a ``Forwarded`` header, in order (left is furthest)."""
+    out = []
+    for element in _ELEMENT.findall(header):
+        match = _FOR.search(element)
+        if match:
+            value = match.group(1).strip('"').replace('\\"', '"')
+            out.append(value)
+    return out
+
+
+def parse_client_certificate(header: str) -> ClientCertificate | None:
+    """The first certificate of an ``X-Forwarded-Client-Cert`` header, or ``None``."""
+    elements = _ELEMENT.findall(header)
+    first = elements[0].strip() if elements else ""
+    if not first:
+        return None
+    fields: dict[str, list[str]] = {}
+    for pair in re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|[^;]*)', first):
+        key, value = pair[0].lower(), pair[1]
+        if value.startswith('"'):
+            value = value[1:-1].replace('\\"', '"')
+        fields.setdefault(key, []).append(value)
+    if not fields:
+        return None
+    subjects, hashes = fields.get("subject", []), fields.get("hash", [])
+    return ClientCertificate(
+        subject=subjects[0] if subjects else None,
+        hash=hashes[0] if hashes else None,
+        uris=tuple(fields.get("uri", ())),
+        dns=tuple(fields.get("dns", ())),
+    )
+
+
+class TrustedProxies:
+    """``USERPLANE_TRUSTED_PROXIES`` as networks, and the client address they imply."""
+
+    def __init__(self, networks: Iterable[str] = ()) -> None:
+        self.networks: tuple[IPNetwork, ...] = tuple(
+            ipaddress.ip_network(n, strict=False) for n in networks
+        )
+
+    def trusts(self, address: str | None) -> bool:
+        """Whether ``address`` is one of the trusted proxies."""
+        if not self.networks or address is None:
+            return False
+        ip = _address(address)
+        return ip is not None and self._trusted(ip)
+
+    def _trusted(self, ip: IPAddress) -> bool:
+        return any(ip in n for n in self.networks)
+
+    def client_address(
+        self, peer: str | None, forwarded: str | None = None, x_forwarded_for: str | None = None
+    ) -> str | None:
+        """The client's address: the peer's, or from the headers when the peer is trusted.
+
+        ``Forwarded`` is preferred to ``X-Forwarded-For`` when both are sent.
+        A chain whose hops are all trusted yields its leftmost address. An
+        unparseable hop (``unknown``, an obfuscated ``_name``) before any
+        untrusted one hides the client: ``None``, never a proxy's address.
+        """
+        if not self.trusts(peer):
+            return peer
+        hops: Sequence[str] = ()
+        if forwarded:
+            hops = forwarded_for(forwarded)
+        elif x_forwarded_for:
+            hops = [h.strip() for h in x_forwarded_for.split(",") if h.strip()]
+        client = peer
+        for hop in reversed(hops):
+            ip = _address(hop)
+            if ip is None:
+                return None
+            client = str(ip)
+            if not self._trusted(ip):
+                return client
+        return client
+
+
+@functools.lru_cache(maxsize=8)
+def trusted_proxies(networks: tuple[str, ...]) -> TrustedProxies:
+    """The (cached) ``TrustedProxies`` of a setting's value."""
+    return TrustedProxies(networks)

@@ -1,0 +1,77 @@
+"""Schema migrations for SQL stores: yoyo over the core's folder and the plugins'.
+
+Every store applies the core's migrations for its dialect, then each plugin's
+(``userplane_migrations``), under yoyo's lock, so concurrent runs (several
+instances starting at once) apply each migration exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from userplane.errors import ConfigurationError
+from userplane.hooks import PluginMigrations
+from userplane.storage import MigrationState
+
+CORE_SOURCE = "userplane"
+
+
+def migration_sources(
+    dialect: str, core: Path | None, plugins: Sequence[PluginMigrations]
+) -> list[tuple[str, Path]]:
+    """``(source, folder)`` pairs for ``dialect``: the core's first, then each plugin's.
+
+    A plugin with migrations, but none for this dialect, is a
+    ``ConfigurationError``: its tables would be missing.
+    """
+    if core is None:
+        raise ConfigurationError(f"no core migrations for the {dialect!r} dialect")
+    sources = [(CORE_SOURCE, core)]
+    for plugin in plugins:
+        folder = plugin.folders.get(dialect)
+        if folder is None:
+            known = ", ".join(sorted(plugin.folders))
+            raise ConfigurationError(
+                f"the {plugin.plugin!r} plugin has no migrations for {dialect} (only {known}): "
+                "disable it (USERPLANE_DISABLED_PLUGINS) or use a storage it supports"
+            )
+        sources.append((plugin.plugin, folder))
+    return sources
+
+
+def _load(url: str, sources: Sequence[tuple[str, Path]]) -> tuple[Any, Any, dict[str, str]]:
+    from yoyo import get_backend, read_migrations
+
+    migrations = read_migrations(*(str(folder) for _, folder in sources))
+    owner = {}
+    for source, folder in sources:
+        for path in folder.glob("*.sql"):
+            if not path.name.endswith(".rollback.sql"):
+                owner[path.stem] = source
+    return get_backend(url), migrations, owner
+
+
+def apply_migrations(url: str, sources: Sequence[tuple[str, Path]]) -> list[str]:
+    """Apply the pending migrations of ``sources`` to the database at yoyo ``url``; their ids."""
+    backend, migrations, _ = _load(url, sources)
+    try:
+        with backend.lock():
+            pending = backend.to_apply(migrations)
+            backend.apply_migrations(pending)
+        return [m.id for m in pending]
+    finally:
+        backend.connection.close()
+
+
+def migration_status(url: str, sources: Sequence[tuple[str, Path]]) -> list[MigrationState]:
+    """Every migration of ``sources`` in order, with its source and whether it is applied."""
+    backend, migrations, owner = _load(url, sources)
+    try:
+        return [
+            MigrationState(m.id, bool(backend.is_applied(m)), owner.get(m.id, CORE_SOURCE))
+            for m in migrations
+        ]
+    finally:
+        backend.connection.close()

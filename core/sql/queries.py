@@ -1,0 +1,134 @@
+"""Named SQL queries kept in ``.sql`` files, for storage plugins.
+
+A file holds blocks that each start with a ``-- name: NAME`` line; the text up
+to the next such line is that query. Keeping SQL in its own file lets it be
+read, reviewed and ``EXPLAIN``ed as SQL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from importlib.resources import files
+
+import attrs
+
+_NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+
+
+def parse_queries(text: str) -> dict[str, str]:
+    """Split ``text`` into ``{name: sql}``; comment-only lines are kept, blanks trimmed."""
+    parts = _NAME.split(text)
+    queries: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in queries:
+            raise ValueError(f"query {name!r} is defined twice")
+        queries[name] = body.strip()
+    return queries
+
+
+def load_queries(package: str, resource: str = "queries.sql") -> dict[str, str]:
+    """The named queries of ``resource`` shipped inside ``package``."""
+    return parse_queries(files(package).joinpath(resource).read_text(encoding="utf-8"))
+
+
+@attrs.frozen
+class NamedQuery:
+    """One statement a ``SQLStorage`` subclass supplies in its ``queries``."""
+
+    name: str
+    #: The named parameters it takes.
+    params: tuple[str, ...]
+    #: What it must do and return.
+    result: str
+
+
+_USER = "one row of USER_COLUMNS"
+_WRITE = f"{_USER} (RETURNING), or none if nothing matched; without RETURNING: no rows"
+
+#: Every named query the kit runs, with its parameters and result. A store's
+#: ``queries`` must hold each of them (``check_queries``); the list query is
+#: composed by the kit (``userplane.sql.list_users_sql``) and is not among them.
+NAMED_QUERIES: tuple[NamedQuery, ...] = (
+    NamedQuery(
+        "insert_user",
+        (
+            "id",
+            "email",
+            "email_key",
+            "full_name",
+            "full_name_folded",
+            "is_active",
+            "created_at",
+            "updated_at",
+            "version",
+        ),
+        f"insert a row; {_WRITE}; a taken email_normalized raises Conflict",
+    ),
+    NamedQuery(
+        "get_user", ("id", "include_deleted"), f"{_USER}, or none; deleted only if include_deleted"
+    ),
+    NamedQuery(
+        "get_user_by_email",
+        ("email_key", "include_deleted"),
+        f"{_USER} whose email_normalized is email_key (exact, binary comparison), or none",
+    ),
+    NamedQuery(
+        "update_user",
+        (
+            "id",
+            "expected_version",
+            "now",
+            "set_email",
+            "email",
+            "email_key",
+            "set_full_name",
+            "full_name",
+            "full_name_folded",
+            "set_is_active",
+            "is_active",
+        ),
+        "one conditional UPDATE of a live user (version = expected_version when that is not "
+        f"NULL): set each field whose set_<field> is true, version + 1, updated_at = now; {_WRITE}",
+    ),
+    NamedQuery(
+        "delete_user",
+        ("id", "expected_version", "now"),
+        f"set deleted_at = updated_at = now, version + 1, of a live user, conditionally; {_WRITE}",
+    ),
+    NamedQuery(
+        "restore_user",
+        ("id", "now"),
+        f"clear deleted_at, updated_at = now, version + 1, of a deleted user; {_WRITE}",
+    ),
+    NamedQuery("purge_users", ("before",), "delete users with deleted_at < before; the row count"),
+    NamedQuery("user_version", ("id",), "the version of a live user (one column), or none"),
+    NamedQuery(
+        "claim_idempotency_key",
+        ("key", "fingerprint", "now", "expires_at", "stale_before"),
+        "one upsert: insert the key, or take it over when expires_at <= now or it is unfinished "
+        "(status NULL) and claimed_at < stale_before, clearing status, headers and body; "
+        "a row (RETURNING key) or, without RETURNING, a non-zero row count when claimed",
+    ),
+    NamedQuery(
+        "get_idempotency_record",
+        ("key", "now"),
+        "fingerprint, status, headers, body of an unexpired key (expires_at > now), or none",
+    ),
+    NamedQuery(
+        "complete_idempotency_key",
+        ("key", "status", "headers", "body"),
+        "store the response of a claimed key",
+    ),
+    NamedQuery(
+        "release_idempotency_key", ("key",), "delete the key if it is unfinished (status NULL)"
+    ),
+    NamedQuery(
+        "purge_idempotency_keys", ("now",), "delete keys with expires_at <= now; the row count"
+    ),
+)
+
+
+def check_queries(queries: Mapping[str, str]) -> list[str]:
+    """The names of ``NAMED_QUERIES`` missing from ``queries``."""
+    return [q.name for q in NAMED_QUERIES if q.name not in queries]

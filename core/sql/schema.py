@@ -1,0 +1,64 @@
+"""The published schema: the tables, columns and constraints a SQL store must create.
+
+The core ships migrations creating it for SQLite and PostgreSQL; a store of
+another dialect ships its own (``SQLStorage.core_migrations``) and proves them
+with ``userplane.testing.StorageContract``, which checks ``schema_version``.
+``docs/schema.md`` is this module in prose.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+#: Bumped with every core migration that changes the published schema.
+SCHEMA_VERSION = 3
+
+
+@attrs.frozen
+class Column:
+    """One column of the published schema."""
+
+    table: str
+    name: str
+    #: The kind of value: uuid, text, boolean, integer, timestamp, bytes.
+    kind: str
+    nullable: bool = False
+    #: The longest value, in characters (text) or bytes (bytes), the column must hold.
+    max_length: int | None = None
+    notes: str = ""
+
+
+_TIME = "UTC with microseconds; compared and sorted as time"
+
+SCHEMA: tuple[Column, ...] = (
+    Column("users", "id", "uuid", notes="primary key"),
+    Column("users", "email", "text", max_length=320, notes="as given"),
+    Column(
+        "users",
+        "email_normalized",
+        "text",
+        max_length=320,
+        notes="unique (users_email_normalized_key); compared and sorted by code point, "
+        "trailing spaces significant",
+    ),
+    Column("users", "full_name", "text", nullable=True, max_length=200),
+    Column(
+        "users",
+        "full_name_folded",
+        "text",
+        max_length=400,
+        notes="fold(full_name or ''); sorted by code point; indexed with id",
+    ),
+    Column("users", "is_active", "boolean"),
+    Column("users", "created_at", "timestamp", notes=f"{_TIME}; indexed with id"),
+    Column("users", "updated_at", "timestamp", notes=_TIME),
+    Column("users", "version", "integer", notes="1 to 2**31 - 1; bumped by every write"),
+    Column("users", "deleted_at", "timestamp", nullable=True, notes=f"{_TIME}; set while deleted"),
+    Column("idempotency_keys", "key", "text", max_length=768, notes="primary key, exact"),
+    Column("idempotency_keys", "fingerprint", "text", max_length=64),
+    Column("idempotency_keys", "claimed_at", "timestamp", notes=_TIME),
+    Column("idempotency_keys", "expires_at", "timestamp", notes=f"{_TIME}; indexed"),
+    Column("idempotency_keys", "status", "integer", nullable=True, notes="NULL while running"),
+    Column("idempotency_keys", "headers", "text", nullable=True, max_length=65536),
+    Column("idempotency_keys", "body", "bytes", nullable=True, max_length=1048576),
+)

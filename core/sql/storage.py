@@ -1,0 +1,367 @@
+"""``SQLStorage``: the ``Storage`` protocol once, over named SQL, for every SQL store.
+
+A SQL storage plugin subclasses it and supplies the driver side only, through
+these extension points:
+
+- ``fetch_one``, ``fetch_all``, ``execute``: run one statement, with driver
+  errors mapped to domain errors (a unique violation to ``Conflict``, a lost
+  or refused connection and timeouts to ``Unavailable``, a missing table to
+  ``Unavailable`` saying to migrate);
+- ``transaction()``: a block whose statements commit together on one
+  connection (needed when the dialect has no ``RETURNING``);
+- ``to_db``, ``time_from_db``, ``uuid_from_db``: values the driver cannot
+  pass or return as Python types; ``user_from_row`` when a faster mapping helps;
+- ``core_migrations()`` and ``migration_url()``: where its schema is and how
+  yoyo reaches the database;
+
+plus the class attributes ``name``, ``embedded``, ``system``, ``dialect``
+and ``queries`` (``userplane.sql.NAMED_QUERIES`` lists what each must do).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import json
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from userplane.errors import NotFound, PreconditionFailed
+from userplane.hooks import PluginMigrations
+from userplane.idempotency import IdempotencyRecord, StoredResponse
+from userplane.pagination import Position, Sort
+from userplane.sql.dialect import Dialect
+from userplane.sql.listing import list_users_sql
+from userplane.sql.migrations import apply_migrations, migration_sources, migration_status
+from userplane.sql.schema import SCHEMA_VERSION
+from userplane.storage import MigrationState
+from userplane.text import fold
+from userplane.users import User, UserFilter
+
+#: The user columns every query returns, in ``User``'s field order.
+USER_COLUMNS = "id, email, full_name, is_active, created_at, updated_at, version, deleted_at"
+
+Row = Sequence[Any]
+
+
+def insert_params(user: User, email_key: str) -> dict[str, Any]:
+    """Named parameters of ``insert_user``: the user's fields plus derived keys.
+
+    ``full_name_folded`` is ``fold(full_name or "")``: stored so that search and
+    sorting compare folded text the same way on every backend, without a
+    function per row.
+    """
+    return {
+        "id": user.id,
+        "email": user.email,
+        "email_key": email_key,
+        "full_name": user.full_name,
+        "full_name_folded": fold(user.full_name or ""),
+        "is_active": user.is_active,
+        "created_at": user.created_at,
+        "updated_at": user.updated_at,
+        "version": user.version,
+    }
+
+
+def update_params(
+    user_id: uuid.UUID,
+    fields: Mapping[str, Any],
+    email_key: str | None,
+    expected_version: int | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """Named parameters of ``update_user``, a one-statement conditional update.
+
+    Each field comes with a ``set_<field>`` flag, so one static statement
+    (``CASE WHEN :set_email THEN :email ELSE email END``) serves every partial
+    update and can be prepared once.
+    """
+    full_name = fields.get("full_name")
+    return {
+        "id": user_id,
+        "expected_version": expected_version,
+        "now": now,
+        "set_email": "email" in fields,
+        "email": fields.get("email"),
+        "email_key": email_key,
+        "set_full_name": "full_name" in fields,
+        "full_name": full_name,
+        "full_name_folded": fold(full_name or ""),
+        "set_is_active": "is_active" in fields,
+        "is_active": fields.get("is_active"),
+    }
+
+
+def write_missed(user_id: uuid.UUID, exists: bool) -> NotFound | PreconditionFailed:
+    """The error for a conditional write that matched no row.
+
+    Called after the write was already decided by the database, only to choose
+    what to report: ``NotFound`` if the user is gone, else ``PreconditionFailed``.
+    """
+    if not exists:
+        return NotFound(f"no user with id {user_id}")
+    return PreconditionFailed("the user has changed since that version")
+
+
+class SQLStorage(abc.ABC):
+    """The user and idempotency-key operations, shared by the SQL stores."""
+
+    #: Short backend name shown to operators ("sqlite", "postgresql").
+    name: ClassVar[str]
+    #: True for an embedded database a first run may migrate by itself.
+    embedded: ClassVar[bool] = False
+    #: The database system, as OpenTelemetry names it.
+    system: ClassVar[str]
+    #: How the store's SQL spells parameters and substring tests, and what it can do.
+    dialect: ClassVar[Dialect]
+    #: The store's named queries (``load_queries``), ``NAMED_QUERIES`` at least.
+    queries: ClassVar[Mapping[str, str]]
+    #: The published schema version the store's migrations create.
+    schema_version: ClassVar[int] = SCHEMA_VERSION
+    #: The database URL (yoyo's, unless ``migration_url`` says otherwise).
+    url: str
+    _connection_wrappers: tuple[Callable[[Any], Any], ...] = ()
+
+    # -- extension points: the driver side -----------------------------------------
+
+    @abc.abstractmethod
+    def fetch_one(self, sql: str, params: Mapping[str, Any]) -> Row | None:
+        """The first row of ``sql``, or ``None``; driver errors mapped to domain errors."""
+
+    @abc.abstractmethod
+    def fetch_all(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
+        """Every row of ``sql``."""
+
+    @abc.abstractmethod
+    def execute(self, sql: str, params: Mapping[str, Any]) -> int:
+        """Run ``sql``; the number of rows it changed."""
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """A block whose statements (on this thread) commit together, or not at all.
+
+        The default runs each statement on its own, which suffices where every
+        write is one statement (``dialect.returning``). A store without
+        ``RETURNING`` must override it: the kit writes, then reads the row
+        back, and both must see one state.
+        """
+        return contextlib.nullcontext()
+
+    def to_db(self, value: Any) -> Any:
+        """``value`` as the driver takes it (identity unless overridden)."""
+        return value
+
+    def time_from_db(self, value: Any) -> datetime:
+        """A time column's value as an aware UTC ``datetime`` (identity unless overridden)."""
+        return value  # type: ignore[no-any-return]
+
+    def uuid_from_db(self, value: Any) -> uuid.UUID:
+        """An id column's value as a ``UUID``."""
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+    def user_from_row(self, row: Row) -> User:
+        """A ``User`` from a row of ``USER_COLUMNS``."""
+        deleted = row[7]
+        return User(
+            id=self.uuid_from_db(row[0]),
+            email=row[1],
+            full_name=row[2],
+            is_active=bool(row[3]),
+            created_at=self.time_from_db(row[4]),
+            updated_at=self.time_from_db(row[5]),
+            version=row[6],
+            deleted_at=None if deleted is None else self.time_from_db(deleted),
+        )
+
+    def core_migrations(self) -> Path | None:
+        """The folder of the core schema's migrations for this dialect.
+
+        The core ships ``sqlite`` and ``postgresql``; a store of another
+        dialect ships its own, creating the published schema
+        (``docs/schema.md``) at ``schema_version``.
+        """
+        from userplane import migrations
+
+        return migrations.folder(self.dialect.name)
+
+    def migration_url(self) -> str:
+        """The database as yoyo names it (default: ``url``)."""
+        return self.url
+
+    # -- helpers for stores and plugins ------------------------------------------
+
+    def params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` with every value passed through ``to_db``."""
+        return {k: self.to_db(v) for k, v in params.items()}
+
+    def query(self, name: str, params: Mapping[str, Any]) -> Row | None:
+        """The first row of the named query ``name``."""
+        return self.fetch_one(self.queries[name], self.params(params))
+
+    def wrap_connections(self, wrapper: Callable[[Any], Any]) -> None:
+        """Pass every connection opened from now on through ``wrapper``.
+
+        See ``userplane.storage.InstrumentableStorage``. A store applies the
+        wrappers with ``wrapped(connection)`` wherever it opens one.
+        """
+        self._connection_wrappers = (*self._connection_wrappers, wrapper)
+
+    def wrapped(self, connection: Any) -> Any:
+        """``connection`` as the wrappers return it."""
+        for wrapper in self._connection_wrappers:
+            connection = wrapper(connection)
+        return connection
+
+    # -- migrations -------------------------------------------------------------------
+
+    def migrate(self, plugins: Sequence[PluginMigrations] = ()) -> list[str]:
+        """Apply the core's and the plugins' pending migrations (yoyo, with its lock)."""
+        sources = migration_sources(self.dialect.name, self.core_migrations(), plugins)
+        return apply_migrations(self.migration_url(), sources)
+
+    def migration_status(self, plugins: Sequence[PluginMigrations] = ()) -> list[MigrationState]:
+        """Every migration and whether it is applied."""
+        sources = migration_sources(self.dialect.name, self.core_migrations(), plugins)
+        return migration_status(self.migration_url(), sources)
+
+    # -- users -------------------------------------------------------------------
+
+    def _maybe_user(self, query: str, params: Mapping[str, Any]) -> User | None:
+        row = self.query(query, params)
+        return None if row is None else self.user_from_row(row)
+
+    def _written(self, query: str, params: Mapping[str, Any], user_id: uuid.UUID) -> User | None:
+        """The row a write of one user left, or ``None`` if it matched none."""
+        if self.dialect.returning:
+            return self._maybe_user(query, params)
+        with self.transaction():
+            if not self.execute(self.queries[query], self.params(params)):
+                return None
+            return self._maybe_user("get_user", {"id": user_id, "include_deleted": True})
+
+    def _write(self, query: str, params: Mapping[str, Any], user_id: uuid.UUID) -> User:
+        """A conditional write of one user; a miss says whether it is gone or stale."""
+        user = self._written(query, params, user_id)
+        if user is None:
+            exists = self.query("user_version", {"id": user_id}) is not None
+            raise write_missed(user_id, exists)
+        return user
+
+    def insert_user(self, user: User, email_key: str) -> User:
+        """Insert; the unique index turns a taken email into ``Conflict``."""
+        inserted = self._written("insert_user", insert_params(user, email_key), user.id)
+        assert inserted is not None
+        return inserted
+
+    def get_user(self, user_id: uuid.UUID, include_deleted: bool = False) -> User | None:
+        """The user by id."""
+        return self._maybe_user("get_user", {"id": user_id, "include_deleted": include_deleted})
+
+    def get_user_by_email(self, email_key: str, include_deleted: bool = False) -> User | None:
+        """The user by normalised email."""
+        params = {"email_key": email_key, "include_deleted": include_deleted}
+        return self._maybe_user("get_user_by_email", params)
+
+    def list_users(
+        self, flt: UserFilter, sort: Sort, after: Position | None, limit: int
+    ) -> list[User]:
+        """A keyset page, with the statement composed for this sort and these filters."""
+        sql = list_users_sql(
+            self.dialect,
+            USER_COLUMNS,
+            sort.field,
+            sort.descending,
+            after=after is not None,
+            is_active=flt.is_active is not None,
+            email=flt.email is not None,
+            q=bool(flt.q),
+            include_deleted=flt.include_deleted,
+        )
+        params = {
+            "after_key": None if after is None else after.key,
+            "after_id": None if after is None else after.id,
+            "is_active": flt.is_active,
+            "email_key": flt.email,
+            "q": flt.q,
+            "limit": limit,
+        }
+        return [self.user_from_row(r) for r in self.fetch_all(sql, self.params(params))]
+
+    def update_user(
+        self,
+        user_id: uuid.UUID,
+        fields: Mapping[str, Any],
+        email_key: str | None,
+        expected_version: int | None,
+        now: datetime,
+    ) -> User:
+        """One conditional ``UPDATE``."""
+        params = update_params(user_id, fields, email_key, expected_version, now)
+        return self._write("update_user", params, user_id)
+
+    def delete_user(self, user_id: uuid.UUID, expected_version: int | None, now: datetime) -> User:
+        """One conditional ``UPDATE`` setting ``deleted_at``."""
+        params = {"id": user_id, "expected_version": expected_version, "now": now}
+        return self._write("delete_user", params, user_id)
+
+    def restore_user(self, user_id: uuid.UUID, now: datetime) -> User | None:
+        """Clear ``deleted_at``, if set."""
+        return self._written("restore_user", {"id": user_id, "now": now}, user_id)
+
+    def purge_users(self, deleted_before: datetime) -> int:
+        """Delete the rows deleted before the cut-off."""
+        return self.execute(self.queries["purge_users"], self.params({"before": deleted_before}))
+
+    # -- idempotency keys --------------------------------------------------------
+
+    def claim_idempotency_key(
+        self,
+        key: str,
+        fingerprint: str,
+        now: datetime,
+        expires_at: datetime,
+        stale_before: datetime,
+    ) -> bool:
+        """One upsert decides the owner."""
+        params = {
+            "key": key,
+            "fingerprint": fingerprint,
+            "now": now,
+            "expires_at": expires_at,
+            "stale_before": stale_before,
+        }
+        if self.dialect.returning:
+            return self.query("claim_idempotency_key", params) is not None
+        return self.execute(self.queries["claim_idempotency_key"], self.params(params)) > 0
+
+    def get_idempotency_record(self, key: str, now: datetime) -> IdempotencyRecord | None:
+        """The unexpired record."""
+        row = self.query("get_idempotency_record", {"key": key, "now": now})
+        if row is None:
+            return None
+        fingerprint, status, headers, body = row
+        if status is None:
+            return IdempotencyRecord(fingerprint, None)
+        pairs = tuple((str(k), str(v)) for k, v in json.loads(headers))
+        return IdempotencyRecord(fingerprint, StoredResponse(status, pairs, bytes(body)))
+
+    def complete_idempotency_key(self, key: str, response: StoredResponse) -> None:
+        """Store the response."""
+        params = {
+            "key": key,
+            "status": response.status,
+            "headers": json.dumps(response.headers),
+            "body": response.body,
+        }
+        self.execute(self.queries["complete_idempotency_key"], self.params(params))
+
+    def release_idempotency_key(self, key: str) -> None:
+        """Drop an unfinished claim."""
+        self.execute(self.queries["release_idempotency_key"], {"key": key})
+
+    def purge_idempotency_keys(self, now: datetime) -> int:
+        """Remove expired keys."""
+        return self.execute(self.queries["purge_idempotency_keys"], self.params({"now": now}))

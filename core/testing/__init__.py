@@ -1,0 +1,35 @@
+"""Public test helpers: the contract suites for storage and auth plugins, and strategies.
+
+A plugin's author proves their plugin with the very suites the built-in
+plugins pass::
+
+    import pytest
+    from userplane.testing import StorageContract
+
+    class TestMyStorage(StorageContract):
+        @pytest.fixture
+        def storage(self):
+            store = MyStorage(...)      # an empty database
+            store.migrate()
+            yield store
+            store.close()
+
+Needs pytest and hypothesis: ``pip install 'userplane[testing]'``. The HTTP
+test client for plugin authors is ``userplane.frontends.http.testing``.
+"""
+
+from __future__ import annotations
+
+from userplane.testing.auth import AuthPluginContract
+from userplane.testing.storage import StorageContract, insert, make_user, run_concurrently
+from userplane.testing.strategies import emails, new_users
+
+__all__ = [
+    "AuthPluginContract",
+    "StorageContract",
+    "emails",
+    "insert",
+    "make_user",
+    "new_users",
+    "run_concurrently",
+]
