@@ -18,9 +18,8 @@ _PARAM = re.compile(r"%\((\w+)\)s")
 
 def statements() -> dict[str, str]:
     """``{name: sql}`` with psycopg ``%(name)s`` parameters, for every benchmarked request."""
-    from userplane.sql import list_users_sql
     from userplane.plugins.postgresql.store import PostgreSQLStorage
-    from userplane.sql import USER_COLUMNS
+    from userplane.sql import USER_COLUMNS, list_users_sql
 
     queries = PostgreSQLStorage.queries
 

@@ -106,6 +106,13 @@ class Credentials:
             scheme, value = scheme.lower(), value.strip() or None
         return cls(scheme=scheme, value=value, headers=headers, **context)
 
+    def header(self, name: str) -> str | None:
+        """The request header ``name`` in any letter case, or ``None``."""
+        value = self.headers.get(name.lower())
+        if value is None and name.lower() != name:
+            value = self.headers.get(name)
+        return value
+
     @property
     def token(self) -> str | None:
         """The ``Authorization`` value (an alias of ``value``)."""

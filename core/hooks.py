@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _events = logging.getLogger("userplane.events")
+_log = logging.getLogger("userplane.plugins")
 
 
 @attrs.frozen
@@ -68,10 +69,15 @@ class Hooks:
         naming both (and neither storage is kept).
         """
         offers: list[tuple[str, Storage]] = []
-        for impl in reversed(self._hook.userplane_open_storage.get_hookimpls()):
-            storage: Storage | None = _call(impl, {"settings": settings})
-            if storage is not None:
-                offers.append((impl.plugin_name, storage))
+        try:
+            for impl in reversed(self._hook.userplane_open_storage.get_hookimpls()):
+                storage: Storage | None = _call(impl, {"settings": settings})
+                if storage is not None:
+                    offers.append((impl.plugin_name, storage))
+        except BaseException:
+            for _, offered in offers:  # a later plugin failed: close what was offered
+                offered.close()
+            raise
         if len(offers) > 1:
             for _, storage in offers:
                 storage.close()
@@ -109,8 +115,19 @@ class Hooks:
         return facts
 
     def shutdown(self, registry: Registry) -> None:
-        """``userplane_shutdown``."""
-        self._hook.userplane_shutdown(registry=registry)
+        """``userplane_shutdown``, each plugin on its own: one that raises is logged.
+
+        A failing flush must not keep the other plugins from flushing theirs.
+        """
+        for impl in reversed(self._hook.userplane_shutdown.get_hookimpls()):
+            try:
+                _call(impl, {"registry": registry})
+            except Exception:
+                _log.exception(
+                    "the shutdown of plugin %r failed",
+                    impl.plugin_name,
+                    extra={"plugin": impl.plugin_name, "hook": "userplane_shutdown"},
+                )
 
     # -- operations and auth ----------------------------------------------------
 
@@ -140,15 +157,17 @@ class Hooks:
     def roles(self, settings: Settings) -> dict[str, frozenset[str]]:
         """Every role the plugins define; two plugins defining one role is an error."""
         roles: dict[str, frozenset[str]] = {}
+        owner: dict[str, str] = {}
         for impl in reversed(self._hook.userplane_roles.get_hookimpls()):
             defined: Mapping[str, frozenset[str]] = _call(impl, {"settings": settings}) or {}
             for name, actions in defined.items():
                 if name in roles and roles[name] != frozenset(actions):
                     raise ConfigurationError(
-                        f"role {name!r} is defined twice, differently "
-                        f"(again by {impl.plugin_name!r})"
+                        f"role {name!r} is defined twice, differently (by {owner[name]!r} "
+                        f"and {impl.plugin_name!r})"
                     )
                 roles[name] = frozenset(actions)
+                owner.setdefault(name, impl.plugin_name)
         return roles
 
     def auth_challenges(self, settings: Settings) -> tuple[str, ...]:

@@ -38,6 +38,16 @@ EVENT_HOOKS = frozenset(
     }
 )
 
+#: Hooks the façade calls implementation by implementation (to isolate them, or to
+#: name the plugin that answered): a wrapper cannot take part in them.
+ONE_BY_ONE_HOOKS = EVENT_HOOKS | {
+    "userplane_open_storage",
+    "userplane_roles",
+    "userplane_migrations",
+    "userplane_cli_commands",
+    "userplane_shutdown",
+}
+
 # -- life cycle ----------------------------------------------------------------------
 
 

@@ -119,8 +119,10 @@ def _check_hooks(pm: PluginManager) -> None:
                     impl.plugin_name,
                     f"{name} is not a userplane hook (misspelt? see docs/hooks.md)",
                 )
-            elif name in hookspecs.EVENT_HOOKS and (impl.wrapper or impl.hookwrapper):
-                bad.setdefault(impl.plugin_name, f"{name} is an event hook and cannot be a wrapper")
+            elif name in hookspecs.ONE_BY_ONE_HOOKS and (impl.wrapper or impl.hookwrapper):
+                bad.setdefault(
+                    impl.plugin_name, f"{name} calls each plugin on its own and takes no wrapper"
+                )
     for plugin_name, reason in bad.items():
         plugin = pm.get_plugin(plugin_name)
         if plugin is not None:
@@ -147,7 +149,9 @@ def make_plugin_manager(
         pm.set_blocked(name)
     _load_entry_points(pm)
     for plugin in extra_plugins:
-        _register(pm, plugin, None)
+        # Passing an installed plugin again (a test's ``plugins=[module]``) is no error.
+        if not pm.is_registered(plugin):
+            _register(pm, plugin, None)
     _check_hooks(pm)
     return pm
 

@@ -7,6 +7,7 @@ they never construct plugins or connections themselves.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable
 from datetime import timedelta
 from types import TracebackType
@@ -23,6 +24,8 @@ from userplane.services import ServiceCheck, Services
 from userplane.settings import Settings
 from userplane.storage import MigrationState, Storage
 from userplane.users import UserService, utcnow
+
+_log = logging.getLogger("userplane.registry")
 
 
 class Registry:
@@ -116,7 +119,8 @@ class Registry:
             self.hooks.shutdown(self)
         finally:
             try:
-                self.services.close()
+                for error in self.services.close():
+                    _log.error("a service failed to close: %s: %s", type(error).__name__, error)
             finally:
                 if self._storage is not None:
                     self._storage.close()

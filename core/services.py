@@ -10,6 +10,7 @@ process never see each other's state.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast
@@ -19,6 +20,9 @@ import attrs
 from userplane.errors import ConfigurationError, Unavailable
 
 T = TypeVar("T")
+_log = logging.getLogger("userplane.services")
+#: Marks a service not built yet (a service may be ``None``).
+_MISSING: Any = object()
 
 
 @attrs.frozen
@@ -96,8 +100,8 @@ class Services:
 
     def get(self, key: type[T]) -> T:
         """The service for ``key``, built on first use; ``LookupError`` if none is registered."""
-        built = self._built.get(key)  # one dict read: no lock on the hot path
-        if built is not None:
+        built = self._built.get(key, _MISSING)  # one dict read: no lock on the hot path
+        if built is not _MISSING:
             return cast(T, built)
         with self._lock:
             if key in self._built:
@@ -124,6 +128,9 @@ class Services:
                 entry.ping(self.get(key))
             except UserplaneError as exc:
                 checks.append(ServiceCheck(entry.name, exc.detail))
+            except Exception as exc:  # a ping's bug is a failed check, not a 500
+                _log.exception("the ping of service %s failed", entry.name)
+                checks.append(ServiceCheck(entry.name, f"{type(exc).__name__}: {exc}"))
             else:
                 checks.append(ServiceCheck(entry.name))
         return checks

@@ -48,19 +48,25 @@ class MigrationState:
 class Storage(Protocol):
     """Where users live. Methods raise only ``userplane.errors`` exceptions."""
 
-    #: Short backend name shown to operators ("sqlite", "postgresql").
-    name: str
-    #: True for an embedded database a first run may migrate by itself.
-    embedded: bool
+    # Read-only properties, so that a class attribute (a ClassVar) satisfies them too.
+
+    @property
+    def name(self) -> str:
+        """Short backend name shown to operators ("sqlite", "postgresql")."""
+
+    @property
+    def embedded(self) -> bool:
+        """True for an embedded database a first run may migrate by itself."""
+
+    @property
+    def schema_version(self) -> int:
+        """The published schema version it holds (``userplane.sql.SCHEMA_VERSION``)."""
 
     def ping(self) -> None:
         """Prove the database answers; raise ``Unavailable`` if it does not."""
 
     def close(self) -> None:
         """Release every connection; the object is not used afterwards."""
-
-    #: The version of the published schema this storage holds (``userplane.sql.SCHEMA_VERSION``).
-    schema_version: int
 
     def migrate(self, plugins: Sequence[PluginMigrations] = ()) -> list[str]:
         """Apply pending migrations, the core's then ``plugins``', safely against concurrent runs.

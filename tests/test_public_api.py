@@ -44,7 +44,10 @@ def _exports(module: str) -> set[str]:
 def _plugin_files() -> list[Path]:
     files = sorted((ROOT / "plugins").rglob("*.py"))
     files += sorted(
-        p for p in (ROOT / "examples").rglob("*.py") if "tests" not in p.relative_to(ROOT).parts
+        p
+        for p in (ROOT / "examples").rglob("*.py")
+        # Not their tests, nor what pip builds beside an example installed from its folder.
+        if not {"tests", "build"} & set(p.relative_to(ROOT).parts)
     )
     return [p for p in files if p.name != "__init__.py" or p.parent != ROOT / "plugins"]
 
@@ -57,7 +60,8 @@ def _own_package(path: Path) -> str | None:
     if rel.parts[0] == "plugins":
         return f"userplane.plugins.{path.stem}"
     if rel.parts[0] == "examples":
-        return path.relative_to(ROOT / rel.parts[0] / rel.parts[1]).parts[0]
+        inner = path.relative_to(ROOT / rel.parts[0] / rel.parts[1]).parts
+        return inner[1] if inner[0] == "src" else inner[0]  # flat or src layout
     return None
 
 
@@ -79,7 +83,11 @@ def _violations(path: Path) -> list[str]:
                 continue
             if target not in PUBLIC:
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {target}")
-            elif name is not None and name not in _exports(target):
+            elif (
+                name is not None
+                and name not in _exports(target)
+                and f"{target}.{name}" not in PUBLIC  # ``from userplane import plugin``
+            ):
                 found.append(
                     f"{path.relative_to(ROOT)}:{node.lineno} imports {target}.{name}, "
                     "which is not in its __all__"
@@ -153,8 +161,11 @@ def test_every_type_in_a_hook_or_storage_signature_is_exported(
 
 
 def test_storage_attributes_are_exported_types_too() -> None:
-    hints = typing.get_type_hints(Storage, globalns=_namespace(), localns={})
-    assert {"name", "embedded", "schema_version"} <= set(hints)
+    properties = {n: p for n, p in vars(Storage).items() if isinstance(p, property)}
+    assert {"name", "embedded", "schema_version"} <= set(properties)
+    for prop in properties.values():
+        assert prop.fget is not None
+        typing.get_type_hints(prop.fget, globalns=_namespace(), localns={})
 
 
 def test_the_root_package_stays_a_small_embedding_api() -> None:

@@ -20,13 +20,15 @@ test client for plugin authors is ``userplane.frontends.http.testing``.
 
 from __future__ import annotations
 
-from userplane.testing.auth import AuthPluginContract
+from userplane.testing.auth import AuthPluginContract, StatementCounter, ValidCredentials
 from userplane.testing.storage import StorageContract, insert, make_user, run_concurrently
 from userplane.testing.strategies import emails, new_users
 
 __all__ = [
     "AuthPluginContract",
+    "StatementCounter",
     "StorageContract",
+    "ValidCredentials",
     "emails",
     "insert",
     "make_user",

@@ -38,8 +38,9 @@ built-in ``api_keys`` and ``jwt`` plugins pass::
 The default ``registry`` fixture is a migrated SQLite registry in ``tmp_path``
 with every installed plugin, the plugin under test among them (from its entry
 point when it has one, else passed as ``plugins=``), configured by
-``settings_variables``. A subclass that builds its own must register
-``sql_statements.plugin`` too, or the round-trip test skips.
+``settings_variables``. A subclass that builds its own must register the
+``sql_statements`` fixture's counter too (``plugins=[…, sql_statements]``),
+or the round-trip test skips.
 
 Needs pytest and hypothesis: ``pip install 'userplane[testing]'``.
 """
@@ -109,11 +110,6 @@ class StatementCounter:
         with self._lock:
             self.count += 1
 
-    @property
-    def plugin(self) -> StatementCounter:
-        """What to pass in ``Registry(settings, plugins=[...])``."""
-        return self
-
 
 #: Presented by nobody's plugin: the contract adds these to ``foreign_credentials``.
 NOTHING_PRESENTED = (
@@ -132,7 +128,7 @@ HOSTILE_TEXTS = (
     " ",
     "x" * (1 << 20),
     "zoë→😀\u202e\ufeff",
-    "\udcff",  # a lone surrogate, as a WSGI server never sends but a test client might
+    "\udcff",  # a lone surrogate: no WSGI server sends one, an embedding frontend might
     "\x00\r\n\t\x1b[2J\x7f",
     "a\r\nX-Injected: 1",
     "%00%0d%0a",
@@ -239,7 +235,7 @@ class AuthPluginContract:
 
     @pytest.fixture
     def sql_statements(self) -> StatementCounter:
-        """Counts the statements the registry's storage runs (register ``.plugin``)."""
+        """Counts the statements the registry's storage runs (a plugin: register it)."""
         return StatementCounter()
 
     @pytest.fixture
@@ -256,7 +252,7 @@ class AuthPluginContract:
                 **settings_variables,
             }
         )
-        plugins: list[object] = [sql_statements.plugin]
+        plugins: list[object] = [sql_statements]
         if _entry_point_of(self.plugin, settings) is None:
             plugins.insert(0, self.plugin)
         with Registry(settings, plugins=plugins) as registry:
@@ -287,17 +283,26 @@ class AuthPluginContract:
 
     # -- helpers -----------------------------------------------------------------------
 
-    def call_plugin(self, registry: Registry, credentials: Credentials) -> Principal | None:
-        """The plugin's own ``userplane_authenticate``, called as the plugin manager would."""
-        hook = registry.pm.hook.userplane_authenticate
-        impls = [i for i in hook.get_hookimpls() if i.plugin is self.plugin]
+    def call_plugin(self, registry: Registry, credentials: Credentials) -> object:
+        """The plugin's own ``userplane_authenticate``, called as the plugin manager would.
+
+        Typed ``object``: what a plugin returns is what the contract judges.
+        """
+        # The plugin's own callers, not the hook's: no other plugin may answer for it.
+        callers = registry.pm.get_hookcallers(self.plugin) or []
+        impls = [
+            impl
+            for caller in callers
+            if caller.name == "userplane_authenticate"
+            for impl in caller.get_hookimpls()
+            if impl.plugin is self.plugin
+        ]
         assert impls, (
             f"{self.plugin!r} has no userplane_authenticate in this registry: "
             "set `plugin` to the module or object with the hookimpl, and register it"
         )
         kwargs = {"credentials": credentials, "registry": registry}
-        result: Principal | None = impls[0].function(*[kwargs[n] for n in impls[0].argnames])
-        return result
+        return impls[0].function(*[kwargs[n] for n in impls[0].argnames])
 
     def _valid(self, valid_credentials: Any) -> tuple[Credentials, frozenset[str]]:
         credentials, roles = valid_credentials
@@ -415,7 +420,7 @@ class AuthPluginContract:
             registry.storage.ping()  # connections are opened lazily
         if not sql_statements.traced:
             pytest.skip(
-                "cannot count statements: the registry does not register sql_statements.plugin, "
+                "cannot count statements: the registry does not register sql_statements, "
                 "or its storage is not SQLite"
             )
         before = sql_statements.count
@@ -457,7 +462,7 @@ class AuthPluginContract:
             if result is not None and not (isinstance(result, Principal) and result.id):
                 return f"the plugin returned {result!r} for {_describe(credentials)}"
         try:
-            principal = registry.auth.authenticate(credentials)
+            principal: object = registry.auth.authenticate(credentials)
         except Unauthenticated:
             return None
         except Exception as exc:

@@ -108,7 +108,7 @@ def handle_domain_error(
     if isinstance(exc, RateLimited | Unavailable):
         resp.set_header("Retry-After", str(exc.retry_after))
     if isinstance(exc, Unauthenticated):
-        presented = req.get_header("Authorization") is not None
+        presented = bool((req.get_header("Authorization") or "").strip())
         resp.set_header("WWW-Authenticate", _challenge(challenges or DEFAULT_CHALLENGES, presented))
     detail = exc.detail
     if status >= 500:

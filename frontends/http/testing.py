@@ -37,8 +37,12 @@ from typing import Any
 import falcon
 from falcon import testing
 
-from userplane.frontends.http.app import create_app
+from userplane.frontends.http import create_app
 from userplane.plugin import Credentials, Principal, Registry, Unauthenticated, hookimpl
+
+__all__ = ["Client", "PrincipalTokens", "client", "principal_tokens"]
+
+__all__ = ["Client", "PrincipalTokens", "client", "principal_tokens"]
 
 #: The prefix of the tokens ``PrincipalTokens`` issues (no other plugin's shape).
 PREFIX = "uptest_"

@@ -59,7 +59,9 @@ def userplane_register_services(registry: Registry) -> None:
     """The policy, parsed once for this registry."""
     from userplane.plugins.roles.policy import RolePolicy
 
-    registry.services.register(RolePolicy, lambda: RolePolicy(_roles(registry.settings)))
+    # Every plugin's roles (``registry.auth.roles``), not only ours: built lazily, once
+    # ``auth`` exists.
+    registry.services.register(RolePolicy, lambda: RolePolicy(registry.auth.roles))
 
 
 @hookimpl

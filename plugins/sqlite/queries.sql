@@ -1,4 +1,4 @@
--- The list query is composed per sort and filter: see userplane.list_sql.
+-- The list query is composed per sort and filter: see userplane.sql.list_users_sql.
 
 -- name: insert_user
 INSERT INTO users (id, email, email_normalized, full_name, full_name_folded, is_active,
@@ -70,22 +70,3 @@ DELETE FROM idempotency_keys WHERE key = :key AND status IS NULL
 
 -- name: purge_idempotency_keys
 DELETE FROM idempotency_keys WHERE expires_at <= :now
-
--- name: insert_api_key
-INSERT INTO api_keys (id, name, role, lookup, secret_hash, created_at, expires_at)
-VALUES (:id, :name, :role, :lookup, :secret_hash, :created_at, :expires_at)
-
--- name: get_api_key
-SELECT id, name, role, lookup, secret_hash, created_at, expires_at, revoked_at, last_used_at FROM api_keys WHERE lookup = :lookup
-
--- name: list_api_keys
-SELECT id, name, role, lookup, secret_hash, created_at, expires_at, revoked_at, last_used_at FROM api_keys ORDER BY created_at, id
-
--- name: revoke_api_key
-UPDATE api_keys SET revoked_at = COALESCE(revoked_at, :now) WHERE id = :id
-RETURNING id, name, role, lookup, secret_hash, created_at, expires_at, revoked_at, last_used_at
-
--- name: touch_api_key
--- Only forward: workers touching a key at once never move it back in time.
-UPDATE api_keys SET last_used_at = :now
-WHERE id = :id AND (last_used_at IS NULL OR last_used_at < :now)

@@ -1,0 +1,83 @@
+-- The named queries of userplane.sql.NAMED_QUERIES, for MariaDB (PyMySQL's %(name)s).
+-- No RETURNING (MariaDB has none on UPDATE): the kit runs each write, then reads the row
+-- back inside the store's transaction(). The list query is composed by the kit.
+
+-- name: insert_user
+INSERT INTO users (id, email, email_normalized, full_name, full_name_folded, is_active,
+                   created_at, updated_at, version)
+VALUES (%(id)s, %(email)s, %(email_key)s, %(full_name)s, %(full_name_folded)s, %(is_active)s,
+        %(created_at)s, %(updated_at)s, %(version)s)
+
+-- name: get_user
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+FROM users WHERE id = %(id)s AND (%(include_deleted)s OR deleted_at IS NULL)
+
+-- name: get_user_by_email
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+FROM users WHERE email_normalized = %(email_key)s AND (%(include_deleted)s OR deleted_at IS NULL)
+
+-- name: update_user
+-- One conditional statement: the version check and the write cannot be separated.
+UPDATE users SET
+    email = CASE WHEN %(set_email)s THEN %(email)s ELSE email END,
+    email_normalized = CASE WHEN %(set_email)s THEN %(email_key)s ELSE email_normalized END,
+    full_name = CASE WHEN %(set_full_name)s THEN %(full_name)s ELSE full_name END,
+    full_name_folded = CASE WHEN %(set_full_name)s THEN %(full_name_folded)s
+                            ELSE full_name_folded END,
+    is_active = CASE WHEN %(set_is_active)s THEN %(is_active)s ELSE is_active END,
+    version = version + 1,
+    updated_at = %(now)s
+WHERE id = %(id)s AND deleted_at IS NULL
+  AND (%(expected_version)s IS NULL OR version = %(expected_version)s)
+
+-- name: delete_user
+-- Soft: the row stays, so the email stays reserved until a purge.
+UPDATE users SET deleted_at = %(now)s, updated_at = %(now)s, version = version + 1
+WHERE id = %(id)s AND deleted_at IS NULL
+  AND (%(expected_version)s IS NULL OR version = %(expected_version)s)
+
+-- name: restore_user
+UPDATE users SET deleted_at = NULL, updated_at = %(now)s, version = version + 1
+WHERE id = %(id)s AND deleted_at IS NOT NULL
+
+-- name: purge_users
+DELETE FROM users WHERE deleted_at IS NOT NULL AND deleted_at < %(before)s
+
+-- name: user_version
+SELECT version FROM users WHERE id = %(id)s AND deleted_at IS NULL
+
+-- name: claim_idempotency_key
+-- One statement decides the owner: a new key, or one expired or abandoned, is claimed.
+-- The store's sessions run with sql_mode SIMULTANEOUS_ASSIGNMENT: without it MariaDB
+-- assigns left to right, and each IF() after the first would test the columns that the
+-- assignments before it had already changed. The row count (0: nothing changed, since
+-- PyMySQL does not set CLIENT_FOUND_ROWS) says whether this caller claimed the key.
+INSERT INTO idempotency_keys (`key`, fingerprint, claimed_at, expires_at)
+VALUES (%(key)s, %(fingerprint)s, %(now)s, %(expires_at)s)
+ON DUPLICATE KEY UPDATE
+    fingerprint = IF(expires_at <= %(now)s OR (status IS NULL AND claimed_at < %(stale_before)s),
+                     VALUE(fingerprint), fingerprint),
+    claimed_at = IF(expires_at <= %(now)s OR (status IS NULL AND claimed_at < %(stale_before)s),
+                    VALUE(claimed_at), claimed_at),
+    expires_at = IF(expires_at <= %(now)s OR (status IS NULL AND claimed_at < %(stale_before)s),
+                    VALUE(expires_at), expires_at),
+    headers = IF(expires_at <= %(now)s OR (status IS NULL AND claimed_at < %(stale_before)s),
+                 NULL, headers),
+    body = IF(expires_at <= %(now)s OR (status IS NULL AND claimed_at < %(stale_before)s),
+              NULL, body),
+    status = IF(expires_at <= %(now)s OR (status IS NULL AND claimed_at < %(stale_before)s),
+                NULL, status)
+
+-- name: get_idempotency_record
+SELECT fingerprint, status, headers, body FROM idempotency_keys
+WHERE `key` = %(key)s AND expires_at > %(now)s
+
+-- name: complete_idempotency_key
+UPDATE idempotency_keys SET status = %(status)s, headers = %(headers)s, body = %(body)s
+WHERE `key` = %(key)s
+
+-- name: release_idempotency_key
+DELETE FROM idempotency_keys WHERE `key` = %(key)s AND status IS NULL
+
+-- name: purge_idempotency_keys
+DELETE FROM idempotency_keys WHERE expires_at <= %(now)s

@@ -1,0 +1,183 @@
+"""The storage contract suite on MariaDB, plus what is MariaDB's own."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pymysql
+import pytest
+from conftest import connect
+
+from userplane.plugin import ConfigurationError, Settings, Unavailable
+from userplane.testing import StorageContract, insert, make_user
+from userplane_mariadb import userplane_open_storage
+from userplane_mariadb.store import MariaDBStorage, connect_args
+
+
+class TestMariaDBContract(StorageContract):
+    @pytest.fixture
+    def storage(self, mariadb_url: str) -> Iterator[MariaDBStorage]:
+        store = MariaDBStorage(mariadb_url)
+        yield store
+        store.close()
+
+    @pytest.fixture
+    def unreachable_storage(self) -> Iterator[MariaDBStorage]:
+        store = MariaDBStorage("mariadb://userplane@127.0.0.1:1/none", connect_timeout=1)
+        yield store  # nothing listens on port 1
+        store.close()
+
+    @pytest.fixture
+    def unmigrated_storage(
+        self, create_mariadb_database: Callable[[], str]
+    ) -> Iterator[MariaDBStorage]:
+        store = MariaDBStorage(create_mariadb_database())
+        yield store
+        store.close()
+
+    @pytest.fixture
+    def refused_storage(self, mariadb_url: str) -> Iterator[MariaDBStorage]:
+        parts = urlsplit(mariadb_url)
+        netloc = f"{parts.username}:not-the-password@{parts.hostname}:{parts.port or 3306}"
+        store = MariaDBStorage(parts._replace(netloc=netloc).geturl())
+        yield store
+        store.close()
+
+
+@pytest.fixture
+def store(mariadb_url: str) -> Iterator[MariaDBStorage]:
+    s = MariaDBStorage(mariadb_url, statement_timeout=1)
+    yield s
+    s.close()
+
+
+@pytest.mark.parametrize("scheme", ["mariadb", "mysql"])
+def test_answers_both_schemes_without_connecting(scheme: str) -> None:
+    url = f"{scheme}://u:p@127.0.0.1:1/db"  # nothing listens there: no connection is tried
+    store = userplane_open_storage(Settings.from_mapping({"USERPLANE_DATABASE_URL": url}))
+    assert isinstance(store, MariaDBStorage)
+    assert store.migration_url() == "mysql://u:p@127.0.0.1:1/db"
+    store.close()
+
+
+def test_leaves_other_schemes_alone() -> None:
+    settings = Settings.from_mapping({"USERPLANE_DATABASE_URL": "postgresql://u@h/db"})
+    assert userplane_open_storage(settings) is None
+
+
+def test_url_to_connection_arguments() -> None:
+    assert connect_args("mariadb://ann:p%40ss%3Aword@db.internal:3307/user%20plane") == {
+        "host": "db.internal",
+        "port": 3307,
+        "user": "ann",
+        "password": "p@ss:word",
+        "database": "user plane",
+        "unix_socket": None,
+    }
+    local = connect_args("mariadb://ann@localhost/u?unix_socket=/run/mysqld/mysqld.sock")
+    assert local["unix_socket"] == "/run/mysqld/mysqld.sock"
+    assert (local["port"], local["password"]) == (3306, "")
+
+
+@pytest.mark.parametrize("url", ["mariadb://u@h", "mariadb://u@h/"])
+def test_a_url_without_a_database_is_refused_naming_the_variable(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="USERPLANE_DATABASE_URL"):
+        MariaDBStorage(url)
+
+
+def test_text_columns_compare_without_padding(mariadb_url: str) -> None:
+    # The reason for utf8mb4_nopad_bin: in utf8mb4_bin, 'a' = 'a '.
+    name = urlsplit(mariadb_url).path[1:]
+    with connect(mariadb_url) as conn, conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT DISTINCT collation_name FROM information_schema.columns"
+            " WHERE table_schema = %s AND table_name IN ('users', 'idempotency_keys')"
+            " AND collation_name IS NOT NULL",
+            [name],
+        )
+        assert cursor.fetchall() == (("utf8mb4_nopad_bin",),)
+
+
+def test_a_statement_past_the_timeout_is_unavailable(store: MariaDBStorage) -> None:
+    with pytest.raises(Unavailable, match="busy"):
+        store.fetch_one("SELECT SLEEP(3)", {})
+    store.ping()  # and the connection still serves
+
+
+def test_a_row_locked_past_the_timeout_is_unavailable(store: MariaDBStorage) -> None:
+    user = insert(store, make_user())
+    name = urlsplit(store.url).path[1:]
+    with connect(store.url, database=name) as other, other.cursor() as cursor:
+        cursor.execute("BEGIN")
+        cursor.execute("UPDATE users SET version = version + 1 WHERE id = %s", [str(user.id)])
+        with pytest.raises(Unavailable, match="busy"):
+            store.update_user(user.id, {"full_name": "x"}, None, None, user.created_at)
+        cursor.execute("ROLLBACK")
+    assert store.get_user(user.id) == user
+
+
+def test_a_killed_connection_costs_one_request_then_reconnects(store: MariaDBStorage) -> None:
+    user = insert(store, make_user())
+    row = store.fetch_one("SELECT CONNECTION_ID()", {})
+    assert row is not None
+    with connect(store.url) as admin, admin.cursor() as cursor:
+        cursor.execute(f"KILL {int(row[0])}")
+    with pytest.raises(Unavailable):
+        store.get_user(user.id)
+    assert store.get_user(user.id) == user
+
+
+def test_no_driver_error_type_escapes(store: MariaDBStorage) -> None:
+    with pytest.raises(RuntimeError, match="MariaDB error 1064") as info:
+        store.fetch_one("SELEKT 1", {})
+    assert not isinstance(info.value, pymysql.Error)
+    store.ping()
+
+
+def test_each_thread_has_its_own_connection(store: MariaDBStorage) -> None:
+    ids: list[Any] = []
+
+    def connection_id() -> None:
+        row = store.fetch_one("SELECT CONNECTION_ID()", {})
+        assert row is not None
+        ids.append(row[0])
+
+    threads = [threading.Thread(target=connection_id) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    connection_id()
+    connection_id()  # the same thread again: the same connection
+    assert len(set(ids)) == 4
+    assert ids[-1] == ids[-2]
+
+
+def _child_reads(store: MariaDBStorage, user_id: Any, queue: Any) -> None:
+    try:
+        user = store.get_user(user_id)
+        row = store.fetch_one("SELECT CONNECTION_ID()", {})
+        queue.put(("ok", None if user is None else str(user.id), row and row[0]))
+    except BaseException as exc:
+        queue.put(("error", repr(exc), None))
+
+
+def test_a_forked_worker_opens_its_own_connection(store: MariaDBStorage) -> None:
+    user = insert(store, make_user())
+    row = store.fetch_one("SELECT CONNECTION_ID()", {})
+    assert row is not None
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_reads, args=(store, user.id, queue))
+    child.start()
+    status, found, child_connection = queue.get(timeout=30)
+    child.join(30)
+    assert (status, found) == ("ok", str(user.id))
+    assert child_connection != row[0]
+    # The parent's connection was neither used nor closed by the child.
+    assert store.fetch_one("SELECT CONNECTION_ID()", {}) == row
+    assert store.get_user(user.id) == user
