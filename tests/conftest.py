@@ -184,3 +184,20 @@ def postgresql_cluster(postgresql_server: str) -> Iterator[Any]:
     finally:
         if not ready():
             cluster.start()
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """A Registry's ``userplane_startup`` lets the logging plugin configure logging
+    process-wide (structlog and the root logger): undo it after every test."""
+    import logging
+
+    import structlog
+
+    root = logging.getLogger()
+    level = root.level
+    yield
+    structlog.reset_defaults()
+    for handler in [h for h in root.handlers if getattr(h, "_userplane", False)]:
+        root.removeHandler(handler)
+    root.setLevel(level)

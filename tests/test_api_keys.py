@@ -9,17 +9,15 @@ Storage is never faked; a bound method is at most wrapped to count its calls or 
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 import string
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -46,18 +44,6 @@ SECOND = timedelta(seconds=1)
 BASE62 = string.ascii_letters + string.digits
 KEY_SHAPE = re.compile(r"^up_[A-Za-z0-9]{44}$")
 TTL = 5.0
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """A Registry's ``userplane_startup`` configures logging process-wide: undo it after."""
-    root = logging.getLogger()
-    level = root.level
-    yield
-    structlog.reset_defaults()
-    for handler in [h for h in root.handlers if getattr(h, "_userplane", False)]:
-        root.removeHandler(handler)
-    root.setLevel(level)
 
 
 class Clock:

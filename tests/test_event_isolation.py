@@ -17,7 +17,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-import structlog
 from falcon import testing
 
 from userplane import Registry, Settings
@@ -35,18 +34,6 @@ from userplane.plugin import (
 USERS = "/api/v1/users"
 #: Heard events: (listener, hook, what it was about), in the order they were called.
 Heard = list[tuple[str, str, Any]]
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """A Registry's ``userplane_startup`` configures logging process-wide: undo it after."""
-    root = logging.getLogger()
-    level = root.level
-    yield
-    structlog.reset_defaults()
-    for handler in [h for h in root.handlers if getattr(h, "_userplane", False)]:
-        root.removeHandler(handler)
-    root.setLevel(level)
 
 
 class Listener:

@@ -24,7 +24,6 @@ from urllib.parse import urlsplit
 import attrs
 import click
 import pytest
-import structlog
 from click.testing import CliRunner
 from clients import client_for
 from falcon import testing
@@ -64,18 +63,6 @@ from userplane.plugins import api_keys
 from userplane.plugins.sqlite.store import SQLiteStorage
 
 ActionLog = list[tuple[str, Any]]
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """``userplane_startup`` lets the logging plugin configure logging process-wide: undo it."""
-    root = logging.getLogger()
-    level = root.level
-    yield
-    structlog.reset_defaults()
-    for handler in [h for h in root.handlers if getattr(h, "_userplane", False)]:
-        root.removeHandler(handler)
-    root.setLevel(level)
 
 
 class Plugin:

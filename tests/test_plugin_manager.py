@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import inspect
-import logging
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import structlog
 
 from userplane import ConfigurationError, NewUser, Registry, Settings, hookimpl, hookspecs
 from userplane.hooks import Hooks
@@ -28,18 +25,6 @@ from userplane.users import UserService
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DIRS = [ROOT / "core", ROOT / "frontends", ROOT / "plugins"]
 DAY = timedelta(days=1)
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """A Registry runs ``userplane_startup``, which configures logging process-wide: undo it."""
-    root = logging.getLogger()
-    level = root.level
-    yield
-    structlog.reset_defaults()
-    for handler in [h for h in root.handlers if getattr(h, "_userplane", False)]:
-        root.removeHandler(handler)
-    root.setLevel(level)
 
 
 def sqlite_settings(tmp_path: Path, **variables: str) -> Settings:

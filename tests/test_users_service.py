@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,7 +15,6 @@ from typing import Any
 
 import attrs
 import pytest
-import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -44,18 +42,6 @@ SECOND = timedelta(seconds=1)
 MINUTE = timedelta(minutes=1)
 DAY = timedelta(days=1)
 SORT_TEXTS = ["created_at", "-created_at", "email", "-email", "full_name", "-full_name"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """A Registry's ``userplane_startup`` configures logging process-wide: undo it after."""
-    root = logging.getLogger()
-    level = root.level
-    yield
-    structlog.reset_defaults()
-    for handler in [h for h in root.handlers if getattr(h, "_userplane", False)]:
-        root.removeHandler(handler)
-    root.setLevel(level)
 
 
 def full_width(text: str) -> str:

@@ -8,7 +8,6 @@ passed as ``plugins=``. Each also answers over HTTP through
 
 from __future__ import annotations
 
-import logging
 import secrets
 import string
 import time
@@ -18,7 +17,6 @@ from typing import Any
 
 import jwt
 import pytest
-import structlog
 
 from userplane.frontends.http.testing import PrincipalTokens, client
 from userplane.plugin import (
@@ -38,18 +36,6 @@ BASE62 = string.ascii_letters + string.digits
 HS_SECRET = secrets.token_urlsafe(40)
 ISSUER = "https://idp.example.test/realms/main"
 AUDIENCE = "userplane-api"
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """A Registry's ``userplane_startup`` configures logging process-wide: undo it after."""
-    root = logging.getLogger()
-    level = root.level
-    yield
-    structlog.reset_defaults()
-    for handler in [h for h in root.handlers if getattr(h, "_userplane", False)]:
-        root.removeHandler(handler)
-    root.setLevel(level)
 
 
 def bearer(token: str, **context: Any) -> Credentials:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -15,15 +14,6 @@ from userplane.plugins import logging as logging_plugin
 
 PASSWORD = "s3cr3t-Pa55"
 API_KEY = "up_9f8e7d6c5b4a39281706f5e4d3c2b1a0"
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    yield
-    structlog.reset_defaults()
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, "_userplane", False)]:
-        root.removeHandler(handler)
 
 
 def test_secrets_are_masked_in_every_kind_of_line(capsys: pytest.CaptureFixture[str]) -> None:
