@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from userplane.plugin import Conflict, PluginMigrations, Unavailable
+from userplane.plugin import ConfigurationError, Conflict, PluginMigrations, Unavailable
 from userplane.sql import Dialect, SQLStorage, load_queries
 
 # Fixed width, so that text order is time order in the keyset index.
@@ -76,7 +76,12 @@ class SQLiteStorage(SQLStorage):
         self._connections: list[sqlite3.Connection] = []
         self._pid = os.getpid()
         if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a file where a folder should be, no permission
+                raise ConfigurationError(
+                    f"USERPLANE_DATABASE_URL: cannot make the folder of {path}: {exc.strerror}"
+                ) from None
 
     def _connect(self) -> Any:
         """This thread's connection (a ``sqlite3.Connection``, or a wrapper's proxy of one)."""

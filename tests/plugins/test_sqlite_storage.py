@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from userplane import ConfigurationError, Settings
+from userplane import ConfigurationError, Registry, Settings
 from userplane.errors import Unavailable
 from userplane.migrations import folder
 from userplane.pagination import Sort
@@ -177,3 +177,10 @@ def test_writers_in_several_processes_all_succeed(tmp_path: Path) -> None:
 def migration_ids(dialect: str) -> list[str]:
     """The ids of ``dialect``'s migrations, in order, from the files themselves."""
     return sorted(p.stem for p in folder(dialect).glob("*.sql") if not p.stem.endswith(".rollback"))
+
+
+def test_a_database_path_under_a_file_names_the_variable(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    url = f"sqlite:///{tmp_path / 'a-file' / 'u.db'}"
+    with pytest.raises(ConfigurationError, match="USERPLANE_DATABASE_URL"):
+        Registry(Settings.from_mapping({"USERPLANE_DATABASE_URL": url}))
