@@ -147,6 +147,15 @@ def test_a_trusted_proxy_forwards_the_client_and_its_certificate(
     assert seen.scheme == "bearer"
     assert seen.value == "let-me-in"
     assert seen.headers["x-forwarded-for"] == "198.51.100.4"
+    assert seen.header("X-Forwarded-For") == "198.51.100.4"  # any case, over HTTP too
+    assert seen.header("X-Absent") is None
+
+
+def test_credentials_read_a_header_in_any_case() -> None:
+    built = Credentials.from_headers({"X-Remote-User": "ann", "Authorization": "Token t"})
+    assert built.header("X-Remote-User") == built.header("x-remote-user") == "ann"
+    assert (built.scheme, built.value, built.bearer) == ("token", "t", None)
+    assert built.header("X-Other") is None
 
 
 def test_anyone_else_cannot_forward_a_client_or_a_certificate(
