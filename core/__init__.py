@@ -59,34 +59,8 @@ __all__ = [
 
 # The public names are imported on first use (PEP 562), not with the package:
 # importing any ``userplane.x`` (a plugin, the CLI for ``--help``) must not pay
-# for the registry, storage and users modules and what they pull in.
-_SOURCES = {
-    **dict.fromkeys(
-        (
-            "ConfigurationError",
-            "Conflict",
-            "FieldError",
-            "Forbidden",
-            "InvalidInput",
-            "NotFound",
-            "PreconditionFailed",
-            "RateLimited",
-            "Unauthenticated",
-            "Unavailable",
-            "UserplaneError",
-        ),
-        "userplane.errors",
-    ),
-    "hookimpl": "userplane.plugin_manager",
-    "Registry": "userplane.registry",
-    "Settings": "userplane.settings",
-    "MigrationState": "userplane.storage",
-    "Storage": "userplane.storage",
-    **dict.fromkeys(
-        ("UNSET", "NewUser", "User", "UserChanges", "UserFilter", "UserPage", "UserQuery"),
-        "userplane.users",
-    ),
-}
+# for the registry, storage and users modules and what they pull in. They are
+# a subset of ``userplane.plugin``'s, which knows where each lives.
 
 
 def _version() -> str:
@@ -104,8 +78,8 @@ if not TYPE_CHECKING:  # mypy sees the imports above, and no catch-all attribute
     def __getattr__(name: str) -> object:
         if name == "__version__":
             value: object = _version()
-        elif name in _SOURCES:
-            value = getattr(importlib.import_module(_SOURCES[name]), name)
+        elif name in __all__:
+            value = getattr(importlib.import_module("userplane.plugin"), name)
         else:
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
         globals()[name] = value  # once: later lookups do not come here
