@@ -21,19 +21,10 @@ from userplane.plugin import (
     Unavailable,
     User,
 )
-from userplane.sql import Dialect, SQLStorage, insert_params, load_queries
+from userplane.sql import NAMED_QUERIES, Dialect, SQLStorage, insert_params, load_queries
 
-_COPY_COLUMNS = (
-    "id",
-    "email",
-    "email_key",
-    "full_name",
-    "full_name_folded",
-    "is_active",
-    "created_at",
-    "updated_at",
-    "version",
-)
+#: The bulk path writes the columns ``insert_user`` takes, in its documented order.
+_COPY_COLUMNS = next(q.params for q in NAMED_QUERIES if q.name == "insert_user")
 
 
 @contextlib.contextmanager
