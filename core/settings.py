@@ -113,6 +113,11 @@ class Settings:
     body_timeout_ms: int = attrs.field(default=10000, validator=_between(1))
     #: How long a request may wait for a worker thread before a fast 503 instead, in ms.
     queue_timeout_ms: int = attrs.field(default=1000, validator=_between(1))
+    #: How long a client may take to send its request line and headers, in ms: a
+    #: connection that has sent nothing, or only part of its headers, by then is closed.
+    header_timeout_ms: int = attrs.field(default=5000, validator=_between(1))
+    #: How long an idle keep-alive connection is kept open between requests, in ms.
+    keepalive_timeout_ms: int = attrs.field(default=5000, validator=_between(1))
     #: ``disabled`` lets every caller act as an administrator: local development only.
     auth: AuthMode = "enabled"
     #: Proxies (addresses or networks) whose ``Forwarded``/``X-Forwarded-For`` is believed.
