@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from userplane.errors import Forbidden, Unauthenticated
+from userplane.errors import Forbidden, RateLimited, Unauthenticated
+from userplane.limits import AUTH_FAILURE
 from userplane.proxies import ClientCertificate
 
 if TYPE_CHECKING:
+    from userplane.limits import Quota
     from userplane.registry import Registry
 
 # The actions userplane's own operations need. Plugins may define more.
@@ -184,6 +186,8 @@ class AuthService:
         self.roles: Mapping[str, frozenset[str]] = registry.hooks.roles(registry.settings)
         #: The ``WWW-Authenticate`` challenges a 401 offers.
         self.challenges: tuple[str, ...] = registry.hooks.auth_challenges(registry.settings)
+        # Asked once: without a limiter plugin, a request dispatches no rate-limit hook.
+        self._limited = registry.hooks.limits_rates
 
     @property
     def enabled(self) -> bool:
@@ -194,16 +198,69 @@ class AuthService:
         """The principal ``credentials`` prove, else ``Unauthenticated``.
 
         The same message whether credentials are missing, unknown or wrong in
-        detail, so a caller learns nothing about which keys exist.
+        detail, so a caller learns nothing about which keys exist. With a
+        rate limiter, an address past its ``auth-failure`` limit gets
+        ``RateLimited`` before any plugin looks the credentials up, and every
+        failure presented from an address counts against it.
         """
         if not self.enabled:
             return DEVELOPMENT_PRINCIPAL
-        principal = self._hooks.authenticate(credentials, self._registry)
+        address = credentials.client_address
+        throttled = self._limited and credentials.present and address is not None
+        if throttled:
+            quota = self.rate_limit(AUTH_FAILURE, f"address:{address}", consume=False)
+            if quota is not None and not quota.allowed:
+                raise RateLimited(
+                    "too many failed authentications from this address; retry later",
+                    quota.retry_after,
+                    quota,
+                )
+        try:
+            principal = self._hooks.authenticate(credentials, self._registry)
+        except Unauthenticated:
+            if throttled:
+                self.rate_limit(AUTH_FAILURE, f"address:{address}")
+            raise
         if principal is None:
             if credentials.present:
+                if throttled:
+                    self.rate_limit(AUTH_FAILURE, f"address:{address}")
                 raise Unauthenticated("the credentials were not accepted")
             raise Unauthenticated("credentials are required: Authorization: Bearer <key or token>")
         return principal
+
+    def rate_limit(self, kind: str, subject: str, consume: bool = True) -> Quota | None:
+        """Ask the rate limiter about one request of ``kind`` by ``subject``; ``None``: no limit.
+
+        For auth plugins too: the api-keys plugin counts failures per key id
+        and asks before it looks an unknown id up (``userplane.limits``).
+        """
+        if not self._limited:
+            return None
+        return self._hooks.rate_limit(kind, subject, consume, self._registry)
+
+    def admit(self, principal: Principal, kind: str, client_address: str | None) -> Quota | None:
+        """Count one request of class ``kind`` (``read``/``write``) by ``principal``.
+
+        Raises ``RateLimited`` past the limit; returns the ``Quota`` for the
+        response's headers (``None`` without a limit). Each principal has a
+        quota of its own; with auth disabled everyone is the one development
+        principal, so the client address is counted instead.
+        """
+        if not self._limited:
+            return None
+        if principal is DEVELOPMENT_PRINCIPAL:
+            subject = f"address:{client_address}"
+        else:
+            subject = f"principal:{principal.id}"
+        quota = self._hooks.rate_limit(kind, subject, True, self._registry)
+        if quota is not None and not quota.allowed:
+            raise RateLimited(
+                f"too many {kind} requests; retry in {quota.retry_after} s",
+                quota.retry_after,
+                quota,
+            )
+        return quota
 
     def allows(self, principal: Principal, action: str, resource: Any = None) -> bool:
         """Whether ``principal`` may do ``action`` (on ``resource``): no deny and an allow."""

@@ -8,6 +8,7 @@ on stderr and an exit code. ``kind`` is the stable, machine-readable name.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 
@@ -88,14 +89,19 @@ class Forbidden(UserplaneError):
 
 
 class RateLimited(UserplaneError):
-    """Too many requests; ``retry_after`` is in seconds."""
+    """Too many requests; ``retry_after`` is in seconds.
+
+    ``quota`` is the rate-limit check that refused, when one did
+    (``userplane.limits.Quota``): frontends report its policy and state.
+    """
 
     kind = "rate-limited"
     title = "Too many requests"
 
-    def __init__(self, detail: str, retry_after: int = 1) -> None:
+    def __init__(self, detail: str, retry_after: int = 1, quota: Any = None) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
+        self.quota = quota
 
 
 class Unavailable(UserplaneError):

@@ -20,6 +20,7 @@ from userplane.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from userplane.auth import Credentials, Principal
+    from userplane.limits import Quota
     from userplane.plugin_manager import BrokenPlugin
     from userplane.registry import Registry
     from userplane.settings import Settings, SettingsSection
@@ -144,6 +145,24 @@ class Hooks:
             credentials=credentials, registry=registry
         )
         return principal
+
+    @property
+    def limits_rates(self) -> bool:
+        """Whether any plugin implements ``userplane_rate_limit``.
+
+        Asked once by the auth service, so that without a limiter a request
+        pays for no hook dispatch at all.
+        """
+        return bool(self._hook.userplane_rate_limit.get_hookimpls())
+
+    def rate_limit(
+        self, kind: str, subject: str, consume: bool, registry: Registry
+    ) -> Quota | None:
+        """The first limiter's ``Quota`` for one request of ``kind`` by ``subject``, or ``None``."""
+        quota: Quota | None = self._hook.userplane_rate_limit(
+            kind=kind, subject=subject, consume=consume, registry=registry
+        )
+        return quota
 
     def authorize(
         self, principal: Principal, action: str, resource: Any, registry: Registry

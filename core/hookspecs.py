@@ -19,6 +19,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from userplane.auth import Credentials, Principal
+    from userplane.limits import Quota
     from userplane.registry import Registry
     from userplane.settings import Settings, SettingsSection
     from userplane.storage import Storage
@@ -144,6 +145,26 @@ def userplane_authenticate(credentials: Credentials, registry: Registry) -> Prin
     signature, expired): no other plugin gets to try them. Called on every
     authenticated request, so do not reach a database each time: cache
     briefly. firstresult.
+    """
+
+
+@hookspec(firstresult=True)
+def userplane_rate_limit(
+    kind: str, subject: str, consume: bool, registry: Registry
+) -> Quota | None:
+    """Check (and with ``consume``, count) one request of class ``kind`` by ``subject``.
+
+    ``kind`` is ``"read"``, ``"write"`` or ``"auth-failure"``
+    (``userplane.limits``), or a class of a plugin's own; ``subject`` names
+    who is counted (``"principal:key:…"``, ``"address:203.0.113.7"``,
+    ``"key-id:…"``). With ``consume`` false, say only whether one more would
+    be allowed, counting nothing: the auth service asks so before it looks a
+    credential up. Return a ``Quota`` (``allowed`` false refuses: the caller
+    raises ``RateLimited``), or ``None`` when ``kind`` has no limit.
+
+    Called on every authenticated request: answer most from memory. Never
+    raise for a failing store: serve (return ``None``), log and count the
+    failure, so a limiter outage costs no request. firstresult.
     """
 
 

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     )
     from userplane.hooks import Hooks, PluginMigrations
     from userplane.idempotency import IdempotencyRecord, StoredResponse
+    from userplane.limits import AUTH_FAILURE, READ, WRITE, Quota, RateLimit, RateLimitCounters
     from userplane.pagination import Position, Sort
     from userplane.plugin_manager import hookimpl
     from userplane.proxies import ClientCertificate, TrustedProxies
@@ -118,6 +119,10 @@ _SOURCES = {
     ),
     "Hooks": "userplane.hooks",
     "PluginMigrations": "userplane.hooks",
+    **dict.fromkeys(
+        ("AUTH_FAILURE", "READ", "WRITE", "Quota", "RateLimit", "RateLimitCounters"),
+        "userplane.limits",
+    ),
     "IdempotencyRecord": "userplane.idempotency",
     "StoredResponse": "userplane.idempotency",
     "Position": "userplane.pagination",
@@ -154,9 +159,11 @@ _SOURCES = {
 
 __all__ = [
     "ACTIONS",
+    "AUTH_FAILURE",
     "KEYS_MANAGE",
     "MASK",
     "NAMESPACES",
+    "READ",
     "UNSET",
     "USERS_DELETE",
     "USERS_PURGE",
@@ -164,6 +171,7 @@ __all__ = [
     "USERS_READ_DELETED",
     "USERS_RESTORE",
     "USERS_WRITE",
+    "WRITE",
     "AuthService",
     "ClientCertificate",
     "ConfigurationError",
@@ -184,6 +192,9 @@ __all__ = [
     "Position",
     "PreconditionFailed",
     "Principal",
+    "Quota",
+    "RateLimit",
+    "RateLimitCounters",
     "RateLimited",
     "Registry",
     "ServiceCheck",

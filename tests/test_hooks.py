@@ -32,7 +32,10 @@ from userplane.frontends.cli import OperationCommand, State, cli, pass_state
 from userplane.frontends.http import create_app
 from userplane.hooks import Hooks
 from userplane.plugin import (
+    AUTH_FAILURE,
     MASK,
+    READ,
+    WRITE,
     USERS_DELETE,
     USERS_READ,
     ConfigurationError,
@@ -42,6 +45,8 @@ from userplane.plugin import (
     NewUser,
     NotFound,
     Principal,
+    Quota,
+    RateLimit,
     RateLimited,
     Registry,
     Settings,
@@ -562,6 +567,49 @@ def test_hook_authenticate(settings: Settings, open_registry: Callable[..., Regi
     # The admin key (the client's default header) is not ours: the later plugin is asked.
     assert client.simulate_get("/api/v1/users").status_code == 200
     assert len(asked_after) == 1
+
+
+def test_hook_rate_limit(open_registry: Callable[..., Registry]) -> None:
+    """A limiter sees each protected request's class and principal; a refusal is a 429."""
+    asked: list[tuple[str, str, bool]] = []
+    policy = RateLimit(WRITE, 1, 60.0)
+
+    class OneWrite(Plugin):
+        @hookimpl(tryfirst=True)
+        def userplane_rate_limit(self, kind: str, subject: str, consume: bool) -> Quota | None:
+            asked.append((kind, subject, consume))
+            if kind != WRITE:
+                return None
+            writes = sum(1 for k, s, c in asked if k == WRITE and s == subject and c)
+            allowed = writes <= policy.limit
+            return Quota(policy, allowed, 0, 60.0, 0.0 if allowed else 30.0)
+
+    registry = open_registry(OneWrite())
+    client = client_for(registry, "admin")
+    assert client.simulate_get("/api/v1/users").status_code == 200
+    first = client.simulate_post("/api/v1/users", json={"email": "ann@example.org"})
+    assert first.status_code == 201
+    assert first.headers["RateLimit-Policy"] == '"write";q=1;w=60'
+    second = client.simulate_post("/api/v1/users", json={"email": "bob@example.org"})
+    assert second.status_code == 429
+    assert second.headers["Retry-After"] == "30"
+    assert second.headers["RateLimit"] == '"write";r=0;t=60'
+    principal = next(s for k, s, c in asked if s.startswith("principal:key:"))
+    # Before each lookup, whether the address may still fail; then the request's class.
+    peek = (AUTH_FAILURE, "address:127.0.0.1", False)
+    assert asked == [
+        peek,
+        (READ, principal, True),
+        peek,
+        (WRITE, principal, True),
+        peek,
+        (WRITE, principal, True),
+    ]
+    assert client.simulate_get("/health/live").status_code == 200
+    assert len(asked) == 6  # public routes are not asked about
+    # The second user was never created.
+    assert client.simulate_get("/api/v1/users").json["items"][0]["email"] == "ann@example.org"
+    assert len(client.simulate_get("/api/v1/users").json["items"]) == 1
 
 
 def test_hook_authorize(open_registry: Callable[..., Registry]) -> None:

@@ -1,38 +1,50 @@
-"""Authentication and authorization at the HTTP edge.
+"""Authentication, authorization and rate limits at the HTTP edge.
 
 Every resource declares, in its ``actions`` class attribute, the action each
 of its methods needs (``{"GET": "users:read"}``) or ``PUBLIC``. ``App`` refuses
 a route whose resource leaves a responder undeclared, so no route can be added
-without a decision, a plugin's included. ``Authenticate`` then checks every
-request before its responder runs.
+without a decision, a plugin's included; a sink (``add_sink``) declares its
+actions the same way and is checked by a guard wrapped around it. ``Authenticate``
+then checks every request before its responder runs, counts it against the
+caller's rate limit, and puts the limit's state in the ``RateLimit`` headers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import falcon
 import falcon.routing
 
 from userplane.auth import AuthService, Credentials, reset_principal, set_principal
-from userplane.errors import ConfigurationError, Forbidden
+from userplane.errors import ConfigurationError, Forbidden, RateLimited
+from userplane.limits import READ, WRITE, Quota
 from userplane.proxies import parse_client_certificate, trusted_proxies
 
 #: The action of a route anyone may call (health, docs, the home page).
 PUBLIC = "public"
 
-#: Methods answered by Falcon itself, never by a responder: CORS preflight.
-_FRAMEWORK_METHODS = frozenset({"OPTIONS"})
+#: The rate-limit class of each method; anything else changes state.
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _with_head(actions: Mapping[str, str]) -> dict[str, str]:
+    out = dict(actions)
+    if "GET" in out:
+        out.setdefault("HEAD", out["GET"])  # HEAD is a GET without the body
+    return out
 
 
 def required_actions(resource: Any, suffix: str | None = None) -> dict[str, str]:
-    """The action each of ``resource``'s methods needs; ``ConfigurationError`` on a gap."""
-    actions = dict(getattr(resource, "actions", None) or {})
-    if "GET" in actions:
-        actions.setdefault("HEAD", actions["GET"])  # HEAD is a GET without the body
+    """The action each of ``resource``'s methods needs; ``ConfigurationError`` on a gap.
+
+    A resource's own ``on_options`` needs a declared action like any other
+    responder; only Falcon's default OPTIONS answer (CORS preflight) is public.
+    """
+    actions = _with_head(getattr(resource, "actions", None) or {})
     methods = set(falcon.routing.map_http_methods(resource, suffix=suffix))
-    missing = sorted(methods - set(actions) - _FRAMEWORK_METHODS)
+    missing = sorted(methods - set(actions))
     if missing:
         raise ConfigurationError(
             f"{type(resource).__name__} does not declare the action for {', '.join(missing)}: "
@@ -41,21 +53,52 @@ def required_actions(resource: Any, suffix: str | None = None) -> dict[str, str]
     return actions
 
 
+def sink_actions(sink: Any) -> dict[str, str]:
+    """The action each method needs of a sink; a sink without ``actions`` is refused."""
+    actions = getattr(sink, "actions", None)
+    if not isinstance(actions, Mapping) or not actions:
+        name = getattr(sink, "__name__", type(sink).__name__)
+        raise ConfigurationError(
+            f"the sink {name} declares no actions: give it an `actions` mapping of method "
+            "to action (or PUBLIC), as routes have"
+        )
+    return _with_head(actions)
+
+
 class App(falcon.App):  # type: ignore[type-arg]
-    """A Falcon app that refuses a route without declared actions.
+    """A Falcon app that refuses a route or sink without declared actions.
 
     ``route_actions`` maps each route's URI template to its methods' actions,
-    worked out once here rather than on every request.
+    worked out once here rather than on every request. ``guard`` is the
+    ``Authenticate`` middleware that sinks are checked by (``create_app``
+    sets it); a sink reached without one is refused.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.route_actions: dict[str, dict[str, str]] = {}
+        self.guard: Authenticate | None = None
 
     def add_route(self, uri_template: str, resource: object, **kwargs: Any) -> None:
         actions = required_actions(resource, kwargs.get("suffix"))
         super().add_route(uri_template, resource, **kwargs)
         self.route_actions[uri_template] = actions
+
+    def add_sink(self, sink: Callable[..., Any], prefix: Any = r"/") -> None:
+        actions = sink_actions(sink)
+
+        def guarded(req: falcon.Request, resp: falcon.Response, **params: Any) -> Any:
+            # Sinks never reach process_resource with a resource, so the
+            # middleware cannot check them: the guard does, before the sink runs.
+            if self.guard is None:
+                raise Forbidden("this route is not guarded")
+            action = actions.get(req.method)
+            if action is None:
+                raise falcon.HTTPMethodNotAllowed(sorted(actions))
+            self.guard.check(req, action, params)
+            return sink(req, resp, **params)
+
+        super().add_sink(guarded, prefix)
 
 
 class _HeadersView(Mapping[str, str]):
@@ -102,8 +145,8 @@ class Authenticate:
     def process_resource(
         self, req: falcon.Request, resp: falcon.Response, resource: Any, params: dict[str, Any]
     ) -> None:
-        if resource is None or req.method in _FRAMEWORK_METHODS:
-            return  # no route (a 404 follows) or CORS preflight
+        if resource is None:
+            return  # no route (a 404 follows), or a sink (its guard checks it)
         actions = self._route_actions.get(req.uri_template or "")
         if actions is None:
             if isinstance(resource, falcon.routing.StaticRoute):
@@ -111,11 +154,25 @@ class Authenticate:
             raise Forbidden("this route declares no action")
         action = actions.get(req.method)
         if action is None or action == PUBLIC:
-            return  # a method the resource does not answer (Falcon's 405), or public
+            # A method the resource does not answer (Falcon's 405), Falcon's own
+            # OPTIONS answer (CORS preflight), or public.
+            return
+        self.check(req, action, params)
+
+    def check(self, req: falcon.Request, action: str, params: Mapping[str, Any]) -> None:
+        """Authenticate ``req``, count it against its rate limit, and authorize ``action``."""
+        if action == PUBLIC:
+            return
         credentials = self.credentials(req)
-        principal = self._auth.authenticate(credentials)
-        req.context.principal = principal
-        req.context.principal_token = set_principal(principal)
+        try:
+            principal = self._auth.authenticate(credentials)
+            req.context.principal = principal
+            req.context.principal_token = set_principal(principal)
+            kind = READ if req.method in _READ_METHODS else WRITE
+            req.context.rate_quota = self._auth.admit(principal, kind, credentials.client_address)
+        except RateLimited as exc:
+            req.context.rate_quota = exc.quota
+            raise
         self._auth.authorize(principal, action, params.get("user_id"))
 
     def credentials(self, req: falcon.Request) -> Credentials:
@@ -149,3 +206,8 @@ class Authenticate:
         token = req.context.get("principal_token")
         if token is not None:
             reset_principal(token)
+        quota: Quota | None = req.context.get("rate_quota")
+        if quota is not None:
+            # draft-ietf-httpapi-ratelimit-headers: the policy, and where the caller stands.
+            resp.set_header("RateLimit-Policy", quota.policy.policy_header())
+            resp.set_header("RateLimit", quota.header())

@@ -1,0 +1,201 @@
+"""The limiter: GCRA in the database, with an in-process fast path far from the limit.
+
+Every check could be one statement in the database (``store``), but a
+request far under its limit need not wait for one. A process that last heard
+from the database that a subject has ``remaining`` requests left admits up
+to ``batch = floor(slack x limit)`` more on its own, for at most ``sync_s``,
+and reports them with its next statement (where they are counted whatever
+happens). Near the limit (fewer left than the batch), or once a subject is
+refused, every request is decided by the database, and a refusal holds
+locally until the time the database named.
+
+The accuracy that costs: ``P`` processes (instances x workers) each hold at
+most ``batch`` unreported requests, so a subject gets at most
+``limit + P x batch = limit x (1 + P x slack)`` requests in a window. With
+``slack = 0`` every check is a statement, and the limit is exact.
+
+A store that fails costs no request: the check answers ``None`` (no limit),
+a warning is logged (at most every ``_WARN_EVERY_S``) and the failure is
+counted (``RateLimitCounters.store_failures``, exported as a metric).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+import attrs
+
+from userplane.plugin import Quota, RateLimit, RateLimitCounters
+from userplane.plugins.rate_limits.store import Hit, RateStore, state_key
+
+_log = logging.getLogger("userplane.rate_limits")
+
+#: Subjects remembered per process; the least recently seen are forgotten beyond it.
+MAX_SUBJECTS = 100_000
+#: Seconds between two warnings about a failing store, per process.
+_WARN_EVERY_S = 10.0
+#: Seconds between two prunes of whole quotas from the table, per process.
+_PRUNE_EVERY_S = 60.0
+
+
+@attrs.define
+class _Subject:
+    """What this process knows of one subject's quota under one policy."""
+
+    #: When the database last answered (monotonic seconds).
+    synced_at: float
+    #: Requests left as of that answer.
+    remaining: int
+    #: When the quota is whole again (monotonic seconds), as of that answer.
+    reset_at: float
+    #: Refused until then (monotonic seconds), as the database said.
+    blocked_until: float = 0.0
+    #: Requests admitted here since that answer, not yet reported.
+    pending: int = 0
+
+
+class Limiter:
+    """Rate limits for one registry: the policies, the store, and this process's view."""
+
+    def __init__(
+        self,
+        policies: Mapping[str, RateLimit],
+        store: RateStore,
+        slack: float,
+        sync_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policies = dict(policies)
+        self.counters = RateLimitCounters()
+        self._store = store
+        self._sync_s = sync_s
+        self._batch = {name: math.floor(slack * p.limit) for name, p in self.policies.items()}
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._subjects: collections.OrderedDict[str, _Subject] = collections.OrderedDict()
+        self._warned_at = -math.inf
+        self._pruned_at = clock()
+
+    def check(self, kind: str, subject: str, consume: bool) -> Quota | None:
+        """Decide one request of ``kind`` by ``subject`` (``consume``: count it)."""
+        policy = self.policies.get(kind)
+        if policy is None:
+            return None
+        key = state_key(kind, subject)
+        now = self._clock()
+        with self._lock:
+            known = self._subjects.get(key)
+            if known is not None:
+                self._subjects.move_to_end(key)
+                if now < known.blocked_until:
+                    self.counters.refused += consume
+                    return self._local(policy, known, now, allowed=False)
+                fresh = now - known.synced_at < self._sync_s
+                if fresh and not consume and known.remaining > known.pending:
+                    return self._local(policy, known, now, allowed=True)
+                if fresh and known.pending < min(self._batch[kind], known.remaining):
+                    known.pending += 1
+                    return self._local(policy, known, now, allowed=True)
+            # To the database, with what this process served meanwhile.
+            pending = 0
+            if known is not None and consume:
+                pending, known.pending = known.pending, 0
+        try:
+            if consume:
+                hit = self._store.hit(key, pending, 1, policy.interval_s, policy.window_s)
+            else:
+                hit = self._peek(key, policy)
+        except Exception as exc:
+            self._failed(exc, key, pending)
+            return None
+        quota = _quota(policy, hit)
+        with self._lock:
+            self.counters.store_checks += 1
+            self.counters.refused += consume and not quota.allowed
+            state = self._subjects.get(key)
+            if state is None:
+                state = self._subjects[key] = _Subject(now, 0, now)
+                while len(self._subjects) > MAX_SUBJECTS:
+                    self._subjects.popitem(last=False)
+            state.synced_at = now
+            state.remaining = quota.remaining
+            state.reset_at = now + quota.reset_s
+            # Refused, or just admitted the last of the quota: no more fits until the
+            # database's tat says so, and this process knows when without asking again.
+            state.blocked_until = now + _next_fits_in(policy, hit)
+        if now - self._pruned_at >= _PRUNE_EVERY_S:
+            self._prune(now)
+        return quota
+
+    def _peek(self, key: str, policy: RateLimit) -> Hit:
+        """Whether one more would fit, counting nothing: a ``Hit`` with the state unchanged."""
+        tat, now = self._store.peek(key)
+        base = now if tat is None else max(tat, now)
+        allowed = base + policy.interval_s - policy.window_s <= now + 1e-6
+        return Hit(allowed=allowed, tat=base, now=now)
+
+    @staticmethod
+    def _local(policy: RateLimit, known: _Subject, now: float, allowed: bool) -> Quota:
+        """A decision made from this process's view, without the database."""
+        reset = max(0.0, known.reset_at - now) + known.pending * policy.interval_s
+        return Quota(
+            policy=policy,
+            allowed=allowed,
+            remaining=max(0, known.remaining - known.pending) if allowed else 0,
+            reset_s=min(reset, policy.window_s),
+            retry_after_s=0.0 if allowed else known.blocked_until - now,
+        )
+
+    def _failed(self, exc: Exception, key: str, pending: int) -> None:
+        """The store failed: serve unlimited, give back what was not reported, say so."""
+        now = self._clock()
+        with self._lock:
+            self.counters.store_failures += 1
+            known = self._subjects.get(key)
+            if known is not None:
+                known.pending += pending
+            warn = now - self._warned_at >= _WARN_EVERY_S
+            if warn:
+                self._warned_at = now
+        if warn:
+            _log.warning(
+                "rate limits not enforced: the rate-limit store failed (%s: %s); "
+                "requests are served meanwhile",
+                type(exc).__name__,
+                exc,
+                extra={"failures": self.counters.store_failures},
+            )
+
+    def _prune(self, now: float) -> None:
+        self._pruned_at = now
+        try:
+            self._store.prune()
+        except Exception as exc:
+            _log.warning("could not prune rate-limit state: %s: %s", type(exc).__name__, exc)
+
+
+def _next_fits_in(policy: RateLimit, hit: Hit) -> float:
+    """Seconds until one more request fits, after ``hit`` (0 if one fits now)."""
+    return max(0.0, hit.tat + policy.interval_s - policy.window_s - hit.now - 1e-6)
+
+
+def _quota(policy: RateLimit, hit: Hit) -> Quota:
+    """The ``Quota`` a database decision means for ``policy``."""
+    room = hit.now + policy.window_s - hit.tat
+    remaining = max(0, math.floor(room / policy.interval_s + 1e-9))
+    retry_after = 0.0
+    if not hit.allowed:
+        # One more fits once tat - window + interval is in the past.
+        retry_after = max(0.001, _next_fits_in(policy, hit))
+    return Quota(
+        policy=policy,
+        allowed=hit.allowed,
+        remaining=remaining,
+        reset_s=max(0.0, hit.tat - hit.now),
+        retry_after_s=retry_after,
+    )

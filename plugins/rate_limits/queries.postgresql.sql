@@ -1,0 +1,37 @@
+-- GCRA (the generic cell rate algorithm) in one atomic statement, on the database's clock.
+-- A subject's state is its theoretical arrival time (tat): the moment its quota is whole
+-- again. A request costs :interval seconds of it (window / limit) and is admitted while
+-- tat stays within :window of now. :pending requests were already served by a process's
+-- fast path: they are counted whatever happens; :cost (0 or 1) is the request at hand,
+-- counted only if it fits. Every number is a double precision: one prepared statement.
+
+-- name: hit
+INSERT INTO rate_limits AS r (key, tat, seen, allowed)
+SELECT :key,
+       n.now + CASE WHEN (:pending + :cost) * :interval <= :window
+                    THEN (:pending + :cost) * :interval ELSE :pending * :interval END,
+       n.now,
+       (:pending + :cost) * :interval <= :window
+FROM (SELECT extract(epoch FROM clock_timestamp())::double precision AS now) AS n
+ON CONFLICT (key) DO UPDATE SET
+    tat = greatest(r.tat, EXCLUDED.seen) + CASE
+        WHEN greatest(r.tat, EXCLUDED.seen) + (:pending + :cost) * :interval - :window
+             <= EXCLUDED.seen
+        THEN (:pending + :cost) * :interval ELSE :pending * :interval END,
+    seen = EXCLUDED.seen,
+    allowed = greatest(r.tat, EXCLUDED.seen) + (:pending + :cost) * :interval - :window
+              <= EXCLUDED.seen
+RETURNING tat, seen, allowed
+
+-- name: peek
+-- One row whether or not the subject has state: its tat (or NULL) and the clock.
+SELECT r.tat, n.now
+FROM (SELECT extract(epoch FROM clock_timestamp())::double precision AS now) AS n
+LEFT JOIN rate_limits AS r ON r.key = :key
+
+-- name: prune
+-- A row whose tat has passed is a whole quota: the same as no row.
+DELETE FROM rate_limits WHERE tat < extract(epoch FROM clock_timestamp()) - 1
+
+-- name: ping
+SELECT 1 FROM rate_limits WHERE 1 = 0

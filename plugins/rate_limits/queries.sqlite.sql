@@ -1,0 +1,33 @@
+-- GCRA in one atomic statement, as queries.postgresql.sql explains, on SQLite's clock
+-- (julianday('now') is fixed for the whole statement). WHERE true: SQLite needs it to
+-- tell an INSERT … SELECT from its ON CONFLICT clause.
+
+-- name: hit
+INSERT INTO rate_limits (key, tat, seen, allowed)
+SELECT :key,
+       n.now + CASE WHEN (:pending + :cost) * :interval <= :window
+                    THEN (:pending + :cost) * :interval ELSE :pending * :interval END,
+       n.now,
+       (:pending + :cost) * :interval <= :window
+FROM (SELECT (julianday('now') - 2440587.5) * 86400.0 AS now) AS n
+WHERE true
+ON CONFLICT (key) DO UPDATE SET
+    tat = max(rate_limits.tat, excluded.seen) + CASE
+        WHEN max(rate_limits.tat, excluded.seen) + (:pending + :cost) * :interval - :window
+             <= excluded.seen
+        THEN (:pending + :cost) * :interval ELSE :pending * :interval END,
+    seen = excluded.seen,
+    allowed = max(rate_limits.tat, excluded.seen) + (:pending + :cost) * :interval - :window
+              <= excluded.seen
+RETURNING tat, seen, allowed
+
+-- name: peek
+SELECT r.tat, n.now
+FROM (SELECT (julianday('now') - 2440587.5) * 86400.0 AS now) AS n
+LEFT JOIN rate_limits AS r ON r.key = :key
+
+-- name: prune
+DELETE FROM rate_limits WHERE tat < (julianday('now') - 2440587.5) * 86400.0 - 1
+
+-- name: ping
+SELECT 1 FROM rate_limits WHERE 1 = 0
