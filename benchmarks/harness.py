@@ -38,7 +38,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BIN = Path(sys.executable).parent
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-TARGETS = ("userplane", "userplane-otel", "bare", "pgbench")
+TARGETS = ("userplane", "userplane-nolimits", "userplane-otel", "bare", "pgbench")
+#: The rate limits of the userplane targets: the defaults' mechanism (slack, sync
+#: interval, the auth-failure check before each lookup) with read and write limits
+#: no benchmark reaches, so what is measured is checking, never refusing.
+BENCH_RATE_LIMITS = "read=1000000000/60s,write=1000000000/60s,auth-failure=20/300s"
 #: How a baseline revision is installed: its code only, on this environment's packages.
 PIP_INSTALL = (sys.executable, "-m", "pip", "install", "--quiet", "--no-deps")
 #: Targets serving an earlier revision are named userplane@REV.
@@ -339,6 +343,7 @@ class Bench:
             # Explicit, so that baselines of other revisions use the same pools.
             USERPLANE_DB_POOL_MIN_SIZE=str(self.defaults.db_pool_min_size),
             USERPLANE_DB_POOL_MAX_SIZE=str(self.pool_max),
+            USERPLANE_RATE_LIMITS=BENCH_RATE_LIMITS,
         )
         env.update(item.split("=", 1) for item in self.args.settings)
         if telemetry:
@@ -427,7 +432,13 @@ class Bench:
         what = "userplane serve, prod, JSON logs, API-key auth, telemetry " + (
             "on (otlp-http to a no-op sink, sampling 0.1)" if telemetry else "off"
         )
-        return HttpTarget(name, cmd, self.userplane_env(port, telemetry), port, log_path, what)
+        env = self.userplane_env(port, telemetry)
+        if name == "userplane-nolimits":
+            env["USERPLANE_RATE_LIMITS"] = "off"
+            what += ", rate limits off"
+        else:
+            what += ", rate limits on (limits out of reach: the cost of checking)"
+        return HttpTarget(name, cmd, env, port, log_path, what)
 
     def cold_starts(self) -> None:
         """``userplane --help`` (median of 10) and ``serve`` until ready (median of 3)."""
