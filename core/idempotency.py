@@ -6,10 +6,15 @@ claimed in storage before the work is done (the database decides which of two
 concurrent requests owns it), and the successful response is stored with it
 for ``ttl``. Failures are not stored: the key is released, and a retry runs
 the request again.
+
+Storage keeps each key as the SHA-256 (64 hex digits) of the caller's scope and
+the key, never as the text: a principal's id has no bound (a token's subject
+may run to kilobytes), and an index entry has one.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -51,6 +56,16 @@ def check_key(key: str) -> str:
     return key
 
 
+def storage_key(key: str, scope: str = "") -> str:
+    """What storage keeps for ``key`` in ``scope``: a SHA-256, 64 hex digits, whatever the sizes.
+
+    A key has no spaces, so the scope's end is unambiguous; lone surrogates (a
+    token's subject can carry them) are encoded as they are rather than refused.
+    """
+    text = f"{scope} {key}" if scope else key
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 class IdempotencyService:
     """Runs an action at most once per key within ``ttl``, replaying its stored response."""
 
@@ -84,9 +99,7 @@ class IdempotencyService:
         (the principal's id) gives each caller its own keys, so one client can
         neither replay nor block another's.
         """
-        check_key(key)
-        if scope:
-            key = f"{scope} {key}"  # a key has no spaces, so this cannot collide
+        key = storage_key(check_key(key), scope)
         for _ in range(2):  # a record may expire between a failed claim and the read
             now = self._clock()
             claimed = self._storage.claim_idempotency_key(

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 
-from userplane.auth import current_principal
+from userplane.auth import USERS_READ_DELETED, current_principal
 from userplane.emails import normalize_email
 from userplane.errors import FieldError, InvalidInput, NotFound
 from userplane.pagination import Position, Sort, decode_cursor, encode_cursor
-from userplane.text import fold
+from userplane.text import fold, is_invisible_format
 
 if TYPE_CHECKING:
     from userplane.hooks import Hooks
@@ -137,6 +137,17 @@ def _check_full_name(value: str | None) -> list[FieldError]:
     # Cc covers C0, DEL and C1 (terminal escapes); Cs are lone surrogates.
     if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
         return [FieldError("$.full_name", "must not contain control characters")]
+    # A name is shown to people (lists, audit logs, emails): a right-to-left override
+    # or a zero-width character would let one name pass for another. Emoji joined by
+    # ZWJ are refused with them: a sequence's parts still show, and no name needs it.
+    if any(is_invisible_format(c) for c in value):
+        return [
+            FieldError(
+                "$.full_name",
+                "must not contain invisible formatting characters "
+                "(bidirectional controls, zero-width or tag characters)",
+            )
+        ]
     return []
 
 
@@ -372,20 +383,46 @@ class UserService:
 
         return self._run("users.delete", call)
 
+    def _may_see_deleted(self, user_id: uuid.UUID) -> bool:
+        """Whether the current principal may see ``user_id`` while it is deleted.
+
+        Without a principal the caller is code embedding the service, trusted
+        like the CLI's administrator; a frontend always sets one.
+        """
+        principal = current_principal()
+        if principal is None:
+            return True
+        return self._registry.auth.allows(principal, USERS_READ_DELETED, user_id)
+
     def restore(self, user_id: uuid.UUID) -> User:
-        """Bring a deleted user back; a live user is returned as it is (retries are safe)."""
+        """Bring a deleted user back; a live user is returned as it is (retries are safe).
+
+        Restoring answers with the user, so it needs seeing deleted users
+        (``users:read-deleted``) besides ``users:restore``: for a principal that
+        may not, a deleted user is hidden, not confirmed (``NotFound`` as for
+        an id that does not exist) and stays deleted.
+        """
 
         def call() -> User:
+            if not self._may_see_deleted(user_id):
+                return self._live(user_id)
             restored = self._storage.restore_user(user_id, self._clock())
             if restored is None:
-                user = self._storage.get_user(user_id, False)
-                if user is None:
-                    raise NotFound(f"no deleted or live user with id {user_id}")
-                return user
+                return self._live(user_id)  # live already, or no such user
             self._hooks.user_restored(restored, current_principal(), self._registry)
             return restored
 
         return self._run("users.restore", call)
+
+    def _live(self, user_id: uuid.UUID) -> User:
+        """What restore answers a principal that may not see deleted users: live ones only.
+
+        The same ``NotFound`` for a deleted user as for one that never existed.
+        """
+        user = self._storage.get_user(user_id, False)
+        if user is None:
+            raise NotFound(f"no deleted or live user with id {user_id}")
+        return user
 
     def purge(self, older_than: timedelta) -> int:
         """Remove for good the users deleted more than ``older_than`` ago; returns how many."""

@@ -8,22 +8,30 @@ Storage is never faked; a bound method is at most wrapped to count its calls or 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import re
+import secrets
+import sqlite3
 import string
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from falcon import testing
 from hypothesis import given
 from hypothesis import strategies as st
 
 from userplane import Registry, Settings
 from userplane.auth import Principal
 from userplane.errors import InvalidInput, NotFound, Unauthenticated, Unavailable
+from userplane.frontends.http import create_app
 from userplane.plugins import api_keys
 from userplane.plugins.api_keys import authenticator as plugin
 from userplane.plugins.api_keys.keys import (
@@ -37,7 +45,7 @@ from userplane.plugins.api_keys.keys import (
     matches,
 )
 from userplane.plugins.api_keys.store import ApiKeyStore as ApiKeyStorage
-from userplane.testing import run_concurrently
+from userplane.testing import StatementCounter, run_concurrently
 
 T0 = datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
 SECOND = timedelta(seconds=1)
@@ -569,3 +577,147 @@ def test_concurrent_requests_with_one_key_all_authenticate(
     record, key = keys.create("ci", "admin")
     results = run_concurrently(8, lambda _: authenticator.authenticate(key))
     assert all(isinstance(r, Principal) and r.id == f"key:{record.id}" for r in results), results
+
+
+# --- last_used_at on a database that refuses the write ----------------------------------------
+
+TOUCH_FAILED = "last_used_at not recorded"
+
+
+@pytest.fixture
+def read_only_keys(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[Registry, str]]:
+    """A registry and an admin key over a database that refuses to update ``api_keys``.
+
+    Really refused, by the database: on SQLite a trigger raises on every UPDATE of
+    the table; on PostgreSQL the key is made, then the whole (throw-away) database
+    is made read-only (``default_transaction_read_only``), as on a replica or
+    during maintenance, and the registry under test connects afterwards.
+    """
+    if backend == "sqlite":
+        path = tmp_path / "read-only.db"
+        settings = Settings.from_mapping({"USERPLANE_DATABASE_URL": f"sqlite:///{path}"})
+        with Registry(settings) as registry:
+            registry.migrate()
+            _, key = api_keys.service(registry).create("ci", "admin")
+            with contextlib.closing(sqlite3.connect(path)) as conn:
+                conn.execute(
+                    "CREATE TRIGGER api_keys_read_only BEFORE UPDATE ON api_keys "
+                    "BEGIN SELECT RAISE(ABORT, 'api_keys is read-only'); END"
+                )
+                conn.commit()
+            yield registry, key
+        return
+    import psycopg
+
+    url: str = request.getfixturevalue("create_postgresql_database")()
+    settings = Settings.from_mapping({"USERPLANE_DATABASE_URL": url})
+    with Registry(settings) as writable:
+        writable.migrate()
+        _, key = api_keys.service(writable).create("ci", "admin")
+    server: str = request.getfixturevalue("postgresql_server")
+    name = urlsplit(url).path.lstrip("/")
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    with Registry(settings) as registry:
+        yield registry, key
+
+
+def test_a_database_refusing_last_used_at_still_serves_valid_keys(
+    read_only_keys: tuple[Registry, str], ticks: Ticks, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry, key = read_only_keys
+    http = testing.TestClient(create_app(registry), headers={"Authorization": f"Bearer {key}"})
+    with caplog.at_level(logging.WARNING, logger="userplane.api_keys"):
+        for _ in range(5):
+            answer = http.simulate_get("/api/v1/users")
+            assert answer.status_code == 200, answer.text
+        # Logged once: a failed write is not tried again on every request...
+        failures = [r for r in caplog.records if r.getMessage().startswith(TOUCH_FAILED)]
+        assert len(failures) == 1
+        # ...only once the delay has passed, like a write that succeeds.
+        ticks.advance(TTL)  # the default USERPLANE_API_KEYS_CACHE_SECONDS
+        assert http.simulate_get("/api/v1/users").status_code == 200
+        failures = [r for r in caplog.records if r.getMessage().startswith(TOUCH_FAILED)]
+        assert len(failures) == 2
+    record = api_keys.state_of(registry).store.get_api_key(key[3:15])
+    assert record is not None
+    assert record.last_used_at is None  # the database did refuse it
+    for failure in failures:
+        assert failure.key_id == str(record.id)  # type: ignore[attr-defined]
+        logged = " ".join(str(v) for v in vars(failure).values())
+        assert key not in logged
+        assert key[3:] not in logged
+
+
+# --- unknown lookup ids --------------------------------------------------------------------
+
+
+def random_key() -> str:
+    return KEY_PREFIX + "".join(secrets.choice(BASE62) for _ in range(44))
+
+
+@pytest.fixture
+def counted(tmp_path: Path) -> Iterator[tuple[Registry, StatementCounter]]:
+    """A migrated SQLite registry whose every SQL statement is counted."""
+    counter = StatementCounter()
+    settings = Settings.from_mapping({"USERPLANE_DATABASE_URL": f"sqlite:///{tmp_path / 'k.db'}"})
+    with Registry(settings, plugins=[counter]) as registry:
+        registry.migrate()
+        yield registry, counter
+
+
+def test_a_flood_of_unknown_keys_never_evicts_a_real_one(
+    counted: tuple[Registry, StatementCounter], ticks: Ticks
+) -> None:
+    registry, counter = counted
+    _, key = api_keys.service(registry).create("ci", "admin")
+    auth = api_keys.state_of(registry).authenticator  # the production cache and its bounds
+    auth.authenticate(key)  # read (and last_used_at written) once
+    flood = [random_key() for _ in range(plugin.CACHE_ENTRIES + 1)]
+    for unknown in flood:
+        assert rejected(auth, unknown)
+    before = counter.count
+    assert auth.authenticate(key).roles == {"admin"}
+    assert counter.count == before, "the real key was read again: the flood evicted it"
+    # An unknown id tried again within the window costs no query either.
+    assert rejected(auth, flood[-1])
+    assert counter.count == before
+    # Once the window has passed, unknown ids are asked about again (a key may be created).
+    ticks.advance(TTL)
+    assert rejected(auth, flood[-1])
+    assert counter.count == before + 1
+
+
+def test_unknown_lookups_are_bounded_on_their_own(
+    counted: tuple[Registry, StatementCounter], ticks: Ticks
+) -> None:
+    registry, counter = counted
+    store = api_keys.state_of(registry).store
+    auth = plugin.KeyAuthenticator(store, TTL, entries=4, unknown_entries=3)
+    keys = [api_keys.service(registry).create(f"k{i}", "viewer")[1] for i in range(4)]
+    for key in keys:
+        auth.authenticate(key)
+    unknown = [random_key() for _ in range(4)]
+    for key in unknown:
+        assert rejected(auth, key)
+    before = counter.count
+    for key in keys:  # all four real keys are still cached
+        auth.authenticate(key)
+    for key in unknown[1:]:  # so are the three newest unknown ids...
+        assert rejected(auth, key)
+    assert counter.count == before
+    assert rejected(auth, unknown[0])  # ...and the oldest was dropped: asked about again
+    assert counter.count == before + 1
+
+
+def test_a_key_stored_after_its_id_was_found_unknown_works_once_the_window_passes(
+    store: ApiKeyStorage, authenticator: plugin.KeyAuthenticator, ticks: Ticks
+) -> None:
+    key = random_key()
+    assert rejected(authenticator, key)
+    store.insert_api_key(record_for(key))
+    assert rejected(authenticator, key)  # "unknown" is trusted for the window, like a key
+    ticks.advance(TTL)
+    assert authenticator.authenticate(key).name == "hand made"

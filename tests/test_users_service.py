@@ -31,11 +31,12 @@ from userplane import (
     UserQuery,
     hookimpl,
 )
+from userplane.auth import Principal, acting_as
 from userplane.emails import normalize_email
 from userplane.pagination import Sort
 from userplane.testing import new_users
 from userplane.text import fold
-from userplane.users import UserService
+from userplane.users import UserService, check_fields
 
 T0 = datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
 SECOND = timedelta(seconds=1)
@@ -1033,12 +1034,21 @@ def test_results_with_and_without_the_wrapper_agree(observed: Registry, registry
 # -- property ----------------------------------------------------------------------------
 
 
+def _accepted(new: NewUser) -> bool:
+    return not check_fields({"email": new.email, "full_name": new.full_name})[1]
+
+
+#: ``new_users()`` draws names from every category but Cc and Cs; names may not hold
+#: format characters (Cf) or tag characters either: keep the users the service accepts.
+accepted_users = new_users().filter(_accepted)
+
+
 @settings(
     max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-@given(new=new_users())
+@given(new=accepted_users)
 def test_created_users_read_back_equal(registry: Registry, new: NewUser) -> None:
     # One database for every example: each removes its user again.
     user = registry.users.create(new)
@@ -1069,7 +1079,7 @@ def test_created_users_read_back_equal(registry: Registry, new: NewUser) -> None
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
-    new=new_users(),
+    new=accepted_users,
     changes=st.builds(
         UserChanges,
         full_name=st.one_of(st.none(), st.text(alphabet="abc XYZ", min_size=1).filter(str.strip)),
@@ -1101,7 +1111,7 @@ def _distinct_emails(users: list[NewUser]) -> bool:
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
-    news=st.lists(new_users(), min_size=1, max_size=7).filter(_distinct_emails),
+    news=st.lists(accepted_users, min_size=1, max_size=7).filter(_distinct_emails),
     ticks=st.lists(st.booleans(), min_size=7, max_size=7),
     limit=st.integers(min_value=1, max_value=4),
 )
@@ -1123,3 +1133,137 @@ def test_every_sort_pages_through_generated_users_once_in_order(
             service.delete(user.id)
         clock.advance(SECOND)
         assert service.purge(timedelta(0)) == len(users)
+
+
+# -- invisible formatting characters in names ------------------------------------------------
+
+#: What lets one name pass for another on screen: bidirectional controls, zero-width
+#: characters (and the BOM), and (below) tag characters.
+BIDI_CONTROLS = [chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))]
+SPOOFING = [*BIDI_CONTROLS, "\u200e", "\u200f", "\u061c", "\u200b", "\u200c", "\u200d"]
+SPOOFING += ["\u2060", "\ufeff"]
+spoofing_chars = st.one_of(
+    st.sampled_from(SPOOFING),
+    st.integers(0xE0000, 0xE007F).map(chr),  # tag characters
+)
+#: Names with none of them, otherwise valid: no controls or format characters, not blank.
+plain_names = st.text(
+    alphabet=st.characters(exclude_categories=("Cc", "Cs", "Cf")), min_size=1, max_size=150
+).filter(
+    lambda s: (
+        bool(s.strip())
+        and len(fold(s)) <= 2 * 200
+        and not any(0xE0000 <= ord(c) <= 0xE007F for c in s)
+    )  # unassigned tags are Cn
+)
+SPOOF_MESSAGE = "invisible formatting characters"
+
+
+def spliced(text: str, inserts: list[tuple[int, str]]) -> str:
+    for at, char in inserts:
+        at = min(at, len(text))
+        text = text[:at] + char + text[at:]
+    return text
+
+
+@given(
+    name=plain_names,
+    inserts=st.lists(st.tuples(st.integers(0, 150), spoofing_chars), min_size=1, max_size=3),
+)
+def test_a_name_with_spoofing_characters_is_refused_and_accepted_without_them(
+    name: str, inserts: list[tuple[int, str]]
+) -> None:
+    assert check_fields({"full_name": name}) == (None, [])
+    spoofed = spliced(name, inserts)
+    _, errors = check_fields({"full_name": spoofed})
+    assert [(e.field, SPOOF_MESSAGE in e.message) for e in errors] == [("$.full_name", True)]
+    # The same string without them is the name that was accepted.
+    assert "".join(c for c in spoofed if c not in {ch for _, ch in inserts}) == name
+
+
+@given(text=st.text(max_size=300), at=st.integers(0, 300), char=spoofing_chars)
+def test_any_name_containing_a_spoofing_character_is_refused(text: str, at: int, char: str) -> None:
+    _, errors = check_fields({"full_name": spliced(text, [(at, char)])})
+    assert [e.field for e in errors] == ["$.full_name"]
+
+
+@settings(max_examples=25)
+@given(local=st.from_regex(r"[a-z]{1,12}", fullmatch=True), at=st.integers(0, 30))
+@pytest.mark.parametrize("char", [*SPOOFING, "\U000e0001", "\U000e0041", "\U000e007f"])
+def test_an_email_with_a_spoofing_character_is_refused(local: str, at: int, char: str) -> None:
+    address = spliced(f"{local}@example.org", [(at, char)])
+    with pytest.raises(InvalidInput) as info:
+        normalize_email(address)
+    assert fields_of(info.value) == ["$.email"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "\u202eevil.exe",  # shows as "exe.live"
+        "Ann\u200b",  # looks like "Ann"
+        "\ufeffAnn",
+        "Ann\U000e0041\U000e0042",  # tag letters: invisible text
+        "👨\u200d👩\u200d👧",  # ZWJ emoji: refused with every format character
+        "Ann\u00adSmith",  # a soft hyphen is a format character too
+    ],
+)
+def test_create_and_update_refuse_spoofing_names(registry: Registry, name: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        create(registry, full_name=name)
+    assert fields_of(info.value) == ["$.full_name"]
+    user = create(registry, full_name="Ann")
+    with pytest.raises(InvalidInput) as info:
+        registry.users.update(user.id, UserChanges(full_name=name))
+    assert fields_of(info.value) == ["$.full_name"]
+    assert registry.users.get(user.id) == user
+
+
+@pytest.mark.parametrize(
+    "name", ["محمد بن سلمان", "שרה לוי", "Ann محمد (שרה)", "Zoë 😀", "李小龍", "अनुष्का"]
+)
+def test_right_to_left_and_other_scripts_need_no_controls(registry: Registry, name: str) -> None:
+    assert create(registry, full_name=name).full_name == name
+
+
+# -- restore and who may see deleted users ---------------------------------------------------
+
+SUPPORT = Principal(id="test:support", kind="test", roles=frozenset({"support"}))
+EDITOR = Principal(id="test:editor", kind="test", roles=frozenset({"editor"}))
+
+
+@pytest.fixture
+def with_support(database_url: str) -> Iterator[Registry]:
+    """A registry with a custom role that may restore but not see deleted users."""
+    roles = json.dumps({"support": ["users:read", "users:restore"]})
+    variables = {"USERPLANE_DATABASE_URL": database_url, "USERPLANE_ROLES": roles}
+    with Registry(Settings.from_mapping(variables)) as reg:
+        reg.migrate()
+        yield reg
+
+
+def test_restore_hides_deleted_users_from_who_may_not_see_them(with_support: Registry) -> None:
+    reg = with_support
+    user = create(reg)
+    gone = reg.users.delete(user.id)
+    missing = uuid.uuid4()
+    with acting_as(SUPPORT):
+        with pytest.raises(NotFound) as hidden:
+            reg.users.restore(user.id)
+        with pytest.raises(NotFound) as unknown:
+            reg.users.restore(missing)
+    # Hidden, not confirmed: the answer is the one for an id that never existed.
+    assert hidden.value.detail == unknown.value.detail.replace(str(missing), str(user.id))
+    assert reg.users.get(user.id, include_deleted=True) == gone  # still deleted
+    with acting_as(EDITOR):
+        restored = reg.users.restore(user.id)
+    assert restored.deleted_at is None
+    # A live user is no secret to a principal that may restore: returned as it is.
+    with acting_as(SUPPORT):
+        assert reg.users.restore(user.id) == restored
+
+
+def test_restore_without_a_principal_is_trusted_code(with_support: Registry) -> None:
+    user = create(with_support)
+    with_support.users.delete(user.id)
+    assert with_support.users.restore(user.id).deleted_at is None

@@ -6,6 +6,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from userplane.text import is_invisible_format
 from userplane.users import NewUser
 
 # -- hypothesis strategies ------------------------------------------------------
@@ -32,7 +33,11 @@ def new_users() -> st.SearchStrategy[NewUser]:
     names = st.one_of(
         st.none(),
         st.text(
-            alphabet=st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=60
-        ).filter(lambda s: s.strip() != ""),
+            # No control, surrogate or format characters (bidi controls, zero-width and
+            # tag characters spoof what a name displays): the service refuses them.
+            alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Cf")),
+            min_size=1,
+            max_size=60,
+        ).filter(lambda s: s.strip() != "" and not any(is_invisible_format(c) for c in s)),
     )
     return st.builds(NewUser, email=emails(), full_name=names, is_active=st.booleans())

@@ -9,13 +9,27 @@ import falcon
 from userplane.frontends.http import media, problems
 from userplane.frontends.http.auth import App, Authenticate
 from userplane.frontends.http.docs import Docs, OpenApi
-from userplane.frontends.http.middleware import BodyPolicy, RequestId, SecurityHeaders, ShedLoad
+from userplane.frontends.http.middleware import (
+    BodyPolicy,
+    Cors,
+    RequestId,
+    SecurityHeaders,
+    ShedLoad,
+)
 from userplane.frontends.http.pages import STATIC, Home, Live, Ready
 from userplane.frontends.http.users import RestoreResource, UserResource, UsersResource
 from userplane.registry import Registry
 
 #: Headers a browser script may read on a cross-origin response.
-EXPOSED_HEADERS = ["ETag", "Location", "Link", "Retry-After", "X-Request-ID"]
+EXPOSED_HEADERS = [
+    "ETag",
+    "Location",
+    "Link",
+    "RateLimit",
+    "RateLimit-Policy",
+    "Retry-After",
+    "X-Request-ID",
+]
 
 
 def create_app(registry: Registry) -> falcon.App[Any, Any]:
@@ -25,7 +39,7 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
     origins = settings.allowed_origins
     if origins:
         middleware.append(
-            falcon.CORSMiddleware(
+            Cors(
                 allow_origins="*" if "*" in origins else list(origins),
                 expose_headers=EXPOSED_HEADERS,
             )
@@ -38,10 +52,11 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
         ShedLoad(settings.queue_timeout_ms / 1000),
         SecurityHeaders(),
         BodyPolicy(settings.max_body_bytes, settings.body_timeout_ms / 1000),
-        Authenticate(registry.auth, route_actions, settings.trusted_proxies),
+        guard := Authenticate(registry.auth, route_actions, settings.trusted_proxies),
     ]
 
     app = App(middleware=middleware)
+    app.guard = guard
     app.route_actions = route_actions
     app.req_options.strip_url_path_trailing_slash = True
     # Query strings are parsed strictly: repeated keys stay lists, blanks are kept.

@@ -1,4 +1,4 @@
-"""The API's own middleware: request ids, body limits, content types, security headers."""
+"""The API's own middleware: request ids, body limits, content types, security headers, CORS."""
 
 from __future__ import annotations
 
@@ -106,3 +106,32 @@ class SecurityHeaders:
                 "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
             )
             resp.set_header("X-Frame-Options", "DENY")
+
+
+class Cors(falcon.CORSMiddleware):  # type: ignore[type-arg]
+    """Falcon's CORS policy, telling caches that every response depends on ``Origin``.
+
+    Whether a response carries ``Access-Control-Allow-Origin``, and which
+    origin it names, depends on the request's ``Origin``: one allowed origin's
+    answer, or a request without ``Origin``, must not be served from a shared
+    cache to another. So every response gets ``Vary: Origin`` (merged with any
+    ``Vary`` already set), preflights and refused origins included.
+    """
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
+    ) -> None:
+        super().process_response(req, resp, resource, req_succeeded)
+        add_vary(resp, "Origin")
+
+
+def add_vary(resp: falcon.Response, name: str) -> None:
+    """Add ``name`` to ``resp``'s ``Vary``, unless it is there already (in any letter case)."""
+    current = resp.get_header("Vary")
+    if not current:
+        resp.set_header("Vary", name)
+        return
+    names = [part.strip() for part in current.split(",") if part.strip()]
+    if any(part == "*" or part.lower() == name.lower() for part in names):
+        return  # "*" varies on everything already
+    resp.set_header("Vary", ", ".join([*names, name]))

@@ -3,7 +3,11 @@
 Each process caches what it read of a key for ``USERPLANE_API_KEYS_CACHE_SECONDS``
 (default 5): a revoked key stops working within that delay on every worker and
 instance; an expired key stops at once, since expiry is checked on every use.
-``last_used_at`` is written at most once per key and delay, per process.
+Lookup ids that match no key are remembered as long, in a bounded cache of their
+own: a client sending made-up keys can never push real keys out of theirs.
+``last_used_at`` is written at most once per key and delay, per process, and only
+as bookkeeping: when that write fails (a read-only database, say) the failure is
+logged and the request goes on.
 """
 
 from __future__ import annotations
@@ -14,23 +18,38 @@ import logging
 import threading
 import time
 from datetime import datetime
+from typing import TypeVar
 
-from userplane.plugin import Principal, Unauthenticated, Unavailable
+from userplane.plugin import Principal, Unauthenticated, UserplaneError
 from userplane.plugin import utcnow as _utcnow
 from userplane.plugins.api_keys.keys import KEY_PREFIX, ApiKey, hash_key, lookup_of, matches
 from userplane.plugins.api_keys.store import ApiKeyStore
 
 _log = logging.getLogger("userplane.api_keys")
+_V = TypeVar("_V")
 
 #: The one answer to any key that does not authenticate: unknown, wrong, revoked, expired.
 REJECTED = "the credentials were not accepted"
-#: Lookups remembered per process (known and unknown); the oldest are dropped beyond it.
-_CACHE_ENTRIES = 10_000
+#: Keys remembered per process; the least recently read are dropped beyond it.
+CACHE_ENTRIES = 10_000
+#: Lookup ids known to match no key, remembered per process apart from the keys.
+UNKNOWN_ENTRIES = 10_000
 
 
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC: what expiry is judged by (tests replace it)."""
     return _utcnow()
+
+
+def _reason(exc: Exception) -> str:
+    """What went wrong, in words fit for a log: a domain error's detail, else the error's text.
+
+    The touch statement's parameters are a key's id and a time, so no database
+    message about it can contain a key.
+    """
+    if isinstance(exc, UserplaneError):
+        return exc.detail
+    return str(exc) or type(exc).__name__
 
 
 def _usable_now(record: ApiKey) -> bool:
@@ -41,9 +60,20 @@ def _usable_now(record: ApiKey) -> bool:
 
 
 class KeyAuthenticator:
-    """Verifies keys for one registry, with a short per-process cache."""
+    """Verifies keys for one registry, with a short per-process cache.
 
-    def __init__(self, storage: ApiKeyStore, ttl: float) -> None:
+    ``entries`` bounds the cache of keys, ``unknown_entries`` that of lookup
+    ids that match no key; both are kept for ``ttl`` seconds.
+    """
+
+    def __init__(
+        self,
+        storage: ApiKeyStore,
+        ttl: float,
+        *,
+        entries: int = CACHE_ENTRIES,
+        unknown_entries: int = UNKNOWN_ENTRIES,
+    ) -> None:
         # Bound once: authenticate runs on every request.
         self._compare_digest = hmac.compare_digest
         self._hash_key, self._lookup_of, self._matches = hash_key, lookup_of, matches
@@ -52,34 +82,68 @@ class KeyAuthenticator:
         self._storage = storage
         self._ttl = ttl
         self._lock = threading.Lock()
-        # lookup -> (record or None, when read, when last_used_at was written)
-        self._cache: collections.OrderedDict[str, tuple[ApiKey | None, float, float]] = (
+        self._entries = entries
+        self._unknown_entries = unknown_entries
+        # lookup -> (record, when read, when last_used_at was last attempted)
+        self._cache: collections.OrderedDict[str, tuple[ApiKey, float, float]] = (
             collections.OrderedDict()
         )
+        # lookup -> when it was found to match no key. Apart from ``_cache``: any
+        # client can make up lookup ids by the million, and none may evict a real key.
+        self._unknown: collections.OrderedDict[str, float] = collections.OrderedDict()
 
     def _record(self, lookup: str, now: float) -> tuple[ApiKey | None, float]:
-        cached = self._cache.get(lookup)  # one dict read: atomic, no lock on the hot path
+        # One dict read each: atomic, no lock on the hot path.
+        cached = self._cache.get(lookup)
         if cached is not None and now - cached[1] < self._ttl:
             return cached[0], cached[2]
+        if cached is None:
+            unknown_since = self._unknown.get(lookup)
+            if unknown_since is not None and now - unknown_since < self._ttl:
+                return None, float("-inf")
         record = self._storage.get_api_key(lookup)
         touched = cached[2] if cached is not None else float("-inf")
         with self._lock:
-            self._cache[lookup] = (record, now, touched)
-            self._cache.move_to_end(lookup)
-            while len(self._cache) > _CACHE_ENTRIES:
-                self._cache.popitem(last=False)
+            if record is None:
+                self._cache.pop(lookup, None)  # deleted from the table since it was read
+                self._remember(self._unknown, lookup, now, self._unknown_entries)
+            else:
+                self._unknown.pop(lookup, None)  # created since it was found missing
+                self._remember(self._cache, lookup, (record, now, touched), self._entries)
         return record, touched
 
+    @staticmethod
+    def _remember(
+        cache: collections.OrderedDict[str, _V], lookup: str, value: _V, bound: int
+    ) -> None:
+        """Put ``value`` in ``cache`` as its newest entry, dropping the oldest beyond ``bound``.
+
+        Called with the lock held.
+        """
+        cache[lookup] = value
+        cache.move_to_end(lookup)
+        while len(cache) > bound:
+            cache.popitem(last=False)
+
     def _touch(self, record: ApiKey, now: float) -> None:
+        # Marked as attempted before the write: a write that fails is not retried on
+        # every request, only once the delay has passed again.
         with self._lock:
             cached = self._cache.get(record.lookup)
             if cached is not None:
                 self._cache[record.lookup] = (cached[0], cached[1], now)
         try:
             self._storage.touch_api_key(record.id, utcnow())
-        except Unavailable:
-            # Bookkeeping only: a database hiccup must not refuse a valid key.
-            _log.warning("last_used_at not recorded", extra={"key_id": str(record.id)})
+        except Exception as exc:
+            # Bookkeeping only: whatever stops the write (the database busy or away, a
+            # read-only database or replica, a trigger refusing it) must not refuse or
+            # fail a request the key authenticates. The key itself is never logged:
+            # its record's id names it, and the statement never carries the secret.
+            _log.warning(
+                "last_used_at not recorded: %s",
+                _reason(exc),
+                extra={"key_id": str(record.id), "error": type(exc).__name__},
+            )
 
     def authenticate(self, key: str) -> Principal:
         """The key's principal, or ``Unauthenticated`` with one message for every failure."""

@@ -33,9 +33,10 @@ CORE_MIGRATION_IDS = sorted(
     for p in migrations.folder("sqlite").glob("*.sql")  # type: ignore[union-attr]
     if not p.name.endswith(".rollback.sql")
 )
-#: The core's migrations, then the plugins' (the api_keys plugin owns its table).
+#: The core's migrations, then the plugins' (api_keys and rate_limits own their tables).
 MIGRATIONS = [(m, "userplane") for m in CORE_MIGRATION_IDS] + [
-    ("api_keys_0001_api_keys", "api_keys")
+    ("api_keys_0001_api_keys", "api_keys"),
+    ("rate_limits_0001_rate_limits", "rate_limits"),
 ]
 MIGRATION_IDS = [m for m, _ in MIGRATIONS]
 #: The distribution that ships the built-in plugins, as `plugins` names it.

@@ -25,7 +25,7 @@ from falcon import testing
 from hypothesis import strategies as st
 
 import userplane
-from userplane import NewUser, Registry, Settings, convert
+from userplane import NewUser, Registry, Settings, convert, hookimpl
 from userplane.frontends.http import create_app
 from userplane.users import UserService
 
@@ -1210,6 +1210,45 @@ def test_restore_of_an_unknown_user_is_404(client: testing.TestClient) -> None:
     assert body["instance"] == f"{USERS}/{missing}/restore"
 
 
+def test_restore_by_a_role_that_may_not_see_deleted_users_is_404_and_restores_nothing(
+    database_url: str,
+) -> None:
+    # May restore, may not see deleted users: restoring would show one, so it is hidden.
+    roles = '{"support": ["users:read", "users:restore"]}'
+    variables = {"USERPLANE_DATABASE_URL": database_url, "USERPLANE_ROLES": roles}
+    with Registry(Settings.from_mapping(variables)) as registry:
+        registry.migrate()
+        app = create_app(registry)
+        admin, support, editor = (
+            client_for(registry, role, app=app) for role in ("admin", "support", "editor")
+        )
+        restore_hidden_from_support(admin, support, editor)
+
+
+def restore_hidden_from_support(
+    admin: testing.TestClient, support: testing.TestClient, editor: testing.TestClient
+) -> None:
+    gone = create(admin, "gone@x.org")
+    assert admin.simulate_delete(f"{USERS}/{gone['id']}").status_code == 204
+    missing = uuid.uuid4()
+
+    hidden = assert_problem(support.simulate_post(f"{USERS}/{gone['id']}/restore"), 404)
+    unknown = assert_problem(support.simulate_post(f"{USERS}/{missing}/restore"), 404)
+    # The same answer as for a user that never existed: nothing confirms it did.
+    for body in (hidden, unknown):
+        del body["instance"], body["request_id"]
+    assert hidden == json.loads(json.dumps(unknown).replace(str(missing), gone["id"]))
+    still = admin.simulate_get(f"{USERS}/{gone['id']}", params={"include_deleted": "true"})
+    assert still.json["deleted_at"] is not None
+    assert still.json["version"] == 2
+
+    # A role that may see deleted users restores as before; a live user is no secret.
+    assert editor.simulate_post(f"{USERS}/{gone['id']}/restore").status_code == 200
+    live = support.simulate_post(f"{USERS}/{gone['id']}/restore")
+    assert live.status_code == 200
+    assert live.json["deleted_at"] is None
+
+
 def test_the_email_of_a_deleted_user_stays_reserved_across_restore(
     client: testing.TestClient,
 ) -> None:
@@ -1871,6 +1910,61 @@ def test_cors_with_configured_origins_allows_only_those(make_client: MakeClient,
         assert "Access-Control-Allow-Origin" not in refused.headers, other
         simple = client.simulate_get(USERS, headers={"Origin": other})
         assert "Access-Control-Allow-Origin" not in simple.headers, other
+
+
+def vary_of(resp: testing.Result) -> list[str]:
+    """The names in ``resp``'s ``Vary``, lowercased, each once."""
+    return [n.strip().lower() for n in resp.headers.get("Vary", "").split(",") if n.strip()]
+
+
+@pytest.mark.parametrize(
+    "env", [{"USERPLANE_CORS_ORIGINS": "https://a.example"}, {"USERPLANE_ENV": "dev"}]
+)
+def test_cors_answers_vary_on_origin(make_client: MakeClient, env: dict[str, str]) -> None:
+    # A shared cache must not give one origin's answer (or a same-origin one) to another.
+    client = make_client(env)
+    allowed = client.simulate_get(USERS, headers={"Origin": "https://a.example"})
+    assert allowed.status_code == 200
+    assert allowed.headers["Access-Control-Allow-Origin"] in ("https://a.example", "*")
+    answers = {
+        "allowed": allowed,
+        "allowed, an error": client.simulate_post(
+            USERS, json={"email": 1}, headers={"Origin": "https://a.example"}
+        ),
+        "refused": client.simulate_get(USERS, headers={"Origin": "https://b.example"}),
+        "no origin": client.simulate_get(USERS),
+        "preflight": preflight(client, "https://a.example"),
+        "refused preflight": preflight(client, "https://b.example"),
+        "not found": client.simulate_get("/nowhere", headers={"Origin": "https://a.example"}),
+        "home page": client.simulate_get("/", headers={"Origin": "https://a.example"}),
+    }
+    assert "POST" in answers["preflight"].headers["Access-Control-Allow-Methods"]
+    for label, resp in answers.items():
+        assert vary_of(resp).count("origin") == 1, (label, resp.headers.get("Vary"))
+
+
+class VaryOnAccept:
+    """A plugin's middleware that varies responses on ``Accept`` (and says so)."""
+
+    @hookimpl
+    def userplane_http_middleware(self) -> list[Any]:
+        return [self]
+
+    def process_response(self, req: Any, resp: Any, resource: Any, req_succeeded: bool) -> None:
+        resp.set_header("Vary", "Accept, origin")
+
+
+def test_vary_origin_is_merged_with_the_vary_already_set(make_client: MakeClient) -> None:
+    client = make_client({"USERPLANE_CORS_ORIGINS": "https://a.example"}, plugins=[VaryOnAccept()])
+    for origin in ("https://a.example", "https://b.example"):
+        resp = client.simulate_get(USERS, headers={"Origin": origin})
+        assert vary_of(resp) == ["accept", "origin"], resp.headers["Vary"]
+
+
+def test_without_cors_nothing_varies_on_origin(make_client: MakeClient) -> None:
+    client = make_client({"USERPLANE_ENV": "prod"})
+    resp = client.simulate_get(USERS, headers={"Origin": "https://a.example"})
+    assert "origin" not in vary_of(resp)
 
 
 # --------------------------------------------------------------------------- unexpected errors

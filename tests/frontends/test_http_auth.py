@@ -765,9 +765,10 @@ def test_a_custom_role_grants_exactly_its_actions(make_registry: MakeRegistry) -
 
     assert client.simulate_get(USERS, headers=headers).status_code == 200
     assert client.simulate_get(f"{USERS}/{live.id}", headers=headers).status_code == 200
-    restored = client.simulate_post(f"{USERS}/{gone.id}/restore", headers=headers)
-    assert restored.status_code == 200, restored.text
-    assert restored.json["deleted_at"] is None
+    # users:restore without users:read-deleted: a deleted user stays hidden (404) and deleted.
+    hidden = client.simulate_post(f"{USERS}/{gone.id}/restore", headers=headers)
+    assert hidden.status_code == 404, hidden.text
+    assert registry.users.get(gone.id, include_deleted=True).deleted_at is not None
 
     patch = client.simulate_patch(f"{USERS}/{live.id}", json={"full_name": "X"}, headers=headers)
     assert_forbidden(patch)

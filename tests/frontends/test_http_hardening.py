@@ -106,3 +106,27 @@ def test_a_repeated_key_is_refused_not_settled_silently(
     assert resp.headers["Content-Type"] == "application/problem+json"
     assert "appears twice" in resp.json["detail"]
     assert client.simulate_get("/api/v1/users").json["items"] == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Ann \u202egnp.exe",  # a right-to-left override: shows as "Ann exe.png"
+        "\u2067Ann\u2069",  # a right-to-left isolate
+        "Ann\u200d",  # zero-width joiner
+        "A\u2060nn",  # word joiner
+        "Ann\U000e0001\U000e0062",  # tag characters
+    ],
+)
+def test_full_name_with_invisible_formatting_is_422_naming_it(
+    client: testing.TestClient, name: str
+) -> None:
+    created = client.simulate_post(USERS, json={"email": "spoof@example.org", "full_name": name})
+    assert created.status_code == 422, created.text
+    assert [e["field"] for e in created.json["errors"]] == ["$.full_name"]
+    assert client.simulate_get(USERS).json["items"] == []
+    user = client.simulate_post(USERS, json={"email": "ann@example.org", "full_name": "Ann"}).json
+    patched = client.simulate_patch(f"{USERS}{user['id']}", json={"full_name": name})
+    assert patched.status_code == 422, patched.text
+    assert [e["field"] for e in patched.json["errors"]] == ["$.full_name"]
+    assert client.simulate_get(f"{USERS}{user['id']}").json["full_name"] == "Ann"

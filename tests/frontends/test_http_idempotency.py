@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,8 +11,12 @@ import pytest
 from clients import client_for
 from falcon import testing
 
-from userplane import Registry, UserQuery
+from userplane import Registry, Settings, UserQuery
+from userplane.auth import Principal
+from userplane.frontends.http.testing import PrincipalTokens
+from userplane.frontends.http.testing import client as client_as
 from userplane.idempotency import IdempotencyService
+from userplane.sql import SQLStorage
 
 USERS = "/api/v1/users/"
 PROBLEM = "application/problem+json"
@@ -142,3 +147,30 @@ def test_purge_removes_only_expired_keys(
     clock.now += timedelta(minutes=20)
     assert registry.idempotency.purge_expired() == 1
     assert post(client, {"email": "p2@example.org"}, "k-new").headers["Idempotent-Replayed"]
+
+
+def test_a_principal_id_of_10_kb_with_a_key_creates_then_replays(database_url: str) -> None:
+    # Random text, which no index can compress: a 10 KB token subject, say.
+    huge = Principal(
+        id="jwt:" + secrets.token_urlsafe(7_700), kind="jwt", roles=frozenset({"editor"})
+    )
+    assert len(huge.id) >= 10_000
+    settings = Settings.from_mapping({"USERPLANE_DATABASE_URL": database_url})
+    with Registry(settings, plugins=[PrincipalTokens()]) as registry:
+        registry.migrate()
+        http = client_as(registry, principal=huge)
+        body = {"email": "huge@example.org"}
+        first = post(http, body, "k-huge")
+        assert first.status_code == 201, first.text
+        again = post(http, body, "k-huge")
+        assert again.status_code == 201, again.text
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert again.json == first.json
+        # Another principal's same key is its own.
+        other = Principal(id="jwt:other", kind="jwt", roles=frozenset({"editor"}))
+        assert post(client_as(registry, principal=other), body, "k-huge").status_code == 409
+        # Stored as a fixed-length digest: neither the principal nor the key as text.
+        storage = registry.storage
+        assert isinstance(storage, SQLStorage)
+        stored = storage.fetch_all("SELECT key FROM idempotency_keys", {})
+        assert [(len(k), set(k) <= set("0123456789abcdef")) for (k,) in stored] == [(64, True)]
