@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from userplane.plugin import (
+    AUTH_FAILURE,
     ConfigurationError,
     Credentials,
     Principal,
+    Quota,
     Settings,
     SettingsSection,
     hookimpl,
@@ -69,7 +71,13 @@ class ApiKeys:
 
         self.store = ApiKeyStore(storage)
         ttl = section(ApiKeySettings, registry.settings, "API_KEYS_").cache_seconds
-        self.authenticator: KeyAuthenticator = KeyAuthenticator(self.store, ttl)
+        # Built on first use, after the registry's auth service exists.
+        auth = registry.auth
+
+        def throttle(subject: str, consume: bool) -> Quota | None:
+            return auth.rate_limit(AUTH_FAILURE, subject, consume)
+
+        self.authenticator: KeyAuthenticator = KeyAuthenticator(self.store, ttl, throttle=throttle)
         self.service: ApiKeyService = ApiKeyService(self.store, registry.auth.roles, utcnow)
 
 

@@ -17,10 +17,11 @@ import hmac
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar
 
-from userplane.plugin import Principal, Unauthenticated, UserplaneError
+from userplane.plugin import Principal, Quota, RateLimited, Unauthenticated, UserplaneError
 from userplane.plugin import utcnow as _utcnow
 from userplane.plugins.api_keys.keys import KEY_PREFIX, ApiKey, hash_key, lookup_of, matches
 from userplane.plugins.api_keys.store import ApiKeyStore
@@ -73,6 +74,7 @@ class KeyAuthenticator:
         *,
         entries: int = CACHE_ENTRIES,
         unknown_entries: int = UNKNOWN_ENTRIES,
+        throttle: Callable[[str, bool], Quota | None] | None = None,
     ) -> None:
         # Bound once: authenticate runs on every request.
         self._compare_digest = hmac.compare_digest
@@ -91,6 +93,9 @@ class KeyAuthenticator:
         # lookup -> when it was found to match no key. Apart from ``_cache``: any
         # client can make up lookup ids by the million, and none may evict a real key.
         self._unknown: collections.OrderedDict[str, float] = collections.OrderedDict()
+        #: The rate limiter's auth-failure check for a key id (``AuthService.rate_limit``):
+        #: ``(subject, consume) -> Quota | None``.
+        self._throttle = throttle
 
     def _record(self, lookup: str, now: float) -> tuple[ApiKey | None, float]:
         # One dict read each: atomic, no lock on the hot path.
@@ -101,6 +106,9 @@ class KeyAuthenticator:
             unknown_since = self._unknown.get(lookup)
             if unknown_since is not None and now - unknown_since < self._ttl:
                 return None, float("-inf")
+        if self._throttle is not None:
+            # A key id past its failure limit is refused before it costs a lookup.
+            self._refuse_if_over(self._throttle(f"key-id:{lookup}", False))
         record = self._storage.get_api_key(lookup)
         touched = cached[2] if cached is not None else float("-inf")
         with self._lock:
@@ -145,6 +153,15 @@ class KeyAuthenticator:
                 extra={"key_id": str(record.id), "error": type(exc).__name__},
             )
 
+    @staticmethod
+    def _refuse_if_over(quota: Quota | None) -> None:
+        if quota is not None and not quota.allowed:
+            raise RateLimited(
+                "too many failed authentications with this key; retry later",
+                quota.retry_after,
+                quota,
+            )
+
     def authenticate(self, key: str) -> Principal:
         """The key's principal, or ``Unauthenticated`` with one message for every failure."""
         lookup = self._lookup_of(key)
@@ -156,6 +173,11 @@ class KeyAuthenticator:
             self._compare_digest(self._hash_key(key), self._no_hash)  # what a wrong key costs
             raise Unauthenticated(REJECTED)
         if not self._matches(key, record) or not _usable_now(record):
+            if self._throttle is not None:
+                # Guesses at one real key's secret count against its id, whatever the
+                # address: past the limit the guesser is told to wait. The holder of the
+                # right secret is verified in memory and never waits for it.
+                self._refuse_if_over(self._throttle(f"key-id:{lookup}", True))
             raise Unauthenticated(REJECTED)
         if now - touched >= max(self._ttl, 1.0):
             self._touch(record, now)

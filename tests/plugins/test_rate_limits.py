@@ -350,21 +350,25 @@ def test_a_failing_store_serves_the_request_and_says_so(
         create_app(registry), headers={"Authorization": f"Bearer {new_key(registry)}"}
     )
     assert client.simulate_get(USERS).status_code == 200
-    # A real failure: the table is gone (a bad migration, a restored backup...).
+    # A real failure: the table is gone (a bad migration, a restored backup...). Renamed,
+    # not dropped: the PostgreSQL database is shared by the run's tests.
     store: Any = registry.storage
-    store.execute("DROP TABLE rate_limits", {})
-    with caplog.at_level("WARNING", logger="userplane.rate_limits"):
-        for _ in range(3):
-            answer = client.simulate_get(USERS)
-            assert answer.status_code == 200
-            assert "RateLimit" not in answer.headers
+    store.execute("ALTER TABLE rate_limits RENAME TO rate_limits_away", {})
+    try:
+        with caplog.at_level("WARNING", logger="userplane.rate_limits"):
+            for _ in range(3):
+                answer = client.simulate_get(USERS)
+                assert answer.status_code == 200
+                assert "RateLimit" not in answer.headers
+        # Readiness says so too: the limiter's state does not answer.
+        assert [c.ok for c in registry.check() if c.name == "rate_limits"] == [False]
+    finally:
+        store.execute("ALTER TABLE rate_limits_away RENAME TO rate_limits", {})
     counters = registry.services.get(RateLimitCounters)
     assert counters.store_failures == 3
     warnings = [r for r in caplog.records if r.name == "userplane.rate_limits"]
     assert len(warnings) == 1, "one warning per interval, not one per request"
     assert "rate limits not enforced" in warnings[0].getMessage()
-    # Readiness says so too: the limiter's state does not answer.
-    assert [c.ok for c in registry.check() if c.name == "rate_limits"] == [False]
 
 
 def test_the_store_refuses_a_dialect_it_has_no_statements_for(
@@ -379,3 +383,25 @@ def test_the_store_refuses_a_dialect_it_has_no_statements_for(
     with pytest.raises(ConfigurationError, match="USERPLANE_RATE_LIMITS=off"):
         RateStore(Other())  # type: ignore[arg-type]
     assert RateStore(storage) is not None
+
+
+def test_guesses_at_one_key_count_against_its_id_from_any_address(
+    make_registry: MakeRegistry,
+) -> None:
+    registry = make_registry(
+        USERPLANE_RATE_LIMITS="auth-failure=4/300s", USERPLANE_TRUSTED_PROXIES="127.0.0.1"
+    )
+    client = testing.TestClient(create_app(registry))
+    key = new_key(registry)
+    # The same key id (the first 15 characters), a wrong secret, a new address each time.
+    guesses = [key[:15] + wrong_key()[15:] for _ in range(6)]
+
+    def get(address: str, token: str) -> int:
+        headers = {"Authorization": f"Bearer {token}", "X-Forwarded-For": address}
+        return client.simulate_get(USERS, headers=headers, remote_addr="127.0.0.1").status_code
+
+    statuses = [get(f"203.0.113.{i}", guess) for i, guess in enumerate(guesses)]
+    assert statuses[:3] == [401, 401, 401]
+    assert statuses[-1] == 429
+    # The holder of the right secret is verified in memory and still served.
+    assert get("203.0.113.200", key) == 200
