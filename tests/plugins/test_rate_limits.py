@@ -140,14 +140,16 @@ def test_a_burst_of_the_limit_passes_and_the_next_is_refused(make_registry: Make
     assert all(q is not None and q.allowed for q in quotas)
     assert [q.remaining for q in quotas if q is not None] == [4, 3, 2, 1, 0]
     refused = limiter.check(WRITE, "principal:a", True)
-    assert refused is not None and not refused.allowed
+    assert refused is not None
+    assert not refused.allowed
     # One request's share comes back after window / limit = 12 s.
     assert 10 < refused.retry_after_s <= 12.5
     assert refused.retry_after == math.ceil(refused.retry_after_s)
     assert 55 < refused.reset_s <= 60.5
     # Another subject, and another class of the same subject, have quotas of their own.
     other = limiter.check(WRITE, "principal:b", True)
-    assert other is not None and other.allowed
+    assert other is not None
+    assert other.allowed
     assert limiter.check(READ, "principal:a", True) is None  # no read limit set
     assert limiter.counters.refused >= 1
 
@@ -157,10 +159,12 @@ def test_the_quota_comes_back_with_time(make_registry: MakeRegistry) -> None:
     for _ in range(4):
         assert limiter.check(WRITE, "principal:a", True).allowed  # type: ignore[union-attr]
     refused = limiter.check(WRITE, "principal:a", True)
-    assert refused is not None and not refused.allowed
+    assert refused is not None
+    assert not refused.allowed
     time.sleep(refused.retry_after_s + 0.05)
     again = limiter.check(WRITE, "principal:a", True)
-    assert again is not None and again.allowed
+    assert again is not None
+    assert again.allowed
 
 
 def test_a_refusal_is_held_locally_without_a_statement(make_registry: MakeRegistry) -> None:
@@ -170,7 +174,9 @@ def test_a_refusal_is_held_locally_without_a_statement(make_registry: MakeRegist
     sent = limiter.counters.store_checks
     for _ in range(50):
         quota = limiter.check(WRITE, "principal:a", True)
-        assert quota is not None and not quota.allowed and quota.retry_after >= 1
+        assert quota is not None
+        assert not quota.allowed
+        assert quota.retry_after >= 1
     assert limiter.counters.store_checks == sent
 
 
@@ -178,11 +184,13 @@ def test_a_peek_counts_nothing(make_registry: MakeRegistry) -> None:
     limiter = exact(make_registry, "auth-failure=3/60s")
     for _ in range(10):
         quota = limiter.check(AUTH_FAILURE, "address:192.0.2.1", False)
-        assert quota is not None and quota.allowed
+        assert quota is not None
+        assert quota.allowed
     for _ in range(3):
         limiter.check(AUTH_FAILURE, "address:192.0.2.1", True)
     peek = limiter.check(AUTH_FAILURE, "address:192.0.2.1", False)
-    assert peek is not None and not peek.allowed
+    assert peek is not None
+    assert not peek.allowed
 
 
 def test_two_limiters_on_one_database_enforce_one_limit(make_registry: MakeRegistry) -> None:
@@ -244,7 +252,8 @@ def test_the_fast_path_stays_within_the_stated_accuracy(make_registry: MakeRegis
 def test_state_keys_are_bounded_hashes_never_the_subject() -> None:
     subject = "principal:jwt:" + "x" * 10_000
     key = state_key(READ, subject)
-    assert len(key) == 64 and "x" not in key
+    assert len(key) == 64
+    assert "x" not in key
     assert state_key(READ, subject) != state_key(WRITE, subject)
 
 
