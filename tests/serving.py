@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import io
 import json
 import os
 import re
@@ -233,3 +234,29 @@ def assert_problem(resp: Response, status: int, kind: str | None = None) -> dict
 
 def unique_email(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}@example.org"
+
+
+def raw_exchange(port: int, data: bytes, *, timeout: float = REQUEST_TIMEOUT) -> bytes:
+    """Send ``data`` as it is on a fresh connection; every byte answered until the server closes.
+
+    The server may refuse a request before reading all of it: a reset on either
+    side of the exchange ends it, with what arrived so far.
+    """
+    chunks: list[bytes] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(data)
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_response(data: bytes) -> Response:
+    """The first HTTP/1.x response in ``data``: its body framed by Content-Length, else the rest."""
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status_line, _, fields = head.partition(b"\r\n")
+    headers = http.client.parse_headers(io.BytesIO(fields + b"\r\n\r\n"))
+    length = headers.get("Content-Length")
+    body = rest[: int(length)] if length is not None else rest
+    return Response(int(status_line.split(b" ", 2)[1]), headers, body)

@@ -78,6 +78,9 @@ _PUBLIC: list[dict[str, list[str]]] = []
 
 
 _BODY_ERRORS = (400, 411, 413, 415, 422)
+#: What an operation with query parameters may also answer: a long query string
+#: makes the request line longer than the server reads (then a 414).
+_QUERY_ERRORS = (414,)
 
 
 def _json_body(schema: str, *media: str) -> dict[str, Any]:
@@ -182,7 +185,12 @@ def document() -> dict[str, Any]:
                         ),
                         _query(
                             "q",
-                            {"type": "string", "maxLength": MAX_FULL_NAME},
+                            # No NUL: no database can take one (a 422, as the service says).
+                            {
+                                "type": "string",
+                                "maxLength": MAX_FULL_NAME,
+                                "pattern": "^[^\\u0000]*$",
+                            },
                             "Substring of the email or the name, any letter case.",
                         ),
                         include_deleted,
@@ -190,7 +198,7 @@ def document() -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": _ok("A page of users", "UserPage", "Link"),
-                        **_errors(422),
+                        **_errors(*_QUERY_ERRORS, 422),
                     },
                 },
             },
@@ -213,7 +221,7 @@ def document() -> dict[str, Any]:
                                 "X-Request-ID": _ref("headers", "X-Request-ID"),
                             },
                         },
-                        **_errors(404, 422),
+                        **_errors(*_QUERY_ERRORS, 404, 422),
                     },
                 },
                 "patch": {
@@ -498,6 +506,9 @@ def _components() -> dict[str, Any]:
             "411": _problem("A body needs a Content-Length"),
             "412": _problem("Precondition failed: `If-Match` is stale"),
             "413": _problem("Body too large"),
+            "414": _problem(
+                "URI too long: the request line (method, path and query) is over 4094 bytes"
+            ),
             "415": _problem("Bodies must be application/json"),
             "422": _problem("Invalid input; `errors` names each field at fault"),
             "500": _problem("Internal error (logged; no details are given)"),

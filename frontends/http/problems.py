@@ -162,3 +162,49 @@ def install(app: falcon.App[Any, Any], challenges: tuple[str, ...] = DEFAULT_CHA
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)
     app.add_error_handler(UserplaneError, domain_error)
+
+
+#: The headers ``SecurityHeaders`` gives every API answer, for the answers the
+#: server writes itself, below Falcon (``raw_problem``).
+RAW_SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cache-Control", "no-store"),
+)
+
+#: Reason phrases RFC 9110 renamed, where this Python still has the old one.
+_RFC_9110_PHRASES = {414: "URI Too Long"}
+
+
+def raw_problem(
+    status: int,
+    detail: str,
+    *,
+    instance: str | None = None,
+    request_id: str | None = None,
+) -> bytes:
+    """A whole HTTP/1.1 response carrying a problem document, ending the connection.
+
+    For what the server refuses before the request reaches Falcon (a request
+    line too long, headers too large, broken framing, a head that never
+    arrived): the same document and security headers as every other answer,
+    and ``Connection: close``, as where the next request would start is unknown.
+    """
+    phrase = _RFC_9110_PHRASES.get(status) or HTTPStatus(status).phrase
+    document: dict[str, Any] = {"type": "about:blank", "title": phrase, "status": status}
+    document["detail"] = detail
+    if instance:
+        document["instance"] = instance
+    if request_id:
+        document["request_id"] = request_id
+    body = orjson.dumps(document)
+    headers = [
+        ("Content-Type", PROBLEM_JSON),
+        ("Content-Length", str(len(body))),
+        ("Connection", "close"),
+        *RAW_SECURITY_HEADERS,
+    ]
+    if request_id:
+        headers.append(("X-Request-ID", request_id))
+    head = f"HTTP/1.1 {status} {phrase}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
+    return head.encode("latin-1") + b"\r\n" + body

@@ -50,6 +50,30 @@ def test_the_document_is_valid_openapi_3_1() -> None:
     validate(doc)
 
 
+def test_operations_with_a_query_declare_the_414_of_a_long_request_line() -> None:
+    doc = document()
+    with_query = [
+        (path, method)
+        for path, item in doc["paths"].items()
+        for method, operation in item.items()
+        if method.upper() in HTTP_METHODS
+        and any(p.get("in") == "query" for p in operation.get("parameters", []))
+    ]
+    assert ("/api/v1/users/", "get") in with_query
+    for path, method in with_query:
+        responses = doc["paths"][path][method]["responses"]
+        assert responses.get("414") == {"$ref": "#/components/responses/414"}, (path, method)
+    too_long = doc["components"]["responses"]["414"]
+    assert too_long["content"] == {
+        "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+    }
+    # The limit it names is the one userplane serve runs with.
+    from userplane.frontends.http.server import Server
+
+    limit = Server(Settings.from_mapping({})).cfg.limit_request_line
+    assert f"over {limit} bytes" in too_long["description"]
+
+
 def test_every_route_is_documented_and_every_documented_operation_exists(
     client: testing.TestClient,
 ) -> None:
