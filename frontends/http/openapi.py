@@ -67,9 +67,9 @@ def _ok(description: str, schema: str | None, *headers: str, media: str = JSON) 
 def _errors(*statuses: int, public: bool = False) -> dict[str, Any]:
     """The error responses of an operation: its own, plus those every operation may give.
 
-    Every operation but a public one may also answer 401 and 403.
+    Every operation but a public one may also answer 401, 403 and 429 (rate limits).
     """
-    common = {500, 503} if public else {401, 403, 500, 503}
+    common = {500, 503} if public else {401, 403, 429, 500, 503}
     return {str(s): _ref("responses", str(s)) for s in sorted({*statuses, *common})}
 
 
@@ -477,6 +477,17 @@ def _components() -> dict[str, Any]:
             "Location": {"schema": {"type": "string"}, "description": "The new user's URL."},
             "Link": {"schema": {"type": "string"}, "description": 'The next page: rel="next".'},
             "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."},
+            "RateLimit-Policy": {
+                "schema": {"type": "string"},
+                "description": "The rate limit of this request's class, when limits are on "
+                '(draft-ietf-httpapi-ratelimit-headers): `"read";q=600;w=60`, requests per '
+                "window in seconds.",
+            },
+            "RateLimit": {
+                "schema": {"type": "string"},
+                "description": "Where the caller stands under that limit: "
+                '`"read";r=599;t=1`, requests remaining and seconds until the quota is whole.',
+            },
             "Allow": {"schema": {"type": "string"}, "description": "The methods allowed."},
             "WWW-Authenticate": {
                 "schema": {"type": "string"},
@@ -506,6 +517,13 @@ def _components() -> dict[str, Any]:
             "411": _problem("A body needs a Content-Length"),
             "412": _problem("Precondition failed: `If-Match` is stale"),
             "413": _problem("Body too large"),
+            "429": _problem(
+                "Too many requests: the caller's rate limit, or its address's limit of failed "
+                "authentications, is spent; retry after `Retry-After` seconds",
+                "Retry-After",
+                "RateLimit-Policy",
+                "RateLimit",
+            ),
             "414": _problem(
                 "URI too long: the request line (method, path and query) is over 4094 bytes"
             ),
