@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import ipaddress
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -175,6 +176,33 @@ def reset_principal(token: contextvars.Token[Principal | None]) -> None:
     _current.reset(token)
 
 
+def _network(address: str | None) -> str:
+    """What an address is counted as: itself, or its /64 for IPv6.
+
+    One IPv6 host commonly has a whole /64 to choose addresses from, so
+    counting single addresses would let it escape any per-address limit.
+    """
+    if address is None:
+        return "unknown"
+    if ":" not in address:
+        return address
+    try:
+        network = ipaddress.IPv6Network(f"{address}/64", strict=False)
+    except ValueError:
+        return address
+    return str(network)
+
+
+def address_subject(credentials: Credentials) -> str:
+    """The rate-limit subject of the client that presented ``credentials``.
+
+    The client address resolved through the trusted proxies, else the peer
+    (``address:<ip>``, IPv6 by its /64); requests whose address is unknown
+    share one subject rather than escaping the limit.
+    """
+    return f"address:{_network(credentials.client_address or credentials.peer_address)}"
+
+
 class AuthService:
     """Authenticates credentials and authorizes actions through the plugins."""
 
@@ -201,14 +229,13 @@ class AuthService:
         detail, so a caller learns nothing about which keys exist. With a
         rate limiter, an address past its ``auth-failure`` limit gets
         ``RateLimited`` before any plugin looks the credentials up, and every
-        failure presented from an address counts against it.
+        failure from an address counts against it (``address_subject``).
         """
         if not self.enabled:
             return DEVELOPMENT_PRINCIPAL
-        address = credentials.client_address
-        throttled = self._limited and credentials.present and address is not None
-        if throttled:
-            quota = self.rate_limit(AUTH_FAILURE, f"address:{address}", consume=False)
+        subject = address_subject(credentials) if self._limited else ""
+        if self._limited:
+            quota = self.rate_limit(AUTH_FAILURE, subject, consume=False)
             if quota is not None and not quota.allowed:
                 raise RateLimited(
                     "too many failed authentications from this address; retry later",
@@ -217,14 +244,16 @@ class AuthService:
                 )
         try:
             principal = self._hooks.authenticate(credentials, self._registry)
-        except Unauthenticated:
-            if throttled:
-                self.rate_limit(AUTH_FAILURE, f"address:{address}")
+        except (Unauthenticated, RateLimited):
+            # A plugin judged the credentials its own and wrong (or refused a guess
+            # at one key): a failure of this address, whatever header carried them.
+            if self._limited:
+                self.rate_limit(AUTH_FAILURE, subject)
             raise
         if principal is None:
             if credentials.present:
-                if throttled:
-                    self.rate_limit(AUTH_FAILURE, f"address:{address}")
+                if self._limited:
+                    self.rate_limit(AUTH_FAILURE, subject)
                 raise Unauthenticated("the credentials were not accepted")
             raise Unauthenticated("credentials are required: Authorization: Bearer <key or token>")
         return principal
@@ -250,7 +279,7 @@ class AuthService:
         if not self._limited:
             return None
         if principal is DEVELOPMENT_PRINCIPAL:
-            subject = f"address:{client_address}"
+            subject = f"address:{_network(client_address)}"
         else:
             subject = f"principal:{principal.id}"
         quota = self._hooks.rate_limit(kind, subject, True, self._registry)

@@ -106,9 +106,6 @@ class KeyAuthenticator:
             unknown_since = self._unknown.get(lookup)
             if unknown_since is not None and now - unknown_since < self._ttl:
                 return None, float("-inf")
-        if self._throttle is not None:
-            # A key id past its failure limit is refused before it costs a lookup.
-            self._refuse_if_over(self._throttle(f"key-id:{lookup}", False))
         record = self._storage.get_api_key(lookup)
         touched = cached[2] if cached is not None else float("-inf")
         with self._lock:
@@ -175,8 +172,9 @@ class KeyAuthenticator:
         if not self._matches(key, record) or not _usable_now(record):
             if self._throttle is not None:
                 # Guesses at one real key's secret count against its id, whatever the
-                # address: past the limit the guesser is told to wait. The holder of the
-                # right secret is verified in memory and never waits for it.
+                # address: past the limit the guesser is told to wait. Only after the
+                # secret was checked: the id is no secret, and refusing it before
+                # would let anyone who knows it lock the key's holder out.
                 self._refuse_if_over(self._throttle(f"key-id:{lookup}", True))
             raise Unauthenticated(REJECTED)
         if now - touched >= max(self._ttl, 1.0):

@@ -10,7 +10,8 @@ refused, every request is decided by the database, and a refusal holds
 locally until the time the database named.
 
 The accuracy that costs: ``P`` processes (instances x workers) each hold at
-most ``batch`` unreported requests, so a subject gets at most
+most ``batch`` unreported requests (those in a statement still on its way
+count, so a process's threads share one batch), so a subject gets at most
 ``limit + P x batch = limit x (1 + P x slack)`` requests in a window. With
 ``slack = 0`` every check is a statement, and the limit is exact.
 
@@ -22,6 +23,7 @@ counted (``RateLimitCounters.store_failures``, exported as a metric).
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import math
 import threading
@@ -30,7 +32,7 @@ from collections.abc import Callable, Mapping
 
 import attrs
 
-from userplane.plugin import Quota, RateLimit, RateLimitCounters
+from userplane.plugin import AUTH_FAILURE, Quota, RateLimit, RateLimitCounters
 from userplane.plugins.rate_limits.store import Hit, RateStore, state_key
 
 _log = logging.getLogger("userplane.rate_limits")
@@ -57,6 +59,10 @@ class _Subject:
     blocked_until: float = 0.0
     #: Requests admitted here since that answer, not yet reported.
     pending: int = 0
+    #: Requests reported by statements that have not answered yet.
+    in_flight: int = 0
+    #: The database's clock in the answer applied last: an older answer is not applied.
+    db_now: float = -math.inf
 
 
 class Limiter:
@@ -82,61 +88,91 @@ class Limiter:
         self._pruned_at = clock()
 
     def check(self, kind: str, subject: str, consume: bool) -> Quota | None:
-        """Decide one request of ``kind`` by ``subject`` (``consume``: count it)."""
+        """Decide one request of ``kind`` by ``subject`` (``consume``: count it).
+
+        An ``auth-failure`` is an event that already happened: counted whether
+        or not it fits, so failures made in parallel all push the quota back.
+        """
         policy = self.policies.get(kind)
         if policy is None:
             return None
+        happened = consume and kind == AUTH_FAILURE
         key = state_key(kind, subject)
         now = self._clock()
+        sent = 0
         with self._lock:
             known = self._subjects.get(key)
             if known is not None:
                 self._subjects.move_to_end(key)
-                if now < known.blocked_until:
+                unreported = known.pending + known.in_flight
+                if now < known.blocked_until and not happened:
                     self.counters.refused += consume
                     return self._local(policy, known, now, allowed=False)
                 fresh = now - known.synced_at < self._sync_s
-                if fresh and not consume and known.remaining > known.pending:
+                if fresh and not consume and known.remaining > unreported:
                     return self._local(policy, known, now, allowed=True)
-                if fresh and known.pending < min(self._batch[kind], known.remaining):
+                if fresh and not happened and unreported < min(self._batch[kind], known.remaining):
                     known.pending += 1
                     return self._local(policy, known, now, allowed=True)
-            # To the database, with what this process served meanwhile.
-            pending = 0
-            if known is not None and consume:
-                pending, known.pending = known.pending, 0
+                if consume:
+                    # To the database with what this process served meanwhile; in flight
+                    # until it answers, so other threads cannot spend it a second time.
+                    sent, known.pending = known.pending, 0
+                    known.in_flight += sent
         try:
-            if consume:
-                hit = self._store.hit(key, pending, 1, policy.interval_s, policy.window_s)
+            if happened:
+                hit = self._store.hit(key, sent + 1, 0, policy.interval_s, policy.window_s)
+            elif consume:
+                hit = self._store.hit(key, sent, 1, policy.interval_s, policy.window_s)
             else:
                 hit = self._peek(key, policy)
         except Exception as exc:
-            self._failed(exc, key, pending)
+            self._failed(exc, key, sent)
             return None
         quota = _quota(policy, hit)
         with self._lock:
             self.counters.store_checks += 1
-            self.counters.refused += consume and not quota.allowed
+            self.counters.refused += consume and not happened and not quota.allowed
             state = self._subjects.get(key)
             if state is None:
                 state = self._subjects[key] = _Subject(now, 0, now)
-                while len(self._subjects) > MAX_SUBJECTS:
-                    self._subjects.popitem(last=False)
-            state.synced_at = now
-            state.remaining = quota.remaining
-            state.reset_at = now + quota.reset_s
-            # Refused, or just admitted the last of the quota: no more fits until the
-            # database's tat says so, and this process knows when without asking again.
-            state.blocked_until = now + _next_fits_in(policy, hit)
+                self._forget_beyond_bound()
+            state.in_flight = max(0, state.in_flight - sent)
+            if hit.now >= state.db_now:  # an older answer than one applied says less
+                state.db_now = hit.now
+                state.synced_at = now
+                state.remaining = quota.remaining
+                state.reset_at = now + quota.reset_s
+                # Refused, or just admitted the last of the quota: no more fits until the
+                # database's tat says so, and this process knows when without asking again.
+                state.blocked_until = now + _next_fits_in(policy, hit)
         if now - self._pruned_at >= _PRUNE_EVERY_S:
             self._prune(now)
         return quota
+
+    def _forget_beyond_bound(self) -> None:
+        """Forget the least recently seen subjects beyond ``MAX_SUBJECTS``.
+
+        Only those with nothing unreported: forgetting requests this process
+        admitted but has not reported would let them go uncounted. Called with
+        the lock held.
+        """
+        excess = len(self._subjects) - MAX_SUBJECTS
+        if excess <= 0:
+            return
+        idle = [
+            key
+            for key, state in itertools.islice(self._subjects.items(), 4 * excess + 16)
+            if state.pending == 0 and state.in_flight == 0
+        ]
+        for key in idle[:excess]:
+            del self._subjects[key]
 
     def _peek(self, key: str, policy: RateLimit) -> Hit:
         """Whether one more would fit, counting nothing: a ``Hit`` with the state unchanged."""
         tat, now = self._store.peek(key)
         base = now if tat is None else max(tat, now)
-        allowed = base + policy.interval_s - policy.window_s <= now + 1e-6
+        allowed = base + policy.interval_s - policy.window_s <= now + tolerance(policy)
         return Hit(allowed=allowed, tat=base, now=now)
 
     @staticmethod
@@ -151,14 +187,15 @@ class Limiter:
             retry_after_s=0.0 if allowed else known.blocked_until - now,
         )
 
-    def _failed(self, exc: Exception, key: str, pending: int) -> None:
-        """The store failed: serve unlimited, give back what was not reported, say so."""
+    def _failed(self, exc: Exception, key: str, sent: int) -> None:
+        """The store failed: serve unlimited, take back what was not reported, say so."""
         now = self._clock()
         with self._lock:
             self.counters.store_failures += 1
             known = self._subjects.get(key)
             if known is not None:
-                known.pending += pending
+                known.in_flight = max(0, known.in_flight - sent)
+                known.pending += sent
             warn = now - self._warned_at >= _WARN_EVERY_S
             if warn:
                 self._warned_at = now
@@ -179,9 +216,19 @@ class Limiter:
             _log.warning("could not prune rate-limit state: %s: %s", type(exc).__name__, exc)
 
 
+def tolerance(policy: RateLimit) -> float:
+    """Slack in comparisons of times, in seconds: a thousandth of one request's interval.
+
+    Times are epoch seconds in doubles (a quarter of a microsecond apart) and
+    a burst adds ``limit`` intervals: without it, rounding could refuse the
+    last request of a burst of exactly ``limit``.
+    """
+    return 1e-3 * policy.interval_s
+
+
 def _next_fits_in(policy: RateLimit, hit: Hit) -> float:
     """Seconds until one more request fits, after ``hit`` (0 if one fits now)."""
-    return max(0.0, hit.tat + policy.interval_s - policy.window_s - hit.now - 1e-6)
+    return max(0.0, hit.tat + policy.interval_s - policy.window_s - hit.now - tolerance(policy))
 
 
 def _quota(policy: RateLimit, hit: Hit) -> Quota:
@@ -196,6 +243,6 @@ def _quota(policy: RateLimit, hit: Hit) -> Quota:
         policy=policy,
         allowed=hit.allowed,
         remaining=remaining,
-        reset_s=max(0.0, hit.tat - hit.now),
+        reset_s=min(policy.window_s, max(0.0, hit.tat - hit.now)),
         retry_after_s=retry_after,
     )

@@ -65,9 +65,9 @@ class RateStore:
                 "pending": float(pending),
                 "cost": float(cost),
                 "interval": float(interval_s),
-                # A hair of tolerance, so that a burst of exactly `limit` is not refused
-                # its last request by a rounding error in limit x interval.
-                "window": float(window_s) + 1e-6,
+                # A thousandth of an interval of tolerance (limiter.tolerance), so that a
+                # burst of exactly `limit` is not refused its last request by rounding.
+                "window": float(window_s) + 1e-3 * float(interval_s),
             },
         )
         assert row is not None  # an upsert with RETURNING always returns its row

@@ -414,3 +414,104 @@ def test_guesses_at_one_key_count_against_its_id_from_any_address(
     assert statuses[-1] == 429
     # The holder of the right secret is verified in memory and still served.
     assert get("203.0.113.200", key) == 200
+
+
+def test_guesses_never_lock_out_the_holder_even_uncached(make_registry: MakeRegistry) -> None:
+    """The key id is no secret: refusals come only after the secret was checked."""
+    registry = make_registry(
+        USERPLANE_RATE_LIMITS="auth-failure=3/300s",
+        USERPLANE_TRUSTED_PROXIES="127.0.0.1",
+        USERPLANE_API_KEYS_CACHE_SECONDS="0",  # every request looks the key up
+    )
+    client = testing.TestClient(create_app(registry))
+    key = new_key(registry)
+
+    def get(address: str, token: str) -> int:
+        headers = {"Authorization": f"Bearer {token}", "X-Forwarded-For": address}
+        return client.simulate_get(USERS, headers=headers, remote_addr="127.0.0.1").status_code
+
+    guesses = [get(f"203.0.113.{i}", key[:15] + wrong_key()[15:]) for i in range(8)]
+    assert guesses[-1] == 429
+    assert [get(f"198.51.100.{i}", key) for i in range(3)] == [200, 200, 200]
+
+
+def test_threads_of_one_process_stay_within_the_batch(make_registry: MakeRegistry) -> None:
+    """Statements in flight are counted: threads cannot spend one batch twice."""
+    registry = make_registry(
+        USERPLANE_RATE_LIMITS="read=100/60s",
+        USERPLANE_RATE_LIMIT_SLACK="0.1",
+        USERPLANE_RATE_LIMIT_SYNC_MS="60000",
+    )
+    limiter = limiter_of(registry)
+    admitted: list[bool] = []
+    lock = threading.Lock()
+
+    def hammer() -> None:
+        for _ in range(40):
+            quota = limiter.check(READ, "principal:threads", True)
+            with lock:
+                admitted.append(quota is not None and quota.allowed)
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 100 <= sum(admitted) <= 100 + 10  # one process: at most one batch over
+
+
+@pytest.mark.parametrize("limits", ["write=14/60s", "write=19/300s", "write=21/1s"])
+def test_a_burst_of_exactly_the_limit_is_never_cut_short_by_rounding(
+    make_registry: MakeRegistry, limits: str
+) -> None:
+    limiter = exact(make_registry, limits)
+    limit = int(limits.split("=")[1].split("/")[0])
+    for round_ in range(5):
+        subject = f"principal:burst-{round_}"
+        admitted = [limiter.check(WRITE, subject, True) for _ in range(limit)]
+        assert all(q is not None and q.allowed for q in admitted), limits
+
+
+def test_failures_made_in_parallel_are_all_counted(make_registry: MakeRegistry) -> None:
+    """A failure already happened: counted even past the limit, pushing the quota back."""
+    limiter = exact(make_registry, "auth-failure=3/60s")
+    for _ in range(9):
+        limiter.check(AUTH_FAILURE, "address:192.0.2.9", True)
+    refused = limiter.check(AUTH_FAILURE, "address:192.0.2.9", False)
+    assert refused is not None
+    assert not refused.allowed
+    # Nine failures of a 20 s interval: the next fits only some 120 s from now.
+    assert refused.retry_after_s > 100
+
+
+def test_an_unknown_address_is_counted_not_skipped_and_ipv6_by_its_64() -> None:
+    from userplane.auth import Credentials, address_subject
+
+    assert address_subject(Credentials(client_address=None, peer_address="192.0.2.1")) == (
+        "address:192.0.2.1"
+    )
+    assert address_subject(Credentials()) == "address:unknown"
+    one = address_subject(Credentials(client_address="2001:db8:1:2::1"))
+    other = address_subject(Credentials(client_address="2001:db8:1:2:ffff::9"))
+    assert one == other == "address:2001:db8:1:2::/64"
+    assert address_subject(Credentials(client_address="2001:db8:1:3::1")) != one
+
+
+def test_forgetting_subjects_never_drops_unreported_requests(
+    make_registry: MakeRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from userplane.plugins.rate_limits import limiter as limiter_module
+
+    monkeypatch.setattr(limiter_module, "MAX_SUBJECTS", 3)
+    registry = make_registry(
+        USERPLANE_RATE_LIMITS="read=100/60s",
+        USERPLANE_RATE_LIMIT_SLACK="0.1",
+        USERPLANE_RATE_LIMIT_SYNC_MS="60000",
+    )
+    limiter = limiter_of(registry)
+    admitted = 0
+    for i in range(330):
+        quota = limiter.check(READ, "principal:kept", True)
+        admitted += quota is not None and quota.allowed
+        limiter.check(READ, f"principal:passer-by-{i}", True)  # pushes others out
+    assert admitted <= 100 + 10
