@@ -8,10 +8,12 @@ value fails at start-up with a message naming the variable.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+import re
+import string
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import unquote, unquote_plus
 
 import attrs
 import cattrs
@@ -193,43 +195,237 @@ class Settings:
         secret = secret_names(sections)
         for a in attrs.fields(type(self)):
             value = getattr(self, a.name)
-            if a.name == "database_url":
-                value = mask_url(value)
             if a.name == "extra":
                 declared = {n: d for s in sections for n, d in s.defaults().items()}
                 for k, v in sorted({**declared, **value}.items()):
-                    out[k] = MASK if v is not None and (k in secret or is_secret_name(k)) else v
+                    if v is not None and (k in secret or is_secret_name(k)):
+                        v = MASK
+                    out[k] = mask_urls_in(v) if isinstance(v, str) else v
                 continue
             if isinstance(value, tuple):
                 value = ",".join(value)
-            out[f"{PREFIX}{a.name.upper()}"] = value
+            # Any setting may hold a URL with credentials (USERPLANE_DATABASE_URL,
+            # USERPLANE_OTEL_ENDPOINT, a plugin's webhook): every one is masked.
+            out[f"{PREFIX}{a.name.upper()}"] = (
+                mask_urls_in(value) if isinstance(value, str) else value
+            )
         return out
 
 
+#: Words that, anywhere in a variable's or parameter's name, say it holds a secret.
+_SECRET_WORDS = (
+    "PASSWORD",
+    "PASSWD",
+    "PASSPHRASE",
+    "SECRET",
+    "TOKEN",
+    "KEY",
+    "CREDENTIAL",
+    "AUTHORIZATION",
+    "COOKIE",
+)
+#: Words that do only as a whole part of the name: inside other words they mean nothing.
+_SECRET_PARTS = frozenset({"PWD", "PASS", "SIG"})
+_NAME_PARTS = re.compile(r"[^A-Z0-9]+")
+
+
 def is_secret_name(name: str) -> bool:
-    """Whether a variable's name says it holds a secret."""
+    """Whether a variable's (or a URL parameter's) name says it holds a secret."""
     upper = name.upper()
-    return any(w in upper for w in ("PASSWORD", "SECRET", "TOKEN", "KEY"))
+    if any(w in upper for w in _SECRET_WORDS):
+        return True
+    return not _SECRET_PARTS.isdisjoint(_NAME_PARTS.split(upper))
+
+
+#: ``scheme://`` and the rest of a URL up to the next whitespace, in any text.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
+#: What no URL parser cuts at (RFC 3986's unreserved characters). A password
+#: holding anything else unencoded (``#``, ``?``, ``/``, ``@``, ``&``, ``=``…)
+#: may be cut there, and error messages quote the pieces: urllib's ``Port could
+#: not be cast to integer value as 'pa'``, libpq's ``invalid URI query parameter``.
+_UNCUT = frozenset(string.ascii_letters + string.digits + "-._~")
+#: Pieces shorter than this are not worth masking: they would only mask letters.
+_MIN_PIECE = 3
+#: The cut points considered in one password: pieces grow as their square.
+_MAX_CUTS = 8
+
+
+def _userinfo(rest: str) -> tuple[str, str] | None:
+    """``(user info, the rest)`` of what follows ``scheme://``; ``None`` without an ``@``.
+
+    The user info runs to the *last* ``@``: a password may hold ``@``, ``/``,
+    ``?`` or ``#`` unencoded, which ``urlsplit`` would take for the end of the
+    authority, leaving the rest of the password in the path, query or fragment.
+    Reading it this way masks too much, never too little, when an ``@`` is in
+    the path or query of a URL without user info.
+    """
+    user_info, at, after = rest.rpartition("@")
+    return (user_info, after) if at else None
+
+
+def _mask_parameters(text: str) -> str:
+    """``name=value`` pairs of a query or fragment with the secret ones' values masked."""
+    if "=" not in text:
+        return text
+    out = []
+    for pair in re.split(r"([&;])", text):
+        name, eq, _ = pair.partition("=")
+        out.append(f"{name}={MASK}" if eq and is_secret_name(unquote_plus(name)) else pair)
+    return "".join(out)
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password masked, in the user info or as a query parameter."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        # Split the text itself, so that the host (an IPv6 literal too) stays as written.
-        userinfo, _, hostport = netloc.rpartition("@")
-        netloc = f"{userinfo.partition(':')[0]}:{MASK}@{hostport}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, MASK if is_secret_name(k) else v) for k, v in pairs], safe="*")
-    if (netloc, query) == (parts.netloc, parts.query):
+    """``url`` with its password masked, in the user info or as a query parameter.
+
+    Everything between ``scheme://`` and the last ``@`` is the user info, and
+    everything in it after the first ``:`` the password, however malformed
+    (a password with an unencoded ``#``, ``?``, ``/`` or ``@``). Query and
+    fragment parameters with a secret's name (``password``, ``token``, …)
+    are masked too. The rest is kept as written, so the URL stays useful.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return url
-    # Not urlunsplit: it drops the empty authority of ``postgresql:///db`` and ``sqlite:///x``.
-    masked = f"{parts.scheme}://{netloc}{parts.path}"
-    masked += f"?{query}" if query else ""
-    return masked + (f"#{parts.fragment}" if parts.fragment else "")
+    found = _userinfo(rest)
+    if found is None:
+        prefix = f"{scheme}://"
+    else:
+        user_info, rest = found
+        user, colon, _ = user_info.partition(":")
+        prefix = f"{scheme}://{user}:{MASK}@" if colon else f"{scheme}://{user_info}@"
+    # The host (an IPv6 literal too) and path stay as written; only parameters change.
+    before_fragment, hash_, fragment = rest.partition("#")
+    location, question, query = before_fragment.partition("?")
+    masked = f"{prefix}{location}{question}{_mask_parameters(query)}{hash_}"
+    return masked + _mask_parameters(fragment)
+
+
+def mask_urls_in(text: str) -> str:
+    """``text`` with every URL in it masked as ``mask_url`` masks one (error messages, logs)."""
+    if "://" not in text:
+        return text
+    return _URL_IN_TEXT.sub(_mask_url_in_text, text)
+
+
+#: What ends a sentence or a bracket after a URL, not part of it (``see http://h/?token=x.``).
+_TRAILING = re.compile(r"[.,;:!?)\]}'\"]+$")
+
+
+def _mask_url_in_text(match: re.Match[str]) -> str:
+    url = match.group(0)
+    # A password always ends in "@host": what trails the URL is never part of it.
+    trailing = _TRAILING.search(url)
+    if trailing is None or "@" in trailing.group(0):
+        return mask_url(url)
+    return mask_url(url[: trailing.start()]) + trailing.group(0)
+
+
+def _password(rest: str) -> str | None:
+    found = _userinfo(rest)
+    if found is None:
+        return None
+    _, colon, password = found[0].partition(":")
+    return password if colon and password else None
+
+
+def url_secrets(url: str, *, min_length: int = _MIN_PIECE) -> frozenset[str]:
+    """What of ``url`` must never be shown, to mask wherever it turns up.
+
+    Its password (as written and percent-decoded) and the values of its
+    secret parameters (``?password=…``), from ``min_length`` characters. A
+    value that is also part of what ``mask_url`` shows (a password equal to
+    the user name) is left out: masking it would only garble the visible
+    parts, which give it away anyway.
+    """
+    _, sep, rest = url.partition("://")
+    if not sep:
+        return frozenset()
+    found: set[str] = set()
+    password = _password(rest)
+    if password is not None:
+        found.update({password, unquote(password)})
+    after = _userinfo(rest)
+    for part in re.split(r"[?#&;]", after[1] if after else rest)[1:]:
+        name, eq, value = part.partition("=")
+        if eq and value and is_secret_name(unquote_plus(name)):
+            found.update({value, unquote_plus(value)})
+    visible = mask_url(url)
+    return frozenset(v for v in found if len(v) >= min_length and v not in visible)
+
+
+def password_pieces(url: str) -> frozenset[str]:
+    """The pieces a URL parser may cut ``url``'s password into, from 3 characters.
+
+    A parser cuts at a character it takes for a delimiter, keeping it on one
+    side or the other (``pa#ss``: ``pa`` is reported as a port, ``ss@h/db``
+    becomes the fragment), so every run of the password from one such point to
+    another is a piece an error message may quote. None for a password of
+    unreserved characters only; those visible in ``mask_url``'s text are left out.
+    """
+    _, sep, rest = url.partition("://")
+    password = _password(rest) if sep else None
+    if password is None:
+        return frozenset()
+    pieces: set[str] = set()
+    for text in {password, unquote(password)}:
+        cuts = [i for i, c in enumerate(text) if c not in _UNCUT][:_MAX_CUTS]
+        if not cuts:
+            continue
+        starts = {0, *cuts, *(i + 1 for i in cuts)}
+        ends = {len(text), *cuts, *(i + 1 for i in cuts)}
+        pieces.update(text[i:j] for i in starts for j in ends if j - i >= _MIN_PIECE)
+    visible = mask_url(url)
+    return frozenset(p for p in pieces if p not in visible)
+
+
+#: Variables with these endings hold where a secret is, not the secret: their
+#: values are paths, which error messages must be able to name.
+_LOCATION_SUFFIXES = ("_FILE", "_PATH", "_DIR")
+
+
+def secret_values(
+    settings: Settings,
+    sections: Sequence[SettingsSection] = (),
+    *,
+    min_length: int = _MIN_PIECE,
+    pieces: bool = True,
+) -> frozenset[str]:
+    """Every secret the settings hold, to mask wherever it turns up (messages, log lines).
+
+    The values of variables secret by name or declared so by a plugin (not
+    those naming a file, ``USERPLANE_JWT_KEY_FILE``), and what ``url_secrets``
+    finds in every URL-valued setting, from ``min_length`` characters; with
+    ``pieces``, what ``password_pieces`` finds too.
+    """
+    secret = secret_names(sections)
+    values: set[str] = set()
+    texts = [v for v in (getattr(settings, a.name) for a in attrs.fields(type(settings))) if v]
+    texts = [t for v in texts for t in (v if isinstance(v, tuple) else (v,)) if isinstance(t, str)]
+    for name, value in settings.extra.items():
+        texts.append(value)
+        named = name in secret or is_secret_name(name)
+        if named and not name.upper().endswith(_LOCATION_SUFFIXES) and len(value) >= min_length:
+            values.add(value)
+    for text in texts:
+        if "://" in text:
+            values.update(url_secrets(text, min_length=min_length))
+            if pieces:
+                values.update(password_pieces(text))
+    return frozenset(values)
+
+
+def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with its URLs masked (``mask_urls_in``) and every one of ``secrets`` masked.
+
+    For messages that may quote settings: an error about a URL, a library's
+    exception. ``secrets`` usually comes from ``secret_values``.
+    """
+    text = mask_urls_in(text)
+    # Longest first, so that a secret containing another is masked whole.
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if secret and secret in text:
+            text = text.replace(secret, MASK)
+    return text
 
 
 _TRUE = {"1", "true", "yes", "on"}

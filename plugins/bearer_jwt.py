@@ -8,10 +8,19 @@ Settings (``USERPLANE_JWT_*``):
 - ``ALGORITHM``: ``HS256``/``384``/``512``, ``RS…``, ``PS…``, ``ES…`` or ``EdDSA``;
 - ``KEY`` (an HMAC secret or a PEM public key), or ``KEY_FILE`` (a PEM file),
   or ``JWKS_FILE`` (a local JSON Web Key Set, keys picked by ``kid``);
-- ``ISSUER`` and ``AUDIENCE``: checked when set;
+- ``ISSUER`` and ``AUDIENCE``: checked when set. In prod both are required
+  (start-up fails naming them), unless ``ALLOW_ANY_AUDIENCE=true`` says, with a
+  warning at every start, that any token the key signed may be used here, one
+  issued for another service too;
 - ``LEEWAY_SECONDS`` (default 30): clock skew allowed on ``exp``, ``nbf``, ``iat``;
+- ``MAX_LIFETIME_SECONDS`` (default 86400): a token whose ``exp - iat`` is
+  longer is refused, however far its ``exp``;
 - ``ROLES_CLAIM`` (default ``roles``): a claim, dotted for nested ones
-  (``realm_access.roles``), holding a list or a space-separated string.
+  (``realm_access.roles``), holding a list of role names;
+- ``ROLES_CLAIM_SEPARATOR`` (unset): how to split a claim given as one string,
+  ``space`` or one punctuation character (``,``). Unset, a string claim makes
+  the token invalid: split on spaces, a role named "Helpdesk admin" would grant
+  ``admin``.
 
 ``exp``, ``iat`` and ``sub`` are required. The principal is ``jwt:<sub>`` with
 the roles from the claim that userplane knows; others are ignored.
@@ -20,6 +29,7 @@ the roles from the claim that userplane knows; others are ignored.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +43,7 @@ from userplane.plugin import (
     SettingsSection,
     Unauthenticated,
     hookimpl,
+    mask_url,
     section,
     setting,
 )
@@ -43,6 +54,8 @@ if TYPE_CHECKING:
 # PyJWT (and the cryptography it loads) is imported where a key or token is
 # handled, not here: every userplane process loads this plugin, and one that
 # never sees a JWT (the CLI, --help) must not pay for it.
+
+_log = logging.getLogger("userplane.jwt")
 
 REJECTED = "the credentials were not accepted"
 ALGORITHMS = frozenset(
@@ -58,6 +71,25 @@ def _leeway(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
         raise ValueError("USERPLANE_JWT_LEEWAY_SECONDS: must be between 0 and 300")
 
 
+def _max_lifetime(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        raise ValueError("USERPLANE_JWT_MAX_LIFETIME_SECONDS: must be at least 1")
+
+
+#: ``USERPLANE_JWT_ROLES_CLAIM_SEPARATOR``'s word for any run of whitespace.
+SPACE = "space"
+
+
+def _separator(_: Any, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is None or value == SPACE:
+        return
+    if len(value) != 1 or value.isalnum() or not value.isprintable() or value.isspace():
+        raise ValueError(
+            f"USERPLANE_JWT_ROLES_CLAIM_SEPARATOR: {SPACE!r} or one punctuation character "
+            f"such as ',', not {value!r}"
+        )
+
+
 @attrs.frozen
 class JwtSettings:
     """This plugin's settings, from ``USERPLANE_JWT_*``."""
@@ -68,8 +100,14 @@ class JwtSettings:
     jwks_file: str | None = None
     issuer: str | None = None
     audience: str | None = None
+    #: In prod, accept tokens without checking whom they were issued for or by.
+    allow_any_audience: bool = False
     leeway_seconds: int = attrs.field(default=30, validator=_leeway)
+    #: The longest ``exp - iat`` accepted, in seconds.
+    max_lifetime_seconds: int = attrs.field(default=86400, validator=_max_lifetime)
     roles_claim: str = "roles"
+    #: How a roles claim given as one string is split; unset, such a token is refused.
+    roles_claim_separator: str | None = attrs.field(default=None, validator=_separator)
 
     @property
     def configured(self) -> bool:
@@ -180,16 +218,44 @@ class Verifier:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise Unauthenticated(REJECTED)
-        roles = frozenset(r for r in _roles(claims, cfg.roles_claim) if r in known_roles)
+        if not _lifetime_within(claims, cfg.max_lifetime_seconds):
+            raise Unauthenticated(REJECTED)
+        found = _roles(claims, cfg.roles_claim, cfg.roles_claim_separator)
+        if found is None:
+            raise Unauthenticated(REJECTED)
+        roles = frozenset(r for r in found if r in known_roles)
         return Principal(id=f"jwt:{subject}", kind="jwt", roles=roles, name=subject)
 
 
-def _roles(claims: dict[str, Any], path: str) -> list[str]:
+def _lifetime_within(claims: dict[str, Any], most: int) -> bool:
+    """Whether the token was issued for at most ``most`` seconds (``exp - iat``).
+
+    A long-lived token is a standing credential: leaked once, it works until its
+    ``exp``, and this plugin keeps no revocation list. PyJWT has checked both
+    claims are there and numeric; a bool or anything else is refused all the same.
+    """
+    exp, iat = claims.get("exp"), claims.get("iat")
+    if isinstance(exp, bool) or isinstance(iat, bool):
+        return False
+    if not isinstance(exp, int | float) or not isinstance(iat, int | float):
+        return False
+    return exp - iat <= most
+
+
+def _roles(claims: dict[str, Any], path: str, separator: str | None) -> list[str] | None:
+    """The role names in the claim at ``path``; ``None`` when it holds a string it may not split.
+
+    A string is split only as ``separator`` says: split on spaces by default, a
+    role named "Helpdesk admin" (a display name, say) would grant ``admin``.
+    """
     value: Any = claims
     for part in path.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     if isinstance(value, str):
-        return value.split()
+        if separator is None:
+            return None
+        parts = value.split() if separator == SPACE else value.split(separator)
+        return [p.strip() for p in parts if p.strip()]
     if isinstance(value, list):
         return [v for v in value if isinstance(v, str)]
     return []
@@ -211,9 +277,40 @@ def userplane_settings_sections() -> SettingsSection:
     return SETTINGS
 
 
+def _check_audience(cfg: JwtSettings, settings: Settings) -> None:
+    """In prod, tokens must be checked for whom they were issued, or the check waived aloud."""
+    if settings.env != "prod" or not cfg.configured or cfg.allow_any_audience:
+        return
+    missing = [
+        name
+        for name, value in (
+            ("USERPLANE_JWT_ISSUER", cfg.issuer),
+            ("USERPLANE_JWT_AUDIENCE", cfg.audience),
+        )
+        if not value
+    ]
+    if missing:
+        raise ConfigurationError(
+            f"{' and '.join(missing)}: required when USERPLANE_ENV=prod and a JWT key is set: "
+            "without them any token the key signed is accepted, one issued for another "
+            "service too (set USERPLANE_JWT_ALLOW_ANY_AUDIENCE=true to accept that)"
+        )
+
+
 @hookimpl
 def userplane_register_services(registry: Registry) -> None:
     """The verifier for this registry's settings, built on first use."""
+    cfg = section(JwtSettings, registry.settings, "JWT_")
+    if cfg.configured and cfg.allow_any_audience and not (cfg.issuer and cfg.audience):
+        # Here, not at start-up: the logging plugin has configured logging by now.
+        _log.warning(
+            "JWT audience and issuer checks are WAIVED: any token the identity provider "
+            "signed is accepted, one issued for another service too",
+            extra={
+                "detail": "USERPLANE_JWT_ALLOW_ANY_AUDIENCE=true; set USERPLANE_JWT_ISSUER "
+                "and USERPLANE_JWT_AUDIENCE instead"
+            },
+        )
 
     def build() -> JwtVerifier:
         cfg = section(JwtSettings, registry.settings, "JWT_")
@@ -228,6 +325,7 @@ def userplane_startup(settings: Settings) -> None:
     cfg = section(JwtSettings, settings, "JWT_")
     if cfg.configured or cfg.algorithm:
         Verifier(cfg)
+    _check_audience(cfg, settings)
 
 
 @hookimpl
@@ -254,5 +352,7 @@ def userplane_describe(settings: Settings) -> dict[str, str]:
     cfg = section(JwtSettings, settings, "JWT_")
     if not cfg.configured:
         return {}
-    issuer = f" from {cfg.issuer}" if cfg.issuer else ""
-    return {"jwt": f"{cfg.algorithm} bearer tokens{issuer}"}
+    issuer = f" from {mask_url(cfg.issuer)}" if cfg.issuer else ""
+    waived = cfg.allow_any_audience and not (cfg.issuer and cfg.audience)
+    checks = ", audience and issuer NOT checked" if waived else ""
+    return {"jwt": f"{cfg.algorithm} bearer tokens{issuer}{checks}"}

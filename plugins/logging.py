@@ -7,6 +7,7 @@ and userplane still runs, logging through whatever the host configured.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import logging
@@ -14,12 +15,22 @@ import os
 import re
 import sys
 import time
+import traceback
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from userplane.plugin import MASK, Settings, current_principal, hookimpl
+from userplane.plugin import (
+    MASK,
+    Settings,
+    current_principal,
+    hookimpl,
+    mask_urls_in,
+    password_pieces,
+    secret_values,
+)
 
 if TYPE_CHECKING:
     from userplane.plugin import Registry
@@ -43,42 +54,98 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 _LEVELS["error"] = logging.ERROR
 
 
+# -- what a secret looks like -----------------------------------------------------------------
+#
+# By name: a key (a field, a header, a frame's local variable, a key of a nested
+# dict) that says it holds a credential has its value masked whole, whatever
+# the value. ``key`` itself and any name ending in it (``api_key``,
+# ``x-api-key``, ``signing_key``) count; ``key_id`` does not.
 _SECRET_KEY = re.compile(
-    r"password|passwd|secret|token|api_?key|authorization|cookie|credential", re.I
+    r"passw(?:or)?d|passphrase|secret|token|authori[sz]ation|cookie|credential|api_?key"
+    r"|keys?$",
+    re.I,
 )
-_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/\s@]*:)[^\s/]+@")
-_QUERY_PASSWORD = re.compile(r"(?i)([?&;\s](?:password|passwd|secret|token)=)[^&\s]*")
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[^\s,;]+")
+# By shape, anywhere in a text. An API key (``up_`` + 12 characters of public
+# lookup id + 32 of secret, base62: ``userplane.plugins.api_keys.keys``) keeps
+# its lookup id, which is what listings show and what finds the key's record.
+# Longer runs are masked too, and shorter ones from 8 characters of secret: a
+# mistyped key is still mostly the key.
+_API_KEY = re.compile(r"(up_[A-Za-z0-9]{12})[A-Za-z0-9]{8,}")
+# A JWT (or JWE): base64url of a JSON object (``eyJ``), then dot-separated parts.
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*)+")
+# An ``Authorization`` value: the scheme stays, the credentials go. The few words
+# that follow the scheme's name in prose ("bearer tokens", "basic auth") stay.
+_BEARER = re.compile(
+    r"(?i)\b(bearer|basic)\s+"
+    r"(?!(?:tokens?|auth|authentication|credentials|scheme|realm|challenge)\b)"
+    r"[^\s,;\"')}\]]+"
+)
+# ``name=value``, ``name: value`` and ``"name": "value"`` where the name says
+# secret: a query string, a DSN, a header dump, a dict's repr, JSON in a message.
+# A ``:`` counts only with a space or a quote around it, so ``key:<uuid>`` (a
+# principal id) is left alone.
+_SECRET_PAIR = re.compile(
+    r"""(?ix)
+    (?<![\w.-])
+    (
+      [\w.-]*?
+      (?:passw(?:or)?d|passphrase|secret|token|authori[sz]ation|cookie|credentials?|api[_-]?key)
+      [\w-]*
+    | (?:[\w.-]*[_.-])?keys?
+    )
+    (
+      ["']?\s*=\s*["']?
+    | ["']\s*:\s*["']?
+    | :\s+["']?
+    )
+    (?!\*{8})
+    (?:(?:bearer|basic|token|digest)\s+)?
+    [^\s"'&;,)}\]]+
+    """
+)
 
 
 # One scan says whether a text can hold any of the secrets above: most values
-# (paths, ids, routes, numbers as text) cannot, and skip the three rewrites.
-# (Two substring tests and a regex with a literal start: a third of the time
-# of one alternation, measured.)
-_MAYBE_CREDENTIALS = re.compile(r"(?i:b(?:earer|asic))\s")
+# (paths, ids, routes, numbers as text) cannot, and skip the rewrites. Only
+# substring tests: one-character ones cost next to nothing; a case-blind regex
+# for ``Bearer``/``Basic`` cost more than all the rest together (measured), so
+# a space or tab stands for it, and for ``name: value``. A password in a URL
+# needs an ``@``, a secret parameter an ``=``, a secret in JSON or a repr a quote.
+def _maybe_secret_text(text: str) -> bool:
+    return (
+        "=" in text
+        or "@" in text
+        or " " in text
+        or "\t" in text
+        or '"' in text
+        or "'" in text
+        or "up_" in text
+        or "eyJ" in text
+        or (_DeclaredSecrets.values != () and any(s in text for s in _DeclaredSecrets.values))
+    )
 
 
 class _DeclaredSecrets:
-    """Values of settings that plugins declared secret, masked wherever they appear.
+    """Values of settings that are secret, masked wherever they appear.
 
-    Process-wide, as logging itself is: every registry of the process adds its own.
+    ``values``: those plugins declare secret or whose name says so, and what
+    ``userplane.settings.url_secrets`` finds in URL-valued settings (a database
+    password). ``pieces``: what ``password_pieces`` finds, the runs of a
+    malformed password a URL parser's error message may quote; there may be
+    dozens, so they are looked for only in lines already past the cheap scan
+    (such a message always is). Process-wide, as logging itself is: every
+    registry of the process adds its own.
     """
 
     values: tuple[str, ...] = ()
+    pieces: tuple[str, ...] = ()
 
     @classmethod
-    def add(cls, values: set[str]) -> None:
+    def add(cls, values: set[str], pieces: set[str] | frozenset[str] = frozenset()) -> None:
         # Longest first, so that a secret containing another is masked whole.
         cls.values = tuple(sorted({*cls.values, *values}, key=len, reverse=True))
-
-
-def _maybe_secret_text(text: str) -> bool:
-    return (
-        "://" in text
-        or "=" in text
-        or _MAYBE_CREDENTIALS.search(text) is not None
-        or any(secret in text for secret in _DeclaredSecrets.values)
-    )
+        everything = {*cls.values, *cls.pieces, *pieces}
+        cls.pieces = tuple(sorted(everything - set(cls.values), key=len, reverse=True))
 
 
 # Whether a key names a secret, by key: keys come from a small set of call
@@ -97,29 +164,56 @@ def _is_secret_key(key: object) -> bool:
     return secret
 
 
+def redact_text(text: str) -> str:
+    """``text`` with every secret it holds masked, by shape and by the name before it."""
+    if not _maybe_secret_text(text):
+        return text
+    for secret in _DeclaredSecrets.values:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    for piece in _DeclaredSecrets.pieces:
+        if piece in text:
+            text = text.replace(piece, MASK)
+    if "://" in text:
+        # URLs anywhere in the text, not only a value that is one URL.
+        text = mask_urls_in(text)
+    if "up_" in text:
+        text = _API_KEY.sub(rf"\1{MASK}", text)
+    if "eyJ" in text:
+        text = _JWT.sub(MASK, text)
+    if " " in text or "\t" in text:
+        text = _BEARER.sub(rf"\1 {MASK}", text)
+    return _SECRET_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
+
+
+#: Values rendered as they are, never holding text of their own to mask.
+_OPAQUE = (int, float, bool, type(None), uuid.UUID, datetime.date, datetime.time)
+
+
 def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
-        if not _maybe_secret_text(value):
-            return value
-        for secret in _DeclaredSecrets.values:
-            value = value.replace(secret, MASK)
-        if "://" in value or "=" in value:
-            # URLs anywhere in the text, not only a value that is one URL.
-            value = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}@", value)
-            value = _QUERY_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}", value)
-        return _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", value)
+        return redact_text(value)
     if isinstance(value, dict):
         return {k: MASK if _is_secret_key(k) else _redact_value(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set | frozenset):
         return [_redact_value(v) for v in value]
-    return value
+    if isinstance(value, bytes | bytearray):
+        return redact_text(bytes(value).decode("utf-8", "replace"))
+    if isinstance(value, _OPAQUE):
+        return value
+    # Anything else (an exception, an object) is rendered as its repr after
+    # this step: mask that text now, and keep the object when there is nothing to mask.
+    text = repr(value)
+    masked = redact_text(text)
+    return value if masked == text else masked
 
 
 def redact(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """Mask secrets wherever they appear: by key name, in URLs, and in bearer credentials.
+    """Mask secrets wherever they appear: by key name, and by shape in any text.
 
-    The last line of defence: code should not log secrets, but a header dump or
-    a database URL in an error message must still never reach the log.
+    The last line of defence: code should not log secrets, but a header dump,
+    a database URL in an error message, an API key in a path or a rendered
+    traceback must still never reach the log.
     """
     if _plainly_clean(event_dict):
         return event_dict
@@ -195,11 +289,7 @@ def add_principal(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[
     return event_dict
 
 
-def _extras_then_redact() -> list[Any]:
-    return [add_record_extras, redact]
-
-
-def _shared_processors(*, redacted: bool = True) -> list[Any]:
+def _shared_processors() -> list[Any]:
     import structlog
 
     return [
@@ -210,8 +300,16 @@ def _shared_processors(*, redacted: bool = True) -> list[Any]:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        *([redact] if redacted else []),
     ]
+
+
+def _plain_traceback(sio: Any, exc_info: Any) -> None:
+    """The console renderer's exception formatter: a plain traceback, no locals, masked.
+
+    Only a fallback: exceptions are rendered before ``redact`` (see ``configure``).
+    """
+    text = "".join(traceback.format_exception(*exc_info)).rstrip("\n")
+    sio.write("\n" + redact_text(text))
 
 
 def _use_json(settings: Settings) -> bool:
@@ -283,30 +381,32 @@ def configure(settings: Settings) -> None:
 
     level = _LEVELS[settings.log_level]
     renderer: Any
-    exc: list[Any]
+    # Exceptions are rendered to data or text *before* redaction, on every
+    # route, so their messages and tracebacks are masked like any other text,
+    # and never with frame locals: those hold what a function was handling (the
+    # API key being checked, a password being used), and structlog's console
+    # renderer would show them (rich tracebacks) after redaction had run.
+    exc: Any
     json_lines = _use_json(settings)
     if json_lines:
         renderer = structlog.processors.JSONRenderer()
-        # Without frame locals: they hold request data (addresses, keys) a log must not.
-        exc = [
-            structlog.processors.ExceptionRenderer(
-                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-            )
-        ]
+        exc = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
     else:
-        renderer = structlog.dev.ConsoleRenderer()
-        exc = []
+        renderer = structlog.dev.ConsoleRenderer(exception_formatter=_plain_traceback)
+        exc = structlog.processors.format_exc_info
+    # The exception, then redaction: on each route below.
+    masked: list[Any] = [exc, redact]
     factory = _line_writer_factory() if json_lines else None
     if factory is not None:
         # The hot path: every request writes an access line. orjson and one
         # write per line take a fraction of the time the stdlib route takes
         # (LogRecord, handler, formatter, json, a locked buffer).
-        # Redaction runs last, so exception texts are masked too.
         processors: list[Any] = [
-            *_shared_processors(redacted=False),
+            *_shared_processors(),
             structlog.processors.StackInfoRenderer(),
-            *exc,
-            redact,
+            *masked,
             structlog.processors.JSONRenderer(serializer=_dumps),
         ]
         structlog.configure(
@@ -320,7 +420,9 @@ def configure(settings: Settings) -> None:
             processors=[
                 *_shared_processors(),
                 structlog.processors.StackInfoRenderer(),
-                *exc,
+                # Here too, not only in the formatter: other handlers on the root
+                # logger (a host's, a test's capture) get the event as it is now.
+                *masked,
                 structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
             ],
             logger_factory=structlog.stdlib.LoggerFactory(),
@@ -328,12 +430,14 @@ def configure(settings: Settings) -> None:
             cache_logger_on_first_use=True,
         )
     # gunicorn, yoyo and friends log through stdlib: render them the same way.
+    # A stdlib record's ``extra`` (the plugin of a failed listener) becomes keys.
+    foreign: list[Any] = [*_shared_processors(), add_record_extras]
     formatter = structlog.stdlib.ProcessorFormatter(
-        # A stdlib record's ``extra`` (the plugin of a failed listener) becomes keys, masked too.
-        foreign_pre_chain=[*_shared_processors(redacted=False), *_extras_then_redact()],
+        foreign_pre_chain=foreign,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            *exc,
+            # A stdlib record's traceback is rendered here, and masked with the rest.
+            *masked,
             renderer,
         ],
     )
@@ -394,11 +498,22 @@ def userplane_startup(settings: Settings) -> None:
 
 @hookimpl
 def userplane_register_services(registry: Registry) -> None:
-    """Mask, in every line, the values of the settings plugins declare secret."""
-    extra = registry.settings.extra
-    names = {name for s in registry.hooks.settings_sections() for name in s.secrets()}
+    """Mask, in every line, the values of secret settings and the secrets in URL settings."""
+    settings = registry.settings
+    sections = registry.hooks.settings_sections()
     # Very short values would mask ordinary words; no real secret is that short.
-    _DeclaredSecrets.add({extra[n] for n in names if len(extra.get(n) or "") >= 6})
+    # A URL's password is masked in URLs by shape; its value is masked on its own
+    # too, for a library that quotes it outside a URL, and so are the pieces of a
+    # malformed one (a "#" in it) that a URL parser's error message quotes.
+    values = secret_values(settings, sections, min_length=_MIN_SECRET, pieces=False)
+    texts = (settings.database_url, *settings.extra.values())
+    pieces = {p for text in texts if "://" in text for p in password_pieces(text)}
+    _DeclaredSecrets.add(set(values), pieces)
+
+
+#: The shortest setting value masked wherever it appears (pieces of a malformed URL
+#: password excepted: ``password_pieces`` keeps those from 3 characters).
+_MIN_SECRET = 6
 
 
 @hookimpl

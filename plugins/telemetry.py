@@ -20,8 +20,10 @@ metrics to exporters of your own (tests, embedders).
 
 Settings (``USERPLANE_OTEL_*``): ``ENABLED``, ``EXPORTER`` (``none``,
 ``console``, ``otlp-http``, ``otlp-grpc``), ``ENDPOINT`` (else the exporter's
-own ``OTEL_EXPORTER_OTLP_*`` variables), ``SAMPLE_RATIO`` (0 to 1, of traces
-not already decided by an incoming ``traceparent``), ``SERVICE_NAME``.
+own ``OTEL_EXPORTER_OTLP_*`` variables; credentials in it, user info or a
+secret query parameter, are masked wherever it is shown), ``SAMPLE_RATIO``
+(0 to 1, of traces not already decided by an incoming ``traceparent``),
+``SERVICE_NAME``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from userplane.plugin import (
     SettingsSection,
     UserplaneError,
     hookimpl,
+    mask_url,
     section,
 )
 
@@ -448,7 +451,9 @@ def userplane_describe(settings: Settings) -> dict[str, str]:
     cfg = _settings(settings)
     if not cfg.enabled or cfg.exporter == "none":
         return {"traces": "off"}
-    where = cfg.endpoint or "the OTEL_EXPORTER_OTLP_* default"
+    # The endpoint may carry credentials (``http://user:pw@collector:4318``, a
+    # token in its query): this line is logged and printed at start-up.
+    where = mask_url(cfg.endpoint) if cfg.endpoint else "the OTEL_EXPORTER_OTLP_* default"
     target = "stdout" if cfg.exporter == "console" else f"{cfg.exporter} to {where}"
     return {"traces": f"{target}, sampling {cfg.sample_ratio:g}"}
 

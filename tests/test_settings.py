@@ -339,6 +339,70 @@ def test_masking_keeps_an_ipv6_host_a_valid_url() -> None:
     assert masked == f"postgresql://bob:{MASK}@[::1]:5432/app"
 
 
+def fragments(secret: str, longer_than: int = 2) -> set[str]:
+    """Every piece of ``secret`` longer than ``longer_than`` characters."""
+    return {
+        secret[i:j] for i in range(len(secret)) for j in range(i + longer_than + 1, len(secret) + 1)
+    }
+
+
+#: Passwords a URL parser misreads when they are not percent-encoded.
+MALFORMED_PASSWORDS = [
+    "pa#ss",
+    "p?ss",
+    "hX7#qP2?zR9",
+    "hX7/qP2kW",
+    "hX7@qP2kW",
+    "hX7:qP2#kW",
+    "#?/@",
+]
+
+
+@pytest.mark.parametrize("password", MALFORMED_PASSWORDS)
+def test_a_password_with_an_unencoded_delimiter_is_masked_whole(password: str) -> None:
+    # urlsplit ends the authority at the first "#", "?" or "/": the user info runs
+    # to the last "@" instead, so no piece of the password is left in sight.
+    url = f"postgresql://u:{password}@db.example.org:5432/app"
+    masked = mask_url(url)
+    assert masked == f"postgresql://u:{MASK}@db.example.org:5432/app"
+    out = Settings.from_mapping({"USERPLANE_DATABASE_URL": url}).redacted()
+    assert out["USERPLANE_DATABASE_URL"] == masked
+    text = str(out)
+    assert not [f for f in fragments(password) if f in text]
+
+
+@FAST
+@given(
+    st.text(alphabet=st.sampled_from("abcXYZ0129#?/@:%&=+!$;,'[]"), min_size=1, max_size=24).filter(
+        lambda p: p.strip()
+    )
+)
+def test_any_password_is_masked_whole(password: str) -> None:
+    url = f"postgresql://u:{password}@db.example.org:5432/app?sslmode=require"
+    assert mask_url(url) == f"postgresql://u:{MASK}@db.example.org:5432/app?sslmode=require"
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://otel:hX7#qP2kW@collector:4318",
+        "http://collector:4318/?token=hX7qP2kW",
+        "https://collector:4318/v1?api_key=hX7qP2kW&x=1",
+    ],
+)
+def test_redacted_masks_credentials_in_any_url_setting(endpoint: str) -> None:
+    settings = Settings.from_mapping(
+        {"USERPLANE_OTEL_ENDPOINT": endpoint, "USERPLANE_CORS_ORIGINS": "https://a:hX7qP2kW@b"}
+    )
+    out = settings.redacted()
+    assert "collector:4318" in out["USERPLANE_OTEL_ENDPOINT"]
+    assert MASK in out["USERPLANE_OTEL_ENDPOINT"]
+    assert MASK in out["USERPLANE_CORS_ORIGINS"]
+    text = str(out)
+    assert "hX7" not in text
+    assert "qP2" not in text
+
+
 def test_redacted_masks_secret_extras_only() -> None:
     s = Settings.from_mapping(
         {
@@ -382,6 +446,15 @@ def test_redacted_names_every_setting_by_its_variable() -> None:
         ("USERPLANE_PRIVATE_KEY", True),
         ("USERPLANE_AUDIT_SINK", False),
         ("USERPLANE_HOST", False),
+        ("USERPLANE_SMTP_PASSWD", True),
+        ("USERPLANE_SMTP_PWD", True),
+        ("USERPLANE_IDP_CREDENTIALS", True),
+        ("USERPLANE_WEBHOOK_AUTHORIZATION", True),
+        ("USERPLANE_SESSION_COOKIE", True),
+        ("USERPLANE_PASSPHRASE", True),
+        ("sig", True),
+        ("USERPLANE_PASSAGE", False),
+        ("USERPLANE_SIGNAL", False),
     ],
 )
 def test_is_secret_name(name: str, secret: bool) -> None:

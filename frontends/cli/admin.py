@@ -105,18 +105,21 @@ def plugins(state: State, fmt: str) -> None:
     """List plugins, the hooks each implements, and the blocked and broken ones."""
     # Without opening storage: listing plugins must work when storage cannot.
     pm = state.plugin_manager or make_plugin_manager(state.settings.disabled_plugins)
-    rows = [
-        {
-            "name": p.name,
-            "module": p.module,
-            "distribution": p.distribution,
-            "hooks": list(p.hooks),
-            "blocked": p.blocked,
-            "broken": p.broken,
-            "status": "blocked" if p.blocked else f"broken: {p.broken}" if p.broken else "ok",
-        }
-        for p in describe_plugins(pm)
-    ]
+    rows = []
+    for p in describe_plugins(pm):
+        # Why a plugin broke is an exception's text, which may quote a setting.
+        broken = state.mask(p.broken) if p.broken else p.broken
+        rows.append(
+            {
+                "name": p.name,
+                "module": p.module,
+                "distribution": p.distribution,
+                "hooks": list(p.hooks),
+                "blocked": p.blocked,
+                "broken": broken,
+                "status": "blocked" if p.blocked else f"broken: {broken}" if broken else "ok",
+            }
+        )
     if fmt == "json":
         for row in rows:
             del row["status"]
@@ -144,7 +147,11 @@ def config(state: State, fmt: str) -> None:
 def check(state: State, fmt: str) -> None:
     """Ping storage and every plugin's services; exit 10 if any does not answer."""
     checks = state.registry.check()
-    rows = [{"name": c.name, "ok": c.ok, "error": c.error} for c in checks]
+    # An error is a plugin's or a driver's text about its connection, which may quote a URL.
+    rows = [
+        {"name": c.name, "ok": c.ok, "error": state.mask(c.error) if c.error else c.error}
+        for c in checks
+    ]
     emit(rows, fmt, ("name", "ok", "error"))
     failed = [c for c in checks if not c.ok]
     if failed:

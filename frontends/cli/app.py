@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import sys
@@ -13,9 +14,9 @@ import pluggy
 
 import userplane
 from userplane.errors import UserplaneError
-from userplane.frontends.cli.errors import exit_code, message
+from userplane.frontends.cli.errors import exit_code, internal_error, message
 from userplane.plugin_manager import make_plugin_manager
-from userplane.settings import Settings
+from userplane.settings import Settings, SettingsSection, mask_text, secret_values
 
 if TYPE_CHECKING:
     from userplane.registry import Registry
@@ -48,6 +49,30 @@ class State:
             self._registry = Registry(self.settings, plugin_manager=self.plugin_manager)
         return self._registry
 
+    def secrets(self) -> frozenset[str]:
+        """The secrets this command's settings hold (``userplane.settings.secret_values``).
+
+        None while the settings are unread or unreadable: a settings error quotes
+        only values that failed to parse as numbers or choices, and URLs are
+        masked in any message anyway.
+        """
+        settings = self._settings
+        if settings is None:
+            return frozenset()
+        pm = self.plugin_manager or (self._registry.pm if self._registry is not None else None)
+        sections: list[SettingsSection] = []
+        if pm is not None:
+            from userplane.hooks import Hooks
+
+            # A plugin that breaks here has its own error reported: masking goes on without it.
+            with contextlib.suppress(Exception):
+                sections = Hooks(pm).settings_sections()
+        return secret_values(settings, sections)
+
+    def mask(self, text: str) -> str:
+        """``text`` with URLs and this command's secrets masked: for any message shown."""
+        return mask_text(text, self.secrets())
+
     def close(self) -> None:
         if self._registry is not None:
             self._registry.close()
@@ -61,14 +86,20 @@ class UserplaneGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UserplaneError as exc:
-            click.echo(message(exc), err=True)
+            click.echo(message(exc, _secrets(ctx)), err=True)
             ctx.exit(exit_code(exc))
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:  # a bug: say so in one line, never a traceback
-            text = " ".join(str(exc).split())
-            click.echo(f"userplane: internal error: {type(exc).__name__}: {text}", err=True)
+            # Masked: a library's message may quote a setting, or the piece of a
+            # password its URL parser cut off ("Port could not be cast … 'pa'").
+            click.echo(internal_error(exc, _secrets(ctx)), err=True)
             ctx.exit(1)
+
+
+def _secrets(ctx: click.Context) -> frozenset[str]:
+    state = ctx.obj if isinstance(ctx.obj, State) else None
+    return state.secrets() if state is not None else frozenset()
 
 
 def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:

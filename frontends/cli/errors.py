@@ -5,6 +5,8 @@ Scripts may rely on these codes; they are documented in the README.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from userplane.errors import (
     ConfigurationError,
     Conflict,
@@ -17,6 +19,7 @@ from userplane.errors import (
     Unavailable,
     UserplaneError,
 )
+from userplane.settings import mask_text
 
 #: 1 is an unexpected failure and 2 a usage error (click's own).
 EXIT_CODES: dict[type[UserplaneError], int] = {
@@ -37,7 +40,17 @@ def exit_code(exc: UserplaneError) -> int:
     return next((code for cls, code in EXIT_CODES.items() if isinstance(exc, cls)), 1)
 
 
-def message(exc: UserplaneError) -> str:
-    """One line for stderr."""
-    text = " ".join(exc.detail.split())
+def message(exc: UserplaneError, secrets: Iterable[str] = ()) -> str:
+    """One line for stderr, URLs and ``secrets`` masked (``userplane.settings.mask_text``).
+
+    A detail may quote a setting or a library's message about it: a database
+    URL, or the piece of a password a URL parser cut off.
+    """
+    text = mask_text(" ".join(exc.detail.split()), secrets)
     return f"userplane: {exc.kind}: {text}"
+
+
+def internal_error(exc: Exception, secrets: Iterable[str] = ()) -> str:
+    """One line for stderr about a bug (never a traceback), masked as ``message`` is."""
+    text = mask_text(" ".join(str(exc).split()), secrets)
+    return f"userplane: internal error: {type(exc).__name__}: {text}"

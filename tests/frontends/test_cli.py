@@ -1047,6 +1047,99 @@ def test_config_never_prints_the_database_password(run: Cli, url: str) -> None:
     assert "s3cret" not in run.ok("config", "--format", "json", env=env).output
 
 
+# --- secrets in what commands print --------------------------------------------------------
+
+#: Passwords a URL parser misreads when they are not percent-encoded: "#" and
+#: "?" end the authority early (urlsplit, yoyo), "/" too, "@" ends the user info.
+MALFORMED_PASSWORDS = ["Zq8#wX3kPm", "Zq8?wX3kPm", "Zq8/wX3kPm", "Zq8@wX3kPm", "Zq8#w?X3/kPm"]
+
+
+def leaked(secret: str, *outputs: str) -> list[str]:
+    """The pieces of ``secret`` longer than 2 characters found in ``outputs``."""
+    text = "\n".join(outputs)
+    pieces = {secret[i:j] for i in range(len(secret)) for j in range(i + 3, len(secret) + 1)}
+    return sorted(p for p in pieces if p in text)
+
+
+@pytest.mark.parametrize("password", ["pa#ss", "p?ss", *MALFORMED_PASSWORDS])
+def test_config_never_prints_a_malformed_database_password(run: Cli, password: str) -> None:
+    url = f"postgresql://u:{password}@db.example:5432/users"
+    env = {"USERPLANE_DATABASE_URL": url}
+    table_output = run.ok("config", env=env).output
+    config = run.one("config", env=env)
+    assert config["USERPLANE_DATABASE_URL"] == f"postgresql://u:{MASK}@db.example:5432/users"
+    assert not leaked(password, table_output, json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["http://otel:Zq8wX3kPm@collector:4318", "http://collector:4318/v1?token=Zq8wX3kPm"],
+)
+def test_config_masks_the_otel_endpoint_credentials(run: Cli, endpoint: str) -> None:
+    env = {"USERPLANE_OTEL_ENDPOINT": endpoint}
+    config = run.one("config", env=env)
+    assert "collector:4318" in config["USERPLANE_OTEL_ENDPOINT"]
+    assert MASK in config["USERPLANE_OTEL_ENDPOINT"]
+    assert not leaked("Zq8wX3kPm", run.ok("config", env=env).output, json.dumps(config))
+
+
+def test_config_lists_the_jwt_settings_with_their_defaults(run: Cli) -> None:
+    config = run.one("config")
+    assert config["USERPLANE_JWT_MAX_LIFETIME_SECONDS"] == 86400
+    assert config["USERPLANE_JWT_ALLOW_ANY_AUDIENCE"] is False
+    assert config["USERPLANE_JWT_ROLES_CLAIM_SEPARATOR"] is None
+
+
+@pytest.fixture(params=["refusing", "unreachable"])
+def database_address(request: pytest.FixtureRequest) -> str:
+    """``host:port`` of a PostgreSQL that refuses the test's role, or of nothing at all."""
+    if request.param == "unreachable":
+        return "127.0.0.1:1"
+    from urllib.parse import urlsplit
+
+    server = urlsplit(request.getfixturevalue("postgresql_server"))
+    return f"{server.hostname}:{server.port or 5432}"
+
+
+@pytest.mark.parametrize("password", MALFORMED_PASSWORDS)
+@pytest.mark.parametrize(
+    "command",
+    [("migrate",), ("migrate", "--status"), ("check",), ("serve", "--migrate")],
+    ids=" ".join,
+)
+def test_failing_commands_never_print_the_database_password(
+    run: Cli, database_address: str, password: str, command: tuple[str, ...]
+) -> None:
+    # Each fails: a role the server does not know, or no server. What it prints
+    # (its error line, and log lines at debug) holds no piece of the password,
+    # even one a URL parser cut off ("Port could not be cast … as 'Zq8'").
+    url = f"postgresql://userplane_no_such_role:{password}@{database_address}/no_such_db"
+    env = {
+        "USERPLANE_DATABASE_URL": url,
+        "USERPLANE_LOG_LEVEL": "debug",
+        "USERPLANE_DB_POOL_TIMEOUT_MS": "300",
+    }
+    result = run(*command, env=env)
+    assert result.exit_code != 0, result.output
+    assert result.stderr.strip().splitlines()[-1].startswith("userplane: "), result.stderr
+    assert not leaked(password, result.stdout, result.stderr), result.stderr
+
+
+def test_a_broken_plugins_reason_is_masked(run: Cli) -> None:
+    from userplane.plugin_manager import BrokenPlugin, make_plugin_manager
+
+    pm = make_plugin_manager(())
+    pm.broken.append(  # type: ignore[attr-defined]
+        BrokenPlugin("audit", "cannot reach postgresql://audit:Zq8#wX3kPm@db/audit")
+    )
+    result = run.runner.invoke(
+        cli, ["--env-file", str(run.env_file), "plugins"], env=run.env, obj=pm
+    )
+    assert result.exit_code == 0, result.output
+    assert "db/audit" in result.stdout
+    assert not leaked("Zq8#wX3kPm", result.output)
+
+
 @pytest.mark.parametrize(
     "name", ["USERPLANE_SOME_SECRET", "USERPLANE_API_TOKEN", "USERPLANE_SMTP_PASSWORD"]
 )

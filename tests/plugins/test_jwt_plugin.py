@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import re
 import secrets
 import time
@@ -382,6 +383,106 @@ def test_without_a_configured_audience_a_token_aud_is_not_judged(serve: Serve) -
     assert_accepted(server.list_users(hs256(claims(aud=["a", "b"]))))
 
 
+# --------------------------------------------------------------------------- lifetime
+
+
+def test_a_token_living_longer_than_the_maximum_is_refused(serve: Serve) -> None:
+    now = int(time.time())
+    server = serve(hs_env())  # the default: one day
+    assert_accepted(server.list_users(hs256(claims(iat=now, exp=now + 86400))))
+    # Valid now, signed by the right key, but good for a year: a standing credential.
+    assert_rejected(server.list_users(hs256(claims(iat=now, exp=now + 365 * 86400))))
+    assert_rejected(server.create_user(hs256(claims(iat=now - 60, exp=now + 86400))))
+
+
+def test_the_maximum_lifetime_is_a_setting(serve: Serve) -> None:
+    now = int(time.time())
+    server = serve(hs_env(USERPLANE_JWT_MAX_LIFETIME_SECONDS="300"))
+    assert_accepted(server.list_users(hs256(claims(iat=now, exp=now + 300))))
+    assert_rejected(server.list_users(hs256(claims(iat=now, exp=now + 301))))
+    assert_rejected(server.list_users(hs256(claims(iat=now - 200, exp=now + 200))))
+
+
+@pytest.mark.parametrize(
+    ("iat", "exp"),
+    [(True, 10**10), (0.5, 10**10)],
+    ids=["iat a bool", "a fractional iat, long ago"],
+)
+def test_odd_iat_and_exp_are_refused_not_crashed_on(serve: Serve, iat: Any, exp: Any) -> None:
+    assert_rejected(serve(hs_env()).list_users(hs256(claims(iat=iat, exp=exp))))
+
+
+# --------------------------------------------------------------------------- prod: aud and iss
+
+
+def _prod_settings(tmp_path: Path, **extra: str) -> Settings:
+    url = f"sqlite:///{tmp_path / 'prod.db'}"
+    return Settings.from_mapping(
+        {"USERPLANE_DATABASE_URL": url, "USERPLANE_ENV": "prod", **hs_env(**extra)}
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [
+        ({}, ("USERPLANE_JWT_ISSUER", "USERPLANE_JWT_AUDIENCE")),
+        ({"USERPLANE_JWT_ISSUER": ISSUER}, ("USERPLANE_JWT_AUDIENCE",)),
+        ({"USERPLANE_JWT_AUDIENCE": AUDIENCE}, ("USERPLANE_JWT_ISSUER",)),
+    ],
+)
+def test_prod_refuses_to_start_without_issuer_and_audience(
+    tmp_path: Path, given: dict[str, str], missing: tuple[str, ...]
+) -> None:
+    with pytest.raises(ConfigurationError) as refused, Registry(_prod_settings(tmp_path, **given)):
+        pass
+    message = str(refused.value)
+    for name in missing:
+        assert names_variable(message, name), message
+    assert names_variable(message, "USERPLANE_JWT_ALLOW_ANY_AUDIENCE"), message
+    assert HS_SECRET not in message
+
+
+def test_prod_starts_with_issuer_and_audience(tmp_path: Path) -> None:
+    settings = _prod_settings(
+        tmp_path, USERPLANE_JWT_ISSUER=ISSUER, USERPLANE_JWT_AUDIENCE=AUDIENCE
+    )
+    with Registry(settings) as registry:
+        registry.migrate()
+        client = testing.TestClient(create_app(registry))
+        assert_accepted(client.simulate_get(USERS, headers=bearer(hs256(good_claims()))))
+        other = hs256(good_claims(aud="another-service"))
+        assert_rejected(client.simulate_get(USERS, headers=bearer(other)))
+
+
+def test_prod_without_a_jwt_key_needs_neither(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'nokey.db'}"
+    with Registry(Settings.from_mapping({"USERPLANE_DATABASE_URL": url, "USERPLANE_ENV": "prod"})):
+        pass
+
+
+def test_the_waiver_starts_prod_and_warns_loudly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _prod_settings(tmp_path, USERPLANE_JWT_ALLOW_ANY_AUDIENCE="true")
+    with caplog.at_level(logging.WARNING, logger="userplane.jwt"), Registry(settings) as registry:
+        registry.migrate()
+        client = testing.TestClient(create_app(registry))
+        # What was waived: a token issued for another service is accepted.
+        elsewhere = hs256(claims(aud="another-service", iss="https://other.example.test"))
+        assert_accepted(client.simulate_get(USERS, headers=bearer(elsewhere)))
+        facts = registry.hooks.describe(settings, registry)
+    [warning] = [r for r in caplog.records if r.name == "userplane.jwt"]
+    assert warning.levelno == logging.WARNING
+    assert "WAIVED" in warning.getMessage()
+    assert "USERPLANE_JWT_ALLOW_ANY_AUDIENCE" in warning.detail  # type: ignore[attr-defined]
+    assert "NOT checked" in facts["jwt"]
+
+
+def test_dev_keeps_issuer_and_audience_optional(serve: Serve) -> None:
+    # Development against a local identity provider: no refusal, no warning needed.
+    assert_accepted(serve(hs_env()).list_users(hs256(claims())))
+
+
 # --------------------------------------------------------------------------- roles
 
 
@@ -402,9 +503,40 @@ def test_roles_from_a_dotted_claim(serve: Serve) -> None:
     assert_accepted(default.list_users(token))
 
 
-def test_roles_from_a_space_separated_string(serve: Serve) -> None:
+def test_a_roles_claim_given_as_a_string_is_refused_by_default(serve: Serve) -> None:
+    # Split on spaces, a role named "Helpdesk admin" would grant admin: such a
+    # token is invalid unless USERPLANE_JWT_ROLES_CLAIM_SEPARATOR says how to split.
     server = serve(hs_env())
-    assert_accepted(server.create_user(hs256(claims(roles="viewer editor"))), 201)
+    for roles in ("Helpdesk admin", "viewer editor", "admin", ""):
+        assert_rejected(server.list_users(hs256(claims(roles=roles))))
+        assert_rejected(server.create_user(hs256(claims(roles=roles))))
+    # A list is what a roles claim is: its "Helpdesk admin" is one role, unknown here.
+    listed = hs256(claims(roles=["Helpdesk admin", "viewer"]))
+    assert_accepted(server.list_users(listed))
+    assert_problem(server.create_user(listed), 403)
+
+
+def test_a_string_roles_claim_split_as_configured(serve: Serve) -> None:
+    spaced = serve(hs_env(USERPLANE_JWT_ROLES_CLAIM_SEPARATOR="space"))
+    assert_accepted(spaced.create_user(hs256(claims(roles="viewer  editor"))), 201)
+    commas = serve(hs_env(USERPLANE_JWT_ROLES_CLAIM_SEPARATOR=","))
+    assert_accepted(commas.create_user(hs256(claims(roles="viewer, editor"))), 201)
+    # Split on commas, "Helpdesk admin" stays one role (unknown): never admin.
+    helpdesk = hs256(claims(roles="Helpdesk admin,viewer"))
+    assert_accepted(commas.list_users(helpdesk))
+    assert_problem(commas.create_user(helpdesk), 403)
+    # A list is still a list, whatever the separator.
+    assert_accepted(commas.create_user(hs256(claims(roles=["editor"])), "l@example.com"), 201)
+
+
+def test_a_string_roles_claim_principal_has_exactly_the_parts(serve: Serve) -> None:
+    server = serve(hs_env(USERPLANE_JWT_ROLES_CLAIM_SEPARATOR=","))
+    recorder = Recorder()
+    server.registry.pm.register(recorder)
+    assert_accepted(server.create_user(hs256(claims(roles="editor,Helpdesk admin,,"))), 201)
+    [(_, principal)] = recorder.created
+    assert principal is not None
+    assert principal.roles == frozenset({"editor"})
 
 
 def test_unknown_roles_are_ignored(serve: Serve) -> None:
@@ -504,6 +636,26 @@ BAD_SETTINGS: dict[str, tuple[Callable[[Keys, Path], dict[str, str]], tuple[str,
         lambda k, p: {**hs_env(), "USERPLANE_JWT_LEEWAY_SECONDS": "1000"},
         ("USERPLANE_JWT_LEEWAY_SECONDS",),
     ),
+    "max lifetime 0": (
+        lambda k, p: {**hs_env(), "USERPLANE_JWT_MAX_LIFETIME_SECONDS": "0"},
+        ("USERPLANE_JWT_MAX_LIFETIME_SECONDS",),
+    ),
+    "max lifetime not a number": (
+        lambda k, p: {**hs_env(), "USERPLANE_JWT_MAX_LIFETIME_SECONDS": "a day"},
+        ("USERPLANE_JWT_MAX_LIFETIME_SECONDS",),
+    ),
+    "roles separator a letter": (
+        lambda k, p: {**hs_env(), "USERPLANE_JWT_ROLES_CLAIM_SEPARATOR": "x"},
+        ("USERPLANE_JWT_ROLES_CLAIM_SEPARATOR",),
+    ),
+    "roles separator two characters": (
+        lambda k, p: {**hs_env(), "USERPLANE_JWT_ROLES_CLAIM_SEPARATOR": ",;"},
+        ("USERPLANE_JWT_ROLES_CLAIM_SEPARATOR",),
+    ),
+    "waiver not a bool": (
+        lambda k, p: {**hs_env(), "USERPLANE_JWT_ALLOW_ANY_AUDIENCE": "maybe"},
+        ("USERPLANE_JWT_ALLOW_ANY_AUDIENCE",),
+    ),
 }
 
 
@@ -538,6 +690,25 @@ def test_a_private_key_is_refused_at_startup(keys: Keys, tmp_path: Path) -> None
         Registry(settings)
     assert names_variable(str(refused.value), "USERPLANE_JWT_KEY"), refused.value
     assert "private key" in str(refused.value)
+
+
+def test_every_setting_is_declared() -> None:
+    # `userplane config` lists what the section declares.
+    from userplane.plugins import bearer_jwt
+
+    assert bearer_jwt.SETTINGS.defaults() == {
+        "USERPLANE_JWT_ALGORITHM": None,
+        "USERPLANE_JWT_KEY": None,
+        "USERPLANE_JWT_KEY_FILE": None,
+        "USERPLANE_JWT_JWKS_FILE": None,
+        "USERPLANE_JWT_ISSUER": None,
+        "USERPLANE_JWT_AUDIENCE": None,
+        "USERPLANE_JWT_ALLOW_ANY_AUDIENCE": False,
+        "USERPLANE_JWT_LEEWAY_SECONDS": 30,
+        "USERPLANE_JWT_MAX_LIFETIME_SECONDS": 86400,
+        "USERPLANE_JWT_ROLES_CLAIM": "roles",
+        "USERPLANE_JWT_ROLES_CLAIM_SEPARATOR": None,
+    }
 
 
 def test_the_key_is_masked_in_redacted_settings(keys: Keys) -> None:

@@ -193,6 +193,29 @@ def test_console_format_renders_text(capsys: pytest.CaptureFixture[str]) -> None
         json.loads(lines[0])
 
 
+def test_a_console_traceback_is_plain_without_locals_and_masked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Frame locals hold what a function was handling: the console renderer's rich
+    # tracebacks would print them, after redaction had run.
+    configure(Settings(log_format="console"))
+
+    def connect(password: str) -> None:
+        dsn = f"postgresql://app:{password}@db/users"
+        raise ConnectionError(f"cannot reach {dsn}")
+
+    password = "hunter2-" + "s3cret"  # not on the line the traceback quotes
+    try:
+        connect(password)
+    except ConnectionError:
+        structlog.get_logger("userplane.test").exception("failed")
+        logging.getLogger("gunicorn.error").error("worker failed", exc_info=True)
+    err = capsys.readouterr().err
+    assert err.count("Traceback (most recent call last)") == 2
+    assert "ConnectionError: cannot reach postgresql://app:********@db/users" in err
+    assert "hunter2" not in err
+
+
 @pytest.mark.parametrize("env", ["dev", "prod"])
 def test_auto_format_is_json_when_not_on_a_terminal(
     capsys: pytest.CaptureFixture[str], env: str

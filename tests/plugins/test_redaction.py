@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
-from clients import client_for
+import structlog.tracebacks
+from clients import client_for, new_key
+from falcon import testing
 
 from userplane import Registry, Settings
+from userplane.frontends.http import create_app, problems
+from userplane.plugins import api_keys
 from userplane.plugins import logging as logging_plugin
 
 PASSWORD = "s3cr3t-Pa55"
@@ -57,3 +64,223 @@ def test_an_authorization_header_never_reaches_the_access_log(
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert [e["event"] for e in events if e.get("logger") == "userplane.access"] == ["request"]
     assert f"Bearer {API_KEY}" not in err
+
+
+# -- an unexpected error while a key is checked --------------------------------------------------
+
+
+def _forget_cached_configuration() -> None:
+    # A module's logger keeps the configuration it first logged with
+    # (cache_logger_on_first_use), so the stream of an earlier test's capture:
+    # the HTTP error handler's must write where this test's configuration says.
+    vars(problems._log).pop("bind", None)
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """structlog and the root logger are process-wide: put them back after the test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    _forget_cached_configuration()
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    _forget_cached_configuration()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def _failing_key_check(registry: Registry, where: str) -> None:
+    """Make key checking fail with a bug's exception (not a userplane error), at ``where``."""
+    state = api_keys.state_of(registry)
+    if where == "store":
+        # The database driver, say: the key is in the caller's frame locals only.
+        def get_api_key(lookup: str) -> None:
+            raise RuntimeError("the driver lost its connection")
+
+        state.store.get_api_key = get_api_key  # type: ignore[method-assign]
+    else:
+        # A bug whose message quotes its argument: the key is in the exception's text.
+        def lookup_of(key: str) -> str:
+            raise ValueError(f"cannot parse {key!r}")
+
+        state.authenticator._lookup_of = lookup_of  # type: ignore[assignment]
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("log_format", ["json", "console"])
+@pytest.mark.parametrize("where", ["store", "message"])
+def test_an_unexpected_error_while_checking_a_key_never_logs_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], log_format: str, where: str
+) -> None:
+    settings = Settings.from_mapping(
+        {"USERPLANE_DATABASE_URL": f"sqlite:///{tmp_path}/k.db", "USERPLANE_LOG_FORMAT": log_format}
+    )
+    with Registry(settings) as registry:
+        registry.migrate()
+        key = new_key(registry)
+        _failing_key_check(registry, where)
+        client = testing.TestClient(create_app(registry))
+        resp = client.simulate_get("/api/v1/users", headers={"Authorization": f"Bearer {key}"})
+    assert resp.status_code == 500
+    err = capsys.readouterr().err
+    assert "unhandled error" in err  # the failure is logged, with its traceback
+    assert "Traceback" in err or '"exception"' in err
+    assert key not in err
+    # Not one run of the secret part either, in a line cut by a renderer or not.
+    secret = key[len("up_") + 12 :]
+    assert all(secret[i : i + 8] not in err for i in range(len(secret) - 7)), err
+    if where == "message":
+        # The non-secret lookup id stays, to tell which key it was.
+        assert key[: len("up_") + 12] in err
+
+
+def test_a_traceback_rendered_with_locals_does_not_carry_the_key() -> None:
+    # Were frame locals ever rendered (a host's configuration, a future structlog),
+    # redaction masks them by name and by shape.
+    key = "up_" + "AbCdEfGhIjKl" + "x7" * 16
+
+    def check(key: str, token: str, password: str) -> None:
+        raise RuntimeError("failed")
+
+    try:
+        check(key, token=f"eyJhbGciOiJIUzI1NiJ9.{'e' * 20}.sig", password="hunter2-s3cret")
+    except RuntimeError:
+        exc_info = sys.exc_info()
+    rendered = structlog.tracebacks.ExceptionDictTransformer(show_locals=True)(exc_info)
+    frame_locals = rendered[0]["frames"][-1]["locals"]
+    assert key in str(frame_locals)  # it is there to mask
+    line = json.dumps(logging_plugin.redact(None, "error", {"exception": rendered}))
+    assert key not in line
+    assert "hunter2-s3cret" not in line
+    assert "eyJhbGciOiJIUzI1NiJ9" not in line
+
+
+# -- by shape, anywhere in a line ------------------------------------------------------------------
+
+KEY = "up_" + "Lookup012345" + "S3cretS3cretS3cretS3cretS3cretAb"
+JWT = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLWJ5dGVz"
+BASIC = "dXNlcjpodW50ZXIy"
+
+
+@pytest.mark.parametrize(
+    ("text", "secrets", "kept"),
+    [
+        (f"rejected key {KEY} from 10.0.0.1", [KEY[15:]], ["up_Lookup012345", "10.0.0.1"]),
+        (f"path=/api/v1/users/{KEY}", [KEY[15:]], ["up_Lookup012345"]),
+        (f"token was {JWT}.", ["eyJzdWIiOiJhbGljZSJ9", "c2lnbmF0dXJl"], ["token was"]),
+        (f"Authorization: Basic {BASIC}", [BASIC], ["Authorization"]),
+        (f"sent 'Bearer {KEY}'", [KEY[15:]], ["Bearer"]),
+        ("cannot reach postgresql://app:hX7#qP2?zR9@db/users", ["hX7", "qP2", "zR9"], ["db/users"]),
+        ("cannot reach postgresql://app:hX7/qP2@db/users", ["hX7/qP2"], ["db/users"]),
+        ("GET http://collector:4318/v1/traces?token=tok-9f8e7d&x=1", ["tok-9f8e7d"], ["x=1"]),
+        ("dsn host=db password=hunter2-s3cret dbname=users", ["hunter2"], ["dbname=users"]),
+        ("{'password': 'hunter2-s3cret', 'user': 'ann'}", ["hunter2"], ["'ann'"]),
+        ('{"api_key":"k-9f8e7d6c5b4a","id":7}', ["k-9f8e7d6c5b4a"], ['"id":7']),
+        ("key = 'k-9f8e7d6c5b4a'", ["k-9f8e7d6c5b4a"], []),
+        ("Authorization: Bearer sometoken", ["sometoken"], ["Authorization"]),
+        ("{'Authorization': 'Bearer sometoken', 'Accept': '*/*'}", ["sometoken"], ["'*/*'}"]),
+        # Prose about the schemes is not a credential.
+        ("HS256 bearer tokens, basic auth off", [], ["bearer tokens, basic auth off"]),
+    ],
+)
+def test_secrets_are_masked_by_shape_in_any_text(
+    text: str, secrets: list[str], kept: list[str]
+) -> None:
+    event = {
+        "event": text,
+        "detail": text,
+        "nested": {"errors": [text], "deeper": {"why": (text,)}},
+        "error": RuntimeError(text),
+    }
+    redacted = logging_plugin.redact(None, "info", event)
+    line = json.dumps(redacted, default=repr)
+    for secret in secrets:
+        assert secret not in line, line
+    for part in kept:  # the rest of the text stays useful
+        assert part in redacted["event"], redacted["event"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "key",
+        "api_key",
+        "apiKey",
+        "X-Api-Key",
+        "secret_key",
+        "token",
+        "access_token",
+        "password",
+        "Authorization",
+        "Cookie",
+        "set-cookie",
+        "credentials",
+        "client_secret",
+    ],
+)
+def test_secrets_are_masked_by_name_at_any_depth(name: str) -> None:
+    value = "plain-looking-value"
+    event = {name: value, "request": {"headers": {name: value}, "items": [{name: value}]}}
+    line = json.dumps(logging_plugin.redact(None, "info", event))
+    assert value not in line
+
+
+def test_what_is_not_secret_is_left_alone() -> None:
+    line = {
+        "event": "request",
+        "principal": "key:3f2a9c1e-8d4b-4b5e-9f0a-1c2d3e4f5a6b",
+        "key_id": "3f2a9c1e-8d4b-4b5e-9f0a-1c2d3e4f5a6b",
+        "route": "/api/v1/users/{user_id:uuid}",
+        "path": "/api/v1/users/12345678-1234-5678-1234-567812345678",
+        "status": 200,
+        "bytes": 312,
+        "duration_ms": 1.5,
+        "request_id": "9223f3490b7ef6a278d9316ef7959250",
+        "timestamp": "2026-01-01T00:00:00.000000Z",
+    }
+    # The fast path: nothing in an ordinary access line can be a secret, and it is
+    # handed back as it is, not copied.
+    assert logging_plugin.redact(None, "info", line) is line
+    # The slow path (a space in the event) masks nothing either.
+    slower = {**line, "event": "a request was served"}
+    assert logging_plugin.redact(None, "info", slower) == slower
+
+
+def test_a_stdlib_records_exception_is_masked_too(
+    capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
+    # gunicorn's and yoyo's lines: their tracebacks are rendered by our formatter.
+    logging_plugin.configure(Settings(log_format="json"))
+    try:
+        raise RuntimeError(f"cannot reach postgresql://app:{PASSWORD}@db/users with {KEY}")
+    except RuntimeError:
+        logging.getLogger("gunicorn.error").exception("worker failed")
+    err = capsys.readouterr().err
+    assert "worker failed" in err
+    assert "RuntimeError" in err
+    assert PASSWORD not in err
+    assert KEY not in err
+
+
+def test_the_database_password_is_masked_outside_urls_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
+    # A driver's message may quote a piece of a password it misread ("#" ends a
+    # URL's authority for a URL parser): the pieces are masked wherever they are.
+    url = f"sqlite:///{tmp_path}/p.db?password=Zq8wXy3kPm7v"
+    settings = Settings.from_mapping(
+        {
+            "USERPLANE_DATABASE_URL": f"sqlite:///{tmp_path}/p.db",
+            "USERPLANE_LOG_FORMAT": "json",
+            "USERPLANE_OTEL_ENDPOINT": "http://otel:Rk4#Tn8wQx2z@collector:4318",
+            "USERPLANE_SOME_WEBHOOK": url,
+        }
+    )
+    with Registry(settings):
+        log = structlog.get_logger("test")
+        log.warning("failed to resolve host 'Tn8wQx2z@collector'")
+        log.warning("bad port 'otel:Rk4'", detail="password Zq8wXy3kPm7v rejected")
+    err = capsys.readouterr().err
+    for secret in ("Tn8wQx2z", "Zq8wXy3kPm7v"):
+        assert secret not in err

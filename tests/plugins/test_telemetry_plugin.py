@@ -246,6 +246,35 @@ def test_serve_is_told_where_traces_go(variables: dict[str, str], expected: str)
     assert telemetry.userplane_describe(settings=settings) == {"traces": expected}
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "shown"),
+    [
+        ("http://otel:hX7qP2kW@collector:4318", "http://otel:********@collector:4318"),
+        ("http://otel:hX7#qP2kW@collector:4318", "http://otel:********@collector:4318"),
+        ("http://collector:4318/?token=hX7qP2kW", "http://collector:4318/?token=********"),
+    ],
+)
+def test_endpoint_credentials_are_masked_wherever_it_is_shown(
+    endpoint: str, shown: str, tmp_path: Path
+) -> None:
+    settings = Settings.from_mapping(
+        {
+            "USERPLANE_DATABASE_URL": f"sqlite:///{tmp_path}/e.db",
+            "USERPLANE_OTEL_ENABLED": "true",
+            "USERPLANE_OTEL_ENDPOINT": endpoint,
+        }
+    )
+    # The start-up line of `serve`.
+    [traces] = telemetry.userplane_describe(settings=settings).values()
+    assert traces == f"otlp-http to {shown}, sampling 1"
+    # `userplane config`, with the plugin's declared settings.
+    listed = settings.redacted([telemetry.SETTINGS])
+    assert listed["USERPLANE_OTEL_ENDPOINT"] == shown
+    for text in (traces, str(listed)):
+        assert "hX7" not in text
+        assert "qP2" not in text
+
+
 def _metrics(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
     data = reader.get_metrics_data()
     assert data is not None
