@@ -54,7 +54,14 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Tracer
 
-    from userplane.plugin import PooledStorage, PoolStats, Registry, Storage
+    from userplane.plugin import (
+        PooledStorage,
+        PoolStats,
+        RateLimitCounters,
+        Registry,
+        Services,
+        Storage,
+    )
 
 # OpenTelemetry, the storage protocols and the registry are imported where
 # telemetry is on, not with the plugin: every userplane process loads this
@@ -119,7 +126,12 @@ _POOL = {"db.client.connection.pool.name": "userplane"}
 class _Instruments:
     """The metrics userplane records, on one registry's meter."""
 
-    def __init__(self, meter: Meter, pool_stats: Callable[[], PoolStats | None]) -> None:
+    def __init__(
+        self,
+        meter: Meter,
+        pool_stats: Callable[[], PoolStats | None],
+        limits: Callable[[], RateLimitCounters | None],
+    ) -> None:
         from opentelemetry.metrics import Observation
 
         self.duration = meter.create_histogram(
@@ -153,6 +165,31 @@ class _Instruments:
         def waiting(options: CallbackOptions) -> list[Observation]:
             stats = pool_stats()
             return [] if stats is None else [Observation(stats.waiting, _POOL)]
+
+        def limited(field: str) -> Callable[[CallbackOptions], list[Observation]]:
+            def observe(options: CallbackOptions) -> list[Observation]:
+                counters = limits()
+                return [] if counters is None else [Observation(getattr(counters, field))]
+
+            return observe
+
+        # The rate limiter's own counts (a RateLimitCounters service), when limits are on.
+        for field, name, unit, description in (
+            ("store_checks", "checks", "{statement}", "Rate-limit statements sent to the store."),
+            ("refused", "refused", "{request}", "Requests refused by a rate limit (429)."),
+            (
+                "store_failures",
+                "store_failures",
+                "{statement}",
+                "Rate-limit statements that failed: their requests were served unlimited.",
+            ),
+        ):
+            meter.create_observable_counter(
+                f"userplane.rate_limit.{name}",
+                callbacks=[limited(field)],
+                unit=unit,
+                description=description,
+            )
 
         # The database pool, as OpenTelemetry's database-client conventions name it.
         meter.create_observable_up_down_counter(
@@ -227,7 +264,21 @@ class Telemetry:
         #: The storage whose pool the gauges observe (weak: the registry owns it).
         self._pooled: weakref.ref[PooledStorage] | None = None
         meter = self.meter_provider.get_meter("userplane", userplane.__version__)
-        self.instruments = _Instruments(meter, self._pool_stats)
+        #: Where the rate limiter's counters are looked up (``observe_limits``).
+        self._services: weakref.ref[Services] | None = None
+        self.instruments = _Instruments(meter, self._pool_stats, self._limit_counters)
+
+    def _limit_counters(self) -> RateLimitCounters | None:
+        from userplane.plugin import RateLimitCounters
+
+        services = self._services() if self._services is not None else None
+        if services is None or RateLimitCounters not in services:
+            return None
+        return services.get(RateLimitCounters)
+
+    def observe_limits(self, services: Services) -> None:
+        """Report the rate limiter's counters (``RateLimitCounters``) found in ``services``."""
+        self._services = weakref.ref(services)
 
     def _pool_stats(self) -> PoolStats | None:
         storage = self._pooled() if self._pooled is not None else None
@@ -422,6 +473,7 @@ def userplane_register_services(registry: Registry) -> None:
     services = registry.services
     exporters = services.get(Exporters) if Exporters in services else None
     state = Telemetry(registry.settings, cfg, exporters)
+    state.observe_limits(services)
     try:
         services.register_value(Telemetry, state, close=Telemetry.close, name="telemetry")
     except BaseException:

@@ -18,6 +18,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from userplane import ConfigurationError, Registry, Settings, hookimpl
 from userplane.plugins import telemetry
 from userplane.plugins.logging import add_trace_ids
+from userplane.plugins.rate_limits.limiter import Limiter
 
 USERS = "/api/v1/users/"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -369,3 +370,35 @@ def test_sqlite_has_no_pool_gauges(tmp_path: Path, exporter: InMemorySpanExporte
         metrics = _metrics(reader)
     assert "http.server.request.duration" in metrics  # read, and still no pool gauges
     assert "db.client.connection.count" not in metrics
+
+
+def test_rate_limit_counters_are_metrics(database_url: str, exporter: InMemorySpanExporter) -> None:
+    reader = InMemoryMetricReader()
+    with traced_registry(
+        database_url, exporter, reader, USERPLANE_RATE_LIMITS="read=2/60s"
+    ) as registry:
+        client = client_for(registry)
+        statuses = [client.simulate_get(USERS).status_code for _ in range(4)]
+        assert statuses == [200, 200, 429, 429]
+        # The limiter's table goes away: requests are served, and the metric says so.
+        store: Any = registry.storage
+        store.execute("ALTER TABLE rate_limits RENAME TO rate_limits_away", {})
+        try:
+            registry.services.get(Limiter)._subjects.clear()  # forget the local refusal
+            assert client.simulate_get(USERS).status_code == 200
+        finally:
+            store.execute("ALTER TABLE rate_limits_away RENAME TO rate_limits", {})
+        metrics = _metrics(reader)
+    assert [p.value for p in metrics["userplane.rate_limit.refused"]] == [2]
+    assert [p.value for p in metrics["userplane.rate_limit.store_failures"]] == [1]
+    assert metrics["userplane.rate_limit.checks"][0].value >= 2
+
+
+def test_no_rate_limit_metrics_when_limits_are_off(
+    tmp_path: Path, exporter: InMemorySpanExporter
+) -> None:
+    reader = InMemoryMetricReader()
+    with traced_registry(f"sqlite:///{tmp_path}/m.db", exporter, reader) as registry:
+        client_for(registry).simulate_get(USERS)
+        metrics = _metrics(reader)
+    assert "userplane.rate_limit.refused" not in metrics
