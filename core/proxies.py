@@ -1,9 +1,10 @@
 """Which address a request came from, believing forwarding headers only from trusted proxies.
 
-The one place that reads ``Forwarded`` (RFC 7239) and ``X-Forwarded-For``,
-and the client-certificate header a TLS-terminating proxy adds
-(``X-Forwarded-Client-Cert``, in Envoy's format). A header is believed only
-when the direct peer is in ``USERPLANE_TRUSTED_PROXIES``; the chain is then
+The one place that reads ``Forwarded`` (RFC 7239) or ``X-Forwarded-For`` (the
+one ``USERPLANE_FORWARDED_HEADER`` names), and the client-certificate header a
+TLS-terminating proxy adds (``X-Forwarded-Client-Cert``, in Envoy's format). A
+header is believed only when the direct peer is in ``USERPLANE_TRUSTED_PROXIES``;
+the chain is then
 walked from the right, past every trusted hop, and the first untrusted
 address is the client. Anything else would let a caller name its own address.
 """
@@ -14,11 +15,16 @@ import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import attrs
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: The forwarding header the trusted proxies set: the only one believed.
+ForwardedHeader = Literal["x-forwarded-for", "forwarded"]
+XFF: ForwardedHeader = "x-forwarded-for"
+FORWARDED: ForwardedHeader = "forwarded"
 
 # One element of a comma-separated header, commas inside quoted strings kept.
 _ELEMENT = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*")+')
@@ -89,10 +95,12 @@ def parse_client_certificate(header: str) -> ClientCertificate | None:
 class TrustedProxies:
     """``USERPLANE_TRUSTED_PROXIES`` as networks, and the client address they imply."""
 
-    def __init__(self, networks: Iterable[str] = ()) -> None:
+    def __init__(self, networks: Iterable[str] = (), header: ForwardedHeader = XFF) -> None:
         self.networks: tuple[IPNetwork, ...] = tuple(
             ipaddress.ip_network(n, strict=False) for n in networks
         )
+        #: The one forwarding header believed (``USERPLANE_FORWARDED_HEADER``).
+        self.header = header
 
     def trusts(self, address: str | None) -> bool:
         """Whether ``address`` is one of the trusted proxies."""
@@ -107,18 +115,20 @@ class TrustedProxies:
     def client_address(
         self, peer: str | None, forwarded: str | None = None, x_forwarded_for: str | None = None
     ) -> str | None:
-        """The client's address: the peer's, or from the headers when the peer is trusted.
+        """The client's address: the peer's, or from the header when the peer is trusted.
 
-        ``Forwarded`` is preferred to ``X-Forwarded-For`` when both are sent.
-        A chain whose hops are all trusted yields its leftmost address. An
+        Only the header the proxies set (``header``) is read: a proxy appends
+        to its own header and passes the other one on as the client sent it,
+        so believing whichever came would let a client name any address. A
+        chain whose hops are all trusted yields its leftmost address. An
         unparseable hop (``unknown``, an obfuscated ``_name``) before any
         untrusted one hides the client: ``None``, never a proxy's address.
         """
         if not self.trusts(peer):
             return peer
         hops: Sequence[str] = ()
-        if forwarded:
-            hops = forwarded_for(forwarded)
+        if self.header == FORWARDED:
+            hops = forwarded_for(forwarded) if forwarded else ()
         elif x_forwarded_for:
             hops = [h.strip() for h in x_forwarded_for.split(",") if h.strip()]
         client = peer
@@ -133,6 +143,6 @@ class TrustedProxies:
 
 
 @functools.lru_cache(maxsize=8)
-def trusted_proxies(networks: tuple[str, ...]) -> TrustedProxies:
-    """The (cached) ``TrustedProxies`` of a setting's value."""
-    return TrustedProxies(networks)
+def trusted_proxies(networks: tuple[str, ...], header: ForwardedHeader = XFF) -> TrustedProxies:
+    """The (cached) ``TrustedProxies`` of the settings' values."""
+    return TrustedProxies(networks, header)

@@ -27,6 +27,7 @@ Env = Literal["dev", "prod"]
 LogFormat = Literal["auto", "console", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 AuthMode = Literal["enabled", "disabled"]
+ForwardedHeader = Literal["x-forwarded-for", "forwarded"]
 
 
 def _between(minimum: int, maximum: int | None = None) -> Any:
@@ -124,6 +125,9 @@ class Settings:
     auth: AuthMode = "enabled"
     #: Proxies (addresses or networks) whose ``Forwarded``/``X-Forwarded-For`` is believed.
     trusted_proxies: tuple[str, ...] = attrs.field(default=(), validator=_networks)
+    #: The forwarding header those proxies set (``x-forwarded-for`` or ``forwarded``):
+    #: only it is read, since a proxy passes the other on as the client sent it.
+    forwarded_header: ForwardedHeader = "x-forwarded-for"
     #: ``USERPLANE_*`` variables no field claims: for plugins' own settings.
     extra: Mapping[str, str] = attrs.field(factory=dict, repr=False)
 

@@ -53,17 +53,29 @@ def test_the_first_untrusted_hop_from_the_right_is_the_client(
     assert proxies.client_address(PROXY, None, header) == expected
 
 
-def test_forwarded_is_preferred_and_parsed_with_quotes_ports_and_ipv6() -> None:
+def test_forwarded_is_parsed_with_quotes_ports_and_ipv6_when_it_is_the_header() -> None:
     header = 'for=198.51.100.17;proto=https, for="[2001:db8:cafe::17]:4711", For=10.0.0.9'
     assert forwarded_for(header) == ["198.51.100.17", "[2001:db8:cafe::17]:4711", "10.0.0.9"]
+    by_forwarded = TrustedProxies(["10.0.0.0/24", "2001:db8::/32"], header="forwarded")
     # 10.0.0.9 is trusted, 2001:db8:cafe::17 is in the trusted /32 too: the client is the first.
-    assert proxies.client_address(PROXY, header, "203.0.113.9") == "198.51.100.17"
-    assert proxies.client_address(PROXY, "for=192.0.2.60:8080", None) == "192.0.2.60"
+    assert by_forwarded.client_address(PROXY, header, "203.0.113.9") == "198.51.100.17"
+    assert by_forwarded.client_address(PROXY, "for=192.0.2.60:8080", None) == "192.0.2.60"
+
+
+def test_only_the_header_the_proxies_set_is_believed() -> None:
+    """A proxy appends to its own header and passes the other on as the client sent it."""
+    spoofed = "for=192.0.2.1"  # sent by the client, passed through by an X-Forwarded-For proxy
+    assert proxies.client_address(PROXY, spoofed, "198.51.100.7") == "198.51.100.7"
+    assert proxies.client_address(PROXY, "for=unknown", "198.51.100.7") == "198.51.100.7"
+    by_forwarded = TrustedProxies(["10.0.0.0/24"], header="forwarded")
+    assert by_forwarded.client_address(PROXY, "for=198.51.100.7", "192.0.2.1") == "198.51.100.7"
+    assert by_forwarded.client_address(PROXY, None, "192.0.2.1") == PROXY
 
 
 def test_an_unparseable_hop_stops_the_walk() -> None:
     assert proxies.client_address(PROXY, None, "198.51.100.1, unknown") is None
-    assert proxies.client_address(PROXY, 'for="_hidden", for=10.0.0.7', None) is None
+    by_forwarded = TrustedProxies(["10.0.0.0/24"], header="forwarded")
+    assert by_forwarded.client_address(PROXY, 'for="_hidden", for=10.0.0.7', None) is None
     assert proxies.client_address(PROXY, None, "garbage, 198.51.100.2") == "198.51.100.2"
 
 

@@ -52,7 +52,9 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
         ShedLoad(settings.queue_timeout_ms / 1000),
         SecurityHeaders(),
         BodyPolicy(settings.max_body_bytes, settings.body_timeout_ms / 1000),
-        guard := Authenticate(registry.auth, route_actions, settings.trusted_proxies),
+        guard := Authenticate(
+            registry.auth, route_actions, settings.trusted_proxies, settings.forwarded_header
+        ),
     ]
 
     app = App(middleware=middleware)

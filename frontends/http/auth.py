@@ -20,7 +20,7 @@ import falcon.routing
 from userplane.auth import AuthService, Credentials, reset_principal, set_principal
 from userplane.errors import ConfigurationError, Forbidden, RateLimited
 from userplane.limits import READ, WRITE, Quota
-from userplane.proxies import parse_client_certificate, trusted_proxies
+from userplane.proxies import ForwardedHeader, parse_client_certificate, trusted_proxies
 
 #: The action of a route anyone may call (health, docs, the home page).
 PUBLIC = "public"
@@ -137,10 +137,11 @@ class Authenticate:
         auth: AuthService,
         route_actions: Mapping[str, Mapping[str, str]],
         proxies: tuple[str, ...] = (),
+        forwarded_header: ForwardedHeader = "x-forwarded-for",
     ) -> None:
         self._auth = auth
         self._route_actions = route_actions
-        self._proxies = trusted_proxies(tuple(proxies))
+        self._proxies = trusted_proxies(tuple(proxies), forwarded_header)
 
     def process_resource(
         self, req: falcon.Request, resp: falcon.Response, resource: Any, params: dict[str, Any]
