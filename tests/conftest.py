@@ -98,6 +98,17 @@ def postgresql_url(postgresql_database: str) -> str:
     return postgresql_database
 
 
+@pytest.fixture(params=["refusing", "unreachable"])
+def database_address(request: pytest.FixtureRequest) -> str:
+    """``host:port`` of a PostgreSQL that refuses the test's role, or of nothing at all."""
+    if request.param == "unreachable":
+        return "127.0.0.1:1"
+    from urllib.parse import urlsplit
+
+    server = urlsplit(request.getfixturevalue("postgresql_server"))
+    return f"{server.hostname}:{server.port or 5432}"
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     """The storage backend a test runs on."""

@@ -53,7 +53,16 @@ def test_loads_the_builtin_plugins() -> None:
 
 
 #: The built-in plugins, as listed.
-BUILTINS = ["api_keys", "jwt", "logging", "postgresql", "roles", "sqlite", "telemetry"]
+BUILTINS = [
+    "api_keys",
+    "jwt",
+    "logging",
+    "postgresql",
+    "rate_limits",
+    "roles",
+    "sqlite",
+    "telemetry",
+]
 
 
 def builtin(infos: list[PluginInfo]) -> list[str]:

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -189,15 +188,6 @@ def test_config_in_a_process_shows_no_password(proc: Proc, password: str, fmt: s
     assert "db:5432/x" in result.stdout
     assert "collector:4318" in result.stdout
     assert_nothing_leaked(result, password)
-
-
-@pytest.fixture(params=["refusing", "unreachable"])
-def database_address(request: pytest.FixtureRequest) -> str:
-    """``host:port`` of a PostgreSQL that refuses the test's role, or of nothing at all."""
-    if request.param == "unreachable":
-        return "127.0.0.1:1"
-    server = urlsplit(request.getfixturevalue("postgresql_server"))
-    return f"{server.hostname}:{server.port or 5432}"
 
 
 @pytest.mark.e2e

@@ -1090,17 +1090,6 @@ def test_config_lists_the_jwt_settings_with_their_defaults(run: Cli) -> None:
     assert config["USERPLANE_JWT_ROLES_CLAIM_SEPARATOR"] is None
 
 
-@pytest.fixture(params=["refusing", "unreachable"])
-def database_address(request: pytest.FixtureRequest) -> str:
-    """``host:port`` of a PostgreSQL that refuses the test's role, or of nothing at all."""
-    if request.param == "unreachable":
-        return "127.0.0.1:1"
-    from urllib.parse import urlsplit
-
-    server = urlsplit(request.getfixturevalue("postgresql_server"))
-    return f"{server.hostname}:{server.port or 5432}"
-
-
 @pytest.mark.parametrize("password", MALFORMED_PASSWORDS)
 @pytest.mark.parametrize(
     "command",

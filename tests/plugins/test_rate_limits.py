@@ -55,6 +55,25 @@ def limiter_of(registry: Registry) -> Limiter:
     return registry.services.get(Limiter)
 
 
+def admitted_by_threads(limiter: Limiter, kind: str, threads: int, each: int) -> int:
+    """How many of ``threads`` x ``each`` requests by one subject, made at once, were admitted."""
+    admitted: list[bool] = []
+    lock = threading.Lock()
+
+    def hammer() -> None:
+        for _ in range(each):
+            quota = limiter.check(kind, "principal:threads", True)
+            with lock:
+                admitted.append(quota is not None and quota.allowed)
+
+    running = [threading.Thread(target=hammer) for _ in range(threads)]
+    for thread in running:
+        thread.start()
+    for thread in running:
+        thread.join()
+    return sum(admitted)
+
+
 # --------------------------------------------------------------------------------- the setting
 
 
@@ -206,21 +225,7 @@ def test_two_limiters_on_one_database_enforce_one_limit(make_registry: MakeRegis
 
 def test_concurrent_checks_admit_exactly_the_limit(make_registry: MakeRegistry) -> None:
     limiter = exact(make_registry, "write=20/60s")
-    admitted: list[bool] = []
-    lock = threading.Lock()
-
-    def hammer() -> None:
-        for _ in range(10):
-            quota = limiter.check(WRITE, "principal:race", True)
-            with lock:
-                admitted.append(quota is not None and quota.allowed)
-
-    threads = [threading.Thread(target=hammer) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sum(admitted) == 20
+    assert admitted_by_threads(limiter, WRITE, threads=6, each=10) == 20
 
 
 def test_the_fast_path_stays_within_the_stated_accuracy(make_registry: MakeRegistry) -> None:
@@ -442,22 +447,8 @@ def test_threads_of_one_process_stay_within_the_batch(make_registry: MakeRegistr
         USERPLANE_RATE_LIMIT_SLACK="0.1",
         USERPLANE_RATE_LIMIT_SYNC_MS="60000",
     )
-    limiter = limiter_of(registry)
-    admitted: list[bool] = []
-    lock = threading.Lock()
-
-    def hammer() -> None:
-        for _ in range(40):
-            quota = limiter.check(READ, "principal:threads", True)
-            with lock:
-                admitted.append(quota is not None and quota.allowed)
-
-    threads = [threading.Thread(target=hammer) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert 100 <= sum(admitted) <= 100 + 10  # one process: at most one batch over
+    admitted = admitted_by_threads(limiter_of(registry), READ, threads=8, each=40)
+    assert 100 <= admitted <= 100 + 10  # one process: at most one batch over
 
 
 @pytest.mark.parametrize("limits", ["write=14/60s", "write=19/300s", "write=21/1s"])
