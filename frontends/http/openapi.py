@@ -7,6 +7,7 @@ keeps every promise in it.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import email_validator
@@ -14,14 +15,43 @@ import email_validator
 import userplane
 from userplane.idempotency import MAX_KEY_LENGTH
 from userplane.pagination import SORT_FIELDS
+from userplane.text import is_invisible_format
 from userplane.users import DEFAULT_LIMIT, MAX_FULL_NAME, MAX_LIMIT
 
 PROBLEM = "application/problem+json"
 JSON = "application/json"
 
-# No C0 or C1 control characters, and at least one character that is not a space.
-_NAME_CHAR = r"[^\u0000-\u001f\u007f-\u009f]"
-_NAME_PATTERN = rf"^{_NAME_CHAR}*[^\s\u0000-\u001f\u007f-\u009f]{_NAME_CHAR}*$"
+
+def _char_class(codes: list[int]) -> str:
+    """``codes`` as the inside of a regex character class, in ranges.
+
+    BMP characters as ``\\uXXXX`` (read alike by ECMA-262 and Python), others
+    as themselves: the two spell astral escapes differently.
+    """
+
+    def spell(code: int) -> str:
+        return f"\\u{code:04x}" if code <= 0xFFFF else chr(code)
+
+    out, start = [], None
+    for i, code in enumerate(codes):
+        if start is None:
+            start = code
+        if i + 1 == len(codes) or codes[i + 1] != code + 1:
+            out.append(spell(start) if start == code else f"{spell(start)}-{spell(code)}")
+            start = None
+    return "".join(out)
+
+
+@functools.cache
+def _name_pattern() -> str:
+    """What a name may hold: no control or invisible formatting character, not blank.
+
+    The formatting characters come from the rule the service applies
+    (``userplane.text.is_invisible_format``), so the document cannot drift from it.
+    """
+    invisible = _char_class([c for c in range(0x110000) if is_invisible_format(chr(c))])
+    char = rf"[^\u0000-\u001f\u007f-\u009f{invisible}]"
+    return rf"^{char}*[^\s\u0000-\u001f\u007f-\u009f{invisible}]{char}*$"
 
 
 def _any_case(word: str) -> str:
@@ -373,8 +403,10 @@ def _components() -> dict[str, Any]:
                 "type": ["string", "null"],
                 "minLength": 1,
                 "maxLength": MAX_FULL_NAME,
-                "pattern": _NAME_PATTERN,
-                "description": "Not blank, no control characters; null clears it.",
+                "pattern": _name_pattern(),
+                "description": "Not blank, no control characters and no invisible formatting "
+                "characters (bidirectional controls, zero-width and tag characters); null "
+                "clears it.",
             },
             "UserPage": {
                 "type": "object",

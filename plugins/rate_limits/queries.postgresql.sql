@@ -6,14 +6,14 @@
 -- counted only if it fits. Every number is a double precision: one prepared statement.
 
 -- name: hit
-INSERT INTO rate_limits AS r (key, tat, seen, allowed)
-SELECT :key,
+INSERT INTO rate_limits AS r (bucket, tat, seen, allowed)
+SELECT :bucket,
        n.now + CASE WHEN (:pending + :cost) * :interval <= :window
                     THEN (:pending + :cost) * :interval ELSE :pending * :interval END,
        n.now,
        (:pending + :cost) * :interval <= :window
 FROM (SELECT extract(epoch FROM clock_timestamp())::double precision AS now) AS n
-ON CONFLICT (key) DO UPDATE SET
+ON CONFLICT (bucket) DO UPDATE SET
     tat = greatest(r.tat, EXCLUDED.seen) + CASE
         WHEN greatest(r.tat, EXCLUDED.seen) + (:pending + :cost) * :interval - :window
              <= EXCLUDED.seen
@@ -27,7 +27,7 @@ RETURNING tat, seen, allowed
 -- One row whether or not the subject has state: its tat (or NULL) and the clock.
 SELECT r.tat, n.now
 FROM (SELECT extract(epoch FROM clock_timestamp())::double precision AS now) AS n
-LEFT JOIN rate_limits AS r ON r.key = :key
+LEFT JOIN rate_limits AS r ON r.bucket = :bucket
 
 -- name: prune
 -- A row whose tat has passed is a whole quota: the same as no row.

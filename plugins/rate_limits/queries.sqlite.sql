@@ -3,15 +3,15 @@
 -- tell an INSERT … SELECT from its ON CONFLICT clause.
 
 -- name: hit
-INSERT INTO rate_limits (key, tat, seen, allowed)
-SELECT :key,
+INSERT INTO rate_limits (bucket, tat, seen, allowed)
+SELECT :bucket,
        n.now + CASE WHEN (:pending + :cost) * :interval <= :window
                     THEN (:pending + :cost) * :interval ELSE :pending * :interval END,
        n.now,
        (:pending + :cost) * :interval <= :window
 FROM (SELECT (julianday('now') - 2440587.5) * 86400.0 AS now) AS n
 WHERE true
-ON CONFLICT (key) DO UPDATE SET
+ON CONFLICT (bucket) DO UPDATE SET
     tat = max(rate_limits.tat, excluded.seen) + CASE
         WHEN max(rate_limits.tat, excluded.seen) + (:pending + :cost) * :interval - :window
              <= excluded.seen
@@ -24,7 +24,7 @@ RETURNING tat, seen, allowed
 -- name: peek
 SELECT r.tat, n.now
 FROM (SELECT (julianday('now') - 2440587.5) * 86400.0 AS now) AS n
-LEFT JOIN rate_limits AS r ON r.key = :key
+LEFT JOIN rate_limits AS r ON r.bucket = :bucket
 
 -- name: prune
 DELETE FROM rate_limits WHERE tat < (julianday('now') - 2440587.5) * 86400.0 - 1

@@ -60,7 +60,7 @@ class RateStore:
         row = self._storage.fetch_one(
             self._sql["hit"],
             {
-                "key": key,
+                "bucket": key,
                 # Floats throughout: one prepared statement's types, whatever the values.
                 "pending": float(pending),
                 "cost": float(cost),
@@ -76,7 +76,7 @@ class RateStore:
 
     def peek(self, key: str) -> tuple[float | None, float]:
         """The subject's theoretical arrival time (``None`` if it has none) and the clock."""
-        row = self._storage.fetch_one(self._sql["peek"], {"key": key})
+        row = self._storage.fetch_one(self._sql["peek"], {"bucket": key})
         assert row is not None
         tat, now = row
         return (None if tat is None else float(tat)), float(now)
