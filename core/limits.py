@@ -34,9 +34,10 @@ class RateLimit:
     subject has a quota of its own.
     """
 
-    name: str
-    limit: int
-    window_s: float
+    #: Lowercase letters, digits and dashes: it is sent as a structured-field string.
+    name: str = attrs.field(validator=attrs.validators.matches_re(r"[a-z][a-z0-9-]{0,63}"))
+    limit: int = attrs.field(validator=attrs.validators.ge(1))
+    window_s: float = attrs.field(validator=attrs.validators.gt(0))
 
     @property
     def interval_s(self) -> float:

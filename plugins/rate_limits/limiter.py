@@ -17,7 +17,9 @@ count, so a process's threads share one batch), so a subject gets at most
 
 A store that fails costs no request: the check answers ``None`` (no limit),
 a warning is logged (at most every ``_WARN_EVERY_S``) and the failure is
-counted (``RateLimitCounters.store_failures``, exported as a metric).
+counted (``RateLimitCounters.store_failures``, exported as a metric). Failed
+authentications are the exception: they are then counted in the process
+alone, so that an outage of the store does not make guessing free.
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ class Limiter:
         self._subjects: collections.OrderedDict[str, _Subject] = collections.OrderedDict()
         self._warned_at = -math.inf
         self._pruned_at = clock()
+        #: Failures counted here while the store fails: subject key -> tat (monotonic).
+        self._fallback_tat: collections.OrderedDict[str, float] = collections.OrderedDict()
 
     def check(self, kind: str, subject: str, consume: bool) -> Quota | None:
         """Decide one request of ``kind`` by ``subject`` (``consume``: count it).
@@ -128,6 +132,10 @@ class Limiter:
                 hit = self._peek(key, policy)
         except Exception as exc:
             self._failed(exc, key, sent)
+            if kind == AUTH_FAILURE:
+                # Guessing must not become free while the store is away: failures
+                # are then counted in this process alone, exactly as GCRA would.
+                return self._fallback(policy, key, happened)
             return None
         quota = _quota(policy, hit)
         with self._lock:
@@ -207,6 +215,25 @@ class Limiter:
                 exc,
                 extra={"failures": self.counters.store_failures},
             )
+
+    def _fallback(self, policy: RateLimit, key: str, happened: bool) -> Quota:
+        """An ``auth-failure`` decision from this process's own count (the store failed)."""
+        now = self._clock()
+        with self._lock:
+            tat = max(self._fallback_tat.get(key, now), now)
+            if happened:
+                tat += policy.interval_s
+                self._fallback_tat[key] = tat
+                self._fallback_tat.move_to_end(key)
+                while len(self._fallback_tat) > MAX_SUBJECTS:
+                    self._fallback_tat.popitem(last=False)
+        hit = Hit(
+            allowed=tat + (0 if happened else policy.interval_s) - policy.window_s
+            <= now + tolerance(policy),
+            tat=tat,
+            now=now,
+        )
+        return _quota(policy, hit)
 
     def _prune(self, now: float) -> None:
         self._pruned_at = now

@@ -506,3 +506,30 @@ def test_forgetting_subjects_never_drops_unreported_requests(
         admitted += quota is not None and quota.allowed
         limiter.check(READ, f"principal:passer-by-{i}", True)  # pushes others out
     assert admitted <= 100 + 10
+
+
+@pytest.mark.parametrize(
+    ("name", "limit", "window"),
+    [('re"ad', 1, 1.0), ("", 1, 1.0), ("read", 0, 1.0), ("read", 1, 0.0)],
+)
+def test_a_policy_a_header_could_not_carry_is_refused(name: str, limit: int, window: float) -> None:
+    with pytest.raises(ValueError, match=r"name|limit|window"):
+        RateLimit(name, limit, window)
+
+
+def test_guessing_stays_limited_per_process_while_the_store_fails(
+    make_registry: MakeRegistry,
+) -> None:
+    registry = make_registry(USERPLANE_RATE_LIMITS="auth-failure=3/300s")
+    client = testing.TestClient(create_app(registry))
+    store: Any = registry.storage
+    store.execute("ALTER TABLE rate_limits RENAME TO rate_limits_away", {})
+    try:
+        statuses = [
+            client.simulate_get(USERS, headers={"Authorization": f"Bearer {wrong_key()}"})
+            for _ in range(5)
+        ]
+    finally:
+        store.execute("ALTER TABLE rate_limits_away RENAME TO rate_limits", {})
+    assert [s.status_code for s in statuses] == [401, 401, 401, 429, 429]
+    assert registry.services.get(RateLimitCounters).store_failures > 0
