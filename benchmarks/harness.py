@@ -39,6 +39,9 @@ ROOT = HERE.parent
 BIN = Path(sys.executable).parent
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 TARGETS = ("userplane", "userplane-nolimits", "userplane-otel", "bare", "pgbench")
+#: Targets run only when named: the same app under gunicorn's stock gthread worker,
+#: to measure what the slow-client worker (request heads read in the event loop) costs.
+EXTRA_TARGETS = ("userplane-gthread",)
 #: The rate limits of the userplane targets: the defaults' mechanism (slack, sync
 #: interval, the auth-failure check before each lookup) with read and write limits
 #: no benchmark reaches, so what is measured is checking, never refusing.
@@ -167,7 +170,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.targets = [t for t in args.targets.split(",") if t]
     if unknown := set(args.scenarios) - known:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
-    if unknown := set(args.targets) - set(TARGETS):
+    if unknown := set(args.targets) - set(TARGETS) - set(EXTRA_TARGETS):
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
     for rev in args.baselines:
         done = subprocess.run(
@@ -287,7 +290,7 @@ class Bench:
 
     def ordered_targets(self) -> list[str]:
         """The targets in a fixed order: baselines right after the current userplane."""
-        fixed = [t for t in TARGETS if t in self.args.targets]
+        fixed = [t for t in (*TARGETS, *EXTRA_TARGETS) if t in self.args.targets]
         baselines = [t for t in self.args.targets if t.startswith(BASELINE_PREFIX)]
         at = fixed.index("userplane") + 1 if "userplane" in fixed else 0
         return fixed[:at] + baselines + fixed[at:]
@@ -419,6 +422,20 @@ class Bench:
                 "benchmarks.bare_app:app",
             ]
             what = "Falcon + psycopg_pool, same SQL, same gunicorn settings, nothing else"
+            return HttpTarget(name, cmd, env, port, log_path, what)
+        if name == "userplane-gthread":
+            env = self.userplane_env(port, telemetry=False)
+            cmd = [
+                str(BIN / "gunicorn"),
+                *("--workers", str(self.workers), "--threads", str(self.threads)),
+                *("--worker-class", "gthread", "--bind", f"127.0.0.1:{port}"),
+                *("--graceful-timeout", "5", "--no-control-socket"),
+                "userplane.frontends.http:get_app()",
+            ]
+            what = (
+                "the userplane app under gunicorn's stock gthread worker (no head deadlines, "
+                "no load shedding), otherwise as userplane"
+            )
             return HttpTarget(name, cmd, env, port, log_path, what)
         if name.startswith(BASELINE_PREFIX):
             rev = name.removeprefix(BASELINE_PREFIX)
