@@ -45,6 +45,11 @@ def _mapped_errors() -> Iterator[None]:
         raise Unavailable("the database is busy; retry shortly") from None
     except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected):
         raise Unavailable("the database could not complete the write; retry it") from None
+    except pg_errors.ProgramLimitExceeded as exc:
+        # A value past one of the server's limits (an index entry, an array) fails
+        # the same way however often it is retried: a bug to fix, never a 503
+        # whose Retry-After invites a client to try again for ever.
+        raise StorageFailure(exc) from None
     except psycopg.OperationalError:
         raise Unavailable("the database cannot be reached; retry shortly") from None
     except psycopg.Error as exc:

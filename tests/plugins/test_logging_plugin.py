@@ -267,3 +267,20 @@ def test_with_the_plugin_disabled_requests_are_still_served(tmp_path: Path) -> N
     assert ready.status_code == 200
     assert request_events(logs) == []
     assert not [h for h in logging.getLogger().handlers if getattr(h, "_userplane", False)]
+
+
+def test_a_long_principal_id_is_bounded_in_log_lines() -> None:
+    from userplane.auth import Principal, acting_as
+    from userplane.plugins.logging import MAX_PRINCIPAL, add_principal, principal_for_log
+
+    short = "key:2b1c5d0e-0000-4000-8000-000000000000"
+    assert principal_for_log(short) == short
+    first = "jwt:" + "a" * 10_000
+    second = "jwt:" + "a" * 9_999 + "b"
+    bounded = principal_for_log(first)
+    assert len(bounded) <= MAX_PRINCIPAL + 40
+    assert bounded.startswith("jwt:aaa")
+    assert "10004 chars" in bounded
+    assert principal_for_log(second) != bounded  # the digest keeps them apart
+    with acting_as(Principal(id=first, kind="jwt")):
+        assert add_principal(None, "info", {})["principal"] == bounded

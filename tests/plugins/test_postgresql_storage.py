@@ -391,6 +391,17 @@ def test_no_driver_error_type_escapes(store: PostgreSQLStorage) -> None:
     store.ping()
 
 
+def test_a_server_limit_exceeded_is_a_failure_not_a_retryable_outage(
+    store: PostgreSQLStorage,
+) -> None:
+    """SQLSTATE class 54 fails the same on every retry: never a 503 with Retry-After."""
+    with pytest.raises(StorageFailure) as info:
+        store.fetch_one("SELECT array_fill(1, ARRAY[200000000])", {})
+    assert not isinstance(info.value, Unavailable)
+    assert info.value.sqlstate == "54000"
+    store.ping()
+
+
 def migration_ids(dialect: str) -> list[str]:
     """The ids of ``dialect``'s migrations, in order, from the files themselves."""
     return sorted(p.stem for p in folder(dialect).glob("*.sql") if not p.stem.endswith(".rollback"))
