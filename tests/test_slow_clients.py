@@ -430,6 +430,13 @@ REFUSALS: list[tuple[str, bytes, int]] = [
     ),
     # The header section outgrows what the parser accepts before it ends.
     ("headers over the limit, still arriving", b"GET / HTTP/1.1\r\nX-A: " + b"a" * 830_000, 431),
+    (
+        "a complete head over 64 KiB, each field within its limit",
+        b"GET /health/live HTTP/1.1\r\nHost: x\r\n"
+        + b"".join(b"X-%d: %s\r\n" % (i, b"a" * 4000) for i in range(20))
+        + b"\r\n",
+        431,
+    ),
     ("malformed request line", b"GARBAGE\r\nHost: x\r\n\r\n", 400),
     ("bad HTTP version", b"GET / HTTP/9.9\r\nHost: x\r\n\r\n", 400),
     ("bare LF", b"GET / HTTP/1.1\nHost: x\n\n", 400),
@@ -528,3 +535,56 @@ def test_serve_refuses_a_gunicorn_without_the_hooks_it_builds_on(
     monkeypatch.delattr(ThreadWorker, "murder_pending")
     with pytest.raises(ConfigurationError, match="gunicorn 27 or later"):
         Gunicorn(Settings.from_mapping({}))
+
+
+# -- clients that do not keep up ------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_a_client_that_never_reads_its_answers_holds_no_thread_for_ever(live: Server) -> None:
+    """Pipelined requests whose answers nobody reads fill the send buffer; then a deadline."""
+    request = b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"
+    with open_sockets(live.port, WORKERS * THREADS, b"") as opened:
+        for sock, _ in opened:
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                sock.send(request * 1500)  # some 28 MB of answers, never read
+        time.sleep(BODY_TIMEOUT / 2)  # the threads block on full send buffers
+        status, took = timed_get(live)
+        assert status == 200
+        # A blocked thread lets go at the deadline, not when the client does.
+        assert took < BODY_TIMEOUT + LATE, f"answered after {took:.2f} s"
+
+
+@pytest.mark.e2e
+def test_a_body_announced_and_never_sent_holds_no_thread(live: Server) -> None:
+    """gthread drained such a body for 5 s in the thread, after answering, on any route."""
+    announce = b"GET /health/live HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+    with open_sockets(live.port, SLOW_SOCKETS, announce):
+        time.sleep(0.2)  # each is answered, and its thread would start draining
+        status, took = timed_get(live)
+        assert status == 200
+        assert took < ANSWERED_WITHIN, f"answered after {took:.2f} s"
+
+
+def test_a_worker_out_of_descriptors_pauses_accepting_instead_of_dying() -> None:
+    """EMFILE on accept must not end the worker and every connection it holds."""
+    import errno
+    import logging
+
+    from userplane.frontends.http.server import Worker
+
+    class Listener:
+        def accept(self) -> tuple[socket.socket, tuple[str, int]]:
+            raise OSError(errno.EMFILE, "Too many open files")
+
+    paused: list[bool] = []
+
+    class Stub:
+        log = logging.getLogger("test")
+
+        def pause_accepts(self) -> None:
+            paused.append(True)
+
+    Worker.accept(Stub(), Listener())  # type: ignore[arg-type]
+    assert paused == [True]

@@ -33,8 +33,19 @@ LINGER_MAX_BYTES = 65536
 #: How long a stopping worker still waits for a request head: gthread's own
 #: allowance (STOP_KEEPALIVE_LINGER) for a request on a kept-alive connection.
 STOP_HEAD_S = 2.0
+#: How long a stopping worker lingers on a socket it has answered and closed.
+STOP_LINGER_S = 0.5
 #: With no limit on the request line (``limit_request_line = 0``), still a bound.
 _UNLIMITED_LINE = 1024 * 1024
+#: The most a request head may take, line and headers: gunicorn's own limits
+#: allow some 800 KB, which a thousand slow connections a worker would hold in
+#: memory. No client of this API needs more than a few KB.
+MAX_HEAD_BYTES = 65536
+#: How long a thread waits for what is left of a body the app did not read,
+#: before it closes the connection rather than keep it alive.
+DRAIN_S = 0.05
+#: How long a worker out of file descriptors stops accepting connections.
+ACCEPT_PAUSE_S = 0.5
 
 
 class Verdict(enum.Enum):
@@ -78,7 +89,15 @@ class HeadScanner:
         """Judge the bytes held so far."""
         buf = self.buf
         size = len(buf)
-        if buf.find(b"\r\n\r\n", max(self._scanned - 3, 0)) >= 0:
+        end = buf.find(b"\r\n\r\n", max(self._scanned - 3, 0))
+        if end >= 0:
+            if end + 4 > self._headers_limit:
+                # Complete, but larger than this service takes (MAX_HEAD_BYTES), though
+                # every field may be within gunicorn's own limits: refused here.
+                line_end = buf.find(b"\r\n", 2 if buf[:2] == b"\r\n" else 0)
+                self._line_end = line_end
+                if end - line_end > self._headers_limit:
+                    return Verdict.TOO_LARGE
             return Verdict.READY
         # RFC 9112 section 2.2: lines end with CRLF. The parser refuses a bare LF
         # before reading on, so there is no point waiting for more.
@@ -125,7 +144,7 @@ def head_limits(cfg: Any) -> tuple[int, int]:
     field_size = int(cfg.limit_request_field_size)
     if field_size <= 0:
         field_size = DEFAULT_MAX_HEADERFIELD_SIZE
-    return line, fields * (field_size + 2) + 4
+    return line, min(fields * (field_size + 2) + 4, MAX_HEAD_BYTES)
 
 
 class Conn(TConn):  # type: ignore[misc]

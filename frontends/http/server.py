@@ -26,10 +26,13 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from userplane.errors import ConfigurationError
 from userplane.frontends.http.connections import (
+    ACCEPT_PAUSE_S,
+    DRAIN_S,
     LINGER_MAX_BYTES,
     LINGER_S,
     RECV_SIZE,
     STOP_HEAD_S,
+    STOP_LINGER_S,
     Conn,
     HeadScanner,
     Verdict,
@@ -122,6 +125,9 @@ class Worker(ThreadWorker):  # type: ignore[misc]
             settings = Settings()
         self.header_timeout_s = settings.header_timeout_ms / 1000
         self.keepalive_s = settings.keepalive_timeout_ms / 1000
+        #: The longest a request may hold its thread waiting on the client (a body
+        #: to read, an answer the client does not take).
+        self.io_timeout_s = settings.body_timeout_ms / 1000
         self.line_limit, self.headers_limit = head_limits(self.cfg)
         # TLS, the PROXY protocol, HTTP/2 and uWSGI put other bytes before (or
         # instead of) an HTTP/1 head: gthread's own path serves those. userplane
@@ -135,6 +141,8 @@ class Worker(ThreadWorker):  # type: ignore[misc]
         # Insertion order is deadline order: every connection gets the same time.
         self.heads: dict[Conn, None] = {}
         self.lingering: dict[Conn, float] = {}
+        #: When accepting resumes after running out of descriptors (0: not paused).
+        self.accepts_paused_until = 0.0
 
     # -- connections in, heads read in the event loop ------------------------
 
@@ -143,6 +151,13 @@ class Worker(ThreadWorker):  # type: ignore[misc]
         try:
             sock, addr = listener.accept()
         except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                # Out of descriptors or memory: the worker must not die of it (every
+                # connection it holds would go with it). Stop accepting for a moment;
+                # the kernel keeps new connections queued meanwhile.
+                self.log.warning("cannot accept a connection now (%s); pausing accepts", e)
+                self.pause_accepts()
+                return
             if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 raise
             return
@@ -176,7 +191,8 @@ class Worker(ThreadWorker):  # type: ignore[misc]
         conn.head_deadline = now + (
             self.header_timeout_s if self.alive else min(self.header_timeout_s, STOP_HEAD_S)
         )
-        conn.sock.setblocking(False)
+        if conn.sock.gettimeout() != 0.0:  # already non-blocking on accept and keep-alive
+            conn.sock.setblocking(False)
         self.heads[conn] = None
         if ahead and self.judge(conn, conn.scanner.verdict()):
             return
@@ -184,6 +200,16 @@ class Worker(ThreadWorker):  # type: ignore[misc]
         if not self.read_head(conn):
             conn.registered = True
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_head, conn))
+
+    def pause_accepts(self) -> None:
+        """Stop accepting for ``ACCEPT_PAUSE_S``; gthread's loop resumes after it."""
+        self.accepts_paused_until = time.monotonic() + ACCEPT_PAUSE_S
+        self.set_accept_enabled(False)
+
+    def resume_accepts(self) -> None:
+        """End a pause whose time is up (the loop then enables accepting again)."""
+        if self.accepts_paused_until and time.monotonic() >= self.accepts_paused_until:
+            self.accepts_paused_until = 0.0
 
     def on_head(self, conn: Conn, _sock: Any) -> None:
         """The event loop's callback: more of ``conn``'s head may have arrived."""
@@ -290,7 +316,11 @@ class Worker(ThreadWorker):  # type: ignore[misc]
         except (OSError, ValueError, KeyError):
             util.close(sock)
             return
-        self.lingering[conn] = time.monotonic() + LINGER_S
+        # Still an open descriptor: it counts against worker_connections, so that
+        # lingering sockets cannot push the worker past its descriptor limit.
+        self.nr_conns += 1
+        # A stopping worker waits for lingering sockets (they count): briefly.
+        self.lingering[conn] = time.monotonic() + (LINGER_S if self.alive else STOP_LINGER_S)
 
     def on_linger(self, conn: Conn, _sock: Any) -> None:
         """The event loop's callback: the client sent more, or closed."""
@@ -307,6 +337,7 @@ class Worker(ThreadWorker):  # type: ignore[misc]
     def end_linger(self, conn: Conn) -> None:
         """Close a lingering connection for good."""
         del self.lingering[conn]
+        self.nr_conns -= 1
         with contextlib.suppress(KeyError, ValueError, OSError):
             self.poller.unregister(conn.sock)
         util.close(conn.sock)
@@ -331,6 +362,8 @@ class Worker(ThreadWorker):  # type: ignore[misc]
             deadlines.append(self.keepalived_conns[0].timeout)
         if self.lingering:
             deadlines.append(next(iter(self.lingering.values())))
+        if self.accepts_paused_until:
+            deadlines.append(self.accepts_paused_until)
         if deadlines:
             timeout = min(timeout, max(min(deadlines) - time.monotonic(), 0.0))
         super().wait_for_and_dispatch_events(timeout)
@@ -340,6 +373,7 @@ class Worker(ThreadWorker):  # type: ignore[misc]
         super().murder_pending()
         self.expire_heads()
         self.expire_lingering()
+        self.resume_accepts()
 
     def murder_keepalived(self, force: bool = False) -> None:
         """gthread's close of idle connections; when the worker stops, of every one."""
@@ -349,6 +383,8 @@ class Worker(ThreadWorker):  # type: ignore[misc]
             self.expire_lingering(force=True)
 
     def set_accept_enabled(self, enabled: bool) -> None:
+        if enabled and self.accepts_paused_until:
+            return  # out of descriptors a moment ago: gthread's loop asks again later
         super().set_accept_enabled(enabled)
         if not enabled and not self.alive:
             # Draining for shutdown: gthread would keep its copies of the listening
@@ -363,8 +399,44 @@ class Worker(ThreadWorker):  # type: ignore[misc]
             cap = time.monotonic() + STOP_HEAD_S
             for conn in self.heads:
                 conn.head_deadline = min(conn.head_deadline, cap)
+            linger_cap = time.monotonic() + STOP_LINGER_S
+            for lingering, deadline in self.lingering.items():
+                self.lingering[lingering] = min(deadline, linger_cap)
 
     # -- in a thread ---------------------------------------------------------
+
+    def handle_request(self, req: Any, conn: Any) -> Any:
+        """gthread's, with a deadline on the socket for the whole request.
+
+        gthread makes the socket blocking with no timeout: a client that sends
+        a body slowly, or never reads its answers (pipelining requests until the
+        send buffer is full), would hold this thread for ever. ``sendall`` under
+        a timeout is bounded as a whole; the body policy shortens the read side.
+        """
+        conn.sock.settimeout(self.io_timeout_s)
+        try:
+            return super().handle_request(req, conn)
+        except TimeoutError:
+            # The client took longer than the deadline to take its answer (or to
+            # send a body the app was still reading): not our error, no traceback.
+            self.log.info(
+                "Closing connection from ip=%s: it did not keep up within %.1f s",
+                self.peer(conn),
+                self.io_timeout_s,
+            )
+            return False
+
+    def _keepalive_after(self, conn: Any, keepalive: bool) -> bool:
+        """Keep the connection only if what is left of the body arrives at once.
+
+        gthread drains a body the app did not read for up to 5 s, in this
+        thread: a client announcing a body it never sends held a thread that
+        long on any route. Whatever has not arrived within ``DRAIN_S`` closes
+        the connection instead (its close lingers in the event loop).
+        """
+        if not keepalive:
+            return False
+        return bool(conn.parser.finish_body(deadline=time.monotonic() + DRAIN_S))
 
     def handle(self, conn: Any) -> Any:
         mark_queued(getattr(conn, "userplane_queued_at", None))
