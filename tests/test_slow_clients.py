@@ -501,6 +501,43 @@ def test_a_stalled_body_gets_its_408_and_gives_its_thread_back(live: Server) -> 
     assert "stalled@example.org" not in live.cli("users", "list", "--format", "json").stdout
 
 
+@pytest.mark.e2e
+def test_a_trickled_body_gets_its_408_at_one_deadline_for_the_whole_body(live: Server) -> None:
+    """A byte every half a deadline: each read is in time, the body as a whole is not."""
+    body = b'{"email": "trickled@example.org", "full_name": "' + b"x" * 60 + b'"}'
+    head = (
+        b"POST /api/v1/users/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + live.key.encode() + b"\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    sock = socket.create_connection(("127.0.0.1", live.port), timeout=REQUEST_TIMEOUT)
+    try:
+        sock.sendall(head)
+        started = time.monotonic()
+        answer = b""
+        sock.setblocking(False)
+        for byte in body:
+            with contextlib.suppress(BlockingIOError):
+                chunk = sock.recv(65536)
+                answer += chunk
+                if not chunk:
+                    break
+            if answer:
+                break
+            with contextlib.suppress(OSError):
+                sock.send(bytes([byte]))
+            time.sleep(BODY_TIMEOUT / 2)
+            if time.monotonic() - started > BODY_TIMEOUT + LATE + 1:
+                break
+        took = time.monotonic() - started
+    finally:
+        sock.close()
+    assert answer, f"no answer after {took:.2f} s"
+    assert took < BODY_TIMEOUT + LATE, f"answered after {took:.2f} s"
+    assert parse_response(answer).status == 408
+    assert "trickled@example.org" not in live.cli("users", "list", "--format", "json").stdout
+
+
 # -- shutdown, and the gunicorn it runs on -------------------------------------------------
 
 

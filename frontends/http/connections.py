@@ -129,6 +129,41 @@ class HeadScanner:
         return self._line_end < 0
 
 
+class DeadlineSocket:
+    """A socket as gunicorn's parser reads it, every read bounded by one deadline.
+
+    A socket timeout bounds each ``recv``: a client sending a body a byte at
+    a time, each just within it, would hold a thread for as long as it liked.
+    With ``deadline`` set (by the worker, for each request), every read waits
+    at most until then, and one past it raises ``TimeoutError`` (a 408).
+    """
+
+    __slots__ = ("deadline", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        #: ``time.monotonic()`` by which the request must have arrived, or ``None``.
+        self.deadline: float | None = None
+
+    def recv(self, size: int) -> bytes:
+        """``sock.recv``, waiting no later than the deadline (nor longer than the timeout)."""
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request did not arrive in time")
+            current = self.sock.gettimeout()
+            self.sock.settimeout(left if current is None else min(left, current))
+        return self.sock.recv(size)
+
+    def gettimeout(self) -> float | None:
+        """The socket's timeout (gunicorn's body drain reads and restores it)."""
+        return self.sock.gettimeout()
+
+    def settimeout(self, timeout: float | None) -> None:
+        """Set the socket's timeout."""
+        self.sock.settimeout(timeout)
+
+
 def head_limits(cfg: Any) -> tuple[int, int]:
     """The request line and header section limits gunicorn's parser applies, from ``cfg``.
 

@@ -34,6 +34,7 @@ from userplane.frontends.http.connections import (
     STOP_HEAD_S,
     STOP_LINGER_S,
     Conn,
+    DeadlineSocket,
     HeadScanner,
     Verdict,
     head_limits,
@@ -238,7 +239,7 @@ class Worker(ThreadWorker):  # type: ignore[misc]
         scanner = self.end_head(conn)
         if verdict is Verdict.READY:
             if conn.parser is None:
-                conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
+                conn.parser = http.get_parser(self.cfg, DeadlineSocket(conn.sock), conn.client)
             # The parser reads this head from its buffer, never from the socket.
             conn.parser.unreader.unread(bytes(scanner.buf))
             conn.data_ready = True  # gthread's own wait for a first byte is not needed
@@ -414,6 +415,10 @@ class Worker(ThreadWorker):  # type: ignore[misc]
         a timeout is bounded as a whole; the body policy shortens the read side.
         """
         conn.sock.settimeout(self.io_timeout_s)
+        reads = getattr(conn.parser.unreader, "sock", None)
+        if isinstance(reads, DeadlineSocket):
+            # One deadline for the whole body, however it trickles in.
+            reads.deadline = time.monotonic() + self.io_timeout_s
         try:
             return super().handle_request(req, conn)
         except TimeoutError:
@@ -425,6 +430,9 @@ class Worker(ThreadWorker):  # type: ignore[misc]
                 self.io_timeout_s,
             )
             return False
+        finally:
+            if isinstance(reads, DeadlineSocket):
+                reads.deadline = None
 
     def _keepalive_after(self, conn: Any, keepalive: bool) -> bool:
         """Keep the connection only if what is left of the body arrives at once.
