@@ -42,7 +42,9 @@ from userplane.plugin import (
     SettingsSection,
     UserplaneError,
     hookimpl,
+    mask_text,
     mask_url,
+    secret_values,
     section,
 )
 
@@ -267,6 +269,24 @@ class Telemetry:
         #: Where the rate limiter's counters are looked up (``observe_limits``).
         self._services: weakref.ref[Services] | None = None
         self.instruments = _Instruments(meter, self._pool_stats, self._limit_counters)
+        #: What exception messages in spans must never show (``record_exception``).
+        self._secrets = secret_values(settings)
+
+    def record_exception(self, span: Any, exc: BaseException) -> None:
+        """An ``exception`` event on ``span``, its message masked, without a stack trace.
+
+        The SDK's ``record_exception`` exports the message and the stack trace
+        as they are: a driver's message can quote a database URL with its
+        password. Traces leave the process; the traceback stays in the logs,
+        which are redacted.
+        """
+        span.add_event(
+            "exception",
+            {
+                "exception.type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+                "exception.message": mask_text(str(exc), self._secrets),
+            },
+        )
 
     def _limit_counters(self) -> RateLimitCounters | None:
         from userplane.plugin import RateLimitCounters
@@ -549,7 +569,8 @@ def userplane_operation(operation: str, registry: Registry) -> Generator[None, A
     services = registry.services
     if Telemetry not in services:  # off: one dict lookup, then straight to the operation
         return (yield)
-    tracer = services.get(Telemetry).tracer
+    state = services.get(Telemetry)
+    tracer = state.tracer
     from opentelemetry.trace import Status, StatusCode
 
     with tracer.start_as_current_span(
@@ -561,10 +582,10 @@ def userplane_operation(operation: str, registry: Registry) -> Generator[None, A
             # A refused request is an outcome, not a fault, unless a dependency failed.
             span.set_attribute("userplane.error.kind", exc.kind)
             if exc.kind == "unavailable":
-                span.record_exception(exc)
+                state.record_exception(span, exc)
                 span.set_status(Status(StatusCode.ERROR, exc.kind))
             raise
         except Exception as exc:
-            span.record_exception(exc)
+            state.record_exception(span, exc)
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             raise

@@ -168,6 +168,33 @@ def test_a_failing_request_records_the_error(
     assert spans["POST /api/v1/users"].status.status_code == StatusCode.ERROR
 
 
+class LeaksAUrl:
+    __name__ = "leaks_a_url"
+
+    @hookimpl(wrapper=True, trylast=True)
+    def userplane_operation(self, operation: str) -> Generator[None, Any, Any]:
+        if operation == "users.create":
+            raise RuntimeError("cannot reach postgresql://app:Zq8#w?X3kPm@db/users")
+        return (yield)
+
+
+def test_an_exception_in_a_span_never_carries_a_password(
+    traced: tuple[testing.TestClient, Registry], exporter: InMemorySpanExporter
+) -> None:
+    """A driver's message can quote a URL with its password; spans leave the process."""
+    client, registry = traced
+    registry.pm.register(LeaksAUrl())
+    assert client.simulate_post(USERS, json={"email": "x@example.org"}).status_code == 500
+    (operation,) = [s for s in exporter.get_finished_spans() if s.name == "users.create"]
+    (event,) = operation.events
+    attributes = dict(event.attributes or {})
+    assert "Zq8" not in str(attributes)
+    assert "X3kPm" not in str(attributes)
+    assert "postgresql://app:" in str(attributes["exception.message"])
+    assert attributes["exception.type"] == "builtins.RuntimeError"
+    assert "exception.stacktrace" not in attributes
+
+
 def test_a_refused_request_is_not_an_error_span(
     traced: tuple[testing.TestClient, Registry], exporter: InMemorySpanExporter
 ) -> None:
