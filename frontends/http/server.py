@@ -465,7 +465,14 @@ class Worker(ThreadWorker):  # type: ignore[misc]
         if status >= 500:
             self.log.exception("Error handling request (request_id=%s)", request_id)
         else:
-            self.log.warning("Invalid request from ip=%s (request_id=%s): %s", ip, request_id, exc)
+            # What gunicorn quotes of the request (a line, a header name) is the
+            # client's to choose: a few hundred characters of it are enough.
+            quoted = str(exc)
+            if len(quoted) > 200:
+                quoted = f"{quoted[:200]}… ({len(quoted)} characters)"
+            self.log.warning(
+                "Invalid request from ip=%s (request_id=%s): %s", ip, request_id, quoted
+            )
         if req is None:
             req = getattr(exc, "req", None)  # a header refused once the line was read
         instance = getattr(req, "path", None)
