@@ -216,29 +216,53 @@ class Settings:
         return out
 
 
-#: Words that, anywhere in a variable's or parameter's name, say it holds a secret.
+#: Words that say a name holds a secret even inside a longer part of it
+#: (``SSLPASSWORD``, ``CLIENTSECRET``): none is part of an ordinary word.
 _SECRET_WORDS = (
     "PASSWORD",
     "PASSWD",
     "PASSPHRASE",
     "SECRET",
-    "TOKEN",
-    "KEY",
     "CREDENTIAL",
     "AUTHORIZATION",
     "COOKIE",
 )
-#: Words that do only as a whole part of the name: inside other words they mean nothing.
-_SECRET_PARTS = frozenset({"PWD", "PASS", "SIG"})
+#: Words that do only as a whole part of the name: inside other words they mean
+#: nothing (``MONKEY``, ``PASSAGE``, ``SIGNAL``), and ``TOKENS`` (``MAX_TOKENS``)
+#: counts, not a credential.
+_SECRET_PARTS = frozenset(
+    {"KEY", "KEYS", "TOKEN", "PWD", "PASS", "SIG", "APIKEY", "PRIVATEKEY", "SIGNINGKEY"}
+)
+#: A last part that says the value is a duration, a size, a count, a switch or
+#: where something is (``USERPLANE_API_KEYS_CACHE_SECONDS``, ``USERPLANE_JWT_KEY_FILE``):
+#: never a secret, and masked it would only garble every message quoting its value.
+_NOT_SECRET_LAST = frozenset(
+    {
+        *("SECONDS", "SECS", "S", "MS", "MINUTES", "HOURS", "DAYS", "TTL", "TIMEOUT"),
+        *("FILE", "PATH", "DIR", "SIZE", "COUNT", "BYTES", "LENGTH", "ID", "ENABLED"),
+        *("MAX", "MIN", "LIMIT"),
+    }
+)
 _NAME_PARTS = re.compile(r"[^A-Z0-9]+")
+#: A lower-case letter or digit then a capital: where ``apiKey`` splits in two.
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
 def is_secret_name(name: str) -> bool:
-    """Whether a variable's (or a URL parameter's) name says it holds a secret."""
-    upper = name.upper()
-    if any(w in upper for w in _SECRET_WORDS):
-        return True
-    return not _SECRET_PARTS.isdisjoint(_NAME_PARTS.split(upper))
+    """Whether a variable's (or a URL parameter's) name says it holds a secret.
+
+    Matched on whole parts of the name (split at ``_``, ``-``, ``.`` and
+    camel case), so that ``USERPLANE_JWT_KEY`` is secret and
+    ``USERPLANE_MONKEY`` is not; a name whose last part says duration, size,
+    count or location (``_SECONDS``, ``_FILE``…) never is.
+    """
+    parts = [p for p in _NAME_PARTS.split(_CAMEL.sub("_", name).upper()) if p]
+    if not parts or parts[-1] in _NOT_SECRET_LAST:
+        return False
+    return any(
+        p in _SECRET_PARTS or p.endswith("TOKEN") or any(w in p for w in _SECRET_WORDS)
+        for p in parts
+    )
 
 
 #: ``scheme://`` and the rest of a URL up to the next whitespace, in any text.
@@ -250,8 +274,6 @@ _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
 _UNCUT = frozenset(string.ascii_letters + string.digits + "-._~")
 #: Pieces shorter than this are not worth masking: they would only mask letters.
 _MIN_PIECE = 3
-#: The cut points considered in one password: pieces grow as their square.
-_MAX_CUTS = 8
 
 
 def _userinfo(rest: str) -> tuple[str, str] | None:
@@ -332,14 +354,22 @@ def _password(rest: str) -> str | None:
     return password if colon and password else None
 
 
+def _user(rest: str) -> set[str]:
+    """The user name after ``scheme://``, as written and decoded: ``mask_url`` shows it."""
+    found = _userinfo(rest)
+    user = found[0].partition(":")[0] if found is not None else ""
+    return {user, unquote(user)} if user else set()
+
+
 def url_secrets(url: str, *, min_length: int = _MIN_PIECE) -> frozenset[str]:
     """What of ``url`` must never be shown, to mask wherever it turns up.
 
     Its password (as written and percent-decoded) and the values of its
     secret parameters (``?password=…``), from ``min_length`` characters. A
-    value that is also part of what ``mask_url`` shows (a password equal to
-    the user name) is left out: masking it would only garble the visible
-    parts, which give it away anyway.
+    value equal to the user name (which ``mask_url`` shows) is left out:
+    masking it would garble every mention of the user, which gives it away
+    anyway. Nothing else is: a password that merely occurs in the visible
+    parts (``postgres`` in ``postgres#Xy9@postgres/db``) is still masked.
     """
     _, sep, rest = url.partition("://")
     if not sep:
@@ -353,8 +383,8 @@ def url_secrets(url: str, *, min_length: int = _MIN_PIECE) -> frozenset[str]:
         name, eq, value = part.partition("=")
         if eq and value and is_secret_name(unquote_plus(name)):
             found.update({value, unquote_plus(value)})
-    visible = mask_url(url)
-    return frozenset(v for v in found if len(v) >= min_length and v not in visible)
+    user = _user(rest)
+    return frozenset(v for v in found if len(v) >= min_length and v not in user)
 
 
 def password_pieces(url: str) -> frozenset[str]:
@@ -363,8 +393,13 @@ def password_pieces(url: str) -> frozenset[str]:
     A parser cuts at a character it takes for a delimiter, keeping it on one
     side or the other (``pa#ss``: ``pa`` is reported as a port, ``ss@h/db``
     becomes the fragment), so every run of the password from one such point to
-    another is a piece an error message may quote. None for a password of
-    unreserved characters only; those visible in ``mask_url``'s text are left out.
+    another is a piece an error message may quote: every cut point counts,
+    however long the password, or the tail of a long generated one would be
+    shown. None for a password of unreserved characters only; a piece equal
+    to the user name (which ``mask_url`` shows) is left out.
+
+    At most one piece per pair of cut points: ``(2c + 1)²/2`` for ``c``
+    special characters, no more than the password's distinct substrings.
     """
     _, sep, rest = url.partition("://")
     password = _password(rest) if sep else None
@@ -372,14 +407,13 @@ def password_pieces(url: str) -> frozenset[str]:
         return frozenset()
     pieces: set[str] = set()
     for text in {password, unquote(password)}:
-        cuts = [i for i, c in enumerate(text) if c not in _UNCUT][:_MAX_CUTS]
+        cuts = [i for i, c in enumerate(text) if c not in _UNCUT]
         if not cuts:
             continue
-        starts = {0, *cuts, *(i + 1 for i in cuts)}
-        ends = {len(text), *cuts, *(i + 1 for i in cuts)}
+        starts = sorted({0, *cuts, *(i + 1 for i in cuts)})
+        ends = sorted({len(text), *cuts, *(i + 1 for i in cuts)})
         pieces.update(text[i:j] for i in starts for j in ends if j - i >= _MIN_PIECE)
-    visible = mask_url(url)
-    return frozenset(p for p in pieces if p not in visible)
+    return frozenset(pieces - _user(rest))
 
 
 #: Variables with these endings hold where a secret is, not the secret: their

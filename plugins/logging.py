@@ -19,7 +19,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
@@ -59,13 +59,60 @@ _LEVELS["error"] = logging.ERROR
 #
 # By name: a key (a field, a header, a frame's local variable, a key of a nested
 # dict) that says it holds a credential has its value masked whole, whatever
-# the value. ``key`` itself and any name ending in it (``api_key``,
-# ``x-api-key``, ``signing_key``) count; ``key_id`` does not.
-_SECRET_KEY = re.compile(
-    r"passw(?:or)?d|passphrase|secret|token|authori[sz]ation|cookie|credential|api_?key"
-    r"|keys?$",
-    re.I,
+# the value. Names are read as their parts (split at ``_``, ``-``, ``.`` and
+# camel case), never as substrings: ``monkey``, ``tokens_used`` and
+# ``max_tokens`` hold no credential.
+#
+# Parts that say credential wherever they are in a name (``access_token``,
+# ``client_secret``, ``set-cookie``), or end one (``accesstoken``, ``newpassword``).
+_SECRET_NAME_PARTS = (
+    "password",
+    "passwd",
+    "pwd",
+    "passphrase",
+    "secret",
+    "secrets",
+    "token",
+    "apikey",
+    "authorization",
+    "authorisation",
+    "cookie",
+    "cookies",
+    "credential",
+    "credentials",
 )
+# ``key`` alone is a credential, and after these (``api_key``, ``x-api-key``,
+# ``private_key``, ``signing_key``); after anything else it names data
+# (``idempotency_key``, ``cache_key``, ``sort_key``, ``primary_key``).
+_KEY_QUALIFIERS = frozenset(
+    {
+        *("api", "secret", "private", "signing", "access", "master", "encryption"),
+        *("client", "session", "auth", "hmac", "shared", "ssh", "license", "sig"),
+    }
+)
+# A last part that says the field is about a credential, not one: ``api_key_id``,
+# ``token_count``, ``token_type``, ``password_changed_at``.
+_NOT_SECRET_LAST = frozenset(
+    {"id", "ids", "count", "counts", "used", "type", "name", "names", "length", "size", "at"}
+)
+_FIELD_PARTS = re.compile(r"[^a-z0-9]+")
+# A lower-case letter or digit then a capital: where ``apiKey`` splits in two.
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def _names_secret(name: str) -> bool:
+    """Whether a field's name says its value is a credential (see above)."""
+    parts = [p for p in _FIELD_PARTS.split(_CAMEL.sub("_", name).lower()) if p]
+    if not parts or parts[-1] in _NOT_SECRET_LAST:
+        return False
+    for i, part in enumerate(parts):
+        if part.endswith(_SECRET_NAME_PARTS):
+            return True
+        if part in ("key", "keys") and (len(parts) == 1 or parts[i - 1] in _KEY_QUALIFIERS):
+            return True
+    return False
+
+
 # By shape, anywhere in a text. An API key (``up_`` + 12 characters of public
 # lookup id + 32 of secret, base62: ``userplane.plugins.api_keys.keys``) keeps
 # its lookup id, which is what listings show and what finds the key's record.
@@ -84,26 +131,57 @@ _BEARER = re.compile(
 # ``name=value``, ``name: value`` and ``"name": "value"`` where the name says
 # secret: a query string, a DSN, a header dump, a dict's repr, JSON in a message.
 # A ``:`` counts only with a space or a quote around it, so ``key:<uuid>`` (a
-# principal id) is left alone.
+# principal id) is left alone. The names this finds are only candidates: each
+# is then read as ``_names_secret`` reads a field's (``cache_key=…`` stays).
+# A quoted value is masked to its matching unescaped quote, spaces and all, and
+# on to the next delimiter if that quote was not the end (escaping read in
+# another syntax: a repr doubles the backslash of ``"hun\\"ter2"``); an
+# unquoted one to the next whitespace (``p&ss;w,rd`` is one password, and a
+# few characters of punctuation masked too are better than a credential's
+# tail shown), except in a query string, where ``&`` ends it.
 _SECRET_PAIR = re.compile(
     r"""(?ix)
     (?<![\w.-])
     (
       [\w.-]*?
-      (?:passw(?:or)?d|passphrase|secret|token|authori[sz]ation|cookie|credentials?|api[_-]?key)
+      (?:passw(?:or)?d|pwd|passphrase|secret|token|authori[sz]ation|cookie|credentials?|api[_-]?key)
       [\w-]*
     | (?:[\w.-]*[_.-])?keys?
     )
     (
-      ["']?\s*=\s*["']?
-    | ["']\s*:\s*["']?
-    | :\s+["']?
+      ["']?\s*=\s*
+    | ["']\s*:\s*
+    | :\s+
     )
-    (?!\*{8})
-    (?:(?:bearer|basic|token|digest)\s+)?
-    [^\s"'&;,)}\]]+
+    (?!["']?\*{8})
+    (
+      "(?:[^"\\]|\\.)*(?:"|$)[^\s,;}\])]*
+    | '(?:[^'\\]|\\.)*(?:'|$)[^\s,;}\])]*
+    | (?:(?:bearer|basic|token|digest)\s+)?\S+
+    )
     """
 )
+# A ``Cookie`` or ``Set-Cookie`` header holds several ``name=value`` pairs, any
+# of which may be a session: its whole value goes, to the end of the line.
+_COOKIE_HEADER = re.compile(r"(?i)(?<![\w-])((?:set-)?cookie:[ \t]*)(?!\*{8})[^\r\n]+")
+
+
+def _mask_pair(match: re.Match[str]) -> str:
+    name, separator, value = match.groups()
+    if not _names_secret(name):
+        return match.group(0)
+    quote = value[0]
+    if quote in "\"'":
+        closed = len(value) > 1 and value.endswith(quote)
+        return f"{name}{separator}{quote}{MASK}{quote if closed else ''}"
+    before = match.string[match.start() - 1 : match.start()]
+    if before in ("?", "&"):
+        # A query string's parameter ends at the next one, which is masked on its own.
+        end = min((i for i in (value.find("&"), value.find("#")) if i >= 0), default=-1)
+        if end >= 0:
+            rest = _SECRET_PAIR.sub(_mask_pair, value[end:])
+            return f"{name}{separator}{MASK}{rest}"
+    return f"{name}{separator}{MASK}"
 
 
 # One scan says whether a text can hold any of the secrets above: most values
@@ -111,11 +189,15 @@ _SECRET_PAIR = re.compile(
 # substring tests: one-character ones cost next to nothing; a case-blind regex
 # for ``Bearer``/``Basic`` cost more than all the rest together (measured), so
 # a space or tab stands for it, and for ``name: value``. A password in a URL
-# needs an ``@``, a secret parameter an ``=``, a secret in JSON or a repr a quote.
+# needs a ``://`` (an ``@`` alone is a principal ``jwt:alice@example.com`` in
+# every access line, and must not cost the slow path), a secret parameter an
+# ``=``, a secret in JSON or a repr a quote. What follows a malformed
+# password's ``#`` or ``?`` is ``…@host`` without its ``://``: with an ``@``, the
+# pieces' starts are looked for too (none, unless such a password is set).
 def _maybe_secret_text(text: str) -> bool:
     return (
         "=" in text
-        or "@" in text
+        or "://" in text
         or " " in text
         or "\t" in text
         or '"' in text
@@ -123,6 +205,7 @@ def _maybe_secret_text(text: str) -> bool:
         or "up_" in text
         or "eyJ" in text
         or (_DeclaredSecrets.values != () and any(s in text for s in _DeclaredSecrets.values))
+        or ("@" in text and _DeclaredSecrets.has_piece(text))
     )
 
 
@@ -133,13 +216,16 @@ class _DeclaredSecrets:
     ``userplane.settings.url_secrets`` finds in URL-valued settings (a database
     password). ``pieces``: what ``password_pieces`` finds, the runs of a
     malformed password a URL parser's error message may quote; there may be
-    dozens, so they are looked for only in lines already past the cheap scan
-    (such a message always is). Process-wide, as logging itself is: every
-    registry of the process adds its own.
+    hundreds (one per pair of cut points), so they are looked for only in
+    lines already past the cheap scan (such a message always is), and by
+    their first three characters: one test per cut point, not per piece.
+    Process-wide, as logging itself is: every registry of the process adds its own.
     """
 
     values: tuple[str, ...] = ()
     pieces: tuple[str, ...] = ()
+    #: The pieces by their first three characters, each group longest first.
+    by_start: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     @classmethod
     def add(cls, values: set[str], pieces: set[str] | frozenset[str] = frozenset()) -> None:
@@ -147,6 +233,20 @@ class _DeclaredSecrets:
         cls.values = tuple(sorted({*cls.values, *values}, key=len, reverse=True))
         everything = {*cls.values, *cls.pieces, *pieces}
         cls.pieces = tuple(sorted(everything - set(cls.values), key=len, reverse=True))
+        by_start: dict[str, list[str]] = {}
+        for piece in cls.pieces:  # pieces are 3 characters or more
+            by_start.setdefault(piece[:3], []).append(piece)
+        cls.by_start = {start: tuple(group) for start, group in by_start.items()}
+
+    @classmethod
+    def has_piece(cls, text: str) -> bool:
+        return any(start in text for start in cls.by_start)
+
+    @classmethod
+    def pieces_in(cls, text: str) -> list[str]:
+        """The pieces ``text`` holds, longest first."""
+        found = [p for start, group in cls.by_start.items() if start in text for p in group]
+        return sorted((p for p in found if p in text), key=len, reverse=True)
 
 
 # Whether a key names a secret, by key: keys come from a small set of call
@@ -159,7 +259,7 @@ def _is_secret_key(key: object) -> bool:
     name = key if isinstance(key, str) else str(key)
     secret = _secret_keys.get(name)
     if secret is None:
-        secret = _SECRET_KEY.search(name) is not None
+        secret = _names_secret(name)
         if len(_secret_keys) < 4096:
             _secret_keys[name] = secret
     return secret
@@ -172,8 +272,8 @@ def redact_text(text: str) -> str:
     for secret in _DeclaredSecrets.values:
         if secret in text:
             text = text.replace(secret, MASK)
-    for piece in _DeclaredSecrets.pieces:
-        if piece in text:
+    for piece in _DeclaredSecrets.pieces_in(text):
+        if piece in text:  # a longer one masked before may have held it
             text = text.replace(piece, MASK)
     if "://" in text:
         # URLs anywhere in the text, not only a value that is one URL.
@@ -184,7 +284,9 @@ def redact_text(text: str) -> str:
         text = _JWT.sub(MASK, text)
     if " " in text or "\t" in text:
         text = _BEARER.sub(rf"\1 {MASK}", text)
-    return _SECRET_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
+    if ":" in text:
+        text = _COOKIE_HEADER.sub(rf"\1{MASK}", text)
+    return _SECRET_PAIR.sub(_mask_pair, text)
 
 
 #: Values rendered as they are, never holding text of their own to mask.

@@ -117,9 +117,64 @@ def test_secret_values_of_settings() -> None:
     assert "on" not in values
     # Where a key is, not the key: an error about the file must be able to name it.
     assert "/etc/userplane/idp.pem" not in values
-    assert settings.redacted()["USERPLANE_JWT_KEY_FILE"] == MASK  # `config` still masks it
+    # Nor does `config` mask it: its name says where a key is, not that it is one.
+    assert settings.redacted()["USERPLANE_JWT_KEY_FILE"] == "/etc/userplane/idp.pem"
     # Log lines look for the pieces separately (``pieces=False``).
     assert "Zq8" not in settings_module.secret_values(settings, pieces=False)
+
+
+def _port_error(url: str) -> str:
+    """What urllib says of a URL whose password it cut at a delimiter (a driver quotes it)."""
+    from urllib.parse import urlsplit
+
+    with pytest.raises(ValueError, match="Port could not be cast") as raised:
+        urlsplit(url).port  # noqa: B018 (the property raises)
+    return str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("password", "quoted"),
+    [
+        # A generated password with more special characters than any fixed cap.
+        ("Vh7!kP2$mQ9^zR4&wT1*yB6(nC3)pL5+sD8#Lx8", "Vh7!kP2$mQ9^zR4&wT1*yB6(nC3)pL5+sD8"),
+        ("a&b&c&d&e&f&g&h&i&Tail99#x", "a&b&c&d&e&f&g&h&i&Tail99"),
+    ],
+)
+def test_password_pieces_count_every_cut_point(password: str, quoted: str) -> None:
+    url = f"postgresql://app:{password}@db:5432/users"
+    message = _port_error(url)
+    assert f"'{quoted}'" in message  # what urllib quotes: all of it up to the "#"
+    masked = settings_module.mask_text(message, settings_module.password_pieces(url))
+    assert masked == f"Port could not be cast to integer value as '{MASK}'"
+
+
+def test_a_piece_also_in_the_visible_url_is_masked() -> None:
+    # "postgres" is in the scheme too, but a message quoting it alone quotes the password.
+    url = "postgresql://app:postgres#Xy9@db:5432/users"
+    pieces = settings_module.password_pieces(url)
+    assert "postgres" in pieces
+    masked = settings_module.mask_text(_port_error(url), pieces)
+    assert masked == f"Port could not be cast to integer value as '{MASK}'"
+    # A password that is a word of the URL (its database) is one all the same.
+    assert settings_module.url_secrets("postgresql://app:users@db/users") == {"users"}
+    # Only the user name, which the masked URL shows anyway, is left out.
+    assert "app" not in settings_module.password_pieces("postgresql://app:app#app@db/users")
+
+
+def test_counts_and_file_names_are_not_secret_values() -> None:
+    settings = Settings.from_mapping(
+        {
+            "USERPLANE_API_KEYS_CACHE_SECONDS": "120",
+            "USERPLANE_JWT_KEY_FILE": "/etc/userplane/idp.pem",
+            "USERPLANE_JWT_KEY": JWT_SECRET,
+        }
+    )
+    values = settings_module.secret_values(settings)
+    assert JWT_SECRET in values  # an HS secret, by its name
+    assert "120" not in values  # else every "120" in a message would be masked
+    out = settings.redacted()
+    assert out["USERPLANE_API_KEYS_CACHE_SECONDS"] == "120"
+    assert out["USERPLANE_JWT_KEY"] == MASK
 
 
 def test_cli_messages_are_masked() -> None:
@@ -204,3 +259,17 @@ def test_failing_commands_in_a_process_show_no_password(
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("userplane: "), result.stderr
     assert_nothing_leaked(result, password)
+
+
+@pytest.mark.e2e
+def test_a_key_typed_as_an_argument_is_masked_in_usage_errors(proc: Proc) -> None:
+    # click quotes a bad argument back; an API key pasted where an id belongs is still a key.
+    key = "up_" + "AbCdEfGhIjKl" + "S3cretS3cretS3cretS3cretS3cretAb"
+    result = proc("keys", "revoke", key, database_url=f"sqlite:///{proc.tmp_path}/k.db")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: Invalid value for 'KEY_ID':"), lines
+    assert "up_AbCdEfGhIjKl" in lines[0]  # the lookup id, to tell which key it was
+    assert "S3cret" not in result.stderr

@@ -410,7 +410,7 @@ def test_redacted_masks_secret_extras_only() -> None:
             "USERPLANE_SMTP_PASSWORD": "s2",
             "USERPLANE_API_TOKEN": "s3",
             "USERPLANE_SIGNING_KEY": "s4",
-            "USERPLANE_api_key_file": "s5",
+            "USERPLANE_api_key_file": "/etc/userplane/api.key",
             "USERPLANE_AUDIT_SINK": "stdout",
         }
     )
@@ -420,12 +420,13 @@ def test_redacted_masks_secret_extras_only() -> None:
         "USERPLANE_SMTP_PASSWORD",
         "USERPLANE_API_TOKEN",
         "USERPLANE_SIGNING_KEY",
-        "USERPLANE_api_key_file",
     ):
         assert out[name] == MASK
     assert out["USERPLANE_AUDIT_SINK"] == "stdout"
-    for secret in ("s1", "s2", "s3", "s4", "s5"):
+    for secret in ("s1", "s2", "s3", "s4"):
         assert secret not in out.values()
+    # Where a key is, not the key: shown, so that an operator can tell which file.
+    assert out["USERPLANE_api_key_file"] == "/etc/userplane/api.key"
 
 
 def test_redacted_names_every_setting_by_its_variable() -> None:
@@ -455,6 +456,28 @@ def test_redacted_names_every_setting_by_its_variable() -> None:
         ("sig", True),
         ("USERPLANE_PASSAGE", False),
         ("USERPLANE_SIGNAL", False),
+        # Whole parts of the name, not substrings.
+        ("USERPLANE_JWT_KEY", True),
+        ("USERPLANE_JWT_KEYS", True),
+        ("USERPLANE_MONKEY", False),
+        ("USERPLANE_KEYBOARD_LAYOUT", False),
+        ("USERPLANE_MAX_TOKENS", False),
+        ("USERPLANE_REFRESH_TOKEN", True),
+        ("accessToken", True),
+        ("apiKey", True),
+        ("sslpassword", True),
+        ("X-Amz-Credential", True),
+        # A duration, a size, a count or a location is never a secret by its name.
+        ("USERPLANE_API_KEYS_CACHE_SECONDS", False),
+        ("USERPLANE_JWT_KEY_FILE", False),
+        ("USERPLANE_SIGNING_KEY_PATH", False),
+        ("USERPLANE_SECRETS_DIR", False),
+        ("USERPLANE_TOKEN_TTL", False),
+        ("USERPLANE_TOKEN_MS", False),
+        ("USERPLANE_KEY_S", False),
+        ("USERPLANE_PASSWORD_MIN_SIZE", False),
+        ("USERPLANE_API_KEY_COUNT", False),
+        ("USERPLANE_OIDC_CLIENT_ID", False),
     ],
 )
 def test_is_secret_name(name: str, secret: bool) -> None:

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
 import click
 
 import userplane
 from userplane.frontends.cli.app import OperationCommand, State, cli, pass_state
 from userplane.frontends.cli.output import emit, format_option
 from userplane.plugin_manager import describe_plugins, make_plugin_manager
+from userplane.settings import (
+    MASK,
+    PREFIX,
+    Settings,
+    SettingsSection,
+    mask_text,
+    mask_url,
+    secret_values,
+)
 
 
 @cli.command()
@@ -134,7 +148,8 @@ def config(state: State, fmt: str) -> None:
     from userplane.hooks import Hooks
 
     pm = state.plugin_manager or make_plugin_manager(state.settings.disabled_plugins)
-    values = state.settings.redacted(Hooks(pm).settings_sections())
+    sections = Hooks(pm).settings_sections()
+    values = _masked_settings(state.settings, sections)
     if fmt == "json":
         emit([values], fmt, ())
         return
@@ -156,3 +171,38 @@ def check(state: State, fmt: str) -> None:
     failed = [c for c in checks if not c.ok]
     if failed:
         raise failed[0].unavailable()
+
+
+#: A value that starts as a URL does: the whole value is that one URL.
+_URL_START = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _masked_settings(settings: Settings, sections: Sequence[SettingsSection]) -> dict[str, Any]:
+    """``Settings.redacted``, with each URL-valued setting masked as one URL, then all masked.
+
+    ``redacted`` finds URLs in text, where a URL ends at whitespace: a
+    password holding a space (``postgresql://app:correct horse@db/users``)
+    would be shown from it on. A setting's whole value is one URL, so it is
+    masked as one (``mask_url``); and every value then goes through the
+    masking every message gets, with the secrets the settings hold.
+    """
+    values = settings.redacted(sections)
+    raw: dict[str, Any] = {
+        f"{PREFIX}{a.name.upper()}": getattr(settings, a.name)
+        for a in attrs.fields(type(settings))
+        if a.name != "extra"
+    }
+    raw.update({n: d for s in sections for n, d in s.defaults().items()})
+    raw.update(settings.extra)
+    secrets = secret_values(settings, sections)
+    for name, shown in values.items():
+        if not isinstance(shown, str) or shown == MASK:
+            continue
+        value = raw.get(name)
+        items = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, str) and _URL_START.match(v) for v in items):
+            shown = ",".join(
+                mask_url(v) if isinstance(v, str) and _URL_START.match(v) else str(v) for v in items
+            )
+        values[name] = mask_text(shown, secrets)
+    return values

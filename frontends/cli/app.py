@@ -14,7 +14,7 @@ import pluggy
 
 import userplane
 from userplane.errors import UserplaneError
-from userplane.frontends.cli.errors import exit_code, internal_error, message
+from userplane.frontends.cli.errors import exit_code, internal_error, mask_line, message
 from userplane.plugin_manager import make_plugin_manager
 from userplane.settings import Settings, SettingsSection, mask_text, secret_values
 
@@ -79,8 +79,52 @@ class State:
             self._registry = None
 
 
+class MaskedClickError(click.ClickException):
+    """One of click's own errors (a bad argument, an unknown option), masked, in one line.
+
+    click quotes what was typed (``'up_…' is not a valid UUID``), which may be
+    a credential pasted in the wrong place: it is masked like any other error,
+    and shown without the usage lines, with the same exit code.
+    """
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.message}", file=file, err=file is None)
+
+
+class MaskedUsageError(MaskedClickError):
+    """A usage error (click's ``UsageError``, ``BadParameter``…), masked: still exit code 2."""
+
+    exit_code = 2
+
+
+def _masked_click_error(exc: click.ClickException, ctx: click.Context) -> MaskedClickError:
+    text = mask_line(exc.format_message(), _secrets(ctx))
+    if not isinstance(exc, click.UsageError):
+        return MaskedClickError(text)
+    where = exc.ctx
+    if where is not None and where.command.get_help_option(where) is not None:
+        option = max(where.command.get_help_option_names(where), key=len)
+        text = f"{text} (try '{where.command_path} {option}' for help)"
+    return MaskedUsageError(text)
+
+
 class UserplaneGroup(click.Group):
     """A group that turns domain errors into one line on stderr and an exit code."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        # The group's own options are parsed here, before ``invoke``.
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.ClickException as exc:
+            raise _masked_click_error(exc, click.Context(self)) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -88,7 +132,11 @@ class UserplaneGroup(click.Group):
         except UserplaneError as exc:
             click.echo(message(exc, _secrets(ctx)), err=True)
             ctx.exit(exit_code(exc))
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
+        except (click.exceptions.NoArgsIsHelpError, MaskedClickError):
+            raise  # the help a group without a command shows; one already masked
+        except click.ClickException as exc:
+            raise _masked_click_error(exc, ctx) from None
+        except (click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:  # a bug: say so in one line, never a traceback
             # Masked: a library's message may quote a setting, or the piece of a

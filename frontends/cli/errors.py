@@ -40,17 +40,30 @@ def exit_code(exc: UserplaneError) -> int:
     return next((code for cls, code in EXIT_CODES.items() if isinstance(exc, cls)), 1)
 
 
+def mask_line(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` as one line, with URLs, ``secrets`` and whatever looks like a credential masked.
+
+    ``userplane.settings.mask_text``, then the log lines' masking by shape and
+    by name (``up_`` keys keep their lookup id, JWTs, ``Bearer`` values,
+    ``password=…``): an argument the user typed is quoted back by click's
+    errors and by ours, and a mistyped API key is still mostly the key.
+    """
+    text = mask_text(" ".join(text.split()), secrets)
+    # Imported here: only a failing command pays for the logging plugin's module.
+    from userplane.plugins.logging import redact_text
+
+    return redact_text(text)
+
+
 def message(exc: UserplaneError, secrets: Iterable[str] = ()) -> str:
-    """One line for stderr, URLs and ``secrets`` masked (``userplane.settings.mask_text``).
+    """One line for stderr, masked (``mask_line``).
 
     A detail may quote a setting or a library's message about it: a database
     URL, or the piece of a password a URL parser cut off.
     """
-    text = mask_text(" ".join(exc.detail.split()), secrets)
-    return f"userplane: {exc.kind}: {text}"
+    return f"userplane: {exc.kind}: {mask_line(exc.detail, secrets)}"
 
 
 def internal_error(exc: Exception, secrets: Iterable[str] = ()) -> str:
     """One line for stderr about a bug (never a traceback), masked as ``message`` is."""
-    text = mask_text(" ".join(str(exc).split()), secrets)
-    return f"userplane: internal error: {type(exc).__name__}: {text}"
+    return f"userplane: internal error: {type(exc).__name__}: {mask_line(str(exc), secrets)}"

@@ -1114,6 +1114,68 @@ def test_failing_commands_never_print_the_database_password(
     assert not leaked(password, result.stdout, result.stderr), result.stderr
 
 
+@pytest.mark.parametrize(
+    ("password", "tail"),
+    [
+        # More special characters than any fixed number of cut points.
+        ("Vh7!kP2$mQ9^zR4&wT1*yB6(nC3)pL5+sD8#Lx8", "sD8"),
+        ("a&b&c&d&e&f&g&h&i&Tail99#x", "Tail99"),
+        # A piece that is also in the URL's visible parts ("postgres" in the scheme).
+        ("postgres#Xy9", "'postgres'"),
+    ],
+)
+def test_migrate_never_prints_a_piece_of_a_long_or_wordy_password(
+    run: Cli, database_address: str, password: str, tail: str
+) -> None:
+    url = f"postgresql://userplane_no_such_role:{password}@{database_address}/no_such_db"
+    result = run("migrate", env={"USERPLANE_DATABASE_URL": url})
+    assert result.exit_code != 0, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("userplane: "), result.stderr
+    assert tail not in result.output, result.stderr
+    assert password.partition("#")[0] not in result.output, result.stderr
+
+
+def test_config_masks_a_url_password_holding_spaces(run: Cli) -> None:
+    # A URL in text ends at whitespace; a setting's whole value is one URL.
+    env = {
+        "USERPLANE_DATABASE_URL": "postgresql://app:correct horse battery@db/users",
+        "USERPLANE_OTEL_ENDPOINT": "http://otel:pa ss@collector:4318",
+    }
+    config = run.one("config", env=env)
+    assert config["USERPLANE_DATABASE_URL"] == f"postgresql://app:{MASK}@db/users"
+    assert config["USERPLANE_OTEL_ENDPOINT"] == f"http://otel:{MASK}@collector:4318"
+    for output in (run.ok("config", env=env).output, json.dumps(config)):
+        for secret in ("correct", "horse", "battery", "pa ss", "ss@"):
+            assert secret not in output, output
+
+
+def test_counts_and_paths_are_neither_masked_nor_masked_elsewhere(app: Cli) -> None:
+    env = {
+        "USERPLANE_API_KEYS_CACHE_SECONDS": "120",
+        "USERPLANE_JWT_KEY_FILE": "/etc/userplane/idp.pem",
+    }
+    config = app.one("config", env=env)
+    assert str(config["USERPLANE_API_KEYS_CACHE_SECONDS"]) == "120"
+    assert config["USERPLANE_JWT_KEY_FILE"] == "/etc/userplane/idp.pem"
+    # Were "120" a secret, every message holding it would be garbled.
+    missing = "00000000-0000-0000-0000-000000000120"
+    cache = {"USERPLANE_API_KEYS_CACHE_SECONDS": "120"}
+    assert missing in app.fails(3, "users", "get", missing, env=cache)
+
+
+def test_click_errors_mask_what_they_quote(app: Cli) -> None:
+    key = "up_" + "AbCdEfGhIjKl" + "S3cretS3cretS3cretS3cretS3cretAb"
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLWJ5dGVz"
+    line = app.fails(2, "users", "list", "--limit", key)
+    assert line.startswith("Error: Invalid value for '--limit': 'up_AbCdEfGhIjKl"), line
+    assert "S3cret" not in line
+    assert "users list --help" in line  # the hint click gives, on the same line
+    assert "eyJzdWIi" not in app.fails(2, "users", "list", "--limit", jwt)
+    assert "hunter2" not in app.fails(2, "users", "list", "--limit", "Bearer hunter2")
+    assert "S3cret" not in app.fails(2, "--no-such-option", key)
+
+
 def test_a_broken_plugins_reason_is_masked(run: Cli) -> None:
     from userplane.plugin_manager import BrokenPlugin, make_plugin_manager
 

@@ -182,6 +182,18 @@ BASIC = "dXNlcjpodW50ZXIy"
         ("{'Authorization': 'Bearer sometoken', 'Accept': '*/*'}", ["sometoken"], ["'*/*'}"]),
         # Prose about the schemes is not a credential.
         ("HS256 bearer tokens, basic auth off", [], ["bearer tokens, basic auth off"]),
+        # A quoted value goes to its matching unescaped quote, spaces and escapes included.
+        ('{"password": "correct horse battery staple"}', ["horse", "battery", "staple"], []),
+        ('login password="hun\\"ter2" user=ann', ["hun", "ter2"], ["user=ann"]),
+        # An unquoted one to the end of the value: ";", "&" and "," may be part of it.
+        ("dsn password=p&ss;w,rd host=db", ["p&ss", "ss;w", "w,rd"], ["host=db"]),
+        # But a query string's parameters end at "&".
+        ("GET /x?token=tok-9f8e7d&page=2", ["tok-9f8e7d"], ["page=2"]),
+        # A cookie header is masked whole: any of its pairs may be the session.
+        ("Cookie: theme=dark; session=abcdef1234567890", ["abcdef1234567890"], ["Cookie: "]),
+        ("Set-Cookie: sid=abcdef1234567890; Path=/; HttpOnly", ["abcdef1234567890"], []),
+        # Names read as whole parts: these hold data, not credentials.
+        ("idempotency_key=ik-42 cache_key=u:1 tokens_used=5", [], ["ik-42", "u:1", "=5"]),
     ],
 )
 def test_secrets_are_masked_by_shape_in_any_text(
@@ -217,6 +229,12 @@ def test_secrets_are_masked_by_shape_in_any_text(
         "set-cookie",
         "credentials",
         "client_secret",
+        "keys",
+        "private_key",
+        "signing_key",
+        "refresh_token",
+        "accessToken",
+        "new_password",
     ],
 )
 def test_secrets_are_masked_by_name_at_any_depth(name: str) -> None:
@@ -224,6 +242,26 @@ def test_secrets_are_masked_by_name_at_any_depth(name: str) -> None:
     event = {name: value, "request": {"headers": {name: value}, "items": [{name: value}]}}
     line = json.dumps(logging_plugin.redact(None, "info", event))
     assert value not in line
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "idempotency_key",
+        "cache_key",
+        "sort_key",
+        "primary_key",
+        "tokens_used",
+        "max_tokens",
+        "api_key_id",
+        "token_count",
+        "token_type",
+        "monkey",
+    ],
+)
+def test_names_that_only_contain_a_secrets_word_are_not_masked(name: str) -> None:
+    event = {"event": "done", name: "plain-looking-value", "nested": {name: 3}}
+    assert logging_plugin.redact(None, "info", event) == event
 
 
 def test_what_is_not_secret_is_left_alone() -> None:
@@ -245,6 +283,9 @@ def test_what_is_not_secret_is_left_alone() -> None:
     # The slow path (a space in the event) masks nothing either.
     slower = {**line, "event": "a request was served"}
     assert logging_plugin.redact(None, "info", slower) == slower
+    # An "@" outside a URL (a token's subject) keeps a line on the fast path.
+    by_email = {**line, "principal": "jwt:alice@example.com"}
+    assert logging_plugin.redact(None, "info", by_email) is by_email
 
 
 def test_a_stdlib_records_exception_is_masked_too(
@@ -281,6 +322,38 @@ def test_the_database_password_is_masked_outside_urls_too(
         log = structlog.get_logger("test")
         log.warning("failed to resolve host 'Tn8wQx2z@collector'")
         log.warning("bad port 'otel:Rk4'", detail="password Zq8wXy3kPm7v rejected")
+        # No space, quote or "://": only the "@" says a piece may be there.
+        log.warning("unresolved", host="Tn8wQx2z@collector:4318")
     err = capsys.readouterr().err
     for secret in ("Tn8wQx2z", "Zq8wXy3kPm7v"):
         assert secret not in err
+
+
+@pytest.mark.parametrize(
+    ("password", "quoted"),
+    [
+        ("Vh7!kP2$mQ9^zR4&wT1*yB6(nC3)pL5+sD8#Lx8", "Vh7!kP2$mQ9^zR4&wT1*yB6(nC3)pL5+sD8"),
+        ("a&b&c&d&e&f&g&h&i&Tail99#x", "a&b&c&d&e&f&g&h&i&Tail99"),
+    ],
+)
+def test_every_piece_of_a_long_malformed_password_is_masked_in_log_lines(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    restore_logging: None,
+    password: str,
+    quoted: str,
+) -> None:
+    settings = Settings.from_mapping(
+        {
+            "USERPLANE_DATABASE_URL": f"sqlite:///{tmp_path}/p.db",
+            "USERPLANE_LOG_FORMAT": "json",
+            "USERPLANE_OTEL_ENDPOINT": f"http://otel:{password}@collector:4318",
+        }
+    )
+    with Registry(settings):
+        structlog.get_logger("test").warning(
+            "exporter failed", error=f"Port could not be cast to integer value as '{quoted}'"
+        )
+    err = capsys.readouterr().err
+    assert "integer value as '********'" in err, err
+    assert quoted[-3:] not in err
