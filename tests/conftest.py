@@ -205,9 +205,15 @@ def _restore_logging() -> Iterator[None]:
 
     import structlog
 
+    from userplane.plugins.logging import _DeclaredSecrets
+
     root = logging.getLogger()
     level = root.level
+    # The secrets log lines mask are process-wide too: a test's made-up password
+    # (its pieces) must not mask words in the tests after it.
+    secrets = (_DeclaredSecrets.values, _DeclaredSecrets.pieces, _DeclaredSecrets.by_start)
     yield
+    _DeclaredSecrets.values, _DeclaredSecrets.pieces, _DeclaredSecrets.by_start = secrets
     structlog.reset_defaults()
     for handler in [h for h in root.handlers if getattr(h, "_userplane", False)]:
         root.removeHandler(handler)
