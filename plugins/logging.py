@@ -7,6 +7,7 @@ and userplane still runs, logging through whatever the host configured.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import hashlib
@@ -293,22 +294,55 @@ def redact_text(text: str) -> str:
 _OPAQUE = (int, float, bool, type(None), uuid.UUID, datetime.date, datetime.time)
 
 
-def _redact_value(value: Any) -> Any:
+#: How deep nested values are masked; deeper ones (or a value that contains itself)
+#: are logged as a placeholder rather than risk a secret or a RecursionError.
+_MAX_DEPTH = 16
+
+
+def _redact_key(key: Any) -> Any:
+    """A mapping's key, masked by shape like any text (a key can be a credential)."""
+    if isinstance(key, str):
+        return redact_text(key)
+    if isinstance(key, bytes | bytearray):
+        return redact_text(bytes(key).decode("utf-8", "replace"))
+    return key
+
+
+def _redact_value(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
         return redact_text(value)
+    if depth >= _MAX_DEPTH:
+        return "<nested too deep to log>"
     if isinstance(value, dict):
-        return {k: MASK if _is_secret_key(k) else _redact_value(v) for k, v in value.items()}
+        return {
+            _redact_key(k): MASK if _is_secret_key(k) else _redact_value(v, depth + 1)
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple | set | frozenset):
-        return [_redact_value(v) for v in value]
+        items = list(value)
+        # A (name, value) pair, as headers are often kept: the name says what the value is.
+        if (
+            len(items) == 2
+            and isinstance(items[0], str | bytes)
+            and _is_secret_key(
+                items[0] if isinstance(items[0], str) else items[0].decode("utf-8", "replace")
+            )
+        ):
+            return [_redact_key(items[0]), MASK]
+        return [_redact_value(v, depth + 1) for v in items]
     if isinstance(value, bytes | bytearray):
         return redact_text(bytes(value).decode("utf-8", "replace"))
     if isinstance(value, _OPAQUE):
         return value
-    # Anything else (an exception, an object) is rendered as its repr after
-    # this step: mask that text now, and keep the object when there is nothing to mask.
+    # Anything else (an exception, an object) is rendered as its repr after this
+    # step: mask that text now, and keep the object when there is nothing to mask.
+    # Never a dataclass itself: the JSON encoder writes its fields out whole, those
+    # its repr hides (``repr=False`` on a password) included.
     text = repr(value)
     masked = redact_text(text)
-    return value if masked == text else masked
+    if masked == text and not dataclasses.is_dataclass(value):
+        return value
+    return masked
 
 
 def redact(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:

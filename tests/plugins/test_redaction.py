@@ -357,3 +357,34 @@ def test_every_piece_of_a_long_malformed_password_is_masked_in_log_lines(
     err = capsys.readouterr().err
     assert "integer value as '********'" in err, err
     assert quoted[-3:] not in err
+
+
+def test_secrets_in_keys_pairs_dataclasses_and_self_containing_values_are_masked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Connection:
+        host: str
+        password: str = dataclasses.field(repr=False)
+
+    key = "up_" + "K" * 12 + "s" * 32
+    loop: list[object] = []
+    loop.append(loop)
+    settings = Settings.from_mapping({"USERPLANE_LOG_FORMAT": "json"})
+    logging_plugin.configure(settings)
+    log = structlog.get_logger("test")
+    log.info("per key", per_key={key: 3})
+    log.info("headers", headers=[("X-Api-Key", "s3cr3tv4lue9"), ("Accept", "*/*")])
+    log.info("connection", conn=Connection("db", "hunter2hunter2"))
+    log.info("loop", value=loop)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 4
+    text = "\n".join(lines)
+    for secret in (key, "s3cr3tv4lue9", "hunter2hunter2"):
+        assert secret not in text
+    assert "up_KKKKKKKKKKKK" in lines[0]  # the lookup id stays, to tell keys apart
+    assert "Accept" in lines[1]
+    assert "db" in lines[2]
+    assert "nested too deep" in lines[3]
