@@ -233,27 +233,25 @@ class AuthService:
         """
         if not self.enabled:
             return DEVELOPMENT_PRINCIPAL
+        # rate_limit answers None without a limiter: the subject is then never used.
         subject = address_subject(credentials) if self._limited else ""
-        if self._limited:
-            quota = self.rate_limit(AUTH_FAILURE, subject, consume=False)
-            if quota is not None and not quota.allowed:
-                raise RateLimited(
-                    "too many failed authentications from this address; retry later",
-                    quota.retry_after,
-                    quota,
-                )
+        quota = self.rate_limit(AUTH_FAILURE, subject, consume=False)
+        if quota is not None and not quota.allowed:
+            raise RateLimited(
+                "too many failed authentications from this address; retry later",
+                quota.retry_after,
+                quota,
+            )
         try:
             principal = self._hooks.authenticate(credentials, self._registry)
         except (Unauthenticated, RateLimited):
             # A plugin judged the credentials its own and wrong (or refused a guess
             # at one key): a failure of this address, whatever header carried them.
-            if self._limited:
-                self.rate_limit(AUTH_FAILURE, subject)
+            self.rate_limit(AUTH_FAILURE, subject)
             raise
         if principal is None:
             if credentials.present:
-                if self._limited:
-                    self.rate_limit(AUTH_FAILURE, subject)
+                self.rate_limit(AUTH_FAILURE, subject)
                 raise Unauthenticated("the credentials were not accepted")
             raise Unauthenticated("credentials are required: Authorization: Bearer <key or token>")
         return principal
@@ -261,8 +259,8 @@ class AuthService:
     def rate_limit(self, kind: str, subject: str, consume: bool = True) -> Quota | None:
         """Ask the rate limiter about one request of ``kind`` by ``subject``; ``None``: no limit.
 
-        For auth plugins too: the api-keys plugin counts failures per key id
-        and asks before it looks an unknown id up (``userplane.limits``).
+        For auth plugins too: the api-keys plugin counts a wrong secret for a
+        real key against its id (``key-id:<lookup>``), after checking it.
         """
         if not self._limited:
             return None
@@ -282,7 +280,7 @@ class AuthService:
             subject = f"address:{_network(client_address)}"
         else:
             subject = f"principal:{principal.id}"
-        quota = self._hooks.rate_limit(kind, subject, True, self._registry)
+        quota = self.rate_limit(kind, subject)
         if quota is not None and not quota.allowed:
             raise RateLimited(
                 f"too many {kind} requests; retry in {quota.retry_after} s",

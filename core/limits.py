@@ -15,7 +15,7 @@ import math
 
 import attrs
 
-#: Requests that only read (GET, HEAD).
+#: Requests that only read (GET, HEAD, and a route's own OPTIONS).
 READ = "read"
 #: Requests that change something (POST, PUT, PATCH, DELETE).
 WRITE = "write"

@@ -9,6 +9,7 @@ from typing import Any
 import falcon
 
 from userplane.errors import Unavailable
+from userplane.frontends.http.problems import NO_STORE, SECURITY_HEADERS
 from userplane.frontends.http.queueing import queued_for
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -94,10 +95,10 @@ class SecurityHeaders:
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
     ) -> None:
-        resp.set_header("X-Content-Type-Options", "nosniff")
-        resp.set_header("Referrer-Policy", "no-referrer")
+        for name, value in SECURITY_HEADERS:
+            resp.set_header(name, value)
         if req.path.startswith("/api/") or req.path.startswith("/health/"):
-            resp.set_header("Cache-Control", "no-store")
+            resp.set_header(*NO_STORE)
         content_type = resp.content_type or ""
         if content_type.startswith("text/html"):
             resp.set_header(

@@ -63,16 +63,36 @@ def write_problem(
 ) -> None:
     """Fill ``resp`` with a problem document."""
     # Every problem has a detail, as documented; Falcon's own errors may lack one.
-    body: dict[str, Any] = {"type": type_, "title": title, "status": status}
-    body["detail"] = detail or _DEFAULT_DETAIL.get(status, title)
-    body["instance"] = req.path
-    request_id = getattr(req.context, "request_id", None)
-    if request_id:
-        body["request_id"] = request_id
+    body = problem_document(
+        status,
+        title,
+        detail or _DEFAULT_DETAIL.get(status, title),
+        instance=req.path,
+        request_id=getattr(req.context, "request_id", None),
+        type_=type_,
+    )
     body.update(extra)
     resp.status = status
     resp.content_type = PROBLEM_JSON
     resp.data = orjson.dumps(body)
+
+
+def problem_document(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    request_id: str | None = None,
+    type_: str = "about:blank",
+) -> dict[str, Any]:
+    """An RFC 9457 document: the one shape of every answer that is an error."""
+    body: dict[str, Any] = {"type": type_, "title": title, "status": status, "detail": detail}
+    if instance:
+        body["instance"] = instance
+    if request_id:
+        body["request_id"] = request_id
+    return body
 
 
 #: The challenge a 401 offers when no plugin contributes one (RFC 9110 requires one).
@@ -164,13 +184,11 @@ def install(app: falcon.App[Any, Any], challenges: tuple[str, ...] = DEFAULT_CHA
     app.add_error_handler(UserplaneError, domain_error)
 
 
-#: The headers ``SecurityHeaders`` gives every API answer, for the answers the
-#: server writes itself, below Falcon (``raw_problem``).
-RAW_SECURITY_HEADERS = (
-    ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "no-referrer"),
-    ("Cache-Control", "no-store"),
-)
+#: The headers every answer carries (``SecurityHeaders``), and those of API answers.
+SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"))
+NO_STORE = ("Cache-Control", "no-store")
+#: What the answers the server writes itself, below Falcon, carry (``raw_problem``).
+RAW_SECURITY_HEADERS = (*SECURITY_HEADERS, NO_STORE)
 
 #: Reason phrases RFC 9110 renamed, where this Python still has the old one.
 _RFC_9110_PHRASES = {414: "URI Too Long"}
@@ -191,13 +209,9 @@ def raw_problem(
     and ``Connection: close``, as where the next request would start is unknown.
     """
     phrase = _RFC_9110_PHRASES.get(status) or HTTPStatus(status).phrase
-    document: dict[str, Any] = {"type": "about:blank", "title": phrase, "status": status}
-    document["detail"] = detail
-    if instance:
-        document["instance"] = instance
-    if request_id:
-        document["request_id"] = request_id
-    body = orjson.dumps(document)
+    body = orjson.dumps(
+        problem_document(status, phrase, detail, instance=instance, request_id=request_id)
+    )
     headers = [
         ("Content-Type", PROBLEM_JSON),
         ("Content-Length", str(len(body))),
