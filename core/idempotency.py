@@ -15,6 +15,7 @@ may run to kilobytes), and an index entry has one.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -32,11 +33,17 @@ MAX_KEY_LENGTH = 255
 
 @attrs.frozen
 class StoredResponse:
-    """A response as it is replayed: status, the headers that matter, and the body."""
+    """A response as it is replayed: status, the headers that matter, and the body.
+
+    ``user_id`` is the user the response is about (a created user), so that
+    purging the user purges the response too: it holds the user's email and
+    name, and must not outlive it.
+    """
 
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes
+    user_id: uuid.UUID | None = None
 
 
 @attrs.frozen
@@ -76,10 +83,14 @@ class IdempotencyService:
         clock: Callable[[], datetime],
         *,
         stale_after: timedelta = timedelta(minutes=1),
+        keyed: Callable[[str], str] | None = None,
     ) -> None:
         self._storage = storage
         self._ttl = ttl
         self._clock = clock
+        # With encryption on, fingerprints are stored keyed (``Sealer.keyed_digest``): a
+        # plain hash of a body holding an email would confirm a guessed address.
+        self._keyed = keyed
         # A claim whose owner died (a killed worker) is taken over after this.
         self._stale_after = stale_after
 
@@ -100,6 +111,8 @@ class IdempotencyService:
         neither replay nor block another's.
         """
         key = storage_key(check_key(key), scope)
+        if self._keyed is not None:
+            fingerprint = self._keyed(fingerprint)
         for _ in range(2):  # a record may expire between a failed claim and the read
             now = self._clock()
             claimed = self._storage.claim_idempotency_key(

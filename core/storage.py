@@ -44,6 +44,23 @@ class MigrationState:
     source: str = "userplane"
 
 
+@attrs.frozen
+class KeyRecord:
+    """A key that sealed data in this database, known by name and fingerprint only.
+
+    ``purpose`` is ``"kek"`` (wraps data keys) or ``"index"`` (the blind
+    index). ``fingerprint`` is an HMAC of a constant under the key: it proves
+    a configured key is the one of that name, and says nothing of the key.
+    ``retired_at`` is set once nothing is sealed under the key any more.
+    """
+
+    name: str
+    purpose: str
+    fingerprint: str
+    created_at: datetime
+    retired_at: datetime | None = None
+
+
 @runtime_checkable
 class Storage(Protocol):
     """Where users live. Methods raise only ``userplane.errors`` exceptions."""
@@ -80,8 +97,13 @@ class Storage(Protocol):
     ) -> Sequence[MigrationState]:
         """Every known migration, the core's and ``plugins``', in order, and whether applied."""
 
-    def insert_user(self, user: User, email_key: str) -> User:
-        """Insert ``user`` with its normalised email ``email_key``; ``Conflict`` if taken."""
+    def insert_user(self, user: User, email_key: str, *, name_key: str | None = None) -> User:
+        """Insert ``user`` with its normalised email ``email_key``; ``Conflict`` if taken.
+
+        ``name_key`` is what to sort and search the name by; ``None`` means
+        ``fold(full_name or "")``. With encryption on the core passes ``""``:
+        a sealed name has no order.
+        """
 
     def get_user(self, user_id: uuid.UUID, include_deleted: bool = False) -> User | None:
         """The user with ``user_id``, or ``None``; a deleted one only if ``include_deleted``."""
@@ -110,8 +132,13 @@ class Storage(Protocol):
         email_key: str | None,
         expected_version: int | None,
         now: datetime,
+        *,
+        name_key: str | None = None,
     ) -> User:
         """Set ``fields`` (and the email key when the email changes) of a live user.
+
+        ``name_key`` replaces the name's sort key when the name changes (as
+        for ``insert_user``; ``None``: ``fold(full_name or "")``).
 
         Bumps ``version`` and sets ``updated_at`` to ``now``. One conditional
         statement: ``NotFound`` if there is no such live user,
@@ -128,8 +155,26 @@ class Storage(Protocol):
     def restore_user(self, user_id: uuid.UUID, now: datetime) -> User | None:
         """Clear ``deleted_at`` of a deleted user and bump ``version``; ``None`` if none such."""
 
+    def reseal_user(
+        self,
+        user_id: uuid.UUID,
+        version: int,
+        fields: Mapping[str, Any],
+        email_key: str | None,
+    ) -> bool:
+        """Replace the stored ``fields`` (``email``, ``full_name``) of the user at ``version``.
+
+        For key rotation: the user may be deleted or live; ``version`` and
+        ``updated_at`` stay as they are (what a client sees does not change).
+        ``email_key`` replaces the stored key when given. ``False``, changing
+        nothing, when the user is gone or no longer at ``version``.
+        """
+
     def purge_users(self, deleted_before: datetime) -> int:
-        """Remove for good every user deleted before ``deleted_before``; return how many."""
+        """Remove for good every user deleted before ``deleted_before``; return how many.
+
+        The stored responses about them (``StoredResponse.user_id``) go too.
+        """
 
     def claim_idempotency_key(
         self,
@@ -151,13 +196,25 @@ class Storage(Protocol):
         """The unexpired record of ``key``, or ``None``."""
 
     def complete_idempotency_key(self, key: str, response: StoredResponse) -> None:
-        """Store the response of the request that claimed ``key``."""
+        """Store the response of the request that claimed ``key``, ``user_id`` included."""
 
     def release_idempotency_key(self, key: str) -> None:
         """Drop a claim whose request failed (a completed key is kept)."""
 
     def purge_idempotency_keys(self, now: datetime) -> int:
         """Remove every expired key; return how many."""
+
+    def count_users(self) -> int:
+        """How many users are stored, deleted ones included (for progress reports)."""
+
+    def key_records(self) -> list[KeyRecord]:
+        """Every encryption key recorded in this database (``KeyRecord``), by name."""
+
+    def add_key_record(self, record: KeyRecord) -> bool:
+        """Record a key unless one of that name is recorded; ``True`` if this call added it."""
+
+    def retire_key_record(self, name: str, at: datetime) -> None:
+        """Mark the key called ``name`` retired at ``at`` (nothing is sealed under it any more)."""
 
 
 @attrs.frozen

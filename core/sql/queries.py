@@ -102,6 +102,27 @@ NAMED_QUERIES: tuple[NamedQuery, ...] = (
         f"clear deleted_at, updated_at = now, version + 1, of a deleted user; {_WRITE}",
     ),
     NamedQuery("purge_users", ("before",), "delete users with deleted_at < before; the row count"),
+    NamedQuery(
+        "purge_user_responses",
+        ("before",),
+        "delete the idempotency keys whose user_id is a user purge_users(before) will delete",
+    ),
+    NamedQuery(
+        "reseal_user",
+        (
+            "id",
+            "version",
+            "set_email",
+            "email",
+            "email_key",
+            "set_full_name",
+            "full_name",
+            "full_name_folded",
+        ),
+        "one UPDATE of the user at version, deleted or not: set email (and full_name with "
+        "full_name_folded) when its set_ flag is true, email_normalized = email_key unless NULL; "
+        "version and updated_at unchanged; the count of rows it matched (not only changed)",
+    ),
     NamedQuery("user_version", ("id",), "the version of a live user (one column), or none"),
     NamedQuery(
         "claim_idempotency_key",
@@ -113,18 +134,34 @@ NAMED_QUERIES: tuple[NamedQuery, ...] = (
     NamedQuery(
         "get_idempotency_record",
         ("key", "now"),
-        "fingerprint, status, headers, body of an unexpired key (expires_at > now), or none",
+        "fingerprint, status, headers, body, user_id of an unexpired key (expires_at > now), "
+        "or none",
     ),
     NamedQuery(
         "complete_idempotency_key",
-        ("key", "status", "headers", "body"),
-        "store the response of a claimed key",
+        ("key", "status", "headers", "body", "user_id"),
+        "store the response of a claimed key, and the user it is about",
     ),
     NamedQuery(
         "release_idempotency_key", ("key",), "delete the key if it is unfinished (status NULL)"
     ),
     NamedQuery(
         "purge_idempotency_keys", ("now",), "delete keys with expires_at <= now; the row count"
+    ),
+    NamedQuery("count_users", (), "the number of users, deleted ones included (one column)"),
+    NamedQuery(
+        "key_records",
+        (),
+        "name, purpose, fingerprint, created_at, retired_at of every encryption key, "
+        "by name (code point order)",
+    ),
+    NamedQuery(
+        "add_key_record",
+        ("name", "purpose", "fingerprint", "created_at"),
+        "insert an encryption key unless its name is taken (no error then); the row count",
+    ),
+    NamedQuery(
+        "retire_key_record", ("name", "at"), "set retired_at = at of the key, unless retired"
     ),
 )
 

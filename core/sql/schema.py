@@ -11,7 +11,7 @@ from __future__ import annotations
 import attrs
 
 #: Bumped with every core migration that changes the published schema.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 @attrs.frozen
@@ -32,22 +32,35 @@ _TIME = "UTC with microseconds; compared and sorted as time"
 
 SCHEMA: tuple[Column, ...] = (
     Column("users", "id", "uuid", notes="primary key"),
-    Column("users", "email", "text", max_length=320, notes="as given"),
+    Column(
+        "users",
+        "email",
+        "text",
+        max_length=2048,
+        notes="as given (320 characters at most), or sealed (docs/encryption.md)",
+    ),
     Column(
         "users",
         "email_normalized",
         "text",
         max_length=320,
         notes="unique (users_email_normalized_key); compared and sorted by code point, "
-        "trailing spaces significant",
+        "trailing spaces significant; the blind index (64 hex digits) when sealed",
     ),
-    Column("users", "full_name", "text", nullable=True, max_length=200),
+    Column(
+        "users",
+        "full_name",
+        "text",
+        nullable=True,
+        max_length=1280,
+        notes="as given (200 characters at most), or sealed",
+    ),
     Column(
         "users",
         "full_name_folded",
         "text",
         max_length=400,
-        notes="fold(full_name or ''); sorted by code point; indexed with id",
+        notes="fold(full_name or ''), '' when sealed; sorted by code point; indexed with id",
     ),
     Column("users", "is_active", "boolean"),
     Column("users", "created_at", "timestamp", notes=f"{_TIME}; indexed with id"),
@@ -61,4 +74,16 @@ SCHEMA: tuple[Column, ...] = (
     Column("idempotency_keys", "status", "integer", nullable=True, notes="NULL while running"),
     Column("idempotency_keys", "headers", "text", nullable=True, max_length=65536),
     Column("idempotency_keys", "body", "bytes", nullable=True, max_length=1048576),
+    Column(
+        "idempotency_keys",
+        "user_id",
+        "uuid",
+        nullable=True,
+        notes="the user the response is about; indexed",
+    ),
+    Column("encryption_keys", "name", "text", max_length=32, notes="primary key"),
+    Column("encryption_keys", "purpose", "text", max_length=5, notes="'kek' or 'index'"),
+    Column("encryption_keys", "fingerprint", "text", max_length=64),
+    Column("encryption_keys", "created_at", "timestamp", notes=_TIME),
+    Column("encryption_keys", "retired_at", "timestamp", nullable=True, notes=_TIME),
 )

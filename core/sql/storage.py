@@ -37,7 +37,7 @@ from userplane.sql.dialect import Dialect
 from userplane.sql.listing import list_users_sql
 from userplane.sql.migrations import apply_migrations, migration_sources, migration_status
 from userplane.sql.schema import SCHEMA_VERSION
-from userplane.storage import MigrationState
+from userplane.storage import KeyRecord, MigrationState
 from userplane.text import fold
 from userplane.users import User, UserFilter
 
@@ -47,19 +47,19 @@ USER_COLUMNS = "id, email, full_name, is_active, created_at, updated_at, version
 Row = Sequence[Any]
 
 
-def insert_params(user: User, email_key: str) -> dict[str, Any]:
+def insert_params(user: User, email_key: str, name_key: str | None = None) -> dict[str, Any]:
     """Named parameters of ``insert_user``: the user's fields plus derived keys.
 
-    ``full_name_folded`` is ``fold(full_name or "")``: stored so that search and
-    sorting compare folded text the same way on every backend, without a
-    function per row.
+    ``full_name_folded`` is ``name_key``, by default ``fold(full_name or "")``:
+    stored so that search and sorting compare folded text the same way on
+    every backend, without a function per row.
     """
     return {
         "id": user.id,
         "email": user.email,
         "email_key": email_key,
         "full_name": user.full_name,
-        "full_name_folded": fold(user.full_name or ""),
+        "full_name_folded": fold(user.full_name or "") if name_key is None else name_key,
         "is_active": user.is_active,
         "created_at": user.created_at,
         "updated_at": user.updated_at,
@@ -73,6 +73,7 @@ def update_params(
     email_key: str | None,
     expected_version: int | None,
     now: datetime,
+    name_key: str | None = None,
 ) -> dict[str, Any]:
     """Named parameters of ``update_user``, a one-statement conditional update.
 
@@ -90,7 +91,7 @@ def update_params(
         "email_key": email_key,
         "set_full_name": "full_name" in fields,
         "full_name": full_name,
-        "full_name_folded": fold(full_name or ""),
+        "full_name_folded": fold(full_name or "") if name_key is None else name_key,
         "set_is_active": "is_active" in fields,
         "is_active": fields.get("is_active"),
     }
@@ -250,9 +251,10 @@ class SQLStorage(abc.ABC):
             raise write_missed(user_id, exists)
         return user
 
-    def insert_user(self, user: User, email_key: str) -> User:
+    def insert_user(self, user: User, email_key: str, *, name_key: str | None = None) -> User:
         """Insert; the unique index turns a taken email into ``Conflict``."""
-        inserted = self._written("insert_user", insert_params(user, email_key), user.id)
+        params = insert_params(user, email_key, name_key)
+        inserted = self._written("insert_user", params, user.id)
         assert inserted is not None
         return inserted
 
@@ -297,9 +299,11 @@ class SQLStorage(abc.ABC):
         email_key: str | None,
         expected_version: int | None,
         now: datetime,
+        *,
+        name_key: str | None = None,
     ) -> User:
         """One conditional ``UPDATE``."""
-        params = update_params(user_id, fields, email_key, expected_version, now)
+        params = update_params(user_id, fields, email_key, expected_version, now, name_key)
         return self._write("update_user", params, user_id)
 
     def delete_user(self, user_id: uuid.UUID, expected_version: int | None, now: datetime) -> User:
@@ -311,9 +315,34 @@ class SQLStorage(abc.ABC):
         """Clear ``deleted_at``, if set."""
         return self._written("restore_user", {"id": user_id, "now": now}, user_id)
 
+    def reseal_user(
+        self,
+        user_id: uuid.UUID,
+        version: int,
+        fields: Mapping[str, Any],
+        email_key: str | None,
+    ) -> bool:
+        """One ``UPDATE`` of the stored form, conditional on ``version``."""
+        full_name = fields.get("full_name")
+        params = {
+            "id": user_id,
+            "version": version,
+            "set_email": "email" in fields,
+            "email": fields.get("email"),
+            "email_key": email_key,
+            "set_full_name": "full_name" in fields,
+            "full_name": full_name,
+            # Only the core reseals, and it seals: a sealed name has no order.
+            "full_name_folded": "",
+        }
+        return self.execute(self.queries["reseal_user"], self.params(params)) > 0
+
     def purge_users(self, deleted_before: datetime) -> int:
-        """Delete the rows deleted before the cut-off."""
-        return self.execute(self.queries["purge_users"], self.params({"before": deleted_before}))
+        """Delete the rows deleted before the cut-off, and the responses about them first."""
+        params = self.params({"before": deleted_before})
+        with self.transaction():
+            self.execute(self.queries["purge_user_responses"], params)
+            return self.execute(self.queries["purge_users"], params)
 
     # -- idempotency keys --------------------------------------------------------
 
@@ -342,11 +371,12 @@ class SQLStorage(abc.ABC):
         row = self.query("get_idempotency_record", {"key": key, "now": now})
         if row is None:
             return None
-        fingerprint, status, headers, body = row
+        fingerprint, status, headers, body, user_id = row
         if status is None:
             return IdempotencyRecord(fingerprint, None)
         pairs = tuple((str(k), str(v)) for k, v in json.loads(headers))
-        return IdempotencyRecord(fingerprint, StoredResponse(status, pairs, bytes(body)))
+        about = None if user_id is None else self.uuid_from_db(user_id)
+        return IdempotencyRecord(fingerprint, StoredResponse(status, pairs, bytes(body), about))
 
     def complete_idempotency_key(self, key: str, response: StoredResponse) -> None:
         """Store the response."""
@@ -355,6 +385,7 @@ class SQLStorage(abc.ABC):
             "status": response.status,
             "headers": json.dumps(response.headers),
             "body": response.body,
+            "user_id": response.user_id,
         }
         self.execute(self.queries["complete_idempotency_key"], self.params(params))
 
@@ -365,3 +396,39 @@ class SQLStorage(abc.ABC):
     def purge_idempotency_keys(self, now: datetime) -> int:
         """Remove expired keys."""
         return self.execute(self.queries["purge_idempotency_keys"], self.params({"now": now}))
+
+    def count_users(self) -> int:
+        """``SELECT count(*)``."""
+        row = self.query("count_users", {})
+        return int(row[0]) if row else 0
+
+    # -- encryption keys ----------------------------------------------------------
+
+    def key_records(self) -> list[KeyRecord]:
+        """Every recorded encryption key."""
+        return [
+            KeyRecord(
+                name,
+                purpose,
+                fingerprint,
+                self.time_from_db(created_at),
+                None if retired_at is None else self.time_from_db(retired_at),
+            )
+            for name, purpose, fingerprint, created_at, retired_at in self.fetch_all(
+                self.queries["key_records"], {}
+            )
+        ]
+
+    def add_key_record(self, record: KeyRecord) -> bool:
+        """Insert unless the name is taken."""
+        params = {
+            "name": record.name,
+            "purpose": record.purpose,
+            "fingerprint": record.fingerprint,
+            "created_at": record.created_at,
+        }
+        return self.execute(self.queries["add_key_record"], self.params(params)) > 0
+
+    def retire_key_record(self, name: str, at: datetime) -> None:
+        """Mark the key retired."""
+        self.execute(self.queries["retire_key_record"], self.params({"name": name, "at": at}))

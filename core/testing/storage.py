@@ -42,9 +42,9 @@ from userplane.errors import Conflict, NotFound, PreconditionFailed, Unavailable
 from userplane.idempotency import IdempotencyRecord, StoredResponse
 from userplane.pagination import Position, Sort
 from userplane.sql import SCHEMA, SQLStorage, insert_params
-from userplane.storage import Storage
+from userplane.storage import KeyRecord, Storage
 from userplane.text import fold
-from userplane.users import User, UserFilter, sort_key
+from userplane.users import MAX_FULL_NAME, User, UserFilter, sort_key
 
 T = TypeVar("T")
 
@@ -396,6 +396,79 @@ class StorageContract:
         insert(storage, make_user("old@example.org"))  # purged: the email is free again
         assert storage.purge_users(_BASE_TIME + timedelta(days=1)) == 0
 
+    def test_purge_removes_the_stored_responses_about_purged_users_only(
+        self, storage: Storage
+    ) -> None:
+        gone = insert(storage, make_user("gone@example.org"))
+        kept = insert(storage, make_user("kept@example.org"))
+        t = _BASE_TIME
+        later = t + timedelta(days=1)
+        for key, about in (("gone", gone.id), ("kept", kept.id), ("nobody", None)):
+            assert storage.claim_idempotency_key(key, "fp", t, t + timedelta(days=30), t)
+            response = StoredResponse(201, (("Location", key),), key.encode(), about)
+            storage.complete_idempotency_key(key, response)
+            record = storage.get_idempotency_record(key, t)
+            assert record is not None
+            assert record.response == response  # user_id round trips
+        storage.delete_user(gone.id, None, t)
+        storage.delete_user(kept.id, None, later)
+        assert storage.purge_users(later) == 1
+        assert storage.get_idempotency_record("gone", t) is None
+        assert storage.get_idempotency_record("kept", t) is not None
+        assert storage.get_idempotency_record("nobody", t) is not None
+
+    def test_count_users_counts_deleted_ones_too(self, storage: Storage) -> None:
+        assert storage.count_users() == 0
+        users = [insert(storage, make_user(f"c{i}@example.org")) for i in range(3)]
+        storage.delete_user(users[0].id, None, _BASE_TIME)
+        assert storage.count_users() == 3
+
+    # -- resealing and encryption keys ----------------------------------------------
+
+    def test_reseal_replaces_the_stored_form_and_keeps_version_and_time(
+        self, storage: Storage
+    ) -> None:
+        user = insert(storage, make_user("seal@example.org"))
+        fields = {"email": "upe1:other-form", "full_name": "upe1:other-name"}
+        assert storage.reseal_user(user.id, 1, fields, "new-key")
+        resealed = storage.get_user(user.id)
+        assert resealed == attrs.evolve(user, email="upe1:other-form", full_name="upe1:other-name")
+        assert storage.get_user_by_email("new-key") == resealed
+        assert storage.get_user_by_email(normalize_email(user.email)) is None
+        # Values it already holds: still a match (a row count of rows matched, not changed).
+        assert storage.reseal_user(user.id, 1, fields, None)
+        assert storage.get_user_by_email("new-key") == resealed  # no key given: kept
+
+    def test_reseal_at_another_version_or_of_nobody_changes_nothing(self, storage: Storage) -> None:
+        user = insert(storage, make_user("stale@example.org"))
+        assert not storage.reseal_user(user.id, 2, {"email": "upe1:x"}, None)
+        assert not storage.reseal_user(uuid.uuid4(), 1, {"email": "upe1:x"}, None)
+        assert storage.get_user(user.id) == user
+
+    def test_reseal_reaches_a_deleted_user(self, storage: Storage) -> None:
+        user = insert(storage, make_user("deleted@example.org"))
+        deleted = storage.delete_user(user.id, None, _BASE_TIME)
+        assert storage.reseal_user(user.id, deleted.version, {"full_name": None}, None)
+        assert storage.get_user(user.id, include_deleted=True) == attrs.evolve(
+            deleted, full_name=None
+        )
+
+    def test_key_records_are_added_once_and_retired(self, storage: Storage) -> None:
+        assert storage.key_records() == []
+        first = KeyRecord("k1", "kek", "a" * 64, _BASE_TIME)
+        index = KeyRecord("i1", "index", "b" * 64, _BASE_TIME)
+        assert storage.add_key_record(first)
+        assert storage.add_key_record(index)
+        # A name is recorded once: a second record of it (another fingerprint) is ignored.
+        assert not storage.add_key_record(attrs.evolve(first, fingerprint="c" * 64))
+        assert storage.key_records() == [index, first]
+        storage.retire_key_record("k1", _BASE_TIME + timedelta(days=1))
+        storage.retire_key_record("k1", _BASE_TIME + timedelta(days=2))  # retired once
+        assert storage.key_records() == [
+            index,
+            attrs.evolve(first, retired_at=_BASE_TIME + timedelta(days=1)),
+        ]
+
     # -- idempotency keys ------------------------------------------------------
 
     def test_an_idempotency_key_is_claimed_once_then_replayed(self, storage: Storage) -> None:
@@ -641,7 +714,8 @@ class StorageContract:
     def test_the_longest_names_round_trip_and_their_folded_form_is_searched_whole(
         self, storage: Storage
     ) -> None:
-        longest = max_length("users", "full_name")
+        # The longest name a client may give; its folded form is the longest folded one.
+        longest = MAX_FULL_NAME
         names = [
             "\U0001f600" * longest,  # 4-byte characters
             "\U00010400" * longest,  # 4-byte, and folds to another 4-byte character
@@ -661,6 +735,23 @@ class StorageContract:
         sort = Sort("full_name")
         seen = self._pages(storage, sort, lambda u: fold(u.full_name or ""), 1)
         assert seen == self._sorted(users, sort)
+
+    def test_the_longest_sealed_values_round_trip_with_an_empty_name_key(
+        self, storage: Storage
+    ) -> None:
+        # With encryption on, the core stores sealed text (ASCII) up to the schema's
+        # lengths, the blind index as the email key and "" as the name's sort key.
+        email = "upe1:" + "e" * (max_length("users", "email") - len("upe1:"))
+        name = "upe1:" + "n" * (max_length("users", "full_name") - len("upe1:"))
+        blind = "f" * 64
+        user = storage.insert_user(make_user(email, full_name=name), blind, name_key="")
+        assert (user.email, user.full_name) == (email, name)
+        assert storage.get_user_by_email(blind) == user
+        changed = storage.update_user(
+            user.id, {"full_name": name[:-1]}, None, None, user.updated_at, name_key=""
+        )
+        assert changed.full_name == name[:-1]
+        assert storage.list_users(UserFilter(q="n"), CREATED, None, 10) == []
 
     def test_the_longest_idempotency_key_and_response_round_trip(self, storage: Storage) -> None:
         t = _BASE_TIME

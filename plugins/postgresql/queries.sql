@@ -47,6 +47,21 @@ RETURNING id, email, full_name, is_active, created_at, updated_at, version, dele
 -- name: purge_users
 DELETE FROM users WHERE deleted_at IS NOT NULL AND deleted_at < %(before)s
 
+-- name: purge_user_responses
+-- Runs before purge_users: a stored response must not outlive the user it shows.
+DELETE FROM idempotency_keys WHERE user_id IN (
+    SELECT id FROM users WHERE deleted_at IS NOT NULL AND deleted_at < %(before)s)
+
+-- name: reseal_user
+-- Key rotation: the stored form changes, what a client sees (version, updated_at) does not.
+UPDATE users SET
+    email = CASE WHEN %(set_email)s::boolean THEN %(email)s::text ELSE email END,
+    email_normalized = COALESCE(%(email_key)s::text, email_normalized),
+    full_name = CASE WHEN %(set_full_name)s::boolean THEN %(full_name)s::text ELSE full_name END,
+    full_name_folded = CASE WHEN %(set_full_name)s::boolean THEN %(full_name_folded)s::text
+                            ELSE full_name_folded END
+WHERE id = %(id)s AND version = %(version)s::integer
+
 -- name: user_version
 SELECT version FROM users WHERE id = %(id)s AND deleted_at IS NULL
 
@@ -62,11 +77,13 @@ WHERE idempotency_keys.expires_at <= %(now)s
 RETURNING key
 
 -- name: get_idempotency_record
-SELECT fingerprint, status, headers, body FROM idempotency_keys
+SELECT fingerprint, status, headers, body, user_id FROM idempotency_keys
 WHERE key = %(key)s AND expires_at > %(now)s
 
 -- name: complete_idempotency_key
-UPDATE idempotency_keys SET status = %(status)s, headers = %(headers)s, body = %(body)s WHERE key = %(key)s
+UPDATE idempotency_keys
+SET status = %(status)s, headers = %(headers)s, body = %(body)s, user_id = %(user_id)s
+WHERE key = %(key)s
 
 -- name: release_idempotency_key
 DELETE FROM idempotency_keys WHERE key = %(key)s AND status IS NULL
@@ -78,3 +95,18 @@ DELETE FROM idempotency_keys WHERE expires_at <= %(now)s
 COPY users (id, email, email_normalized, full_name, full_name_folded, is_active,
             created_at, updated_at, version)
 FROM STDIN
+
+-- name: count_users
+SELECT count(*) FROM users
+
+-- name: key_records
+SELECT name, purpose, fingerprint, created_at, retired_at FROM encryption_keys
+ORDER BY name COLLATE "C"
+
+-- name: add_key_record
+INSERT INTO encryption_keys (name, purpose, fingerprint, created_at)
+VALUES (%(name)s, %(purpose)s, %(fingerprint)s, %(created_at)s)
+ON CONFLICT (name) DO NOTHING
+
+-- name: retire_key_record
+UPDATE encryption_keys SET retired_at = %(at)s WHERE name = %(name)s AND retired_at IS NULL

@@ -44,6 +44,20 @@ RETURNING id, email, full_name, is_active, created_at, updated_at, version, dele
 -- name: purge_users
 DELETE FROM users WHERE deleted_at IS NOT NULL AND deleted_at < :before
 
+-- name: purge_user_responses
+-- Runs before purge_users: a stored response must not outlive the user it shows.
+DELETE FROM idempotency_keys WHERE user_id IN (
+    SELECT id FROM users WHERE deleted_at IS NOT NULL AND deleted_at < :before)
+
+-- name: reseal_user
+-- Key rotation: the stored form changes, what a client sees (version, updated_at) does not.
+UPDATE users SET
+    email = CASE WHEN :set_email THEN :email ELSE email END,
+    email_normalized = COALESCE(:email_key, email_normalized),
+    full_name = CASE WHEN :set_full_name THEN :full_name ELSE full_name END,
+    full_name_folded = CASE WHEN :set_full_name THEN :full_name_folded ELSE full_name_folded END
+WHERE id = :id AND version = :version
+
 -- name: user_version
 SELECT version FROM users WHERE id = :id AND deleted_at IS NULL
 
@@ -59,14 +73,30 @@ WHERE idempotency_keys.expires_at <= :now
 RETURNING key
 
 -- name: get_idempotency_record
-SELECT fingerprint, status, headers, body FROM idempotency_keys
+SELECT fingerprint, status, headers, body, user_id FROM idempotency_keys
 WHERE key = :key AND expires_at > :now
 
 -- name: complete_idempotency_key
-UPDATE idempotency_keys SET status = :status, headers = :headers, body = :body WHERE key = :key
+UPDATE idempotency_keys
+SET status = :status, headers = :headers, body = :body, user_id = :user_id
+WHERE key = :key
 
 -- name: release_idempotency_key
 DELETE FROM idempotency_keys WHERE key = :key AND status IS NULL
 
 -- name: purge_idempotency_keys
 DELETE FROM idempotency_keys WHERE expires_at <= :now
+
+-- name: count_users
+SELECT count(*) FROM users
+
+-- name: key_records
+SELECT name, purpose, fingerprint, created_at, retired_at FROM encryption_keys ORDER BY name
+
+-- name: add_key_record
+INSERT INTO encryption_keys (name, purpose, fingerprint, created_at)
+VALUES (:name, :purpose, :fingerprint, :created_at)
+ON CONFLICT (name) DO NOTHING
+
+-- name: retire_key_record
+UPDATE encryption_keys SET retired_at = :at WHERE name = :name AND retired_at IS NULL

@@ -21,7 +21,7 @@ from userplane_mariadb.store import connect_args
 
 ENV = "USERPLANE_TEST_MARIADB_URL"
 #: The tables the tests empty between tests (yoyo's own are left alone).
-TABLES = ("users", "idempotency_keys", "api_keys")
+TABLES = ("users", "idempotency_keys", "encryption_keys", "api_keys")
 
 
 def _unavailable(reason: str) -> None:

@@ -43,7 +43,7 @@ def test_migrate_then_create_an_api_key_with_the_cli(
     url = create_mariadb_database()
     migrated = _cli("migrate", url=url)
     assert migrated.returncode == 0, migrated.stderr
-    assert "0003_idempotency_keys" in migrated.stdout
+    assert "0004_encryption" in migrated.stdout
     assert "api_keys_0001_api_keys" in migrated.stdout
     created = _cli("keys", "create", "--name", "ci", "--role", "admin", "--format", "json", url=url)
     assert created.returncode == 0, created.stderr

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import attrs
 import pymysql
 import pytest
 from conftest import connect
+from yoyo import get_backend, read_migrations
 
-from userplane.plugin import ConfigurationError, Settings, Unavailable
+from userplane.plugin import ConfigurationError, KeyRecord, Settings, StoredResponse, Unavailable
+from userplane.sql import SQLStorage
 from userplane.testing import StorageContract, insert, make_user
 from userplane_mariadb import userplane_open_storage
 from userplane_mariadb.store import MariaDBStorage, connect_args
@@ -95,7 +100,8 @@ def test_text_columns_compare_without_padding(mariadb_url: str) -> None:
     with connect(mariadb_url) as conn, conn.cursor() as cursor:
         cursor.execute(
             "SELECT DISTINCT collation_name FROM information_schema.columns"
-            " WHERE table_schema = %s AND table_name IN ('users', 'idempotency_keys')"
+            " WHERE table_schema = %s"
+            " AND table_name IN ('users', 'idempotency_keys', 'encryption_keys')"
             " AND collation_name IS NOT NULL",
             [name],
         )
@@ -181,3 +187,110 @@ def test_a_forked_worker_opens_its_own_connection(store: MariaDBStorage) -> None
     # The parent's connection was neither used nor closed by the child.
     assert store.fetch_one("SELECT CONNECTION_ID()", {}) == row
     assert store.get_user(user.id) == user
+
+
+# -- schema 4: encryption ------------------------------------------------------------
+
+_T = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+_HOUR = timedelta(hours=1)
+
+
+def test_reseal_counts_a_matched_row_even_if_it_changes_nothing(store: MariaDBStorage) -> None:
+    # execute() counts rows changed (no CLIENT_FOUND_ROWS): the store tells 0 apart.
+    user = insert(store, make_user())
+    unchanged = (user.id, user.version, {"email": user.email}, None)
+    assert not SQLStorage.reseal_user(store, *unchanged)  # the kit's alone: "gone or stale"
+    assert store.reseal_user(*unchanged)
+    assert store.reseal_user(user.id, user.version, {"email": "upe1:x"}, "f" * 64)
+    assert not store.reseal_user(user.id, user.version + 1, {"email": "upe1:y"}, None)
+    assert not store.reseal_user(uuid.uuid4(), 1, {"email": user.email}, None)
+    resealed = store.get_user_by_email("f" * 64)
+    # What a client sees of the row does not move: version and updated_at stay.
+    assert resealed == attrs.evolve(user, email="upe1:x")
+    deleted = store.delete_user(user.id, None, _T)
+    fields = {"email": "upe1:z", "full_name": None}
+    assert store.reseal_user(user.id, deleted.version, fields, None)
+    assert store.get_user(user.id, True) == attrs.evolve(deleted, email="upe1:z", full_name=None)
+
+
+def test_purge_takes_the_responses_about_the_purged_users(store: MariaDBStorage) -> None:
+    old, recent = insert(store, make_user("old@example.org")), insert(store, make_user())
+    store.delete_user(old.id, None, _T)
+    store.delete_user(recent.id, None, _T + 2 * _HOUR)
+    for key, about in (("old", old.id), ("recent", recent.id), ("nobody", None)):
+        assert store.claim_idempotency_key(key, "fp", _T, _T + _HOUR, _T - _HOUR)
+        store.complete_idempotency_key(key, StoredResponse(201, (), b"{}", about))
+    assert store.count_users() == 2
+    assert store.purge_users(_T + _HOUR) == 1
+    assert store.count_users() == 1
+    assert store.get_idempotency_record("old", _T) is None
+    kept = store.get_idempotency_record("recent", _T)
+    assert kept is not None
+    assert kept.response is not None
+    assert kept.response.user_id == recent.id
+    assert store.get_idempotency_record("nobody", _T) is not None
+
+
+def test_key_records_are_added_once_and_retired_once(store: MariaDBStorage) -> None:
+    kek = KeyRecord("k2026", "kek", "a" * 64, _T)
+    assert store.add_key_record(kek)
+    assert not store.add_key_record(attrs.evolve(kek, fingerprint="b" * 64))
+    assert store.add_key_record(KeyRecord("i1", "index", "c" * 64, _T))
+    store.retire_key_record("k2026", _T + _HOUR)
+    store.retire_key_record("k2026", _T + 2 * _HOUR)  # retired already: kept as it was
+    assert store.key_records() == [
+        KeyRecord("i1", "index", "c" * 64, _T),
+        attrs.evolve(kek, retired_at=_T + _HOUR),
+    ]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [KeyRecord("x", "other", "a" * 64, _T), KeyRecord("x", "kek", "a" * 65, _T)],
+    ids=["purpose", "fingerprint"],
+)
+def test_a_bad_key_record_is_refused_not_cut(store: MariaDBStorage, record: KeyRecord) -> None:
+    connection = store.fetch_one("SELECT CONNECTION_ID()", {})
+    with pytest.raises(RuntimeError, match="MariaDB error"):
+        store.add_key_record(record)
+    assert store.key_records() == []
+    # A bad value, not a lost server: the connection was kept.
+    assert store.fetch_one("SELECT CONNECTION_ID()", {}) == connection
+
+
+def _run_script(cursor: Any, script: str) -> None:
+    for statement in script.split(";\n"):
+        if statement.strip():
+            cursor.execute(statement)
+
+
+def test_rolling_back_0004_refuses_to_cut_a_sealed_value(
+    create_mariadb_database: Callable[[], str],
+) -> None:
+    store = MariaDBStorage(create_mariadb_database())
+    store.migrate()
+    sealed = store.insert_user(make_user("upe1:" + "e" * 2043), "f" * 64, name_key="")
+    rollback = (store.core_migrations() / "0004_encryption.rollback.sql").read_text()
+    name = urlsplit(store.url).path[1:]
+    # Even in a session that is not strict: the narrowing is, and it runs first.
+    with (
+        connect(store.url, database=name, sql_mode="") as conn,
+        conn.cursor() as cursor,
+        pytest.raises(pymysql.Error, match="Data truncated"),
+    ):
+        _run_script(cursor, rollback)
+    assert store.get_user(sealed.id) == sealed
+    assert store.key_records() == []  # encryption_keys is still there
+
+    # Without sealed values it rolls back through yoyo, and migrates forward again.
+    store.execute("DELETE FROM users", {})
+    backend = get_backend(store.migration_url())
+    try:
+        with backend.lock():
+            latest = read_migrations(str(store.core_migrations()))
+            backend.rollback_migrations(backend.to_rollback(latest)[:1])
+    finally:
+        backend.connection.close()
+    assert [m.id for m in store.migration_status() if not m.applied] == ["0004_encryption"]
+    assert store.migrate() == ["0004_encryption"]
+    store.close()

@@ -43,6 +43,34 @@ WHERE id = %(id)s AND deleted_at IS NOT NULL
 -- name: purge_users
 DELETE FROM users WHERE deleted_at IS NOT NULL AND deleted_at < %(before)s
 
+-- name: purge_user_responses
+-- Runs before purge_users, in one transaction with it: a stored response must not outlive
+-- the user it shows. A join, not the core's `user_id IN (SELECT …)`: MariaDB (before 11.1)
+-- runs that as a dependent subquery over every key, where the join walks
+-- users_deleted_at_idx, then idempotency_keys_user_id_idx. The users rows it reads stay
+-- locked (shared) to the end of the transaction: none is restored before purge_users.
+DELETE k FROM idempotency_keys AS k JOIN users AS u ON u.id = k.user_id
+WHERE u.deleted_at IS NOT NULL AND u.deleted_at < %(before)s
+
+-- name: reseal_user
+-- Key rotation: the stored form changes, what a client sees (version, updated_at) does not.
+-- The row count is of rows changed (no CLIENT_FOUND_ROWS): a row at version that already
+-- holds these values counts 0, so the store's reseal_user then asks user_at_version.
+UPDATE users SET
+    email = CASE WHEN %(set_email)s THEN %(email)s ELSE email END,
+    email_normalized = COALESCE(%(email_key)s, email_normalized),
+    full_name = CASE WHEN %(set_full_name)s THEN %(full_name)s ELSE full_name END,
+    full_name_folded = CASE WHEN %(set_full_name)s THEN %(full_name_folded)s
+                            ELSE full_name_folded END
+WHERE id = %(id)s AND version = %(version)s
+
+-- name: user_at_version
+-- This store's own (not the kit's): is the user, deleted or not, at version? A locking
+-- read, in the transaction of the reseal_user before it: that UPDATE locked the row it
+-- matched, changed or not, so this sees that row; and a version, once passed, never
+-- comes back.
+SELECT 1 FROM users WHERE id = %(id)s AND version = %(version)s LOCK IN SHARE MODE
+
 -- name: user_version
 SELECT version FROM users WHERE id = %(id)s AND deleted_at IS NULL
 
@@ -69,11 +97,12 @@ ON DUPLICATE KEY UPDATE
                 NULL, status)
 
 -- name: get_idempotency_record
-SELECT fingerprint, status, headers, body FROM idempotency_keys
+SELECT fingerprint, status, headers, body, user_id FROM idempotency_keys
 WHERE `key` = %(key)s AND expires_at > %(now)s
 
 -- name: complete_idempotency_key
-UPDATE idempotency_keys SET status = %(status)s, headers = %(headers)s, body = %(body)s
+UPDATE idempotency_keys
+SET status = %(status)s, headers = %(headers)s, body = %(body)s, user_id = %(user_id)s
 WHERE `key` = %(key)s
 
 -- name: release_idempotency_key
@@ -81,3 +110,19 @@ DELETE FROM idempotency_keys WHERE `key` = %(key)s AND status IS NULL
 
 -- name: purge_idempotency_keys
 DELETE FROM idempotency_keys WHERE expires_at <= %(now)s
+
+-- name: count_users
+SELECT COUNT(*) FROM users
+
+-- name: key_records
+SELECT name, purpose, fingerprint, created_at, retired_at FROM encryption_keys ORDER BY name
+
+-- name: add_key_record
+-- A taken name sets the row to its own values: 0 rows changed (no CLIENT_FOUND_ROWS), 1 for
+-- an insert. Not INSERT IGNORE: it would also make a value too long a warning, and cut it.
+INSERT INTO encryption_keys (name, purpose, fingerprint, created_at)
+VALUES (%(name)s, %(purpose)s, %(fingerprint)s, %(created_at)s)
+ON DUPLICATE KEY UPDATE name = name
+
+-- name: retire_key_record
+UPDATE encryption_keys SET retired_at = %(at)s WHERE name = %(name)s AND retired_at IS NULL

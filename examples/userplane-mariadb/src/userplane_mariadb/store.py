@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 import threading
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,6 +98,10 @@ class MariaDBStorage(SQLStorage):
             # the same request may well succeed in a moment.
             if code in (ER.LOCK_WAIT_TIMEOUT, ER.LOCK_DEADLOCK, 1969):
                 raise Unavailable("the database is busy; retry shortly") from None
+            # A failed CHECK is a bad value, not a lost server, though PyMySQL (which does
+            # not know the code) raises it as an OperationalError.
+            if code == ER.CONSTRAINT_FAILED:
+                raise RuntimeError(f"MariaDB error {code}: {exc.args[-1]}") from None
             if isinstance(exc, pymysql.OperationalError | pymysql.InterfaceError):
                 # Refused, lost or timed out: the thread's next call connects afresh.
                 with contextlib.suppress(Exception):
@@ -131,6 +136,24 @@ class MariaDBStorage(SQLStorage):
     def execute(self, sql: str, params: Mapping[str, Any]) -> int:
         """The rows changed (not merely matched: no CLIENT_FOUND_ROWS), driver errors mapped."""
         return self._run(sql, params).rowcount
+
+    def reseal_user(
+        self,
+        user_id: uuid.UUID,
+        version: int,
+        fields: Mapping[str, Any],
+        email_key: str | None,
+    ) -> bool:
+        """The kit's, but a row at ``version`` counts even if it already held these values.
+
+        ``execute`` counts rows changed, not matched, so the kit's ``> 0`` alone would
+        say such a row was gone or stale: its 0 is then told apart by ``user_at_version``,
+        in the same transaction (the ``UPDATE`` locked the row it matched).
+        """
+        with self.transaction():
+            if super().reseal_user(user_id, version, fields, email_key):
+                return True
+            return self.query("user_at_version", {"id": user_id, "version": version}) is not None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:

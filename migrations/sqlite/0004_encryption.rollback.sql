@@ -1,0 +1,3 @@
+DROP INDEX idempotency_keys_user_id_idx;
+ALTER TABLE idempotency_keys DROP COLUMN user_id;
+DROP TABLE encryption_keys;
