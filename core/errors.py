@@ -120,3 +120,14 @@ class ConfigurationError(UserplaneError):
 
     kind = "configuration"
     title = "Configuration error"
+
+
+class Undecryptable(UserplaneError):
+    """A stored value fails to open: altered, moved from another row, or its key is gone.
+
+    Raised rather than returning garbage; the detail names the user and the
+    field, never the value.
+    """
+
+    kind = "undecryptable"
+    title = "Stored data cannot be decrypted"

@@ -20,6 +20,7 @@ from userplane.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from userplane.auth import Credentials, Principal
+    from userplane.keyring import Keyring
     from userplane.limits import Quota
     from userplane.plugin_manager import BrokenPlugin
     from userplane.registry import Registry
@@ -88,6 +89,17 @@ class Hooks:
                 "disable one of them (USERPLANE_DISABLED_PLUGINS)"
             )
         return offers[0][1] if offers else None
+
+    def encryption_keys(self, settings: Settings) -> Keyring | None:
+        """``userplane_encryption_keys``: the keyring, or ``None`` (encryption off)."""
+        from userplane.keyring import Keyring
+
+        keyring = self._hook.userplane_encryption_keys(settings=settings)
+        if keyring is not None and not isinstance(keyring, Keyring):
+            raise ConfigurationError(
+                f"userplane_encryption_keys returned a {type(keyring).__name__}, not a Keyring"
+            )
+        return keyring
 
     def register_services(self, registry: Registry) -> None:
         """``userplane_register_services``."""

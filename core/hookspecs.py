@@ -19,6 +19,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from userplane.auth import Credentials, Principal
+    from userplane.keyring import Keyring
     from userplane.limits import Quota
     from userplane.registry import Registry
     from userplane.settings import Settings, SettingsSection
@@ -73,6 +74,20 @@ def userplane_open_storage(settings: Settings) -> Storage | None:
     Called once per ``Registry``; do not connect yet (connections are opened
     lazily, in each worker after the fork). Two plugins answering one URL is a
     start-up error naming both.
+    """
+
+
+@hookspec(firstresult=True)
+def userplane_encryption_keys(settings: Settings) -> Keyring | None:
+    """The keys personal data is sealed with (``userplane.keyring.Keyring``), or ``None``.
+
+    Called once per ``Registry``, before storage opens. ``None`` from every
+    plugin leaves encryption off. The built-in ``encryption_keys`` plugin
+    reads ``USERPLANE_ENCRYPTION_KEYS`` and ``USERPLANE_ENCRYPTION_INDEX_KEYS``;
+    a key-management plugin answers instead (register it, or block the
+    built-in one) and fetches or unwraps the keys here. Raise
+    ``ConfigurationError`` when keys are configured but cannot be had: never
+    start without them. firstresult.
     """
 
 

@@ -57,22 +57,30 @@ class Position:
     """A place in a list: the sort key and id of the last item a client has seen.
 
     ``key`` is a UTC ``datetime`` for ``created_at`` and text for the others.
+    A cursor in a personal order (email, name) holds no key (``None``): the
+    service reads it from the user ``id`` names before storage sees it.
     """
 
-    key: datetime | str
+    key: datetime | str | None
     id: uuid.UUID
 
 
 def encode_cursor(sort: Sort, position: Position) -> str:
-    """An opaque, URL-safe cursor for ``position`` in ``sort`` order."""
-    key = position.key.isoformat() if isinstance(position.key, datetime) else position.key
-    # Not ASCII-escaped: a non-ASCII key costs its UTF-8 bytes, not six per character.
-    raw = json.dumps([str(sort), key, str(position.id)], separators=(",", ":"), ensure_ascii=False)
+    """An opaque, URL-safe cursor for ``position`` in ``sort`` order.
+
+    ``[sort, time, id]`` for ``created_at``, ``[sort, id]`` otherwise: a
+    cursor never carries an email or a name.
+    """
+    parts = [str(sort), str(position.id)]
+    if isinstance(position.key, datetime):
+        parts.insert(1, position.key.isoformat())
+    raw = json.dumps(parts, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).rstrip(b"=").decode("ascii")
 
 
-#: Longer than any cursor this service issues: the largest key is 400 folded
-#: characters of at most 4 UTF-8 bytes, in base64, plus the sort and the id.
+#: Longer than any cursor this service issues, and than the ones of earlier
+#: releases (which carried a folded email or name: 400 characters of at most 4
+#: UTF-8 bytes, in base64, plus the sort and the id); those are still read.
 MAX_CURSOR = 2400
 
 
@@ -88,15 +96,21 @@ def decode_cursor(cursor: str, sort: Sort) -> Position:
         raise bad
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        sort_raw, key_raw, id_raw = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        if not all(isinstance(part, str) for part in (sort_raw, key_raw, id_raw)):
+        parts = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
             raise bad
-        # The key reaches the database as text: it must be text a driver can send.
-        if "\x00" in key_raw:
+        if len(parts) == 2:
+            sort_raw, id_raw = parts
+            key_raw = None
+        elif len(parts) == 3:
+            # Three parts: a time, or the key an earlier release put in (not used).
+            sort_raw, key_raw, id_raw = parts
+        else:
             raise bad
-        key_raw.encode("utf-8")  # a lone surrogate raises UnicodeError
-        key: datetime | str = key_raw
+        key: datetime | str | None = None
         if sort.field == "created_at":
+            if key_raw is None:
+                raise bad
             created_at = datetime.fromisoformat(key_raw)
             if created_at.tzinfo is None:
                 raise bad

@@ -42,10 +42,12 @@ if TYPE_CHECKING:
         RateLimited,
         Unauthenticated,
         Unavailable,
+        Undecryptable,
         UserplaneError,
     )
     from userplane.hooks import Hooks, PluginMigrations
     from userplane.idempotency import IdempotencyRecord, StoredResponse
+    from userplane.keyring import Keyring, NamedKey, parse_keys
     from userplane.limits import AUTH_FAILURE, READ, WRITE, Quota, RateLimit, RateLimitCounters
     from userplane.pagination import Position, Sort
     from userplane.plugin_manager import hookimpl
@@ -67,6 +69,7 @@ if TYPE_CHECKING:
     )
     from userplane.storage import (
         InstrumentableStorage,
+        KeyRecord,
         MigrationState,
         PooledStorage,
         PoolStats,
@@ -117,6 +120,7 @@ _SOURCES = {
             "RateLimited",
             "Unauthenticated",
             "Unavailable",
+            "Undecryptable",
             "UserplaneError",
         ),
         "userplane.errors",
@@ -128,6 +132,7 @@ _SOURCES = {
         "userplane.limits",
     ),
     "IdempotencyRecord": "userplane.idempotency",
+    **dict.fromkeys(("Keyring", "NamedKey", "parse_keys"), "userplane.keyring"),
     "StoredResponse": "userplane.idempotency",
     "Position": "userplane.pagination",
     "Sort": "userplane.pagination",
@@ -154,7 +159,14 @@ _SOURCES = {
         "userplane.settings",
     ),
     **dict.fromkeys(
-        ("InstrumentableStorage", "MigrationState", "PooledStorage", "PoolStats", "Storage"),
+        (
+            "InstrumentableStorage",
+            "KeyRecord",
+            "MigrationState",
+            "PooledStorage",
+            "PoolStats",
+            "Storage",
+        ),
         "userplane.storage",
     ),
     **dict.fromkeys(
@@ -199,7 +211,10 @@ __all__ = [
     "IdempotencyRecord",
     "InstrumentableStorage",
     "InvalidInput",
+    "KeyRecord",
+    "Keyring",
     "MigrationState",
+    "NamedKey",
     "NewUser",
     "NotFound",
     "PluginMigrations",
@@ -223,6 +238,7 @@ __all__ = [
     "TrustedProxies",
     "Unauthenticated",
     "Unavailable",
+    "Undecryptable",
     "User",
     "UserChanges",
     "UserFilter",
@@ -238,6 +254,7 @@ __all__ = [
     "mask_text",
     "mask_url",
     "mask_urls_in",
+    "parse_keys",
     "password_pieces",
     "secret_values",
     "section",

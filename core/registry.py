@@ -20,6 +20,8 @@ from userplane.errors import ConfigurationError, Unavailable
 from userplane.hooks import Hooks
 from userplane.idempotency import IdempotencyService
 from userplane.plugin_manager import make_plugin_manager
+from userplane.sealed_storage import SealedStorage
+from userplane.sealing import Sealer
 from userplane.services import ServiceCheck, Services
 from userplane.settings import Settings
 from userplane.storage import MigrationState, Storage
@@ -54,6 +56,7 @@ class Registry:
         self._closed = False
         self._storage: Storage | None = None
         self.hooks.startup(settings)
+        keyring = self.hooks.encryption_keys(settings)
         storage = self.hooks.open_storage(settings)
         if storage is None:
             scheme = urlsplit(settings.database_url).scheme or "(none)"
@@ -66,9 +69,17 @@ class Registry:
             self.hooks.register_services(self)
             self.hooks.storage_opened(storage, settings, self)
             self.auth = AuthService(self)
-            self.users = UserService(storage, self.hooks, registry=self)
+            #: What the services use: personal fields sealed when a keyring is configured.
+            sealer = None if keyring is None else Sealer(keyring)
+            self.sealed = SealedStorage(storage, sealer, utcnow)
+            self.users = UserService(
+                self.sealed, self.hooks, registry=self, encrypted=keyring is not None
+            )
             self.idempotency = IdempotencyService(
-                storage, timedelta(seconds=settings.idempotency_ttl_s), utcnow
+                self.sealed,
+                timedelta(seconds=settings.idempotency_ttl_s),
+                utcnow,
+                keyed=None if sealer is None else sealer.keyed_digest,
             )
         except BaseException:
             with contextlib.suppress(Exception):
@@ -76,8 +87,13 @@ class Registry:
             raise
 
     @property
+    def encrypted(self) -> bool:
+        """Whether personal data is sealed (a keyring is configured)."""
+        return self.sealed.sealer is not None
+
+    @property
     def storage(self) -> Storage:
-        """The open storage."""
+        """The open storage, as its plugin made it (values in their stored form)."""
         assert self._storage is not None
         return self._storage
 

@@ -14,7 +14,13 @@ import attrs
 from userplane.auth import USERS_READ_DELETED, current_principal
 from userplane.emails import normalize_email
 from userplane.errors import FieldError, InvalidInput, NotFound
-from userplane.pagination import Position, Sort, decode_cursor, encode_cursor
+from userplane.pagination import (
+    CURSOR_FIELD,
+    Position,
+    Sort,
+    decode_cursor,
+    encode_cursor,
+)
 from userplane.text import fold, is_invisible_format
 
 if TYPE_CHECKING:
@@ -233,8 +239,13 @@ def _sendable(text: str) -> bool:
     return True
 
 
+def cursor_key(user: User, field: str) -> datetime | None:
+    """What a cursor holds of ``user`` in a sort by ``field``: the time, never personal data."""
+    return user.created_at if field == "created_at" else None
+
+
 def sort_key(user: User, field: str) -> datetime | str:
-    """``user``'s key in a sort by ``field``: what storage orders by and cursors hold."""
+    """``user``'s key in a sort by ``field``: what storage orders by."""
     if field == "created_at":
         return user.created_at
     if field == "email":
@@ -264,8 +275,11 @@ class UserService:
         registry: Registry,
         clock: Callable[[], datetime] = utcnow,
         new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+        encrypted: bool = False,
     ) -> None:
         self._storage = storage
+        # Sealed personal fields: no substring search, no order but created_at.
+        self._encrypted = encrypted
         self._hooks = hooks
         self._registry = registry
         self._clock = clock
@@ -332,17 +346,41 @@ class UserService:
 
         def call() -> UserPage:
             resolved = check_query(query)
-            _raise_if(resolved.errors)
+            errors = resolved.errors
+            if self._encrypted:
+                from userplane.sealed_storage import encrypted_query_errors
+
+                errors = errors + encrypted_query_errors(bool(query.q), resolved.sort.field)
+            _raise_if(errors)
             sort = resolved.sort
-            rows = self._storage.list_users(resolved.flt, sort, resolved.after, query.limit + 1)
+            after = self._position(sort, resolved.after)
+            rows = self._storage.list_users(resolved.flt, sort, after, query.limit + 1)
             items = tuple(rows[: query.limit])
             nxt = None
             if len(rows) > query.limit:
                 last = items[-1]
-                nxt = encode_cursor(sort, Position(sort_key(last, sort.field), last.id))
+                nxt = encode_cursor(sort, Position(cursor_key(last, sort.field), last.id))
             return UserPage(items=items, next=nxt)
 
         return self._run("users.list", call)
+
+    def _position(self, sort: Sort, after: Position | None) -> Position | None:
+        """Where a page starts: a cursor in a personal order holds only the last id.
+
+        A cursor travels in URLs, logs and browser history, so it must not
+        carry an email or a name: the sort key is read from the user it
+        names. A user purged since cannot be continued from; the client is
+        told to start again rather than given a wrong page.
+        """
+        if after is None or sort.field == "created_at":
+            return after
+        user = self._storage.get_user(after.id, True)
+        if user is None:
+            raise InvalidInput.for_field(
+                CURSOR_FIELD,
+                "the user this cursor continues from was purged; start again from the first page",
+            )
+        return Position(sort_key(user, sort.field), after.id)
 
     def update(
         self, user_id: uuid.UUID, changes: UserChanges, expected_version: int | None = None

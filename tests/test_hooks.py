@@ -42,6 +42,8 @@ from userplane.plugin import (
     Credentials,
     InstrumentableStorage,
     InvalidInput,
+    Keyring,
+    NamedKey,
     NewUser,
     NotFound,
     Principal,
@@ -237,6 +239,43 @@ def test_hook_open_storage(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigurationError, match="no storage plugin serves the 'demo' scheme"):
         Registry(settings)
+
+
+def test_hook_encryption_keys(open_registry: Callable[..., Registry]) -> None:
+    """A key-management plugin supplies the keyring; the core seals with it, storage sees none."""
+    fetched: list[str] = []
+
+    class Kms(Plugin):
+        """Stands for a KMS client: the keys come from it, not from settings."""
+
+        @hookimpl
+        def userplane_encryption_keys(self, settings: Settings) -> Keyring:
+            fetched.append(settings.database_url)
+            return Keyring((NamedKey("kms-1", b"k" * 32),), (NamedKey("kms-index", b"i" * 32),))
+
+    registry = open_registry(Kms())
+    assert len(fetched) == 1  # once per registry, before storage opened
+    assert registry.encrypted
+    ann = registry.users.create(NewUser("Ann@Example.org", "Ann Example"))
+    stored = registry.storage.get_user(ann.id)
+    assert stored is not None
+    assert stored.email.startswith("upe1:kms-1:")
+    assert "Ann" not in f"{stored.email}{stored.full_name}"
+    assert registry.users.get_by_email("ann@example.org") == ann
+    assert {r.name for r in registry.storage.key_records()} == {"kms-1", "kms-index"}
+
+    class Broken(Plugin):
+        @hookimpl
+        def userplane_encryption_keys(self) -> str:
+            return "k1:not-a-keyring"
+
+    with pytest.raises(ConfigurationError, match="not a Keyring"):
+        open_registry(Broken())
+
+    # Without a keyring, a database sealed by one refuses to serve (not ciphertext as emails).
+    plain = open_registry()
+    with pytest.raises(ConfigurationError, match="sealed under"):
+        plain.users.get(ann.id)
 
 
 @attrs.define

@@ -55,6 +55,7 @@ def test_loads_the_builtin_plugins() -> None:
 #: The built-in plugins, as listed.
 BUILTINS = [
     "api_keys",
+    "encryption_keys",
     "jwt",
     "logging",
     "postgresql",

@@ -7,7 +7,7 @@ administrator), ``format_option`` and ``emit`` (``--format table|json``), and
 ``Duration`` (``90d``, ``12h``).
 """
 
-from userplane.frontends.cli import admin, users  # noqa: F401  (commands register on import)
+from userplane.frontends.cli import admin, encryption, users  # noqa: F401  (commands register)
 from userplane.frontends.cli.app import (
     OperationCommand,
     OperationGroup,

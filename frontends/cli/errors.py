@@ -17,6 +17,7 @@ from userplane.errors import (
     RateLimited,
     Unauthenticated,
     Unavailable,
+    Undecryptable,
     UserplaneError,
 )
 from userplane.settings import mask_text
@@ -32,6 +33,7 @@ EXIT_CODES: dict[type[UserplaneError], int] = {
     RateLimited: 9,
     Unavailable: 10,
     ConfigurationError: 11,
+    Undecryptable: 12,
 }
 
 

@@ -139,7 +139,7 @@ def _parse_list_query(req: falcon.Request) -> UserQuery:
 
 def _created(user: User) -> StoredResponse:
     headers = (("Location", f"/api/v1/users/{user.id}"), ("ETag", etag(user)))
-    return StoredResponse(201, headers, orjson.dumps(convert.user_to_dict(user)))
+    return StoredResponse(201, headers, orjson.dumps(convert.user_to_dict(user)), user.id)
 
 
 def _fingerprint(req: falcon.Request, media: Any) -> str:

@@ -21,6 +21,7 @@ from userplane import Registry, Settings
 from userplane.frontends.http import create_app
 from userplane.frontends.http.openapi import document
 from userplane.pagination import SORT_FIELDS, Position, Sort, encode_cursor
+from userplane.users import NewUser
 
 HTTP_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
 
@@ -111,10 +112,12 @@ def _fuzzed_app() -> falcon.App:
     registry = Registry(settings_)
     registry.migrate()
     atexit.register(registry.close)
-    return create_app(registry), new_key(registry)
+    # A cursor in a personal order continues from a user: one that stays, for them.
+    anchor = registry.users.create(NewUser("anchor@example.org", "Anchor"))
+    return create_app(registry), new_key(registry), anchor.id
 
 
-_app, _key = _fuzzed_app()
+_app, _key, _anchor = _fuzzed_app()
 schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", _app)
 
 
@@ -144,8 +147,11 @@ def _as_a_client_would(case: schemathesis.Case) -> None:
         sort = (
             Sort.parse(sort_text) if isinstance(sort_text, str) and sort_text in _SORTS else Sort()
         )
-        key_value: datetime | str = datetime.now(UTC) if sort.field == "created_at" else "m"
-        case.query = {**query, "cursor": encode_cursor(sort, Position(key_value, uuid.uuid4()))}
+        if sort.field == "created_at":
+            position = Position(datetime.now(UTC), uuid.uuid4())
+        else:  # the position is the user's own: a cursor names a user that exists
+            position = Position(None, _anchor)
+        case.query = {**query, "cursor": encode_cursor(sort, position)}
 
 
 _SORTS = {*SORT_FIELDS, *(f"-{f}" for f in SORT_FIELDS)}

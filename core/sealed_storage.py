@@ -1,0 +1,367 @@
+"""``SealedStorage``: the storage as the core's services see it, sealed when encryption is on.
+
+The core seals before storage sees a value, so every storage plugin gets
+field-level encryption without writing any cryptography: ``email`` and
+``full_name`` reach it in sealed form (``userplane.sealing``), the email key
+as its blind index, the name's sort key as ``""``. Reads are opened on the
+way out. What cannot work on ciphertext (substring search, sorting by a
+personal field) is refused with the setting named, never answered wrongly.
+
+Without a keyring the layer passes everything through; in both modes it
+checks once, before the first user operation, that the configured keys are
+the ones the database was sealed with (``verify_keys``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from userplane.errors import (
+    ConfigurationError,
+    FieldError,
+    InvalidInput,
+    NotFound,
+    Undecryptable,
+)
+from userplane.idempotency import IdempotencyRecord, StoredResponse
+from userplane.keyring import Keyring, NamedKey
+from userplane.pagination import Position, Sort
+from userplane.sealing import SEALED_FIELDS, Sealer
+from userplane.storage import KeyRecord, MigrationState, Storage
+from userplane.users import User, UserFilter
+
+if TYPE_CHECKING:
+    from userplane.hooks import PluginMigrations
+
+KEYS_SETTING = "USERPLANE_ENCRYPTION_KEYS"
+INDEX_KEYS_SETTING = "USERPLANE_ENCRYPTION_INDEX_KEYS"
+_ENCRYPTED = f"while personal data is encrypted ({KEYS_SETTING} is set)"
+
+
+def encrypted_query_errors(q: bool, sort_field: str) -> list[FieldError]:
+    """What a list request asks that ciphertext cannot answer: substring search, personal order."""
+    errors = []
+    if q:
+        errors.append(
+            FieldError("$.q", f"substring search is unavailable {_ENCRYPTED}; filter by email=")
+        )
+    if sort_field != "created_at":
+        errors.append(
+            FieldError("$.sort", f"cannot sort by {sort_field} {_ENCRYPTED}; sort by created_at")
+        )
+    return errors
+
+
+def fingerprint(key: NamedKey) -> str:
+    """An HMAC of a constant under ``key``: proves which key it is, says nothing of it."""
+    return hmac.new(key.secret, b"userplane key fingerprint", hashlib.sha256).hexdigest()
+
+
+def verify_keys(storage: Storage, keyring: Keyring | None, now: datetime) -> None:
+    """``ConfigurationError`` unless ``keyring`` can serve the data in ``storage``.
+
+    Refused: a key whose name is recorded with another fingerprint (a wrong
+    key); a recorded, unretired key-encryption key missing from the keyring;
+    another blind-index key than the recorded one; no keyring over sealed
+    data; a first keyring over users stored in plaintext. Keys seen for the
+    first time are recorded (by name and fingerprint).
+    """
+    records = {r.name: r for r in storage.key_records()}
+    if keyring is None:
+        if records:
+            names = ", ".join(repr(n) for n in sorted(records))
+            raise ConfigurationError(
+                f"this database holds personal data sealed under {names}; "
+                f"set the keyring it was sealed with ({KEYS_SETTING})"
+            )
+        return
+    for setting, purpose, keys in (
+        (KEYS_SETTING, "kek", keyring.keys),
+        (INDEX_KEYS_SETTING, "index", keyring.index_keys),
+    ):
+        for key in keys:
+            record = records.get(key.name)
+            if record is not None and (
+                record.purpose != purpose
+                or not hmac.compare_digest(record.fingerprint, fingerprint(key))
+            ):
+                raise ConfigurationError(
+                    f"{key.name!r} is not the key of that name this database "
+                    f"was sealed with ({setting})"
+                )
+    active = records.get(keyring.active.name)
+    if active is not None and active.retired_at is not None:
+        raise ConfigurationError(
+            f"the active key {keyring.active.name!r} was retired; "
+            f"make a new one with `userplane encryption new-key` ({KEYS_SETTING})"
+        )
+    live = [r for r in records.values() if r.retired_at is None]
+    missing = sorted(r.name for r in live if r.purpose == "kek" and keyring.key(r.name) is None)
+    if missing:
+        raise ConfigurationError(
+            f"data here is sealed under {', '.join(map(repr, missing))}, which the keyring "
+            "lacks; add it back: a key leaves the keyring only after "
+            f"`userplane encryption rotate` retired it ({KEYS_SETTING})"
+        )
+    index = [r.name for r in live if r.purpose == "index"]
+    if index and index != [keyring.index_key.name]:
+        raise ConfigurationError(
+            "the blind index here is computed under "
+            f"{', '.join(map(repr, index))}, not {keyring.index_key.name!r} ({INDEX_KEYS_SETTING})"
+        )
+    if not records and storage.list_users(UserFilter(include_deleted=True), Sort(), None, 1):
+        raise ConfigurationError(
+            "this database already holds users stored in plaintext; encryption can be "
+            f"switched on only for a new database ({KEYS_SETTING})"
+        )
+    # Only the keys that seal are recorded: an old key merely kept in the ring (or
+    # one given by mistake) must not become one the database needs from now on.
+    added = False
+    for purpose, key in (("kek", keyring.active), ("index", keyring.index_key)):
+        if key.name not in records:
+            storage.add_key_record(KeyRecord(key.name, purpose, fingerprint(key), now))
+            added = True
+    if added:
+        # Another instance may have recorded keys meanwhile (another key under this
+        # name, another index key, another active key this ring lacks): check again,
+        # against everything recorded now. Both of two clashing first starts refuse.
+        verify_keys(storage, keyring, now)
+
+
+class SealedStorage:
+    """A ``Storage`` over ``inner`` that seals personal fields under ``sealer``'s keys.
+
+    With ``sealer`` ``None`` (encryption off) it only checks, once, that the
+    database holds no sealed data.
+    """
+
+    def __init__(
+        self, inner: Storage, sealer: Sealer | None, clock: Callable[[], datetime]
+    ) -> None:
+        self.inner = inner
+        self.sealer = sealer
+        self._clock = clock
+        self._verified = False
+        self._lock = threading.Lock()
+
+    def verify(self) -> None:
+        """Check the keys against the database (``verify_keys``) unless already done."""
+        if self._verified:
+            return
+        with self._lock:
+            if not self._verified:
+                verify_keys(self.inner, self.sealer.keyring if self.sealer else None, self._clock())
+                self._verified = True
+
+    # -- what passes through -------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The inner storage's name."""
+        return self.inner.name
+
+    @property
+    def embedded(self) -> bool:
+        """Whether the inner storage is embedded."""
+        return self.inner.embedded
+
+    @property
+    def schema_version(self) -> int:
+        """The inner storage's schema version."""
+        return self.inner.schema_version
+
+    def ping(self) -> None:
+        """Ping the inner storage."""
+        self.inner.ping()
+
+    def close(self) -> None:
+        """Close the inner storage."""
+        self.inner.close()
+
+    def migrate(self, plugins: Sequence[PluginMigrations] = ()) -> list[str]:
+        """Migrate the inner storage."""
+        return self.inner.migrate(plugins)
+
+    def migration_status(
+        self, plugins: Sequence[PluginMigrations] = ()
+    ) -> Sequence[MigrationState]:
+        """The inner storage's migrations."""
+        return self.inner.migration_status(plugins)
+
+    def claim_idempotency_key(
+        self,
+        key: str,
+        fingerprint: str,
+        now: datetime,
+        expires_at: datetime,
+        stale_before: datetime,
+    ) -> bool:
+        """Passed through: a claim holds no personal data (its fingerprint is keyed)."""
+        self.verify()
+        return self.inner.claim_idempotency_key(key, fingerprint, now, expires_at, stale_before)
+
+    def release_idempotency_key(self, key: str) -> None:
+        """Passed through."""
+        self.inner.release_idempotency_key(key)
+
+    def purge_idempotency_keys(self, now: datetime) -> int:
+        """Passed through."""
+        return self.inner.purge_idempotency_keys(now)
+
+    def purge_users(self, deleted_before: datetime) -> int:
+        """Passed through: removing the rows destroys the data keys (crypto-shredding)."""
+        self.verify()
+        return self.inner.purge_users(deleted_before)
+
+    def reseal_user(
+        self, user_id: uuid.UUID, version: int, fields: Mapping[str, Any], email_key: str | None
+    ) -> bool:
+        """Passed through: the caller (rotation) hands over stored forms."""
+        return self.inner.reseal_user(user_id, version, fields, email_key)
+
+    def count_users(self) -> int:
+        """Passed through."""
+        return self.inner.count_users()
+
+    def key_records(self) -> list[KeyRecord]:
+        """Passed through."""
+        return self.inner.key_records()
+
+    def add_key_record(self, record: KeyRecord) -> bool:
+        """Passed through."""
+        return self.inner.add_key_record(record)
+
+    def retire_key_record(self, name: str, at: datetime) -> None:
+        """Passed through."""
+        self.inner.retire_key_record(name, at)
+
+    # -- users -----------------------------------------------------------------------
+
+    def _open(self, stored: User | None) -> User | None:
+        if stored is None or self.sealer is None:
+            return stored
+        return self.sealer.open_user(stored)
+
+    def _opened(self, stored: User) -> User:
+        return stored if self.sealer is None else self.sealer.open_user(stored)
+
+    def insert_user(self, user: User, email_key: str, *, name_key: str | None = None) -> User:
+        """Insert ``user`` sealed under a new data key, keyed by its blind index."""
+        self.verify()
+        if self.sealer is None:
+            return self.inner.insert_user(user, email_key, name_key=name_key)
+        key = self.sealer.new_data_key(user.id)
+        sealed = self.sealer.seal_user(user, key)
+        stored = self.inner.insert_user(sealed, self.sealer.blind_index(email_key), name_key="")
+        return attrs.evolve(stored, email=user.email, full_name=user.full_name)
+
+    def get_user(self, user_id: uuid.UUID, include_deleted: bool = False) -> User | None:
+        """The user, opened."""
+        self.verify()
+        return self._open(self.inner.get_user(user_id, include_deleted))
+
+    def get_user_by_email(self, email_key: str, include_deleted: bool = False) -> User | None:
+        """The user, found by the blind index of ``email_key``."""
+        self.verify()
+        if self.sealer is not None:
+            email_key = self.sealer.blind_index(email_key)
+        return self._open(self.inner.get_user_by_email(email_key, include_deleted))
+
+    def list_users(
+        self, flt: UserFilter, sort: Sort, after: Position | None, limit: int
+    ) -> list[User]:
+        """A page, opened; substring search and personal orders refused when sealed."""
+        self.verify()
+        if self.sealer is None:
+            return self.inner.list_users(flt, sort, after, limit)
+        errors = encrypted_query_errors(bool(flt.q), sort.field)
+        if errors:
+            raise InvalidInput.from_errors(errors)
+        if flt.email is not None:
+            flt = attrs.evolve(flt, email=self.sealer.blind_index(flt.email))
+        return [self._opened(u) for u in self.inner.list_users(flt, sort, after, limit)]
+
+    def update_user(
+        self,
+        user_id: uuid.UUID,
+        fields: Mapping[str, Any],
+        email_key: str | None,
+        expected_version: int | None,
+        now: datetime,
+        *,
+        name_key: str | None = None,
+    ) -> User:
+        """Seal the personal fields under the user's data key, then update."""
+        self.verify()
+        if self.sealer is None:
+            return self.inner.update_user(
+                user_id, fields, email_key, expected_version, now, name_key=name_key
+            )
+        if any(isinstance(fields.get(f), str) for f in SEALED_FIELDS):
+            current = self.inner.get_user(user_id, False)
+            if current is None:
+                raise NotFound(f"no user with id {user_id}")
+            key = self.sealer.data_key(user_id, current.email)
+            if "email" in fields:
+                # The email carries the data key: wrapped by the active key, never by the
+                # one the row held when read (a rotation may be retiring that one now).
+                key = self.sealer.rewrap(user_id, key)
+            fields = self.sealer.seal_fields(user_id, key, fields)
+        if email_key is not None:
+            email_key = self.sealer.blind_index(email_key)
+        stored = self.inner.update_user(
+            user_id, fields, email_key, expected_version, now, name_key=""
+        )
+        return self._opened(stored)
+
+    def delete_user(self, user_id: uuid.UUID, expected_version: int | None, now: datetime) -> User:
+        """Soft-delete, opened."""
+        self.verify()
+        return self._opened(self.inner.delete_user(user_id, expected_version, now))
+
+    def restore_user(self, user_id: uuid.UUID, now: datetime) -> User | None:
+        """Restore, opened."""
+        self.verify()
+        return self._open(self.inner.restore_user(user_id, now))
+
+    # -- stored responses ----------------------------------------------------------------
+
+    def complete_idempotency_key(self, key: str, response: StoredResponse) -> None:
+        """Store the response, its body sealed under the data key of the user it shows."""
+        self.verify()
+        if self.sealer is None or response.user_id is None:
+            self.inner.complete_idempotency_key(key, response)
+            return
+        stored = self.inner.get_user(response.user_id, True)
+        if stored is None:
+            # Purged already: its response must not be kept; a retry runs again.
+            self.inner.release_idempotency_key(key)
+            return
+        data_key = self.sealer.data_key(stored.id, stored.email)
+        body = self.sealer.seal_body(stored.id, data_key, key, response.body)
+        self.inner.complete_idempotency_key(key, attrs.evolve(response, body=body))
+
+    def get_idempotency_record(self, key: str, now: datetime) -> IdempotencyRecord | None:
+        """The record, its body opened under the data key of the user it shows."""
+        self.verify()
+        record = self.inner.get_idempotency_record(key, now)
+        response = None if record is None else record.response
+        if self.sealer is None or response is None or response.user_id is None:
+            return record
+        assert record is not None
+        stored = self.inner.get_user(response.user_id, True)
+        if stored is None:
+            raise Undecryptable(
+                f"the stored response about user {response.user_id} outlived the user's data key"
+            )
+        data_key = self.sealer.data_key(stored.id, stored.email)
+        body = self.sealer.open_body(stored.id, data_key, key, response.body)
+        return attrs.evolve(record, response=attrs.evolve(response, body=body))
