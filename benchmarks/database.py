@@ -6,7 +6,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -98,10 +98,75 @@ def seed(url: str, count: int) -> Seeded:
     )
 
 
-def reset(url: str) -> None:
-    """Remove the users a run created and vacuum, so every run starts from the same table."""
+def seed_sealed(url: str, seeded: Seeded, env: Mapping[str, str]) -> float:
+    """The users of ``seeded`` again, sealed under the keyring ``env`` configures.
+
+    The same ids, emails, names and times as ``seed``, each with its own data
+    key and its blind index, as ``SealedStorage`` stores them; then
+    ``bench_ids``, so the database resets alike. Returns the seconds taken.
+    """
+    from userplane.emails import normalize_email
+    from userplane.plugins.encryption_keys import keyring
+    from userplane.sealing import Sealer
+    from userplane.settings import Settings
+
+    started = time.monotonic()
+    ring = keyring(Settings.from_env(environ=dict(env), env_file="/nonexistent"))
+    assert ring is not None
+    sealer = Sealer(ring)
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=len(seeded.ids) + 3600)
+    columns = (
+        "id, email, email_normalized, full_name, full_name_folded, is_active, "
+        "created_at, updated_at, version"
+    )
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DELETE FROM users WHERE email_normalized NOT LIKE %s", (f"{SEED_PREFIX}%",))
+        with conn.cursor() as cur, cur.copy(f"COPY users ({columns}) FROM STDIN") as cp:
+            for n, (user_id, email) in enumerate(zip(seeded.ids, seeded.emails, strict=True)):
+                key = sealer.new_data_key(user_id)
+                created = base + timedelta(seconds=n)
+                cp.write_row(
+                    (
+                        user_id,
+                        sealer.seal_value(user_id, key, "email", email),
+                        sealer.blind_index(normalize_email(email)),
+                        sealer.seal_value(user_id, key, "full_name", f"Seed User {n}"),
+                        "",
+                        True,
+                        created,
+                        created,
+                        1,
+                    )
+                )
+        conn.execute("CREATE TABLE bench_ids (n integer PRIMARY KEY, id uuid NOT NULL)")
+        with conn.cursor() as cur, cur.copy("COPY bench_ids (n, id) FROM STDIN") as cp:
+            for n, user_id in enumerate(seeded.ids, start=1):
+                cp.write_row((n, user_id))
+        conn.execute("VACUUM ANALYZE users")
+    return time.monotonic() - started
+
+
+def copy_table(source: str, target: str, table: str) -> None:
+    """Every row of ``table`` from database ``source`` into the same table of ``target``."""
+    with (
+        psycopg.connect(source, autocommit=True) as src,
+        psycopg.connect(target, autocommit=True) as dst,
+        src.cursor() as out,
+        dst.cursor() as into,
+        out.copy(sql.SQL("COPY {} TO STDOUT").format(sql.Identifier(table))) as reader,
+        into.copy(sql.SQL("COPY {} FROM STDIN").format(sql.Identifier(table))) as writer,
+    ):
+        for block in reader:
+            writer.write(block)
+
+
+def reset(url: str) -> None:
+    """Remove the users a run created and vacuum, so every run starts from the same table.
+
+    The seeded users are those of ``bench_ids``: the email key cannot tell
+    them apart where it is a blind index.
+    """
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM users WHERE id NOT IN (SELECT id FROM bench_ids)")
         conn.execute("VACUUM ANALYZE users")
 
 

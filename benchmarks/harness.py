@@ -41,7 +41,11 @@ DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 TARGETS = ("userplane", "userplane-nolimits", "userplane-otel", "bare", "pgbench")
 #: Targets run only when named: the same app under gunicorn's stock gthread worker,
 #: to measure what the slow-client worker (request heads read in the event loop) costs.
-EXTRA_TARGETS = ("userplane-gthread",)
+#: userplane-encrypted serves a database of its own, seeded with the same users sealed
+#: (field-level encryption on), to measure what encryption costs.
+EXTRA_TARGETS = ("userplane-gthread", "userplane-encrypted")
+#: The target whose personal data is sealed (docs/encryption.md).
+ENCRYPTED = "userplane-encrypted"
 #: The rate limits of the userplane targets: the defaults' mechanism (slack, sync
 #: interval, the auth-failure check before each lookup) with read and write limits
 #: no benchmark reaches, so what is measured is checking, never refusing.
@@ -280,6 +284,9 @@ class Bench:
         self.http: dict[str, HttpTarget] = {}
         self.facts: dict[str, Any] = {}
         self.url = ""
+        #: The database of the encrypted target, and its keyring settings.
+        self.encrypted_url = ""
+        self.encryption_env: dict[str, str] = {}
         self.key = ""
         self.postmaster: int | None = None
         self.seeded: database.Seeded | None = None
@@ -329,13 +336,19 @@ class Bench:
         env["XDG_RUNTIME_DIR"] = str(self.workdir)
         return env
 
-    def userplane_env(self, port: int, telemetry: bool) -> dict[str, str]:
+    def db_url(self, target: str) -> str:
+        """The database ``target`` serves."""
+        return self.encrypted_url if target == ENCRYPTED else self.url
+
+    def userplane_env(
+        self, port: int, telemetry: bool, *, encrypted: bool = False
+    ) -> dict[str, str]:
         """Production settings: prod, JSON logs, auth on; telemetry on or off."""
         env = self.base_env()
         env.update(
             USERPLANE_ENV="prod",
             USERPLANE_LOG_FORMAT="json",
-            USERPLANE_DATABASE_URL=self.url,
+            USERPLANE_DATABASE_URL=self.encrypted_url if encrypted else self.url,
             USERPLANE_ENV_FILE=str(self.workdir / "no-such.env"),
             USERPLANE_HOST="127.0.0.1",
             USERPLANE_PORT=str(port),
@@ -349,6 +362,8 @@ class Bench:
             USERPLANE_RATE_LIMITS=BENCH_RATE_LIMITS,
         )
         env.update(item.split("=", 1) for item in self.args.settings)
+        if encrypted:
+            env.update(self.encryption_env)
         if telemetry:
             assert self.sink is not None
             env.update(
@@ -359,11 +374,11 @@ class Bench:
             )
         return env
 
-    def cli(self, *args: str) -> str:
+    def cli(self, *args: str, encrypted: bool = False) -> str:
         """``userplane ARGS`` against the benchmark database; its stdout."""
         done = subprocess.run(
             [str(BIN / "userplane"), *args],
-            env=self.userplane_env(0, telemetry=False),
+            env=self.userplane_env(0, telemetry=False, encrypted=encrypted),
             capture_output=True,
             text=True,
             timeout=120,
@@ -384,6 +399,8 @@ class Bench:
         self.key = json.loads(created)["key"]
         self.seeded = database.seed(self.url, self.args.users)
         log(f"seeded {self.args.users} users with copy_users in {self.seeded.seconds:.2f} s")
+        if ENCRYPTED in self.args.targets:
+            self.setup_encrypted_database()
         lines = [
             f"{i} {quote(e, safe='')}"
             for i, e in zip(self.seeded.ids, self.seeded.emails, strict=True)
@@ -398,6 +415,23 @@ class Bench:
         product = {"statements": sql, "columns": columns()}
         (self.workdir / "statements.json").write_text(json.dumps(product))
         self.pg_scripts = load.pgbench_scripts(self.workdir / "pgbench", sql)
+
+    def setup_encrypted_database(self) -> None:
+        """A second database: the same API key and the same users, sealed."""
+        self.encrypted_url = self.stack.enter_context(database.temporary_database(self.args.pg_url))
+        keys = self.cli("encryption", "new-key", "--name", "bench-kek").strip()
+        index = self.cli("encryption", "new-key", "--name", "bench-index").strip()
+        self.encryption_env = {
+            "USERPLANE_ENCRYPTION_KEYS": keys,
+            "USERPLANE_ENCRYPTION_INDEX_KEYS": index,
+        }
+        self.cli("migrate", encrypted=True)
+        # Records the keys while the database is empty, as a first start would.
+        self.cli("encryption", "status", encrypted=True)
+        database.copy_table(self.url, self.encrypted_url, "api_keys")
+        assert self.seeded is not None
+        seconds = database.seed_sealed(self.encrypted_url, self.seeded, self.encryption_env)
+        log(f"sealed and seeded {len(self.seeded.ids)} users in {seconds:.2f} s")
 
     def new_target(self, name: str) -> HttpTarget:
         """A target (not started) on a free port."""
@@ -449,10 +483,15 @@ class Bench:
         what = "userplane serve, prod, JSON logs, API-key auth, telemetry " + (
             "on (otlp-http to a no-op sink, sampling 0.1)" if telemetry else "off"
         )
-        env = self.userplane_env(port, telemetry)
+        env = self.userplane_env(port, telemetry, encrypted=name == ENCRYPTED)
         if name == "userplane-nolimits":
             env["USERPLANE_RATE_LIMITS"] = "off"
             what += ", rate limits off"
+        elif name == ENCRYPTED:
+            what += (
+                ", rate limits on as userplane, personal data encrypted "
+                "(its own database, the same users sealed)"
+            )
         else:
             what += ", rate limits on (limits out of reach: the cost of checking)"
         return HttpTarget(name, cmd, env, port, log_path, what)
@@ -548,13 +587,13 @@ class Bench:
 
     # -- runs -------------------------------------------------------------------------
 
-    def write_versions(self, scenario: Scenario) -> None:
+    def write_versions(self, scenario: Scenario, target: str) -> None:
         """``versions.txt``: the users the run updates, at their current versions."""
         assert self.seeded is not None
         ids = self.seeded.ids
         if scenario.updates == "mix":
             ids = ids[::MIX_UPDATE_EVERY]
-        rows = database.versions(self.url, ids)
+        rows = database.versions(self.db_url(target), ids)
         (self.data / "versions.txt").write_text("".join(f"{i} {v}\n" for i, v in rows))
 
     def db_cpu(self) -> float | None:
@@ -564,7 +603,7 @@ class Bench:
     def run(self, scenario: Scenario, target: str, duration: float, tag: str) -> load.Result:
         """One run of ``scenario`` against ``target``, with the CPU it cost."""
         if scenario.updates:
-            self.write_versions(scenario)
+            self.write_versions(scenario, target)
         http = self.http.get(target)
         app_before = http.cpu() if http else None
         db_before = self.db_cpu()
@@ -601,7 +640,7 @@ class Bench:
         if db_before is not None and db_after is not None:
             result.db_cpu_s = db_after - db_before
         if scenario.writes:
-            database.reset(self.url)
+            database.reset(self.db_url(target))
         if http is not None:
             if not http.alive():
                 raise RuntimeError(f"{target} died during {scenario.name}:\n{http.log_tail()}")
@@ -688,6 +727,13 @@ class Bench:
                     report.checks_table(report.checks(summaries, help_ms, name)),
                     "",
                 ]
+        if ENCRYPTED in targets and "userplane" in targets:
+            out += [
+                f"## Field-level encryption ({ENCRYPTED} vs userplane)",
+                "",
+                report.checks_table(report.encryption_checks(summaries, ENCRYPTED)),
+                "",
+            ]
         out += ["## Cold start, memory, telemetry export", ""]
         pairs = []
         if help_ms is not None:

@@ -173,6 +173,32 @@ def checks(
     return out
 
 
+#: Field-level encryption: (scenario, lowest, highest) req/s with it on ÷ off.
+ENCRYPTION_BOUNDS = (
+    ("create", 0.85, None),
+    ("get_by_id", 0.85, None),
+    ("get_by_email", 0.90, 1.10),
+)
+
+
+def encryption_checks(
+    summaries: Mapping[tuple[str, str], Summary], encrypted: str, plain: str = PRIMARY
+) -> list[Check]:
+    """The encryption issue's targets: ``encrypted`` against ``plain`` in the same run."""
+    out: list[Check] = []
+    for scenario, low, high in ENCRYPTION_BOUNDS:
+        required = f"≥ {low:.2f}" if high is None else f"{low:.2f} to {high:.2f}"
+        on, off = summaries.get((scenario, encrypted)), summaries.get((scenario, plain))
+        name = f"{scenario}: req/s encrypted vs not"
+        if on is None or off is None or not off.rps:
+            out.append(Check(name, "not run", required, None))
+            continue
+        ratio = on.rps / off.rps
+        met = ratio >= low and (high is None or ratio <= high)
+        out.append(Check(name, f"{ratio:.2f} ({on.rps:,.0f} / {off.rps:,.0f})", required, met))
+    return out
+
+
 def checks_table(items: Sequence[Check]) -> str:
     """The checks as a Markdown table."""
     rows = ["| target | measured | required | verdict |", "|---|---|---|---|"]
