@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -83,13 +83,14 @@ class IdempotencyService:
         clock: Callable[[], datetime],
         *,
         stale_after: timedelta = timedelta(minutes=1),
-        keyed: Callable[[str], str] | None = None,
+        keyed: Callable[[str], Sequence[str]] | None = None,
     ) -> None:
         self._storage = storage
         self._ttl = ttl
         self._clock = clock
-        # With encryption on, fingerprints are stored keyed (``Sealer.keyed_digest``): a
-        # plain hash of a body holding an email would confirm a guessed address.
+        # With encryption on, fingerprints are stored keyed (``Sealer.keyed_digests``): a
+        # plain hash of a body holding an email would confirm a guessed address. The
+        # first is stored; any of them matches (a key being replaced, or none before).
         self._keyed = keyed
         # A claim whose owner died (a killed worker) is taken over after this.
         self._stale_after = stale_after
@@ -111,8 +112,10 @@ class IdempotencyService:
         neither replay nor block another's.
         """
         key = storage_key(check_key(key), scope)
+        accepted: Sequence[str] = (fingerprint,)
         if self._keyed is not None:
-            fingerprint = self._keyed(fingerprint)
+            accepted = self._keyed(fingerprint)
+            fingerprint = accepted[0]
         for _ in range(2):  # a record may expire between a failed claim and the read
             now = self._clock()
             claimed = self._storage.claim_idempotency_key(
@@ -123,7 +126,7 @@ class IdempotencyService:
             record = self._storage.get_idempotency_record(key, now)
             if record is None:
                 continue
-            if record.fingerprint != fingerprint:
+            if record.fingerprint not in accepted:
                 raise InvalidInput.for_field(
                     KEY_FIELD, "this key was used with a different request; use a new key"
                 )

@@ -47,15 +47,23 @@ class Keyring:
     ``keys`` are the key-encryption keys, the active one (which wraps every
     new data key) first; the others still open what they wrapped until
     ``userplane encryption rotate`` has re-wrapped it. ``index_keys`` are the
-    blind-index keys, the active one first.
+    blind-index keys, the active one first, then (while re-indexing) the one
+    it replaces.
     """
 
     keys: tuple[NamedKey, ...]
     index_keys: tuple[NamedKey, ...]
+    #: The index was the plain email key before the (one) blind-index key: the users of
+    #: a database that held them in plaintext are being sealed (a backfill).
+    plain_before: bool = False
 
     def __attrs_post_init__(self) -> None:
         if not self.keys or not self.index_keys:
             raise ValueError("a keyring needs a key-encryption key and a blind-index key")
+        if len(self.index_keys) > 2 or (self.plain_before and len(self.index_keys) > 1):
+            raise ValueError(
+                "give the blind-index key, then the one it replaces (or plain) while re-indexing"
+            )
         names = [k.name for k in (*self.keys, *self.index_keys)]
         if len(set(names)) != len(names):
             raise ValueError("every key needs a name of its own")

@@ -68,6 +68,7 @@ if TYPE_CHECKING:
         setting,
     )
     from userplane.storage import (
+        IndexEntry,
         InstrumentableStorage,
         KeyRecord,
         MigrationState,
@@ -160,6 +161,7 @@ _SOURCES = {
     ),
     **dict.fromkeys(
         (
+            "IndexEntry",
             "InstrumentableStorage",
             "KeyRecord",
             "MigrationState",
@@ -209,6 +211,7 @@ __all__ = [
     "Forbidden",
     "Hooks",
     "IdempotencyRecord",
+    "IndexEntry",
     "InstrumentableStorage",
     "InvalidInput",
     "KeyRecord",

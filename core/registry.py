@@ -79,7 +79,7 @@ class Registry:
                 self.sealed,
                 timedelta(seconds=settings.idempotency_ttl_s),
                 utcnow,
-                keyed=None if sealer is None else sealer.keyed_digest,
+                keyed=None if sealer is None else sealer.keyed_digests,
             )
         except BaseException:
             with contextlib.suppress(Exception):

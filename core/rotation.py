@@ -1,17 +1,22 @@
-"""Key rotation: re-wrapping every user's data key under the active key, online.
+"""Key rotation and re-indexing: every user brought under the keys in force, online.
 
-Only the wrapping of each data key changes (a few dozen bytes per user); the
-sealed fields and their ciphertexts stay, so rotation is cheap and needs no
-re-encryption. Each user is resealed with one statement conditional on the
-version it was read at (``Storage.reseal_user``): a concurrent write wins, and
-the user is read again and resealed, so rotation never loses a write. Users are
-walked in ``created_at`` order in batches; an interrupted run is resumed by
-running it again (users already under the active key cost a read, no write).
+One walk over every user (deleted ones too, by id, in batches) does what the
+keyring asks:
 
-A pass can miss a user written meanwhile by a process that read its data key
-before the pass resealed it; rotation therefore repeats passes until one
-finds nothing to do, then retires the other keys, which may then leave the
-keyring.
+- re-wraps each data key under the active key-encryption key (only the
+  wrapping changes, a few dozen bytes; ciphertexts stay);
+- seals the users still stored in plaintext (a backfill);
+- gives every user the incoming blind index (re-indexing under a new
+  blind-index key, or from the plain email key), in both index columns
+  (``userplane.indexing``).
+
+Each user is rewritten by one statement conditional on the version it was read
+at (``Storage.reseal_user``), which keeps ``version`` and ``updated_at``: a
+concurrent write wins, and the next pass looks at the user again, so nothing
+written meanwhile is lost. Passes repeat until one finds nothing to do; then
+the incoming blind index is recorded ready and the keys no longer needed are
+retired, and may leave the keyring. An interrupted run is resumed by running
+it again: users already done cost a read.
 """
 
 from __future__ import annotations
@@ -19,14 +24,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import attrs
 
+from userplane.emails import normalize_email
 from userplane.errors import ConfigurationError
-from userplane.pagination import Position, Sort
-from userplane.sealing import Sealer, key_name
-from userplane.storage import Storage
-from userplane.users import User, UserFilter
+from userplane.indexing import PLAIN, IndexPlan
+from userplane.sealing import Sealer, is_sealed, key_name
+from userplane.storage import IndexEntry, Storage
 
 #: Passes after which rotation gives up: writers keep sealing under an old key.
 MAX_PASSES = 5
@@ -34,24 +40,54 @@ MAX_PASSES = 5
 
 @attrs.frozen
 class RotationReport:
-    """What a rotation did: users seen (largest pass), re-wrapped, passes run, keys retired."""
+    """What a run did: users seen (largest pass), rewritten, passes run, keys retired."""
 
     scanned: int
     rewrapped: int
     passes: int
     retired: tuple[str, ...]
+    #: Users sealed by this run (they were stored in plaintext).
+    sealed: int = 0
+    #: The blind-index key recorded ready by this run, if it finished a re-index.
+    indexed: str | None = None
 
 
-def _reseal(storage: Storage, sealer: Sealer, user: User | None) -> bool:
-    """Re-wrap one user's data key; ``True`` if this changed the stored row."""
-    while user is not None:
-        email = sealer.rewrapped(user.id, user.email)
-        if email is None:
-            return False
-        if storage.reseal_user(user.id, user.version, {"email": email}, None):
-            return True
-        user = storage.get_user(user.id, True)  # written meanwhile: read it again
-    return False
+@attrs.frozen
+class _Change:
+    fields: dict[str, Any]
+    email_key: str | None
+    next_key: str | None
+    #: Needed for the keys in force (not only tidying a stale copy of an index value).
+    essential: bool
+    sealing: bool
+
+
+def _change(entry: IndexEntry, sealer: Sealer, plan: IndexPlan) -> _Change | None:
+    """What ``entry`` needs, or ``None``."""
+    user = entry.user
+    target = plan.target
+    fields: dict[str, Any] = {}
+    sealing = not is_sealed(user.email)
+    if sealing:
+        if plan.current.name != PLAIN and not sealer.keyring.plain_before:
+            # Plain text where sealed text belongs: not ours to seal (or to trust).
+            sealer.open_user(user)  # raises Undecryptable naming the user
+        email = user.email
+        key = sealer.new_data_key(user.id)
+        fields = sealer.seal_fields(user.id, key, {"email": email, "full_name": user.full_name})
+    else:
+        data_key = sealer.data_key(user.id, user.email)
+        email = sealer.open_value(user.id, data_key, "email", user.email)
+        if key_name(user.email) != sealer.keyring.active.name:
+            fields = {"email": sealer.rewrapped(user.id, user.email)}
+    value = target.index(normalize_email(email))
+    both = plan.incoming is not None or target.home == "b"
+    home_value = entry.email_key if target.home == "a" else entry.next_key
+    essential = bool(fields) or home_value != value
+    tidy = entry.email_key != value or (both and entry.next_key != value)
+    if not essential and not tidy:
+        return None
+    return _Change(fields, value, value if both else None, essential, sealing)
 
 
 def rotate(
@@ -61,48 +97,72 @@ def rotate(
     *,
     batch: int = 500,
     progress: Callable[[int], None] = lambda _: None,
+    plan: IndexPlan | None = None,
 ) -> RotationReport:
-    """Re-wrap every data key under ``sealer``'s active key, then retire the other keys.
+    """Bring every user under the keys of ``sealer``; retire what is left over.
 
-    ``storage`` is the inner (unsealed) storage; ``progress(n)`` is told of
-    every ``n`` users scanned. Raises ``ConfigurationError`` if writers keep
-    sealing under old keys for ``MAX_PASSES`` passes (an instance still runs
-    with the old keyring).
+    ``storage`` is the inner (unsealed) storage; ``plan`` how emails are
+    indexed (by default what ``verify_keys`` makes of the keyring and the
+    database). ``progress(n)`` is told of every ``n`` users read. Raises
+    ``ConfigurationError`` if writers keep using old keys for ``MAX_PASSES``
+    passes (an instance still runs with the old keyring), and
+    ``Undecryptable`` naming a user whose data fails to open.
     """
-    scanned = rewrapped = passes = 0
-    while passes < MAX_PASSES:
+    if plan is None:
+        from userplane.sealed_storage import verify_keys
+
+        plan = verify_keys(storage, sealer.keyring, now())
+        assert plan is not None
+    scanned = rewritten = sealed = passes = 0
+    pending = True
+    while pending and passes < MAX_PASSES:
         passes += 1
         seen = 0
-        changed = 0
-        after: Position | None = None
+        pending = False
+        after: uuid.UUID | None = None
         while True:
-            page = storage.list_users(UserFilter(include_deleted=True), Sort(), after, batch)
-            for user in page:
-                changed += _reseal(storage, sealer, user)
+            page = storage.index_entries(after, batch)
+            for entry in page:
+                change = _change(entry, sealer, plan)
+                if change is None:
+                    continue
+                done = storage.reseal_user(
+                    entry.user.id,
+                    entry.user.version,
+                    change.fields,
+                    change.email_key,
+                    change.next_key,
+                )
+                if done and change.essential:
+                    rewritten += 1
+                    sealed += change.sealing
+                # A write won the race: the next pass looks at the user again.
+                pending |= change.essential
             seen += len(page)
             progress(len(page))
             if len(page) < batch:
                 break
-            after = Position(page[-1].created_at, page[-1].id)
-        rewrapped += changed
+            after = page[-1].user.id
         scanned = max(scanned, seen)
-        if changed == 0:
-            break
-    if changed:
+    if pending:
         raise ConfigurationError(
-            f"users were still sealed under old keys after {MAX_PASSES} passes: "
-            "is every instance running with the new keyring (the new key first)?"
+            f"users were still stored under old keys after {MAX_PASSES} passes: "
+            "is every instance running with the new keyring?"
         )
-    active = sealer.keyring.active.name
+    indexed = None
     retired = []
+    at = now()
+    if plan.incoming is not None:
+        storage.mark_key_ready(plan.incoming.name, at)
+        indexed = plan.incoming.name
+    active = sealer.keyring.active.name
+    index_key = plan.target.name
     for record in storage.key_records():
-        if record.purpose == "kek" and record.retired_at is None and record.name != active:
-            storage.retire_key_record(record.name, now())
+        if record.retired_at is not None:
+            continue
+        if (record.purpose == "kek" and record.name != active) or (
+            record.purpose == "index" and record.name != index_key
+        ):
+            storage.retire_key_record(record.name, at)
             retired.append(record.name)
-    return RotationReport(scanned, rewrapped, passes, tuple(retired))
-
-
-def sealed_under(storage: Storage, user_id: uuid.UUID) -> str | None:
-    """The name of the key that wraps ``user_id``'s data key, ``None`` if plain or gone."""
-    user = storage.get_user(user_id, True)
-    return None if user is None else key_name(user.email)
+    return RotationReport(scanned, rewritten, passes, tuple(retired), sealed, indexed)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from userplane.emails import normalize_email
 from userplane.errors import (
     ConfigurationError,
     FieldError,
@@ -32,10 +33,11 @@ from userplane.errors import (
     Undecryptable,
 )
 from userplane.idempotency import IdempotencyRecord, StoredResponse
+from userplane.indexing import PLAIN, IndexPlan, Scheme, other
 from userplane.keyring import Keyring, NamedKey
 from userplane.pagination import Position, Sort
-from userplane.sealing import SEALED_FIELDS, Sealer
-from userplane.storage import KeyRecord, MigrationState, Storage
+from userplane.sealing import SEALED_FIELDS, Sealer, is_sealed, is_sealed_body
+from userplane.storage import IndexEntry, KeyRecord, MigrationState, Storage
 from userplane.users import User, UserFilter
 
 if TYPE_CHECKING:
@@ -65,14 +67,16 @@ def fingerprint(key: NamedKey) -> str:
     return hmac.new(key.secret, b"userplane key fingerprint", hashlib.sha256).hexdigest()
 
 
-def verify_keys(storage: Storage, keyring: Keyring | None, now: datetime) -> None:
-    """``ConfigurationError`` unless ``keyring`` can serve the data in ``storage``.
+def verify_keys(storage: Storage, keyring: Keyring | None, now: datetime) -> IndexPlan | None:
+    """``ConfigurationError`` unless ``keyring`` can serve the data in ``storage``; the index plan.
 
     Refused: a key whose name is recorded with another fingerprint (a wrong
     key); a recorded, unretired key-encryption key missing from the keyring;
-    another blind-index key than the recorded one; no keyring over sealed
-    data; a first keyring over users stored in plaintext. Keys seen for the
-    first time are recorded (by name and fingerprint).
+    a blind-index key that is neither the recorded one nor its announced
+    successor (``new,old``); no keyring over sealed data; a keyring over users
+    stored in plaintext unless a backfill is asked for (``new,plain``). The
+    active keys are recorded when first seen (by name and fingerprint).
+    Returns how this process indexes emails (``None`` without a keyring).
     """
     records = {r.name: r for r in storage.key_records()}
     if keyring is None:
@@ -82,7 +86,7 @@ def verify_keys(storage: Storage, keyring: Keyring | None, now: datetime) -> Non
                 f"this database holds personal data sealed under {names}; "
                 f"set the keyring it was sealed with ({KEYS_SETTING})"
             )
-        return
+        return None
     for setting, purpose, keys in (
         (KEYS_SETTING, "kek", keyring.keys),
         (INDEX_KEYS_SETTING, "index", keyring.index_keys),
@@ -111,29 +115,104 @@ def verify_keys(storage: Storage, keyring: Keyring | None, now: datetime) -> Non
             "lacks; add it back: a key leaves the keyring only after "
             f"`userplane encryption rotate` retired it ({KEYS_SETTING})"
         )
-    index = [r.name for r in live if r.purpose == "index"]
-    if index and index != [keyring.index_key.name]:
-        raise ConfigurationError(
-            "the blind index here is computed under "
-            f"{', '.join(map(repr, index))}, not {keyring.index_key.name!r} ({INDEX_KEYS_SETTING})"
-        )
-    if not records and storage.list_users(UserFilter(include_deleted=True), Sort(), None, 1):
-        raise ConfigurationError(
-            "this database already holds users stored in plaintext; encryption can be "
-            f"switched on only for a new database ({KEYS_SETTING})"
-        )
+    added, plan = _index_plan(storage, keyring, records, now)
     # Only the keys that seal are recorded: an old key merely kept in the ring (or
     # one given by mistake) must not become one the database needs from now on.
-    added = False
-    for purpose, key in (("kek", keyring.active), ("index", keyring.index_key)):
-        if key.name not in records:
-            storage.add_key_record(KeyRecord(key.name, purpose, fingerprint(key), now))
-            added = True
+    if keyring.active.name not in records:
+        storage.add_key_record(
+            KeyRecord(keyring.active.name, "kek", fingerprint(keyring.active), now)
+        )
+        added = True
     if added:
         # Another instance may have recorded keys meanwhile (another key under this
         # name, another index key, another active key this ring lacks): check again,
         # against everything recorded now. Both of two clashing first starts refuse.
-        verify_keys(storage, keyring, now)
+        return verify_keys(storage, keyring, now)
+    return plan
+
+
+def _plain(email_key: str) -> str:
+    return email_key
+
+
+def _index_plan(
+    storage: Storage, keyring: Keyring, records: Mapping[str, KeyRecord], now: datetime
+) -> tuple[bool, IndexPlan]:
+    """Whether a record was added, and the index plan the records and the keyring make."""
+    new = keyring.index_key
+    previous = keyring.index_keys[1] if len(keyring.index_keys) > 1 else None
+    live = [r for r in records.values() if r.purpose == "index" and r.retired_at is None]
+    ready = next((r for r in live if r.ready_at is not None), None)
+    plain = Scheme(PLAIN, _plain, "a")
+
+    def scheme(key: NamedKey, home: str) -> Scheme:
+        return Scheme(key.name, Sealer.index_under(key), home)
+
+    def record(home: str, ready_at: datetime | None) -> None:
+        storage.add_key_record(
+            KeyRecord(new.name, "index", fingerprint(new), now, home=home, ready_at=ready_at)
+        )
+
+    mine = records.get(new.name)
+    moving_to = next((r for r in live if r.ready_at is None), None)
+    if moving_to is not None and moving_to.name != new.name:
+        # A process keying by the old index alone would miss (and duplicate) the users
+        # the re-index has moved already.
+        since, command = (
+            (f"{moving_to.name},{ready.name}", "rotate")
+            if ready is not None
+            else (f"{moving_to.name},plain", "backfill")
+        )
+        raise ConfigurationError(
+            f"re-indexing to {moving_to.name!r} is under way: give {since} until "
+            f"`userplane encryption {command}` has finished ({INDEX_KEYS_SETTING})"
+        )
+    if mine is not None and mine.retired_at is not None:
+        raise ConfigurationError(
+            f"the blind-index key {new.name!r} was retired; make a new one with "
+            f"`userplane encryption new-key` ({INDEX_KEYS_SETTING})"
+        )
+    if mine is not None and mine.ready_at is not None:
+        return False, IndexPlan(scheme(new, mine.home or "a"))
+    if mine is not None:  # re-indexing to it: what it replaces must be given after it
+        if ready is None:
+            if not keyring.plain_before:
+                raise ConfigurationError(
+                    f"a backfill to {new.name!r} is under way: give {new.name},plain until "
+                    f"`userplane encryption backfill` has finished ({INDEX_KEYS_SETTING})"
+                )
+            return False, IndexPlan(plain, scheme(new, mine.home or "b"))
+        if previous is None or previous.name != ready.name:
+            raise ConfigurationError(
+                f"re-indexing from {ready.name!r} to {new.name!r} is under way: give "
+                f"{new.name},{ready.name} until `userplane encryption rotate` has "
+                f"finished ({INDEX_KEYS_SETTING})"
+            )
+        return False, IndexPlan(
+            scheme(previous, ready.home or "a"), scheme(new, mine.home or other("a"))
+        )
+    # A blind-index key the database has not seen.
+    if not live:
+        if not storage.list_users(UserFilter(include_deleted=True), Sort(), None, 1):
+            record("a", now)  # a new database: nothing to re-index
+            return True, IndexPlan(scheme(new, "a"))
+        if not keyring.plain_before:
+            raise ConfigurationError(
+                "this database holds users stored in plaintext: to seal them, give "
+                f"{new.name},plain and run `userplane encryption backfill` ({INDEX_KEYS_SETTING})"
+            )
+        record("b", None)
+        return True, IndexPlan(plain, scheme(new, "b"))
+    under = ", ".join(repr(r.name) for r in live)
+    if ready is None or previous is None or previous.name != ready.name or len(live) > 1:
+        raise ConfigurationError(
+            f"the blind index here is computed under {under}, not {new.name!r}: to move it, "
+            f"give {new.name},{ready.name if ready else '…'} and run "
+            f"`userplane encryption rotate` ({INDEX_KEYS_SETTING})"
+        )
+    home = other(ready.home or "a")
+    record(home, None)
+    return True, IndexPlan(scheme(previous, ready.home or "a"), scheme(new, home))
 
 
 class SealedStorage:
@@ -149,6 +228,7 @@ class SealedStorage:
         self.inner = inner
         self.sealer = sealer
         self._clock = clock
+        self._plan: IndexPlan | None = None
         self._verified = False
         self._lock = threading.Lock()
 
@@ -158,8 +238,15 @@ class SealedStorage:
             return
         with self._lock:
             if not self._verified:
-                verify_keys(self.inner, self.sealer.keyring if self.sealer else None, self._clock())
+                ring = self.sealer.keyring if self.sealer else None
+                self._plan = verify_keys(self.inner, ring, self._clock())
                 self._verified = True
+
+    @property
+    def plan(self) -> IndexPlan | None:
+        """How emails are indexed (after ``verify``; ``None`` without a keyring)."""
+        self.verify()
+        return self._plan
 
     # -- what passes through -------------------------------------------------------
 
@@ -222,14 +309,27 @@ class SealedStorage:
         return self.inner.purge_users(deleted_before)
 
     def reseal_user(
-        self, user_id: uuid.UUID, version: int, fields: Mapping[str, Any], email_key: str | None
+        self,
+        user_id: uuid.UUID,
+        version: int,
+        fields: Mapping[str, Any],
+        email_key: str | None,
+        next_key: str | None = None,
     ) -> bool:
         """Passed through: the caller (rotation) hands over stored forms."""
-        return self.inner.reseal_user(user_id, version, fields, email_key)
+        return self.inner.reseal_user(user_id, version, fields, email_key, next_key)
 
     def count_users(self) -> int:
         """Passed through."""
         return self.inner.count_users()
+
+    def index_entries(self, after: uuid.UUID | None, limit: int) -> list[IndexEntry]:
+        """Passed through: stored forms, for a re-index."""
+        return self.inner.index_entries(after, limit)
+
+    def mark_key_ready(self, name: str, at: datetime) -> None:
+        """Passed through."""
+        self.inner.mark_key_ready(name, at)
 
     def key_records(self) -> list[KeyRecord]:
         """Passed through."""
@@ -246,21 +346,41 @@ class SealedStorage:
     # -- users -----------------------------------------------------------------------
 
     def _open(self, stored: User | None) -> User | None:
-        if stored is None or self.sealer is None:
-            return stored
-        return self.sealer.open_user(stored)
+        return None if stored is None else self._opened(stored)
 
     def _opened(self, stored: User) -> User:
-        return stored if self.sealer is None else self.sealer.open_user(stored)
+        if self.sealer is None:
+            return stored
+        if not is_sealed(stored.email) and self._backfilling():
+            return stored  # not sealed yet: a backfill is under way
+        return self.sealer.open_user(stored)
 
-    def insert_user(self, user: User, email_key: str, *, name_key: str | None = None) -> User:
+    def _backfilling(self) -> bool:
+        """Whether plain users may be met: a backfill is under way, or asked for again."""
+        plan = self._plan
+        ring = self.sealer.keyring if self.sealer else None
+        return plan is not None and (plan.current.name == PLAIN or bool(ring and ring.plain_before))
+
+    def _keys(self, email_key: str) -> tuple[str, str | None]:
+        assert self._plan is not None
+        return self._plan.write(email_key)
+
+    def insert_user(
+        self,
+        user: User,
+        email_key: str,
+        *,
+        name_key: str | None = None,
+        next_key: str | None = None,
+    ) -> User:
         """Insert ``user`` sealed under a new data key, keyed by its blind index."""
         self.verify()
         if self.sealer is None:
-            return self.inner.insert_user(user, email_key, name_key=name_key)
+            return self.inner.insert_user(user, email_key, name_key=name_key, next_key=next_key)
         key = self.sealer.new_data_key(user.id)
         sealed = self.sealer.seal_user(user, key)
-        stored = self.inner.insert_user(sealed, self.sealer.blind_index(email_key), name_key="")
+        a, b = self._keys(email_key)
+        stored = self.inner.insert_user(sealed, a, name_key="", next_key=b)
         return attrs.evolve(stored, email=user.email, full_name=user.full_name)
 
     def get_user(self, user_id: uuid.UUID, include_deleted: bool = False) -> User | None:
@@ -268,25 +388,29 @@ class SealedStorage:
         self.verify()
         return self._open(self.inner.get_user(user_id, include_deleted))
 
-    def get_user_by_email(self, email_key: str, include_deleted: bool = False) -> User | None:
-        """The user, found by the blind index of ``email_key``."""
+    def get_user_by_email(
+        self, email_key: str, include_deleted: bool = False, *, next_key: str | None = None
+    ) -> User | None:
+        """The user, found by the blind index of ``email_key`` (both columns while re-indexing)."""
         self.verify()
-        if self.sealer is not None:
-            email_key = self.sealer.blind_index(email_key)
-        return self._open(self.inner.get_user_by_email(email_key, include_deleted))
+        if self._plan is None:
+            return self.inner.get_user_by_email(email_key, include_deleted, next_key=next_key)
+        a, b = self._plan.lookup(email_key)
+        return self._open(self.inner.get_user_by_email(a, include_deleted, next_key=b))
 
     def list_users(
         self, flt: UserFilter, sort: Sort, after: Position | None, limit: int
     ) -> list[User]:
         """A page, opened; substring search and personal orders refused when sealed."""
         self.verify()
-        if self.sealer is None:
+        if self._plan is None:
             return self.inner.list_users(flt, sort, after, limit)
         errors = encrypted_query_errors(bool(flt.q), sort.field)
         if errors:
             raise InvalidInput.from_errors(errors)
         if flt.email is not None:
-            flt = attrs.evolve(flt, email=self.sealer.blind_index(flt.email))
+            a, b = self._plan.lookup(flt.email)
+            flt = attrs.evolve(flt, email=a, email_next=b)
         return [self._opened(u) for u in self.inner.list_users(flt, sort, after, limit)]
 
     def update_user(
@@ -298,27 +422,42 @@ class SealedStorage:
         now: datetime,
         *,
         name_key: str | None = None,
+        next_key: str | None = None,
     ) -> User:
         """Seal the personal fields under the user's data key, then update."""
         self.verify()
         if self.sealer is None:
             return self.inner.update_user(
-                user_id, fields, email_key, expected_version, now, name_key=name_key
+                user_id,
+                fields,
+                email_key,
+                expected_version,
+                now,
+                name_key=name_key,
+                next_key=next_key,
             )
         if any(isinstance(fields.get(f), str) for f in SEALED_FIELDS):
             current = self.inner.get_user(user_id, False)
             if current is None:
                 raise NotFound(f"no user with id {user_id}")
-            key = self.sealer.data_key(user_id, current.email)
-            if "email" in fields:
-                # The email carries the data key: wrapped by the active key, never by the
-                # one the row held when read (a rotation may be retiring that one now).
-                key = self.sealer.rewrap(user_id, key)
+            if is_sealed(current.email):
+                key = self.sealer.data_key(user_id, current.email)
+                if "email" in fields:
+                    # The email carries the data key: wrapped by the active key, never by
+                    # the one the row held when read (a rotation may be retiring it now).
+                    key = self.sealer.rewrap(user_id, key)
+            else:
+                # Stored before the backfill reached it: sealed whole now, under a new
+                # data key that the (re-written) email carries.
+                self._opened(current)  # refuses a plain row unless a backfill is under way
+                key = self.sealer.new_data_key(user_id)
+                fields = {"email": current.email, "full_name": current.full_name, **fields}
+                if email_key is None:
+                    email_key = normalize_email(current.email)
             fields = self.sealer.seal_fields(user_id, key, fields)
-        if email_key is not None:
-            email_key = self.sealer.blind_index(email_key)
+        a, b = (None, None) if email_key is None else self._keys(email_key)
         stored = self.inner.update_user(
-            user_id, fields, email_key, expected_version, now, name_key=""
+            user_id, fields, a, expected_version, now, name_key="", next_key=b
         )
         return self._opened(stored)
 
@@ -362,6 +501,8 @@ class SealedStorage:
             raise Undecryptable(
                 f"the stored response about user {response.user_id} outlived the user's data key"
             )
+        if not is_sealed_body(response.body):
+            return record  # stored before encryption was on: as it was stored
         data_key = self.sealer.data_key(stored.id, stored.email)
         body = self.sealer.open_body(stored.id, data_key, key, response.body)
         return attrs.evolve(record, response=attrs.evolve(response, body=body))

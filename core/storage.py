@@ -59,6 +59,21 @@ class KeyRecord:
     fingerprint: str
     created_at: datetime
     retired_at: datetime | None = None
+    #: A blind-index key's column: ``"a"`` (``email_normalized``) or ``"b"`` (``email_index_next``).
+    home: str | None = None
+    #: When every user had a blind-index key's index in its column (``None`` while re-indexing).
+    ready_at: datetime | None = None
+
+
+@attrs.frozen
+class IndexEntry:
+    """A stored user with both of its email index values, as a re-index reads them."""
+
+    user: User
+    #: ``email_normalized``.
+    email_key: str
+    #: ``email_index_next``, or ``None``.
+    next_key: str | None
 
 
 @runtime_checkable
@@ -97,8 +112,18 @@ class Storage(Protocol):
     ) -> Sequence[MigrationState]:
         """Every known migration, the core's and ``plugins``', in order, and whether applied."""
 
-    def insert_user(self, user: User, email_key: str, *, name_key: str | None = None) -> User:
+    def insert_user(
+        self,
+        user: User,
+        email_key: str,
+        *,
+        name_key: str | None = None,
+        next_key: str | None = None,
+    ) -> User:
         """Insert ``user`` with its normalised email ``email_key``; ``Conflict`` if taken.
+
+        ``next_key`` goes to the second index column (``email_index_next``,
+        unique too: ``Conflict`` if taken), which a re-index fills.
 
         ``name_key`` is what to sort and search the name by; ``None`` means
         ``fold(full_name or "")``. With encryption on the core passes ``""``:
@@ -108,8 +133,13 @@ class Storage(Protocol):
     def get_user(self, user_id: uuid.UUID, include_deleted: bool = False) -> User | None:
         """The user with ``user_id``, or ``None``; a deleted one only if ``include_deleted``."""
 
-    def get_user_by_email(self, email_key: str, include_deleted: bool = False) -> User | None:
-        """The user whose normalised email is ``email_key``, or ``None`` (deleted: as above)."""
+    def get_user_by_email(
+        self, email_key: str, include_deleted: bool = False, *, next_key: str | None = None
+    ) -> User | None:
+        """The user whose normalised email is ``email_key``, or ``None`` (deleted: as above).
+
+        With ``next_key``, failing that, the user whose ``email_index_next`` it is.
+        """
 
     def list_users(
         self, flt: UserFilter, sort: Sort, after: Position | None, limit: int
@@ -134,11 +164,14 @@ class Storage(Protocol):
         now: datetime,
         *,
         name_key: str | None = None,
+        next_key: str | None = None,
     ) -> User:
         """Set ``fields`` (and the email key when the email changes) of a live user.
 
         ``name_key`` replaces the name's sort key when the name changes (as
-        for ``insert_user``; ``None``: ``fold(full_name or "")``).
+        for ``insert_user``; ``None``: ``fold(full_name or "")``); when the
+        email changes, ``next_key`` replaces ``email_index_next`` (``None``
+        clears it).
 
         Bumps ``version`` and sets ``updated_at`` to ``now``. One conditional
         statement: ``NotFound`` if there is no such live user,
@@ -161,14 +194,19 @@ class Storage(Protocol):
         version: int,
         fields: Mapping[str, Any],
         email_key: str | None,
+        next_key: str | None = None,
     ) -> bool:
         """Replace the stored ``fields`` (``email``, ``full_name``) of the user at ``version``.
 
-        For key rotation: the user may be deleted or live; ``version`` and
-        ``updated_at`` stay as they are (what a client sees does not change).
-        ``email_key`` replaces the stored key when given. ``False``, changing
-        nothing, when the user is gone or no longer at ``version``.
+        For key rotation and re-indexing: the user may be deleted or live;
+        ``version`` and ``updated_at`` stay as they are (what a client sees does
+        not change). ``email_key`` and ``next_key`` replace the two index
+        values when given. ``False``, changing nothing, when the user is gone
+        or no longer at ``version``; ``Conflict`` if an index value is taken.
         """
+
+    def index_entries(self, after: uuid.UUID | None, limit: int) -> list[IndexEntry]:
+        """Up to ``limit`` users, deleted ones too, by ``id`` after ``after``, with index values."""
 
     def purge_users(self, deleted_before: datetime) -> int:
         """Remove for good every user deleted before ``deleted_before``; return how many.
@@ -215,6 +253,9 @@ class Storage(Protocol):
 
     def retire_key_record(self, name: str, at: datetime) -> None:
         """Mark the key called ``name`` retired at ``at`` (nothing is sealed under it any more)."""
+
+    def mark_key_ready(self, name: str, at: datetime) -> None:
+        """Set ``ready_at`` of the blind-index key ``name`` to ``at``, unless it is set."""
 
 
 @attrs.frozen

@@ -101,6 +101,8 @@ class UserFilter:
     q: str | None = None
     #: Deleted users too (an administrator's view); otherwise only live ones.
     include_deleted: bool = False
+    #: With ``email``: a user whose second index value (``email_index_next``) is this matches too.
+    email_next: str | None = None
 
 
 @attrs.frozen

@@ -34,11 +34,13 @@ def list_users_sql(
     email: bool,
     q: bool,
     include_deleted: bool,
+    email_next: bool = False,
 ) -> str:
     """The ``SELECT`` for one page; the flags say which parameters it takes.
 
     Parameters: ``after_key`` and ``after_id`` (the cursor), ``is_active``,
-    ``email_key``, ``q`` (folded text) and ``limit``.
+    ``email_key`` (and ``email_next``, matched against the second index
+    column), ``q`` (folded text) and ``limit``.
     """
 
     def p(name: str) -> str:
@@ -57,7 +59,11 @@ def list_users_sql(
             conditions.append(f"({column}, id) {op} ({p('after_key')}, {p('after_id')})")
     if is_active:
         conditions.append(f"is_active = {p('is_active')}")
-    if email:
+    if email and email_next:
+        conditions.append(
+            f"(email_normalized = {p('email_key')} OR email_index_next = {p('email_next')})"
+        )
+    elif email:
         conditions.append(f"email_normalized = {p('email_key')}")
     if q:
         on_email = dialect.contains.format(haystack="email_normalized", needle=p("q"))

@@ -56,6 +56,7 @@ NAMED_QUERIES: tuple[NamedQuery, ...] = (
             "id",
             "email",
             "email_key",
+            "email_next",
             "full_name",
             "full_name_folded",
             "is_active",
@@ -63,7 +64,8 @@ NAMED_QUERIES: tuple[NamedQuery, ...] = (
             "updated_at",
             "version",
         ),
-        f"insert a row; {_WRITE}; a taken email_normalized raises Conflict",
+        f"insert a row (email_index_next = email_next); {_WRITE}; a taken email_normalized "
+        "or email_index_next raises Conflict",
     ),
     NamedQuery(
         "get_user", ("id", "include_deleted"), f"{_USER}, or none; deleted only if include_deleted"
@@ -74,6 +76,11 @@ NAMED_QUERIES: tuple[NamedQuery, ...] = (
         f"{_USER} whose email_normalized is email_key (exact, binary comparison), or none",
     ),
     NamedQuery(
+        "get_user_by_email_next",
+        ("email_next", "include_deleted"),
+        f"{_USER} whose email_index_next is email_next (exact), or none",
+    ),
+    NamedQuery(
         "update_user",
         (
             "id",
@@ -82,6 +89,7 @@ NAMED_QUERIES: tuple[NamedQuery, ...] = (
             "set_email",
             "email",
             "email_key",
+            "email_next",
             "set_full_name",
             "full_name",
             "full_name_folded",
@@ -89,7 +97,8 @@ NAMED_QUERIES: tuple[NamedQuery, ...] = (
             "is_active",
         ),
         "one conditional UPDATE of a live user (version = expected_version when that is not "
-        f"NULL): set each field whose set_<field> is true, version + 1, updated_at = now; {_WRITE}",
+        "NULL): set each field whose set_<field> is true (the email with email_normalized = "
+        f"email_key and email_index_next = email_next), version + 1, updated_at = now; {_WRITE}",
     ),
     NamedQuery(
         "delete_user",
@@ -115,12 +124,14 @@ NAMED_QUERIES: tuple[NamedQuery, ...] = (
             "set_email",
             "email",
             "email_key",
+            "email_next",
             "set_full_name",
             "full_name",
             "full_name_folded",
         ),
         "one UPDATE of the user at version, deleted or not: set email (and full_name with "
-        "full_name_folded) when its set_ flag is true, email_normalized = email_key unless NULL; "
+        "full_name_folded) when its set_ flag is true, email_normalized = email_key and "
+        "email_index_next = email_next, each unless NULL; "
         "version and updated_at unchanged; the count of rows it matched (not only changed)",
     ),
     NamedQuery("user_version", ("id",), "the version of a live user (one column), or none"),
@@ -152,16 +163,24 @@ NAMED_QUERIES: tuple[NamedQuery, ...] = (
     NamedQuery(
         "key_records",
         (),
-        "name, purpose, fingerprint, created_at, retired_at of every encryption key, "
+        "name, purpose, fingerprint, created_at, retired_at, home, ready_at of every "
+        "encryption key, "
         "by name (code point order)",
     ),
     NamedQuery(
         "add_key_record",
-        ("name", "purpose", "fingerprint", "created_at"),
+        ("name", "purpose", "fingerprint", "created_at", "home", "ready_at"),
         "insert an encryption key unless its name is taken (no error then); the row count",
     ),
     NamedQuery(
         "retire_key_record", ("name", "at"), "set retired_at = at of the key, unless retired"
+    ),
+    NamedQuery("mark_key_ready", ("name", "at"), "set ready_at = at of the key, unless set"),
+    NamedQuery(
+        "index_entries",
+        ("after", "limit"),
+        "at most limit rows of USER_COLUMNS then email_normalized, email_index_next, of every "
+        "user (deleted too) whose id > after (all when after is NULL), ordered by id",
     ),
 )
 

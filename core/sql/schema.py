@@ -45,7 +45,7 @@ SCHEMA: tuple[Column, ...] = (
         "text",
         max_length=320,
         notes="unique (users_email_normalized_key); compared and sorted by code point, "
-        "trailing spaces significant; the blind index (64 hex digits) when sealed",
+        "trailing spaces significant; the blind index (43 characters of base64) when sealed",
     ),
     Column(
         "users",
@@ -61,6 +61,15 @@ SCHEMA: tuple[Column, ...] = (
         "text",
         max_length=400,
         notes="fold(full_name or ''), '' when sealed; sorted by code point; indexed with id",
+    ),
+    Column(
+        "users",
+        "email_index_next",
+        "text",
+        nullable=True,
+        max_length=320,
+        notes="unique where not NULL (users_email_index_next_key), compared as "
+        "email_normalized; the second email index, filled by a re-index",
     ),
     Column("users", "is_active", "boolean"),
     Column("users", "created_at", "timestamp", notes=f"{_TIME}; indexed with id"),
@@ -86,4 +95,19 @@ SCHEMA: tuple[Column, ...] = (
     Column("encryption_keys", "fingerprint", "text", max_length=64),
     Column("encryption_keys", "created_at", "timestamp", notes=_TIME),
     Column("encryption_keys", "retired_at", "timestamp", nullable=True, notes=_TIME),
+    Column(
+        "encryption_keys",
+        "home",
+        "text",
+        nullable=True,
+        max_length=1,
+        notes="a blind-index key's column: 'a' (email_normalized) or 'b' (email_index_next)",
+    ),
+    Column(
+        "encryption_keys",
+        "ready_at",
+        "timestamp",
+        nullable=True,
+        notes=f"{_TIME}; when every user had a blind-index key's index (NULL while re-indexing)",
+    ),
 )

@@ -37,7 +37,7 @@ from userplane.sql.dialect import Dialect
 from userplane.sql.listing import list_users_sql
 from userplane.sql.migrations import apply_migrations, migration_sources, migration_status
 from userplane.sql.schema import SCHEMA_VERSION
-from userplane.storage import KeyRecord, MigrationState
+from userplane.storage import IndexEntry, KeyRecord, MigrationState
 from userplane.text import fold
 from userplane.users import User, UserFilter
 
@@ -47,7 +47,9 @@ USER_COLUMNS = "id, email, full_name, is_active, created_at, updated_at, version
 Row = Sequence[Any]
 
 
-def insert_params(user: User, email_key: str, name_key: str | None = None) -> dict[str, Any]:
+def insert_params(
+    user: User, email_key: str, name_key: str | None = None, next_key: str | None = None
+) -> dict[str, Any]:
     """Named parameters of ``insert_user``: the user's fields plus derived keys.
 
     ``full_name_folded`` is ``name_key``, by default ``fold(full_name or "")``:
@@ -58,6 +60,7 @@ def insert_params(user: User, email_key: str, name_key: str | None = None) -> di
         "id": user.id,
         "email": user.email,
         "email_key": email_key,
+        "email_next": next_key,
         "full_name": user.full_name,
         "full_name_folded": fold(user.full_name or "") if name_key is None else name_key,
         "is_active": user.is_active,
@@ -74,6 +77,7 @@ def update_params(
     expected_version: int | None,
     now: datetime,
     name_key: str | None = None,
+    next_key: str | None = None,
 ) -> dict[str, Any]:
     """Named parameters of ``update_user``, a one-statement conditional update.
 
@@ -89,6 +93,7 @@ def update_params(
         "set_email": "email" in fields,
         "email": fields.get("email"),
         "email_key": email_key,
+        "email_next": next_key,
         "set_full_name": "full_name" in fields,
         "full_name": full_name,
         "full_name_folded": fold(full_name or "") if name_key is None else name_key,
@@ -251,9 +256,16 @@ class SQLStorage(abc.ABC):
             raise write_missed(user_id, exists)
         return user
 
-    def insert_user(self, user: User, email_key: str, *, name_key: str | None = None) -> User:
-        """Insert; the unique index turns a taken email into ``Conflict``."""
-        params = insert_params(user, email_key, name_key)
+    def insert_user(
+        self,
+        user: User,
+        email_key: str,
+        *,
+        name_key: str | None = None,
+        next_key: str | None = None,
+    ) -> User:
+        """Insert; the unique indexes turn a taken email into ``Conflict``."""
+        params = insert_params(user, email_key, name_key, next_key)
         inserted = self._written("insert_user", params, user.id)
         assert inserted is not None
         return inserted
@@ -262,10 +274,16 @@ class SQLStorage(abc.ABC):
         """The user by id."""
         return self._maybe_user("get_user", {"id": user_id, "include_deleted": include_deleted})
 
-    def get_user_by_email(self, email_key: str, include_deleted: bool = False) -> User | None:
-        """The user by normalised email."""
+    def get_user_by_email(
+        self, email_key: str, include_deleted: bool = False, *, next_key: str | None = None
+    ) -> User | None:
+        """The user by normalised email, else (with ``next_key``) by the second index."""
         params = {"email_key": email_key, "include_deleted": include_deleted}
-        return self._maybe_user("get_user_by_email", params)
+        user = self._maybe_user("get_user_by_email", params)
+        if user is None and next_key is not None:
+            params = {"email_next": next_key, "include_deleted": include_deleted}
+            user = self._maybe_user("get_user_by_email_next", params)
+        return user
 
     def list_users(
         self, flt: UserFilter, sort: Sort, after: Position | None, limit: int
@@ -279,6 +297,7 @@ class SQLStorage(abc.ABC):
             after=after is not None,
             is_active=flt.is_active is not None,
             email=flt.email is not None,
+            email_next=flt.email is not None and flt.email_next is not None,
             q=bool(flt.q),
             include_deleted=flt.include_deleted,
         )
@@ -287,6 +306,7 @@ class SQLStorage(abc.ABC):
             "after_id": None if after is None else after.id,
             "is_active": flt.is_active,
             "email_key": flt.email,
+            "email_next": flt.email_next,
             "q": flt.q,
             "limit": limit,
         }
@@ -301,9 +321,12 @@ class SQLStorage(abc.ABC):
         now: datetime,
         *,
         name_key: str | None = None,
+        next_key: str | None = None,
     ) -> User:
         """One conditional ``UPDATE``."""
-        params = update_params(user_id, fields, email_key, expected_version, now, name_key)
+        params = update_params(
+            user_id, fields, email_key, expected_version, now, name_key, next_key
+        )
         return self._write("update_user", params, user_id)
 
     def delete_user(self, user_id: uuid.UUID, expected_version: int | None, now: datetime) -> User:
@@ -321,6 +344,7 @@ class SQLStorage(abc.ABC):
         version: int,
         fields: Mapping[str, Any],
         email_key: str | None,
+        next_key: str | None = None,
     ) -> bool:
         """One ``UPDATE`` of the stored form, conditional on ``version``."""
         full_name = fields.get("full_name")
@@ -330,6 +354,7 @@ class SQLStorage(abc.ABC):
             "set_email": "email" in fields,
             "email": fields.get("email"),
             "email_key": email_key,
+            "email_next": next_key,
             "set_full_name": "full_name" in fields,
             "full_name": full_name,
             # Only the core reseals, and it seals: a sealed name has no order.
@@ -397,6 +422,13 @@ class SQLStorage(abc.ABC):
         """Remove expired keys."""
         return self.execute(self.queries["purge_idempotency_keys"], self.params({"now": now}))
 
+    def index_entries(self, after: uuid.UUID | None, limit: int) -> list[IndexEntry]:
+        """A page by id of users with both index values."""
+        rows = self.fetch_all(
+            self.queries["index_entries"], self.params({"after": after, "limit": limit})
+        )
+        return [IndexEntry(self.user_from_row(r[:8]), r[8], r[9]) for r in rows]
+
     def count_users(self) -> int:
         """``SELECT count(*)``."""
         row = self.query("count_users", {})
@@ -413,9 +445,11 @@ class SQLStorage(abc.ABC):
                 fingerprint,
                 self.time_from_db(created_at),
                 None if retired_at is None else self.time_from_db(retired_at),
+                home,
+                None if ready_at is None else self.time_from_db(ready_at),
             )
-            for name, purpose, fingerprint, created_at, retired_at in self.fetch_all(
-                self.queries["key_records"], {}
+            for name, purpose, fingerprint, created_at, retired_at, home, ready_at in (
+                self.fetch_all(self.queries["key_records"], {})
             )
         ]
 
@@ -426,9 +460,15 @@ class SQLStorage(abc.ABC):
             "purpose": record.purpose,
             "fingerprint": record.fingerprint,
             "created_at": record.created_at,
+            "home": record.home,
+            "ready_at": record.ready_at,
         }
         return self.execute(self.queries["add_key_record"], self.params(params)) > 0
 
     def retire_key_record(self, name: str, at: datetime) -> None:
         """Mark the key retired."""
         self.execute(self.queries["retire_key_record"], self.params({"name": name, "at": at}))
+
+    def mark_key_ready(self, name: str, at: datetime) -> None:
+        """Set the index key's ``ready_at``."""
+        self.execute(self.queries["mark_key_ready"], self.params({"name": name, "at": at}))

@@ -453,6 +453,68 @@ class StorageContract:
             deleted, full_name=None
         )
 
+    def test_the_second_index_column_is_unique_written_and_searched(self, storage: Storage) -> None:
+        ann = storage.insert_user(make_user("ann@example.org"), "a-ann", next_key="b-ann")
+        bob = storage.insert_user(make_user("bob@example.org"), "a-bob")
+        with pytest.raises(Conflict):
+            storage.insert_user(make_user("cid@example.org"), "a-cid", next_key="b-ann")
+        # email_normalized first, then (with next_key) email_index_next.
+        assert storage.get_user_by_email("a-ann") == ann
+        assert storage.get_user_by_email("nothing", next_key="b-ann") == ann
+        assert storage.get_user_by_email("nothing") is None
+        assert storage.get_user_by_email("a-bob", next_key="b-ann") == bob
+        both = UserFilter(email="nothing", email_next="b-ann")
+        assert storage.list_users(both, CREATED, None, 10) == [ann]
+        either = UserFilter(email="a-bob", email_next="b-ann")
+        assert storage.list_users(either, CREATED, None, 10) == [ann, bob]
+        # An email change sets both columns (None clears the second).
+        moved = storage.update_user(
+            ann.id, {"email": "ann2@example.org"}, "a-ann2", None, ann.updated_at, next_key=None
+        )
+        assert storage.get_user_by_email("nothing", next_key="b-ann") is None
+        storage.update_user(
+            bob.id, {"email": "bob2@example.org"}, "a-bob2", None, bob.updated_at, next_key="b-ann"
+        )
+        assert storage.get_user_by_email("x", next_key="b-ann") == storage.get_user(bob.id)
+        # A reseal sets either column (None keeps it) and cannot take a taken value.
+        assert storage.reseal_user(moved.id, moved.version, {}, None, "b-new")
+        assert storage.get_user_by_email("x", next_key="b-new") == moved
+        with pytest.raises(Conflict):
+            storage.reseal_user(moved.id, moved.version, {}, "a-bob2", None)
+
+    def test_index_entries_walk_every_user_by_id_with_both_index_values(
+        self, storage: Storage
+    ) -> None:
+        users = [
+            storage.insert_user(make_user(f"e{i}@example.org"), f"a{i}", next_key=f"b{i}")
+            for i in range(5)
+        ]
+        storage.delete_user(users[0].id, None, _BASE_TIME)  # deleted ones too
+        seen: list[Any] = []
+        after = None
+        while True:
+            page = storage.index_entries(after, 2)
+            seen += page
+            if len(page) < 2:
+                break
+            after = page[-1].user.id
+        assert [e.user.id for e in seen] == sorted(u.id for u in users)
+        by_id = {e.user.id: e for e in seen}
+        for i, user in enumerate(users):
+            entry = by_id[user.id]
+            assert (entry.email_key, entry.next_key) == (f"a{i}", f"b{i}")
+            assert entry.user == storage.get_user(user.id, include_deleted=True)
+
+    def test_an_index_key_record_keeps_its_column_and_readiness(self, storage: Storage) -> None:
+        incoming = KeyRecord("i2", "index", "d" * 64, _BASE_TIME, home="b")
+        assert storage.add_key_record(incoming)
+        assert storage.key_records() == [incoming]
+        storage.mark_key_ready("i2", _BASE_TIME + timedelta(hours=1))
+        storage.mark_key_ready("i2", _BASE_TIME + timedelta(hours=2))  # set once
+        assert storage.key_records() == [
+            attrs.evolve(incoming, ready_at=_BASE_TIME + timedelta(hours=1))
+        ]
+
     def test_key_records_are_added_once_and_retired(self, storage: Storage) -> None:
         assert storage.key_records() == []
         first = KeyRecord("k1", "kek", "a" * 64, _BASE_TIME)

@@ -43,23 +43,16 @@ def _sealed(state: State) -> None:
     registry.sealed.verify()
 
 
-@encryption.command()
-@click.option(
+_BATCH = click.option(
     "--batch-size",
     type=click.IntRange(1, 10_000),
     default=500,
     show_default=True,
     help="Users read per statement.",
 )
-@format_option
-@pass_state
-def rotate(state: State, batch_size: int, fmt: str) -> None:
-    """Re-wrap every user's data key under the active key, online; then retire the others.
 
-    Safe while the service runs and to run again after an interruption.
-    Start it once every instance runs with the new key first in
-    USERPLANE_ENCRYPTION_KEYS; remove the old key only after it succeeded.
-    """
+
+def _run(state: State, batch_size: int, fmt: str, label: str) -> None:
     from userplane.rotation import rotate as run
     from userplane.users import utcnow
 
@@ -69,54 +62,98 @@ def rotate(state: State, batch_size: int, fmt: str) -> None:
     assert sealer is not None
     total = registry.storage.count_users()
     # On stderr: stdout carries the report, which scripts read (--format json).
-    bar: ProgressBar[int] = click.progressbar(
-        length=max(total, 1), label="re-wrapping data keys", file=sys.stderr
-    )
+    bar: ProgressBar[int] = click.progressbar(length=max(total, 1), label=label, file=sys.stderr)
     with bar:
-        report = run(registry.storage, sealer, utcnow, batch=batch_size, progress=bar.update)
+        report = run(
+            registry.storage,
+            sealer,
+            utcnow,
+            batch=batch_size,
+            progress=bar.update,
+            plan=registry.sealed.plan,
+        )
     row = {
         "scanned": report.scanned,
-        "rewrapped": report.rewrapped,
+        "rewritten": report.rewrapped,
+        "sealed": report.sealed,
         "passes": report.passes,
         "active_key": sealer.keyring.active.name,
+        "index_key": report.indexed or sealer.keyring.index_key.name,
         "retired": list(report.retired),
     }
     if fmt == "json":
         emit([row], fmt, ())
         return
     click.echo(
-        f"re-wrapped {report.rewrapped} of {report.scanned} users under "
-        f"{sealer.keyring.active.name!r} in {report.passes} pass"
-        f"{'es' if report.passes != 1 else ''}"
+        f"rewrote {report.rewrapped} of {report.scanned} users in {report.passes} pass"
+        f"{'es' if report.passes != 1 else ''}: data keys wrapped by "
+        f"{sealer.keyring.active.name!r}" + (f", {report.sealed} sealed" if report.sealed else "")
     )
+    if report.indexed:
+        click.echo(f"the blind index is now under {report.indexed!r} for every user")
     if report.retired:
         names = ", ".join(repr(n) for n in report.retired)
-        click.echo(f"retired {names}: it may now leave USERPLANE_ENCRYPTION_KEYS")
+        click.echo(f"retired {names}: it may now leave the keyring")
+
+
+@encryption.command()
+@_BATCH
+@format_option
+@pass_state
+def rotate(state: State, batch_size: int, fmt: str) -> None:
+    """Bring every user under the active keys, online; then retire the others.
+
+    Re-wraps data keys under the first key of USERPLANE_ENCRYPTION_KEYS and,
+    when USERPLANE_ENCRYPTION_INDEX_KEYS is new,old, moves the blind index to
+    the new key. Safe while the service runs and to run again after an
+    interruption. Start it once every instance runs with the new keyring;
+    remove an old key only after it was retired.
+    """
+    _run(state, batch_size, fmt, "rotating keys")
+
+
+@encryption.command()
+@_BATCH
+@format_option
+@pass_state
+def backfill(state: State, batch_size: int, fmt: str) -> None:
+    """Seal the users of a database that held them in plaintext, online.
+
+    With USERPLANE_ENCRYPTION_INDEX_KEYS=<key>,plain on every instance, seals
+    every user and moves the email index to the blind index. Safe while the
+    service runs and to run again after an interruption; afterwards drop
+    ,plain from the setting.
+    """
+    _run(state, batch_size, fmt, "sealing users")
 
 
 @encryption.command()
 @format_option
 @pass_state
 def status(state: State, fmt: str) -> None:
-    """The keys this database knows (by name and fingerprint) and which are configured."""
+    """The keys this database knows (by name and fingerprint), their state, which are configured."""
     registry = state.registry
     registry.sealed.verify()
     ring = registry.sealed.sealer.keyring if registry.sealed.sealer else None
     rows = []
     for record in registry.storage.key_records():
-        if ring is None:
-            configured = "no"
-        elif record.name in (ring.active.name, ring.index_key.name):
+        configured = "no"
+        if ring is not None and record.name in (ring.active.name, ring.index_key.name):
             configured = "active"
-        elif ring.key(record.name) is not None:
+        elif ring is not None and record.name in {k.name for k in (*ring.keys, *ring.index_keys)}:
             configured = "yes"
+        if record.retired_at is not None:
+            condition = "retired"
+        elif record.purpose == "index" and record.ready_at is None:
+            condition = "re-indexing"
         else:
-            configured = "no"
+            condition = "in use"
         rows.append(
             {
                 "name": record.name,
                 "purpose": record.purpose,
                 "configured": configured,
+                "state": condition,
                 "created_at": record.created_at.isoformat(),
                 "retired_at": None if record.retired_at is None else record.retired_at.isoformat(),
             }
@@ -124,4 +161,4 @@ def status(state: State, fmt: str) -> None:
     if not rows and fmt != "json":
         click.echo("encryption is off: no key has sealed anything in this database")
         return
-    emit(rows, fmt, ("name", "purpose", "configured", "created_at", "retired_at"))
+    emit(rows, fmt, ("name", "purpose", "configured", "state", "created_at", "retired_at"))

@@ -6,8 +6,20 @@ CREATE TABLE encryption_keys (
     purpose text NOT NULL CHECK (purpose IN ('kek', 'index')),
     fingerprint text NOT NULL,
     created_at timestamptz NOT NULL,
-    retired_at timestamptz
+    retired_at timestamptz,
+    -- Blind-index keys: the column holding their index ('a': email_normalized, 'b':
+    -- email_index_next) and when every user had it there (NULL while re-indexing).
+    home text CHECK (home IN ('a', 'b')),
+    ready_at timestamptz
 );
 
 ALTER TABLE idempotency_keys ADD COLUMN user_id uuid;
 CREATE INDEX idempotency_keys_user_id_idx ON idempotency_keys (user_id);
+
+-- The second email index column: a re-index (a new blind-index key, or encrypting the
+-- users of a database that held them in plaintext) fills it while the first still
+-- decides uniqueness; the two then swap roles. Unique, like the first; partial, so
+-- that the users it is empty for (most, most of the time) cost no index entry.
+ALTER TABLE users ADD COLUMN email_index_next text;
+CREATE UNIQUE INDEX users_email_index_next_key ON users (email_index_next)
+    WHERE email_index_next IS NOT NULL;

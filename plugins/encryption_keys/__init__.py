@@ -36,7 +36,7 @@ class EncryptionSettings:
     #: Key-encryption keys, ``name:base64`` entries, the active one first.
     keys: str | None = setting(default=None, secret=True, repr=False)
     keys_file: str | None = None
-    #: The blind-index key (one entry).
+    #: The blind-index key; while re-indexing, then the one it replaces (or ``plain``).
     index_keys: str | None = setting(default=None, secret=True, repr=False)
     index_keys_file: str | None = None
 
@@ -44,8 +44,13 @@ class EncryptionSettings:
 SETTINGS = SettingsSection(PREFIX, EncryptionSettings)
 
 
-def _ring(value: str | None, path: str | None, name: str) -> tuple[NamedKey, ...] | None:
-    """The keys of one setting (or its file), ``None`` if neither is set."""
+def _ring(
+    value: str | None, path: str | None, name: str, *, plain: bool = False
+) -> tuple[tuple[NamedKey, ...], bool] | None:
+    """The keys of one setting (or its file), ``None`` if neither is set.
+
+    With ``plain``, a last entry ``plain`` (no key) is allowed: it says so.
+    """
     # An empty variable is unset (``USERPLANE_ENCRYPTION_KEYS=`` in a .env file).
     value = value or None
     path = path or None
@@ -61,8 +66,15 @@ def _ring(value: str | None, path: str | None, name: str) -> tuple[NamedKey, ...
             raise ConfigurationError(f"{where}: cannot read {path}: {exc.strerror}") from None
     if text is None:
         return None
+    after_plain = False
+    if plain:
+        lines = [line for line in text.splitlines() if not line.strip().startswith("#")]
+        entries = [e.strip() for line in lines for e in line.split(",") if e.strip()]
+        if len(entries) > 1 and entries[-1] == "plain":
+            after_plain = True
+            text = ",".join(entries[:-1])
     try:
-        return parse_keys(text)
+        return parse_keys(text), after_plain
     except ValueError as exc:
         raise ConfigurationError(f"{exc} ({where})") from None
 
@@ -71,7 +83,9 @@ def keyring(settings: Settings) -> Keyring | None:
     """The keyring ``settings`` configure, or ``None``; ``ConfigurationError`` if it is bad."""
     own = section(EncryptionSettings, settings, PREFIX)
     keys = _ring(own.keys, own.keys_file, "USERPLANE_ENCRYPTION_KEYS")
-    index = _ring(own.index_keys, own.index_keys_file, "USERPLANE_ENCRYPTION_INDEX_KEYS")
+    index = _ring(
+        own.index_keys, own.index_keys_file, "USERPLANE_ENCRYPTION_INDEX_KEYS", plain=True
+    )
     if keys is None and index is None:
         return None
     if keys is None or index is None:
@@ -80,13 +94,9 @@ def keyring(settings: Settings) -> Keyring | None:
             "encryption needs both a key-encryption key and a blind-index key; "
             f"generate the missing one with `userplane encryption new-key` ({missing})"
         )
-    if len(index) > 1:
-        raise ConfigurationError(
-            "the blind index is computed under one key at a time: give one "
-            "(USERPLANE_ENCRYPTION_INDEX_KEYS)"
-        )
+    (kek, _), (index_keys, plain_before) = keys, index
     try:
-        return Keyring(keys, index)
+        return Keyring(kek, index_keys, plain_before)
     except ValueError as exc:
         raise ConfigurationError(
             f"{exc} (USERPLANE_ENCRYPTION_KEYS, USERPLANE_ENCRYPTION_INDEX_KEYS)"

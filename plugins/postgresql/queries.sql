@@ -2,10 +2,10 @@
 -- The list query is composed per sort and filter: see userplane.sql.list_users_sql.
 
 -- name: insert_user
-INSERT INTO users (id, email, email_normalized, full_name, full_name_folded, is_active,
-                   created_at, updated_at, version)
-VALUES (%(id)s, %(email)s, %(email_key)s, %(full_name)s, %(full_name_folded)s, %(is_active)s,
-        %(created_at)s, %(updated_at)s, %(version)s)
+INSERT INTO users (id, email, email_normalized, email_index_next, full_name,
+                   full_name_folded, is_active, created_at, updated_at, version)
+VALUES (%(id)s, %(email)s, %(email_key)s, %(email_next)s::text, %(full_name)s,
+        %(full_name_folded)s, %(is_active)s, %(created_at)s, %(updated_at)s, %(version)s)
 RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at
 
 -- name: get_user
@@ -17,11 +17,17 @@ SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted
 FROM users
 WHERE email_normalized = %(email_key)s AND (%(include_deleted)s::boolean OR deleted_at IS NULL)
 
+-- name: get_user_by_email_next
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+FROM users
+WHERE email_index_next = %(email_next)s AND (%(include_deleted)s::boolean OR deleted_at IS NULL)
+
 -- name: update_user
 -- One conditional statement: the version check and the write cannot be separated.
 UPDATE users SET
     email = CASE WHEN %(set_email)s THEN %(email)s::text ELSE email END,
     email_normalized = CASE WHEN %(set_email)s THEN %(email_key)s::text ELSE email_normalized END,
+    email_index_next = CASE WHEN %(set_email)s THEN %(email_next)s::text ELSE email_index_next END,
     full_name = CASE WHEN %(set_full_name)s THEN %(full_name)s::text ELSE full_name END,
     full_name_folded = CASE WHEN %(set_full_name)s THEN %(full_name_folded)s::text
                             ELSE full_name_folded END,
@@ -57,6 +63,7 @@ DELETE FROM idempotency_keys WHERE user_id IN (
 UPDATE users SET
     email = CASE WHEN %(set_email)s::boolean THEN %(email)s::text ELSE email END,
     email_normalized = COALESCE(%(email_key)s::text, email_normalized),
+    email_index_next = COALESCE(%(email_next)s::text, email_index_next),
     full_name = CASE WHEN %(set_full_name)s::boolean THEN %(full_name)s::text ELSE full_name END,
     full_name_folded = CASE WHEN %(set_full_name)s::boolean THEN %(full_name_folded)s::text
                             ELSE full_name_folded END
@@ -92,21 +99,32 @@ DELETE FROM idempotency_keys WHERE key = %(key)s AND status IS NULL
 DELETE FROM idempotency_keys WHERE expires_at <= %(now)s
 
 -- name: copy_users
-COPY users (id, email, email_normalized, full_name, full_name_folded, is_active,
-            created_at, updated_at, version)
+COPY users (id, email, email_normalized, email_index_next, full_name, full_name_folded,
+            is_active, created_at, updated_at, version)
 FROM STDIN
 
 -- name: count_users
 SELECT count(*) FROM users
 
 -- name: key_records
-SELECT name, purpose, fingerprint, created_at, retired_at FROM encryption_keys
+SELECT name, purpose, fingerprint, created_at, retired_at, home, ready_at
+FROM encryption_keys
 ORDER BY name COLLATE "C"
 
 -- name: add_key_record
-INSERT INTO encryption_keys (name, purpose, fingerprint, created_at)
-VALUES (%(name)s, %(purpose)s, %(fingerprint)s, %(created_at)s)
+INSERT INTO encryption_keys (name, purpose, fingerprint, created_at, home, ready_at)
+VALUES (%(name)s, %(purpose)s, %(fingerprint)s, %(created_at)s, %(home)s::text,
+        %(ready_at)s::timestamptz)
 ON CONFLICT (name) DO NOTHING
 
 -- name: retire_key_record
 UPDATE encryption_keys SET retired_at = %(at)s WHERE name = %(name)s AND retired_at IS NULL
+
+-- name: mark_key_ready
+UPDATE encryption_keys SET ready_at = %(at)s WHERE name = %(name)s AND ready_at IS NULL
+
+-- name: index_entries
+-- A re-index walks every user, deleted ones too, by id, with both index values.
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
+       email_normalized, email_index_next
+FROM users WHERE (%(after)s::uuid IS NULL OR id > %(after)s::uuid) ORDER BY id LIMIT %(limit)s

@@ -33,7 +33,8 @@ def _mapped_errors() -> Iterator[None]:
     try:
         yield
     except pg_errors.UniqueViolation as exc:
-        if exc.diag.constraint_name == "users_email_normalized_key":
+        # Either email index: the second decides while a re-index runs.
+        if exc.diag.constraint_name in ("users_email_normalized_key", "users_email_index_next_key"):
             raise Conflict("a user with that email already exists") from None
         # A plugin's table: the plugin words its own message.
         raise Conflict(f"that record already exists ({exc.diag.constraint_name})") from None

@@ -1,10 +1,10 @@
 -- The list query is composed per sort and filter: see userplane.sql.list_users_sql.
 
 -- name: insert_user
-INSERT INTO users (id, email, email_normalized, full_name, full_name_folded, is_active,
-                   created_at, updated_at, version)
-VALUES (:id, :email, :email_key, :full_name, :full_name_folded, :is_active,
-        :created_at, :updated_at, :version)
+INSERT INTO users (id, email, email_normalized, email_index_next, full_name,
+                   full_name_folded, is_active, created_at, updated_at, version)
+VALUES (:id, :email, :email_key, :email_next, :full_name,
+        :full_name_folded, :is_active, :created_at, :updated_at, :version)
 RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at
 
 -- name: get_user
@@ -15,11 +15,17 @@ FROM users WHERE id = :id AND (:include_deleted OR deleted_at IS NULL)
 SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
 FROM users WHERE email_normalized = :email_key AND (:include_deleted OR deleted_at IS NULL)
 
+-- name: get_user_by_email_next
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+FROM users
+WHERE email_index_next = :email_next AND (:include_deleted OR deleted_at IS NULL)
+
 -- name: update_user
 -- One conditional statement: the version check and the write cannot be separated.
 UPDATE users SET
     email = CASE WHEN :set_email THEN :email ELSE email END,
     email_normalized = CASE WHEN :set_email THEN :email_key ELSE email_normalized END,
+    email_index_next = CASE WHEN :set_email THEN :email_next ELSE email_index_next END,
     full_name = CASE WHEN :set_full_name THEN :full_name ELSE full_name END,
     full_name_folded = CASE WHEN :set_full_name THEN :full_name_folded ELSE full_name_folded END,
     is_active = CASE WHEN :set_is_active THEN :is_active ELSE is_active END,
@@ -54,6 +60,7 @@ DELETE FROM idempotency_keys WHERE user_id IN (
 UPDATE users SET
     email = CASE WHEN :set_email THEN :email ELSE email END,
     email_normalized = COALESCE(:email_key, email_normalized),
+    email_index_next = COALESCE(:email_next, email_index_next),
     full_name = CASE WHEN :set_full_name THEN :full_name ELSE full_name END,
     full_name_folded = CASE WHEN :set_full_name THEN :full_name_folded ELSE full_name_folded END
 WHERE id = :id AND version = :version
@@ -91,12 +98,23 @@ DELETE FROM idempotency_keys WHERE expires_at <= :now
 SELECT count(*) FROM users
 
 -- name: key_records
-SELECT name, purpose, fingerprint, created_at, retired_at FROM encryption_keys ORDER BY name
+SELECT name, purpose, fingerprint, created_at, retired_at, home, ready_at
+FROM encryption_keys ORDER BY name
 
 -- name: add_key_record
-INSERT INTO encryption_keys (name, purpose, fingerprint, created_at)
-VALUES (:name, :purpose, :fingerprint, :created_at)
+INSERT INTO encryption_keys (name, purpose, fingerprint, created_at, home, ready_at)
+VALUES (:name, :purpose, :fingerprint, :created_at, :home,
+        :ready_at)
 ON CONFLICT (name) DO NOTHING
 
 -- name: retire_key_record
 UPDATE encryption_keys SET retired_at = :at WHERE name = :name AND retired_at IS NULL
+
+-- name: mark_key_ready
+UPDATE encryption_keys SET ready_at = :at WHERE name = :name AND ready_at IS NULL
+
+-- name: index_entries
+-- A re-index walks every user, deleted ones too, by id, with both index values.
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
+       email_normalized, email_index_next
+FROM users WHERE (:after IS NULL OR id > :after) ORDER BY id LIMIT :limit

@@ -203,14 +203,22 @@ def test_status_and_rotation_through_the_cli(
     rotated = run("encryption", "rotate", "--format", "json", "--batch-size", "2", env=rotating)
     assert rotated.exit_code == 0, rotated.stderr
     assert [json.loads(line) for line in rotated.stdout.splitlines()] == [
-        {"scanned": 3, "rewrapped": 3, "passes": 2, "active_key": "kek-2", "retired": ["kek-1"]}
+        {
+            "scanned": 3,
+            "rewritten": 3,
+            "sealed": 0,
+            "passes": 2,
+            "active_key": "kek-2",
+            "index_key": "index-1",
+            "retired": ["kek-1"],
+        }
     ]
     # Progress goes to stderr, never into the report, and never a key.
-    assert "re-wrapping data keys" in rotated.stderr
+    assert "rotating keys" in rotated.stderr
     for secret in secrets_of(*keys):
         assert secret not in rotated.stdout + rotated.stderr
     again = run.ok("encryption", "rotate", env=rotating)
-    assert again.stdout == "re-wrapped 0 of 3 users under 'kek-2' in 1 pass\n"
+    assert again.stdout == "rewrote 0 of 3 users in 1 pass: data keys wrapped by 'kek-2'\n"
     retired = {r["name"]: r["retired_at"] for r in run.json("encryption", "status", env=rotating)}
     assert retired["kek-1"] is not None
     assert retired["kek-2"] is None
@@ -231,8 +239,8 @@ def test_rotate_in_a_table_says_what_it_retired(
     run.ok("users", "create", "--email", "one@example.org", env=ring([kek1], index))
     out = run.ok("encryption", "rotate", env=ring([kek2, kek1], index)).stdout
     assert out == (
-        "re-wrapped 1 of 1 users under 'kek-2' in 2 passes\n"
-        f"retired 'kek-1': it may now leave {KEYS_SETTING}\n"
+        "rewrote 1 of 1 users in 2 passes: data keys wrapped by 'kek-2'\n"
+        "retired 'kek-1': it may now leave the keyring\n"
     )
 
 
@@ -262,9 +270,11 @@ def test_a_rotation_and_status_as_a_real_process_with_key_files(
     assert rotated.returncode == 0, rotated.stderr
     assert json.loads(rotated.stdout) == {
         "scanned": 1,
-        "rewrapped": 1,
+        "rewritten": 1,
+        "sealed": 0,
         "passes": 2,  # one to re-wrap, one that finds nothing left
         "active_key": "kek-2",
+        "index_key": "index-1",
         "retired": ["kek-1"],
     }
     for secret in secrets_of(*keys):

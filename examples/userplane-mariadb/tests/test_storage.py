@@ -16,7 +16,14 @@ import pytest
 from conftest import connect
 from yoyo import get_backend, read_migrations
 
-from userplane.plugin import ConfigurationError, KeyRecord, Settings, StoredResponse, Unavailable
+from userplane.plugin import (
+    ConfigurationError,
+    Conflict,
+    KeyRecord,
+    Settings,
+    StoredResponse,
+    Unavailable,
+)
 from userplane.sql import SQLStorage
 from userplane.testing import StorageContract, insert, make_user
 from userplane_mariadb import userplane_open_storage
@@ -213,6 +220,32 @@ def test_reseal_counts_a_matched_row_even_if_it_changes_nothing(store: MariaDBSt
     assert store.get_user(user.id, True) == attrs.evolve(deleted, email="upe1:z", full_name=None)
 
 
+def test_reseal_of_the_second_index_counts_a_matched_row_too(store: MariaDBStorage) -> None:
+    # A re-index sets email_index_next only; run again (a resumed walk), it changes nothing.
+    user = store.insert_user(make_user(), "a" * 64)
+    assert store.reseal_user(user.id, user.version, {}, None, "b" * 64)
+    assert not SQLStorage.reseal_user(store, user.id, user.version, {}, None, "b" * 64)
+    assert store.reseal_user(user.id, user.version, {}, None, "b" * 64)
+    assert not store.reseal_user(user.id, user.version + 1, {}, None, "c" * 64)
+    [entry] = store.index_entries(None, 10)
+    assert (entry.user, entry.email_key, entry.next_key) == (user, "a" * 64, "b" * 64)
+
+
+def test_a_taken_value_of_either_index_column_is_a_taken_email(store: MariaDBStorage) -> None:
+    ann = store.insert_user(make_user("ann@example.org"), "a-ann", next_key="b-ann")
+    # Told by the unique key's name in MariaDB's message, for both columns.
+    with pytest.raises(Conflict, match="email"):
+        store.insert_user(make_user("bob@example.org"), "a-bob", next_key="b-ann")
+    with pytest.raises(Conflict, match="email"):
+        store.insert_user(make_user("bob@example.org"), "a-ann")
+    # Compared without padding, like email_normalized: a trailing space is another value.
+    bob = store.insert_user(make_user("bob@example.org"), "a-bob", next_key="b-ann ")
+    with pytest.raises(Conflict, match="email"):
+        store.reseal_user(bob.id, bob.version, {}, None, "b-ann")
+    assert store.get_user_by_email("x", next_key="b-ann") == ann
+    assert store.get_user_by_email("x", next_key="b-ann ") == bob
+
+
 def test_purge_takes_the_responses_about_the_purged_users(store: MariaDBStorage) -> None:
     old, recent = insert(store, make_user("old@example.org")), insert(store, make_user())
     store.delete_user(old.id, None, _T)
@@ -235,19 +268,30 @@ def test_key_records_are_added_once_and_retired_once(store: MariaDBStorage) -> N
     kek = KeyRecord("k2026", "kek", "a" * 64, _T)
     assert store.add_key_record(kek)
     assert not store.add_key_record(attrs.evolve(kek, fingerprint="b" * 64))
-    assert store.add_key_record(KeyRecord("i1", "index", "c" * 64, _T))
+    index = KeyRecord("i1", "index", "c" * 64, _T, home="a", ready_at=_T)
+    assert store.add_key_record(index)
+    assert store.add_key_record(KeyRecord("i2", "index", "d" * 64, _T, home="b"))
     store.retire_key_record("k2026", _T + _HOUR)
     store.retire_key_record("k2026", _T + 2 * _HOUR)  # retired already: kept as it was
+    store.mark_key_ready("i2", _T + _HOUR)
+    store.mark_key_ready("i2", _T + 2 * _HOUR)  # ready already: kept as it was
+    store.mark_key_ready("i1", _T + _HOUR)
+    # Times to the microsecond (DATETIME(6)), back as aware UTC.
     assert store.key_records() == [
-        KeyRecord("i1", "index", "c" * 64, _T),
+        index,
+        KeyRecord("i2", "index", "d" * 64, _T, home="b", ready_at=_T + _HOUR),
         attrs.evolve(kek, retired_at=_T + _HOUR),
     ]
 
 
 @pytest.mark.parametrize(
     "record",
-    [KeyRecord("x", "other", "a" * 64, _T), KeyRecord("x", "kek", "a" * 65, _T)],
-    ids=["purpose", "fingerprint"],
+    [
+        KeyRecord("x", "other", "a" * 64, _T),
+        KeyRecord("x", "kek", "a" * 65, _T),
+        KeyRecord("x", "index", "a" * 64, _T, home="c"),
+    ],
+    ids=["purpose", "fingerprint", "home"],
 )
 def test_a_bad_key_record_is_refused_not_cut(store: MariaDBStorage, record: KeyRecord) -> None:
     connection = store.fetch_one("SELECT CONNECTION_ID()", {})
@@ -292,5 +336,10 @@ def test_rolling_back_0004_refuses_to_cut_a_sealed_value(
     finally:
         backend.connection.close()
     assert [m.id for m in store.migration_status() if not m.applied] == ["0004_encryption"]
+    columns = "SELECT column_name FROM information_schema.columns WHERE table_schema = %(db)s"
+    names = {row[0] for row in store.fetch_all(columns + " AND table_name = 'users'", {"db": name})}
+    assert "email_index_next" not in names
     assert store.migrate() == ["0004_encryption"]
+    names = {row[0] for row in store.fetch_all(columns + " AND table_name = 'users'", {"db": name})}
+    assert "email_index_next" in names
     store.close()

@@ -3,10 +3,10 @@
 -- back inside the store's transaction(). The list query is composed by the kit.
 
 -- name: insert_user
-INSERT INTO users (id, email, email_normalized, full_name, full_name_folded, is_active,
-                   created_at, updated_at, version)
-VALUES (%(id)s, %(email)s, %(email_key)s, %(full_name)s, %(full_name_folded)s, %(is_active)s,
-        %(created_at)s, %(updated_at)s, %(version)s)
+INSERT INTO users (id, email, email_normalized, email_index_next, full_name,
+                   full_name_folded, is_active, created_at, updated_at, version)
+VALUES (%(id)s, %(email)s, %(email_key)s, %(email_next)s, %(full_name)s,
+        %(full_name_folded)s, %(is_active)s, %(created_at)s, %(updated_at)s, %(version)s)
 
 -- name: get_user
 SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
@@ -16,11 +16,16 @@ FROM users WHERE id = %(id)s AND (%(include_deleted)s OR deleted_at IS NULL)
 SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
 FROM users WHERE email_normalized = %(email_key)s AND (%(include_deleted)s OR deleted_at IS NULL)
 
+-- name: get_user_by_email_next
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+FROM users WHERE email_index_next = %(email_next)s AND (%(include_deleted)s OR deleted_at IS NULL)
+
 -- name: update_user
 -- One conditional statement: the version check and the write cannot be separated.
 UPDATE users SET
     email = CASE WHEN %(set_email)s THEN %(email)s ELSE email END,
     email_normalized = CASE WHEN %(set_email)s THEN %(email_key)s ELSE email_normalized END,
+    email_index_next = CASE WHEN %(set_email)s THEN %(email_next)s ELSE email_index_next END,
     full_name = CASE WHEN %(set_full_name)s THEN %(full_name)s ELSE full_name END,
     full_name_folded = CASE WHEN %(set_full_name)s THEN %(full_name_folded)s
                             ELSE full_name_folded END,
@@ -53,12 +58,13 @@ DELETE k FROM idempotency_keys AS k JOIN users AS u ON u.id = k.user_id
 WHERE u.deleted_at IS NOT NULL AND u.deleted_at < %(before)s
 
 -- name: reseal_user
--- Key rotation: the stored form changes, what a client sees (version, updated_at) does not.
+-- Key rotation and re-indexing: the stored form changes, what a client sees (version, updated_at) does not.
 -- The row count is of rows changed (no CLIENT_FOUND_ROWS): a row at version that already
 -- holds these values counts 0, so the store's reseal_user then asks user_at_version.
 UPDATE users SET
     email = CASE WHEN %(set_email)s THEN %(email)s ELSE email END,
     email_normalized = COALESCE(%(email_key)s, email_normalized),
+    email_index_next = COALESCE(%(email_next)s, email_index_next),
     full_name = CASE WHEN %(set_full_name)s THEN %(full_name)s ELSE full_name END,
     full_name_folded = CASE WHEN %(set_full_name)s THEN %(full_name_folded)s
                             ELSE full_name_folded END
@@ -115,14 +121,25 @@ DELETE FROM idempotency_keys WHERE expires_at <= %(now)s
 SELECT COUNT(*) FROM users
 
 -- name: key_records
-SELECT name, purpose, fingerprint, created_at, retired_at FROM encryption_keys ORDER BY name
+SELECT name, purpose, fingerprint, created_at, retired_at, home, ready_at
+FROM encryption_keys ORDER BY name
 
 -- name: add_key_record
 -- A taken name sets the row to its own values: 0 rows changed (no CLIENT_FOUND_ROWS), 1 for
 -- an insert. Not INSERT IGNORE: it would also make a value too long a warning, and cut it.
-INSERT INTO encryption_keys (name, purpose, fingerprint, created_at)
-VALUES (%(name)s, %(purpose)s, %(fingerprint)s, %(created_at)s)
+INSERT INTO encryption_keys (name, purpose, fingerprint, created_at, home, ready_at)
+VALUES (%(name)s, %(purpose)s, %(fingerprint)s, %(created_at)s, %(home)s, %(ready_at)s)
 ON DUPLICATE KEY UPDATE name = name
 
 -- name: retire_key_record
 UPDATE encryption_keys SET retired_at = %(at)s WHERE name = %(name)s AND retired_at IS NULL
+
+-- name: mark_key_ready
+UPDATE encryption_keys SET ready_at = %(at)s WHERE name = %(name)s AND ready_at IS NULL
+
+-- name: index_entries
+-- A re-index walks every user, deleted ones too, by id (the primary key: CHAR(36) in
+-- utf8mb4_nopad_bin, whose code point order is the ids' order), with both index values.
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
+       email_normalized, email_index_next
+FROM users WHERE (%(after)s IS NULL OR id > %(after)s) ORDER BY id LIMIT %(limit)s

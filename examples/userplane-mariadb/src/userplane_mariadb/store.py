@@ -21,6 +21,8 @@ from userplane import plugin
 from userplane.plugin import ConfigurationError, Conflict, Unavailable
 from userplane.sql import Dialect, Row, SQLStorage, load_queries
 
+#: The unique keys on users' two email index columns: a duplicate in either is a taken email.
+_EMAIL_KEYS = ("users_email_normalized_key", "users_email_index_next_key")
 #: STRICT: a value too long fails instead of being cut. SIMULTANEOUS_ASSIGNMENT: every
 #: assignment of an UPDATE sees the row as it was (claim_idempotency_key relies on it).
 _SQL_MODE = "STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION,SIMULTANEOUS_ASSIGNMENT"
@@ -89,7 +91,7 @@ class MariaDBStorage(SQLStorage):
             code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
             if code == ER.DUP_ENTRY:
                 # "Duplicate entry '…' for key 'name'": the key's name ends the message.
-                if str(exc.args[-1]).rstrip("'").endswith("users_email_normalized_key"):
+                if str(exc.args[-1]).rstrip("'").endswith(_EMAIL_KEYS):
                     raise Conflict("a user with that email already exists") from None
                 raise Conflict("that record already exists") from None
             if code == ER.NO_SUCH_TABLE:
@@ -143,6 +145,7 @@ class MariaDBStorage(SQLStorage):
         version: int,
         fields: Mapping[str, Any],
         email_key: str | None,
+        next_key: str | None = None,
     ) -> bool:
         """The kit's, but a row at ``version`` counts even if it already held these values.
 
@@ -151,7 +154,7 @@ class MariaDBStorage(SQLStorage):
         in the same transaction (the ``UPDATE`` locked the row it matched).
         """
         with self.transaction():
-            if super().reseal_user(user_id, version, fields, email_key):
+            if super().reseal_user(user_id, version, fields, email_key, next_key):
                 return True
             return self.query("user_at_version", {"id": user_id, "version": version}) is not None
 

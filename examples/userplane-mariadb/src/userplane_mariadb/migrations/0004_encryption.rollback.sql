@@ -5,6 +5,8 @@ SET STATEMENT sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION' FOR
 ALTER TABLE users
     MODIFY email VARCHAR(320) NOT NULL,
     MODIFY full_name VARCHAR(200) NULL;
+DROP INDEX users_email_index_next_key ON users;
+ALTER TABLE users DROP COLUMN email_index_next;
 DROP INDEX idempotency_keys_user_id_idx ON idempotency_keys;
 ALTER TABLE idempotency_keys DROP COLUMN user_id;
 DROP TABLE encryption_keys;
