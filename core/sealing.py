@@ -93,6 +93,12 @@ class DataKey:
 
     secret: bytes = attrs.field(repr=False)
     wrapped: str
+    #: The cipher under ``secret``, made once per user rather than once per value.
+    aead: AESGCM = attrs.field(init=False, repr=False, eq=False)
+
+    @aead.default
+    def _aead(self) -> AESGCM:
+        return AESGCM(self.secret)
 
 
 def _field_aad(field: str, user_id: uuid.UUID) -> bytes:
@@ -190,7 +196,7 @@ class Sealer:
         """``value`` of ``field`` sealed under ``key``, in its stored form."""
         nonce = secrets.token_bytes(_NONCE)
         data = value.encode("utf-8", "surrogatepass")
-        sealed = _b64(nonce + AESGCM(key.secret).encrypt(nonce, data, _field_aad(field, user_id)))
+        sealed = _b64(nonce + key.aead.encrypt(nonce, data, _field_aad(field, user_id)))
         if field == "email":
             return f"{PREFIX}{key.wrapped}:{sealed}"
         return f"{PREFIX}{sealed}"
@@ -202,9 +208,7 @@ class Sealer:
             raise self._broken(user_id, field, "is not in the sealed form")
         try:
             raw = _unb64(parts[-1])
-            data = AESGCM(key.secret).decrypt(
-                raw[:_NONCE], raw[_NONCE:], _field_aad(field, user_id)
-            )
+            data = key.aead.decrypt(raw[:_NONCE], raw[_NONCE:], _field_aad(field, user_id))
             return data.decode("utf-8", "surrogatepass")
         except (InvalidTag, ValueError, binascii.Error):
             raise self._broken(user_id, field) from None
@@ -241,7 +245,7 @@ class Sealer:
         """A stored response ``body`` about ``user_id`` sealed under its data key."""
         nonce = secrets.token_bytes(_NONCE)
         aad = b"userplane:response:" + user_id.bytes + record.encode("ascii", "replace")
-        return _BODY_PREFIX + nonce + AESGCM(key.secret).encrypt(nonce, body, aad)
+        return _BODY_PREFIX + nonce + key.aead.encrypt(nonce, body, aad)
 
     def open_body(self, user_id: uuid.UUID, key: DataKey, record: str, body: bytes) -> bytes:
         """The clear ``body`` of a stored response sealed by ``seal_body``."""
@@ -250,7 +254,7 @@ class Sealer:
         raw = body[len(_BODY_PREFIX) :]
         aad = b"userplane:response:" + user_id.bytes + record.encode("ascii", "replace")
         try:
-            return AESGCM(key.secret).decrypt(raw[:_NONCE], raw[_NONCE:], aad)
+            return key.aead.decrypt(raw[:_NONCE], raw[_NONCE:], aad)
         except InvalidTag:
             raise self._broken(user_id, "stored response") from None
 
