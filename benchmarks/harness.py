@@ -427,7 +427,7 @@ class Bench:
         }
         self.cli("migrate", encrypted=True)
         # Records the keys while the database is empty, as a first start would.
-        self.cli("encryption", "status", encrypted=True)
+        self.cli("check", encrypted=True)
         database.copy_table(self.url, self.encrypted_url, "api_keys")
         assert self.seeded is not None
         seconds = database.seed_sealed(self.encrypted_url, self.seeded, self.encryption_env)

@@ -90,9 +90,12 @@ def new_key(name: str) -> NamedKey:
 
 
 def check_name(name: str) -> str:
-    """``name`` if it is 1 to 32 letters, digits, ``-`` or ``_``, else ``ValueError``."""
-    if not _NAME.fullmatch(name):
-        raise ValueError(f"key name {name!r}: use 1 to 32 letters, digits, - or _")
+    """``name`` if it is 1 to 32 letters, digits, ``-`` or ``_``, and not ``plain``.
+
+    ``plain`` names the index of a database that held its users in plaintext.
+    """
+    if not _NAME.fullmatch(name) or name == "plain":
+        raise ValueError(f"key name {name!r}: use 1 to 32 letters, digits, - or _, not plain")
     return name
 
 
@@ -118,7 +121,7 @@ def parse_keys(text: str) -> tuple[NamedKey, ...]:
             check_name(name)
         except ValueError:
             raise ValueError(
-                f"entry {position}: a key name is 1 to 32 letters, digits, - or _"
+                f"entry {position}: a key name is 1 to 32 letters, digits, - or _ (not plain)"
             ) from None
         keys.append(NamedKey(name, _decode(value, position, name)))
     names = [k.name for k in keys]

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pluggy
 
 from userplane.auth import AuthService
-from userplane.errors import ConfigurationError, Unavailable
+from userplane.errors import ConfigurationError, Unavailable, UserplaneError
 from userplane.hooks import Hooks
 from userplane.idempotency import IdempotencyService
 from userplane.plugin_manager import make_plugin_manager
@@ -107,10 +107,15 @@ class Registry:
         try:
             self.storage.ping()
         except Unavailable as exc:
-            storage = ServiceCheck("storage", exc.detail)
+            return [ServiceCheck("storage", exc.detail), *self.services.ping()]
+        try:
+            # The keyring still fits the database (or there is none over sealed data).
+            self.sealed.verify()
+        except UserplaneError as exc:
+            encryption = ServiceCheck("encryption", exc.detail)
         else:
-            storage = ServiceCheck("storage")
-        return [storage, *self.services.ping()]
+            encryption = ServiceCheck("encryption")
+        return [ServiceCheck("storage"), encryption, *self.services.ping()]
 
     def ping(self) -> None:
         """Check every dependency answers; raises ``Unavailable`` naming the first that does not."""

@@ -50,6 +50,9 @@ class RotationReport:
     sealed: int = 0
     #: The blind-index key recorded ready by this run, if it finished a re-index.
     indexed: str | None = None
+    #: Users whose other index column held a stale value (an old index, a plain email key,
+    #: written by processes still on the transition keyring): replaced, not counted above.
+    tidied: int = 0
 
 
 @attrs.frozen
@@ -113,6 +116,10 @@ def rotate(
 
         plan = verify_keys(storage, sealer.keyring, now())
         assert plan is not None
+    # Only keys known before the walk may be retired after it: one recorded meanwhile
+    # (an instance started with a newer keyring) may wrap users the walk never saw.
+    known = {r.name for r in storage.key_records() if r.retired_at is None}
+    tidied = 0
     scanned = rewritten = sealed = passes = 0
     pending = True
     while pending and passes < MAX_PASSES:
@@ -136,6 +143,8 @@ def rotate(
                 if done and change.essential:
                     rewritten += 1
                     sealed += change.sealing
+                elif done:
+                    tidied += 1
                 # A write won the race: the next pass looks at the user again.
                 pending |= change.essential
             seen += len(page)
@@ -157,12 +166,13 @@ def rotate(
         indexed = plan.incoming.name
     active = sealer.keyring.active.name
     index_key = plan.target.name
+    ring = {k.name for k in (*sealer.keyring.keys, *sealer.keyring.index_keys)}
     for record in storage.key_records():
-        if record.retired_at is not None:
+        if record.retired_at is not None or record.name not in known & ring:
             continue
         if (record.purpose == "kek" and record.name != active) or (
             record.purpose == "index" and record.name != index_key
         ):
             storage.retire_key_record(record.name, at)
             retired.append(record.name)
-    return RotationReport(scanned, rewritten, passes, tuple(retired), sealed, indexed)
+    return RotationReport(scanned, rewritten, passes, tuple(retired), sealed, indexed, tidied)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -30,6 +31,8 @@ from userplane.errors import (
     FieldError,
     InvalidInput,
     NotFound,
+    PreconditionFailed,
+    Unavailable,
     Undecryptable,
 )
 from userplane.idempotency import IdempotencyRecord, StoredResponse
@@ -43,6 +46,10 @@ from userplane.users import User, UserFilter
 if TYPE_CHECKING:
     from userplane.hooks import PluginMigrations
 
+#: How many times an update of a plaintext user is sealed and tried before giving up.
+_SEAL_ATTEMPTS = 5
+#: How often a process checks its keyring against the database again, in seconds.
+RECHECK_S = 30.0
 KEYS_SETTING = "USERPLANE_ENCRYPTION_KEYS"
 INDEX_KEYS_SETTING = "USERPLANE_ENCRYPTION_INDEX_KEYS"
 _ENCRYPTED = f"while personal data is encrypted ({KEYS_SETTING} is set)"
@@ -67,7 +74,9 @@ def fingerprint(key: NamedKey) -> str:
     return hmac.new(key.secret, b"userplane key fingerprint", hashlib.sha256).hexdigest()
 
 
-def verify_keys(storage: Storage, keyring: Keyring | None, now: datetime) -> IndexPlan | None:
+def verify_keys(
+    storage: Storage, keyring: Keyring | None, now: datetime, *, write: bool = True
+) -> IndexPlan | None:
     """``ConfigurationError`` unless ``keyring`` can serve the data in ``storage``; the index plan.
 
     Refused: a key whose name is recorded with another fingerprint (a wrong
@@ -77,6 +86,8 @@ def verify_keys(storage: Storage, keyring: Keyring | None, now: datetime) -> Ind
     stored in plaintext unless a backfill is asked for (``new,plain``). The
     active keys are recorded when first seen (by name and fingerprint).
     Returns how this process indexes emails (``None`` without a keyring).
+    With ``write`` false nothing is written (a diagnosis): a key not yet
+    recorded is taken as it would be.
     """
     records = {r.name: r for r in storage.key_records()}
     if keyring is None:
@@ -115,9 +126,13 @@ def verify_keys(storage: Storage, keyring: Keyring | None, now: datetime) -> Ind
             "lacks; add it back: a key leaves the keyring only after "
             f"`userplane encryption rotate` retired it ({KEYS_SETTING})"
         )
+    if not write:
+        storage = _ReadOnly(storage)
     added, plan = _index_plan(storage, keyring, records, now)
     # Only the keys that seal are recorded: an old key merely kept in the ring (or
     # one given by mistake) must not become one the database needs from now on.
+    if not write:
+        return plan
     if keyring.active.name not in records:
         storage.add_key_record(
             KeyRecord(keyring.active.name, "kek", fingerprint(keyring.active), now)
@@ -129,6 +144,19 @@ def verify_keys(storage: Storage, keyring: Keyring | None, now: datetime) -> Ind
         # against everything recorded now. Both of two clashing first starts refuse.
         return verify_keys(storage, keyring, now)
     return plan
+
+
+class _ReadOnly:
+    """A storage that records no key: for a diagnosis (``verify_keys(write=False)``)."""
+
+    def __init__(self, inner: Storage) -> None:
+        self._inner = inner
+
+    def add_key_record(self, record: KeyRecord) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 def _plain(email_key: str) -> str:
@@ -154,6 +182,19 @@ def _index_plan(
         )
 
     mine = records.get(new.name)
+    readies = [r for r in live if r.ready_at is not None]
+    if len(readies) > 1:
+        names = {r.name for r in readies}
+        if mine is not None and previous is not None and names == {new.name, previous.name}:
+            # A re-index finished but its old key is not retired yet (the run was cut
+            # short): the new one is in force; `rotate` retires the old one.
+            return False, IndexPlan(scheme(new, mine.home or "a"))
+        raise ConfigurationError(
+            f"the blind-index keys {', '.join(sorted(map(repr, names)))} are both recorded "
+            "in force (two first starts with different keys, or a re-index cut short): "
+            f"give the newer one first and the other after it, and run "
+            f"`userplane encryption rotate` ({INDEX_KEYS_SETTING})"
+        )
     moving_to = next((r for r in live if r.ready_at is None), None)
     if moving_to is not None and moving_to.name != new.name:
         # A process keying by the old index alone would miss (and duplicate) the users
@@ -229,18 +270,31 @@ class SealedStorage:
         self.sealer = sealer
         self._clock = clock
         self._plan: IndexPlan | None = None
-        self._verified = False
+        self._verified_at: float | None = None
         self._lock = threading.Lock()
 
     def verify(self) -> None:
-        """Check the keys against the database (``verify_keys``) unless already done."""
-        if self._verified:
+        """Check the keys against the database (``verify_keys``), again every ``RECHECK_S``.
+
+        Again, because the database moves on while a process runs: a rotation
+        retires the key it wraps with, a re-index finishes. A process whose
+        keyring no longer fits then refuses (and its readiness says why)
+        rather than write what the others cannot read or would duplicate.
+        """
+        checked = self._verified_at
+        if checked is not None and time.monotonic() - checked < RECHECK_S:
             return
         with self._lock:
-            if not self._verified:
-                ring = self.sealer.keyring if self.sealer else None
+            checked = self._verified_at
+            if checked is not None and time.monotonic() - checked < RECHECK_S:
+                return
+            ring = self.sealer.keyring if self.sealer else None
+            try:
                 self._plan = verify_keys(self.inner, ring, self._clock())
-                self._verified = True
+            except ConfigurationError:
+                self._verified_at = None
+                raise
+            self._verified_at = time.monotonic()
 
     @property
     def plan(self) -> IndexPlan | None:
@@ -350,6 +404,13 @@ class SealedStorage:
 
     def _opened(self, stored: User) -> User:
         if self.sealer is None:
+            if is_sealed(stored.email):
+                # Sealed rows without the records of their keys (a table restored alone):
+                # never ciphertext shown as an address.
+                raise Undecryptable(
+                    f"the stored email of user {stored.id} is sealed, and no keyring is "
+                    f"configured ({KEYS_SETTING})"
+                )
             return stored
         if not is_sealed(stored.email) and self._backfilling():
             return stored  # not sealed yet: a backfill is under way
@@ -394,7 +455,9 @@ class SealedStorage:
         """The user, found by the blind index of ``email_key`` (both columns while re-indexing)."""
         self.verify()
         if self._plan is None:
-            return self.inner.get_user_by_email(email_key, include_deleted, next_key=next_key)
+            return self._open(
+                self.inner.get_user_by_email(email_key, include_deleted, next_key=next_key)
+            )
         a, b = self._plan.lookup(email_key)
         return self._open(self.inner.get_user_by_email(a, include_deleted, next_key=b))
 
@@ -404,7 +467,7 @@ class SealedStorage:
         """A page, opened; substring search and personal orders refused when sealed."""
         self.verify()
         if self._plan is None:
-            return self.inner.list_users(flt, sort, after, limit)
+            return [self._opened(u) for u in self.inner.list_users(flt, sort, after, limit)]
         errors = encrypted_query_errors(bool(flt.q), sort.field)
         if errors:
             raise InvalidInput.from_errors(errors)
@@ -436,30 +499,57 @@ class SealedStorage:
                 name_key=name_key,
                 next_key=next_key,
             )
-        if any(isinstance(fields.get(f), str) for f in SEALED_FIELDS):
-            current = self.inner.get_user(user_id, False)
-            if current is None:
-                raise NotFound(f"no user with id {user_id}")
-            if is_sealed(current.email):
-                key = self.sealer.data_key(user_id, current.email)
-                if "email" in fields:
-                    # The email carries the data key: wrapped by the active key, never by
-                    # the one the row held when read (a rotation may be retiring it now).
-                    key = self.sealer.rewrap(user_id, key)
-            else:
-                # Stored before the backfill reached it: sealed whole now, under a new
-                # data key that the (re-written) email carries.
-                self._opened(current)  # refuses a plain row unless a backfill is under way
-                key = self.sealer.new_data_key(user_id)
-                fields = {"email": current.email, "full_name": current.full_name, **fields}
-                if email_key is None:
-                    email_key = normalize_email(current.email)
-            fields = self.sealer.seal_fields(user_id, key, fields)
-        a, b = (None, None) if email_key is None else self._keys(email_key)
-        stored = self.inner.update_user(
-            user_id, fields, a, expected_version, now, name_key="", next_key=b
-        )
-        return self._opened(stored)
+        for _ in range(_SEAL_ATTEMPTS):
+            sealed, key_of_email, version, ours = self._sealed_update(
+                user_id, fields, email_key, expected_version
+            )
+            a, b = (None, None) if key_of_email is None else self._keys(key_of_email)
+            try:
+                stored = self.inner.update_user(
+                    user_id, sealed, a, version, now, name_key="", next_key=b
+                )
+            except PreconditionFailed:
+                if not ours:
+                    raise
+                continue  # written meanwhile: read it again and seal again
+            return self._opened(stored)
+        raise Unavailable("the user kept changing while being sealed; retry shortly")
+
+    def _sealed_update(
+        self,
+        user_id: uuid.UUID,
+        fields: Mapping[str, Any],
+        email_key: str | None,
+        expected_version: int | None,
+    ) -> tuple[Mapping[str, Any], str | None, int | None, bool]:
+        """The fields to write, sealed; the email key; the version to write at; whether ours.
+
+        A user still in plaintext (a backfill under way) is sealed whole, under
+        a new data key, at the version it was read at: a concurrent write (or
+        the backfill's own sealing) must not leave its two fields under two
+        different keys, nor have its name overwritten with the one read here.
+        """
+        assert self.sealer is not None
+        if not any(isinstance(fields.get(f), str) for f in SEALED_FIELDS):
+            return fields, email_key, expected_version, False
+        current = self.inner.get_user(user_id, False)
+        if current is None:
+            raise NotFound(f"no user with id {user_id}")
+        if is_sealed(current.email):
+            key = self.sealer.data_key(user_id, current.email)
+            if "email" in fields:
+                # The email carries the data key: wrapped by the active key, never by
+                # the one the row held when read (a rotation may be retiring it now).
+                key = self.sealer.rewrap(user_id, key)
+            return self.sealer.seal_fields(user_id, key, fields), email_key, expected_version, False
+        self._opened(current)  # refuses a plain row unless a backfill is under way
+        key = self.sealer.new_data_key(user_id)
+        whole = {"email": current.email, "full_name": current.full_name, **fields}
+        if email_key is None:
+            email_key = normalize_email(current.email)
+        ours = expected_version is None
+        version = current.version if ours else expected_version
+        return self.sealer.seal_fields(user_id, key, whole), email_key, version, ours
 
     def delete_user(self, user_id: uuid.UUID, expected_version: int | None, now: datetime) -> User:
         """Soft-delete, opened."""

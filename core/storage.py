@@ -138,7 +138,8 @@ class Storage(Protocol):
     ) -> User | None:
         """The user whose normalised email is ``email_key``, or ``None`` (deleted: as above).
 
-        With ``next_key``, failing that, the user whose ``email_index_next`` it is.
+        With ``next_key``, or the user whose ``email_index_next`` it is, in one
+        statement (a re-index moving the user between two would hide it).
         """
 
     def list_users(

@@ -355,7 +355,7 @@ class UserService:
                 errors = errors + encrypted_query_errors(bool(query.q), resolved.sort.field)
             _raise_if(errors)
             sort = resolved.sort
-            after = self._position(sort, resolved.after)
+            after = self._position(sort, resolved.after, resolved.flt.include_deleted)
             rows = self._storage.list_users(resolved.flt, sort, after, query.limit + 1)
             items = tuple(rows[: query.limit])
             nxt = None
@@ -366,21 +366,26 @@ class UserService:
 
         return self._run("users.list", call)
 
-    def _position(self, sort: Sort, after: Position | None) -> Position | None:
+    def _position(
+        self, sort: Sort, after: Position | None, include_deleted: bool
+    ) -> Position | None:
         """Where a page starts: a cursor in a personal order holds only the last id.
 
         A cursor travels in URLs, logs and browser history, so it must not
         carry an email or a name: the sort key is read from the user it
-        names. A user purged since cannot be continued from; the client is
-        told to start again rather than given a wrong page.
+        names, as the list sees users (a deleted one only in a list that
+        shows them, so a made-up cursor cannot tell deleted users from
+        none). A user gone since cannot be continued from; the client is told
+        to start again rather than given a wrong page.
         """
         if after is None or sort.field == "created_at":
             return after
-        user = self._storage.get_user(after.id, True)
+        user = self._storage.get_user(after.id, include_deleted)
         if user is None:
             raise InvalidInput.for_field(
                 CURSOR_FIELD,
-                "the user this cursor continues from was purged; start again from the first page",
+                "the user this cursor continues from is gone (deleted or purged); "
+                "start again from the first page",
             )
         return Position(sort_key(user, sort.field), after.id)
 

@@ -76,9 +76,10 @@ NAMED_QUERIES: tuple[NamedQuery, ...] = (
         f"{_USER} whose email_normalized is email_key (exact, binary comparison), or none",
     ),
     NamedQuery(
-        "get_user_by_email_next",
-        ("email_next", "include_deleted"),
-        f"{_USER} whose email_index_next is email_next (exact), or none",
+        "get_user_by_email_keys",
+        ("email_key", "email_next", "include_deleted"),
+        f"{_USER} whose email_normalized is email_key or whose email_index_next is "
+        "email_next (exact), in one statement, or none",
     ),
     NamedQuery(
         "update_user",
@@ -117,6 +118,12 @@ NAMED_QUERIES: tuple[NamedQuery, ...] = (
         "delete the idempotency keys whose user_id is a user purge_users(before) will delete",
     ),
     NamedQuery(
+        "purge_orphan_responses",
+        (),
+        "delete the idempotency keys whose user_id is not NULL and names no user; the kit "
+        "runs it after purge_users",
+    ),
+    NamedQuery(
         "reseal_user",
         (
             "id",
@@ -139,7 +146,8 @@ NAMED_QUERIES: tuple[NamedQuery, ...] = (
         "claim_idempotency_key",
         ("key", "fingerprint", "now", "expires_at", "stale_before"),
         "one upsert: insert the key, or take it over when expires_at <= now or it is unfinished "
-        "(status NULL) and claimed_at < stale_before, clearing status, headers and body; "
+        "(status NULL) and claimed_at < stale_before, clearing status, headers, body and "
+        "user_id; "
         "a row (RETURNING key) or, without RETURNING, a non-zero row count when claimed",
     ),
     NamedQuery(

@@ -277,13 +277,11 @@ class SQLStorage(abc.ABC):
     def get_user_by_email(
         self, email_key: str, include_deleted: bool = False, *, next_key: str | None = None
     ) -> User | None:
-        """The user by normalised email, else (with ``next_key``) by the second index."""
+        """The user by normalised email or (with ``next_key``) by the second index."""
         params = {"email_key": email_key, "include_deleted": include_deleted}
-        user = self._maybe_user("get_user_by_email", params)
-        if user is None and next_key is not None:
-            params = {"email_next": next_key, "include_deleted": include_deleted}
-            user = self._maybe_user("get_user_by_email_next", params)
-        return user
+        if next_key is None:
+            return self._maybe_user("get_user_by_email", params)
+        return self._maybe_user("get_user_by_email_keys", {**params, "email_next": next_key})
 
     def list_users(
         self, flt: UserFilter, sort: Sort, after: Position | None, limit: int
@@ -367,7 +365,11 @@ class SQLStorage(abc.ABC):
         params = self.params({"before": deleted_before})
         with self.transaction():
             self.execute(self.queries["purge_user_responses"], params)
-            return self.execute(self.queries["purge_users"], params)
+            count = self.execute(self.queries["purge_users"], params)
+            # A response completed while the users went (the two statements are one
+            # transaction only where the store makes them one).
+            self.execute(self.queries["purge_orphan_responses"], {})
+            return count
 
     # -- idempotency keys --------------------------------------------------------
 

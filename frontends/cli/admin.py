@@ -64,9 +64,9 @@ def serve(
     registry = state.registry
     if migrate if migrate is not None else registry.storage.embedded:
         registry.migrate()
-    registry.ping()
     # A wrong or missing encryption key stops the start, not a request later.
     registry.sealed.verify()
+    registry.ping()
     storage = registry.storage.name
     facts = registry.hooks.describe(settings, registry)
     # Connections must not cross gunicorn's fork: each worker opens its own.

@@ -77,6 +77,7 @@ def _run(state: State, batch_size: int, fmt: str, label: str) -> None:
         "rewritten": report.rewrapped,
         "sealed": report.sealed,
         "passes": report.passes,
+        "tidied": report.tidied,
         "active_key": sealer.keyring.active.name,
         "index_key": report.indexed or sealer.keyring.index_key.name,
         "retired": list(report.retired),
@@ -89,8 +90,15 @@ def _run(state: State, batch_size: int, fmt: str, label: str) -> None:
         f"{'es' if report.passes != 1 else ''}: data keys wrapped by "
         f"{sealer.keyring.active.name!r}" + (f", {report.sealed} sealed" if report.sealed else "")
     )
+    if report.tidied:
+        click.echo(f"replaced a stale index value of {report.tidied} users")
     if report.indexed:
         click.echo(f"the blind index is now under {report.indexed!r} for every user")
+        click.echo(
+            "once every instance runs without the old entry of "
+            "USERPLANE_ENCRYPTION_INDEX_KEYS, run this again: it replaces the index values "
+            "that instances still on it wrote meanwhile"
+        )
     if report.retired:
         names = ", ".join(repr(n) for n in report.retired)
         click.echo(f"retired {names}: it may now leave the keyring")
@@ -132,17 +140,31 @@ def backfill(state: State, batch_size: int, fmt: str) -> None:
 @pass_state
 def status(state: State, fmt: str) -> None:
     """The keys this database knows (by name and fingerprint), their state, which are configured."""
+    from userplane.sealed_storage import verify_keys
+    from userplane.storage import KeyRecord
+    from userplane.users import utcnow
+
     registry = state.registry
-    registry.sealed.verify()
+    # Read only: status is what an operator reads when the keyring is refused, and
+    # must not record a key itself. Configured keys not recorded yet are shown too.
     ring = registry.sealed.sealer.keyring if registry.sealed.sealer else None
+    records = registry.storage.key_records()
+    unseen: list[KeyRecord] = []
+    if ring is not None:
+        known = {r.name for r in records}
+        for purpose, key in (("kek", ring.active), ("index", ring.index_key)):
+            if key.name not in known:
+                unseen.append(KeyRecord(key.name, purpose, "", utcnow()))
     rows = []
-    for record in registry.storage.key_records():
+    for record in [*records, *unseen]:
         configured = "no"
         if ring is not None and record.name in (ring.active.name, ring.index_key.name):
             configured = "active"
         elif ring is not None and record.name in {k.name for k in (*ring.keys, *ring.index_keys)}:
             configured = "yes"
-        if record.retired_at is not None:
+        if record in unseen:
+            condition = "not recorded"
+        elif record.retired_at is not None:
             condition = "retired"
         elif record.purpose == "index" and record.ready_at is None:
             condition = "re-indexing"
@@ -154,11 +176,14 @@ def status(state: State, fmt: str) -> None:
                 "purpose": record.purpose,
                 "configured": configured,
                 "state": condition,
-                "created_at": record.created_at.isoformat(),
+                "created_at": None if record in unseen else record.created_at.isoformat(),
                 "retired_at": None if record.retired_at is None else record.retired_at.isoformat(),
             }
         )
     if not rows and fmt != "json":
         click.echo("encryption is off: no key has sealed anything in this database")
-        return
-    emit(rows, fmt, ("name", "purpose", "configured", "state", "created_at", "retired_at"))
+    else:
+        emit(rows, fmt, ("name", "purpose", "configured", "state", "created_at", "retired_at"))
+    # Then whether this keyring may serve the database: the refusal, if any, as the
+    # command's error (exit 11), after the keys it is about.
+    verify_keys(registry.storage, ring, utcnow(), write=False)

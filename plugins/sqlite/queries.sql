@@ -15,10 +15,13 @@ FROM users WHERE id = :id AND (:include_deleted OR deleted_at IS NULL)
 SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
 FROM users WHERE email_normalized = :email_key AND (:include_deleted OR deleted_at IS NULL)
 
--- name: get_user_by_email_next
+-- name: get_user_by_email_keys
+-- One statement: a re-index moving the user between two statements must not hide it.
 SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
 FROM users
-WHERE email_index_next = :email_next AND (:include_deleted OR deleted_at IS NULL)
+WHERE (email_normalized = :email_key OR email_index_next = :email_next)
+  AND (:include_deleted OR deleted_at IS NULL)
+LIMIT 1
 
 -- name: update_user
 -- One conditional statement: the version check and the write cannot be separated.
@@ -50,6 +53,12 @@ RETURNING id, email, full_name, is_active, created_at, updated_at, version, dele
 -- name: purge_users
 DELETE FROM users WHERE deleted_at IS NOT NULL AND deleted_at < :before
 
+-- name: purge_orphan_responses
+-- Runs after purge_users: a response stored while the purge ran, about a user it removed.
+DELETE FROM idempotency_keys
+WHERE user_id IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM users WHERE users.id = idempotency_keys.user_id)
+
 -- name: purge_user_responses
 -- Runs before purge_users: a stored response must not outlive the user it shows.
 DELETE FROM idempotency_keys WHERE user_id IN (
@@ -74,7 +83,8 @@ INSERT INTO idempotency_keys (key, fingerprint, claimed_at, expires_at)
 VALUES (:key, :fingerprint, :now, :expires_at)
 ON CONFLICT (key) DO UPDATE SET
     fingerprint = excluded.fingerprint, claimed_at = excluded.claimed_at,
-    expires_at = excluded.expires_at, status = NULL, headers = NULL, body = NULL
+    expires_at = excluded.expires_at, status = NULL, headers = NULL, body = NULL,
+    user_id = NULL
 WHERE idempotency_keys.expires_at <= :now
    OR (idempotency_keys.status IS NULL AND idempotency_keys.claimed_at < :stale_before)
 RETURNING key

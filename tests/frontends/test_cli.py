@@ -1315,8 +1315,13 @@ def test_check_pings_storage_and_every_plugin_service(run: Cli) -> None:
     rows = run.json("check")
     assert rows == [
         {"name": "storage", "ok": True, "error": None},
+        {"name": "encryption", "ok": True, "error": None},
         {"name": "api_keys", "ok": True, "error": None},
     ]
     header, table_rows = table(run.ok("check"))
     assert header == ["NAME", "OK", "ERROR"]
-    assert table_rows == [["storage", "yes", "-"], ["api_keys", "yes", "-"]]
+    assert table_rows == [
+        ["storage", "yes", "-"],
+        ["encryption", "yes", "-"],
+        ["api_keys", "yes", "-"],
+    ]

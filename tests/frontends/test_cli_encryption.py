@@ -208,6 +208,7 @@ def test_status_and_rotation_through_the_cli(
             "rewritten": 3,
             "sealed": 0,
             "passes": 2,
+            "tidied": 0,
             "active_key": "kek-2",
             "index_key": "index-1",
             "retired": ["kek-1"],
@@ -273,6 +274,7 @@ def test_a_rotation_and_status_as_a_real_process_with_key_files(
         "rewritten": 1,
         "sealed": 0,
         "passes": 2,  # one to re-wrap, one that finds nothing left
+        "tidied": 0,
         "active_key": "kek-2",
         "index_key": "index-1",
         "retired": ["kek-1"],
@@ -316,11 +318,19 @@ def test_misconfigured_keyrings_exit_11_in_one_line_without_key_material(
     ]
     for env, says in cases:
         for args in (("users", "list"), ("encryption", "status")):
-            line = run.fails(11, *args, env=env)
+            if args[0] == "encryption":
+                # status shows the recorded keys first (when it can read them), then why
+                # this keyring is refused, in one line.
+                result = run(*args, env=env)
+                assert result.exit_code == 11, (result.stdout, result.stderr)
+                [line] = result.stderr.splitlines()
+                assert result.stdout == "" or result.stdout.startswith("NAME ")
+            else:
+                line = run.fails(11, *args, env=env)
             assert line.startswith("userplane: configuration: "), line
             assert says in line
             for secret in [*secrets_of(kek1, kek2, index, impostor)]:
-                assert secret not in line
+                assert secret not in line + run(*args, env=env).stdout
                 assert secret[:12] not in line
 
 

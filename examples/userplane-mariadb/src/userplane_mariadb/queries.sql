@@ -16,9 +16,13 @@ FROM users WHERE id = %(id)s AND (%(include_deleted)s OR deleted_at IS NULL)
 SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
 FROM users WHERE email_normalized = %(email_key)s AND (%(include_deleted)s OR deleted_at IS NULL)
 
--- name: get_user_by_email_next
+-- name: get_user_by_email_keys
+-- One statement: a re-index moving the user between two statements must not hide it.
 SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
-FROM users WHERE email_index_next = %(email_next)s AND (%(include_deleted)s OR deleted_at IS NULL)
+FROM users
+WHERE (email_normalized = %(email_key)s OR email_index_next = %(email_next)s)
+  AND (%(include_deleted)s OR deleted_at IS NULL)
+LIMIT 1
 
 -- name: update_user
 -- One conditional statement: the version check and the write cannot be separated.
@@ -47,6 +51,12 @@ WHERE id = %(id)s AND deleted_at IS NOT NULL
 
 -- name: purge_users
 DELETE FROM users WHERE deleted_at IS NOT NULL AND deleted_at < %(before)s
+
+-- name: purge_orphan_responses
+-- Runs after purge_users: a response stored while the purge ran, about a user it removed.
+DELETE FROM idempotency_keys
+WHERE user_id IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM users WHERE users.id = idempotency_keys.user_id)
 
 -- name: purge_user_responses
 -- Runs before purge_users, in one transaction with it: a stored response must not outlive
@@ -99,6 +109,8 @@ ON DUPLICATE KEY UPDATE
                  NULL, headers),
     body = IF(expires_at <= %(now)s OR (status IS NULL AND claimed_at < %(stale_before)s),
               NULL, body),
+    user_id = IF(expires_at <= %(now)s OR (status IS NULL AND claimed_at < %(stale_before)s),
+                 NULL, user_id),
     status = IF(expires_at <= %(now)s OR (status IS NULL AND claimed_at < %(stale_before)s),
                 NULL, status)
 
