@@ -20,6 +20,7 @@ from clients import client_for
 from falcon import testing
 
 from userplane import Registry, Settings
+from userplane.keyring import NamedKey, new_key
 
 PG_ENV = "USERPLANE_TEST_POSTGRESQL_URL"
 BACKENDS = ["sqlite", "postgresql"]
@@ -218,3 +219,30 @@ def _restore_logging() -> Iterator[None]:
     for handler in [h for h in root.handlers if getattr(h, "_userplane", False)]:
         root.removeHandler(handler)
     root.setLevel(level)
+
+
+# -- encryption keys: fresh for each test -------------------------------------------------
+
+
+@pytest.fixture
+def k1() -> NamedKey:
+    """A fresh key-encryption key, ``kek-1``."""
+    return new_key("kek-1")
+
+
+@pytest.fixture
+def k2() -> NamedKey:
+    """A fresh key-encryption key, ``kek-2``."""
+    return new_key("kek-2")
+
+
+@pytest.fixture
+def i1() -> NamedKey:
+    """A fresh blind-index key, ``index-1``."""
+    return new_key("index-1")
+
+
+@pytest.fixture
+def i2() -> NamedKey:
+    """A fresh blind-index key, ``index-2``."""
+    return new_key("index-2")

@@ -144,21 +144,6 @@ def wrapped_data_key(stored_email: str) -> str:
     return stored_email.split(":")[2]
 
 
-@pytest.fixture
-def k1() -> NamedKey:
-    return new_key("kek-1")
-
-
-@pytest.fixture
-def k2() -> NamedKey:
-    return new_key("kek-2")
-
-
-@pytest.fixture
-def i1() -> NamedKey:
-    return new_key("index-1")
-
-
 # -- keyrings: the text format -----------------------------------------------------------------
 
 

@@ -10,15 +10,15 @@ import contextlib
 import json
 import sqlite3
 import uuid
-from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
+from keyrings import opened
 from test_encryption import stored
 
-from userplane import NewUser, Registry, Settings, UserChanges, UserQuery
+from userplane import NewUser, UserChanges, UserQuery
 from userplane.emails import normalize_email
 from userplane.errors import ConfigurationError, InvalidInput, Undecryptable
 from userplane.idempotency import StoredResponse
@@ -37,20 +37,6 @@ from userplane.users import User, utcnow
 T0 = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 
 
-@contextlib.contextmanager
-def opened(
-    database_url: str, keys: Sequence[NamedKey] | None, index: str | None
-) -> Iterator[Registry]:
-    env = {"USERPLANE_DATABASE_URL": database_url}
-    if keys is not None:
-        env[KEYS_SETTING] = ",".join(k.entry() for k in keys)
-    if index is not None:
-        env[INDEX_KEYS_SETTING] = index
-    with Registry(Settings.from_mapping(env)) as registry:
-        registry.migrate()
-        yield registry
-
-
 def _execute(database_url: str, statement: str) -> None:
     if database_url.startswith("sqlite"):
         path = database_url.removeprefix("sqlite:///")
@@ -59,26 +45,6 @@ def _execute(database_url: str, statement: str) -> None:
         return
     with psycopg.connect(database_url) as conn:
         conn.execute(statement)
-
-
-@pytest.fixture
-def k1() -> NamedKey:
-    return new_key("kek-1")
-
-
-@pytest.fixture
-def k2() -> NamedKey:
-    return new_key("kek-2")
-
-
-@pytest.fixture
-def i1() -> NamedKey:
-    return new_key("index-1")
-
-
-@pytest.fixture
-def i2() -> NamedKey:
-    return new_key("index-2")
 
 
 def test_two_blind_index_keys_recorded_in_force_are_refused(

@@ -8,53 +8,20 @@ no old index value is left in the database.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
 
 import pytest
+from keyrings import opened
 from test_encryption import dump, leaks, stored
 
-from userplane import NewUser, Registry, Settings, UserChanges
+from userplane import NewUser, Registry, UserChanges
 from userplane.emails import normalize_email
 from userplane.errors import ConfigurationError, Conflict
-from userplane.keyring import NamedKey, new_key
+from userplane.keyring import NamedKey
 from userplane.rotation import rotate
-from userplane.sealed_storage import INDEX_KEYS_SETTING, KEYS_SETTING
 from userplane.sealing import Sealer, is_sealed
 from userplane.users import utcnow
-
-
-@contextlib.contextmanager
-def opened(
-    database_url: str, keys: Sequence[NamedKey] | None, index: str | None
-) -> Iterator[Registry]:
-    """A migrated registry; ``index`` is the text of USERPLANE_ENCRYPTION_INDEX_KEYS."""
-    env = {"USERPLANE_DATABASE_URL": database_url}
-    if keys is not None:
-        env[KEYS_SETTING] = ",".join(k.entry() for k in keys)
-    if index is not None:
-        env[INDEX_KEYS_SETTING] = index
-    with Registry(Settings.from_mapping(env)) as registry:
-        registry.migrate()
-        yield registry
-
-
-@pytest.fixture
-def kek() -> NamedKey:
-    return new_key("kek-1")
-
-
-@pytest.fixture
-def i1() -> NamedKey:
-    return new_key("index-1")
-
-
-@pytest.fixture
-def i2() -> NamedKey:
-    return new_key("index-2")
-
 
 NAMES = [f"Person{n} Example" for n in range(12)]
 EMAILS = [f"Person{n}.Example@Example.org" for n in range(12)]
@@ -70,7 +37,7 @@ def _index_values(registry: Registry) -> list[tuple[str, str | None]]:
 
 
 def test_a_backfill_seals_a_plaintext_database_while_it_serves(
-    database_url: str, kek: NamedKey, i1: NamedKey
+    database_url: str, k1: NamedKey, i1: NamedKey
 ) -> None:
     with opened(database_url, None, None) as plain:
         users = [plain.users.create(NewUser(e, n)) for e, n in zip(EMAILS, NAMES, strict=True)]
@@ -78,14 +45,14 @@ def test_a_backfill_seals_a_plaintext_database_while_it_serves(
 
     # Keys alone over plaintext users: refused, saying how to backfill.
     with (
-        opened(database_url, [kek], i1.entry()) as refused,
+        opened(database_url, [k1], i1.entry()) as refused,
         pytest.raises(ConfigurationError) as info,
     ):
         refused.users.get(users[0].id)
     assert f"{i1.name},plain" in info.value.detail
     assert "userplane encryption backfill" in info.value.detail
 
-    with opened(database_url, [kek], f"{i1.entry()},plain") as registry:
+    with opened(database_url, [k1], f"{i1.entry()},plain") as registry:
         # While under way: plain and sealed users side by side, all found by email.
         assert registry.users.get(users[0].id) == users[0]
         assert registry.users.get_by_email(EMAILS[1].upper()) == users[1]
@@ -111,7 +78,7 @@ def test_a_backfill_seals_a_plaintext_database_while_it_serves(
         assert registry.users.get_by_email(EMAILS[5].lower()) == users[5]
 
     # Finished: the plain entry may go; everything reads and nothing is in clear.
-    with opened(database_url, [kek], i1.entry()) as after:
+    with opened(database_url, [k1], i1.entry()) as after:
         for user in users:
             if user.id != users[3].id:
                 assert after.users.get_by_email(user.email).id == user.id
@@ -125,27 +92,27 @@ def test_a_backfill_seals_a_plaintext_database_while_it_serves(
 
 
 def test_moving_the_blind_index_to_a_new_key_keeps_lookups_and_uniqueness(
-    database_url: str, kek: NamedKey, i1: NamedKey, i2: NamedKey
+    database_url: str, k1: NamedKey, i1: NamedKey, i2: NamedKey
 ) -> None:
-    with opened(database_url, [kek], i1.entry()) as first:
+    with opened(database_url, [k1], i1.entry()) as first:
         users = [first.users.create(NewUser(e, n)) for e, n in zip(EMAILS, NAMES, strict=True)]
     # The new key alone: refused, saying how to move.
     with (
-        opened(database_url, [kek], i2.entry()) as alone,
+        opened(database_url, [k1], i2.entry()) as alone,
         pytest.raises(ConfigurationError) as info,
     ):
         alone.users.get(users[0].id)
     assert f"{i2.name},{i1.name}" in info.value.detail
 
     moving = f"{i2.entry()},{i1.entry()}"
-    with opened(database_url, [kek], moving) as registry:
+    with opened(database_url, [k1], moving) as registry:
         made = registry.users.create(NewUser("Made.During@Example.org"))
         assert registry.users.get_by_email("made.during@example.org") == made
         with pytest.raises(Conflict):
             registry.users.create(NewUser(EMAILS[0].upper()))
         # Meanwhile the old key alone is refused: it would miss the users moved already.
         with (
-            opened(database_url, [kek], i1.entry()) as old,
+            opened(database_url, [k1], i1.entry()) as old,
             pytest.raises(ConfigurationError) as info,
         ):
             old.users.get(users[0].id)
@@ -159,13 +126,13 @@ def test_moving_the_blind_index_to_a_new_key_keeps_lookups_and_uniqueness(
         assert {a for a, _ in _index_values(registry)} == expected
         assert {b for _, b in _index_values(registry)} == expected
 
-    with opened(database_url, [kek], i2.entry()) as after:
+    with opened(database_url, [k1], i2.entry()) as after:
         for user in users:
             assert after.users.get_by_email(user.email.lower()) == user
         with pytest.raises(Conflict):
             after.users.create(NewUser(EMAILS[1].lower()))
     with (
-        opened(database_url, [kek], i1.entry()) as retired,
+        opened(database_url, [k1], i1.entry()) as retired,
         pytest.raises(ConfigurationError) as info,
     ):
         retired.users.get(users[0].id)
@@ -174,18 +141,18 @@ def test_moving_the_blind_index_to_a_new_key_keeps_lookups_and_uniqueness(
 
 @pytest.mark.parametrize("move", ["backfill", "new index key"])
 def test_a_re_index_under_concurrent_writes_loses_nothing_and_keeps_emails_unique(
-    postgresql_url: str, kek: NamedKey, i1: NamedKey, i2: NamedKey, move: str
+    postgresql_url: str, k1: NamedKey, i1: NamedKey, i2: NamedKey, move: str
 ) -> None:
     before_ring, during = (
         (None, f"{i1.entry()},plain")
         if move == "backfill"
         else (i1.entry(), f"{i2.entry()},{i1.entry()}")
     )
-    with opened(postgresql_url, None if before_ring is None else [kek], before_ring) as first:
+    with opened(postgresql_url, None if before_ring is None else [k1], before_ring) as first:
         users = [
             first.users.create(NewUser(f"seed{n}@example.org", f"Seed {n}")) for n in range(60)
         ]
-    with opened(postgresql_url, [kek], during) as registry:
+    with opened(postgresql_url, [k1], during) as registry:
         stop = threading.Event()
         expected: dict[uuid.UUID, str] = {u.id: u.email for u in users}
         claims: dict[str, list[uuid.UUID]] = {}
@@ -233,7 +200,7 @@ def test_a_re_index_under_concurrent_writes_loses_nothing_and_keeps_emails_uniqu
             assert registry.users.get_by_email(email.lower()).id == user_id
             assert is_sealed(stored(registry, user_id).email)
     final = i1.entry() if move == "backfill" else i2.entry()
-    with opened(postgresql_url, [kek], final) as after:
+    with opened(postgresql_url, [k1], final) as after:
         for user_id, email in expected.items():
             assert after.users.get_by_email(email).id == user_id
         for contested in claims:
