@@ -8,6 +8,7 @@ types of what comes back are checked.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -270,6 +271,13 @@ class Hooks:
             "registry": registry,
         }
         self._notify("userplane_users_purged", kwargs)
+
+    def user_purged(
+        self, user_id: uuid.UUID, principal: Principal | None, registry: Registry
+    ) -> None:
+        """``userplane_user_purged``, listeners isolated."""
+        kwargs = {"user_id": user_id, "principal": principal, "registry": registry}
+        self._notify("userplane_user_purged", kwargs)
 
     # -- frontends ---------------------------------------------------------------
 

@@ -10,6 +10,7 @@ reference (when each is called, ordering, exceptions, examples) is
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +38,7 @@ EVENT_HOOKS = frozenset(
         "userplane_user_deleted",
         "userplane_user_restored",
         "userplane_users_purged",
+        "userplane_user_purged",
     }
 )
 
@@ -247,6 +249,17 @@ def userplane_users_purged(
     count: int, deleted_before: datetime, principal: Principal | None, registry: Registry
 ) -> None:
     """``count`` users deleted before ``deleted_before`` were removed for good (after commit)."""
+
+
+@hookspec
+def userplane_user_purged(
+    user_id: uuid.UUID, principal: Principal | None, registry: Registry
+) -> None:
+    """The deleted user ``user_id`` was removed for good, by itself (after commit).
+
+    ``UserService.purge_user`` (``userplane users shred``): its row, and with it
+    its data key when personal data is sealed, are gone.
+    """
 
 
 # -- frontends ----------------------------------------------------------------------

@@ -362,6 +362,11 @@ class SealedStorage:
         self.verify()
         return self.inner.purge_users(deleted_before)
 
+    def purge_user(self, user_id: uuid.UUID) -> bool:
+        """Passed through: removing the row destroys the user's data key."""
+        self.verify()
+        return self.inner.purge_user(user_id)
+
     def reseal_user(
         self,
         user_id: uuid.UUID,

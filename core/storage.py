@@ -189,6 +189,12 @@ class Storage(Protocol):
     def restore_user(self, user_id: uuid.UUID, now: datetime) -> User | None:
         """Clear ``deleted_at`` of a deleted user and bump ``version``; ``None`` if none such."""
 
+    def purge_user(self, user_id: uuid.UUID) -> bool:
+        """Remove for good the user ``user_id`` if it is deleted, and the responses about it.
+
+        ``False`` if there is no such deleted user (a live one stays).
+        """
+
     def reseal_user(
         self,
         user_id: uuid.UUID,

@@ -485,6 +485,21 @@ class UserService:
 
         return self._run("users.purge", call)
 
+    def purge_user(self, user_id: uuid.UUID) -> None:
+        """Remove one deleted user for good, now: its row and, when sealed, its data key.
+
+        For erasure on request (``userplane users shred``): what ``purge`` does
+        for users deleted long enough ago, for this one user at once.
+        ``NotFound`` unless the user exists and is deleted (delete it first).
+        """
+
+        def call() -> None:
+            if not self._storage.purge_user(user_id):
+                raise NotFound(f"no deleted user with id {user_id} (delete it first)")
+            self._hooks.user_purged(user_id, current_principal(), self._registry)
+
+        self._run("users.purge_user", call)
+
     def set_active(self, user_id: uuid.UUID, active: bool) -> User:
         """Activate or deactivate a user (an update of ``is_active`` alone)."""
         return self.update(user_id, UserChanges(is_active=active))

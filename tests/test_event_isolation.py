@@ -70,6 +70,10 @@ class Listener:
     def userplane_users_purged(self, count: int) -> None:
         self._hear("userplane_users_purged", count)
 
+    @hookimpl
+    def userplane_user_purged(self, user_id: Any) -> None:
+        self._hear("userplane_user_purged", str(user_id))
+
 
 class Gatekeeper:
     """A ``userplane_operation`` wrapper refusing the operations in ``refused`` (a rate limit)."""
@@ -173,12 +177,22 @@ def purged(client: testing.TestClient, registry: Registry) -> tuple[str, int]:
     return "userplane_users_purged", 1
 
 
+def purged_one(client: testing.TestClient, registry: Registry) -> tuple[str, str]:
+    # `userplane users shred`, through the service.
+    user = create(client)
+    assert client.simulate_delete(f"{USERS}/{user['id']}").status_code == 204
+    with acting_as(Principal(id="local:ops", kind="local", roles=frozenset({"admin"}))):
+        registry.users.purge_user(uuid.UUID(user["id"]))
+    return "userplane_user_purged", user["id"]
+
+
 SCENARIOS: dict[str, Callable[[testing.TestClient, Registry], tuple[str, Any]]] = {
     "userplane_user_created": created,
     "userplane_user_updated": updated,
     "userplane_user_deleted": deleted,
     "userplane_user_restored": restored,
     "userplane_users_purged": purged,
+    "userplane_user_purged": purged_one,
 }
 
 
@@ -208,7 +222,7 @@ def test_a_failing_listener_changes_no_answer(
     assert record.exc_info is not None
     assert isinstance(record.exc_info[1], RuntimeError)
     # And the change stands.
-    if hook != "userplane_users_purged":
+    if hook not in ("userplane_users_purged", "userplane_user_purged"):
         expected = 404 if hook == "userplane_user_deleted" else 200
         assert client.simulate_get(f"{USERS}/{subject}").status_code == expected
 

@@ -241,6 +241,32 @@ def test_hook_open_storage(tmp_path: Path) -> None:
         Registry(settings)
 
 
+def test_hook_user_purged(open_registry: Callable[..., Registry]) -> None:
+    """Purging one deleted user announces it by id, with who did it; nothing else is told."""
+    seen: list[tuple[str, Any, Any]] = []
+
+    class Listener(Plugin):
+        @hookimpl
+        def userplane_user_purged(self, user_id: uuid.UUID, principal: Principal | None) -> None:
+            seen.append(("one", user_id, principal))
+
+        @hookimpl
+        def userplane_users_purged(self, count: int) -> None:
+            seen.append(("many", count, None))
+
+    registry = open_registry(Listener())
+    ann = registry.users.create(NewUser("ann@example.org"))
+    with pytest.raises(NotFound, match="delete it first"):
+        registry.users.purge_user(ann.id)
+    registry.users.delete(ann.id)
+    me = local_principal("admin")
+    with acting_as(me):
+        registry.users.purge_user(ann.id)
+    assert seen == [("one", ann.id, me)]
+    with pytest.raises(NotFound):
+        registry.users.get(ann.id, include_deleted=True)
+
+
 def test_hook_encryption_keys(open_registry: Callable[..., Registry]) -> None:
     """A key-management plugin supplies the keyring; the core seals with it, storage sees none."""
     fetched: list[str] = []

@@ -118,6 +118,9 @@ NAMED_QUERIES: tuple[NamedQuery, ...] = (
         "delete the idempotency keys whose user_id is a user purge_users(before) will delete",
     ),
     NamedQuery(
+        "purge_user", ("id",), "delete the user with id if deleted_at is set; the row count"
+    ),
+    NamedQuery(
         "purge_orphan_responses",
         (),
         "delete the idempotency keys whose user_id is not NULL and names no user; the kit "

@@ -336,6 +336,13 @@ class SQLStorage(abc.ABC):
         """Clear ``deleted_at``, if set."""
         return self._written("restore_user", {"id": user_id, "now": now}, user_id)
 
+    def purge_user(self, user_id: uuid.UUID) -> bool:
+        """Delete the row if it is deleted, then the responses left about no user."""
+        with self.transaction():
+            removed = self.execute(self.queries["purge_user"], self.params({"id": user_id}))
+            self.execute(self.queries["purge_orphan_responses"], {})
+            return removed > 0
+
     def reseal_user(
         self,
         user_id: uuid.UUID,

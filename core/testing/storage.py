@@ -417,6 +417,26 @@ class StorageContract:
         assert storage.get_idempotency_record("kept", t) is not None
         assert storage.get_idempotency_record("nobody", t) is not None
 
+    def test_purging_one_deleted_user_removes_it_and_its_responses_only(
+        self, storage: Storage
+    ) -> None:
+        live = insert(storage, make_user("live@example.org"))
+        gone = insert(storage, make_user("gone@example.org"))
+        other = insert(storage, make_user("other@example.org"))
+        for user in (gone, other):
+            storage.delete_user(user.id, None, _BASE_TIME)
+        t = _BASE_TIME
+        assert storage.claim_idempotency_key("about-gone", "fp", t, t + timedelta(days=9), t)
+        storage.complete_idempotency_key("about-gone", StoredResponse(201, (), b"{}", gone.id))
+        assert not storage.purge_user(live.id)  # a live user stays
+        assert storage.purge_user(gone.id)
+        assert not storage.purge_user(gone.id)
+        assert not storage.purge_user(uuid.uuid4())
+        assert storage.get_user(gone.id, include_deleted=True) is None
+        assert storage.get_idempotency_record("about-gone", t) is None
+        assert storage.get_user(live.id) == live
+        assert storage.get_user(other.id, include_deleted=True) is not None
+
     def test_count_users_counts_deleted_ones_too(self, storage: Storage) -> None:
         assert storage.count_users() == 0
         users = [insert(storage, make_user(f"c{i}@example.org")) for i in range(3)]

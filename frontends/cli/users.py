@@ -221,6 +221,29 @@ class Duration(click.ParamType[timedelta]):
 
 
 @users.command()
+@click.argument("id_or_email")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@format_option
+@pass_state
+def shred(state: State, id_or_email: str, yes: bool, fmt: str) -> None:
+    """Erase one user now: delete it if live, then purge it (its data key goes too).
+
+    For erasure on request. Unlike ``purge``, it touches no other deleted user.
+    """
+    service = state.registry.users
+    user = service.find(id_or_email, include_deleted=True)
+    if not yes:
+        click.confirm(f"Erase user {user.id} for good (it cannot be restored)?", abort=True)
+    if user.deleted_at is None:
+        service.delete(user.id)
+    service.purge_user(user.id)
+    if fmt == "json":
+        emit([{"shredded": str(user.id)}], fmt, ())
+    else:
+        click.echo(f"shredded user {user.id}")
+
+
+@users.command()
 @click.option(
     "--older-than",
     type=Duration(),

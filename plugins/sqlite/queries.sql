@@ -53,6 +53,10 @@ RETURNING id, email, full_name, is_active, created_at, updated_at, version, dele
 -- name: purge_users
 DELETE FROM users WHERE deleted_at IS NOT NULL AND deleted_at < :before
 
+-- name: purge_user
+-- One user, now (userplane users shred): only a deleted one.
+DELETE FROM users WHERE id = :id AND deleted_at IS NOT NULL
+
 -- name: purge_orphan_responses
 -- Runs after purge_users: a response stored while the purge ran, about a user it removed.
 DELETE FROM idempotency_keys

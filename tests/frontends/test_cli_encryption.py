@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -65,12 +66,15 @@ class Cli:
             PG_ENV: None,
         }
 
-    def __call__(self, *args: str, env: Mapping[str, str | None] | None = None) -> Result:
+    def __call__(
+        self, *args: str, env: Mapping[str, str | None] | None = None, input: str | None = None
+    ) -> Result:
         return self.runner.invoke(
             cli,
             ["--env-file", str(self.env_file), *args],
             env={**self.env, **(env or {})},
             catch_exceptions=False,
+            input=input,
         )
 
     def ok(self, *args: str, env: Mapping[str, str | None] | None = None) -> Result:
@@ -386,3 +390,45 @@ def test_refused_queries_exit_5_and_undecryptable_users_exit_12(
     line = run.fails(12, "users", "get", user["id"], env=env)
     assert line.startswith(f"userplane: undecryptable: the stored full_name of user {user['id']}")
     assert "T T" not in line
+
+
+# -- shred -----------------------------------------------------------------------------------------
+
+
+def test_shred_erases_one_user_now_and_leaves_other_deleted_users(
+    run: Cli, tmp_path: Path, keys: tuple[NamedKey, NamedKey, NamedKey]
+) -> None:
+    kek1, _, index = keys
+    env = ring([kek1], index)
+    run.ok("migrate", env=env)
+    ann = run.json("users", "create", "--email", "Ann.Shred@Example.org", env=env)[0]
+    bob = run.json("users", "create", "--email", "bob@example.org", env=env)[0]
+    run.ok("users", "delete", bob["id"], env=env)
+    # A live user is deleted and purged at once; the deleted one waits for `purge`.
+    shredded = run.json("users", "shred", "ann.shred@example.org", "--yes", env=env)
+    assert shredded == [{"shredded": ann["id"]}]
+    listed = run.json("users", "list", "--include-deleted", env=env)
+    assert [u["id"] for u in listed] == [bob["id"]]
+    dumped = "\n".join(sqlite3.connect(tmp_path / "u.db").iterdump())
+    assert ann["id"] not in dumped
+    assert "ann.shred" not in dumped.lower()
+    # Unknown: one line, exit 3; asked without --yes and refused: nothing happens.
+    assert "no user with that email" in run.fails(
+        3, "users", "shred", "nobody@example.org", "--yes", env=env
+    )
+    refused = run("users", "shred", bob["id"], env=env, input="n\n")
+    assert refused.exit_code == 1
+    assert [u["id"] for u in run.json("users", "list", "--include-deleted", env=env)] == [bob["id"]]
+
+
+def test_shred_as_a_real_process(tmp_path: Path) -> None:
+    assert proc(tmp_path, "migrate").returncode == 0
+    made = proc(tmp_path, "users", "create", "--email", "gone@example.org", "--format", "json")
+    assert made.returncode == 0, made.stderr
+    user_id = json.loads(made.stdout)["id"]
+    done = proc(tmp_path, "users", "shred", user_id, "--yes")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"shredded user {user_id}\n"
+    again = proc(tmp_path, "users", "shred", user_id, "--yes")
+    assert again.returncode == 3
+    assert again.stderr.splitlines()[-1].startswith("userplane: not-found: ")
