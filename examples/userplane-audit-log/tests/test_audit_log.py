@@ -74,6 +74,9 @@ def test_one_line_per_change_through_the_registry(registry: Registry, log: Path)
         users.restore(ann.id)
         users.delete(ann.id)
         purged = users.purge(timedelta(0))
+        cid = users.create(NewUser(email="cid@example.org"))
+        users.delete(cid.id)
+        users.purge_user(cid.id)  # userplane users shred
     users.create(NewUser(email="bob@example.org"))  # no principal: embedded use
     got = lines(log)
     assert [line["event"] for line in got] == [
@@ -84,8 +87,12 @@ def test_one_line_per_change_through_the_registry(registry: Registry, log: Path)
         "user.deleted",
         "users.purged",
         "user.created",
+        "user.deleted",
+        "user.purged",
+        "user.created",
     ]
-    assert [line["principal"] for line in got] == ["test:root"] * 6 + [None]
+    assert [line["principal"] for line in got] == ["test:root"] * 9 + [None]
+    assert got[8]["user_id"] == str(cid.id)
     assert {line.get("user_id") for line in got[:5]} == {str(ann.id)}
     assert got[1]["changed"] == ["email", "full_name"]
     assert got[5]["count"] == purged == 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,6 +114,14 @@ def userplane_user_deleted(user: User, principal: Principal | None, registry: Re
 def userplane_user_restored(user: User, principal: Principal | None, registry: Registry) -> None:
     """``user.restored``."""
     _log(registry, "user.restored", principal, user_id=str(user.id))
+
+
+@hookimpl
+def userplane_user_purged(
+    user_id: uuid.UUID, principal: Principal | None, registry: Registry
+) -> None:
+    """``user.purged``: one user erased at once (``userplane users shred``)."""
+    _log(registry, "user.purged", principal, user_id=str(user_id))
 
 
 @hookimpl
