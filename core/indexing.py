@@ -51,22 +51,11 @@ class IndexPlan:
     current: Scheme
     incoming: Scheme | None = None
 
-    def write(self, email_key: str) -> tuple[str, str | None]:
-        """The values of columns a and b for a user with ``email_key``, as this process writes."""
+    def values(self, email_key: str) -> tuple[str, str | None]:
+        """Columns a and b for ``email_key``: what this process writes, and looks users up by."""
         if self.incoming is None:
             value = self.current.index(email_key)
             return (value, value) if self.current.home == "b" else (value, None)
-        return self._both(email_key)
-
-    def lookup(self, email_key: str) -> tuple[str, str | None]:
-        """What to look ``email_key`` up by in columns a and b (b tried when a misses)."""
-        if self.incoming is None:
-            value = self.current.index(email_key)
-            return (value, value) if self.current.home == "b" else (value, None)
-        return self._both(email_key)
-
-    def _both(self, email_key: str) -> tuple[str, str]:
-        assert self.incoming is not None
         values = {
             self.current.home: self.current.index(email_key),
             self.incoming.home: self.incoming.index(email_key),

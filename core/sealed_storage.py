@@ -429,7 +429,7 @@ class SealedStorage:
 
     def _keys(self, email_key: str) -> tuple[str, str | None]:
         assert self._plan is not None
-        return self._plan.write(email_key)
+        return self._plan.values(email_key)
 
     def insert_user(
         self,
@@ -463,7 +463,7 @@ class SealedStorage:
             return self._open(
                 self.inner.get_user_by_email(email_key, include_deleted, next_key=next_key)
             )
-        a, b = self._plan.lookup(email_key)
+        a, b = self._plan.values(email_key)
         return self._open(self.inner.get_user_by_email(a, include_deleted, next_key=b))
 
     def list_users(
@@ -477,7 +477,7 @@ class SealedStorage:
         if errors:
             raise InvalidInput.from_errors(errors)
         if flt.email is not None:
-            a, b = self._plan.lookup(flt.email)
+            a, b = self._plan.values(flt.email)
             flt = attrs.evolve(flt, email=a, email_next=b)
         return [self._opened(u) for u in self.inner.list_users(flt, sort, after, limit)]
 

@@ -1,7 +1,8 @@
 """Field-level encryption end to end: keyrings, sealing, start-up key checks, what a dump
 shows, crypto-shredding and key rotation, on real SQLite and PostgreSQL databases.
 
-The storage contract in encrypted mode is ``tests/test_encryption_storage.py``; the
+The storage contract in encrypted mode is ``TestSQLiteSealed`` and
+``TestPostgreSQLSealed`` in ``tests/plugins/``; the
 HTTP and CLI surfaces are ``tests/frontends/test_*_encryption.py``.
 """
 

@@ -85,11 +85,22 @@ def update_params(
     (``CASE WHEN :set_email THEN :email ELSE email END``) serves every partial
     update and can be prepared once.
     """
-    full_name = fields.get("full_name")
     return {
         "id": user_id,
         "expected_version": expected_version,
         "now": now,
+        **_personal_params(fields, email_key, name_key, next_key),
+        "set_is_active": "is_active" in fields,
+        "is_active": fields.get("is_active"),
+    }
+
+
+def _personal_params(
+    fields: Mapping[str, Any], email_key: str | None, name_key: str | None, next_key: str | None
+) -> dict[str, Any]:
+    """The email and name of ``fields`` with their ``set_`` flags and keys, as writes take them."""
+    full_name = fields.get("full_name")
+    return {
         "set_email": "email" in fields,
         "email": fields.get("email"),
         "email_key": email_key,
@@ -97,8 +108,6 @@ def update_params(
         "set_full_name": "full_name" in fields,
         "full_name": full_name,
         "full_name_folded": fold(full_name or "") if name_key is None else name_key,
-        "set_is_active": "is_active" in fields,
-        "is_active": fields.get("is_active"),
     }
 
 
@@ -352,18 +361,11 @@ class SQLStorage(abc.ABC):
         next_key: str | None = None,
     ) -> bool:
         """One ``UPDATE`` of the stored form, conditional on ``version``."""
-        full_name = fields.get("full_name")
+        # Only the core reseals, and it seals: a sealed name has no order ("").
         params = {
             "id": user_id,
             "version": version,
-            "set_email": "email" in fields,
-            "email": fields.get("email"),
-            "email_key": email_key,
-            "email_next": next_key,
-            "set_full_name": "full_name" in fields,
-            "full_name": full_name,
-            # Only the core reseals, and it seals: a sealed name has no order.
-            "full_name_folded": "",
+            **_personal_params(fields, email_key, "", next_key),
         }
         return self.execute(self.queries["reseal_user"], self.params(params)) > 0
 

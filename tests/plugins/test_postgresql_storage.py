@@ -28,7 +28,7 @@ from userplane.plugins.postgresql.store import (
     yoyo_url,
 )
 from userplane.sql import USER_COLUMNS, list_users_sql
-from userplane.testing import StorageContract, insert, make_user
+from userplane.testing import SealedStorageContract, StorageContract, insert, make_user
 from userplane.users import UserFilter
 
 
@@ -88,6 +88,16 @@ class TestPostgreSQLContract(StorageContract):
             store.close()
             with psycopg.connect(postgresql_server, autocommit=True) as conn:
                 conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+class TestPostgreSQLSealed(SealedStorageContract, TestPostgreSQLContract):
+    """The contract in encrypted mode: the stores above, sealed by the suite under fresh keys."""
+
+    @pytest.fixture
+    def raw_storage(self, postgresql_url: str) -> Iterator[PostgreSQLStorage]:
+        store = PostgreSQLStorage(postgresql_url)
+        yield store
+        store.close()
 
 
 @pytest.fixture

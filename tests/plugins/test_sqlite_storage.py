@@ -16,7 +16,7 @@ from userplane.errors import Unavailable
 from userplane.migrations import folder
 from userplane.pagination import Sort
 from userplane.plugins.sqlite import SQLiteStorage, sqlite_path, userplane_open_storage
-from userplane.testing import StorageContract, insert, make_user
+from userplane.testing import SealedStorageContract, StorageContract, insert, make_user
 from userplane.users import UserFilter
 
 
@@ -52,6 +52,18 @@ class TestSQLiteContract(StorageContract):
             "SQLite has no login to refuse: who may open the file is the file system's "
             "say, and a file that cannot be opened is the unreachable_storage case"
         )
+
+
+class TestSQLiteSealed(SealedStorageContract, TestSQLiteContract):
+    """The contract in encrypted mode: the stores above, sealed by the suite under fresh keys."""
+
+    @pytest.fixture
+    def raw_storage(self, tmp_path: Path) -> Iterator[SQLiteStorage]:
+        path = tmp_path / "sealed.db"
+        store = SQLiteStorage(f"sqlite:///{path}", str(path))
+        store.migrate()
+        yield store
+        store.close()
 
 
 def test_answers_only_sqlite_urls(tmp_path: Path) -> None:
