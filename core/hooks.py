@@ -21,6 +21,7 @@ from userplane.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from userplane.auth import Credentials, Principal
+    from userplane.changes import Change
     from userplane.keyring import Keyring
     from userplane.limits import Quota
     from userplane.plugin_manager import BrokenPlugin
@@ -105,6 +106,10 @@ class Hooks:
     def register_services(self, registry: Registry) -> None:
         """``userplane_register_services``."""
         self._hook.userplane_register_services(registry=registry)
+
+    def instruments(self, meter: Any, registry: Registry) -> None:
+        """``userplane_instruments``: every plugin makes its metrics on ``meter``."""
+        self._hook.userplane_instruments(meter=meter, registry=registry)
 
     def storage_opened(self, storage: Storage, settings: Settings, registry: Registry) -> None:
         """``userplane_storage_opened``."""
@@ -279,6 +284,26 @@ class Hooks:
         kwargs = {"user_id": user_id, "principal": principal, "registry": registry}
         self._notify("userplane_user_purged", kwargs)
 
+    # -- records of changes ------------------------------------------------------
+
+    @property
+    def records_changes(self) -> bool:
+        """Whether any plugin implements ``userplane_record_change`` (asked once, at start)."""
+        return bool(self._hook.userplane_record_change.get_hookimpls())
+
+    def record_change(self, change: Change, registry: Registry) -> None:
+        """``userplane_record_change``: every implementation, in the write's transaction.
+
+        Not isolated: an exception fails (and rolls back) the write.
+        """
+        self._hook.userplane_record_change(change=change, registry=registry)
+
+    def changes_committed(self, changes: Sequence[Change], registry: Registry) -> None:
+        """``userplane_changes_committed``, listeners isolated."""
+        self._notify(
+            "userplane_changes_committed", {"changes": tuple(changes), "registry": registry}
+        )
+
     # -- frontends ---------------------------------------------------------------
 
     def cli_commands(self, cli: Any) -> list[BrokenPlugin]:
@@ -306,6 +331,14 @@ class Hooks:
         ):
             out.extend(components or ())
         return out
+
+    def openapi(self, document: dict[str, Any], registry: Registry) -> None:
+        """``userplane_openapi``: every plugin adds its paths to ``document``."""
+        self._hook.userplane_openapi(document=document, registry=registry)
+
+    def serving(self, registry: Registry) -> None:
+        """``userplane_serving``: this process serves now."""
+        self._hook.userplane_serving(registry=registry)
 
     def http_routes(self, app: Any, registry: Registry) -> None:
         """``userplane_http_routes``."""

@@ -20,6 +20,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from userplane.auth import Credentials, Principal
+    from userplane.changes import Change
     from userplane.keyring import Keyring
     from userplane.limits import Quota
     from userplane.registry import Registry
@@ -39,6 +40,7 @@ EVENT_HOOKS = frozenset(
         "userplane_user_restored",
         "userplane_users_purged",
         "userplane_user_purged",
+        "userplane_changes_committed",
     }
 )
 
@@ -90,6 +92,16 @@ def userplane_encryption_keys(settings: Settings) -> Keyring | None:
     built-in one) and fetches or unwraps the keys here. Raise
     ``ConfigurationError`` when keys are configured but cannot be had: never
     start without them. firstresult.
+    """
+
+
+@hookspec
+def userplane_instruments(meter: Any, registry: Registry) -> None:
+    """Telemetry is on: create your metrics on ``meter``, this registry's OpenTelemetry meter.
+
+    Called once per registry by the telemetry plugin, after the storage
+    opened. Without telemetry it is never called: keep your instruments
+    optional (``None`` until then) and record nothing without them.
     """
 
 
@@ -262,6 +274,32 @@ def userplane_user_purged(
     """
 
 
+# -- records of changes (in the transaction, then after commit) ---------------------------
+
+
+@hookspec
+def userplane_record_change(change: Change, registry: Registry) -> None:
+    """Write what must commit with ``change``: an audit event, a webhook's outbox row.
+
+    Called inside the storage transaction of the write ``change`` describes,
+    before it commits: statements run on ``registry.storage`` (on this
+    thread) join that transaction. Raising fails the write: it rolls back,
+    with your records, and the caller gets the error. Keep it short: the
+    write's locks are held meanwhile. Personal values arrive sealed while
+    personal data is encrypted (``FieldChange.sealed``).
+    """
+
+
+@hookspec
+def userplane_changes_committed(changes: Sequence[Change], registry: Registry) -> None:
+    """The ``changes`` of one transaction have committed (each was recorded, in order).
+
+    For what may lag the write: waking a webhook dispatcher, dropping a
+    cache. Each implementation is isolated: an exception is logged with your
+    plugin's name and does not change the answer.
+    """
+
+
 # -- frontends ----------------------------------------------------------------------
 
 
@@ -275,6 +313,28 @@ def userplane_http_middleware(settings: Settings, registry: Registry) -> Sequenc
     """Return Falcon middleware components to install, outermost first.
 
     Called once per app. Components see every request, including failed ones.
+    """
+
+
+@hookspec
+def userplane_openapi(document: dict[str, Any], registry: Registry) -> None:
+    """Add your routes to the OpenAPI ``document`` (a JSON-ready dict), changing it in place.
+
+    Called once per app, after the core's paths and components are in
+    (``document["paths"]``, ``document["components"]["schemas"]``,
+    ``["responses"]``): add your paths, and schemas under names of your own.
+    ``/api/v1/openapi.json`` and ``/docs`` show the result.
+    """
+
+
+@hookspec
+def userplane_serving(registry: Registry) -> None:
+    """This process now serves requests with ``registry`` (a ``userplane serve`` worker).
+
+    Called once per serving process, after the fork and after the app was
+    built: start background work here (a queue's dispatcher), and stop it
+    in ``userplane_shutdown``. Not called in tests that build an app
+    without serving it, nor by CLI commands.
     """
 
 

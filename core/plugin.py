@@ -31,6 +31,14 @@ if TYPE_CHECKING:
         current_principal,
         local_principal,
     )
+    from userplane.changes import (
+        Change,
+        ChangeRecorder,
+        FieldChange,
+        RequestContext,
+        current_context,
+        request_context,
+    )
     from userplane.errors import (
         ConfigurationError,
         Conflict,
@@ -108,6 +116,17 @@ _SOURCES = {
             "local_principal",
         ),
         "userplane.auth",
+    ),
+    **dict.fromkeys(
+        (
+            "Change",
+            "ChangeRecorder",
+            "FieldChange",
+            "RequestContext",
+            "current_context",
+            "request_context",
+        ),
+        "userplane.changes",
     ),
     **dict.fromkeys(
         (
@@ -203,10 +222,13 @@ __all__ = [
     "USERS_WRITE",
     "WRITE",
     "AuthService",
+    "Change",
+    "ChangeRecorder",
     "ClientCertificate",
     "ConfigurationError",
     "Conflict",
     "Credentials",
+    "FieldChange",
     "FieldError",
     "Forbidden",
     "Hooks",
@@ -231,6 +253,7 @@ __all__ = [
     "RateLimitCounters",
     "RateLimited",
     "Registry",
+    "RequestContext",
     "ServiceCheck",
     "Services",
     "Settings",
@@ -250,6 +273,7 @@ __all__ = [
     "UserService",
     "UserplaneError",
     "acting_as",
+    "current_context",
     "current_principal",
     "hookimpl",
     "is_secret_name",
@@ -259,6 +283,7 @@ __all__ = [
     "mask_urls_in",
     "parse_keys",
     "password_pieces",
+    "request_context",
     "secret_values",
     "section",
     "setting",

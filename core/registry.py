@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import pluggy
 
 from userplane.auth import AuthService
+from userplane.changes import ChangeRecorder
 from userplane.errors import ConfigurationError, Unavailable, UserplaneError
 from userplane.hooks import Hooks
 from userplane.idempotency import IdempotencyService
@@ -72,6 +73,8 @@ class Registry:
             #: What the services use: personal fields sealed when a keyring is configured.
             sealer = None if keyring is None else Sealer(keyring)
             self.sealed = SealedStorage(storage, sealer, utcnow)
+            #: Records of changes, handed to plugins in each write's transaction.
+            self.changes = ChangeRecorder(self, storage, self.sealed)
             self.users = UserService(
                 self.sealed, self.hooks, registry=self, encrypted=keyring is not None
             )

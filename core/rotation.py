@@ -21,6 +21,7 @@ it again: users already done cost a read.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -28,6 +29,7 @@ from typing import Any
 
 import attrs
 
+from userplane.changes import ChangeRecorder, FieldChange
 from userplane.emails import normalize_email
 from userplane.errors import ConfigurationError
 from userplane.indexing import PLAIN, IndexPlan
@@ -101,6 +103,7 @@ def rotate(
     batch: int = 500,
     progress: Callable[[int], None] = lambda _: None,
     plan: IndexPlan | None = None,
+    changes: ChangeRecorder | None = None,
 ) -> RotationReport:
     """Bring every user under the keys of ``sealer``; retire what is left over.
 
@@ -109,7 +112,9 @@ def rotate(
     database). ``progress(n)`` is told of every ``n`` users read. Raises
     ``ConfigurationError`` if writers keep using old keys for ``MAX_PASSES``
     passes (an instance still runs with the old keyring), and
-    ``Undecryptable`` naming a user whose data fails to open.
+    ``Undecryptable`` naming a user whose data fails to open. With
+    ``changes``, the run's outcome is recorded (``encryption.rotated``) in the
+    transaction that marks the index ready and retires the keys.
     """
     if plan is None:
         from userplane.sealed_storage import verify_keys
@@ -158,9 +163,35 @@ def rotate(
             f"users were still stored under old keys after {MAX_PASSES} passes: "
             "is every instance running with the new keyring?"
         )
+    with contextlib.nullcontext() if changes is None else changes.writing():
+        report = _finish(storage, sealer, plan, known, now())
+        report = attrs.evolve(
+            report,
+            scanned=scanned,
+            rewrapped=rewritten,
+            passes=passes,
+            sealed=sealed,
+            tidied=tidied,
+        )
+        if changes is not None:
+            after = {
+                "active_key": sealer.keyring.active.name,
+                "index_key": report.indexed or plan.target.name,
+                "retired": list(report.retired),
+                "rewrapped": rewritten,
+                "sealed": sealed,
+            }
+            fields = {name: FieldChange(None, value) for name, value in after.items()}
+            changes.record("encryption.rotated", "keyring", sealer.keyring.active.name, fields)
+    return report
+
+
+def _finish(
+    storage: Storage, sealer: Sealer, plan: IndexPlan, known: set[str], at: datetime
+) -> RotationReport:
+    """Mark the incoming index ready and retire the keys nothing is sealed under any more."""
     indexed = None
     retired = []
-    at = now()
     if plan.incoming is not None:
         storage.mark_key_ready(plan.incoming.name, at)
         indexed = plan.incoming.name
@@ -175,4 +206,4 @@ def rotate(
         ):
             storage.retire_key_record(record.name, at)
             retired.append(record.name)
-    return RotationReport(scanned, rewritten, passes, tuple(retired), sealed, indexed, tidied)
+    return RotationReport(0, 0, 0, tuple(retired), 0, indexed, 0)

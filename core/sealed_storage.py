@@ -14,6 +14,7 @@ the ones the database was sealed with (``verify_keys``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import threading
@@ -382,6 +383,50 @@ class SealedStorage:
         """Passed through."""
         return self.inner.count_users()
 
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """The inner storage's transaction."""
+        return self.inner.transaction()
+
+    def deleted_user_ids(self, deleted_before: datetime, limit: int) -> list[uuid.UUID]:
+        """Passed through: ids only."""
+        return self.inner.deleted_user_ids(deleted_before, limit)
+
+    # -- records of changes ------------------------------------------------------------
+
+    def seal_record_values(
+        self, user_id: uuid.UUID, field: str, values: tuple[str | None, str | None]
+    ) -> tuple[str | None, str | None]:
+        """A personal ``field``'s values in a record of a change, sealed under the user's data key.
+
+        Bound to the user and to records (``record.<field>``): a sealed value
+        cannot be moved into a user row, nor between users. Erasing the user
+        (its row, and so its data key) leaves them unreadable.
+        """
+        assert self.sealer is not None
+        stored = self.inner.get_user(user_id, True)
+        if stored is None:
+            raise NotFound(f"no user with id {user_id}")
+        key = self.sealer.data_key(user_id, stored.email)
+        field = f"record.{field}"
+        return (
+            None if values[0] is None else self.sealer.seal_value(user_id, key, field, values[0]),
+            None if values[1] is None else self.sealer.seal_value(user_id, key, field, values[1]),
+        )
+
+    def open_record_values(
+        self, user_id: uuid.UUID, field: str, values: tuple[str | None, str | None]
+    ) -> tuple[str | None, str | None]:
+        """The clear values sealed by ``seal_record_values``; ``Undecryptable`` once erased."""
+        stored = self.inner.get_user(user_id, True)
+        if self.sealer is None or stored is None:
+            raise Undecryptable(f"the data key of user {user_id} is gone")
+        key = self.sealer.data_key(user_id, stored.email)
+        field = f"record.{field}"
+        return (
+            None if values[0] is None else self.sealer.open_value(user_id, key, field, values[0]),
+            None if values[1] is None else self.sealer.open_value(user_id, key, field, values[1]),
+        )
+
     def index_entries(self, after: uuid.UUID | None, limit: int) -> list[IndexEntry]:
         """Passed through: stored forms, for a re-index."""
         return self.inner.index_entries(after, limit)
@@ -560,6 +605,11 @@ class SealedStorage:
         """Soft-delete, opened."""
         self.verify()
         return self._opened(self.inner.delete_user(user_id, expected_version, now))
+
+    def lock_user(self, user_id: uuid.UUID) -> User | None:
+        """The user, locked (inside a transaction), opened."""
+        self.verify()
+        return self._open(self.inner.lock_user(user_id))
 
     def restore_user(self, user_id: uuid.UUID, now: datetime) -> User | None:
         """Restore, opened."""

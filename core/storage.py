@@ -19,6 +19,7 @@ Rules every implementation follows:
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -132,6 +133,14 @@ class Storage(Protocol):
 
     def get_user(self, user_id: uuid.UUID, include_deleted: bool = False) -> User | None:
         """The user with ``user_id``, or ``None``; a deleted one only if ``include_deleted``."""
+
+    def lock_user(self, user_id: uuid.UUID) -> User | None:
+        """Inside ``transaction()``: the user (deleted too), locked until the transaction ends.
+
+        No other writer changes it meanwhile (``SELECT … FOR UPDATE``; a store
+        whose transactions lock the whole database reads it), so the state
+        read is the one the next write changes: the "before" of a record.
+        """
 
     def get_user_by_email(
         self, email_key: str, include_deleted: bool = False, *, next_key: str | None = None
@@ -251,6 +260,21 @@ class Storage(Protocol):
 
     def count_users(self) -> int:
         """How many users are stored, deleted ones included (for progress reports)."""
+
+    def deleted_user_ids(self, deleted_before: datetime, limit: int) -> list[uuid.UUID]:
+        """Up to ``limit`` ids, by id, of the users deleted before ``deleted_before``.
+
+        What a purge removes, one by one, when each removal is recorded.
+        """
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """A block whose statements, on this thread, commit together or not at all.
+
+        A block inside another joins it (one transaction, committed by the
+        outer one). An exception rolls everything back and propagates. Plugins'
+        statements on the same storage object join it too: that is how a
+        record of a change commits with the change (``userplane_record_change``).
+        """
 
     def key_records(self) -> list[KeyRecord]:
         """Every encryption key recorded in this database (``KeyRecord``), by name."""

@@ -12,6 +12,13 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import attrs
 
 from userplane.auth import USERS_READ_DELETED, current_principal
+from userplane.changes import (
+    USER_CREATED,
+    USER_DELETED,
+    USER_PURGED,
+    USER_RESTORED,
+    USER_UPDATED,
+)
 from userplane.emails import normalize_email
 from userplane.errors import FieldError, InvalidInput, NotFound
 from userplane.pagination import (
@@ -35,6 +42,8 @@ MAX_FULL_NAME = 200
 MAX_FOLDED = 2 * MAX_FULL_NAME
 DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 500
+#: Users a recorded purge removes per transaction.
+PURGE_BATCH: Final = 100
 
 
 class Unset(Enum):
@@ -286,6 +295,7 @@ class UserService:
         self._registry = registry
         self._clock = clock
         self._new_id = new_id
+        self._changes = registry.changes
 
     def _run(self, operation: str, call: Callable[[], T]) -> T:
         return self._hooks.operation(operation, call, self._registry)
@@ -307,7 +317,9 @@ class UserService:
                 updated_at=now,
                 version=1,
             )
-            stored = self._storage.insert_user(user, key)
+            with self._changes.writing():
+                stored = self._storage.insert_user(user, key)
+                self._changes.record_user(USER_CREATED, None, stored)
             self._hooks.user_created(stored, current_principal(), self._registry)
             return stored
 
@@ -404,9 +416,12 @@ class UserService:
             if "is_active" in fields and not isinstance(fields["is_active"], bool):
                 errors.append(FieldError("$.is_active", "must be a boolean"))
             _raise_if(errors)
-            updated = self._storage.update_user(
-                user_id, fields, key, expected_version, self._clock()
-            )
+            with self._changes.writing():
+                before = self._locked(user_id)
+                updated = self._storage.update_user(
+                    user_id, fields, key, expected_version, self._clock()
+                )
+                self._changes.record_user(USER_UPDATED, before, updated)
             self._hooks.user_updated(
                 updated, frozenset(fields), current_principal(), self._registry
             )
@@ -422,7 +437,10 @@ class UserService:
         """
 
         def call() -> User:
-            deleted = self._storage.delete_user(user_id, expected_version, self._clock())
+            with self._changes.writing():
+                before = self._locked(user_id)
+                deleted = self._storage.delete_user(user_id, expected_version, self._clock())
+                self._changes.record_user(USER_DELETED, before, deleted)
             self._hooks.user_deleted(deleted, current_principal(), self._registry)
             return deleted
 
@@ -451,7 +469,11 @@ class UserService:
         def call() -> User:
             if not self._may_see_deleted(user_id):
                 return self._live(user_id)
-            restored = self._storage.restore_user(user_id, self._clock())
+            with self._changes.writing():
+                before = self._locked(user_id)
+                restored = self._storage.restore_user(user_id, self._clock())
+                if restored is not None:
+                    self._changes.record_user(USER_RESTORED, before, restored)
             if restored is None:
                 return self._live(user_id)  # live already, or no such user
             self._hooks.user_restored(restored, current_principal(), self._registry)
@@ -479,7 +501,11 @@ class UserService:
                 before = self._clock() - older_than
             except OverflowError:  # before the calendar began: nothing is that old
                 before = datetime.min.replace(tzinfo=UTC)
-            count = self._storage.purge_users(before)
+            count = (
+                self._purge_recorded(before)
+                if self._changes.active
+                else self._storage.purge_users(before)
+            )
             self._hooks.users_purged(count, before, current_principal(), self._registry)
             return count
 
@@ -494,11 +520,34 @@ class UserService:
         """
 
         def call() -> None:
-            if not self._storage.purge_user(user_id):
-                raise NotFound(f"no deleted user with id {user_id} (delete it first)")
+            with self._changes.writing():
+                if not self._storage.purge_user(user_id):
+                    raise NotFound(f"no deleted user with id {user_id} (delete it first)")
+                self._record_purged(user_id)
             self._hooks.user_purged(user_id, current_principal(), self._registry)
 
         self._run("users.purge_user", call)
+
+    def _locked(self, user_id: uuid.UUID) -> User | None:
+        """The user as it is before a recorded write (locked till commit); ``None`` unrecorded."""
+        return self._storage.lock_user(user_id) if self._changes.active else None
+
+    def _record_purged(self, user_id: uuid.UUID) -> None:
+        # No values: the record of an erasure must not keep what was erased.
+        self._changes.record(USER_PURGED, "user", str(user_id), {}, user_id=user_id)
+
+    def _purge_recorded(self, before: datetime) -> int:
+        """Purge one user at a time, each with its record, a batch per transaction."""
+        count = 0
+        while True:
+            with self._changes.writing():
+                ids = self._storage.deleted_user_ids(before, PURGE_BATCH)
+                for user_id in ids:
+                    if self._storage.purge_user(user_id):
+                        self._record_purged(user_id)
+                        count += 1
+            if len(ids) < PURGE_BATCH:
+                return count
 
     def set_active(self, user_id: uuid.UUID, active: bool) -> User:
         """Activate or deactivate a user (an update of ``is_active`` alone)."""

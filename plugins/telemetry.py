@@ -44,6 +44,7 @@ from userplane.plugin import (
     hookimpl,
     mask_text,
     mask_url,
+    request_context,
     secret_values,
     section,
 )
@@ -266,6 +267,8 @@ class Telemetry:
         #: The storage whose pool the gauges observe (weak: the registry owns it).
         self._pooled: weakref.ref[PooledStorage] | None = None
         meter = self.meter_provider.get_meter("userplane", userplane.__version__)
+        #: The meter plugins make their own metrics on (``userplane_instruments``).
+        self.meter: Meter = meter
         #: Where the rate limiter's counters are looked up (``observe_limits``).
         self._services: weakref.ref[Services] | None = None
         self.instruments = _Instruments(meter, self._pool_stats, self._limit_counters)
@@ -509,6 +512,8 @@ def userplane_storage_opened(storage: Storage, registry: Registry) -> None:
         return
     from userplane.plugin import InstrumentableStorage, PooledStorage
 
+    registry.hooks.instruments(state.meter, registry)
+
     if isinstance(storage, InstrumentableStorage):
         wrapper = _statement_tracing(storage.system, state.tracer_provider)
         if wrapper is not None:
@@ -573,9 +578,13 @@ def userplane_operation(operation: str, registry: Registry) -> Generator[None, A
     tracer = state.tracer
     from opentelemetry.trace import Status, StatusCode
 
-    with tracer.start_as_current_span(
-        operation, record_exception=False, set_status_on_exception=False
-    ) as span:
+    with (
+        tracer.start_as_current_span(
+            operation, record_exception=False, set_status_on_exception=False
+        ) as span,
+        # The records of what the operation changes carry its trace.
+        request_context(trace_id=format(span.get_span_context().trace_id, "032x")),
+    ):
         try:
             return (yield)
         except UserplaneError as exc:

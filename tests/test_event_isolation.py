@@ -74,6 +74,15 @@ class Listener:
     def userplane_user_purged(self, user_id: Any) -> None:
         self._hear("userplane_user_purged", str(user_id))
 
+    @hookimpl
+    def userplane_record_change(self, change: Any) -> None:
+        """Records nothing: implemented so that every write is recorded and announced."""
+
+    @hookimpl
+    def userplane_changes_committed(self, changes: Any) -> None:
+        if changes[0].target_type == "user":  # not the API keys the client is given
+            self._hear("userplane_changes_committed", changes[0].target_id)
+
 
 class Gatekeeper:
     """A ``userplane_operation`` wrapper refusing the operations in ``refused`` (a rate limit)."""
@@ -186,6 +195,12 @@ def purged_one(client: testing.TestClient, registry: Registry) -> tuple[str, str
     return "userplane_user_purged", user["id"]
 
 
+def committed(client: testing.TestClient, registry: Registry) -> tuple[str, str]:
+    answer = client.simulate_post(USERS, json={"email": "ann@example.org"})
+    assert answer.status_code == 201, answer.text
+    return "userplane_changes_committed", answer.json["id"]
+
+
 SCENARIOS: dict[str, Callable[[testing.TestClient, Registry], tuple[str, Any]]] = {
     "userplane_user_created": created,
     "userplane_user_updated": updated,
@@ -193,6 +208,7 @@ SCENARIOS: dict[str, Callable[[testing.TestClient, Registry], tuple[str, Any]]] 
     "userplane_user_restored": restored,
     "userplane_users_purged": purged,
     "userplane_user_purged": purged_one,
+    "userplane_changes_committed": committed,
 }
 
 

@@ -38,14 +38,18 @@ from userplane.plugin import (
     USERS_DELETE,
     USERS_READ,
     WRITE,
+    Change,
     ConfigurationError,
+    Conflict,
     Credentials,
+    FieldChange,
     InstrumentableStorage,
     InvalidInput,
     Keyring,
     NamedKey,
     NewUser,
     NotFound,
+    PreconditionFailed,
     Principal,
     Quota,
     RateLimit,
@@ -57,11 +61,13 @@ from userplane.plugin import (
     Unauthenticated,
     Unavailable,
     User,
+    UserChanges,
     UserQuery,
     UserService,
     acting_as,
     hookimpl,
     local_principal,
+    request_context,
     section,
     setting,
 )
@@ -1043,3 +1049,210 @@ def test_hook_http_routes(open_registry: Callable[..., Registry]) -> None:
     careless = open_registry(Careless())
     with pytest.raises(ConfigurationError, match="Undeclared does not declare the action for GET"):
         create_app(careless)
+
+
+# -- records of changes -----------------------------------------------------------------------
+
+
+class Recorder(Plugin):
+    """Records every change, and what its transaction shows of the user while recording."""
+
+    __name__ = "recorder"
+
+    def __init__(self) -> None:
+        self.changes: list[Change] = []
+        self.seen_versions: list[int | None] = []
+        self.committed: list[tuple[Change, ...]] = []
+        self.fail_on: str | None = None
+
+    @hookimpl
+    def userplane_record_change(self, change: Change, registry: Registry) -> None:
+        if change.action == self.fail_on:
+            raise RuntimeError(f"cannot record {change.action}")
+        self.changes.append(change)
+        if change.user_id is not None:
+            # The write is not committed yet, and this statement sees it: one transaction.
+            user = registry.storage.get_user(change.user_id, include_deleted=True)
+            self.seen_versions.append(None if user is None else user.version)
+
+    @hookimpl
+    def userplane_changes_committed(self, changes: tuple[Change, ...]) -> None:
+        self.committed.append(changes)
+
+
+def test_hook_record_change(open_registry: Callable[..., Registry]) -> None:
+    """Each write is recorded in its transaction, with before and after; a failed one is not."""
+    recorder = Recorder()
+    registry = open_registry(recorder)
+    me = local_principal("ops")
+    with acting_as(me), request_context(request_id="req-1", client_address="192.0.2.7"):
+        ann = registry.users.create(NewUser("ann@example.org", "Ann"))
+        ann = registry.users.update(ann.id, UserChanges(full_name="Ann E."), ann.version)
+        with pytest.raises(PreconditionFailed):
+            registry.users.update(ann.id, UserChanges(full_name="Stale"), 1)
+        with pytest.raises(Conflict):
+            registry.users.create(NewUser("ANN@example.org"))
+        registry.users.delete(ann.id)
+        registry.users.restore(ann.id)
+        registry.users.restore(ann.id)  # live already: no write, no record
+        registry.users.delete(ann.id)
+        registry.users.purge_user(ann.id)
+    actions = [c.action for c in recorder.changes]
+    assert actions == [
+        "user.created",
+        "user.updated",
+        "user.deleted",
+        "user.restored",
+        "user.deleted",
+        "user.purged",
+    ]
+    created, updated, deleted, *_, purged = recorder.changes
+    assert created.fields["email"] == FieldChange(None, "ann@example.org")
+    assert created.fields["version"] == FieldChange(None, 1)
+    assert set(updated.fields) == {"full_name", "version"}
+    assert updated.fields["full_name"] == FieldChange("Ann", "Ann E.")
+    assert deleted.fields["deleted_at"].before is None
+    assert deleted.fields["deleted_at"].after.endswith("Z")
+    assert purged.fields == {}  # an erasure keeps nothing of what it erased
+    for change in recorder.changes:
+        assert (change.actor, change.actor_kind) == (me.id, "local")
+        assert (change.request_id, change.client_address) == ("req-1", "192.0.2.7")
+        assert (change.target_type, change.target_id, change.user_id) == (
+            "user",
+            str(ann.id),
+            ann.id,
+        )
+    # Inside the hook, the transaction already shows the write (the user gone at the purge).
+    assert recorder.seen_versions == [1, 2, 3, 4, 5, None]
+    assert len({c.id for c in recorder.changes}) == len(recorder.changes)
+
+
+def test_hook_record_change_that_raises_fails_the_write(
+    open_registry: Callable[..., Registry],
+) -> None:
+    recorder = Recorder()
+    registry = open_registry(recorder)
+    recorder.fail_on = "user.created"
+    with pytest.raises(RuntimeError, match=r"cannot record user\.created"):
+        registry.users.create(NewUser("ann@example.org"))
+    with pytest.raises(NotFound):  # rolled back: no change without its record
+        registry.users.get_by_email("ann@example.org")
+    recorder.fail_on = "user.updated"
+    bob = registry.users.create(NewUser("bob@example.org", "Bob"))
+    with pytest.raises(RuntimeError):
+        registry.users.update(bob.id, UserChanges(full_name="Robert"))
+    assert registry.users.get(bob.id) == bob
+    assert [c.action for c in recorder.changes] == ["user.created"]
+
+
+def test_hook_record_change_records_each_user_of_a_purge(
+    open_registry: Callable[..., Registry],
+) -> None:
+    recorder = Recorder()
+    registry = open_registry(recorder)
+    users = [registry.users.create(NewUser(f"u{i}@example.org")) for i in range(3)]
+    for user in users:
+        registry.users.delete(user.id)
+    assert registry.users.purge(timedelta(0)) == 3
+    purged = [c for c in recorder.changes if c.action == "user.purged"]
+    assert sorted(c.user_id for c in purged) == sorted(u.id for u in users)
+
+
+def test_hook_changes_committed(open_registry: Callable[..., Registry]) -> None:
+    """Told after commit, once per transaction, with its changes; never of a rolled-back one."""
+    recorder = Recorder()
+    registry = open_registry(recorder)
+    ann = registry.users.create(NewUser("ann@example.org"))
+    with pytest.raises(Conflict):
+        registry.users.create(NewUser("ann@example.org"))
+    recorder.fail_on = "user.deleted"
+    with pytest.raises(RuntimeError):
+        registry.users.delete(ann.id)
+    assert [[c.action for c in t] for t in recorder.committed] == [["user.created"]]
+    assert recorder.committed[0][0] is recorder.changes[0]
+
+
+def test_hook_serving(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A serving process is announced once its app is built; building an app alone is not."""
+    from userplane.frontends.http import server
+
+    served: list[Registry] = []
+
+    class Background(Plugin):
+        @hookimpl
+        def userplane_serving(self, registry: Registry) -> None:
+            served.append(registry)
+
+    plugin = Background()
+    with Registry(settings, plugins=[plugin]) as registry:
+        registry.migrate()
+        create_app(registry)
+        assert served == []
+    monkeypatch.setattr(server, "Registry", lambda s: Registry(s, plugins=[plugin]))
+    worker = server.Server(settings)
+    try:
+        app = worker.load()
+        assert app is not None
+        assert len(served) == 1
+    finally:
+        worker.close()
+
+
+def test_hook_openapi(open_registry: Callable[..., Registry]) -> None:
+    """A plugin's paths are in the served document and on the docs page."""
+
+    class Documented(Plugin):
+        @hookimpl
+        def userplane_openapi(self, document: dict[str, Any]) -> None:
+            document["paths"]["/api/v1/demo/stats"] = {
+                "get": {
+                    "summary": "Count the demo's users",
+                    "responses": {"200": {"description": "ok"}},
+                }
+            }
+
+    registry = open_registry(Documented())
+    client = client_for(registry, "viewer")
+    doc = client.simulate_get("/api/v1/openapi.json").json
+    assert doc["paths"]["/api/v1/demo/stats"]["get"]["summary"] == "Count the demo's users"
+    assert "/api/v1/users/" in doc["paths"]
+    assert "Count the demo&#x27;s users" in client.simulate_get("/docs").text
+
+
+def test_hook_instruments(database_url: str) -> None:
+    """With telemetry on, a plugin's instrument is made on the registry's meter and exported."""
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from userplane.plugins import telemetry
+
+    made: list[Any] = []
+
+    class Metered(Plugin):
+        @hookimpl
+        def userplane_instruments(self, meter: Any, registry: Registry) -> None:
+            counter = meter.create_counter("demo.reports", unit="{report}")
+            made.append(counter)
+
+    reader = InMemoryMetricReader()
+    settings = Settings.from_mapping(
+        {
+            "USERPLANE_DATABASE_URL": database_url,
+            "USERPLANE_OTEL_ENABLED": "true",
+            "USERPLANE_OTEL_EXPORTER": "none",
+        }
+    )
+    with Registry(settings, plugins=[telemetry.Exporters(metrics=reader), Metered()]) as registry:
+        registry.migrate()
+        (counter,) = made
+        counter.add(3)
+        data = reader.get_metrics_data()
+        assert data is not None
+        names = {
+            m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+        }
+        assert names["demo.reports"].data.data_points[0].value == 3
+    # Without telemetry it is never called.
+    made.clear()
+    plain = Settings.from_mapping({"USERPLANE_DATABASE_URL": database_url})
+    with Registry(plain, plugins=[Metered()]):
+        assert made == []

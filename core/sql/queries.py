@@ -71,6 +71,12 @@ NAMED_QUERIES: tuple[NamedQuery, ...] = (
         "get_user", ("id", "include_deleted"), f"{_USER}, or none; deleted only if include_deleted"
     ),
     NamedQuery(
+        "lock_user",
+        ("id",),
+        f"{_USER} (deleted too), or none, locked for the rest of the transaction "
+        "(FOR UPDATE where the database locks rows)",
+    ),
+    NamedQuery(
         "get_user_by_email",
         ("email_key", "include_deleted"),
         f"{_USER} whose email_normalized is email_key (exact, binary comparison), or none",
@@ -112,6 +118,11 @@ NAMED_QUERIES: tuple[NamedQuery, ...] = (
         f"clear deleted_at, updated_at = now, version + 1, of a deleted user; {_WRITE}",
     ),
     NamedQuery("purge_users", ("before",), "delete users with deleted_at < before; the row count"),
+    NamedQuery(
+        "deleted_user_ids",
+        ("before", "limit"),
+        "the ids of at most limit users with deleted_at < before, by id",
+    ),
     NamedQuery(
         "purge_user_responses",
         ("before",),

@@ -155,15 +155,14 @@ class SQLStorage(abc.ABC):
     def execute(self, sql: str, params: Mapping[str, Any]) -> int:
         """Run ``sql``; the number of rows it changed."""
 
+    @abc.abstractmethod
     def transaction(self) -> contextlib.AbstractContextManager[None]:
         """A block whose statements (on this thread) commit together, or not at all.
 
-        The default runs each statement on its own, which suffices where every
-        write is one statement (``dialect.returning``). A store without
-        ``RETURNING`` must override it: the kit writes, then reads the row
-        back, and both must see one state.
+        A block inside another joins it. Every statement run through
+        ``fetch_one``, ``fetch_all`` and ``execute`` on this thread inside the
+        block belongs to it, a plugin's too (``Storage.transaction``).
         """
-        return contextlib.nullcontext()
 
     def to_db(self, value: Any) -> Any:
         """``value`` as the driver takes it (identity unless overridden)."""
@@ -282,6 +281,10 @@ class SQLStorage(abc.ABC):
     def get_user(self, user_id: uuid.UUID, include_deleted: bool = False) -> User | None:
         """The user by id."""
         return self._maybe_user("get_user", {"id": user_id, "include_deleted": include_deleted})
+
+    def lock_user(self, user_id: uuid.UUID) -> User | None:
+        """The user by id, locked for the rest of the transaction."""
+        return self._maybe_user("lock_user", {"id": user_id})
 
     def get_user_by_email(
         self, email_key: str, include_deleted: bool = False, *, next_key: str | None = None
@@ -444,6 +447,12 @@ class SQLStorage(abc.ABC):
         """``SELECT count(*)``."""
         row = self.query("count_users", {})
         return int(row[0]) if row else 0
+
+    def deleted_user_ids(self, deleted_before: datetime, limit: int) -> list[uuid.UUID]:
+        """A page of ids of users deleted before the cut-off."""
+        params = self.params({"before": deleted_before, "limit": limit})
+        rows = self.fetch_all(self.queries["deleted_user_ids"], params)
+        return [self.uuid_from_db(r[0]) for r in rows]
 
     # -- encryption keys ----------------------------------------------------------
 

@@ -191,15 +191,11 @@ class SealedStorageContract(StorageContract):
     ) -> None:
         super().test_declares_its_capabilities(raw_storage, record_property)
 
-    def test_without_returning_a_transaction_commits_together_or_not_at_all(
-        self, raw_storage: Storage
-    ) -> None:
-        super().test_without_returning_a_transaction_commits_together_or_not_at_all(raw_storage)
+    def test_a_transaction_commits_together_or_not_at_all(self, raw_storage: Storage) -> None:
+        super().test_a_transaction_commits_together_or_not_at_all(raw_storage)
 
-    def test_without_returning_other_threads_see_a_transaction_once_it_commits(
-        self, raw_storage: Storage
-    ) -> None:
-        super().test_without_returning_other_threads_see_a_transaction_once_it_commits(raw_storage)
+    def test_other_threads_see_a_transaction_once_it_commits(self, raw_storage: Storage) -> None:
+        super().test_other_threads_see_a_transaction_once_it_commits(raw_storage)
 
     def test_the_longest_sealed_values_round_trip_with_an_empty_name_key(
         self, raw_storage: Storage

@@ -27,8 +27,10 @@ Requires pytest and hypothesis (``pip install 'userplane[testing]'``).
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -933,11 +935,9 @@ class StorageContract:
         assert caps["upsert"] in {"on-conflict", "on-duplicate-key"}
         assert caps["locking"] in {"database", "row"}
 
-    def test_without_returning_a_transaction_commits_together_or_not_at_all(
-        self, storage: Storage
-    ) -> None:
-        # The kit writes, then reads the row back, inside transaction(): it must be real.
-        self._needs(storage, "returning", False)
+    def test_a_transaction_commits_together_or_not_at_all(self, storage: Storage) -> None:
+        # The kit writes then reads back inside transaction() where there is no RETURNING,
+        # and the records of a change commit with it there: it must be real.
         assert isinstance(storage, SQLStorage)
         first, second = make_user("first@example.org"), make_user("second@example.org")
 
@@ -962,10 +962,80 @@ class StorageContract:
         assert storage.get_user(first.id) == first
         assert storage.get_user(second.id) == second
 
-    def test_without_returning_other_threads_see_a_transaction_once_it_commits(
+    def test_a_transaction_inside_another_joins_it(self, storage: Storage) -> None:
+        first, second = make_user("first@example.org"), make_user("second@example.org")
+
+        def abandoned() -> None:
+            with storage.transaction():
+                storage.insert_user(first, normalize_email(first.email))
+                with storage.transaction():
+                    storage.insert_user(second, normalize_email(second.email))
+                raise RuntimeError("abandon the outer block")
+
+        with pytest.raises(RuntimeError, match="abandon"):
+            abandoned()
+        assert storage.get_user(first.id) is None
+        assert storage.get_user(second.id) is None, "the inner block committed on its own"
+
+    def test_a_failed_write_in_a_transaction_rolls_back_the_others(self, storage: Storage) -> None:
+        taken, other = make_user("taken@example.org"), make_user("other@example.org")
+        storage.insert_user(taken, normalize_email(taken.email))
+
+        def both() -> None:
+            with storage.transaction():
+                storage.insert_user(other, normalize_email(other.email))
+                storage.insert_user(make_user("TAKEN@example.org"), "taken@example.org")
+
+        with pytest.raises(Conflict):
+            both()
+        assert storage.get_user(other.id) is None
+        # The store is usable afterwards, on this thread too.
+        storage.insert_user(other, normalize_email(other.email))
+        assert storage.get_user(other.id) == other
+
+    def test_lock_user_reads_a_user_deleted_or_not_and_holds_it(self, storage: Storage) -> None:
+        user = make_user()
+        storage.insert_user(user, normalize_email(user.email))
+        started = threading.Event()
+
+        def write() -> int:
+            started.set()
+            return storage.update_user(
+                user.id, {"is_active": False}, None, None, user.updated_at
+            ).version
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            with storage.transaction():
+                assert storage.lock_user(user.id) == user
+                assert storage.lock_user(uuid.uuid4()) is None
+                # Another writer waits for the lock (or the database's write lock) until commit.
+                pending = pool.submit(write)
+                started.wait(5)
+                time.sleep(0.2)
+                assert not pending.done(), "a write went through a locked user"
+                storage.update_user(user.id, {"full_name": "Held"}, None, 1, user.updated_at)
+            assert pending.result(timeout=10) == 3
+        deleted = storage.delete_user(user.id, None, user.updated_at)
+        with storage.transaction():
+            assert storage.lock_user(user.id) == deleted
+
+    def test_deleted_user_ids_page_the_users_deleted_before_a_cut_off(
         self, storage: Storage
     ) -> None:
-        self._needs(storage, "returning", False)
+        users = [make_user(f"u{i}@example.org") for i in range(5)]
+        for user in users:
+            storage.insert_user(user, normalize_email(user.email))
+        early = datetime(2026, 1, 1, tzinfo=UTC)
+        for user in users[:3]:
+            storage.delete_user(user.id, None, early)
+        storage.delete_user(users[3].id, None, early + timedelta(days=2))
+        cut = early + timedelta(days=1)
+        expected = sorted(u.id for u in users[:3])
+        assert storage.deleted_user_ids(cut, 10) == expected
+        assert storage.deleted_user_ids(cut, 2) == expected[:2]
+        assert storage.deleted_user_ids(early, 10) == []
+
+    def test_other_threads_see_a_transaction_once_it_commits(self, storage: Storage) -> None:
         assert isinstance(storage, SQLStorage)
         user = make_user()
         params = storage.params(insert_params(user, normalize_email(user.email)))

@@ -205,11 +205,15 @@ class OperationCommand(click.Command):
         state = ctx.find_object(State)
         if state is None:  # invoked outside the userplane group (embedding)
             return super().invoke(ctx)
+        import uuid
+
         from userplane.auth import acting_as, local_principal
+        from userplane.changes import request_context
 
         name = "cli " + " ".join(ctx.command_path.split()[1:])
         registry = state.registry
-        with acting_as(local_principal(_login())):
+        # Records of what the command changed name the command's run, as a request's do.
+        with acting_as(local_principal(_login())), request_context(request_id=uuid.uuid4().hex):
             return registry.hooks.operation(
                 name, lambda: super(OperationCommand, self).invoke(ctx), registry
             )

@@ -71,6 +71,7 @@ def _run(state: State, batch_size: int, fmt: str, label: str) -> None:
             batch=batch_size,
             progress=bar.update,
             plan=registry.sealed.plan,
+            changes=registry.changes,
         )
     row = {
         "scanned": report.scanned,

@@ -16,6 +16,7 @@ from userplane.frontends.http.middleware import (
     SecurityHeaders,
     ShedLoad,
 )
+from userplane.frontends.http.openapi import document
 from userplane.frontends.http.pages import STATIC, Home, Live, Ready
 from userplane.frontends.http.users import RestoreResource, UserResource, UsersResource
 from userplane.registry import Registry
@@ -70,8 +71,10 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
     problems.install(app, registry.auth.challenges)
 
     app.add_route("/", Home(registry))
-    app.add_route("/docs", Docs())
-    app.add_route("/api/v1/openapi.json", OpenApi())
+    doc = document()
+    registry.hooks.openapi(doc, registry)
+    app.add_route("/docs", Docs(doc))
+    app.add_route("/api/v1/openapi.json", OpenApi(doc))
     app.add_route("/health/live", Live())
     app.add_route("/health/ready", Ready(registry))
     app.add_route(
@@ -92,4 +95,7 @@ def get_app() -> falcon.App[Any, Any]:
     Called in each gunicorn worker (unless ``--preload``), so every worker has
     its own registry and connections.
     """
-    return create_app(Registry.from_env())
+    registry = Registry.from_env()
+    app = create_app(registry)
+    registry.hooks.serving(registry)
+    return app

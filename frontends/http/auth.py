@@ -18,6 +18,7 @@ import falcon
 import falcon.routing
 
 from userplane.auth import AuthService, Credentials, reset_principal, set_principal
+from userplane.changes import RequestContext, reset_request_context, set_request_context
 from userplane.errors import ConfigurationError, Forbidden, RateLimited
 from userplane.limits import READ, WRITE, Quota
 from userplane.proxies import ForwardedHeader, parse_client_certificate, trusted_proxies
@@ -165,6 +166,10 @@ class Authenticate:
         if action == PUBLIC:
             return
         credentials = self.credentials(req)
+        # Where the request came from, for the records of what it changes.
+        req.context.context_token = set_request_context(
+            RequestContext(req.context.get("request_id"), credentials.client_address)
+        )
         try:
             principal = self._auth.authenticate(credentials)
             req.context.principal = principal
@@ -207,6 +212,9 @@ class Authenticate:
         token = req.context.get("principal_token")
         if token is not None:
             reset_principal(token)
+        context_token = req.context.get("context_token")
+        if context_token is not None:
+            reset_request_context(context_token)
         quota: Quota | None = req.context.get("rate_quota")
         if quota is not None:
             # draft-ietf-httpapi-ratelimit-headers: the policy, and where the caller stands.

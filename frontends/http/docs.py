@@ -24,8 +24,8 @@ class OpenApi:
 
     actions: ClassVar[dict[str, str]] = {"GET": PUBLIC}
 
-    def __init__(self) -> None:
-        self._body = orjson.dumps(document())
+    def __init__(self, doc: dict[str, Any] | None = None) -> None:
+        self._body = orjson.dumps(document() if doc is None else doc)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = falcon.MEDIA_JSON
@@ -133,8 +133,8 @@ class Docs:
 
     actions: ClassVar[dict[str, str]] = {"GET": PUBLIC}
 
-    def __init__(self) -> None:
-        self._page = render(document()).encode()
+    def __init__(self, doc: dict[str, Any] | None = None) -> None:
+        self._page = render(document() if doc is None else doc).encode()
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = "text/html; charset=utf-8"

@@ -569,7 +569,9 @@ class Server(BaseApplication):  # type: ignore[misc]
         from userplane.frontends.http.app import create_app
 
         self._registry = Registry(self.settings)
-        return create_app(self._registry)
+        app = create_app(self._registry)
+        self._registry.hooks.serving(self._registry)
+        return app
 
     def close(self) -> None:
         """Release the worker's registry (connections, plugin shutdown)."""

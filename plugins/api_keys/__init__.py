@@ -78,7 +78,9 @@ class ApiKeys:
             return auth.rate_limit(AUTH_FAILURE, subject, consume)
 
         self.authenticator: KeyAuthenticator = KeyAuthenticator(self.store, ttl, throttle=throttle)
-        self.service: ApiKeyService = ApiKeyService(self.store, registry.auth.roles, utcnow)
+        self.service: ApiKeyService = ApiKeyService(
+            self.store, registry.auth.roles, utcnow, registry.changes
+        )
 
 
 def state_of(registry: Registry) -> ApiKeys:

@@ -9,6 +9,7 @@ guessing attack can walk that space, and a slow hash would cost every request.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import re
@@ -17,13 +18,14 @@ import string
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from userplane.plugin import FieldError, InvalidInput, NotFound
+from userplane.plugin import FieldChange, FieldError, InvalidInput, NotFound
 
 if TYPE_CHECKING:
+    from userplane.plugin import ChangeRecorder
     from userplane.plugins.api_keys.store import ApiKeyStore
 
 KEY_PREFIX = "up_"
@@ -90,6 +92,10 @@ def _random(length: int) -> str:
     return "".join(secrets.choice(_ALPHABET) for _ in range(length))
 
 
+#: The fields of a key its records show (never its secret hash or use times).
+_RECORDED = ("name", "role", "prefix", "expires_at", "revoked_at")
+
+
 class ApiKeyService:
     """Create, list and revoke keys. Authentication with them is the api-keys plugin's."""
 
@@ -98,10 +104,12 @@ class ApiKeyService:
         storage: ApiKeyStore,
         roles: Mapping[str, object],
         clock: Callable[[], datetime],
+        changes: ChangeRecorder | None = None,
     ) -> None:
         self._storage = storage
         self._roles = roles
         self._clock = clock
+        self._changes = changes
 
     def create(
         self, name: str, role: str, expires_in: timedelta | None = None
@@ -135,8 +143,30 @@ class ApiKeyService:
             created_at=now,
             expires_at=expires_at,
         )
-        self._storage.insert_api_key(record)
+        with self._writing():
+            self._storage.insert_api_key(record)
+            self._record("api_key.created", record, None, record.public())
         return record, key
+
+    def _writing(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext() if self._changes is None else self._changes.writing()
+
+    def _record(
+        self,
+        action: str,
+        record: ApiKey,
+        before: Mapping[str, Any] | None,
+        after: Mapping[str, Any],
+    ) -> None:
+        """Record what changed of a key: never its secret (its hash is not in ``public()``)."""
+        if self._changes is None:
+            return
+        fields = {
+            name: FieldChange(None if before is None else before.get(name), value)
+            for name, value in after.items()
+            if name in _RECORDED and (before is None or before.get(name) != value)
+        }
+        self._changes.record(action, "api_key", str(record.id), fields)
 
     def list(self) -> list[ApiKey]:
         """Every key, oldest first, revoked ones included."""
@@ -144,7 +174,13 @@ class ApiKeyService:
 
     def revoke(self, key_id: uuid.UUID) -> ApiKey:
         """Revoke a key (again is fine); ``NotFound`` if there is no such key."""
-        record = self._storage.revoke_api_key(key_id, self._clock())
-        if record is None:
-            raise NotFound(f"no API key with id {key_id}")
+        now = self._clock()
+        with self._writing():
+            before = self._storage.get_api_key_by_id(key_id)
+            record = self._storage.revoke_api_key(key_id, now)
+            if record is None:
+                raise NotFound(f"no API key with id {key_id}")
+            # Recorded once: by the call whose time the key kept (a second revoke changes nothing).
+            if before is not None and before.revoked_at is None and record.revoked_at == now:
+                self._record("api_key.revoked", record, before.public(), record.public())
         return record

@@ -77,6 +77,10 @@ class ApiKeyStore:
         """The key with this lookup id, revoked or expired ones included."""
         return self._one("get_api_key", {"lookup": lookup})
 
+    def get_api_key_by_id(self, key_id: uuid.UUID) -> ApiKey | None:
+        """The key with this id, revoked or expired ones included."""
+        return self._one("get_api_key_by_id", {"id": key_id})
+
     def list_api_keys(self) -> list[ApiKey]:
         """Every key, oldest first (then by id)."""
         rows = self._storage.fetch_all(self._sql["list_api_keys"], {})
@@ -85,7 +89,7 @@ class ApiKeyStore:
     def revoke_api_key(self, key_id: uuid.UUID, now: datetime) -> ApiKey | None:
         """Set ``revoked_at`` (kept if already set); the key, or ``None`` if unknown."""
         self._execute("revoke_api_key", {"id": key_id, "now": now})
-        return self._one("get_api_key_by_id", {"id": key_id})
+        return self.get_api_key_by_id(key_id)
 
     def touch_api_key(self, key_id: uuid.UUID, now: datetime) -> None:
         """Move ``last_used_at`` forward to ``now`` (never back)."""

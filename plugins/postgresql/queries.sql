@@ -12,6 +12,10 @@ RETURNING id, email, full_name, is_active, created_at, updated_at, version, dele
 SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
 FROM users WHERE id = %(id)s AND (%(include_deleted)s::boolean OR deleted_at IS NULL)
 
+-- name: lock_user
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+FROM users WHERE id = %(id)s FOR UPDATE
+
 -- name: get_user_by_email
 SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
 FROM users
@@ -55,6 +59,10 @@ RETURNING id, email, full_name, is_active, created_at, updated_at, version, dele
 
 -- name: purge_users
 DELETE FROM users WHERE deleted_at IS NOT NULL AND deleted_at < %(before)s
+
+-- name: deleted_user_ids
+SELECT id FROM users WHERE deleted_at IS NOT NULL AND deleted_at < %(before)s
+ORDER BY id LIMIT %(limit)s
 
 -- name: purge_user
 -- One user, now (userplane users shred): only a deleted one.

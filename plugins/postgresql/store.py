@@ -134,6 +134,8 @@ class PostgreSQLStorage(SQLStorage):
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._pid = 0
         self._lock = threading.Lock()
+        #: The connection of this thread's open ``transaction()``, if any.
+        self._tx = threading.local()
 
     @property
     def pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
@@ -189,8 +191,27 @@ class PostgreSQLStorage(SQLStorage):
 
     @contextlib.contextmanager
     def _cursor(self) -> Iterator[psycopg.Cursor[Any]]:
+        held = getattr(self._tx, "conn", None)
+        if held is not None:  # inside transaction(): its connection
+            with _mapped_errors(), held.cursor() as cur:
+                yield cur
+            return
         with _mapped_errors(), self.pool.connection() as conn, conn.cursor() as cur:
             yield cur
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction on one pooled connection, held by this thread; inner blocks join it."""
+        if getattr(self._tx, "conn", None) is not None:
+            yield
+            return
+        with _mapped_errors(), self.pool.connection() as conn:
+            self._tx.conn = conn
+            try:
+                with conn.transaction():
+                    yield
+            finally:
+                self._tx.conn = None
 
     # Every statement is prepared at once: all of them are on hot paths.
 

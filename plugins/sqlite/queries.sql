@@ -11,6 +11,11 @@ RETURNING id, email, full_name, is_active, created_at, updated_at, version, dele
 SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
 FROM users WHERE id = :id AND (:include_deleted OR deleted_at IS NULL)
 
+-- name: lock_user
+-- A transaction here holds the database's write lock (BEGIN IMMEDIATE): no row lock needed.
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+FROM users WHERE id = :id
+
 -- name: get_user_by_email
 SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
 FROM users WHERE email_normalized = :email_key AND (:include_deleted OR deleted_at IS NULL)
@@ -52,6 +57,10 @@ RETURNING id, email, full_name, is_active, created_at, updated_at, version, dele
 
 -- name: purge_users
 DELETE FROM users WHERE deleted_at IS NOT NULL AND deleted_at < :before
+
+-- name: deleted_user_ids
+SELECT id FROM users WHERE deleted_at IS NOT NULL AND deleted_at < :before
+ORDER BY id LIMIT :limit
 
 -- name: purge_user
 -- One user, now (userplane users shred): only a deleted one.

@@ -119,6 +119,40 @@ class SQLiteStorage(SQLStorage):
         cursor: sqlite3.Cursor = self._connect().cursor()
         return cursor
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` on this thread's connection; inner blocks join it.
+
+        IMMEDIATE takes the write lock at once (waiting up to the busy
+        timeout): a transaction that read first and wrote later could fail
+        with "database is locked" half-way instead.
+        """
+        if getattr(self._local, "depth", 0):
+            self._local.depth += 1
+            try:
+                yield
+            finally:
+                self._local.depth -= 1
+            return
+        with _mapped_errors():
+            self._cursor().execute("BEGIN IMMEDIATE")
+        self._local.depth = 1
+        try:
+            yield
+        except BaseException:
+            self._local.depth = 0
+            with contextlib.suppress(sqlite3.Error):
+                self._cursor().execute("ROLLBACK")
+            raise
+        self._local.depth = 0
+        try:
+            with _mapped_errors():
+                self._cursor().execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._cursor().execute("ROLLBACK")
+            raise
+
     def fetch_one(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None:
         """The first row, sqlite3 errors mapped."""
         with _mapped_errors():

@@ -12,6 +12,10 @@ VALUES (%(id)s, %(email)s, %(email_key)s, %(email_next)s, %(full_name)s,
 SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
 FROM users WHERE id = %(id)s AND (%(include_deleted)s OR deleted_at IS NULL)
 
+-- name: lock_user
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+FROM users WHERE id = %(id)s FOR UPDATE
+
 -- name: get_user_by_email
 SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
 FROM users WHERE email_normalized = %(email_key)s AND (%(include_deleted)s OR deleted_at IS NULL)
@@ -51,6 +55,10 @@ WHERE id = %(id)s AND deleted_at IS NOT NULL
 
 -- name: purge_users
 DELETE FROM users WHERE deleted_at IS NOT NULL AND deleted_at < %(before)s
+
+-- name: deleted_user_ids
+SELECT id FROM users WHERE deleted_at IS NOT NULL AND deleted_at < %(before)s
+ORDER BY id LIMIT %(limit)s
 
 -- name: purge_user
 -- One user, now (userplane users shred): only a deleted one.
