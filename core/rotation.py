@@ -174,14 +174,14 @@ def rotate(
             tidied=tidied,
         )
         if changes is not None:
-            after = {
+            outcome: dict[str, object] = {
                 "active_key": sealer.keyring.active.name,
                 "index_key": report.indexed or plan.target.name,
                 "retired": list(report.retired),
                 "rewrapped": rewritten,
                 "sealed": sealed,
             }
-            fields = {name: FieldChange(None, value) for name, value in after.items()}
+            fields = {name: FieldChange(None, value) for name, value in outcome.items()}
             changes.record("encryption.rotated", "keyring", sealer.keyring.active.name, fields)
     return report
 
