@@ -212,8 +212,14 @@ class ChangeRecorder:
     def writing(self) -> Iterator[None]:
         """One storage transaction for a write and its records; then ``changes_committed``.
 
-        Nested blocks join the outer one, and only the outermost announces
-        what committed. Without an active recorder the block runs as it is.
+        The changes ``record`` collects in the block are handed to
+        ``userplane_record_change`` at its end, still inside the transaction,
+        just before it commits. So what recorders lock (the audit chain's
+        head, which every writer waits for) is always locked last, after the
+        rows the writes locked: a transaction of several writes (a purge's
+        batch) cannot deadlock with a single write waiting on one of its rows.
+        Nested blocks join the outer one; only the outermost records and
+        announces. Without an active recorder the block runs as it is.
         """
         if not self.active:
             yield
@@ -228,6 +234,8 @@ class ChangeRecorder:
         try:
             with self._storage.transaction():
                 yield
+                for change in collected:
+                    self._registry.hooks.record_change(change, self._registry)
         finally:
             self._pending.reset(token)
         if collected:
@@ -242,10 +250,11 @@ class ChangeRecorder:
         *,
         user_id: uuid.UUID | None = None,
     ) -> Change | None:
-        """Hand one change to ``userplane_record_change``, inside ``writing()``.
+        """Collect one change for ``userplane_record_change``, inside ``writing()``.
 
-        Returns it, or ``None`` when nothing records changes. A plugin that
-        raises fails the write: the transaction rolls back.
+        The hook is called when the outermost block ends, before it commits.
+        Returns the change, or ``None`` when nothing records changes. A plugin
+        that raises fails the write: the transaction rolls back.
         """
         if not self.active:
             return None
@@ -267,7 +276,6 @@ class ChangeRecorder:
             client_address=context.client_address,
             user_id=user_id,
         )
-        self._registry.hooks.record_change(change, self._registry)
         pending.append(change)
         return change
 

@@ -282,8 +282,9 @@ def userplane_record_change(change: Change, registry: Registry) -> None:
     """Write what must commit with ``change``: an audit event, a webhook's outbox row.
 
     Called inside the storage transaction of the write ``change`` describes,
-    before it commits: statements run on ``registry.storage`` (on this
-    thread) join that transaction. Raising fails the write: it rolls back,
+    after every write of that transaction and just before it commits (so
+    what you lock is locked last): statements run on ``registry.storage``
+    (on this thread) join that transaction. Raising fails the write: it rolls back,
     with your records, and the caller gets the error. Keep it short: the
     write's locks are held meanwhile. Personal values arrive sealed while
     personal data is encrypted (``FieldChange.sealed``).

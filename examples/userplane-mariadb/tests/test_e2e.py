@@ -10,13 +10,16 @@ from collections.abc import Callable
 
 import pytest
 
-from userplane.plugin import NewUser, Registry, Settings
+from userplane.plugin import ConfigurationError, NewUser, Registry, Settings
 
 pytestmark = pytest.mark.e2e
 
+#: The built-in audit plugin refuses MariaDB (it has statements for SQLite and PostgreSQL).
+WITHOUT_AUDIT = {"USERPLANE_DISABLED_PLUGINS": "audit"}
+
 
 def _cli(*args: str, url: str = "sqlite:///unused.db") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "USERPLANE_DATABASE_URL": url}
+    env = {**os.environ, **WITHOUT_AUDIT, "USERPLANE_DATABASE_URL": url}
     return subprocess.run(
         [sys.executable, "-m", "userplane", *args],
         env=env,
@@ -57,7 +60,11 @@ def test_a_registry_on_mariadb_migrates_and_serves_users(
     create_mariadb_database: Callable[[], str],
 ) -> None:
     url = create_mariadb_database()
-    with Registry(Settings.from_mapping({"USERPLANE_DATABASE_URL": url})) as registry:
+    with pytest.raises(ConfigurationError, match=r"USERPLANE_DISABLED_PLUGINS=audit"):
+        Registry(Settings.from_mapping({"USERPLANE_DATABASE_URL": url}))
+    with Registry(
+        Settings.from_mapping({**WITHOUT_AUDIT, "USERPLANE_DATABASE_URL": url})
+    ) as registry:
         assert registry.storage.name == "mariadb"
         assert registry.migrate()
         assert all(m.applied for m in registry.migration_status())
