@@ -1,0 +1,301 @@
+"""The webhooks plugin: signed deliveries of userplane's changes, from a transactional outbox.
+
+Subscriptions (a URL, event types, a secret) are managed over HTTP
+(``/api/v1/webhooks``, action ``webhooks:manage``) and with ``userplane
+webhooks …``. Every change a subscription asks for writes one outbox row in
+the change's own transaction (``userplane_record_change``): no change
+without its deliveries, no delivery without its change. In each serving
+process a dispatcher (``dispatcher``) claims due deliveries, in order per
+user, and sends them signed by the Standard Webhooks specification
+(``sender``), to public addresses only (``addresses``), retrying with
+exponential backoff and full jitter until ``MAX_ATTEMPTS``, then dead
+(visible, and redeliverable). Settings: ``USERPLANE_WEBHOOKS_*``. See
+``docs/webhooks.md``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+from userplane.plugin import (
+    Change,
+    ConfigurationError,
+    Settings,
+    SettingsSection,
+    UserplaneError,
+    hookimpl,
+    section,
+)
+
+if TYPE_CHECKING:
+    import click
+
+    from userplane.plugin import Registry
+    from userplane.plugins.webhooks.addresses import Resolver
+    from userplane.plugins.webhooks.dispatcher import Dispatcher
+    from userplane.plugins.webhooks.store import WebhookStore
+    from userplane.plugins.webhooks.subscriptions import WebhookService
+    from userplane.sql import SQLStorage
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+PREFIX: Final = "WEBHOOKS_"
+#: The action every webhook route and command needs.
+MANAGE: Final = "webhooks:manage"
+#: How long a subscription's host may take to resolve when it is made.
+RESOLVE_TIMEOUT_S: Final = 5.0
+
+
+def _between(low: float, high: float) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def validate(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not low <= value <= high:
+            name = f"USERPLANE_{PREFIX}{attribute.name.upper()}"
+            raise ValueError(f"{name}: must be between {low:g} and {high:g}")
+
+    return validate
+
+
+@attrs.frozen
+class WebhookSettings:
+    """This plugin's settings, from ``USERPLANE_WEBHOOKS_*``."""
+
+    #: How often a dispatcher looks for due deliveries when no change woke it.
+    poll_seconds: float = attrs.field(default=1.0, validator=_between(0.01, 3600))
+    #: Attempts before a delivery is dead (then only a redeliver sends it again).
+    max_attempts: int = attrs.field(default=8, validator=_between(1, 100))
+    #: The first retry's longest wait; each further one doubles it, up to the cap.
+    backoff_base_seconds: float = attrs.field(default=5.0, validator=_between(0.001, 86400))
+    backoff_cap_seconds: float = attrs.field(default=3600.0, validator=_between(0.001, 604800))
+    #: The whole of one send: resolving, connecting, sending and reading the answer.
+    timeout_seconds: float = attrs.field(default=10.0, validator=_between(0.1, 300))
+    #: How long a claim holds a delivery: longer than a send, so none is sent twice at once.
+    lease_seconds: float = attrs.field(default=60.0, validator=_between(0.2, 86400))
+    #: The most of a receiver's answer that is read.
+    max_response_bytes: int = attrs.field(default=65536, validator=_between(0, 16 * 2**20))
+    #: Allow URLs that resolve to loopback, private, link-local or other non-public addresses.
+    allow_private: bool = False
+    #: Sender threads per process: how many receivers are sent to at once.
+    senders: int = attrs.field(default=4, validator=_between(1, 64))
+
+    def __attrs_post_init__(self) -> None:
+        if self.lease_seconds <= self.timeout_seconds:
+            raise ValueError(
+                f"USERPLANE_{PREFIX}LEASE_SECONDS ({self.lease_seconds:g}) must exceed "
+                f"USERPLANE_{PREFIX}TIMEOUT_SECONDS ({self.timeout_seconds:g}): a send must "
+                "end before its claim does, or a second dispatcher sends it too"
+            )
+
+
+SETTINGS = SettingsSection(PREFIX, WebhookSettings)
+
+
+def settings_of(settings: Settings) -> WebhookSettings:
+    """This plugin's settings; ``ConfigurationError`` naming the variable at fault."""
+    return section(WebhookSettings, settings, PREFIX)
+
+
+class Webhooks:
+    """This plugin's state in one registry: the store, management, and the dispatcher."""
+
+    def __init__(
+        self, registry: Registry, storage: SQLStorage, resolver: Resolver | None = None
+    ) -> None:
+        import userplane
+        from userplane.plugin import utcnow
+        from userplane.plugins.webhooks.addresses import system_resolver
+        from userplane.plugins.webhooks.dispatcher import Backoff, Dispatcher
+        from userplane.plugins.webhooks.sender import SendLimits
+        from userplane.plugins.webhooks.store import WebhookStore
+        from userplane.plugins.webhooks.subscriptions import WebhookService
+
+        own = settings_of(registry.settings)
+        self.settings = own
+        self.resolver: Resolver = resolver or system_resolver
+        self.store: WebhookStore = WebhookStore(storage)
+        # The recorder is made after the plugins' services: asked for when a write needs it.
+        self.service: WebhookService = WebhookService(
+            self.store,
+            lambda: registry.changes,
+            allow_private=own.allow_private,
+            resolver=lambda host, port: self.resolver(host, port),
+            resolve_timeout_s=min(RESOLVE_TIMEOUT_S, own.timeout_seconds),
+        )
+        self.counter: Any = None
+        self.dispatcher: Dispatcher = Dispatcher(
+            self.store,
+            limits=SendLimits(
+                timeout_s=own.timeout_seconds,
+                max_response_bytes=own.max_response_bytes,
+                allow_private=own.allow_private,
+                user_agent=f"userplane-webhooks/{userplane.__version__}",
+            ),
+            backoff=Backoff(own.backoff_base_seconds, own.backoff_cap_seconds, own.max_attempts),
+            lease_s=own.lease_seconds,
+            poll_s=own.poll_seconds,
+            senders=own.senders,
+            resolver=lambda host, port: self.resolver(host, port),
+            clock=utcnow,
+            count=self._count,
+        )
+        self.serving = False
+        #: Whether this thread's transaction wrote deliveries: only then does its commit
+        #: wake the dispatcher (a claim per commit would cost every write a statement).
+        self.wrote = threading.local()
+
+    def _count(self, outcome: str) -> None:
+        if self.counter is not None:
+            self.counter.add(1, {"outcome": outcome})
+
+    def close(self) -> None:
+        """Stop the dispatcher, if this process runs one."""
+        if self.serving:
+            self.serving = False
+            self.dispatcher.stop(self.settings.timeout_seconds + 1)
+
+
+def state_of(registry: Registry) -> Webhooks:
+    """This plugin's state in ``registry`` (``ConfigurationError`` on a storage without it)."""
+    if Webhooks not in registry.services:
+        raise ConfigurationError(
+            f"webhooks are not available on the {registry.storage.name} storage: the webhooks "
+            "plugin has statements for SQLite and PostgreSQL only"
+        )
+    return registry.services.get(Webhooks)
+
+
+def service(registry: Registry) -> WebhookService:
+    """Subscription management over ``registry``'s storage."""
+    return state_of(registry).service
+
+
+@hookimpl
+def userplane_settings_sections() -> SettingsSection:
+    """``USERPLANE_WEBHOOKS_*``."""
+    return SETTINGS
+
+
+@hookimpl
+def userplane_startup(settings: Settings) -> None:
+    """Fail at start-up, naming the variable, on a bad setting."""
+    settings_of(settings)
+
+
+@hookimpl
+def userplane_migrations() -> dict[str, Path]:
+    """``webhook_subscriptions`` and ``webhook_deliveries``, for each dialect."""
+    return {d.name: d for d in _MIGRATIONS.iterdir() if d.is_dir()}
+
+
+@hookimpl
+def userplane_register_services(registry: Registry) -> None:
+    """The store, management and dispatcher, on a SQL storage whose dialect we speak.
+
+    On another storage (or dialect) the plugin stays out of the way: writes
+    record nothing (no subscription can exist) and management says why.
+    """
+    from userplane.plugins.webhooks.store import DIALECTS
+    from userplane.sql import SQLStorage
+
+    storage = registry.storage
+    if not isinstance(storage, SQLStorage) or storage.dialect.name not in DIALECTS:
+        return
+    registry.services.register(
+        Webhooks,
+        lambda: Webhooks(registry, storage),
+        ping=lambda state: state.store.ping(),
+        close=Webhooks.close,
+        name="webhooks",
+    )
+
+
+@hookimpl
+def userplane_record_change(change: Change, registry: Registry) -> None:
+    """One outbox row per live subscription to ``change``'s action, in its transaction."""
+    if Webhooks not in registry.services:
+        return
+    from userplane.plugin import utcnow
+    from userplane.plugins.webhooks.events import ordering_key, payload
+
+    state = registry.services.get(Webhooks)
+    if state.store.record_change(change.action, ordering_key(change), payload(change, utcnow())):
+        state.wrote.any = True
+
+
+@hookimpl
+def userplane_changes_committed(changes: Sequence[Change], registry: Registry) -> None:
+    """Wake this process's dispatcher when what just committed wrote deliveries."""
+    if Webhooks in registry.services:
+        state = registry.services.get(Webhooks)
+        if getattr(state.wrote, "any", False):
+            state.wrote.any = False
+            if state.serving:
+                state.dispatcher.wake()
+
+
+@hookimpl
+def userplane_serving(registry: Registry) -> None:
+    """Start this process's dispatcher."""
+    if Webhooks in registry.services:
+        state = registry.services.get(Webhooks)
+        if not state.serving:
+            state.serving = True
+            state.dispatcher.start()
+
+
+@hookimpl
+def userplane_shutdown(registry: Registry) -> None:
+    """Stop the dispatcher (sends in flight get until their deadline) and join it."""
+    if Webhooks in registry.services:
+        registry.services.get(Webhooks).close()
+
+
+@hookimpl
+def userplane_instruments(meter: Any, registry: Registry) -> None:
+    """Deliveries by outcome; queue depth and age."""
+    if Webhooks in registry.services:
+        from userplane.plugins.webhooks.metrics import instrument
+
+        instrument(meter, registry.services.get(Webhooks))
+
+
+@hookimpl
+def userplane_http_routes(app: Any, registry: Registry) -> None:
+    """``/api/v1/webhooks…``."""
+    if Webhooks in registry.services:
+        from userplane.plugins.webhooks.resources import add_routes
+
+        add_routes(app, registry.services.get(Webhooks).service)
+
+
+@hookimpl
+def userplane_openapi(document: dict[str, Any], registry: Registry) -> None:
+    """The webhook routes and schemas."""
+    if Webhooks in registry.services:
+        from userplane.plugins.webhooks.openapi import add_paths
+
+        add_paths(document)
+
+
+@hookimpl
+def userplane_describe(registry: Registry | None) -> dict[str, str]:
+    """How many subscriptions receive events, and where the settings say they may go."""
+    if registry is None or Webhooks not in registry.services:
+        return {}
+    try:
+        subs = service(registry).list()
+    except UserplaneError:  # describing never stops a start-up: an unmigrated table says so later
+        return {}
+    private = " (private addresses allowed)" if state_of(registry).settings.allow_private else ""
+    return {"webhooks": f"{len(subs)} subscription(s){private}"}
+
+
+@hookimpl
+def userplane_cli_commands(cli: click.Group) -> None:
+    """``userplane webhooks …``."""
+    from userplane.plugins.webhooks.commands import add_commands
+
+    add_commands(cli)
