@@ -43,9 +43,13 @@ TARGETS = ("userplane", "userplane-nolimits", "userplane-otel", "bare", "pgbench
 #: to measure what the slow-client worker (request heads read in the event loop) costs.
 #: userplane-encrypted serves a database of its own, seeded with the same users sealed
 #: (field-level encryption on), to measure what encryption costs.
-EXTRA_TARGETS = ("userplane-gthread", "userplane-encrypted")
+#: userplane-unrecorded runs with the audit and webhooks plugins disabled, to measure
+#: what the audit trail and one webhook subscription cost (every other target has both).
+EXTRA_TARGETS = ("userplane-gthread", "userplane-encrypted", "userplane-unrecorded")
 #: The target whose personal data is sealed (docs/encryption.md).
 ENCRYPTED = "userplane-encrypted"
+#: The target that records no changes (docs/audit.md, docs/webhooks.md).
+UNRECORDED = "userplane-unrecorded"
 #: The rate limits of the userplane targets: the defaults' mechanism (slack, sync
 #: interval, the auth-failure check before each lookup) with read and write limits
 #: no benchmark reaches, so what is measured is checking, never refusing.
@@ -360,6 +364,8 @@ class Bench:
             USERPLANE_DB_POOL_MIN_SIZE=str(self.defaults.db_pool_min_size),
             USERPLANE_DB_POOL_MAX_SIZE=str(self.pool_max),
             USERPLANE_RATE_LIMITS=BENCH_RATE_LIMITS,
+            # The subscription's receiver is the harness's sink, on loopback.
+            USERPLANE_WEBHOOKS_ALLOW_PRIVATE="true",
         )
         env.update(item.split("=", 1) for item in self.args.settings)
         if encrypted:
@@ -397,6 +403,17 @@ class Bench:
             "keys", "create", "--name", "bench", "--role", "admin", "--format", "json"
         )
         self.key = json.loads(created)["key"]
+        # One subscription to every event: each write also queues a signed delivery,
+        # which the targets' dispatchers send to the sink while the load runs.
+        assert self.sink is not None
+        self.cli(
+            "webhooks",
+            "create",
+            "--url",
+            os.environ.get("BENCH_WEBHOOK_URL", f"{self.sink.endpoint}/webhook"),
+            "--event",
+            "*",
+        )
         self.seeded = database.seed(self.url, self.args.users)
         log(f"seeded {self.args.users} users with copy_users in {self.seeded.seconds:.2f} s")
         if ENCRYPTED in self.args.targets:
@@ -487,6 +504,9 @@ class Bench:
         if name == "userplane-nolimits":
             env["USERPLANE_RATE_LIMITS"] = "off"
             what += ", rate limits off"
+        elif name == UNRECORDED:
+            env["USERPLANE_DISABLED_PLUGINS"] = "audit,webhooks"
+            what += ", rate limits on as userplane, audit trail and webhooks off"
         elif name == ENCRYPTED:
             what += (
                 ", rate limits on as userplane, personal data encrypted "
@@ -734,6 +754,13 @@ class Bench:
                 report.checks_table(report.encryption_checks(summaries, ENCRYPTED)),
                 "",
             ]
+        if UNRECORDED in targets and "userplane" in targets:
+            out += [
+                f"## Audit trail and one webhook subscription (userplane vs {UNRECORDED})",
+                "",
+                report.checks_table(report.recording_checks(summaries, UNRECORDED)),
+                "",
+            ]
         out += ["## Cold start, memory, telemetry export", ""]
         pairs = []
         if help_ms is not None:
@@ -760,7 +787,7 @@ class Bench:
                 f"{path}: {n} requests, {size / 1024:.0f} KiB"
                 for path, (n, size) in sorted(self.sink.counts.items())
             )
-            pairs.append(("OTLP/HTTP exports received by the no-op sink", sent))
+            pairs.append(("OTLP/HTTP exports and webhook deliveries received by the sink", sent))
         out += [report.bullet_table(pairs), ""]
         assert self.seeded is not None
         env_pairs = [
@@ -849,8 +876,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with _terminate_on_sigterm(), contextlib.ExitStack() as stack:
         bench = Bench(args, stack)
         try:
-            bench.setup_database()
             bench.sink = stack.enter_context(OtlpSink())
+            bench.setup_database()
             bench.cold_starts()
             bench.start_targets()
             bench.measure()

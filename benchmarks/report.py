@@ -199,6 +199,30 @@ def encryption_checks(
     return out
 
 
+#: The audit trail and one webhook subscription: req/s with both on ÷ both off.
+RECORDING_BOUNDS = (("create", 0.85), ("update", 0.85))
+
+
+def recording_checks(
+    summaries: Mapping[tuple[str, str], Summary], unrecorded: str, recorded: str = PRIMARY
+) -> list[Check]:
+    """The audit issue's targets: ``recorded`` (audit and webhooks on) against ``unrecorded``."""
+    out: list[Check] = []
+    for scenario, low in RECORDING_BOUNDS:
+        on, off = summaries.get((scenario, recorded)), summaries.get((scenario, unrecorded))
+        name = f"{scenario}: req/s with audit and a webhook vs without"
+        if on is None or off is None or not off.rps:
+            out.append(Check(name, "not run", f"≥ {low:.2f}", None))
+            continue
+        ratio = on.rps / off.rps
+        out.append(
+            Check(
+                name, f"{ratio:.2f} ({on.rps:,.0f} / {off.rps:,.0f})", f"≥ {low:.2f}", ratio >= low
+            )
+        )
+    return out
+
+
 def checks_table(items: Sequence[Check]) -> str:
     """The checks as a Markdown table."""
     rows = ["| target | measured | required | verdict |", "|---|---|---|---|"]
