@@ -214,10 +214,10 @@ class ChangeRecorder:
 
         The changes ``record`` collects in the block are handed to
         ``userplane_record_change`` at its end, still inside the transaction,
-        just before it commits. So what recorders lock (the audit chain's
-        head, which every writer waits for) is always locked last, after the
-        rows the writes locked: a transaction of several writes (a purge's
-        batch) cannot deadlock with a single write waiting on one of its rows.
+        just before it commits. So whatever a recorder locks is locked last,
+        after the rows the writes locked: a transaction of several writes (a
+        purge's batch) cannot deadlock with a single write waiting on one of
+        its rows.
         Nested blocks join the outer one; only the outermost records and
         announces. Without an active recorder the block runs as it is.
         """

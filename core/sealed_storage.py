@@ -387,6 +387,10 @@ class SealedStorage:
         """The inner storage's transaction."""
         return self.inner.transaction()
 
+    def purge_orphan_responses(self) -> int:
+        """Passed through."""
+        return self.inner.purge_orphan_responses()
+
     def deleted_user_ids(self, deleted_before: datetime, limit: int) -> list[uuid.UUID]:
         """Passed through: ids only."""
         return self.inner.deleted_user_ids(deleted_before, limit)

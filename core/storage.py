@@ -261,6 +261,13 @@ class Storage(Protocol):
     def count_users(self) -> int:
         """How many users are stored, deleted ones included (for progress reports)."""
 
+    def purge_orphan_responses(self) -> int:
+        """Remove the stored responses about users that no longer exist; return how many.
+
+        A response completed while its user was being purged outlives it; a
+        purge that removes users one by one ends with this sweep.
+        """
+
     def deleted_user_ids(self, deleted_before: datetime, limit: int) -> list[uuid.UUID]:
         """Up to ``limit`` ids, by id, of the users deleted before ``deleted_before``.
 

@@ -547,6 +547,9 @@ class UserService:
                         self._record_purged(user_id)
                         count += 1
             if len(ids) < PURGE_BATCH:
+                # A response completed while its user went outlives it: swept, as
+                # purge_users sweeps them, though no user was purged this time.
+                self._storage.purge_orphan_responses()
                 return count
 
     def set_active(self, user_id: uuid.UUID, active: bool) -> User:

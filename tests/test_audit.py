@@ -1,6 +1,9 @@
 """The audit plugin: one event per change in the change's transaction, and a chain that holds.
 
-Every test taking ``database_url`` runs on SQLite and PostgreSQL (``conftest.py``).
+Writes only insert their events; they are linked into the chain after commit,
+by a read (``events``, ``verify``), by ``chained`` here, or by a serving
+process's chainer. Every test taking ``database_url`` runs on SQLite and
+PostgreSQL (``conftest.py``).
 Tampering is done as an intruder would: raw SQL on the plugin's tables, then
 ``verify`` must name the first event that no longer holds. The HTTP and CLI
 frontends are in ``test_audit_http.py`` and ``test_audit_cli.py``, which use the
@@ -51,6 +54,10 @@ MakeRegistry = Callable[..., Registry]
 
 # -- helpers (the HTTP and CLI tests import them) --------------------------------------------
 
+#: How long a test lets chaining wait for transactions of other sessions to finish: on
+#: PostgreSQL the horizon is the cluster's, so another database's long transaction delays it.
+CATCH_UP = 30.0
+
 
 @contextlib.contextmanager
 def opened(database_url: str, **env: str) -> Iterator[Registry]:
@@ -58,6 +65,7 @@ def opened(database_url: str, **env: str) -> Iterator[Registry]:
     settings = Settings.from_mapping({"USERPLANE_DATABASE_URL": database_url, **env})
     with Registry(settings, plugins=[audit, PrincipalTokens()]) as registry:
         registry.migrate()
+        trail_of(registry).read_wait = CATCH_UP
         yield registry
 
 
@@ -89,7 +97,16 @@ def rows(registry: Registry, statement: str, **params: Any) -> list[Sequence[Any
     return list(storage.fetch_all(storage.dialect.compile(statement), storage.params(params)))
 
 
+def chained(registry: Registry) -> int:
+    """Link every committed event into the chain now, as a read does; how many were linked."""
+    result = trail_of(registry).catch_up()
+    assert result.refused is None, result.refused
+    return result.count
+
+
 def head(registry: Registry) -> Head:
+    """The chain head once everything finished is chained."""
+    chained(registry)
     return trail_of(registry).head()
 
 
@@ -233,7 +250,8 @@ def test_a_failing_write_leaves_no_event(reg: Registry) -> None:
         api_keys.service(reg).revoke(uuid.uuid4())
     assert head(reg) == before
     assert len(events(reg)) == 2
-    # The seqs the failed writes took were given back: the next event follows on.
+    assert rows(reg, "SELECT count(*) FROM audit_events") == [(2,)]  # none unchained either
+    # The next event follows on.
     users.update(ann.id, UserChanges(full_name="Ann"))
     assert [e["seq"] for e in events(reg)] == [1, 2, 3]
     assert verified(reg) == 3
@@ -296,6 +314,7 @@ def five(reg: Registry) -> Registry:
     """A registry whose chain holds five events."""
     for i in range(5):
         reg.users.create(NewUser(f"u{i}@example.org", f"User {i}"))
+    assert chained(reg) == 5
     return reg
 
 
@@ -416,16 +435,26 @@ def test_expect_parses_seq_colon_hash() -> None:
             Head.parse(bad)
 
 
-def test_a_missing_head_row_is_recreated_and_a_forked_chain_refused(five: Registry) -> None:
+def test_a_missing_head_row_stops_chaining_and_never_forks(five: Registry) -> None:
     sql(five, "DELETE FROM audit_chain")
     result = trail_of(five).verify()
     assert result.broken is not None
     assert "head row is missing" in result.broken.problem
-    # Writing again would restart at seq 1, which is taken: the write fails, no fork.
-    with pytest.raises(Conflict):
-        five.users.create(NewUser("fork@example.org"))
-    with pytest.raises(NotFound):
-        five.users.get_by_email("fork@example.org")
+    # Writers never touch the head: the write succeeds. Chaining again would restart at seq
+    # 1, which is taken: nothing is chained, the event waits, and the chain never forks.
+    user = five.users.create(NewUser("fork@example.org"))
+    assert trail_of(five).chain().refused == "the chain head row is missing"
+    assert rows(
+        five, "SELECT seq, hash FROM audit_events WHERE target_id = :t", t=str(user.id)
+    ) == [(None, None)]
+    assert [e["seq"] for e in events(five)] == [1, 2, 3, 4, 5]
+    # The head restored by hand: the chain goes on from it.
+    sql(
+        five,
+        "INSERT INTO audit_chain (id, seq, hash) SELECT 1, seq, hash FROM audit_events "
+        "WHERE seq = 5",
+    )
+    assert verified(five) == 6
 
 
 # -- pruning ---------------------------------------------------------------------------------
@@ -564,6 +593,136 @@ def test_two_registries_make_one_chain(make_registry: MakeRegistry) -> None:
     assert verified(second) == total
 
 
+# -- deferred chaining: writers never wait, the chain is linked after commit --------------------
+
+
+#: Row locks and transaction ids are PostgreSQL's (SQLite has one writer at a time, and
+#: every committed event is final there): these tests run on PostgreSQL only.
+ON_POSTGRESQL = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+
+
+@pytest.fixture
+def pg(database_url: str) -> str:
+    """This test's PostgreSQL database."""
+    assert database_url.startswith("postgresql")
+    return database_url
+
+
+@ON_POSTGRESQL
+def test_a_write_takes_no_lock_on_the_chain_head(reg: Registry, pg: str) -> None:
+    """With the head locked by another session, writes go on; their events wait for it."""
+    import psycopg
+
+    from userplane.plugins.audit.trail import Chained
+
+    trail = trail_of(reg)
+    chained(reg)  # the head row is there (the emptied test database's chainer makes it)
+    with psycopg.connect(pg) as other:  # a transaction, held open
+        other.execute("SELECT seq FROM audit_chain WHERE id = 1 FOR UPDATE")
+        started = time.monotonic()
+        user = reg.users.create(NewUser("unlocked@example.org"))
+        reg.users.update(user.id, UserChanges(full_name="Not waiting"))
+        assert time.monotonic() - started < 2.0  # a wait would last the statement timeout
+        assert trail.chain() == Chained(0, busy=True)  # a chainer finding it held leaves it
+        assert trail.store.unchained() == 2
+        other.rollback()
+    assert chained(reg) == 2
+    assert [e["action"] for e in events(reg)] == ["user.created", "user.updated"]
+    assert verified(reg) == 2
+
+
+@ON_POSTGRESQL
+def test_an_open_transaction_holds_back_every_event_after_it(reg: Registry, pg: str) -> None:
+    """Events chain in the order of their transactions' ids, once all before them finished."""
+    import psycopg
+
+    trail = trail_of(reg)
+    trail.read_wait = 0.2
+    chained(reg)
+    early_id = uuid.uuid4()
+    with psycopg.connect(pg) as other:
+        # A writer whose transaction has its id (its user write), not yet its audit row.
+        other.execute("SELECT pg_current_xact_id()")
+        ann = reg.users.create(NewUser("ann@example.org"))
+        bob = reg.users.create(NewUser("bob@example.org"))
+        assert trail.chain().count == 0  # ann's and bob's are committed, but not final
+        other.execute(
+            "INSERT INTO audit_events (txid, id, occurred_at, action, target_type, target_id,"
+            " fields) VALUES (pg_current_xact_id(), %s, clock_timestamp(), 'test.early',"
+            " 'test', 'early', '{}')",
+            (early_id,),
+        )
+        assert trail.chain().count == 0
+        assert rows(reg, "SELECT count(*) FROM audit_events WHERE seq IS NULL") == [(2,)]
+        assert events(reg) == []  # a read shows chained events only
+        result = trail.verify()
+        assert (result.ok, result.count, result.unchained) == (True, 0, 2)
+        assert "2 later events not chained yet" in result.summary()
+        other.commit()
+    assert chained(reg) == 3
+    got = events(reg)
+    assert [(e["seq"], e["target"]["id"]) for e in got] == [
+        (1, "early"),
+        (2, str(ann.id)),
+        (3, str(bob.id)),
+    ]
+    assert got[0]["id"] == str(early_id)
+    assert got[0]["occurred_at"] > got[1]["occurred_at"]  # the chain's order is not the clock's
+    assert verified(reg) == 3
+
+
+def test_an_event_unchained_by_hand_is_caught_as_a_gap(five: Registry) -> None:
+    """An old event NULLed: the chainer links it again at the end, and the gap stays."""
+    [(event_id,)] = rows(five, "SELECT id FROM audit_events WHERE seq = 2")
+    sql(five, "UPDATE audit_events SET seq = NULL, prev_hash = NULL, hash = NULL WHERE seq = 2")
+    result = trail_of(five).verify()
+    assert result.broken is not None
+    assert result.broken.seq == 2
+    assert "seq 2 missing" in result.broken.problem
+    assert "removed" in result.broken.problem
+    assert rows(five, "SELECT seq FROM audit_events WHERE id = :id", id=event_id) == [(6,)]
+
+
+def test_two_chainers_at_once_never_fork_the_chain(make_registry: MakeRegistry) -> None:
+    """Two registries (as two processes) chaining while writers write: one chain, gapless."""
+    first, second = make_registry(), make_registry()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    linked = [0, 0]
+
+    def chain_loop(n: int, registry: Registry) -> None:
+        try:
+            while not stop.is_set():
+                result = trail_of(registry).chain()
+                assert result.refused is None, result.refused
+                linked[n] += result.count
+                stop.wait(0.002)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    chainers = [
+        threading.Thread(target=chain_loop, args=(n, registry))
+        for n, registry in enumerate((first, second))
+    ]
+    for chainer in chainers:
+        chainer.start()
+    try:
+        _write_at_once([first, second], per_thread=5, threads=3)
+    finally:
+        stop.set()
+        for chainer in chainers:
+            chainer.join(60)
+    assert errors == []
+    total = 2 * 3 * 5 * 2
+    # Every event chained exactly once: by one chainer or the other, or by this last one.
+    assert sum(linked) + chained(second) == total
+    assert rows(
+        first, "SELECT count(*), count(DISTINCT seq), min(seq), max(seq) FROM audit_events"
+    ) == [(total, total, 1, total)]
+    assert [e["seq"] for e in events(first)] == list(range(1, total + 1))
+    assert verified(second) == total
+
+
 # -- personal data -----------------------------------------------------------------------------
 
 
@@ -632,6 +791,11 @@ def test_redaction_keeps_no_personal_value(make_registry: MakeRegistry) -> None:
         ("USERPLANE_AUDIT_HEAD_LOG_SECONDS", "-5"),
         ("USERPLANE_AUDIT_HEAD_LOG_SECONDS", "often"),
         ("USERPLANE_AUDIT_HEAD_LOG_SECONDS", "inf"),
+        ("USERPLANE_AUDIT_CHAIN_SECONDS", "0"),
+        ("USERPLANE_AUDIT_CHAIN_SECONDS", "-1"),
+        ("USERPLANE_AUDIT_CHAIN_SECONDS", "61"),
+        ("USERPLANE_AUDIT_CHAIN_SECONDS", "nan"),
+        ("USERPLANE_AUDIT_CHAIN_SECONDS", "soon"),
         ("USERPLANE_AUDIT_REDACT_PERSONAL", "perhaps"),
     ],
 )
@@ -662,21 +826,36 @@ def test_the_head_is_logged_while_serving_and_the_thread_stops_at_shutdown(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="userplane.audit")
-    with opened(database_url, USERPLANE_AUDIT_HEAD_LOG_SECONDS="0.05") as registry:
+    env = {"USERPLANE_AUDIT_HEAD_LOG_SECONDS": "0.05", "USERPLANE_AUDIT_CHAIN_SECONDS": "0.02"}
+    with opened(database_url, **env) as registry:
+        trail = trail_of(registry)
+        store = trail.store
         registry.users.create(NewUser("ann@example.org"))
+        assert store.unchained() == 1  # written, not chained yet
         registry.hooks.serving(registry)
         heads = registry.services.get(HeadLogger)
         assert heads.running
-        expected = trail_of(registry).head()
+        for _ in range(500):  # the thread chains it, with no read asking
+            if trail.head().seq == 1:
+                break
+            threading.Event().wait(0.02)
+        expected = trail.head()
+        assert expected.seq == 1
         for _ in range(200):
             logged = [r for r in caplog.records if r.getMessage() == "audit.head"]
-            if len(logged) >= 3:
+            if len(logged) >= 3 and getattr(logged[-1], "seq", 0) == 1:
                 break
             threading.Event().wait(0.02)
         assert len(logged) >= 3
         record: Any = logged[-1]
         assert (record.seq, record.hash) == (expected.seq, expected.hash)
         assert record.name == "userplane.audit"
+        registry.users.create(NewUser("bob@example.org"))
+        for _ in range(500):
+            if trail.head().seq == 2:
+                break
+            threading.Event().wait(0.02)
+        assert trail.head().seq == 2
     assert not heads.running
 
 

@@ -21,7 +21,7 @@ import click
 import pytest
 import structlog
 from click.testing import CliRunner, Result
-from test_audit import rows, sql
+from test_audit import CATCH_UP, rows, sql
 
 from userplane import Registry, Settings
 from userplane.frontends.cli import cli
@@ -118,7 +118,28 @@ def run(group: click.Group, tmp_path: Path, database_url: str) -> Cli:
     with app.registry() as registry:
         for user in registry.users.list(UserQuery()).items:
             registry.users.update(user.id, UserChanges(is_active=False))
+        trail_of(registry).catch_up(CATCH_UP)  # as a serving process's chainer would
     return app
+
+
+def test_every_command_reading_the_trail_chains_what_was_written_first(
+    group: click.Group, tmp_path: Path, database_url: str
+) -> None:
+    """Writes only insert their events; ``list``, ``verify`` and ``export`` chain them first."""
+    app = Cli(group, tmp_path, database_url)
+    app.ok("migrate")
+    app.ok("users", "create", "--email", "ann@example.org")
+    with app.registry() as registry:
+        assert rows(registry, "SELECT seq FROM audit_events") == [(None,)]
+    [line] = app.ok("audit", "list", "--format", "json").stdout.splitlines()
+    assert json.loads(line)["seq"] == 1
+    app.ok("users", "create", "--email", "bob@example.org")
+    assert app.ok("audit", "verify").stdout.startswith("verified 2 events, head 2 ")
+    app.ok("users", "create", "--email", "cy@example.org")
+    exported = app.ok("audit", "export").stdout.splitlines()
+    assert [json.loads(e)["seq"] for e in exported[1:]] == [1, 2, 3]
+    assert "entry" not in exported[1]
+    assert "txid" not in exported[1]
 
 
 def test_list_prints_a_table_and_json_lines(run: Cli) -> None:

@@ -19,7 +19,7 @@ import schemathesis
 from falcon import inspect, testing
 from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate
-from test_audit import encryption_env, opened
+from test_audit import encryption_env, opened, rows
 
 from userplane import Registry, Settings
 from userplane.frontends.http import create_app
@@ -168,6 +168,22 @@ def test_one_event_by_id(http: testing.TestClient, history: dict[str, Any]) -> N
     extra = http.simulate_get(f"{AUDIT}/{first['id']}", params={"x": "1"})
     assert extra.status_code == 422
     assert [e["field"] for e in extra.json["errors"]] == ["$.x"]
+
+
+def test_a_client_that_wrote_reads_its_events_chained(reg: Registry) -> None:
+    """Writes only insert their events; both reads chain what was committed before them."""
+    admin = client(reg, principal=ADMIN)
+    auditor = client(reg, principal=AUDITOR)
+    ann = admin.simulate_post("/api/v1/users", json={"email": "ann@example.org"}).json
+    [(event_id, seq)] = rows(reg, "SELECT id, seq FROM audit_events")
+    assert seq is None  # written with the user, not chained yet
+    one = auditor.simulate_get(f"{AUDIT}/{event_id}")
+    assert one.status_code == 200, one.text
+    assert (one.json["seq"], one.json["target"]["id"]) == (1, ann["id"])
+    admin.simulate_patch(f"/api/v1/users/{ann['id']}", json={"full_name": "Ann"})
+    items = _items(auditor.simulate_get(AUDIT, params={"sort": "-seq", "limit": "1"}))
+    assert [(i["seq"], i["action"]) for i in items] == [(2, "user.updated")]
+    assert items[0]["prev_hash"] == one.json["hash"]
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,10 @@ no old index value is left in the database.
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
+from typing import Any
 
 import pytest
 from keyrings import opened
@@ -25,6 +27,16 @@ from userplane.users import utcnow
 
 NAMES = [f"Person{n} Example" for n in range(12)]
 EMAILS = [f"Person{n}.Example@Example.org" for n in range(12)]
+
+
+def audit_fields(registry: Registry) -> list[tuple[str, str, dict[str, Any]]]:
+    """Every audit event's target id, action and fields, as stored."""
+    from userplane.sql import SQLStorage
+
+    storage = registry.storage
+    assert isinstance(storage, SQLStorage)
+    rows = storage.fetch_all("SELECT target_id, action, fields FROM audit_events", {})
+    return [(str(t), a, json.loads(f)) for t, a, f in rows]
 
 
 def _index_values(registry: Registry) -> list[tuple[str, str | None]]:
@@ -85,7 +97,26 @@ def test_a_backfill_seals_a_plaintext_database_while_it_serves(
         assert after.users.get(users[3].id, include_deleted=True).email == users[3].email
         with pytest.raises(Conflict):
             after.users.create(NewUser(EMAILS[0].upper()))
-    assert leaks(dump(database_url), [*EMAILS, *NAMES, "Fresh.Person@Example.org"]) == []
+    # The audit trail is append-only and hash-chained: the events recorded before the keys
+    # were configured stay as they were recorded (docs/audit.md, "Personal data and
+    # erasure"); every other row is sealed, and so is every event recorded since.
+    written = [*EMAILS, *NAMES, "Fresh.Person@Example.org"]
+    assert leaks(dump(database_url, without_rows_of="audit_events"), written) == []
+    with opened(database_url, [k1], i1.entry()) as after:
+        since = [
+            e
+            for e in audit_fields(after)
+            if e[0] == str(fresh.id) or (e[0] == str(users[4].id) and e[1] == "user.updated")
+        ]
+        assert since, "the writes made with the keys on were recorded"
+        for _, action, fields in since:
+            if action in ("user.created", "user.updated"):
+                for name in ("email", "full_name"):
+                    if name in fields:
+                        assert fields[name].get("sealed") is True, (action, name)
+        assert (
+            leaks(str(since), ["Fresh.Person@Example.org", "Fresh Person", "Renamed Person"]) == []
+        )
     # A plaintext process may not serve the sealed database any more.
     with opened(database_url, None, None) as plain, pytest.raises(ConfigurationError):
         plain.users.get(users[0].id)

@@ -448,6 +448,10 @@ class SQLStorage(abc.ABC):
         row = self.query("count_users", {})
         return int(row[0]) if row else 0
 
+    def purge_orphan_responses(self) -> int:
+        """Delete the responses left about no user."""
+        return self.execute(self.queries["purge_orphan_responses"], {})
+
     def deleted_user_ids(self, deleted_before: datetime, limit: int) -> list[uuid.UUID]:
         """A page of ids of users deleted before the cut-off."""
         params = self.params({"before": deleted_before, "limit": limit})

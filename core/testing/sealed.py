@@ -197,6 +197,11 @@ class SealedStorageContract(StorageContract):
     def test_other_threads_see_a_transaction_once_it_commits(self, raw_storage: Storage) -> None:
         super().test_other_threads_see_a_transaction_once_it_commits(raw_storage)
 
+    def test_purge_orphan_responses_removes_only_responses_about_no_user(
+        self, raw_storage: Storage
+    ) -> None:
+        super().test_purge_orphan_responses_removes_only_responses_about_no_user(raw_storage)
+
     def test_the_longest_sealed_values_round_trip_with_an_empty_name_key(
         self, raw_storage: Storage
     ) -> None:

@@ -1019,6 +1019,21 @@ class StorageContract:
         with storage.transaction():
             assert storage.lock_user(user.id) == deleted
 
+    def test_purge_orphan_responses_removes_only_responses_about_no_user(
+        self, storage: Storage
+    ) -> None:
+        # A response completed while its user was being purged names a user that is gone.
+        kept = make_user("kept@example.org")
+        storage.insert_user(kept, normalize_email(kept.email))
+        now = _BASE_TIME
+        for key, about in (("k-kept", kept.id), ("k-none", None), ("k-orphan", uuid.uuid4())):
+            assert storage.claim_idempotency_key(key, "f", now, now + timedelta(days=1), now)
+            storage.complete_idempotency_key(key, StoredResponse(201, (), b"{}", about))
+        assert storage.purge_orphan_responses() == 1
+        assert storage.get_idempotency_record("k-orphan", now) is None
+        assert storage.get_idempotency_record("k-kept", now) is not None
+        assert storage.get_idempotency_record("k-none", now) is not None
+
     def test_deleted_user_ids_page_the_users_deleted_before_a_cut_off(
         self, storage: Storage
     ) -> None:

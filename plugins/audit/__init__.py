@@ -4,7 +4,10 @@ Every write the core records (``userplane_record_change``: users created,
 updated, deleted, restored and purged, API keys created and revoked, key
 rotations, and what plugins record) becomes one row of ``audit_events``,
 written in the write's transaction: no change without its event, no event
-without its change. Each event carries the SHA-256 of its columns and of the
+without its change. The write only inserts it; it is linked into the hash
+chain after commit (deferred chaining: writers never wait for each other), by
+each serving process every ``USERPLANE_AUDIT_CHAIN_SECONDS`` and before every
+read. Each chained event carries the SHA-256 of its columns and of the
 event before (``events``, ``chain``), so ``userplane audit verify`` finds
 the first row edited, removed or inserted; the chain head is logged while
 serving (``heads``) so that a chain cut short can be caught too. Read it over
@@ -49,6 +52,13 @@ def _head_log_seconds(_: Any, attribute: attrs.Attribute[float], value: float) -
         )
 
 
+def _chain_seconds(_: Any, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (math.isfinite(value) and 0 < value <= 60):
+        raise ValueError(
+            "USERPLANE_AUDIT_CHAIN_SECONDS: must be a number of seconds above 0, at most 60"
+        )
+
+
 @attrs.frozen
 class AuditSettings:
     """This plugin's settings, from ``USERPLANE_AUDIT_*``."""
@@ -57,6 +67,8 @@ class AuditSettings:
     redact_personal: bool = False
     #: How often a serving process logs the chain head (``audit.head``), in seconds.
     head_log_seconds: float = attrs.field(default=300.0, validator=_head_log_seconds)
+    #: How often a serving process links new events into the chain, in seconds.
+    chain_seconds: float = attrs.field(default=1.0, validator=_chain_seconds)
 
 
 SETTINGS = SettingsSection(PREFIX, AuditSettings)
@@ -76,7 +88,7 @@ def trail_of(registry: Registry) -> AuditTrail:
 
 @hookimpl
 def userplane_settings_sections() -> SettingsSection:
-    """``USERPLANE_AUDIT_REDACT_PERSONAL``, ``USERPLANE_AUDIT_HEAD_LOG_SECONDS``."""
+    """``USERPLANE_AUDIT_REDACT_PERSONAL``, ``…_HEAD_LOG_SECONDS``, ``…_CHAIN_SECONDS``."""
     return SETTINGS
 
 
@@ -94,7 +106,7 @@ def userplane_migrations() -> dict[str, Path]:
 
 @hookimpl
 def userplane_register_services(registry: Registry) -> None:
-    """The trail and the head logger; a storage that cannot hold the trail fails now."""
+    """The trail and its chainer; a storage that cannot hold the trail fails now."""
     from userplane.plugins.audit.heads import HeadLogger
     from userplane.plugins.audit.store import AuditStore
     from userplane.plugins.audit.trail import AuditTrail
@@ -117,17 +129,16 @@ def userplane_register_services(registry: Registry) -> None:
     )
     registry.services.register(
         HeadLogger,
-        lambda: HeadLogger(trail_of(registry), own.head_log_seconds),
+        lambda: HeadLogger(trail_of(registry), own.head_log_seconds, own.chain_seconds),
         close=lambda heads: heads.stop(),
     )
 
 
 @hookimpl(trylast=True)
 def userplane_record_change(change: Change, registry: Registry) -> None:
-    """Append the change to the chain, in its transaction.
+    """Store the change's event, in its transaction: one insert, no shared lock.
 
-    Last of the recorders: the chain head it locks is every writer's, so it
-    is held for as short a time as the write's commit allows.
+    It is linked into the chain after the transaction finished (``chain``).
     """
     trail_of(registry).record(change)
 
@@ -175,7 +186,7 @@ def userplane_openapi(document: dict[str, Any]) -> None:
 
 @hookimpl
 def userplane_serving(registry: Registry) -> None:
-    """Log the chain head now and every ``USERPLANE_AUDIT_HEAD_LOG_SECONDS``."""
+    """Chain every ``…_CHAIN_SECONDS``; log the head now and every ``…_HEAD_LOG_SECONDS``."""
     from userplane.plugins.audit.heads import HeadLogger
 
     registry.services.get(HeadLogger).start()
@@ -183,7 +194,7 @@ def userplane_serving(registry: Registry) -> None:
 
 @hookimpl
 def userplane_shutdown(registry: Registry) -> None:
-    """Stop logging the head (and wait for the thread)."""
+    """Stop chaining and logging the head (and wait for the thread, which chains once more)."""
     from userplane.plugins.audit.heads import HeadLogger
 
     if HeadLogger in registry.services:
@@ -192,10 +203,13 @@ def userplane_shutdown(registry: Registry) -> None:
 
 @hookimpl
 def userplane_describe(settings: Settings) -> dict[str, str]:
-    """How personal values are recorded and how often the head is logged."""
+    """How personal values are recorded, how often events are chained and the head logged."""
     own = settings_of(settings)
     personal = "redacted" if own.redact_personal else "recorded (sealed when encrypted)"
-    return {"audit": f"personal values {personal}; head logged every {own.head_log_seconds:g}s"}
+    return {
+        "audit": f"personal values {personal}; chained every {own.chain_seconds:g}s; "
+        f"head logged every {own.head_log_seconds:g}s"
+    }
 
 
 @hookimpl

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 import click
 
@@ -16,7 +16,12 @@ from userplane.plugins.audit import trail_of
 from userplane.plugins.audit.chain import Break, Head, check_end, check_expected, walk
 from userplane.plugins.audit.events import AuditEvent, canonical
 from userplane.plugins.audit.query import MAX_LIMIT, parse_query
-from userplane.plugins.audit.trail import Verification, log_head
+
+if TYPE_CHECKING:
+    from userplane.plugins.audit.trail import Verification
+
+# The trail (and through it the store and the SQL kit) is imported inside the commands:
+# `userplane --help` must not pay for them.
 
 #: The exit code of ``audit verify`` when the chain does not hold (the CLI's others are 1 to 12).
 EXIT_BROKEN: Final = 13
@@ -56,6 +61,8 @@ def _export_lines(stream: IO[str]) -> Iterator[dict[str, Any]]:
 
 def verify_export(stream: IO[str], expect: Head | None) -> Verification:
     """Verify an export (``audit export``) offline, as ``verify`` checks the database."""
+    from userplane.plugins.audit.trail import Verification
+
     lines = _export_lines(stream)
     header = next(lines, None)
     if header is None or header.get("format") != "userplane-audit-export/1":
@@ -193,6 +200,8 @@ def add_commands(cli: click.Group) -> None:
             click.get_current_context().exit(EXIT_BROKEN)
         click.echo(result.summary())
         if source is None:
+            from userplane.plugins.audit.trail import log_head
+
             log_head(result.head, command="verify")
 
     @audit.command()
@@ -257,4 +266,6 @@ def add_commands(cli: click.Group) -> None:
                 f"pruned {pruned.count} events; checkpoint at seq {checkpoint.seq} "
                 f"{checkpoint.hash}"
             )
+        from userplane.plugins.audit.trail import log_head
+
         log_head(audit_trail.head(), command="prune")

@@ -19,7 +19,22 @@ from typing import Final
 import attrs
 
 from userplane.plugin import FieldError, InvalidInput
-from userplane.plugins.audit.store import EventFilter
+
+
+@attrs.frozen
+class EventFilter:
+    """What ``GET /api/v1/audit`` and ``audit list`` select by; ``None``: any."""
+
+    target_type: str | None = None
+    target_id: str | None = None
+    user_id: uuid.UUID | None = None
+    actor: str | None = None
+    action: str | None = None
+    #: Events at or after this time.
+    since: datetime | None = None
+    #: Events before this time.
+    until: datetime | None = None
+
 
 DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 500

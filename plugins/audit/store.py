@@ -1,14 +1,17 @@
 """Where audit events live: this plugin's tables, in the registry's SQL storage.
 
-Statements per dialect (``queries.<dialect>.sql``): appending an event takes
-two round trips on PostgreSQL (lock the head and take the next seq with the
-database's clock; insert the event and move the head's hash) and stays in
-the write's transaction. Listing composes its ``WHERE`` from a fixed set of
-filters, so every statement it runs is one of a few, each prepared once.
+Statements per dialect (``queries.<dialect>.sql``). Appending an event is one
+``INSERT`` in the write's transaction, locking no shared row: the event is
+stored *unchained* (no ``seq``, ``prev_hash`` or ``hash``). Linking events
+into the chain (``link_batch``) is the chainer's, after their transactions
+have finished, one short transaction per batch holding the chain head. Listing
+composes its ``WHERE`` from a fixed set of filters, so every statement it runs
+is one of a few, each prepared once.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
@@ -16,16 +19,18 @@ from typing import Any, Final
 
 import attrs
 
-from userplane.plugin import ConfigurationError, Unavailable
+from userplane.plugin import Change, ConfigurationError, Conflict
 from userplane.plugins.audit.chain import Head
 from userplane.plugins.audit.events import (
     COLUMNS,
     GENESIS,
     AuditEvent,
     fields_json,
+    hash_of,
     parse_fields,
     time_text,
 )
+from userplane.plugins.audit.query import EventFilter
 from userplane.sql import SQLStorage, load_queries
 
 #: The dialects this plugin has statements and migrations for.
@@ -50,18 +55,15 @@ class Checkpoint:
 
 
 @attrs.frozen
-class EventFilter:
-    """What ``GET /api/v1/audit`` and ``audit list`` select by; ``None``: any."""
+class Linked:
+    """What one chaining batch did: how many events it linked, and the head it left."""
 
-    target_type: str | None = None
-    target_id: str | None = None
-    user_id: uuid.UUID | None = None
-    actor: str | None = None
-    action: str | None = None
-    #: Events at or after this time.
-    since: datetime | None = None
-    #: Events before this time.
-    until: datetime | None = None
+    count: int
+    head: Head | None = None
+    #: Another chainer held the head: it is at work, nothing was done here.
+    busy: bool = False
+    #: Why nothing can be chained (the head row is missing), or ``None``.
+    refused: str | None = None
 
 
 #: Each filter's condition; the list statement is composed of those a filter sets.
@@ -74,6 +76,8 @@ _CONDITIONS: Final = {
     "since": "occurred_at >= :since",
     "until": "occurred_at < :until",
 }
+#: What every list selects: chained events only.
+_CHAINED: Final = "seq IS NOT NULL"
 
 
 class AuditStore:
@@ -97,27 +101,30 @@ class AuditStore:
         # SQLite keeps the fixed-width text that was hashed; PostgreSQL a timestamptz.
         return time_text(value) if isinstance(value, datetime) else str(value)
 
+    def _columns(self, row: Sequence[Any]) -> dict[str, Any]:
+        """The event's own columns (``id`` … ``fields``) of a row, as stored and hashed."""
+        (event_id, occurred, actor, kind, action, ttype, tid, user, req, trace, client, fields) = (
+            row
+        )
+        return {
+            "id": str(event_id),
+            "occurred_at": self._text_time(occurred),
+            "actor": actor,
+            "actor_kind": kind,
+            "action": action,
+            "target_type": ttype,
+            "target_id": tid,
+            "user_id": None if user is None else str(user),
+            "request_id": req,
+            "trace_id": trace,
+            "client_address": client,
+            "fields": parse_fields(fields),
+        }
+
     def _event(self, row: Sequence[Any]) -> AuditEvent:
-        (seq, event_id, occurred, actor, kind, action, ttype, tid, user, req, trace, client) = row[
-            :12
-        ]
-        fields, prev_hash, digest = row[12:]
+        seq, prev_hash, digest = row[0], row[13], row[14]
         return AuditEvent(
-            seq=int(seq),
-            id=str(event_id),
-            occurred_at=self._text_time(occurred),
-            actor=actor,
-            actor_kind=kind,
-            action=action,
-            target_type=ttype,
-            target_id=tid,
-            user_id=None if user is None else str(user),
-            request_id=req,
-            trace_id=trace,
-            client_address=client,
-            fields=parse_fields(fields),
-            prev_hash=prev_hash,
-            hash=digest,
+            seq=int(seq), **self._columns(row[1:13]), prev_hash=prev_hash, hash=digest
         )
 
     def _one(self, name: str, params: Mapping[str, Any]) -> Sequence[Any] | None:
@@ -126,57 +133,126 @@ class AuditStore:
     def _all(self, sql: str, params: Mapping[str, Any]) -> list[Sequence[Any]]:
         return self._storage.fetch_all(sql, self._storage.params(params))
 
+    def _count(self, name: str, params: Mapping[str, Any]) -> int:
+        row = self._one(name, params)
+        return 0 if row is None else int(row[0])
+
     def ping(self) -> None:
         """Prove the tables answer; ``Unavailable`` (e.g. not migrated) otherwise."""
         self._storage.fetch_all(self._sql["ping"], {})
 
-    # -- the chain -------------------------------------------------------------------
+    # -- writing ---------------------------------------------------------------------
 
-    def advance(self) -> tuple[int, str, str, Any]:
-        """Lock the head and take the next seq: ``(seq, prev_hash, time text, time)``.
+    def append(self, change: Change, fields: Mapping[str, Any]) -> None:
+        """Insert ``change``'s event, unchained, in the write's transaction.
 
-        The time is the database's clock, read after the lock (so events' times
-        follow their seqs unless the clock steps back): as text, as hashed, and
-        as the ``occurred_at`` column takes it, for ``append``.
-
-        Inside the write's transaction: the head stays locked (PostgreSQL) or
-        the database stays the writer's (SQLite) until it commits or rolls
-        back, so no other event can take this seq, and a rollback gives it back.
+        One statement, locking no shared row: its time is the database's
+        clock, and on PostgreSQL the writing transaction's id (``txid``)
+        orders it in the chain once the transaction has finished.
         """
-        row = self._one("advance", {})
-        if row is None:
-            # The head row is gone (tables emptied by hand): start it again. Were
-            # events left, the next one's seq is taken and the write fails: the
-            # chain is never forked.
-            self._storage.execute(self._sql["genesis"], {"genesis": GENESIS})
-            row = self._one("advance", {})
-            if row is None:  # pragma: no cover - the insert above made it
-                raise Unavailable("the audit chain head cannot be locked")
-        seq, prev_hash, now = row
-        return int(seq), str(prev_hash), self._text_time(now), now
-
-    def append(self, event: AuditEvent, occurred_at: Any) -> None:
-        """Insert ``event`` and make it the head (after ``advance``, in its transaction)."""
         params = {
-            "seq": event.seq,
-            "id": uuid.UUID(event.id),
-            "occurred_at": occurred_at,
-            "actor": event.actor,
-            "actor_kind": event.actor_kind,
-            "action": event.action,
-            "target_type": event.target_type,
-            "target_id": event.target_id,
-            "user_id": None if event.user_id is None else uuid.UUID(event.user_id),
-            "request_id": event.request_id,
-            "trace_id": event.trace_id,
-            "client_address": event.client_address,
-            "fields": fields_json(event.fields),
-            "prev_hash": event.prev_hash,
-            "hash": event.hash,
+            "id": change.id,
+            "actor": change.actor,
+            "actor_kind": change.actor_kind,
+            "action": change.action,
+            "target_type": change.target_type,
+            "target_id": change.target_id,
+            "user_id": change.user_id,
+            "request_id": change.request_id,
+            "trace_id": change.trace_id,
+            "client_address": change.client_address,
+            "fields": fields_json(fields),
         }
         self._storage.execute(self._sql["append"], self._storage.params(params))
-        if "set_head" in self._sql:
-            self._storage.execute(self._sql["set_head"], {"hash": event.hash})
+
+    # -- the chain -------------------------------------------------------------------
+
+    def link_batch(self, limit: int) -> Linked:
+        """Link up to ``limit`` finished events into the chain, in one short transaction.
+
+        Must run in a transaction of its own (never inside a write's). On
+        PostgreSQL its first statement reads the horizon (the oldest id of a
+        transaction still running): events of transactions below it are final,
+        and taken in ``txid``, then ``entry`` order, which nothing can come
+        before later. The head is locked with ``SKIP LOCKED``: another chainer
+        at work makes this one return (``busy``). On SQLite the transaction
+        holds the database's write lock, so every committed event is final,
+        taken in insertion order. Each event gets the next seq and its hash
+        (``events.hash_of``, as ``verify`` recomputes it); the batch and the
+        head are written back in one statement (two on SQLite).
+
+        A missing head row is made again at the genesis only when no chain
+        was ever linked; otherwise nothing is chained (``refused``): the chain
+        is never forked.
+        """
+        with self._storage.transaction():
+            horizon = self._one("horizon", {}) if "horizon" in self._sql else None
+            row = self._one("lock_head", {})
+            if row is None:
+                if self._one("head_exists", {}) is not None:
+                    return Linked(0, busy=True)
+                if self._one("chain_started", {}) is not None:
+                    return Linked(0, refused="the chain head row is missing")
+                self._storage.execute(self._sql["genesis"], {"genesis": GENESIS})
+                row = self._one("lock_head", {})
+                if row is None:  # pragma: no cover - another chainer made it and holds it
+                    return Linked(0, busy=True)
+            seq, prev_hash = int(row[0]), str(row[1])
+            params: dict[str, Any] = {"limit": limit}
+            if horizon is not None:
+                params["horizon"] = horizon[0]
+            rows = self._all(self._sql["unchained"], params)
+            if not rows:
+                return Linked(0, Head(seq, prev_hash))
+            links: list[tuple[int, int, str, str]] = []
+            for unchained in rows:
+                seq += 1
+                body = {"seq": seq, **self._columns(unchained[1:]), "prev_hash": prev_hash}
+                digest = hash_of(body)
+                links.append((int(unchained[0]), seq, prev_hash, digest))
+                prev_hash = digest
+            linked = self._link(links, Head(seq, prev_hash))
+            if linked != len(links):  # the rows changed under the head's lock: by hand
+                raise Conflict(
+                    f"the audit chain could not link {len(links)} events ({linked} were "
+                    "unchained still): nothing was chained"
+                )
+            return Linked(linked, Head(seq, prev_hash))
+
+    def _link(self, links: Sequence[tuple[int, int, str, str]], head: Head) -> int:
+        if "set_head" not in self._sql:  # PostgreSQL: the events and the head at once
+            params = {
+                "entries": [link[0] for link in links],
+                "seqs": [link[1] for link in links],
+                "prev_hashes": [link[2] for link in links],
+                "hashes": [link[3] for link in links],
+                "seq": head.seq,
+                "hash": head.hash,
+            }
+            row = self._one("link", params)
+            return 0 if row is None else int(row[0])
+        count = self._storage.execute(self._sql["link"], {"batch": json.dumps(links)})
+        self._storage.execute(self._sql["set_head"], {"seq": head.seq, "hash": head.hash})
+        return count
+
+    def mark(self) -> str | None:
+        """What a reader must see chained: on PostgreSQL, every transaction with an id now.
+
+        ``None`` on SQLite, where one chaining links everything committed.
+        """
+        if "mark" not in self._sql:
+            return None
+        row = self._one("mark", {})
+        assert row is not None
+        return str(row[0])
+
+    def pending(self, mark: str) -> int:
+        """How many events of transactions that had an id before ``mark`` are unchained."""
+        return self._count("pending", {"mark": mark})
+
+    def unchained(self) -> int:
+        """How many events are not chained yet."""
+        return self._count("unchained_count", {})
 
     def head(self) -> Head | None:
         """The chain head: the last event's seq and hash (``None``: the row is missing)."""
@@ -253,13 +329,13 @@ class AuditStore:
         key = (names, descending)
         sql = self._lists.get(key)
         if sql is None:
-            conditions = [
+            conditions = [_CHAINED] + [
                 _CONDITIONS[n]
                 if n != "after"
                 else ("seq < :after" if descending else "seq > :after")
                 for n in names
             ]
-            where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+            where = f" WHERE {' AND '.join(conditions)}"
             order = "DESC" if descending else "ASC"
             sql = self._storage.dialect.compile(
                 f"{_SELECT}{where} ORDER BY seq {order} LIMIT :limit"

@@ -1,8 +1,15 @@
-"""The audit trail of one registry: recording, reading, verifying, exporting and pruning."""
+"""The audit trail of one registry: recording, chaining, reading, verifying, exporting, pruning.
+
+Recording is one insert in the write's transaction; chaining follows, after
+commit (``chain``): every ``USERPLANE_AUDIT_CHAIN_SECONDS`` in each serving
+process (``heads``), and before every read that must see everything
+committed (``catch_up``): listing, one event, verifying, exporting, pruning.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -10,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from userplane.plugin import Change, FieldChange, InvalidInput, NotFound
+from userplane.plugin import Change, Conflict, FieldChange, InvalidInput, NotFound
 from userplane.plugins.audit.chain import (
     START,
     Break,
@@ -19,14 +26,9 @@ from userplane.plugins.audit.chain import (
     check_expected,
     walk,
 )
-from userplane.plugins.audit.events import (
-    PERSONAL_FIELDS,
-    REDACTED,
-    AuditEvent,
-    hash_of,
-)
-from userplane.plugins.audit.query import AuditQuery, encode_cursor
-from userplane.plugins.audit.store import AuditStore, Checkpoint, EventFilter
+from userplane.plugins.audit.events import PERSONAL_FIELDS, REDACTED, AuditEvent
+from userplane.plugins.audit.query import AuditQuery, EventFilter, encode_cursor
+from userplane.plugins.audit.store import AuditStore, Checkpoint
 
 if TYPE_CHECKING:
     from userplane.plugin import Registry
@@ -39,6 +41,11 @@ _log = logging.getLogger(LOGGER)
 PRUNED: Final = "audit.pruned"
 #: How many times a verification starts again when a prune moved its start meanwhile.
 _RESTARTS: Final = 3
+#: How many events one chaining transaction links at most.
+CHAIN_BATCH: Final = 1000
+#: How long a read waits, at most, for transactions that had begun before it to finish
+#: (PostgreSQL: the chain follows their ids, so a later one's events wait for them).
+CATCH_UP_SECONDS: Final = 2.0
 
 
 @attrs.frozen
@@ -51,6 +58,8 @@ class Verification:
     broken: Break | None = None
     #: Notes for the operator (an expected head that was pruned, say).
     notes: tuple[str, ...] = ()
+    #: Events not chained yet: their transactions (or ones before them) were still running.
+    unchained: int = 0
 
     @property
     def ok(self) -> bool:
@@ -64,7 +73,13 @@ class Verification:
         line = f"verified {self.count} events, head {self.head.seq} {self.head.hash}"
         if self.start.seq:
             line += f" (from the checkpoint at seq {self.start.seq})"
-        return "; ".join((line, *self.notes))
+        notes = list(self.notes)
+        if self.unchained:
+            notes.append(
+                f"{self.unchained} later event{'s' if self.unchained != 1 else ''} not chained "
+                "yet (transactions still running)"
+            )
+        return "; ".join((line, *notes))
 
 
 @attrs.frozen
@@ -73,6 +88,17 @@ class Pruned:
 
     count: int
     checkpoint: Checkpoint | None
+
+
+@attrs.frozen
+class Chained:
+    """What one chaining did: how many events it linked, and why it could not, if so."""
+
+    count: int
+    #: Another chainer held the head when it last looked (it is linking them).
+    busy: bool = False
+    #: Why nothing can be chained (the head row is missing, the head was moved back).
+    refused: str | None = None
 
 
 @attrs.frozen
@@ -95,6 +121,8 @@ class AuditTrail:
         self._registry = registry
         self.store = store
         self._redact = redact_personal
+        #: How long a read waits, at most, for the events committed before it to be chained.
+        self.read_wait = CATCH_UP_SECONDS
 
     # -- recording -------------------------------------------------------------------------
 
@@ -104,29 +132,64 @@ class AuditTrail:
             for name, change in fields.items()
         }
 
-    def record(self, change: Change) -> AuditEvent:
-        """Append ``change`` to the chain, in the transaction of its write."""
-        with self._registry.storage.transaction():  # joins the write's
-            seq, prev_hash, occurred_text, occurred = self.store.advance()
-            body: dict[str, Any] = {
-                "seq": seq,
-                "id": str(change.id),
-                "occurred_at": occurred_text,
-                "actor": change.actor,
-                "actor_kind": change.actor_kind,
-                "action": change.action,
-                "target_type": change.target_type,
-                "target_id": change.target_id,
-                "user_id": None if change.user_id is None else str(change.user_id),
-                "request_id": change.request_id,
-                "trace_id": change.trace_id,
-                "client_address": change.client_address,
-                "fields": self._fields(change.fields),
-                "prev_hash": prev_hash,
-            }
-            event = AuditEvent(**body, hash=hash_of(body))
-            self.store.append(event, occurred)
-        return event
+    def record(self, change: Change) -> None:
+        """Store ``change``'s event, unchained, in the transaction of its write.
+
+        One insert, no lock on any shared row: writers never wait for each
+        other here. The event joins the chain once its transaction has
+        finished (``chain``).
+        """
+        self.store.append(change, self._fields(change.fields))
+
+    # -- chaining --------------------------------------------------------------------------
+
+    def chain(self, batch: int = CHAIN_BATCH) -> Chained:
+        """Link every event that is final now into the chain, a batch per transaction.
+
+        Never inside another transaction. Two chainers at once (threads,
+        processes) never fork the chain: the head decides, and the one that
+        finds it held returns (``busy``). A chain that cannot go on (its head
+        row missing, or moved back behind chained events) links nothing: it is
+        logged (``audit.chain.refused``) and ``verify`` names the break.
+        """
+        total = 0
+        while True:
+            try:
+                linked = self.store.link_batch(batch)
+            except Conflict as exc:
+                _log.error("audit.chain.refused", extra={"error": exc.detail})
+                return Chained(total, refused=exc.detail)
+            if linked.refused is not None:
+                _log.error("audit.chain.refused", extra={"error": linked.refused})
+                return Chained(total, refused=linked.refused)
+            total += linked.count
+            if linked.busy or linked.count < batch:
+                return Chained(total, busy=linked.busy)
+
+    def catch_up(self, wait: float | None = None) -> Chained:
+        """Chain what was committed before this call, for a read that must see it.
+
+        On SQLite one chaining links every committed event. On PostgreSQL an
+        event is final only once every transaction with a lower id finished,
+        and another process's chainer may be linking meanwhile: this chains,
+        then waits (``wait`` seconds at most, ``read_wait`` by default),
+        chaining again, while events of transactions that had their id before
+        the call are unchained still.
+        """
+        mark = self.store.mark()
+        deadline = time.monotonic() + (self.read_wait if wait is None else wait)
+        delay = 0.001
+        total = 0
+        while True:
+            chained = self.chain()
+            total += chained.count
+            chained = attrs.evolve(chained, count=total)
+            if chained.refused is not None or mark is None or not self.store.pending(mark):
+                return chained
+            if time.monotonic() >= deadline:
+                return chained
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -164,7 +227,8 @@ class AuditTrail:
         return {name: out[name] for name in stored}
 
     def list(self, query: AuditQuery) -> AuditPage:
-        """One page of events matching ``query``."""
+        """One page of chained events matching ``query`` (chaining what was committed first)."""
+        self.catch_up()
         rows = self.store.list(query.flt, query.after, query.descending, query.limit + 1)
         events = rows[: query.limit]
         nxt = None
@@ -174,6 +238,7 @@ class AuditTrail:
 
     def get(self, event_id: uuid.UUID) -> dict[str, Any]:
         """One event, as a reader sees it; ``NotFound`` if there is none (or it was pruned)."""
+        self.catch_up()
         event = self.store.get(event_id)
         if event is None:
             raise NotFound(f"no audit event with id {event_id}")
@@ -191,17 +256,20 @@ class AuditTrail:
         return (START if checkpoint is None else checkpoint.head), checkpoint
 
     def verify(self, expect: Head | None = None, batch: int = 1000) -> Verification:
-        """Walk the chain from its start to its head, recomputing every hash.
+        """Chain what was committed, then walk the chain from its start to its head.
 
-        Reads the head first: events appended meanwhile lie beyond it and are
-        left for the next run. A prune that moves the start meanwhile makes the
-        walk start again from its checkpoint.
+        Recomputes every hash. Reads the head first: events chained meanwhile
+        lie beyond it and are left for the next run. A prune that moves the
+        start meanwhile makes the walk start again from its checkpoint. Events
+        that could not be chained yet (their transactions, or ones before them,
+        still running) are counted in the result, never a failure.
         """
+        self.catch_up()
         for _ in range(_RESTARTS):
             result, start = self._verify_once(expect, batch)
             if result.ok or self.start()[0] == start:
-                return result
-        return result
+                break
+        return attrs.evolve(result, unchained=self.store.unchained())
 
     def _verify_once(self, expect: Head | None, batch: int) -> tuple[Verification, Head]:
         stored_head = self.store.head()
@@ -227,9 +295,26 @@ class AuditTrail:
         return Verification(walked.count, start, head, broken, tuple(notes)), start
 
     def _attested(self, checkpoint: Checkpoint | None) -> Break | None:
-        """A checkpoint is only trusted when the prune that made it is in the chain."""
+        """A checkpoint is only trusted when the prune that made it is in the chain.
+
+        A prune that committed after this verification chained has its event
+        unchained still: it is chained, and looked for again, before failing.
+        """
         if checkpoint is None:
             return None
+        if self._prune_recorded(checkpoint):
+            return None
+        self.catch_up()
+        if self._prune_recorded(checkpoint):
+            return None
+        return Break(
+            checkpoint.seq,
+            None,
+            "the checkpoint there is not recorded by an audit.pruned event in the chain: "
+            "events were removed without a prune",
+        )
+
+    def _prune_recorded(self, checkpoint: Checkpoint) -> bool:
         for event in self.store.list(EventFilter(action=PRUNED), checkpoint.seq, False, 100):
             fields = event.fields if isinstance(event.fields, dict) else {}
             through = fields.get("checkpoint_seq", {})
@@ -240,21 +325,18 @@ class AuditTrail:
                 and through.get("after") == checkpoint.seq
                 and digest.get("after") == checkpoint.hash
             ):
-                return None
-        return Break(
-            checkpoint.seq,
-            None,
-            "the checkpoint there is not recorded by an audit.pruned event in the chain: "
-            "events were removed without a prune",
-        )
+                return True
+        return False
 
     def export(self) -> Iterator[dict[str, Any]]:
         """The stored chain, for JSON Lines: where it starts, then every event as stored.
 
-        Read in batches, beside writers (events appended meanwhile lie beyond
-        the head it starts with); a prune running at the same time can leave a
-        gap in it, which verifying the export then reports.
+        Chains what was committed first, then reads in batches, beside writers
+        (events chained meanwhile lie beyond the head it starts with); a prune
+        running at the same time can leave a gap in it, which verifying the
+        export then reports.
         """
+        self.catch_up()
         head = self.head()
         start, checkpoint = self.start()
         yield {
@@ -280,10 +362,18 @@ class AuditTrail:
 
         Only a run from the oldest event on is removed (an event stays while an
         older-looking one follows a younger one), in one transaction with the
-        checkpoint and with the ``audit.pruned`` event that records it.
+        checkpoint and with the ``audit.pruned`` event that records it. Only
+        chained events are pruned: it chains what was committed first, and its
+        own event after.
         """
         if older_than < timedelta(0):
             raise InvalidInput.for_field("$.older_than", "must not be negative")
+        self.catch_up()
+        pruned = self._prune(older_than)
+        self.catch_up()
+        return pruned
+
+    def _prune(self, older_than: timedelta) -> Pruned:
         changes = self._registry.changes
         with changes.writing():
             now = self.store.now()

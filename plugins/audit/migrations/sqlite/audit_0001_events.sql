@@ -1,9 +1,14 @@
 -- The audit trail: one row per recorded change, chained by SHA-256 (docs/audit.md).
--- seq is assigned by the chain head (audit_chain), 1, 2, 3 … with no gaps; occurred_at is
--- the database's clock as the users table keeps times ('2026-01-02T03:04:05.123000Z':
--- fixed width, text order is time order); ids are text; fields is JSON text, as hashed.
+-- A write's transaction only inserts its event (entry, the event's columns): seq, prev_hash
+-- and hash stay NULL until the chainer links the event into the chain after it committed, in
+-- the order of insertion (entry: SQLite has one writer at a time, so that is commit order).
+-- seq is 1, 2, 3 … with no gaps once chained; occurred_at is the database's clock as the
+-- users table keeps times ('2026-01-02T03:04:05.123000Z': fixed width, text order is time
+-- order); ids are text; fields is JSON text, as hashed. entry is internal: not hashed, not
+-- exported (AUTOINCREMENT: never reused, even after the newest events were pruned).
 CREATE TABLE audit_events (
-    seq INTEGER PRIMARY KEY NOT NULL CHECK (seq >= 1),
+    entry INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER CHECK (seq >= 1),
     id TEXT NOT NULL UNIQUE,
     occurred_at TEXT NOT NULL,
     actor TEXT,
@@ -16,19 +21,28 @@ CREATE TABLE audit_events (
     trace_id TEXT,
     client_address TEXT,
     fields TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
+    prev_hash TEXT,
+    hash TEXT,
+    CHECK ((seq IS NULL) = (hash IS NULL) AND (seq IS NULL) = (prev_hash IS NULL))
 );
 
+-- The chain: one event per seq. Partial, like the indexes below: an event enters them when
+-- it is chained, so that a write's insert touches as few indexes as possible.
+CREATE UNIQUE INDEX audit_events_seq_idx ON audit_events (seq) WHERE seq IS NOT NULL;
+-- What the chainer takes next: the unchained events, in chain order.
+CREATE INDEX audit_events_unchained_idx ON audit_events (entry) WHERE seq IS NULL;
 -- The filters of GET /api/v1/audit, each then by seq: keyset pages walk them.
-CREATE INDEX audit_events_target_idx ON audit_events (target_type, target_id, seq);
-CREATE INDEX audit_events_user_idx ON audit_events (user_id, seq);
-CREATE INDEX audit_events_actor_idx ON audit_events (actor, seq);
-CREATE INDEX audit_events_action_idx ON audit_events (action, seq);
-CREATE INDEX audit_events_occurred_at_idx ON audit_events (occurred_at, seq);
+CREATE INDEX audit_events_target_idx ON audit_events (target_type, target_id, seq)
+    WHERE seq IS NOT NULL;
+CREATE INDEX audit_events_user_idx ON audit_events (user_id, seq) WHERE seq IS NOT NULL;
+CREATE INDEX audit_events_actor_idx ON audit_events (actor, seq) WHERE seq IS NOT NULL;
+CREATE INDEX audit_events_action_idx ON audit_events (action, seq) WHERE seq IS NOT NULL;
+CREATE INDEX audit_events_occurred_at_idx ON audit_events (occurred_at, seq)
+    WHERE seq IS NOT NULL;
 
--- The chain head: one row, the last event's seq and hash. A write transaction holds the
--- database's write lock (BEGIN IMMEDIATE): the chain cannot fork.
+-- The chain head: one row, the last chained event's seq and hash. The chainer moves it in
+-- a write transaction (BEGIN IMMEDIATE), which holds the database's write lock: one chainer
+-- at a time, the chain cannot fork.
 CREATE TABLE audit_chain (
     id INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
     seq INTEGER NOT NULL CHECK (seq >= 0),
