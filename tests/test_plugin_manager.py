@@ -55,6 +55,7 @@ def test_loads_the_builtin_plugins() -> None:
 #: The built-in plugins, as listed.
 BUILTINS = [
     "api_keys",
+    "audit",
     "encryption_keys",
     "jwt",
     "logging",
@@ -63,6 +64,7 @@ BUILTINS = [
     "roles",
     "sqlite",
     "telemetry",
+    "webhooks",
 ]
 
 

@@ -33,10 +33,13 @@ CORE_MIGRATION_IDS = sorted(
     for p in migrations.folder("sqlite").glob("*.sql")  # type: ignore[union-attr]
     if not p.name.endswith(".rollback.sql")
 )
-#: The core's migrations, then the plugins' (api_keys and rate_limits own their tables).
+#: The core's migrations, then the plugins' (api_keys, audit, rate_limits and webhooks
+#: own their tables).
 MIGRATIONS = [(m, "userplane") for m in CORE_MIGRATION_IDS] + [
     ("api_keys_0001_api_keys", "api_keys"),
+    ("audit_0001_events", "audit"),
     ("rate_limits_0001_rate_limits", "rate_limits"),
+    ("webhooks_0001_webhooks", "webhooks"),
 ]
 MIGRATION_IDS = [m for m, _ in MIGRATIONS]
 #: The distribution that ships the built-in plugins, as `plugins` names it.
@@ -1308,6 +1311,8 @@ def test_check_pings_storage_and_every_plugin_service(run: Cli) -> None:
     not_migrated = "the database is not migrated: run `userplane migrate`"
     assert [json.loads(line) for line in failed.stdout.splitlines()] == [
         {"name": "storage", "ok": False, "error": not_migrated},
+        {"name": "webhooks", "ok": False, "error": not_migrated},
+        {"name": "audit", "ok": False, "error": not_migrated},
         {"name": "api_keys", "ok": False, "error": not_migrated},
     ]
     assert failed.stderr == f"userplane: unavailable: {not_migrated}\n"
@@ -1316,6 +1321,8 @@ def test_check_pings_storage_and_every_plugin_service(run: Cli) -> None:
     assert rows == [
         {"name": "storage", "ok": True, "error": None},
         {"name": "encryption", "ok": True, "error": None},
+        {"name": "webhooks", "ok": True, "error": None},
+        {"name": "audit", "ok": True, "error": None},
         {"name": "api_keys", "ok": True, "error": None},
     ]
     header, table_rows = table(run.ok("check"))
@@ -1323,5 +1330,7 @@ def test_check_pings_storage_and_every_plugin_service(run: Cli) -> None:
     assert table_rows == [
         ["storage", "yes", "-"],
         ["encryption", "yes", "-"],
+        ["webhooks", "yes", "-"],
+        ["audit", "yes", "-"],
         ["api_keys", "yes", "-"],
     ]

@@ -37,7 +37,7 @@ from userplane.auth import Principal
 from userplane.errors import ConfigurationError
 from userplane.frontends.http import create_app
 from userplane.frontends.http.auth import PUBLIC, App
-from userplane.plugins import api_keys
+from userplane.plugins import api_keys, webhooks
 from userplane.plugins.api_keys.keys import lookup_of
 from userplane.users import User, utcnow
 
@@ -202,6 +202,31 @@ OPERATIONS = [
     Operation(RESTORE, "POST", "users:restore", 200, target="deleted"),
 ]
 
+AUDIT = "/api/v1/audit"
+AUDIT_EVENT = "/api/v1/audit/{event_id:uuid}"
+WEBHOOKS = "/api/v1/webhooks"
+WEBHOOK = "/api/v1/webhooks/{webhook_id:uuid}"
+DELIVERIES = "/api/v1/webhooks/{webhook_id:uuid}/deliveries"
+REDELIVER = "/api/v1/webhooks/deliveries/{delivery_id:uuid}/redeliver"
+
+#: The built-in plugins' operations (audit, webhooks) and the action each needs:
+#: ``(route, method) -> action``, stated here independently of the code.
+PLUGIN_OPERATIONS = {
+    (AUDIT, "GET"): "audit:read",
+    (AUDIT, "HEAD"): "audit:read",
+    (AUDIT_EVENT, "GET"): "audit:read",
+    (AUDIT_EVENT, "HEAD"): "audit:read",
+    (WEBHOOKS, "GET"): "webhooks:manage",
+    (WEBHOOKS, "HEAD"): "webhooks:manage",
+    (WEBHOOKS, "POST"): "webhooks:manage",
+    (WEBHOOK, "GET"): "webhooks:manage",
+    (WEBHOOK, "HEAD"): "webhooks:manage",
+    (WEBHOOK, "DELETE"): "webhooks:manage",
+    (DELIVERIES, "GET"): "webhooks:manage",
+    (DELIVERIES, "HEAD"): "webhooks:manage",
+    (REDELIVER, "POST"): "webhooks:manage",
+}
+
 #: What each built-in role is expected to grant, of the operations above.
 GRANTS = {
     "viewer": {"users:read"},
@@ -258,12 +283,45 @@ def test_the_operation_table_names_every_protected_route_and_its_action(
         for method, action in actions.items()
         if action != PUBLIC
     }
-    assert protected == {(op.route, op.method): op.action for op in OPERATIONS}
+    assert protected == {
+        **{(op.route, op.method): op.action for op in OPERATIONS},
+        **PLUGIN_OPERATIONS,
+    }
     public = {
         route for route, actions in app.route_actions.items() if set(actions.values()) == {PUBLIC}
     }
     assert public == PUBLIC_ROUTES
-    assert set(app.route_actions) == {op.route for op in OPERATIONS} | PUBLIC_ROUTES
+    assert set(app.route_actions) == (
+        {op.route for op in OPERATIONS} | {route for route, _ in PLUGIN_OPERATIONS} | PUBLIC_ROUTES
+    )
+
+
+@pytest.mark.parametrize(
+    ("route", "method"), sorted(PLUGIN_OPERATIONS), ids=lambda value: str(value)
+)
+def test_every_plugin_operation_refuses_missing_and_bad_credentials(
+    registry: Registry, route: str, method: str
+) -> None:
+    client = anonymous_client(registry)
+    path = route
+    for name in ("event_id", "webhook_id", "delivery_id"):
+        path = path.replace(f"{{{name}:uuid}}", str(uuid.uuid4()))
+    media = {"url": "https://93.184.215.14/hook", "events": ["*"]} if method == "POST" else None
+    has_body = method != "HEAD"
+
+    missing = client.simulate_request(method, path, json=media)
+    body = assert_unauthenticated(missing, presented=False, has_body=has_body)
+    if body is not None:
+        assert "Authorization" in body["detail"]
+
+    for name, header in BAD_CREDENTIALS.items():
+        headers = {"Authorization": header()}
+        resp = client.simulate_request(method, path, json=media, headers=headers)
+        assert resp.status_code == 401, (name, resp.text)
+        assert_unauthenticated(resp, presented=True, has_body=has_body)
+
+    # Nothing was written by any refused request: no subscription was made.
+    assert webhooks.service(registry).list() == []
 
 
 @pytest.mark.parametrize("op", OPERATIONS, ids=lambda op: op.id)

@@ -16,11 +16,14 @@ from clients import new_key
 from falcon import inspect, testing
 from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate
+from schemathesis.generation import GenerationMode
+from schemathesis.generation.meta import ParameterLocation
 
 from userplane import Registry, Settings
 from userplane.frontends.http import create_app
 from userplane.frontends.http.openapi import document
 from userplane.pagination import SORT_FIELDS, Position, Sort, encode_cursor
+from userplane.plugins.audit.query import encode_cursor as audit_cursor
 from userplane.users import NewUser
 
 HTTP_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
@@ -45,14 +48,23 @@ def _served(app: falcon.App) -> set[tuple[str, str]]:
     return ops
 
 
+def _served_document(registry: Registry) -> dict[str, object]:
+    """The document the app serves, built as create_app builds it: core and plugins."""
+    doc = document()
+    registry.hooks.openapi(doc, registry)
+    return doc
+
+
 def test_the_document_is_valid_openapi_3_1() -> None:
     doc = document()
     assert doc["openapi"] == "3.1.0"
     validate(doc)
 
 
-def test_operations_with_a_query_declare_the_414_of_a_long_request_line() -> None:
-    doc = document()
+def test_operations_with_a_query_declare_the_414_of_a_long_request_line(
+    registry: Registry,
+) -> None:
+    doc = _served_document(registry)
     with_query = [
         (path, method)
         for path, item in doc["paths"].items()
@@ -61,6 +73,8 @@ def test_operations_with_a_query_declare_the_414_of_a_long_request_line() -> Non
         and any(p.get("in") == "query" for p in operation.get("parameters", []))
     ]
     assert ("/api/v1/users/", "get") in with_query
+    assert ("/api/v1/audit", "get") in with_query
+    assert ("/api/v1/webhooks/{webhook_id}/deliveries", "get") in with_query
     for path, method in with_query:
         responses = doc["paths"][path][method]["responses"]
         assert responses.get("414") == {"$ref": "#/components/responses/414"}, (path, method)
@@ -75,19 +89,25 @@ def test_operations_with_a_query_declare_the_414_of_a_long_request_line() -> Non
     assert f"over {limit} bytes" in too_long["description"]
 
 
+def test_the_served_document_is_valid_openapi_3_1(registry: Registry) -> None:
+    doc = _served_document(registry)
+    assert doc["openapi"] == "3.1.0"
+    validate(doc)
+
+
 def test_every_route_is_documented_and_every_documented_operation_exists(
-    client: testing.TestClient,
+    client: testing.TestClient, registry: Registry
 ) -> None:
     app = client.app
     served = _served(app)
-    assert served == _documented(document())
+    assert served == _documented(_served_document(registry))
 
 
-def test_the_document_is_served(client: testing.TestClient) -> None:
+def test_the_document_is_served(client: testing.TestClient, registry: Registry) -> None:
     resp = client.simulate_get("/api/v1/openapi.json")
     assert resp.status_code == 200
     assert resp.headers["Content-Type"] == "application/json"
-    assert resp.json == document()
+    assert resp.json == _served_document(registry)
 
 
 def test_the_docs_page_is_offline_html(client: testing.TestClient) -> None:
@@ -125,24 +145,54 @@ schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", _app)
 @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
 def test_the_server_keeps_every_promise_of_the_document(case: schemathesis.Case) -> None:
     _as_a_client_would(case)
-    case.call_and_validate(headers={"Authorization": f"Bearer {_key}"})
+    case.call_and_validate(headers=_credentials(case))
+
+
+def _credentials(case: schemathesis.Case) -> dict[str, str]:
+    """Our key, unless leaving the credentials out is what makes the case negative.
+
+    The document says every operation needs a bearer token: a negative case
+    may be one whose only fault is a missing ``Authorization`` header. Adding
+    our key to it would turn it into a valid request, answered 200, which the
+    fuzzer then reports as a schema-violating request accepted. Sent without
+    one, it must be refused (401).
+    """
+    headers = case.meta.components.get(ParameterLocation.HEADER) if case.meta else None
+    if (
+        headers is not None
+        and headers.mode is GenerationMode.NEGATIVE
+        and "Authorization" not in (case.headers or {})
+    ):
+        return {}
+    return {"Authorization": f"Bearer {_key}"}
 
 
 def _as_a_client_would(case: schemathesis.Case) -> None:
-    """Replace the two values no schema can describe with ones a real client would send.
+    """Replace the values no schema can describe with ones a real client would send.
 
     A cursor is opaque: clients send back the ones they were given, so a
-    schema-valid cursor becomes one the service issued. An Idempotency-Key is
-    new for each new request: a generated key repeated with another body is a
-    misuse (a 422, tested on its own). Values that break the schema are left
+    schema-valid cursor becomes one the service issued (for the list it is
+    sent to: users, audit events; a webhook delivery cursor is a plain seq,
+    which the schema describes whole). An Idempotency-Key is new for each new
+    request: a generated key repeated with another body is a misuse (a 422,
+    tested on its own). A webhook URL must lead to public addresses, which
+    no pattern can say: a schema-valid one gets a public host (an address
+    literal, so nothing is resolved). Values that break the schema are left
     alone, so negative cases stay negative.
     """
     key = (case.headers or {}).get("Idempotency-Key")
     if isinstance(key, str) and re.fullmatch(r"[!-~]{1,255}", key):
         case.headers = {**(case.headers or {}), "Idempotency-Key": uuid.uuid4().hex}
+    path = case.operation.path
+    if path == "/api/v1/webhooks" and case.method.upper() == "POST":
+        _with_a_public_host(case)
     query = case.query or {}
     cursor = query.get("cursor")
-    if isinstance(cursor, str) and 1 <= len(cursor) <= 2400:
+    if not isinstance(cursor, str):
+        return
+    if path == "/api/v1/audit" and 1 <= len(cursor) <= 64:
+        case.query = {**query, "cursor": audit_cursor(1, query.get("sort") == "-seq")}
+    elif path.startswith("/api/v1/users") and 1 <= len(cursor) <= 2400:
         sort_text = query.get("sort", "created_at")
         sort = (
             Sort.parse(sort_text) if isinstance(sort_text, str) and sort_text in _SORTS else Sort()
@@ -155,3 +205,27 @@ def _as_a_client_would(case: schemathesis.Case) -> None:
 
 
 _SORTS = {*SORT_FIELDS, *(f"-{f}" for f in SORT_FIELDS)}
+#: What the document says a new subscription's URL is. Python's ``re`` reads this pattern
+#: as JSON Schema does but for ``$`` before a final newline: such URLs are left alone.
+_WEBHOOK_URL = schema.raw_schema["components"]["schemas"]["NewWebhookSubscription"]["properties"][
+    "url"
+]["pattern"]
+#: A globally routable address (the documentation ranges are reserved: refused too).
+_PUBLIC_HOST = "93.184.215.14"
+
+
+def _with_a_public_host(case: schemathesis.Case) -> None:
+    body = case.body
+    if not isinstance(body, dict):
+        return
+    url = body.get("url")
+    if not isinstance(url, str) or not 1 <= len(url) <= 2048 or "\n" in url:
+        return
+    if re.search(_WEBHOOK_URL, url) is None:
+        return
+    scheme, _, rest = url.partition("://")
+    # The host (and port) end at the path or the query, if any.
+    ends = [i for i in (rest.find("/"), rest.find("?")) if i >= 0]
+    public = f"{scheme}://{_PUBLIC_HOST}{rest[min(ends, default=len(rest)) :]}"
+    if len(public) <= 2048:
+        case.body = {**body, "url": public}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -345,6 +346,19 @@ def test_metrics_count_requests_durations_and_users(
     assert [p.value for p in metrics["userplane.users.deleted"]] == [1]
 
 
+def _statement_text(span: Any) -> str:
+    """A statement span's SQL, its comment lines dropped and its spaces collapsed."""
+    attributes = span.attributes or {}
+    text = str(attributes.get("db.query.text", attributes.get("db.statement", "")))
+    lines = (line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    return " ".join(" ".join(lines).split())
+
+
+#: The tables a user's creation inserts into, in its one transaction: the user, the
+#: audit trail's event and the webhook deliveries of its subscriptions.
+CREATE_WRITES = ("users", "audit_events", "webhook_deliveries")
+
+
 def test_every_statement_is_a_span_under_its_operation(
     traced: tuple[testing.TestClient, Registry],
     exporter: InMemorySpanExporter,
@@ -365,10 +379,26 @@ def test_every_statement_is_a_span_under_its_operation(
         assert statement.attributes is not None
         system = statement.attributes.get("db.system.name", statement.attributes.get("db.system"))
         assert system == backend
-        text = statement.attributes.get("db.query.text", statement.attributes.get("db.statement"))
-        assert "INSERT INTO users" in str(text)
+        text = _statement_text(statement)
+        assert text, statement.attributes
         # Values stay out of spans: the statement text has placeholders only.
-        assert "s@example.org" not in str(text)
+        assert "s@example.org" not in text
+    texts = [_statement_text(s) for s in statements]
+    # The user's row, and every plugin's write in the same transaction, are among them.
+    assert sum(t.startswith("INSERT INTO users ") for t in texts) == 1, texts
+    for table in CREATE_WRITES:
+        assert any(re.search(rf"\bINSERT INTO {table}\b", t) for t in texts), (table, texts)
+    # And none of those inserts ran outside the operation.
+    outside = [
+        _statement_text(s)
+        for s in spans
+        if s not in statements
+        and any(re.search(rf"\bINSERT INTO {t}\b", _statement_text(s)) for t in CREATE_WRITES)
+    ]
+    assert outside == []
+    if backend == "sqlite":  # the transaction is explicit: it begins and commits in the operation
+        assert texts[0].startswith("BEGIN"), texts
+        assert texts[-1] == "COMMIT", texts
 
 
 def test_pool_gauges_report_the_postgresql_pool(
