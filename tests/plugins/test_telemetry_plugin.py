@@ -143,6 +143,27 @@ def test_an_incoming_traceparent_is_the_parent(
     assert format(server.parent.span_id, "016x") == PARENT_ID
 
 
+def test_the_record_of_a_change_carries_the_trace_and_the_request(
+    traced: tuple[testing.TestClient, Registry], exporter: InMemorySpanExporter
+) -> None:
+    """An audit event names the trace and the request it came from (records of changes)."""
+    client, registry = traced
+    header = f"00-{TRACE_ID}-{PARENT_ID}-01"
+    created = client.simulate_post(
+        USERS,
+        json={"email": "traced@example.org"},
+        headers={"traceparent": header, "X-Request-ID": "req-traced-1"},
+    )
+    assert created.status_code == 201, created.text
+    page = client.simulate_get("/api/v1/audit", params={"target_id": created.json["id"]})
+    assert page.status_code == 200, page.text
+    (event,) = page.json["items"]
+    assert event["action"] == "user.created"
+    assert event["trace_id"] == TRACE_ID
+    assert event["request_id"] == "req-traced-1"
+    assert event["client_address"]  # the test client's address, as the request came
+
+
 class Explodes:
     """A bug in ``users.create``: the innermost wrapper, inside the span, fails in its place.
 
