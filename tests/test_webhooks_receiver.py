@@ -60,6 +60,8 @@ class Receiver:
 
     def __init__(self, port: int = 0, tls: ssl.SSLContext | None = None) -> None:
         self.requests: list[Received] = []
+        #: TCP connections accepted (keep-alive: fewer than requests).
+        self.connections = 0
         #: The server names (SNI) TLS clients asked for.
         self.server_names: list[str | None] = []
         self._tls = tls
@@ -85,6 +87,11 @@ class Receiver:
 
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                with receiver._lock:
+                    receiver.connections += 1
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))

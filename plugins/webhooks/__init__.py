@@ -5,9 +5,10 @@ Subscriptions (a URL, event types, a secret) are managed over HTTP
 webhooks …``. Every change a subscription asks for writes one outbox row in
 the change's own transaction (``userplane_record_change``): no change
 without its deliveries, no delivery without its change. In each serving
-process a dispatcher (``dispatcher``) claims due deliveries, in order per
-user, and sends them signed by the Standard Webhooks specification
-(``sender``), to public addresses only (``addresses``), retrying with
+process a dispatcher (``dispatcher``) claims due deliveries in batches, in
+order per user, and sends each subscription's batch over one kept-alive
+connection, signed by the Standard Webhooks specification (``sender``), to
+public addresses only (``addresses``), retrying with
 exponential backoff and full jitter until ``MAX_ATTEMPTS``, then dead
 (visible, and redeliverable). Settings: ``USERPLANE_WEBHOOKS_*``. See
 ``docs/webhooks.md``.
@@ -78,8 +79,17 @@ class WebhookSettings:
     max_response_bytes: int = attrs.field(default=65536, validator=_between(0, 16 * 2**20))
     #: Allow URLs that resolve to loopback, private, link-local or other non-public addresses.
     allow_private: bool = False
-    #: Sender threads per process: how many receivers are sent to at once.
+    #: Sender threads per process: how many batches (receivers) are sent to at once.
     senders: int = attrs.field(default=4, validator=_between(1, 64))
+    #: The most deliveries one claim takes; each subscription's share is one batch,
+    #: sent in order over one kept-alive connection.
+    batch_size: int = attrs.field(default=100, validator=_between(1, 1000))
+    #: After a commit (or a finished batch) wakes the dispatcher, how long it waits so
+    #: that what commits meanwhile joins the same claim (0: claim at once).
+    linger_seconds: float = attrs.field(default=0.05, validator=_between(0, 5))
+    #: While the process is busy serving requests on a saturated machine, the most of
+    #: one processor its dispatcher may use (1: no bound); otherwise it sends at full speed.
+    busy_share: float = attrs.field(default=0.02, validator=_between(0.001, 1))
 
     def __attrs_post_init__(self) -> None:
         if self.lease_seconds <= self.timeout_seconds:
@@ -140,6 +150,9 @@ class Webhooks:
             resolver=lambda host, port: self.resolver(host, port),
             clock=utcnow,
             count=self._count,
+            batch_size=own.batch_size,
+            linger_s=own.linger_seconds,
+            busy_share=own.busy_share,
         )
         self.serving = False
         #: Whether this thread's transaction wrote deliveries: only then does its commit

@@ -6,9 +6,9 @@ server can reach and the caller cannot (a metadata service at
 169.254.169.254, an admin port on localhost). So unless
 ``USERPLANE_WEBHOOKS_ALLOW_PRIVATE`` says otherwise, a host must resolve to
 globally routable addresses only, checked when the subscription is made and
-again at every send, and the send connects to the very address that was
-checked (``sender``), so a DNS answer that changes in between (rebinding)
-cannot move it.
+again at every connection a batch of sends makes (``sender.Channel``), which
+goes to the very address that was checked, so a DNS answer that changes in
+between (rebinding) cannot move it.
 """
 
 from __future__ import annotations

@@ -64,7 +64,9 @@ def _schemas() -> dict[str, Any]:
     event = {"type": "string", "enum": [ALL, *EVENT_TYPES]}
     subscription_properties = {
         "id": {"type": "string", "format": "uuid"},
-        "url": {"type": "string", "format": "uri"},
+        # What was accepted, as sent: the request's pattern, not "format: uri", which is
+        # stricter than the URLs the server takes (brackets in a query, say).
+        "url": {"type": "string", "pattern": URL_PATTERN},
         "events": {"type": "array", "items": event},
         "description": {"type": "string"},
         "created_at": time,

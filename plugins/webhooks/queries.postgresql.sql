@@ -49,21 +49,26 @@ WHERE s.disabled_at IS NULL AND (:event_type = ANY(s.events) OR '*' = ANY(s.even
 -- them is still pending, so a receiver gets a user's events in order. SKIP LOCKED: two
 -- dispatchers never take the same row; the lease outlives a send, so a slow send is
 -- never claimed twice, and a crashed dispatcher's claims come free when it ends.
+-- The tests are correlated subqueries, not joins, on purpose: the plan walks the due
+-- index in its order and stops at LIMIT, so a claim costs the same with a backlog of
+-- fifty thousand (a join would read, test and sort every pending row first), and its
+-- estimate stays small (no JIT compilation, which would cost more than the claim).
 WITH due AS MATERIALIZED (
     -- Materialized: the locking subquery runs once, so LIMIT bounds what is claimed.
     SELECT c.seq
     FROM webhook_deliveries AS c
-    JOIN webhook_subscriptions AS s ON s.id = c.subscription_id
     WHERE c.status = 'pending'
       AND c.next_attempt_at <= now()
       AND (c.claimed_until IS NULL OR c.claimed_until <= now())
-      AND s.disabled_at IS NULL
+      AND (SELECT s.disabled_at IS NULL FROM webhook_subscriptions AS s
+           WHERE s.id = c.subscription_id)
       AND NOT EXISTS (
           SELECT 1 FROM webhook_deliveries AS e
           WHERE e.subscription_id = c.subscription_id
             AND e.ordering_key = c.ordering_key
             AND e.status = 'pending'
             AND e.seq < c.seq
+          OFFSET 0  -- keeps it a test per row: never made into a join
       )
     ORDER BY c.next_attempt_at, c.seq
     LIMIT :limit
@@ -77,11 +82,18 @@ WHERE d.seq = due.seq
 RETURNING d.seq, d.id, d.subscription_id, d.event_type, d.payload, d.attempts
 
 -- name: mark_delivered
--- Whoever's claim it is now: the receiver has it.
+-- Whoever's claim they are now: the receiver has them (one statement for a batch).
 UPDATE webhook_deliveries
 SET status = 'delivered', delivered_at = now(), attempts = attempts + 1,
     last_status = :last_status, last_error = NULL, claimed_until = NULL, claimed_by = NULL
-WHERE id = :id AND status = 'pending'
+WHERE id = ANY(:ids) AND status = 'pending'
+
+-- name: release
+-- Claimed but not sent (the lease would not cover the send, or the process stops):
+-- free for any dispatcher now, no attempt counted.
+UPDATE webhook_deliveries
+SET claimed_until = NULL, claimed_by = NULL
+WHERE id = ANY(:ids) AND status = 'pending' AND claimed_by = :worker
 
 -- name: mark_failed
 -- Only under this dispatcher's claim: another that took the row over decides it.

@@ -81,7 +81,13 @@ UPDATE webhook_deliveries
 SET status = 'delivered', delivered_at = strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z',
     attempts = attempts + 1, last_status = :last_status, last_error = NULL,
     claimed_until = NULL, claimed_by = NULL
-WHERE id = :id AND status = 'pending'
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'pending'
+
+-- name: release
+UPDATE webhook_deliveries
+SET claimed_until = NULL, claimed_by = NULL
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'pending'
+  AND claimed_by = :worker
 
 -- name: mark_failed
 UPDATE webhook_deliveries

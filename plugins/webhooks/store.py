@@ -38,6 +38,10 @@ class WebhookStore:
             __package__ or "userplane.plugins.webhooks", f"queries.{dialect}.sql"
         )
         self._sql = {name: storage.dialect.compile(sql) for name, sql in queries.items()}
+        #: The claim with its LIMIT written in (by size): a parameter there would have
+        #: PostgreSQL plan a tenth of the backlog (a generic plan), a literal the batch.
+        self._claim_text = queries["claim"]
+        self._claims: dict[int, str] = {}
 
     # -- conversions -------------------------------------------------------------------
 
@@ -133,10 +137,9 @@ class WebhookStore:
 
     def subscriptions_by_id(self, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Subscription]:
         """The live subscriptions among ``ids``."""
-        wanted = sorted({str(i) for i in ids})
-        if not wanted:
+        param = self._ids(ids)
+        if not param or param == "[]":
             return {}
-        param: Any = [uuid.UUID(i) for i in wanted] if self._postgresql else json.dumps(wanted)
         rows = self._storage.fetch_all(self._sql["subscriptions_by_id"], {"ids": param})
         subs = (self._subscription(r) for r in rows)
         return {s.id: s for s in subs}
@@ -160,9 +163,13 @@ class WebhookStore:
 
     def claim(self, worker: str, limit: int, lease_s: float) -> list[Claimed]:
         """Claim up to ``limit`` due head deliveries for ``lease_s`` seconds, for ``worker``."""
-        rows = self._fetch_all(
-            "claim", {"worker": worker, "limit": limit, "lease": self._seconds(lease_s)}
-        )
+        size = int(limit)
+        sql = self._claims.get(size)
+        if sql is None:
+            sql = self._storage.dialect.compile(self._claim_text.replace(":limit", str(size)))
+            self._claims[size] = sql
+        params = {"worker": worker, "lease": self._seconds(lease_s)}
+        rows = self._storage.fetch_all(sql, self._storage.params(params))
         return [
             Claimed(
                 seq=int(seq),
@@ -175,9 +182,32 @@ class WebhookStore:
             for seq, d_id, sub_id, event_type, payload, attempts in rows
         ]
 
+    def _ids(self, ids: Iterable[uuid.UUID]) -> Any:
+        wanted = sorted({str(i) for i in ids})
+        return [uuid.UUID(i) for i in wanted] if self._postgresql else json.dumps(wanted)
+
     def mark_delivered(self, delivery_id: uuid.UUID, status: int) -> bool:
         """The receiver took it; ``False`` if it was no longer pending."""
-        return self._execute("mark_delivered", {"id": delivery_id, "last_status": status}) > 0
+        return self.mark_delivered_many([delivery_id], status) > 0
+
+    def mark_delivered_many(self, delivery_ids: Iterable[uuid.UUID], status: int) -> int:
+        """The receiver took them all, each answered ``status``: one statement; how many
+        were still pending."""
+        ids = self._ids(delivery_ids)
+        if not ids or ids == "[]":
+            return 0
+        return self._storage.execute(
+            self._sql["mark_delivered"], self._storage.params({"ids": ids, "last_status": status})
+        )
+
+    def release(self, delivery_ids: Iterable[uuid.UUID], worker: str) -> int:
+        """Give up ``worker``'s claims of these (not sent, no attempt counted); how many."""
+        ids = self._ids(delivery_ids)
+        if not ids or ids == "[]":
+            return 0
+        return self._storage.execute(
+            self._sql["release"], self._storage.params({"ids": ids, "worker": worker})
+        )
 
     def mark_failed(
         self,
