@@ -147,7 +147,7 @@ def test_the_record_of_a_change_carries_the_trace_and_the_request(
     traced: tuple[testing.TestClient, Registry], exporter: InMemorySpanExporter
 ) -> None:
     """An audit event names the trace and the request it came from (records of changes)."""
-    client, registry = traced
+    client, _ = traced
     header = f"00-{TRACE_ID}-{PARENT_ID}-01"
     created = client.simulate_post(
         USERS,
