@@ -34,6 +34,7 @@ from userplane import (
     Registry,
     Settings,
     UserChanges,
+    hookimpl,
 )
 from userplane.errors import ConfigurationError, InvalidInput, NotFound
 from userplane.frontends.cli import cli
@@ -1090,6 +1091,40 @@ def test_the_cli_names_what_is_wrong(run_cli: Any) -> None:
     assert "$.url" in bad_url.output
     bad_status = run_cli("webhooks", "deliveries", "--status", "lost")
     assert bad_status.exit_code == 2
+    # Bytes argv could not decode arrive as lone surrogates: named, never a traceback.
+    undecodable = run_cli(
+        "webhooks",
+        "create",
+        "--url",
+        "http://127.0.0.1/",
+        "--event",
+        "*",
+        "--description",
+        "\udcff",
+    )
+    assert undecodable.exit_code != 0
+    assert "$.description" in undecodable.output
+    assert "Traceback" not in undecodable.output
+    assert undecodable.exception is None or isinstance(undecodable.exception, SystemExit)
+
+
+def test_the_record_of_a_subscription_keeps_no_query_string(registry: Registry) -> None:
+    """A receiver's URL often carries a token in its query: its audit record shows "?…"."""
+    seen: list[Any] = []
+
+    class Recorder:
+        __name__ = "recorder"
+
+        @hookimpl
+        def userplane_record_change(self, change: Any) -> None:
+            seen.append(change)
+
+    registry.pm.register(Recorder())
+    sub = subscribe(registry, "http://127.0.0.1:9/hook?token=s3cr3t&x=1", "user.created")
+    assert sub.url == "http://127.0.0.1:9/hook?token=s3cr3t&x=1"  # kept for sending
+    (created,) = [c for c in seen if c.action == "webhook.created"]
+    assert created.fields["url"].after == "http://127.0.0.1:9/hook?…"
+    assert "s3cr3t" not in json.dumps([f.as_json() for f in created.fields.values()])
 
 
 # -- settings ----------------------------------------------------------------------------------
@@ -1271,3 +1306,31 @@ def test_a_redelivery_is_recorded_as_a_change(registry: Registry, receiver: Rece
     assert body["type"] == "webhook_delivery.redelivered"
     assert body["data"]["id"] == str(delivery.id)
     assert body["data"]["changed"] == ["status", "attempts"]
+
+
+def test_a_delivery_queued_for_a_subscription_deleted_meanwhile_is_buried(
+    registry: Registry, receiver: Receiver
+) -> None:
+    """A write and a deletion that commit in either order leave nothing pending for ever."""
+    sub = subscribe(registry, receiver.url(), "user.created")
+    state = webhooks.state_of(registry)
+    webhooks.service(registry).delete(sub.id)
+    # As a write that read the subscription live, and committed after the deletion, leaves it:
+    ann = registry.users.create(NewUser("ann@example.org"))
+    storage = registry.storage  # the row such a write inserts
+    storage.execute(
+        storage.dialect.compile(
+            "INSERT INTO webhook_deliveries (id, subscription_id, event_type, ordering_key, "
+            "payload, status, attempts, next_attempt_at, created_at) VALUES (:id, :sub, "
+            "'user.created', :key, '{}', 'pending', 0, :now, :now)"
+        ),
+        storage.params(
+            {"id": uuid.uuid4(), "sub": sub.id, "key": str(ann.id), "now": datetime.now(UTC)}
+        ),
+    )
+    assert [d.status for d in outbox(registry, sub)] == ["pending"]
+    assert state.dispatcher.queue_state()[0] == 0  # not counted: it can never be sent
+    state.dispatcher._sweep()
+    (buried,) = outbox(registry, sub)
+    assert (buried.status, buried.last_error) == ("dead", "the subscription was deleted")
+    assert receiver.requests == []

@@ -33,6 +33,16 @@ SET status = 'dead', last_error = 'the subscription was deleted',
     claimed_until = NULL, claimed_by = NULL
 WHERE subscription_id = :id AND status = 'pending'
 
+-- name: bury_stray
+-- Pending deliveries of a deleted subscription that a write inserted while the deletion
+-- ran (on PostgreSQL the two can commit in either order): dead, as bury_pending makes
+-- the others. The dispatcher runs it now and then.
+UPDATE webhook_deliveries AS d
+SET status = 'dead', last_error = 'the subscription was deleted',
+    claimed_until = NULL, claimed_by = NULL
+FROM webhook_subscriptions AS s
+WHERE s.id = d.subscription_id AND s.disabled_at IS NOT NULL AND d.status = 'pending'
+
 -- name: record_change
 -- One statement in the change's transaction: a row for every live subscription to the
 -- change's action (or to every action), none for the others.
@@ -131,7 +141,10 @@ LIMIT :limit
 SELECT count(*),
        coalesce(extract(epoch FROM now() - min(next_attempt_at)
                         FILTER (WHERE next_attempt_at <= now())), 0)::double precision
-FROM webhook_deliveries WHERE status = 'pending'
+FROM webhook_deliveries WHERE status = 'pending' AND NOT EXISTS (
+      SELECT 1 FROM webhook_subscriptions AS s
+      WHERE s.id = webhook_deliveries.subscription_id AND s.disabled_at IS NOT NULL
+  )
 
 -- name: ping
 SELECT 1 FROM webhook_deliveries WHERE 1 = 0

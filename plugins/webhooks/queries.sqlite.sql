@@ -35,6 +35,15 @@ SET status = 'dead', last_error = 'the subscription was deleted',
     claimed_until = NULL, claimed_by = NULL
 WHERE subscription_id = :id AND status = 'pending'
 
+-- name: bury_stray
+-- Pending deliveries of a deleted subscription (see the PostgreSQL statement): dead.
+UPDATE webhook_deliveries
+SET status = 'dead', last_error = 'the subscription was deleted',
+    claimed_until = NULL, claimed_by = NULL
+WHERE status = 'pending' AND subscription_id IN (
+    SELECT id FROM webhook_subscriptions WHERE disabled_at IS NOT NULL
+)
+
 -- name: record_change
 INSERT INTO webhook_deliveries
     (id, subscription_id, event_type, ordering_key, payload, status, attempts,
@@ -125,7 +134,9 @@ SELECT count(*),
        coalesce(max(0, (julianday('now') - julianday(substr(min(
            CASE WHEN next_attempt_at <= strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z'
                 THEN next_attempt_at END), 1, 26))) * 86400.0), 0.0)
-FROM webhook_deliveries WHERE status = 'pending'
+FROM webhook_deliveries WHERE status = 'pending' AND subscription_id NOT IN (
+      SELECT id FROM webhook_subscriptions WHERE disabled_at IS NOT NULL
+  )
 
 -- name: ping
 SELECT 1 FROM webhook_deliveries WHERE 1 = 0

@@ -258,6 +258,10 @@ class WebhookStore:
         )
         return [self._delivery(r) for r in rows]
 
+    def bury_stray(self) -> int:
+        """Make dead the pending deliveries of deleted subscriptions; how many there were."""
+        return self._execute("bury_stray", {})
+
     def queue(self) -> tuple[int, float]:
         """How many deliveries are pending, and the seconds the longest-due has waited."""
         row = self._fetch_one("queue", {})

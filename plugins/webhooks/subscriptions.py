@@ -7,6 +7,7 @@ import secrets
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
@@ -34,6 +35,16 @@ FIELDS: Final = ("url", "events", "description")
 def new_secret() -> str:
     """A Standard Webhooks secret: ``whsec_`` + base64 of 32 random bytes."""
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def url_for_record(url: str) -> str:
+    """``url`` as an audit event keeps it: without its query, which often carries a token.
+
+    Auditors read records (and receivers get their thin payloads); the query
+    is shown as ``?…``, so that a reader sees there was one.
+    """
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query="…" if parts.query else ""))
 
 
 @attrs.frozen
@@ -126,6 +137,9 @@ class WebhookService:
             )
         elif any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in description):
             errors.append(FieldError("$.description", "must not contain control characters"))
+        elif any(0xD800 <= ord(c) <= 0xDFFF for c in description):
+            # A lone surrogate: bytes the CLI's argv could not decode. No database takes it.
+            errors.append(FieldError("$.description", "must be valid Unicode text"))
         if errors:
             raise InvalidInput.from_errors(errors)
         assert isinstance(url, str)
@@ -140,7 +154,7 @@ class WebhookService:
                 "webhook",
                 str(sub.id),
                 {
-                    "url": FieldChange(None, sub.url),
+                    "url": FieldChange(None, url_for_record(sub.url)),
                     "events": FieldChange(None, list(sub.events)),
                     "description": FieldChange(None, sub.description),
                 },
