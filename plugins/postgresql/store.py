@@ -191,7 +191,7 @@ class PostgreSQLStorage(SQLStorage):
 
     @contextlib.contextmanager
     def _cursor(self) -> Iterator[psycopg.Cursor[Any]]:
-        held = getattr(self._tx, "conn", None)
+        held = self._held()
         if held is not None:  # inside transaction(): its connection
             with _mapped_errors(), held.cursor() as cur:
                 yield cur
@@ -202,16 +202,24 @@ class PostgreSQLStorage(SQLStorage):
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """One transaction on one pooled connection, held by this thread; inner blocks join it."""
-        if getattr(self._tx, "conn", None) is not None:
+        if self._held() is not None:
             yield
             return
         with _mapped_errors(), self.pool.connection() as conn:
-            self._tx.conn = conn
+            self._tx.conn, self._tx.pid = conn, os.getpid()
             try:
                 with conn.transaction():
                     yield
             finally:
                 self._tx.conn = None
+
+    def _held(self) -> psycopg.Connection[Any] | None:
+        """This thread's open transaction's connection, if any (never one from before a fork)."""
+        conn: psycopg.Connection[Any] | None = getattr(self._tx, "conn", None)
+        if conn is not None and getattr(self._tx, "pid", None) != os.getpid():
+            self._tx.conn = None  # the parent's: its socket is not ours
+            return None
+        return conn
 
     # Every statement is prepared at once: all of them are on hot paths.
 

@@ -141,17 +141,29 @@ class SQLiteStorage(SQLStorage):
             yield
         except BaseException:
             self._local.depth = 0
-            with contextlib.suppress(sqlite3.Error):
-                self._cursor().execute("ROLLBACK")
+            self._roll_back()
             raise
         self._local.depth = 0
         try:
             with _mapped_errors():
                 self._cursor().execute("COMMIT")
         except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                self._cursor().execute("ROLLBACK")
+            self._roll_back()
             raise
+
+    def _roll_back(self) -> None:
+        """Roll this thread's transaction back; a connection that cannot is dropped.
+
+        Left inside its transaction, the connection would refuse every later
+        ``BEGIN`` on this thread and hold the write lock against the others.
+        """
+        conn = self._connect()
+        with contextlib.suppress(sqlite3.Error):
+            conn.cursor().execute("ROLLBACK")
+        if getattr(conn, "in_transaction", False):
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+            self._local.conn = None
 
     def fetch_one(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None:
         """The first row, sqlite3 errors mapped."""
