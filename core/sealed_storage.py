@@ -595,7 +595,17 @@ class SealedStorage:
                 # The email carries the data key: wrapped by the active key, never by
                 # the one the row held when read (a rotation may be retiring it now).
                 key = self.sealer.rewrap(user_id, key)
-            return self.sealer.seal_fields(user_id, key, fields), email_key, expected_version, False
+            sealed = self.sealer.seal_fields(user_id, key, fields)
+            rewrapped = None if "email" in fields else self.sealer.rewrapped(user_id, current.email)
+            if rewrapped is not None:
+                # Its data key is still wrapped by an older key: the write moves it under
+                # the active one (the same ciphertext), as a rotation would. Otherwise a
+                # user written without pause would win every race with the rotation's
+                # conditional reseal, and the rotation could never finish.
+                clear = self.sealer.open_value(user_id, key, "email", current.email)
+                sealed = {**sealed, "email": rewrapped}
+                email_key = normalize_email(clear)
+            return sealed, email_key, expected_version, False
         self._opened(current)  # refuses a plain row unless a backfill is under way
         key = self.sealer.new_data_key(user_id)
         whole = {"email": current.email, "full_name": current.full_name, **fields}

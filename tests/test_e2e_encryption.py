@@ -384,7 +384,10 @@ def test_rotation_under_a_live_server_rewraps_every_user_and_retires_the_old_key
         assert report["active_key"] == "kek-new"
         assert report["retired"] == ["kek-old"]
         assert report["scanned"] == 4
-        assert report["rewritten"] == 3
+        # The written user's own writes move its data key under the new key (else a user
+        # written without pause would win every race with the rotation): the rotation
+        # rewrote it too only if it got there first.
+        assert report["rewritten"] in (2, 3)
         assert wrapping_keys(database_url) == ["kek-new"] * 4
 
         after = read_all()

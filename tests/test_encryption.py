@@ -534,6 +534,23 @@ def test_the_keyring_of_a_rotation_is_accepted_and_its_new_key_recorded(
     assert records == {"index-1": ("index", None), "kek-1": ("kek", None), "kek-2": ("kek", None)}
 
 
+def test_a_write_moves_the_data_key_under_the_active_key(
+    database_url: str, k1: NamedKey, k2: NamedKey, i1: NamedKey
+) -> None:
+    """A name-only update re-wraps the user's data key as a rotation would (same ciphertext)."""
+    user = _seal_some(database_url, [k1], i1)
+    with opened(database_url, [k2, k1], i1) as registry:
+        before = stored(registry, user.id).email
+        assert key_name(before) == "kek-1"
+        renamed = registry.users.update(user.id, UserChanges(full_name="Renamed"))
+        after = stored(registry, user.id).email
+        assert key_name(after) == "kek-2"
+        assert after.rsplit(":", 1)[1] == before.rsplit(":", 1)[1]  # the email's ciphertext
+        assert registry.users.get(user.id) == renamed
+        assert registry.users.get_by_email(user.email) == renamed  # the index is unchanged
+        assert renamed.email == user.email
+
+
 def test_a_key_merely_kept_in_the_keyring_is_not_recorded_nor_then_required(
     database_url: str, k1: NamedKey, k2: NamedKey, i1: NamedKey
 ) -> None:
