@@ -286,13 +286,11 @@ class ChangeRecorder:
         user = after or before
         assert user is not None
         diff = user_fields(before, after)
-        fields = {}
-        for name, (old, new) in diff.items():
-            if name in PERSONAL_FIELDS and self._registry.encrypted:
-                values = self._sealed.seal_record_values(user.id, name, (old, new))
-                fields[name] = FieldChange(values[0], values[1], sealed=True)
-            else:
-                fields[name] = FieldChange(old, new)
+        fields = {name: FieldChange(old, new) for name, (old, new) in diff.items()}
+        personal = {n: v for n, v in diff.items() if n in PERSONAL_FIELDS}
+        if personal and self._registry.encrypted:
+            for name, (old, new) in self._sealed.seal_record_values(user.id, personal).items():
+                fields[name] = FieldChange(old, new, sealed=True)
         return self.record(action, "user", str(user.id), fields, user_id=user.id)
 
     def reveal(
@@ -304,20 +302,13 @@ class ChangeRecorder:
         with it) shows as ``{"erased": true}``; so does one that no longer
         opens.
         """
-        out: dict[str, Any] = {}
-        for name, change in fields.items():
-            if not change.sealed:
-                out[name] = change.as_json()
-                continue
-            if user_id is None:
-                out[name] = dict(ERASED)
-                continue
-            try:
-                before, after = self._sealed.open_record_values(
-                    user_id, name, (change.before, change.after)
-                )
-            except UserplaneError:
-                out[name] = dict(ERASED)
-                continue
-            out[name] = {"before": before, "after": after}
-        return out
+        out: dict[str, Any] = {n: c.as_json() for n, c in fields.items() if not c.sealed}
+        sealed = {n: (c.before, c.after) for n, c in fields.items() if c.sealed}
+        opened: Mapping[str, tuple[Any, Any] | None] = {}
+        if sealed and user_id is not None:
+            with contextlib.suppress(UserplaneError):  # the user (its data key) is gone
+                opened = self._sealed.open_record_values(user_id, sealed)
+        for name in sealed:
+            pair = opened.get(name)
+            out[name] = dict(ERASED) if pair is None else {"before": pair[0], "after": pair[1]}
+        return {name: out[name] for name in fields}

@@ -15,6 +15,7 @@ the ones the database was sealed with (``verify_keys``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import threading
@@ -40,7 +41,7 @@ from userplane.idempotency import IdempotencyRecord, StoredResponse
 from userplane.indexing import PLAIN, IndexPlan, Scheme, other
 from userplane.keyring import Keyring, NamedKey
 from userplane.pagination import Position, Sort
-from userplane.sealing import SEALED_FIELDS, Sealer, is_sealed, is_sealed_body
+from userplane.sealing import SEALED_FIELDS, DataKey, Sealer, is_sealed, is_sealed_body
 from userplane.storage import IndexEntry, KeyRecord, MigrationState, Storage
 from userplane.users import User, UserFilter
 
@@ -398,38 +399,56 @@ class SealedStorage:
     # -- records of changes ------------------------------------------------------------
 
     def seal_record_values(
-        self, user_id: uuid.UUID, field: str, values: tuple[str | None, str | None]
-    ) -> tuple[str | None, str | None]:
-        """A personal ``field``'s values in a record of a change, sealed under the user's data key.
+        self, user_id: uuid.UUID, values: Mapping[str, tuple[str | None, str | None]]
+    ) -> dict[str, tuple[str | None, str | None]]:
+        """Personal fields' (before, after) values in a record, sealed under the user's data key.
 
         Bound to the user and to records (``record.<field>``): a sealed value
         cannot be moved into a user row, nor between users. Erasing the user
-        (its row, and so its data key) leaves them unreadable.
+        (its row, and so its data key) leaves them unreadable. One read of the
+        user for every field.
         """
         assert self.sealer is not None
-        stored = self.inner.get_user(user_id, True)
-        if stored is None:
+        key = self._record_key(user_id)
+        if key is None:
             raise NotFound(f"no user with id {user_id}")
-        key = self.sealer.data_key(user_id, stored.email)
-        field = f"record.{field}"
-        return (
-            None if values[0] is None else self.sealer.seal_value(user_id, key, field, values[0]),
-            None if values[1] is None else self.sealer.seal_value(user_id, key, field, values[1]),
-        )
+        seal = functools.partial(self.sealer.seal_value, user_id, key)
+        return {
+            field: (
+                None if before is None else seal(f"record.{field}", before),
+                None if after is None else seal(f"record.{field}", after),
+            )
+            for field, (before, after) in values.items()
+        }
 
     def open_record_values(
-        self, user_id: uuid.UUID, field: str, values: tuple[str | None, str | None]
-    ) -> tuple[str | None, str | None]:
-        """The clear values sealed by ``seal_record_values``; ``Undecryptable`` once erased."""
+        self, user_id: uuid.UUID, values: Mapping[str, tuple[str | None, str | None]]
+    ) -> dict[str, tuple[str | None, str | None] | None]:
+        """The clear values sealed by ``seal_record_values``: ``None`` for a field that fails.
+
+        ``Undecryptable`` when the user's data key is gone (the user erased).
+        """
+        key = self._record_key(user_id)
+        if self.sealer is None or key is None:
+            raise Undecryptable(f"the data key of user {user_id} is gone")
+        open_ = functools.partial(self.sealer.open_value, user_id, key)
+        opened: dict[str, tuple[str | None, str | None] | None] = {}
+        for field, (before, after) in values.items():
+            try:
+                opened[field] = (
+                    None if before is None else open_(f"record.{field}", before),
+                    None if after is None else open_(f"record.{field}", after),
+                )
+            except Undecryptable:
+                opened[field] = None
+        return opened
+
+    def _record_key(self, user_id: uuid.UUID) -> DataKey | None:
+        """The data key of ``user_id`` (deleted too), or ``None`` once the user is gone."""
         stored = self.inner.get_user(user_id, True)
         if self.sealer is None or stored is None:
-            raise Undecryptable(f"the data key of user {user_id} is gone")
-        key = self.sealer.data_key(user_id, stored.email)
-        field = f"record.{field}"
-        return (
-            None if values[0] is None else self.sealer.open_value(user_id, key, field, values[0]),
-            None if values[1] is None else self.sealer.open_value(user_id, key, field, values[1]),
-        )
+            return None
+        return self.sealer.data_key(user_id, stored.email)
 
     def index_entries(self, after: uuid.UUID | None, limit: int) -> list[IndexEntry]:
         """Passed through: stored forms, for a re-index."""
