@@ -154,18 +154,12 @@ class Settings:
     def from_env(
         cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = None
     ) -> Settings:
-        """Build settings from ``environ`` (default ``os.environ``) over the ``.env`` file."""
-        environ = os.environ if environ is None else environ
-        path = Path(env_file or environ.get(f"{PREFIX}ENV_FILE", ".env"))
-        values: dict[str, str] = {}
-        if path.is_file():
-            # Imported here: most runs have no .env file, and python-dotenv
-            # (with the logging and tempfile modules it loads) takes milliseconds.
-            from dotenv import dotenv_values
+        """Build settings from ``environ`` (default ``os.environ``) over the ``.env`` file.
 
-            values.update({k: v for k, v in dotenv_values(path).items() if v is not None})
-        values.update(environ)
-        return cls.from_mapping({k: v for k, v in values.items() if k.startswith(PREFIX)})
+        ``env_file`` names the file, and must then exist (``ConfigurationError``);
+        without it, ``USERPLANE_ENV_FILE`` or ``.env`` is read when it exists.
+        """
+        return cls.from_mapping(variables_from_env(environ, env_file))
 
     @classmethod
     def from_mapping(cls, variables: Mapping[str, str]) -> Settings:
@@ -178,7 +172,7 @@ class Settings:
         for key, value in variables.items():
             if key in names:
                 data[names[key]] = value
-            elif key != f"{PREFIX}ENV_FILE":
+            elif key != ENV_FILE_VARIABLE:
                 extra[key] = value
         data["extra"] = extra
         try:
@@ -214,6 +208,109 @@ class Settings:
                 mask_urls_in(value) if isinstance(value, str) else value
             )
         return out
+
+
+#: The variable naming the env file: read by ``from_env``, not a setting of its own.
+ENV_FILE_VARIABLE = f"{PREFIX}ENV_FILE"
+#: Variables the test suites read (``USERPLANE_TEST_POSTGRESQL_URL``): never settings,
+#: and never reported as unknown.
+TEST_PREFIX = f"{PREFIX}TEST_"
+
+
+def env_file_path(
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = None
+) -> Path:
+    """The env file ``from_env`` reads: ``env_file``, else ``USERPLANE_ENV_FILE``, else ``.env``."""
+    environ = os.environ if environ is None else environ
+    return Path(env_file or environ.get(ENV_FILE_VARIABLE, ".env"))
+
+
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """The ``USERPLANE_*`` variables an env file sets (none when it does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    # Imported here: most runs have no .env file, and python-dotenv
+    # (with the logging and tempfile modules it loads) takes milliseconds.
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None and k.startswith(PREFIX)}
+
+
+def variables_from_env(
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = None
+) -> dict[str, str]:
+    """Every ``USERPLANE_*`` variable: the env file's, with the environment's over them.
+
+    An ``env_file`` given explicitly must exist (``ConfigurationError``): a
+    mistyped ``--env-file`` must not leave every setting at its default
+    unnoticed. ``USERPLANE_ENV_FILE`` or the default ``.env`` may be missing.
+    """
+    environ = os.environ if environ is None else environ
+    path = env_file_path(environ, env_file)
+    if env_file and not path.is_file():
+        raise ConfigurationError(f"the env file {str(path)!r} does not exist or is not a file")
+    values = read_env_file(path)
+    values.update({k: v for k, v in environ.items() if k.startswith(PREFIX)})
+    return values
+
+
+def disabled_plugins_from_env(
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = None
+) -> tuple[str, ...]:
+    """``USERPLANE_DISABLED_PLUGINS`` alone, read leniently: never an error.
+
+    For building the plugin manager before the settings are known to be valid
+    (the CLI adds plugins' commands first): a bad value elsewhere, or a
+    missing or unreadable env file, is reported by the command that reads the
+    settings, not here.
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        values = read_env_file(env_file_path(environ, env_file))
+    except Exception:  # an unreadable file: the command reading the settings says so
+        values = {}
+    value = environ.get(f"{PREFIX}DISABLED_PLUGINS", values.get(f"{PREFIX}DISABLED_PLUGINS", ""))
+    return _env_list(value, tuple)
+
+
+def known_names(sections: Sequence[SettingsSection] = ()) -> frozenset[str]:
+    """Every variable a setting reads: the core's, ``USERPLANE_ENV_FILE`` and the sections'."""
+    core = {f"{PREFIX}{a.name.upper()}" for a in attrs.fields(Settings) if a.name != "extra"}
+    return frozenset({*core, ENV_FILE_VARIABLE, *(n for s in sections for n in s.names())})
+
+
+def unknown_names(
+    names: Iterable[str], sections: Sequence[SettingsSection] = ()
+) -> list[tuple[str, str | None]]:
+    """The ``USERPLANE_*`` names no setting reads, each with the known name it may be a typo of.
+
+    Compared without the ``USERPLANE_`` prefix every name shares (which would
+    make any two names look alike). ``USERPLANE_TEST_*`` are the test suites'.
+    """
+    import difflib
+
+    known = known_names(sections)
+    bare = {n.removeprefix(PREFIX): n for n in known}
+    out: list[tuple[str, str | None]] = []
+    for name in sorted(set(names)):
+        if not name.startswith(PREFIX) or name in known or name.startswith(TEST_PREFIX):
+            continue
+        close = difflib.get_close_matches(name.removeprefix(PREFIX), list(bare), n=1, cutoff=0.75)
+        out.append((name, bare[close[0]] if close else None))
+    return out
+
+
+def check_sections(settings: Settings, sections: Sequence[SettingsSection]) -> None:
+    """Parse every section's variables: ``ConfigurationError`` naming each bad one."""
+    errors = []
+    for s in sections:
+        try:
+            section(s.cls, settings, s.prefix)
+        except ConfigurationError as exc:
+            errors.append(exc.detail)
+    if errors:
+        raise ConfigurationError("; ".join(errors))
 
 
 #: Words that say a name holds a secret even inside a longer part of it

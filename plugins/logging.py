@@ -94,7 +94,14 @@ _KEY_QUALIFIERS = frozenset(
 # A last part that says the field is about a credential, not one: ``api_key_id``,
 # ``token_count``, ``token_type``, ``password_changed_at``.
 _NOT_SECRET_LAST = frozenset(
-    {"id", "ids", "count", "counts", "used", "type", "name", "names", "length", "size", "at"}
+    {
+        *("id", "ids", "count", "counts", "used", "type", "name", "names", "length", "size"),
+        "at",
+        # As the settings' own rule (``is_secret_name``): a duration, a size, a place or a
+        # switch is never the secret (``USERPLANE_API_KEYS_CACHE_SECONDS: must be …``).
+        *("seconds", "secs", "s", "ms", "minutes", "hours", "days", "ttl", "timeout"),
+        *("file", "path", "dir", "bytes", "enabled", "max", "min", "limit"),
+    }
 )
 _FIELD_PARTS = re.compile(r"[^a-z0-9]+")
 # A lower-case letter or digit then a capital: where ``apiKey`` splits in two.

@@ -65,7 +65,8 @@ class Cli:
     def __init__(self, group: click.Group, tmp_path: Path, database_url: str) -> None:
         self.group = group
         self.database_url = database_url
-        self.env_file = tmp_path / "no-such.env"
+        self.env_file = tmp_path / "empty.env"
+        self.env_file.touch()
         self.runner = CliRunner()
         self.env: dict[str, str | None] = {
             "USERPLANE_DATABASE_URL": database_url,
@@ -289,9 +290,8 @@ def test_prune_prints_the_checkpoint_and_what_remains_verifies(run: Cli) -> None
 
 
 def test_prune_asks_first_and_refuses_a_bad_duration(run: Cli) -> None:
-    aborted = run("audit", "prune", "--older-than", "1d")
-    assert aborted.exit_code == 1
-    assert "Aborted" in aborted.stderr or "Aborted" in aborted.stdout
+    refused = run.fails(2, "audit", "prune", "--older-than", "1d")
+    assert "refusing to prune without confirmation: stdin is not a terminal" in refused
     assert "duration" in run.fails(2, "audit", "prune", "--older-than", "soon", "--yes")
 
 

@@ -257,9 +257,12 @@ def test_userplane_env_file_in_an_explicit_environ(tmp_path: Path) -> None:
     assert s.workers == 5
 
 
-def test_a_missing_env_file_is_fine(tmp_path: Path) -> None:
-    s = Settings.from_env({}, env_file=tmp_path / "does-not-exist.env")
-    assert s == Settings()
+def test_a_missing_env_file_is_fine_unless_named(tmp_path: Path) -> None:
+    missing = tmp_path / "does-not-exist.env"
+    assert Settings.from_env({"USERPLANE_ENV_FILE": str(missing)}) == Settings()
+    # Named explicitly (the CLI's --env-file), it must exist.
+    with pytest.raises(ConfigurationError, match=r"does-not-exist\.env"):
+        Settings.from_env({}, env_file=missing)
 
 
 def test_a_bad_value_in_the_env_file_names_the_variable(tmp_path: Path) -> None:

@@ -14,9 +14,26 @@ import pluggy
 
 import userplane
 from userplane.errors import UserplaneError
-from userplane.frontends.cli.errors import exit_code, internal_error, mask_line, message
+from userplane.frontends.cli.errors import (
+    CANCELLED,
+    INTERNAL,
+    USAGE,
+    error_object,
+    exit_code,
+    internal_error,
+    json_line,
+    mask_line,
+    message,
+)
+from userplane.frontends.cli.output import FORMAT_META
 from userplane.plugin_manager import make_plugin_manager
-from userplane.settings import Settings, SettingsSection, mask_text, secret_values
+from userplane.settings import (
+    Settings,
+    SettingsSection,
+    disabled_plugins_from_env,
+    mask_text,
+    secret_values,
+)
 
 if TYPE_CHECKING:
     from userplane.registry import Registry
@@ -127,22 +144,156 @@ class UserplaneGroup(click.Group):
             raise _masked_click_error(exc, click.Context(self)) from None
 
     def invoke(self, ctx: click.Context) -> Any:
+        # Every prompt, a plugin command's click.confirm too, is refused at once
+        # when no one can answer it (see ``_guard_prompt``).
+        prompt, hidden = click.termui.visible_prompt_func, click.termui.hidden_prompt_func
+        click.termui.visible_prompt_func = _guard_prompt(prompt)
+        click.termui.hidden_prompt_func = _guard_prompt(hidden)
         try:
             return super().invoke(ctx)
         except UserplaneError as exc:
-            click.echo(message(exc, _secrets(ctx)), err=True)
+            if _wants_json(ctx):
+                click.echo(json_line(error_object(exc, _secrets(ctx))), err=True)
+            else:
+                click.echo(message(exc, _secrets(ctx)), err=True)
             ctx.exit(exit_code(exc))
+        except ConfirmationError as exc:
+            _fail(ctx, exc.kind, exc.message, exc.exit_code)
+        except click.Abort:
+            # A plugin's click.confirm(abort=True) answered no, or Ctrl-C / Ctrl-D at a prompt.
+            if not stdin_is_terminal():  # a prompt the guard did not see
+                refused = ConfirmationRefused("go on")
+                _fail(ctx, refused.kind, refused.message, refused.exit_code)
+            cancelled = Cancelled()
+            _fail(ctx, cancelled.kind, cancelled.message, cancelled.exit_code)
         except (click.exceptions.NoArgsIsHelpError, MaskedClickError):
             raise  # the help a group without a command shows; one already masked
         except click.ClickException as exc:
             raise _masked_click_error(exc, ctx) from None
-        except (click.exceptions.Exit, click.Abort):
+        except click.exceptions.Exit:
             raise
         except Exception as exc:  # a bug: say so in one line, never a traceback
             # Masked: a library's message may quote a setting, or the piece of a
             # password its URL parser cut off ("Port could not be cast … 'pa'").
+            if _wants_json(ctx):
+                detail = mask_line(f"{type(exc).__name__}: {exc}", _secrets(ctx))
+                _fail(ctx, "internal", detail, INTERNAL)
             click.echo(internal_error(exc, _secrets(ctx)), err=True)
-            ctx.exit(1)
+            ctx.exit(INTERNAL)
+        finally:
+            click.termui.visible_prompt_func = prompt
+            click.termui.hidden_prompt_func = hidden
+
+
+def _wants_json(ctx: click.Context) -> bool:
+    """Whether the command was given ``--format json`` (``format_option`` notes it)."""
+    return ctx.meta.get(FORMAT_META) == "json"
+
+
+def _fail(ctx: click.Context, kind: str, detail: str, code: int) -> None:
+    """Print a CLI error (``userplane: detail``, or JSON) on stderr and exit with ``code``."""
+    if _wants_json(ctx):
+        click.echo(json_line({"error": kind, "detail": detail, "exit_code": code}), err=True)
+    else:
+        click.echo(f"userplane: {detail}", err=True)
+    ctx.exit(code)
+
+
+def stdin_is_terminal() -> bool:
+    """Whether someone can answer a prompt: stdin is open and is a terminal."""
+    stream = sys.stdin
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):  # closed, or an odd replacement
+        return False
+
+
+def _action() -> str:
+    """The running command's name (``purge``), for messages about it."""
+    ctx = click.get_current_context(silent=True)
+    return (ctx.info_name if ctx is not None else None) or "go on"
+
+
+class ConfirmationError(click.ClickException):
+    """A confirmation that was refused or answered no: one line, an exit code of its own."""
+
+    kind = "confirmation"
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"userplane: {self.message}", file=file, err=file is None)
+
+
+class ConfirmationRefused(ConfirmationError):
+    """A confirmation no one can answer: stdin is not a terminal and ``--yes`` was not given.
+
+    A usage error (exit code 2): the command does nothing, at once, rather
+    than read an answer from a pipe or a closed stdin.
+    """
+
+    kind = "confirmation-refused"
+    exit_code = USAGE
+
+    def __init__(self, action: str) -> None:
+        super().__init__(
+            f"refusing to {action} without confirmation: stdin is not a terminal; pass --yes"
+        )
+
+
+class Cancelled(ConfirmationError):
+    """A confirmation answered no (or interrupted): nothing was changed (exit code 14)."""
+
+    kind = "cancelled"
+    exit_code = CANCELLED
+
+    def __init__(self) -> None:
+        super().__init__("cancelled: nothing was changed")
+
+
+def _guard_prompt(prompt: Any) -> Any:
+    """``prompt`` (click's reader of answers), refusing at once when stdin is not a terminal."""
+
+    def guarded(text: str) -> str:
+        if not stdin_is_terminal():
+            raise ConfirmationRefused(_action())
+        return str(prompt(text))
+
+    return guarded
+
+
+def confirm(question: str, *, yes: bool = False) -> None:
+    """Ask ``question`` on stderr unless ``yes``; ``Cancelled`` unless answered yes.
+
+    ``ConfirmationRefused`` at once when stdin is not a terminal: a script
+    must say ``--yes``, and a closed or empty stdin is never taken for an
+    answer.
+    """
+    if yes:
+        return
+    if not stdin_is_terminal():
+        raise ConfirmationRefused(_action())
+    try:
+        answer = click.confirm(question, default=False, err=True)
+    except click.Abort:  # Ctrl-C or end of input at the prompt: end its line first
+        click.echo(err=True)
+        answer = False
+    if not answer:
+        raise Cancelled()
+
+
+def _refuse_without_a_terminal(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if not value and not ctx.resilient_parsing and not stdin_is_terminal():
+        raise ConfirmationRefused(ctx.info_name or "go on")
+    return value
+
+
+#: ``--yes``: do not ask. Without it, a command run with no terminal on stdin is
+#: refused while its options are read, before it opens anything.
+yes_option = click.option(
+    "--yes",
+    is_flag=True,
+    callback=_refuse_without_a_terminal,
+    help="Do not ask for confirmation (required when stdin is not a terminal).",
+)
 
 
 def _secrets(ctx: click.Context) -> frozenset[str]:
@@ -170,9 +321,11 @@ def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> No
 )
 @click.option(
     "--env-file",
-    type=click.Path(dir_okay=False),
+    # Named, it must exist: a mistyped name must not leave every setting at its default.
+    type=click.Path(exists=True, dir_okay=False),
     default=None,
-    help="Read settings from this file as well as USERPLANE_* variables [default: .env].",
+    help="Read settings from this file (which must exist) as well as USERPLANE_* "
+    "variables [default: USERPLANE_ENV_FILE, or .env if there is one].",
 )
 @click.pass_context
 def cli(ctx: click.Context, env_file: str | None) -> None:
@@ -244,21 +397,18 @@ def _env_file_in(args: list[str]) -> str | None:
     return None
 
 
-def add_plugin_commands(
-    group: click.Group, env_file: str | None = None
-) -> pluggy.PluginManager | None:
-    """Let plugins add commands; ``None`` if settings are broken (the command will say why).
+def add_plugin_commands(group: click.Group, env_file: str | None = None) -> pluggy.PluginManager:
+    """Let plugins add commands; the plugin manager they were added from.
 
-    A plugin whose commands fail to load is recorded as broken (``userplane
-    plugins`` shows why) rather than taking the whole CLI down.
+    Built from ``USERPLANE_DISABLED_PLUGINS`` alone, read leniently: a bad
+    value in another setting must not make plugins' command groups vanish
+    ("No such command 'keys'"); the command reports it when it reads the
+    settings. A plugin whose commands fail to load is recorded as broken
+    (``userplane plugins`` shows why) rather than taking the whole CLI down.
     """
     from userplane.hooks import Hooks
 
-    try:
-        settings = Settings.from_env(env_file=env_file)
-    except UserplaneError:
-        return None
-    pm = make_plugin_manager(settings.disabled_plugins)
+    pm = make_plugin_manager(disabled_plugins_from_env(env_file=env_file))
     pm.broken.extend(Hooks(pm).cli_commands(group))
     return pm
 

@@ -1,11 +1,14 @@
 """The CLI's one mapping from domain errors to exit codes.
 
-Scripts may rely on these codes; they are documented in the README.
+Scripts may rely on these codes; they are documented in the README and in
+docs/cli.md. A command given ``--format json`` prints its error as one JSON
+object (``error_object``) instead of the line ``message`` makes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from userplane.errors import (
     ConfigurationError,
@@ -22,7 +25,14 @@ from userplane.errors import (
 )
 from userplane.settings import mask_text
 
-#: 1 is an unexpected failure and 2 a usage error (click's own).
+#: An unexpected failure (a bug): never a traceback, one line naming the exception.
+INTERNAL = 1
+#: A usage error: click's own (a bad option), and a confirmation that cannot be
+#: asked (stdin is not a terminal and ``--yes`` was not given).
+USAGE = 2
+#: A confirmation answered no (or interrupted): nothing was changed.
+CANCELLED = 14
+
 EXIT_CODES: dict[type[UserplaneError], int] = {
     NotFound: 3,
     Conflict: 4,
@@ -40,6 +50,36 @@ EXIT_CODES: dict[type[UserplaneError], int] = {
 def exit_code(exc: UserplaneError) -> int:
     """The exit code for ``exc``."""
     return next((code for cls, code in EXIT_CODES.items() if isinstance(exc, cls)), 1)
+
+
+def error_object(exc: UserplaneError, secrets: Iterable[str] = ()) -> dict[str, Any]:
+    """The JSON object a command given ``--format json`` prints on stderr for ``exc``.
+
+    ``{"error": kind, "detail": …, "exit_code": n}``, with ``errors`` (each
+    ``{"field", "detail"}``) for invalid input naming its fields and
+    ``retry_after`` (seconds) when the error has one; masked like ``message``.
+    """
+    out: dict[str, Any] = {
+        "error": exc.kind,
+        "detail": mask_line(exc.detail, secrets),
+        "exit_code": exit_code(exc),
+    }
+    if isinstance(exc, InvalidInput) and exc.errors:
+        out["errors"] = [
+            {"field": mask_line(e.field, secrets), "detail": mask_line(e.message, secrets)}
+            for e in exc.errors
+        ]
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(retry_after, int):
+        out["retry_after"] = retry_after
+    return out
+
+
+def json_line(error: Mapping[str, Any]) -> str:
+    """``error`` as one line of JSON."""
+    import orjson
+
+    return orjson.dumps(error).decode()
 
 
 def mask_line(text: str, secrets: Iterable[str] = ()) -> str:

@@ -10,8 +10,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 
-from userplane.frontends.cli.app import OperationGroup, State, cli, pass_state
-from userplane.frontends.cli.output import emit, format_option
+from userplane.frontends.cli.app import (
+    OperationGroup,
+    State,
+    cli,
+    confirm,
+    pass_state,
+    yes_option,
+)
+from userplane.frontends.cli.output import HumanDuration, emit, format_option
 
 # The core's users and convert modules (email-validator, cattrs) are imported in
 # the commands that use them: --help and the other commands must not pay for them.
@@ -197,7 +204,11 @@ def restore(state: State, id_or_email: str, fmt: str) -> None:
 
 
 class Duration(click.ParamType[timedelta]):
-    """``30d``, ``12h``, ``90m``, ``45s`` or ``2w``."""
+    """``30d``, ``12h``, ``90m``, ``45s`` or ``2w``.
+
+    Gives a ``timedelta`` that prints as people say it (``30 days``, never
+    ``30 days, 0:00:00``), in any message quoting it.
+    """
 
     name = "duration"
     _UNITS: ClassVar[dict[str, str]] = {
@@ -210,19 +221,19 @@ class Duration(click.ParamType[timedelta]):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, timedelta):
-            return value
+            return HumanDuration.of(value)
         match = re.fullmatch(r"([0-9]{1,9})([smhdw])", str(value).strip().lower())
         if match is None:
             self.fail(f"{value!r} is not a duration like 30d, 12h, 90m, 45s or 2w", param, ctx)
         try:
-            return timedelta(**{self._UNITS[match[2]]: int(match[1])})
+            return HumanDuration(**{self._UNITS[match[2]]: int(match[1])})
         except OverflowError:
             self.fail(f"{value!r} is longer than any duration the calendar holds", param, ctx)
 
 
 @users.command()
 @click.argument("id_or_email")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@yes_option
 @format_option
 @pass_state
 def shred(state: State, id_or_email: str, yes: bool, fmt: str) -> None:
@@ -232,12 +243,11 @@ def shred(state: State, id_or_email: str, yes: bool, fmt: str) -> None:
     """
     service = state.registry.users
     user = service.find(id_or_email, include_deleted=True)
-    if not yes:
-        click.confirm(f"Erase user {user.id} for good (it cannot be restored)?", abort=True)
+    confirm(f"Erase user {user.id} for good (it cannot be restored)?", yes=yes)
     if user.deleted_at is None:
         service.delete(user.id)
     service.purge_user(user.id)
-    if fmt == "json":
+    if fmt != "table":
         emit([{"shredded": str(user.id)}], fmt, ())
     else:
         click.echo(f"shredded user {user.id}")
@@ -250,17 +260,16 @@ def shred(state: State, id_or_email: str, yes: bool, fmt: str) -> None:
     required=True,
     help="Purge users deleted longer ago than this (30d, 12h …).",
 )
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@yes_option
 @format_option
 @pass_state
 def purge(state: State, older_than: timedelta, yes: bool, fmt: str) -> None:
     """Remove deleted users for good (they cannot be restored afterwards)."""
-    if not yes:
-        click.confirm(f"Remove for good every user deleted more than {older_than} ago?", abort=True)
+    confirm(f"Remove for good every user deleted more than {older_than} ago?", yes=yes)
     count = state.registry.users.purge(older_than)
     # Expired Idempotency-Key records go too: they only ever replay creations.
     keys = state.registry.idempotency.purge_expired()
-    if fmt == "json":
+    if fmt != "table":
         emit([{"purged": count, "expired_idempotency_keys": keys}], fmt, ())
     else:
         click.echo(f"purged {count} deleted user{'s' if count != 1 else ''}")

@@ -21,6 +21,7 @@ from click.testing import CliRunner, Result
 
 from userplane import NewUser, Registry, Settings, migrations
 from userplane.frontends.cli import cli
+from userplane.frontends.cli.errors import CANCELLED
 from userplane.settings import MASK, default_workers
 from userplane.users import UserService
 
@@ -82,7 +83,9 @@ class Cli:
     def __init__(self, tmp_path: Path, database_url: str | None = None) -> None:
         self.tmp_path = tmp_path
         self.database_url = database_url or f"sqlite:///{tmp_path}/u.db"
-        self.env_file = tmp_path / "no-such.env"
+        # An empty file: a named --env-file must exist, and this keeps a stray .env out.
+        self.env_file = tmp_path / "empty.env"
+        self.env_file.touch()
         self.runner = CliRunner()
         self.env: dict[str, str | None] = {
             "USERPLANE_DATABASE_URL": self.database_url,
@@ -241,8 +244,15 @@ def test_create_table_output(app: Cli) -> None:
 
 def test_duplicate_email_in_another_case_is_a_conflict(app: Cli) -> None:
     first = app.create("ann@example.org")
-    line = app.fails(4, "users", "create", "--email", "ANN@Example.ORG", "--format", "json")
+    line = app.fails(4, "users", "create", "--email", "ANN@Example.ORG")
     assert line.startswith("userplane: conflict:")
+    # Given --format json, the error is one JSON object.
+    line = app.fails(4, "users", "create", "--email", "ANN@Example.ORG", "--format", "json")
+    assert json.loads(line) == {
+        "error": "conflict",
+        "detail": "a user with that email already exists",
+        "exit_code": 4,
+    }
     assert app.json("users", "list") == [first]
 
 
@@ -833,28 +843,54 @@ def test_purge_zero_seconds_takes_every_deleted_user_and_a_large_value_none(on_d
 
 
 @pytest.mark.parametrize("answer", ["n\n", "\n", "", "no\n"])
-def test_purge_without_yes_aborts_unless_confirmed(on_db: Cli, answer: str) -> None:
+def test_purge_without_yes_is_cancelled_unless_confirmed_at_a_terminal(
+    on_db: Cli, answer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from userplane.frontends.cli import app as cli_app
+
+    monkeypatch.setattr(cli_app, "stdin_is_terminal", lambda: True)
     user = on_db.create("ann@example.org")
     on_db.one("users", "delete", user["id"])
 
     result = on_db("users", "purge", "--older-than", "0s", input=answer)
 
-    assert result.exit_code == 1, (result.stdout, result.stderr)
-    assert "Aborted" in result.stderr
+    assert result.exit_code == CANCELLED, (result.stdout, result.stderr)
     assert "Traceback" not in result.output
-    assert "?" in result.stdout  # it asked
-    assert "purged" not in result.stdout
+    assert "?" in result.stderr  # it asked, on stderr: stdout stays the command's output
+    assert result.stderr.splitlines()[-1] == "userplane: cancelled: nothing was changed"
+    assert result.stdout == ""
     assert on_db.one("users", "restore", user["id"])["deleted_at"] is None
 
 
-def test_purge_without_yes_proceeds_when_confirmed(on_db: Cli) -> None:
+@pytest.mark.parametrize("answer", ["y\n", "", "n\n"])
+def test_purge_without_yes_is_refused_at_once_without_a_terminal(on_db: Cli, answer: str) -> None:
+    # CliRunner's stdin is no terminal: even "y" on a pipe is not taken for an answer.
+    user = on_db.create("ann@example.org")
+    on_db.one("users", "delete", user["id"])
+
+    line = on_db.fails(2, "users", "purge", "--older-than", "0s", input=answer)
+
+    assert line == (
+        "userplane: refusing to purge without confirmation: stdin is not a terminal; pass --yes"
+    )
+    assert on_db.one("users", "restore", user["id"])["deleted_at"] is None
+
+
+def test_purge_without_yes_proceeds_when_confirmed(
+    on_db: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from userplane.frontends.cli import app as cli_app
+
+    monkeypatch.setattr(cli_app, "stdin_is_terminal", lambda: True)
     user = on_db.create("ann@example.org")
     on_db.one("users", "delete", user["id"])
 
     result = on_db("users", "purge", "--older-than", "0s", input="y\n")
 
     assert result.exit_code == 0, (result.stdout, result.stderr)
-    assert result.stderr == ""
+    assert result.stderr == (
+        "Remove for good every user deleted more than 0 seconds ago? [y/N]: y\n"
+    )
     assert purged_line(1) in result.stdout.splitlines()
     assert on_db.fails(3, "users", "restore", user["id"]).startswith("userplane: not-found:")
 
@@ -935,7 +971,7 @@ def test_plugins_json_lists_sqlite_and_logging_with_their_hooks(run: Cli) -> Non
         "name": "sqlite",
         "module": "userplane.plugins.sqlite",
         "distribution": DISTRIBUTION,
-        "hooks": ["userplane_open_storage"],
+        "hooks": ["userplane_describe", "userplane_open_storage"],
         "blocked": False,
         "broken": None,
     }
@@ -964,7 +1000,7 @@ def test_plugins_table(run: Cli) -> None:
         "userplane.plugins.sqlite",
         DISTRIBUTION,
         "ok",
-        "userplane_open_storage",
+        "userplane_describe, userplane_open_storage",
     ]
     assert by_name["logging"] == [
         "logging",
@@ -1308,29 +1344,55 @@ def test_check_pings_storage_and_every_plugin_service(run: Cli) -> None:
     # Every check is reported on stdout; the first failure is the one line on stderr.
     failed = run("check", "--format", "json")
     assert failed.exit_code == 10
-    not_migrated = "the database is not migrated: run `userplane migrate`"
-    assert [json.loads(line) for line in failed.stdout.splitlines()] == [
-        {"name": "storage", "ok": False, "error": not_migrated},
-        {"name": "webhooks", "ok": False, "error": not_migrated},
-        {"name": "audit", "ok": False, "error": not_migrated},
-        {"name": "api_keys", "ok": False, "error": not_migrated},
+    rows = [json.loads(line) for line in failed.stdout.splitlines()]
+    not_migrated = rows[2]["error"]
+    assert "run `userplane migrate`" in not_migrated
+    assert [r["name"] for r in rows] == [
+        "settings",
+        "plugins",
+        "storage",
+        "webhooks",
+        "audit",
+        "api_keys",
+        "migrations",
     ]
-    assert failed.stderr == f"userplane: unavailable: {not_migrated}\n"
+    assert rows[2:6] == [
+        {"name": name, "ok": False, "error": not_migrated, "detail": None}
+        for name in ("storage", "webhooks", "audit", "api_keys")
+    ]
+    assert rows[6] == {
+        "name": "migrations",
+        "ok": None,
+        "error": "skipped: storage did not answer",
+        "detail": None,
+    }
+    assert json.loads(failed.stderr) == {
+        "error": "unavailable",
+        "detail": not_migrated,
+        "exit_code": 10,
+        "retry_after": 1,
+    }
+    assert run("check").stderr == f"userplane: unavailable: {not_migrated}\n"
     run.ok("migrate")
     rows = run.json("check")
     assert rows == [
-        {"name": "storage", "ok": True, "error": None},
-        {"name": "encryption", "ok": True, "error": None},
-        {"name": "webhooks", "ok": True, "error": None},
-        {"name": "audit", "ok": True, "error": None},
-        {"name": "api_keys", "ok": True, "error": None},
+        {"name": "settings", "ok": True, "error": None, "detail": rows[0]["detail"]},
+        {"name": "plugins", "ok": True, "error": None, "detail": rows[1]["detail"]},
+        {"name": "storage", "ok": True, "error": None, "detail": "sqlite"},
+        {"name": "encryption", "ok": True, "error": None, "detail": None},
+        {"name": "webhooks", "ok": True, "error": None, "detail": None},
+        {"name": "audit", "ok": True, "error": None, "detail": None},
+        {"name": "api_keys", "ok": True, "error": None, "detail": None},
+        {
+            "name": "migrations",
+            "ok": True,
+            "error": None,
+            "detail": f"{len(MIGRATIONS)} applied, none pending",
+        },
     ]
+    assert rows[0]["detail"] == f"valid; env file {run.env_file}"
+    assert rows[1]["detail"].endswith(" loaded")
     header, table_rows = table(run.ok("check"))
-    assert header == ["NAME", "OK", "ERROR"]
-    assert table_rows == [
-        ["storage", "yes", "-"],
-        ["encryption", "yes", "-"],
-        ["webhooks", "yes", "-"],
-        ["audit", "yes", "-"],
-        ["api_keys", "yes", "-"],
-    ]
+    assert header == ["NAME", "OK", "DETAIL"]
+    assert [r[:2] for r in table_rows] == [[r["name"], "yes"] for r in rows]
+    assert table_rows[2] == ["storage", "yes", "sqlite"]

@@ -59,7 +59,8 @@ class Cli:
 
     def __init__(self, tmp_path: Path) -> None:
         self.runner = CliRunner()
-        self.env_file = tmp_path / "no-such.env"
+        self.env_file = tmp_path / "empty.env"
+        self.env_file.touch()
         self.env: dict[str, str | None] = {
             "USERPLANE_DATABASE_URL": f"sqlite:///{tmp_path}/u.db",
             "USERPLANE_LOG_FORMAT": "json",
@@ -422,8 +423,9 @@ def test_shred_erases_one_user_now_and_leaves_other_deleted_users(
     assert "no user with that email" in run.fails(
         3, "users", "shred", "nobody@example.org", "--yes", env=env
     )
+    # No terminal to ask on: refused at once, before anything is read or written.
     refused = run("users", "shred", bob["id"], env=env, input="n\n")
-    assert refused.exit_code == 1
+    assert refused.exit_code == 2
     assert [u["id"] for u in run.json("users", "list", "--include-deleted", env=env)] == [bob["id"]]
 
 

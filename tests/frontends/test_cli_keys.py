@@ -114,7 +114,8 @@ class Cli:
     def __init__(self, group: click.Group, tmp_path: Path, database_url: str) -> None:
         self.group = group
         self.database_url = database_url
-        self.env_file = tmp_path / "no-such.env"
+        self.env_file = tmp_path / "empty.env"
+        self.env_file.touch()
         self.runner = CliRunner()
         self.env: dict[str, str | None] = {
             "USERPLANE_DATABASE_URL": database_url,

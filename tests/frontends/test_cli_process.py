@@ -211,7 +211,7 @@ def test_plugins_honour_disabled_plugins_from_the_env_file(module: Proc) -> None
 
 def test_plugins_from_the_console_script(run: Proc) -> None:
     by_name = {p["name"]: p for p in run.json("plugins")}
-    assert by_name["sqlite"]["hooks"] == ["userplane_open_storage"]
+    assert by_name["sqlite"]["hooks"] == ["userplane_describe", "userplane_open_storage"]
     assert by_name["logging"]["hooks"] == [
         "userplane_describe",
         "userplane_http_middleware",
@@ -226,7 +226,12 @@ def test_plugins_from_the_console_script(run: Proc) -> None:
 
 def test_serve_refuses_to_start_without_a_schema_or_with_bad_settings(module: Proc) -> None:
     line = module.fails(10, "serve", "--no-migrate", "--host", "127.0.0.1", "--port", "0")
-    assert line == "userplane: unavailable: the database is not migrated: run `userplane migrate`"
+    # Not migrated, and so not even created: the file is named by its absolute path.
+    database = module.tmp_path / "cli.db"
+    assert line == (
+        f"userplane: unavailable: no database at {database}: run `userplane migrate` to create it"
+    )
+    assert not database.exists()
     line = module.fails(11, "serve", env={"USERPLANE_WORKERS": "abc"})
     assert line.startswith("userplane: configuration: USERPLANE_WORKERS:")
 
@@ -248,16 +253,14 @@ def test_soft_delete_restore_and_purge_round_trip(module: Proc) -> None:
     assert restored["version"] == 3
     run.json("users", "delete", ann["id"])
 
-    # Not confirmed (no answer on stdin): nothing is purged.
-    proc = run("users", "purge", "--older-than", "0s")
-    assert proc.returncode == 1, (proc.stdout, proc.stderr)
-    assert "Aborted" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    # Deleted too recently for a week's cut-off; then confirmed on stdin with 0s.
+    # No terminal on stdin and no --yes: refused at once, even with "y" piped in.
+    line = run.fails(2, "users", "purge", "--older-than", "0s", input="y\n")
+    assert line == (
+        "userplane: refusing to purge without confirmation: stdin is not a terminal; pass --yes"
+    )
+    # Deleted too recently for a week's cut-off; then with --yes and 0s.
     assert "purged 0 deleted users\n" in run.ok("users", "purge", "--older-than", "1w", "--yes")
-    proc = run("users", "purge", "--older-than", "0s", input="y\n")
-    assert proc.returncode == 0, (proc.stdout, proc.stderr)
-    assert "purged 1 deleted user\n" in proc.stdout
+    assert "purged 1 deleted user\n" in run.ok("users", "purge", "--older-than", "0s", "--yes")
     assert run.fails(3, "users", "restore", ann["id"]).startswith("userplane: not-found:")
     [again] = run.json("users", "create", "--email", "Ann@example.org")
     assert run.json("users", "list", "--include-deleted") == [bob, again]
