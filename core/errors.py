@@ -110,9 +110,14 @@ class Unavailable(UserplaneError):
     kind = "unavailable"
     title = "Service unavailable"
 
-    def __init__(self, detail: str, retry_after: int = 1) -> None:
+    def __init__(
+        self, detail: str, retry_after: int = 1, *, public_detail: str | None = None
+    ) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
+        #: What a remote client is told instead of ``detail``, when ``detail`` names
+        #: what only an operator should see (a database's host and port, a file's path).
+        self.public_detail = public_detail
 
 
 class ConfigurationError(UserplaneError):

@@ -110,7 +110,8 @@ class Registry:
         try:
             self.storage.ping()
         except Unavailable as exc:
-            return [ServiceCheck("storage", exc.detail), *self.services.ping()]
+            storage = ServiceCheck("storage", exc.detail, exc.public_detail)
+            return [storage, *self.services.ping()]
         try:
             # The keyring still fits the database (or there is none over sealed data).
             self.sealed.verify()

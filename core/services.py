@@ -31,6 +31,8 @@ class ServiceCheck:
 
     name: str
     error: str | None = None
+    #: What a remote client may be told of ``error`` (``Unavailable.public_detail``).
+    public_error: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -40,7 +42,9 @@ class ServiceCheck:
     def unavailable(self) -> Unavailable:
         """The failure as an error: storage speaks for itself, a plugin's service is named."""
         error = self.error or "did not answer"
-        return Unavailable(error if self.name == "storage" else f"{self.name}: {error}")
+        if self.name == "storage":
+            return Unavailable(error, public_detail=self.public_error)
+        return Unavailable(f"{self.name}: {error}")
 
 
 @attrs.define

@@ -147,6 +147,10 @@ def _check_full_name(value: str | None) -> list[FieldError]:
         return [FieldError("$.full_name", "must not be blank; use null to clear it")]
     if len(value) > MAX_FULL_NAME:
         return [FieldError("$.full_name", f"must be at most {MAX_FULL_NAME} characters")]
+    # Printable ASCII folds to its own length and holds no control or formatting
+    # character: the checks below cannot fail on it (the common case, and imports').
+    if value.isascii() and value.isprintable():
+        return []
     # Normalising can multiply a character (U+FDFA becomes 18); the folded name is
     # the sort key a cursor carries, so it is bounded too.
     if len(fold(value)) > MAX_FOLDED:
@@ -264,6 +268,24 @@ def sort_key(user: User, field: str) -> datetime | str:
     return fold(user.full_name or "")
 
 
+def _unchanged(user: User, fields: Mapping[str, Any], expected_version: int | None) -> bool:
+    """Whether writing ``fields`` to ``user`` would change nothing a client can see.
+
+    Only for a live user at ``expected_version`` (when given): anything else
+    is the write's to refuse. Values compare exactly (``Ann@x.org`` is not
+    ``ann@x.org``: the stored spelling would change), as the service sees
+    them (opened, when sealed).
+    """
+    if user.deleted_at is not None:
+        return False
+    if expected_version is not None and user.version != expected_version:
+        return False
+    return all(
+        type(getattr(user, name)) is type(value) and getattr(user, name) == value
+        for name, value in fields.items()
+    )
+
+
 def _raise_if(errors: list[FieldError]) -> None:
     if errors:
         raise InvalidInput.from_errors(errors)
@@ -348,10 +370,20 @@ class UserService:
         return self._run("users.get_by_email", call)
 
     def find(self, id_or_email: str, include_deleted: bool = False) -> User:
-        """Look a user up by id if ``id_or_email`` is a UUID, else by email."""
+        """Look a user up by id if ``id_or_email`` is a UUID, else by email.
+
+        Text that is neither (no ``@``: ``12345``, a mistyped id) is
+        ``InvalidInput`` naming the argument, not an email address's syntax error.
+        """
         try:
             user_id = uuid.UUID(id_or_email)
         except ValueError:
+            if "@" not in id_or_email:
+                shown = id_or_email if len(id_or_email) <= 80 else f"{id_or_email[:80]}…"
+                raise InvalidInput.for_field(
+                    "id_or_email",
+                    f"{shown!r} is neither a user id (a UUID) nor an email address",
+                ) from None
             return self.get_by_email(id_or_email, include_deleted)
         return self.get(user_id, include_deleted)
 
@@ -406,8 +438,14 @@ class UserService:
     ) -> User:
         """Apply ``changes``; with ``expected_version`` only if the user is still at it.
 
-        An empty change still bumps ``version`` and ``updated_at``: it was a
-        write, and a client holding the old ETag must learn of it.
+        A change that changes nothing (every requested field already holds
+        that exact value, an empty change too) does not write: the user comes
+        back as stored, with the same ``version`` and ``updated_at`` (so the
+        same ETag), and nothing is recorded or announced. It still answers
+        ``NotFound`` for a user that is not there (or deleted) and
+        ``PreconditionFailed`` when ``expected_version`` is not the current
+        one. Values are compared exactly as stored: an email differing only in
+        letter case is a new spelling of the address, and is written.
         """
 
         def call() -> User:
@@ -418,6 +456,16 @@ class UserService:
             _raise_if(errors)
             with self._changes.writing():
                 before = self._locked(user_id)
+                # What a no-op is compared with. With records, the user read locked in
+                # the write's own transaction: no writer can slip between the comparison
+                # and the write it replaces, so the "before" of every record is the
+                # state the previous record left. Without records, a plain read is
+                # enough: a writer racing with it makes either order valid (this no-op
+                # before its write; or, read after it, a real write), and a user that
+                # does not match is left to the conditional UPDATE, which decides.
+                current = before if self._changes.active else self._storage.get_user(user_id)
+                if current is not None and _unchanged(current, fields, expected_version):
+                    return current
                 updated = self._storage.update_user(
                     user_id, fields, key, expected_version, self._clock()
                 )

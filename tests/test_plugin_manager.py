@@ -80,7 +80,7 @@ def test_describe_plugins_lists_their_hooks() -> None:
     assert infos["sqlite"] == PluginInfo(
         name="sqlite",
         module="userplane.plugins.sqlite",
-        hooks=("userplane_open_storage",),
+        hooks=("userplane_describe", "userplane_open_storage"),
         distribution=f"userplane {version('userplane')}",
     )
     assert "userplane_startup" in infos["logging"].hooks

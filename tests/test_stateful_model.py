@@ -632,8 +632,14 @@ class ServiceMachine(RuleBasedStateMachine):
         else:
             assert resp.status_code == 200, resp.text
             got = resp.json
-            # An empty patch is a write too: the version still moves on.
-            new = replace(user, **change, version=user.version + 1, updated_at=got["updated_at"])
+            if all(getattr(user, name) == value for name, value in change.items()):
+                # Nothing to change (an empty patch too): nothing written, the same ETag.
+                new = user
+                event("patch: no-op")
+            else:
+                new = replace(
+                    user, **change, version=user.version + 1, updated_at=got["updated_at"]
+                )
             assert got == new.as_json()
             assert resp.headers["ETag"] == f'"{new.version}"'
             self.model[user_id] = new

@@ -131,6 +131,8 @@ def handle_domain_error(
         presented = bool((req.get_header("Authorization") or "").strip())
         resp.set_header("WWW-Authenticate", _challenge(challenges or DEFAULT_CHALLENGES, presented))
     detail = exc.detail
+    if isinstance(exc, Unavailable) and exc.public_detail is not None:
+        detail = exc.public_detail  # the full one goes to the log line below
     if status >= 500:
         _log.error("request failed", error_kind=exc.kind, detail=exc.detail)
         if isinstance(exc, ConfigurationError):

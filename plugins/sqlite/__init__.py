@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -39,6 +40,14 @@ def userplane_open_storage(settings: Settings) -> SQLiteStorage | None:
     from userplane.plugins.sqlite.store import SQLiteStorage
 
     return SQLiteStorage(settings.database_url, path, settings.sqlite_busy_timeout_ms)
+
+
+@hookimpl
+def userplane_describe(settings: Settings) -> dict[str, str]:
+    """The database file, by its absolute path: which file a relative URL means here."""
+    if urlsplit(settings.database_url).scheme != "sqlite":
+        return {}
+    return {"database": os.path.abspath(sqlite_path(settings.database_url))}
 
 
 if not TYPE_CHECKING:  # mypy sees the import above, and no catch-all attribute

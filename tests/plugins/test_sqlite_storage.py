@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -35,13 +36,16 @@ class TestSQLiteContract(StorageContract):
         # opened where it is configured, as when the volume holding it is gone.
         volume = tmp_path / "volume"
         store = SQLiteStorage(f"sqlite:///{volume}/gone.db", str(volume / "gone.db"))
-        volume.rmdir()  # made by the constructor, then unmounted
+        store.migrate()  # makes the folder and the file
+        store.close()
+        shutil.rmtree(volume)  # then the volume is unmounted
         yield store
         store.close()
 
     @pytest.fixture
     def unmigrated_storage(self, tmp_path: Path) -> Iterator[SQLiteStorage]:
         path = tmp_path / "new.db"
+        path.touch()  # an empty file is an empty database (a missing one is not created)
         store = SQLiteStorage(f"sqlite:///{path}", str(path))
         yield store
         store.close()
@@ -194,5 +198,9 @@ def migration_ids(dialect: str) -> list[str]:
 def test_a_database_path_under_a_file_names_the_variable(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")
     url = f"sqlite:///{tmp_path / 'a-file' / 'u.db'}"
-    with pytest.raises(ConfigurationError, match="USERPLANE_DATABASE_URL"):
-        Registry(Settings.from_mapping({"USERPLANE_DATABASE_URL": url}))
+    # Opening touches nothing; migrate, the one command that makes the file, says why not.
+    with Registry(Settings.from_mapping({"USERPLANE_DATABASE_URL": url})) as registry:
+        with pytest.raises(ConfigurationError, match="USERPLANE_DATABASE_URL"):
+            registry.migrate()
+        with pytest.raises(Unavailable, match=f"no database at {tmp_path / 'a-file' / 'u.db'}"):
+            registry.storage.ping()
