@@ -5,7 +5,9 @@ what it read of a key for ``USERPLANE_API_KEYS_CACHE_SECONDS`` (default 5), so
 a revoked key stops working within that delay (``authenticator``). The keys
 live in the plugin's own table (``migrations/``, ``queries.sql``, ``store``)
 in any ``userplane.sql.SQLStorage`` it has migrations for (SQLite,
-PostgreSQL, MariaDB/MySQL). Commands: ``userplane keys create|list|revoke``.
+PostgreSQL, MariaDB/MySQL). Commands: ``userplane keys create|list|revoke``;
+over HTTP, ``/api/v1/keys`` (action ``keys:manage``, ``resources``), in the
+OpenAPI document (``openapi``). See docs/api-keys.md.
 """
 
 from __future__ import annotations
@@ -161,6 +163,24 @@ def userplane_describe(registry: Registry | None) -> dict[str, str]:
         "authentication": "no API keys yet: create the first with "
         "`userplane keys create --name admin --role admin`"
     }
+
+
+@hookimpl
+def userplane_http_routes(app: Any, registry: Registry) -> None:
+    """``/api/v1/keys`` and ``/api/v1/keys/{key_id}`` (``keys:manage``)."""
+    if ApiKeys in registry.services:
+        from userplane.plugins.api_keys.resources import add_routes
+
+        add_routes(app, service(registry))
+
+
+@hookimpl
+def userplane_openapi(document: dict[str, Any], registry: Registry) -> None:
+    """The key routes and their schemas; a new key's role is one of this registry's roles."""
+    if ApiKeys in registry.services:
+        from userplane.plugins.api_keys.openapi import add_to
+
+        add_to(document, registry.auth.roles)
 
 
 @hookimpl

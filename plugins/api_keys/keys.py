@@ -16,16 +16,16 @@ import re
 import secrets
 import string
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from userplane.plugin import FieldChange, FieldError, InvalidInput, NotFound
+from userplane.plugin import FieldChange, FieldError, Forbidden, InvalidInput, NotFound
 
 if TYPE_CHECKING:
-    from userplane.plugin import ChangeRecorder
+    from userplane.plugin import ChangeRecorder, Principal
     from userplane.plugins.api_keys.store import ApiKeyStore
 
 KEY_PREFIX = "up_"
@@ -94,6 +94,43 @@ def _random(length: int) -> str:
 
 #: The fields of a key its records show (never its secret hash or use times).
 _RECORDED = ("name", "role", "prefix", "expires_at", "revoked_at")
+#: What a role grants when it grants every action (the built-in ``admin``).
+EVERY_ACTION = "*"
+
+
+def beyond(held: Iterable[str], role: str, roles: Mapping[str, Collection[str]]) -> frozenset[str]:
+    """The actions ``role`` grants that the roles ``held`` do not; empty when they grant all.
+
+    A role granting every action (``*``) is covered only by a held role that
+    grants every action too. A role ``roles`` does not define grants nothing,
+    so any holder covers it.
+    """
+    granted: set[str] = set()
+    for name in held:
+        granted.update(roles.get(name, ()))
+    if EVERY_ACTION in granted:
+        return frozenset()
+    return frozenset(roles.get(role, ())) - granted
+
+
+def check_grantable(
+    by: Principal | None, role: str, roles: Mapping[str, Collection[str]], doing: str
+) -> None:
+    """``Forbidden`` unless ``by``'s roles grant every action of ``role`` (``by=None``: no check).
+
+    The rule against privilege escalation through keys: a principal may
+    create, or revoke, only keys whose role grants nothing it does not hold
+    itself. ``doing`` names the act, for the message.
+    """
+    if by is None:
+        return
+    missing = beyond(by.roles, role, roles)
+    if missing:
+        what = "every action" if EVERY_ACTION in missing else ", ".join(sorted(missing))
+        raise Forbidden(
+            f"this principal may not {doing} a key with role {role!r}: that role grants "
+            f"{what}, beyond what this principal's own roles grant"
+        )
 
 
 class ApiKeyService:
@@ -102,7 +139,7 @@ class ApiKeyService:
     def __init__(
         self,
         storage: ApiKeyStore,
-        roles: Mapping[str, object],
+        roles: Mapping[str, Collection[str]],
         clock: Callable[[], datetime],
         changes: ChangeRecorder | None = None,
     ) -> None:
@@ -111,18 +148,40 @@ class ApiKeyService:
         self._clock = clock
         self._changes = changes
 
-    def create(
-        self, name: str, role: str, expires_in: timedelta | None = None
-    ) -> tuple[ApiKey, str]:
-        """A new key and its secret text, which is shown once and never stored."""
+    def input_errors(
+        self, name: str | None, role: str | None, expires_in: timedelta | None = None
+    ) -> list[FieldError]:
+        """What is wrong with these values of a new key (``None``: not judged), by field.
+
+        The fields are ``name``, ``role`` and ``expires``; a frontend names
+        them as its users know them.
+        """
         errors = []
-        if not name.strip() or len(name) > MAX_NAME or not name.isprintable():
+        if name is not None and (
+            not name.strip() or len(name) > MAX_NAME or not name.isprintable()
+        ):
             errors.append(FieldError("name", f"must be 1 to {MAX_NAME} printable characters"))
-        if role not in self._roles:
+        if role is not None and role not in self._roles:
             known = ", ".join(sorted(self._roles))
             errors.append(FieldError("role", f"must be one of: {known}"))
         if expires_in is not None and expires_in <= timedelta(0):
             errors.append(FieldError("expires", "must be in the future"))
+        return errors
+
+    def create(
+        self,
+        name: str,
+        role: str,
+        expires_in: timedelta | None = None,
+        *,
+        by: Principal | None = None,
+    ) -> tuple[ApiKey, str]:
+        """A new key and its secret text, which is shown once and never stored.
+
+        With ``by``, the principal asking: ``Forbidden`` unless its roles grant
+        every action of ``role`` (``check_grantable``), judged after the input.
+        """
+        errors = self.input_errors(name, role, expires_in)
         now = self._clock()
         expires_at = None
         if expires_in is not None and not errors:
@@ -132,6 +191,7 @@ class ApiKeyService:
                 errors.append(FieldError("expires", "is beyond the calendar's last day"))
         if errors:
             raise InvalidInput.from_errors(errors)
+        check_grantable(by, role, self._roles, "create")
         lookup = _random(LOOKUP_LENGTH)
         key = f"{KEY_PREFIX}{lookup}{_random(SECRET_LENGTH)}"
         record = ApiKey(
@@ -172,8 +232,33 @@ class ApiKeyService:
         """Every key, oldest first, revoked ones included."""
         return self._storage.list_api_keys()
 
-    def revoke(self, key_id: uuid.UUID) -> ApiKey:
-        """Revoke a key (again is fine); ``NotFound`` if there is no such key."""
+    def page(
+        self, limit: int, after: tuple[datetime, uuid.UUID] | None = None
+    ) -> tuple[Sequence[ApiKey], ApiKey | None]:
+        """Up to ``limit`` keys in ``list`` order, from just after ``after`` (created_at, id).
+
+        Also the last key shown when more follow (where the next page starts), else ``None``.
+        """
+        rows = self._storage.list_api_keys_page(limit + 1, after)
+        if len(rows) > limit:
+            return rows[:limit], rows[limit - 1]
+        return rows, None
+
+    def get(self, key_id: uuid.UUID) -> ApiKey:
+        """The key with this id (revoked or expired ones too); ``NotFound`` otherwise."""
+        record = self._storage.get_api_key_by_id(key_id)
+        if record is None:
+            raise NotFound(f"no API key with id {key_id}")
+        return record
+
+    def revoke(self, key_id: uuid.UUID, *, by: Principal | None = None) -> ApiKey:
+        """Revoke a key (again is fine); ``NotFound`` if there is no such key.
+
+        With ``by``, the principal asking: ``Forbidden`` unless its roles grant
+        every action of the key's role (``check_grantable``).
+        """
+        if by is not None:
+            check_grantable(by, self.get(key_id).role, self._roles, "revoke")
         now = self._clock()
         with self._writing():
             before = self._storage.get_api_key_by_id(key_id)

@@ -17,6 +17,17 @@ FROM api_keys WHERE id = :id
 SELECT id, name, role, lookup, secret_hash, created_at, expires_at, revoked_at, last_used_at
 FROM api_keys ORDER BY created_at, id
 
+-- name: list_api_keys_first
+-- A page from the start, in list order.
+SELECT id, name, role, lookup, secret_hash, created_at, expires_at, revoked_at, last_used_at
+FROM api_keys ORDER BY created_at, id LIMIT :limit
+
+-- name: list_api_keys_after
+-- A page from just after a key's place (its created_at and id) in list order.
+SELECT id, name, role, lookup, secret_hash, created_at, expires_at, revoked_at, last_used_at
+FROM api_keys WHERE (created_at, id) > (:after_created_at, :after_id)
+ORDER BY created_at, id LIMIT :limit
+
 -- name: revoke_api_key
 -- Idempotent: a second revoke keeps the first time, so reading back after it is race-free.
 UPDATE api_keys SET revoked_at = COALESCE(revoked_at, :now) WHERE id = :id

@@ -86,6 +86,19 @@ class ApiKeyStore:
         rows = self._storage.fetch_all(self._sql["list_api_keys"], {})
         return [self._key(r) for r in rows]
 
+    def list_api_keys_page(
+        self, limit: int, after: tuple[datetime, uuid.UUID] | None = None
+    ) -> list[ApiKey]:
+        """Up to ``limit`` keys in list order, from just after ``(created_at, id)`` if given."""
+        params: dict[str, Any]
+        if after is None:
+            name, params = "list_api_keys_first", {"limit": limit}
+        else:
+            params = {"limit": limit, "after_created_at": after[0], "after_id": after[1]}
+            name = "list_api_keys_after"
+        rows = self._storage.fetch_all(self._sql[name], self._storage.params(params))
+        return [self._key(r) for r in rows]
+
     def revoke_api_key(self, key_id: uuid.UUID, now: datetime) -> ApiKey | None:
         """Set ``revoked_at`` (kept if already set); the key, or ``None`` if unknown."""
         self._execute("revoke_api_key", {"id": key_id, "now": now})

@@ -44,6 +44,7 @@ from userplane.users import User, utcnow
 USERS = "/api/v1/users"
 USER = "/api/v1/users/{user_id:uuid}"
 RESTORE = "/api/v1/users/{user_id:uuid}/restore"
+EXPORT = "/api/v1/users/export"
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_TYPE = "urn:userplane:problem:"
 #: The api-keys plugin's default cache delay (USERPLANE_API_KEYS_CACHE_SECONDS).
@@ -200,6 +201,8 @@ OPERATIONS = [
     Operation(USER, "PATCH", "users:write", 200, body="change"),
     Operation(USER, "DELETE", "users:delete", 204),
     Operation(RESTORE, "POST", "users:restore", 200, target="deleted"),
+    Operation(EXPORT, "GET", "users:export", 200),
+    Operation(EXPORT, "HEAD", "users:export", 200),
 ]
 
 AUDIT = "/api/v1/audit"
@@ -208,6 +211,8 @@ WEBHOOKS = "/api/v1/webhooks"
 WEBHOOK = "/api/v1/webhooks/{webhook_id:uuid}"
 DELIVERIES = "/api/v1/webhooks/{webhook_id:uuid}/deliveries"
 REDELIVER = "/api/v1/webhooks/deliveries/{delivery_id:uuid}/redeliver"
+KEYS = "/api/v1/keys"
+KEY = "/api/v1/keys/{key_id:uuid}"
 
 #: The built-in plugins' operations (audit, webhooks) and the action each needs:
 #: ``(route, method) -> action``, stated here independently of the code.
@@ -225,13 +230,19 @@ PLUGIN_OPERATIONS = {
     (DELIVERIES, "GET"): "webhooks:manage",
     (DELIVERIES, "HEAD"): "webhooks:manage",
     (REDELIVER, "POST"): "webhooks:manage",
+    (KEYS, "GET"): "keys:manage",
+    (KEYS, "HEAD"): "keys:manage",
+    (KEYS, "POST"): "keys:manage",
+    (KEY, "GET"): "keys:manage",
+    (KEY, "HEAD"): "keys:manage",
+    (KEY, "DELETE"): "keys:manage",
 }
 
 #: What each built-in role is expected to grant, of the operations above.
 GRANTS = {
     "viewer": {"users:read"},
     "editor": {"users:read", "users:write", "users:delete", "users:restore"},
-    "admin": {"users:read", "users:write", "users:delete", "users:restore"},
+    "admin": {"users:read", "users:write", "users:delete", "users:restore", "users:export"},
 }
 
 PUBLIC_ROUTES = {"/", "/docs", "/api/v1/openapi.json", "/health/live", "/health/ready"}
@@ -304,7 +315,7 @@ def test_every_plugin_operation_refuses_missing_and_bad_credentials(
 ) -> None:
     client = anonymous_client(registry)
     path = route
-    for name in ("event_id", "webhook_id", "delivery_id"):
+    for name in ("event_id", "webhook_id", "delivery_id", "key_id"):
         path = path.replace(f"{{{name}:uuid}}", str(uuid.uuid4()))
     media = {"url": "https://93.184.215.14/hook", "events": ["*"]} if method == "POST" else None
     has_body = method != "HEAD"
