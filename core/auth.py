@@ -35,6 +35,8 @@ USERS_WRITE = "users:write"
 USERS_DELETE = "users:delete"
 USERS_RESTORE = "users:restore"
 USERS_PURGE = "users:purge"
+#: Reading every user at once (``GET /api/v1/users/export``): bulk personal data.
+USERS_EXPORT = "users:export"
 KEYS_MANAGE = "keys:manage"
 
 ACTIONS = frozenset(
@@ -45,6 +47,7 @@ ACTIONS = frozenset(
         USERS_DELETE,
         USERS_RESTORE,
         USERS_PURGE,
+        USERS_EXPORT,
         KEYS_MANAGE,
     }
 )

@@ -234,8 +234,8 @@ class ChangeRecorder:
         try:
             with self._storage.transaction():
                 yield
-                for change in collected:
-                    self._registry.hooks.record_change(change, self._registry)
+                if collected:
+                    self._registry.hooks.record_changes(collected, self._registry)
         finally:
             self._pending.reset(token)
         if collected:

@@ -288,8 +288,21 @@ class Hooks:
 
     @property
     def records_changes(self) -> bool:
-        """Whether any plugin implements ``userplane_record_change`` (asked once, at start)."""
-        return bool(self._hook.userplane_record_change.get_hookimpls())
+        """Whether any plugin records changes, one by one or by the batch (asked once, at start)."""
+        return bool(
+            self._hook.userplane_record_change.get_hookimpls()
+            or self._hook.userplane_record_changes.get_hookimpls()
+        )
+
+    def record_changes(self, changes: Sequence[Change], registry: Registry) -> None:
+        """``userplane_record_changes`` then ``userplane_record_change`` for each change.
+
+        Not isolated: an exception fails (and rolls back) the write.
+        """
+        batch = tuple(changes)
+        self._hook.userplane_record_changes(changes=batch, registry=registry)
+        for change in batch:
+            self._hook.userplane_record_change(change=change, registry=registry)
 
     def record_change(self, change: Change, registry: Registry) -> None:
         """``userplane_record_change``: every implementation, in the write's transaction.

@@ -292,6 +292,19 @@ def userplane_record_change(change: Change, registry: Registry) -> None:
 
 
 @hookspec
+def userplane_record_changes(changes: Sequence[Change], registry: Registry) -> None:
+    """``userplane_record_change`` for every change of a transaction at once.
+
+    Called where ``userplane_record_change`` is (in the transaction, just
+    before it commits), once, with its changes in order, before any
+    ``userplane_record_change``. Implement it instead of that hook to write
+    a batch in one statement (``SQLStorage.execute_many``): an import of a
+    thousand users is one transaction of a thousand changes. Raising fails
+    the write as there.
+    """
+
+
+@hookspec
 def userplane_changes_committed(changes: Sequence[Change], registry: Registry) -> None:
     """The ``changes`` of one transaction have committed (each was recorded, in order).
 

@@ -42,7 +42,14 @@ from userplane.indexing import PLAIN, IndexPlan, Scheme, other
 from userplane.keyring import Keyring, NamedKey
 from userplane.pagination import Position, Sort
 from userplane.sealing import SEALED_FIELDS, DataKey, Sealer, is_sealed, is_sealed_body
-from userplane.storage import IndexEntry, KeyRecord, MigrationState, Storage
+from userplane.storage import (
+    BulkStorage,
+    IndexEntry,
+    KeyRecord,
+    MigrationState,
+    Storage,
+    UserRow,
+)
 from userplane.users import User, UserFilter
 
 if TYPE_CHECKING:
@@ -516,6 +523,56 @@ class SealedStorage:
         a, b = self._keys(email_key)
         stored = self.inner.insert_user(sealed, a, name_key="", next_key=b)
         return attrs.evolve(stored, email=user.email, full_name=user.full_name)
+
+    def users_by_email_keys(self, email_keys: Sequence[str]) -> dict[str, User]:
+        """``BulkStorage.users_by_email_keys``, opened; by the blind indexes when sealed.
+
+        Over a storage without ``BulkStorage``, one ``get_user_by_email`` per
+        key: the same answer, a round trip each.
+        """
+        self.verify()
+        plan = self._plan
+        keys = list(dict.fromkeys(email_keys))
+        # What to ask storage for each key: itself, or its two blind-index values.
+        asked = {k: plan.values(k) if plan is not None else (k, None) for k in keys}
+        if not isinstance(self.inner, BulkStorage):
+            found = {}
+            for key, (a, b) in asked.items():
+                user = self.inner.get_user_by_email(a, True, next_key=b)
+                if user is not None:
+                    found[key] = self._opened(user)
+            return found
+        values = [v for pair in asked.values() for v in pair if v is not None]
+        stored = self.inner.users_by_email_keys(values)
+        out: dict[str, User] = {}
+        for key, (a, b) in asked.items():
+            user = stored.get(a) or (stored.get(b) if b is not None else None)
+            if user is not None:
+                out[key] = self._opened(user)
+        return out
+
+    def insert_users(self, rows: Sequence[UserRow]) -> None:
+        """``BulkStorage.insert_users``, each user sealed under a data key of its own.
+
+        Over a storage without ``BulkStorage``, one ``insert_user`` per row
+        (inside the caller's transaction, so still all or nothing).
+        """
+        self.verify()
+        if self.sealer is not None:
+            sealer = self.sealer
+            sealed = []
+            for row in rows:
+                a, b = self._keys(row.email_key)
+                user = sealer.seal_user(row.user, sealer.new_data_key(row.user.id))
+                sealed.append(UserRow(user, a, name_key="", next_key=b))
+            rows = sealed
+        if isinstance(self.inner, BulkStorage):
+            self.inner.insert_users(rows)
+            return
+        for row in rows:
+            self.inner.insert_user(
+                row.user, row.email_key, name_key=row.name_key, next_key=row.next_key
+            )
 
     def get_user(self, user_id: uuid.UUID, include_deleted: bool = False) -> User | None:
         """The user, opened."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -335,4 +335,142 @@ class InstrumentableStorage(Protocol):
         changed in place, or a proxy (a pooled store keeps its own connection
         objects, so there the wrapper must change the connection in place).
         Call before the first statement runs.
+        """
+
+
+@attrs.frozen
+class UserRow:
+    """One user for ``BulkStorage.insert_users``: what ``insert_user`` takes, as one value."""
+
+    user: User
+    email_key: str
+    name_key: str | None = None
+    next_key: str | None = None
+
+
+@runtime_checkable
+class BulkStorage(Protocol):
+    """A storage that reads and writes users by the batch (optional capability).
+
+    ``userplane users import`` uses it when the storage offers it (every
+    ``SQLStorage`` does; the PostgreSQL store writes with ``COPY``) and falls
+    back to ``get_user_by_email`` and ``insert_user`` per user otherwise, with
+    the same results. Both run inside ``transaction()``.
+    """
+
+    def users_by_email_keys(self, email_keys: Sequence[str]) -> dict[str, User]:
+        """The users, deleted ones too, whose email key is one of ``email_keys``, by that key.
+
+        A user matches through ``email_normalized`` or ``email_index_next``
+        (the second index, while it moves), as ``get_user_by_email`` with
+        ``next_key`` does; under both keys when both are asked for.
+        """
+
+    def insert_users(self, rows: Sequence[UserRow]) -> None:
+        """Insert every row, as ``insert_user`` would each, in the current transaction.
+
+        ``Conflict`` if any email key is taken (by a stored user or by
+        another row): the caller rolls the transaction back, so none is
+        inserted.
+        """
+
+
+#: The kinds of value a copied column holds (``CopyColumn.kind``): the published schema's,
+#: plus what plugins' tables use. ``"raw"``: a store that cannot tell passes values as read.
+COPY_KINDS = frozenset(
+    {"uuid", "text", "boolean", "integer", "float", "timestamp", "bytes", "array", "json", "txid"}
+    | {"raw"}
+)
+
+
+@attrs.frozen
+class CopyColumn:
+    """One column of a table, as ``CopyableStorage.copy_tables`` describes it.
+
+    ``kind`` is one of ``COPY_KINDS``: what a value means, whatever the
+    database's type. A store that keeps several kinds in one type (SQLite's
+    ``TEXT`` holds uuids, times and JSON arrays) reports the plainest
+    (``"text"``); a copy between two stores takes the more precise kind of
+    the two, and each store converts its values to and from that kind's
+    Python type (``UUID``, ``str``, ``bool``, ``int``, ``float``, aware UTC
+    ``datetime``, ``bytes``, ``list``, a JSON value, and for ``"txid"`` a
+    database transaction id as text).
+    """
+
+    name: str
+    kind: str
+    nullable: bool = True
+    #: Whether an ``INSERT`` that leaves the column out gives it a value (a default, a sequence).
+    has_default: bool = False
+
+
+@attrs.frozen
+class CopyTable:
+    """One table a whole-instance copy moves: its columns, primary key and what it references."""
+
+    name: str
+    columns: tuple[CopyColumn, ...]
+    #: The primary key's columns, in key order; empty when the table has none.
+    primary_key: tuple[str, ...] = ()
+    #: The tables its foreign keys reference (copied before it).
+    references: tuple[str, ...] = ()
+    #: The database does not keep it across a crash (PostgreSQL's ``UNLOGGED``): not copied.
+    ephemeral: bool = False
+    #: The columns a sequence numbers (serial, identity, SQLite's ``AUTOINCREMENT``).
+    sequenced: tuple[str, ...] = ()
+
+
+class CopySession(Protocol):
+    """One consistent view of a database for a copy: a read snapshot, or one write transaction."""
+
+    def count(self, table: CopyTable) -> int:
+        """How many rows ``table`` holds."""
+
+    def rows(
+        self, table: CopyTable, columns: Sequence[CopyColumn], batch: int
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """``table``'s rows by primary key, in batches of at most ``batch`` (keyset pages).
+
+        Each row holds the values of ``columns`` (the table's, with the kinds
+        the copy agreed on), as those kinds' Python values.
+        """
+
+    def sequences(self, table: CopyTable) -> dict[str, int]:
+        """The last value each of ``table``'s sequences handed out (to carry it over)."""
+
+    def clear(self, table: CopyTable) -> None:
+        """Delete every row of ``table`` (a write session only)."""
+
+    def write(
+        self, table: CopyTable, columns: Sequence[CopyColumn], rows: Sequence[tuple[Any, ...]]
+    ) -> None:
+        """Insert ``rows`` (Python values of ``columns``' kinds) in one batch (a write session).
+
+        A column of kind ``"txid"`` the rows do not hold gets the session's
+        own transaction id, where the database has one.
+        """
+
+    def finish(self, table: CopyTable, sequences: Mapping[str, int]) -> None:
+        """Advance ``table``'s sequences past the copied values and ``sequences`` (the source's)."""
+
+
+@runtime_checkable
+class CopyableStorage(Protocol):
+    """A storage that can be copied from and to, whole (optional capability).
+
+    ``userplane copy --to URL`` (``userplane.copying``) moves every table of
+    an instance between two stores that both offer it, whatever their
+    databases: the store describes its tables and reads or writes rows in
+    batches, converting values by their kinds (``CopyColumn``).
+    """
+
+    def copy_tables(self) -> list[CopyTable]:
+        """Every table of the database, migration bookkeeping (yoyo's) left out."""
+
+    def copy_session(self, *, write: bool) -> contextlib.AbstractContextManager[CopySession]:
+        """A session on a connection of its own, for the block.
+
+        ``write=False``: one read snapshot (the rows of every table as of one
+        moment). ``write=True``: one transaction, committed when the block
+        ends, rolled back when it raises.
         """

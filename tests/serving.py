@@ -190,8 +190,8 @@ def running_server(
         USERPLANE_ENV_FILE=str(directory / "no-such.env"),
         # Where gunicorn would put its control socket (serve disables it): never ~/.gunicorn.
         XDG_RUNTIME_DIR=str(directory),
-        **(extra_env or {}),
     )
+    env.update(extra_env or {})  # which may name another env file
     key = create_key(env, directory) if with_key else ""
     logs = (directory / "server.stdout", directory / "server.stderr")
     files: list[IO[bytes]] = [p.open("wb") for p in logs]

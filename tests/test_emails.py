@@ -231,3 +231,71 @@ def test_generated_addresses_never_touch_the_network(address: str) -> None:
         mp.setattr(socket, "getaddrinfo", refuse)
         mp.setattr(socket, "gethostbyname", refuse)
         normalize_email(address)
+
+
+# -- the fast path agrees with the validator ---------------------------------------------
+
+_ATEXT_CHARS = _ASCII_ALNUM + "!#$%&'*+/=?^_`{|}~-"
+
+
+def _full_path(address: str) -> str:
+    """What ``normalize_email`` answers when it takes the validator's full parse."""
+    import email_validator
+
+    try:
+        checked = email_validator.validate_email(
+            address, check_deliverability=False, allow_smtputf8=True
+        )
+    except email_validator.EmailNotValidError as exc:
+        raise InvalidInput.for_field(EMAIL_FIELD, str(exc)) from None
+    key = fold(checked.normalized)
+    if len(key) > 320:
+        raise InvalidInput.for_field(EMAIL_FIELD, "is too long once Unicode-normalised")
+    return key
+
+
+def _outcome(call: Any, address: str) -> tuple[str, str]:
+    try:
+        return ("key", call(address))
+    except InvalidInput as exc:
+        return ("error", exc.detail)
+
+
+#: Addresses near the fast path's edges: dots, lengths, odd domains, non-ASCII, quotes.
+edgy_addresses = st.builds(
+    "{}{}{}".format,
+    st.text(alphabet=_ATEXT_CHARS + '."\\ é', min_size=0, max_size=70),
+    st.sampled_from(["@", "@", "@", "", "@@"]),
+    st.one_of(
+        st.sampled_from(
+            [
+                "example.com",
+                "Example.COM",
+                "localhost",
+                "x.local",
+                "a.test",
+                "b.invalid",
+                "x-.org",
+                "-x.org",
+                "x..org",
+                "x.org.",
+                "1.2.3.4",
+                "[127.0.0.1]",
+                "xn--bcher-kva.example",
+                "bücher.example",
+                "a" * 64 + ".com",
+                ("a" * 60 + ".") * 4 + "com",
+                "co",
+                "",
+            ]
+        ),
+        st.text(alphabet="abcXYZ019.-_", min_size=0, max_size=30),
+    ),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(edgy_addresses, ascii_emails, emails()))
+def test_the_fast_path_answers_as_the_validator_does(address: str) -> None:
+    """Key or error, the same for every address as the validator's full parse gives."""
+    assert _outcome(normalize_email, address) == _outcome(_full_path, address)

@@ -1130,6 +1130,55 @@ def test_hook_record_change(open_registry: Callable[..., Registry]) -> None:
     assert len({c.id for c in recorder.changes}) == len(recorder.changes)
 
 
+class BatchRecorder(Plugin):
+    """Records the batches of ``userplane_record_changes``, and what each sees of its users."""
+
+    __name__ = "batch_recorder"
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[Change, ...]] = []
+        self.seen: list[list[bool]] = []
+        self.fail = False
+
+    @hookimpl
+    def userplane_record_changes(self, changes: tuple[Change, ...], registry: Registry) -> None:
+        if self.fail:
+            raise RuntimeError("cannot record this batch")
+        self.batches.append(tuple(changes))
+        # In the transaction: every user of the batch is there, not yet committed.
+        self.seen.append(
+            [
+                registry.storage.get_user(c.user_id, include_deleted=True) is not None
+                for c in changes
+                if c.user_id is not None
+            ]
+        )
+
+
+def test_hook_record_changes(open_registry: Callable[..., Registry], tmp_path: Path) -> None:
+    """One call per transaction with all its changes, before each one-by-one call."""
+    from userplane.imports import Record, UserImporter
+
+    batch = BatchRecorder()
+    one_by_one = Recorder()
+    registry = open_registry(batch, one_by_one)
+    ann = registry.users.create(NewUser("ann@example.org", "Ann"))
+    records = [Record(n, "", {"email": f"u{n}@example.org"}) for n in range(1, 6)]
+    result = UserImporter(registry).import_batch(records)
+    assert result.counts.created == 5
+    assert [len(b) for b in batch.batches] == [1, 5]
+    assert batch.batches[0][0].target_id == str(ann.id)
+    assert [c.action for c in batch.batches[1]] == ["user.created"] * 5
+    assert batch.seen == [[True], [True] * 5]
+    # The one-by-one hook still sees every change, in the same order.
+    assert [c.id for c in one_by_one.changes] == [c.id for b in batch.batches for c in b]
+    batch.fail = True
+    with pytest.raises(RuntimeError, match="cannot record this batch"):
+        UserImporter(registry).import_batch([Record(9, "", {"email": "late@example.org"})])
+    with pytest.raises(NotFound):  # rolled back with its records
+        registry.users.get_by_email("late@example.org")
+
+
 def test_hook_record_change_that_raises_fails_the_write(
     open_registry: Callable[..., Registry],
 ) -> None:

@@ -37,7 +37,7 @@ from userplane.sql.dialect import Dialect
 from userplane.sql.listing import list_users_sql
 from userplane.sql.migrations import apply_migrations, migration_sources, migration_status
 from userplane.sql.schema import SCHEMA_VERSION
-from userplane.storage import IndexEntry, KeyRecord, MigrationState
+from userplane.storage import IndexEntry, KeyRecord, MigrationState, UserRow
 from userplane.text import fold
 from userplane.users import User, UserFilter
 
@@ -163,6 +163,37 @@ class SQLStorage(abc.ABC):
         ``fetch_one``, ``fetch_all`` and ``execute`` on this thread inside the
         block belongs to it, a plugin's too (``Storage.transaction``).
         """
+
+    def execute_many(self, sql: str, params: Sequence[Mapping[str, Any]]) -> None:
+        """Run ``sql`` once per mapping of ``params`` (already through ``to_db``).
+
+        A loop of ``execute`` unless the store overrides it with its driver's
+        batch (``executemany``, a pipeline): bulk writes and plugins recording
+        many changes at once go through it.
+        """
+        for one in params:
+            self.execute(sql, one)
+
+    def insert_rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Insert ``rows`` (values in ``columns``' order, through ``to_db`` here) into ``table``.
+
+        For plugins writing many rows of plain values at once (an import's
+        audit events): one ``execute_many`` of an ``INSERT`` unless the store
+        has a faster path (PostgreSQL: ``COPY``). ``table`` and ``columns``
+        are the caller's own identifiers, never input.
+        """
+        if not rows:
+            return
+        names = [f"c{i}" for i in range(len(columns))]
+        sql = self.dialect.compile(
+            f"INSERT INTO {table} ({', '.join(columns)}) "
+            f"VALUES ({', '.join(':' + n for n in names)})"
+        )
+        self.execute_many(
+            sql, [{n: self.to_db(v) for n, v in zip(names, row, strict=True)} for row in rows]
+        )
 
     def to_db(self, value: Any) -> Any:
         """``value`` as the driver takes it (identity unless overridden)."""
@@ -496,3 +527,46 @@ class SQLStorage(abc.ABC):
     def mark_key_ready(self, name: str, at: datetime) -> None:
         """Set the index key's ``ready_at``."""
         self.execute(self.queries["mark_key_ready"], self.params({"name": name, "at": at}))
+
+    # -- bulk (``userplane.storage.BulkStorage``) -------------------------------------
+
+    #: The most keys one ``users_by_email_keys`` statement asks for (each is two parameters).
+    KEYS_PER_STATEMENT: ClassVar[int] = 500
+
+    def users_by_email_keys(self, email_keys: Sequence[str]) -> dict[str, User]:
+        """The users whose ``email_normalized`` or ``email_index_next`` is one of the keys."""
+        wanted = list(dict.fromkeys(email_keys))
+        found: dict[str, User] = {}
+        for start in range(0, len(wanted), self.KEYS_PER_STATEMENT):
+            chunk = wanted[start : start + self.KEYS_PER_STATEMENT]
+            names = [f"k{i}" for i in range(len(chunk))]
+            listed = ", ".join(f":{n}" for n in names)
+            sql = self.dialect.compile(
+                f"SELECT email_normalized, email_index_next, {USER_COLUMNS} FROM users "
+                f"WHERE email_normalized IN ({listed}) OR email_index_next IN ({listed})"
+            )
+            asked = set(chunk)
+            for row in self.fetch_all(sql, self.params(dict(zip(names, chunk, strict=True)))):
+                user = self.user_from_row(row[2:])
+                for key in row[:2]:
+                    if key in asked:
+                        found[key] = user
+        return found
+
+    def insert_users(self, rows: Sequence[UserRow]) -> None:
+        """Every row in one batch of ``execute_many``: the statement of ``insert_user``."""
+        if rows:
+            self.execute_many(
+                self._insert_users_sql,
+                [
+                    self.params(insert_params(r.user, r.email_key, r.name_key, r.next_key))
+                    for r in rows
+                ],
+            )
+
+    @property
+    def _insert_users_sql(self) -> str:
+        # insert_user's own statement, less what it returns: the caller built the users.
+        sql = self.queries["insert_user"]
+        head, sep, _ = sql.rpartition("RETURNING")
+        return head if sep else sql

@@ -74,7 +74,7 @@ from userplane.rotation import rotate
 from userplane.sealed_storage import KEYS_SETTING, SealedStorage
 from userplane.sealing import PREFIX, Sealer, is_sealed, key_name
 from userplane.sql import SQLStorage
-from userplane.storage import Storage
+from userplane.storage import Storage, UserRow
 from userplane.testing.storage import (
     _BASE_TIME,
     CREATED,
@@ -225,6 +225,33 @@ class SealedStorageContract(StorageContract):
         self, raw_storage: Storage
     ) -> None:
         super().test_index_entries_walk_every_user_by_id_with_both_index_values(raw_storage)
+
+    def test_users_are_found_by_a_batch_of_email_keys_either_index(
+        self, raw_storage: Storage
+    ) -> None:
+        # Index values given by hand: the raw store's business.
+        super().test_users_are_found_by_a_batch_of_email_keys_either_index(raw_storage)
+
+    def test_a_batch_is_folded_for_search_as_one_insert_is(self, raw_storage: Storage) -> None:
+        # Sealed names have no search: the raw store folds what it is given.
+        super().test_a_batch_is_folded_for_search_as_one_insert_is(raw_storage)
+
+    def test_a_sealed_batch_is_stored_sealed_and_found_by_plain_email_keys(
+        self, storage: SealedStorage, raw_storage: Storage
+    ) -> None:
+        users = [make_user(f"s{n}@example.org", full_name=f"S {n}") for n in range(4)]
+        with storage.transaction():
+            storage.insert_users([UserRow(u, normalize_email(u.email)) for u in users])
+        for user in users:
+            stored = raw_storage.get_user(user.id)
+            assert stored is not None
+            assert user.email not in stored.email
+            assert stored.full_name is not None
+            assert "S " not in stored.full_name
+        keys = [normalize_email(u.email) for u in users]
+        assert storage.users_by_email_keys([*keys, "nobody@example.org"]) == dict(
+            zip(keys, users, strict=True)
+        )
 
     # -- error mapping: the raw stores that cannot serve, sealed ----------------------------
 

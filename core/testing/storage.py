@@ -44,7 +44,7 @@ from userplane.errors import Conflict, NotFound, PreconditionFailed, Unavailable
 from userplane.idempotency import IdempotencyRecord, StoredResponse
 from userplane.pagination import Position, Sort
 from userplane.sql import SCHEMA, SQLStorage, insert_params
-from userplane.storage import KeyRecord, Storage
+from userplane.storage import BulkStorage, KeyRecord, Storage, UserRow
 from userplane.text import fold
 from userplane.users import MAX_FULL_NAME, User, UserFilter, sort_key
 
@@ -92,6 +92,13 @@ def max_length(table: str, column: str) -> int:
 def capabilities(storage: Storage) -> dict[str, object] | None:
     """The dialect's capability flags of a ``userplane.sql.SQLStorage``, else ``None``."""
     return storage.dialect.capabilities() if isinstance(storage, SQLStorage) else None
+
+
+def _bulk(storage: Storage) -> BulkStorage:
+    """``storage`` as a ``BulkStorage``, or the test is skipped saying so."""
+    if not isinstance(storage, BulkStorage):
+        pytest.skip("the store has no BulkStorage capability (imports use the fallback)")
+    return storage
 
 
 def run_concurrently(count: int, action: Callable[[int], T]) -> list[T | BaseException]:
@@ -992,6 +999,63 @@ class StorageContract:
         # The store is usable afterwards, on this thread too.
         storage.insert_user(other, normalize_email(other.email))
         assert storage.get_user(other.id) == other
+
+    # -- BulkStorage (skipped for a store without it: imports fall back to one call a user)
+
+    def test_a_batch_of_users_is_inserted_exactly(self, storage: Storage) -> None:
+        bulk = _bulk(storage)
+        users = [
+            make_user(f"b{n}@example.org", full_name=None if n % 2 else f"B {n}") for n in range(7)
+        ]
+        with storage.transaction():
+            bulk.insert_users([UserRow(u, normalize_email(u.email)) for u in users])
+        for user in users:
+            assert storage.get_user(user.id) == user
+            assert storage.get_user_by_email(normalize_email(user.email)) == user
+        keys = [normalize_email(u.email) for u in users]
+        assert bulk.users_by_email_keys(keys) == dict(zip(keys, users, strict=True))
+        bulk.insert_users([])  # nothing to do: no statement, no error
+
+    def test_a_batch_is_folded_for_search_as_one_insert_is(self, storage: Storage) -> None:
+        bulk = _bulk(storage)
+        users = [make_user(f"c{n}@example.org", full_name=f"Ça {n}") for n in range(3)]
+        with storage.transaction():
+            bulk.insert_users([UserRow(u, normalize_email(u.email)) for u in users])
+        found = storage.list_users(UserFilter(q=fold("ÇA 1")), CREATED, None, 10)
+        assert [u.id for u in found] == [users[1].id]
+
+    def test_a_batch_with_a_taken_email_inserts_nothing(self, storage: Storage) -> None:
+        bulk = _bulk(storage)
+        taken = make_user("taken@example.org")
+        insert(storage, taken)
+        fresh = make_user("fresh@example.org")
+        clash = make_user("TAKEN@example.org")
+        with pytest.raises(Conflict), storage.transaction():
+            bulk.insert_users([UserRow(u, normalize_email(u.email)) for u in (fresh, clash)])
+        assert storage.get_user(fresh.id) is None
+        twice = [make_user("twin@example.org"), make_user("Twin@example.org")]
+        with pytest.raises(Conflict), storage.transaction():
+            bulk.insert_users([UserRow(u, normalize_email(u.email)) for u in twice])
+        assert storage.get_user(twice[0].id) is None
+
+    def test_users_are_found_by_a_batch_of_email_keys_either_index(self, storage: Storage) -> None:
+        bulk = _bulk(storage)
+        live, gone = make_user("live@example.org"), make_user("gone@example.org")
+        insert(storage, live)
+        insert(storage, gone)
+        gone = storage.delete_user(gone.id, None, datetime.now(UTC))
+        moving = make_user("moving@example.org")
+        storage.insert_user(moving, "old-index-value", next_key="new-index-value")
+        keys = ["live@example.org", "gone@example.org", "new-index-value", "nobody@example.org"]
+        found = bulk.users_by_email_keys(keys * 2)  # repeated keys are asked once
+        assert found == {
+            "live@example.org": live,
+            "gone@example.org": gone,
+            "new-index-value": moving,
+        }
+        assert bulk.users_by_email_keys([]) == {}
+        many = [f"k{n}@example.org" for n in range(1200)] + ["live@example.org"]
+        assert bulk.users_by_email_keys(many) == {"live@example.org": live}
 
     def test_lock_user_reads_a_user_deleted_or_not_and_holds_it(self, storage: Storage) -> None:
         user = make_user()

@@ -7,7 +7,13 @@ administrator), ``format_option`` and ``emit`` (``--format table|json``), and
 ``Duration`` (``90d``, ``12h``).
 """
 
-from userplane.frontends.cli import admin, encryption, users  # noqa: F401  (commands register)
+from userplane.frontends.cli import (  # noqa: F401  (commands register)
+    admin,
+    copying,
+    encryption,
+    transfer,
+    users,
+)
 from userplane.frontends.cli.app import (
     OperationCommand,
     OperationGroup,

@@ -18,7 +18,12 @@ from userplane.frontends.http.middleware import (
 )
 from userplane.frontends.http.openapi import document
 from userplane.frontends.http.pages import STATIC, Home, Live, Ready
-from userplane.frontends.http.users import RestoreResource, UserResource, UsersResource
+from userplane.frontends.http.users import (
+    ExportResource,
+    RestoreResource,
+    UserResource,
+    UsersResource,
+)
 from userplane.registry import Registry
 
 #: Headers a browser script may read on a cross-origin response.
@@ -80,6 +85,7 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
     app.add_route(
         "/api/v1/users", UsersResource(registry.users, registry.idempotency, registry.auth)
     )
+    app.add_route("/api/v1/users/export", ExportResource(registry.users, registry.auth))
     app.add_route("/api/v1/users/{user_id:uuid}", UserResource(registry.users, registry.auth))
     app.add_route("/api/v1/users/{user_id:uuid}/restore", RestoreResource(registry.users))
     app.add_static_route("/static", str(STATIC))

@@ -232,6 +232,28 @@ def document() -> dict[str, Any]:
                     },
                 },
             },
+            "/api/v1/users/export": {
+                "get": {
+                    "operationId": "exportUsers",
+                    "summary": "Every user, one JSON object per line (needs users:export)",
+                    "description": (
+                        "Streamed in constant memory, oldest user first; each line is a "
+                        "`User`. A failure half-way ends the response without its last chunk "
+                        "(an incomplete transfer), never as a shorter export."
+                    ),
+                    "parameters": [include_deleted, _header("X-Request-ID")],
+                    "responses": {
+                        "200": {
+                            "description": "Newline-delimited JSON, one User per line",
+                            "headers": {"X-Request-ID": _ref("headers", "X-Request-ID")},
+                            "content": {
+                                "application/x-ndjson": {"schema": _ref("schemas", "User")}
+                            },
+                        },
+                        **_errors(*_QUERY_ERRORS, 422),
+                    },
+                },
+            },
             "/api/v1/users/{user_id}": {
                 "parameters": [user_id],
                 "get": {

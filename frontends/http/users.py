@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import uuid
 from typing import Any, ClassVar
@@ -264,3 +265,37 @@ class RestoreResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response, user_id: uuid.UUID) -> None:
         """The restored (or already live) user: 200 with its ETag."""
         _send_user(resp, self._users.restore(user_id))
+
+
+class ExportResource:
+    """``/api/v1/users/export``: every user as NDJSON, streamed (``users:export``)."""
+
+    actions: ClassVar[dict[str, str]] = {"GET": auth.USERS_EXPORT}
+
+    def __init__(self, users: UserService, auth: AuthService) -> None:
+        self._users = users
+        self._auth = auth
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """One JSON object per line, oldest user first, a page read at a time.
+
+        Memory stays flat however many users there are. The body is sent as
+        it is read (chunked): a failure half-way ends the response without
+        its last chunk, which an HTTP client reports as an incomplete
+        transfer, never as a shorter export. ``include_deleted=true`` needs
+        ``users:read-deleted`` too.
+        """
+        include_deleted = _include_deleted(req)
+        if include_deleted:
+            _may_see_deleted(req, self._auth)
+        from userplane import exports
+
+        # The first page is read here, so that an error before any byte is
+        # sent (the database down) is still a problem response.
+        users = exports.all_users(self._users, include_deleted)
+        first = next(users, None)
+        resp.content_type = "application/x-ndjson"
+        resp.set_header("Cache-Control", "no-store")
+        resp.stream = exports.ndjson(itertools.chain(() if first is None else (first,), users))
+
+    on_head = on_get

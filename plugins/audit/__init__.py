@@ -1,6 +1,6 @@
 """The audit plugin: a tamper-evident trail of every change, in the change's own transaction.
 
-Every write the core records (``userplane_record_change``: users created,
+Every write the core records (``userplane_record_changes``: users created,
 updated, deleted, restored and purged, API keys created and revoked, key
 rotations, and what plugins record) becomes one row of ``audit_events``,
 written in the write's transaction: no change without its event, no event
@@ -18,6 +18,7 @@ audit list|verify|export|prune``. SQLite and PostgreSQL. See docs/audit.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,12 +136,12 @@ def userplane_register_services(registry: Registry) -> None:
 
 
 @hookimpl(trylast=True)
-def userplane_record_change(change: Change, registry: Registry) -> None:
-    """Store the change's event, in its transaction: one insert, no shared lock.
+def userplane_record_changes(changes: Sequence[Change], registry: Registry) -> None:
+    """Store the changes' events, in their transaction: one batch of inserts, no shared lock.
 
-    It is linked into the chain after the transaction finished (``chain``).
+    They are linked into the chain after the transaction finished (``chain``).
     """
-    trail_of(registry).record(change)
+    trail_of(registry).record(changes)
 
 
 @hookimpl

@@ -8,6 +8,10 @@ INSERT INTO audit_events (txid, id, occurred_at, actor, actor_kind, action, targ
 VALUES (pg_current_xact_id(), :id, clock_timestamp(), :actor, :actor_kind, :action,
         :target_type, :target_id, :user_id, :request_id, :trace_id, :client_address, :fields)
 
+-- name: batch_stamp
+-- A batch's events (an import's) share their transaction's id and one reading of the clock.
+SELECT CAST(pg_current_xact_id() AS text), clock_timestamp()
+
 -- name: horizon
 -- The chainer's first statement: every transaction with an id below this one has finished,
 -- and every transaction still running or yet to come has an id at or above it.

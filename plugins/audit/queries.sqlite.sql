@@ -9,6 +9,10 @@ INSERT INTO audit_events (id, occurred_at, actor, actor_kind, action, target_typ
 VALUES (:id, strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z', :actor, :actor_kind, :action,
         :target_type, :target_id, :user_id, :request_id, :trace_id, :client_address, :fields)
 
+-- name: batch_stamp
+-- A batch's events (an import's) share their transaction's id and one reading of the clock.
+SELECT NULL, strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z'
+
 -- name: lock_head
 SELECT seq, hash FROM audit_chain WHERE id = 1
 

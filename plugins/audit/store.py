@@ -24,6 +24,7 @@ from userplane.plugins.audit.chain import Head
 from userplane.plugins.audit.events import (
     COLUMNS,
     GENESIS,
+    HASHED,
     AuditEvent,
     fields_json,
     hash_of,
@@ -36,6 +37,10 @@ from userplane.sql import SQLStorage, load_queries
 #: The dialects this plugin has statements and migrations for.
 DIALECTS: Final = ("postgresql", "sqlite")
 _SELECT: Final = f"SELECT {', '.join(COLUMNS)} FROM audit_events"
+#: What ``append`` writes of a change, in ``AuditStore._values``' order.
+_APPEND_COLUMNS: Final = tuple(
+    c for c in HASHED if c not in ("seq", "occurred_at", "fields", "prev_hash")
+)
 
 
 @attrs.frozen
@@ -143,14 +148,40 @@ class AuditStore:
 
     # -- writing ---------------------------------------------------------------------
 
-    def append(self, change: Change, fields: Mapping[str, Any]) -> None:
-        """Insert ``change``'s event, unchained, in the write's transaction.
+    def append(self, events: Sequence[tuple[Change, Mapping[str, Any]]]) -> None:
+        """Insert each change's event, unchained, in the write's transaction.
 
-        One statement, locking no shared row: its time is the database's
-        clock, and on PostgreSQL the writing transaction's id (``txid``)
-        orders it in the chain once the transaction has finished.
+        No shared row is locked: an event's time is the database's clock, and
+        on PostgreSQL the writing transaction's id (``txid``) orders it in the
+        chain once the transaction has finished. One event is one
+        ``INSERT``; a batch (an import's) reads the transaction id and the
+        clock once and writes its events with ``insert_rows`` (``COPY`` on
+        PostgreSQL), all stamped alike.
         """
-        params = {
+        storage = self._storage
+        if len(events) == 1:
+            change, fields = events[0]
+            params = {**self._values(change), "fields": fields_json(fields)}
+            storage.execute(self._sql["append"], storage.params(params))
+            return
+        stamp = self._one("batch_stamp", {})
+        assert stamp is not None
+        txid, occurred_at = stamp
+        columns = [*_APPEND_COLUMNS, "occurred_at", "fields"]
+        if txid is not None:
+            columns.append("txid")
+        rows = []
+        for change, fields in events:
+            row = [*self._values(change).values(), occurred_at, fields_json(fields)]
+            if txid is not None:
+                row.append(txid)
+            rows.append(row)
+        storage.insert_rows("audit_events", columns, rows)
+
+    @staticmethod
+    def _values(change: Change) -> dict[str, Any]:
+        """The event's own columns, as ``_APPEND_COLUMNS`` orders them."""
+        return {
             "id": change.id,
             "actor": change.actor,
             "actor_kind": change.actor_kind,
@@ -161,9 +192,7 @@ class AuditStore:
             "request_id": change.request_id,
             "trace_id": change.trace_id,
             "client_address": change.client_address,
-            "fields": fields_json(fields),
         }
-        self._storage.execute(self._sql["append"], self._storage.params(params))
 
     # -- the chain -------------------------------------------------------------------
 

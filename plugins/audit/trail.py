@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
@@ -132,14 +132,14 @@ class AuditTrail:
             for name, change in fields.items()
         }
 
-    def record(self, change: Change) -> None:
-        """Store ``change``'s event, unchained, in the transaction of its write.
+    def record(self, changes: Sequence[Change]) -> None:
+        """Store each change's event, unchained, in the transaction of its write.
 
-        One insert, no lock on any shared row: writers never wait for each
-        other here. The event joins the chain once its transaction has
-        finished (``chain``).
+        One batch of inserts, no lock on any shared row: writers never wait
+        for each other here. The events join the chain once their
+        transaction has finished (``chain``).
         """
-        self.store.append(change, self._fields(change.fields))
+        self.store.append([(c, self._fields(c.fields)) for c in changes])
 
     # -- chaining --------------------------------------------------------------------------
 

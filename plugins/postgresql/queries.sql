@@ -125,6 +125,26 @@ COPY users (id, email, email_normalized, email_index_next, full_name, full_name_
             is_active, created_at, updated_at, version)
 FROM STDIN
 
+-- name: users_by_email_keys
+-- BulkStorage: either index, so a user is found while the index moves. One index probe
+-- per key (LIMIT 1 keeps the lateral subquery from being flattened: both columns are
+-- unique): a plan made for a thousand keys would otherwise hash-join a scan of the table.
+SELECT u.*
+FROM unnest(%(keys)s::text[]) AS k(key)
+CROSS JOIN LATERAL (
+    SELECT u.email_normalized, u.email_index_next, u.id, u.email, u.full_name, u.is_active,
+           u.created_at, u.updated_at, u.version, u.deleted_at
+    FROM users AS u WHERE u.email_normalized = k.key LIMIT 1
+) AS u
+UNION ALL
+SELECT u.*
+FROM unnest(%(keys)s::text[]) AS k(key)
+CROSS JOIN LATERAL (
+    SELECT u.email_normalized, u.email_index_next, u.id, u.email, u.full_name, u.is_active,
+           u.created_at, u.updated_at, u.version, u.deleted_at
+    FROM users AS u WHERE u.email_index_next = k.key LIMIT 1
+) AS u
+
 -- name: count_users
 SELECT count(*) FROM users
 

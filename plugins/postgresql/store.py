@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import re
 import select
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import sql as pg_sql
 from psycopg_pool import ConnectionPool, PoolTimeout, TooManyRequests
 
 from userplane.plugin import (
@@ -20,11 +24,18 @@ from userplane.plugin import (
     PoolStats,
     Unavailable,
     User,
+    UserRow,
+    mask_text,
 )
+from userplane.plugins.postgresql.copying import PostgreSQLCopying
 from userplane.sql import NAMED_QUERIES, Dialect, SQLStorage, insert_params, load_queries
 
 #: The bulk path writes the columns ``insert_user`` takes, in its documented order.
 _COPY_COLUMNS = next(q.params for q in NAMED_QUERIES if q.name == "insert_user")
+
+
+#: What an HTTP client is told when the cause names the server (the log has it).
+_UNREACHABLE = "the database cannot be reached; retry shortly"
 
 
 @contextlib.contextmanager
@@ -55,6 +66,45 @@ def _mapped_errors() -> Iterator[None]:
         raise Unavailable("the database cannot be reached; retry shortly") from None
     except psycopg.Error as exc:
         raise StorageFailure(exc) from None
+
+
+#: libpq's "connection to server at "h" (addr), port p failed: why", or on a socket.
+_SERVER_FAILED = re.compile(
+    r'connection to server (?:at "(?P<host>[^"]*)"(?: \([^)]*\))?, port (?P<port>\d+)'
+    r'|on socket "(?P<socket>[^"]*)") failed: (?P<reason>.*)'
+)
+
+
+def connection_failure(exc: psycopg.Error, url: str) -> str:
+    """Why a connection to ``url`` failed, in one masked line an operator can act on.
+
+    ``cannot connect to PostgreSQL at 127.0.0.1:1: connection refused``, or
+    ``…: database "x" does not exist``: libpq's first line (the address
+    tried and its reason, without the hints that follow), the password of
+    ``url`` masked wherever it shows.
+    """
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    first = first.removeprefix("connection failed: ")
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        params = {}
+    where = ""
+    found = _SERVER_FAILED.fullmatch(first)
+    if found is not None:
+        host, port, socket = found.group("host", "port", "socket")
+        where = socket or f"{host}:{port}"
+        first = found.group("reason")
+    elif params.get("host") and "," not in str(params["host"]):
+        where = f"{params['host']}:{params.get('port') or 5432}"
+    reason = re.sub(r"^(FATAL|ERROR):\s+", "", first).strip() or type(exc).__name__
+    if reason[:1].isupper() and reason[1:2].islower():  # "Connection refused"
+        reason = reason[0].lower() + reason[1:]
+    at = f" at {where}" if where else ""
+    password = params.get("password")
+    return mask_text(
+        f"cannot connect to PostgreSQL{at}: {reason}", [str(password)] if password else []
+    )
 
 
 class StorageFailure(RuntimeError):
@@ -95,7 +145,7 @@ def _check(conn: psycopg.Connection[Any]) -> None:
         raise psycopg.OperationalError("the server closed or spoke on an idle connection")
 
 
-class PostgreSQLStorage(SQLStorage):
+class PostgreSQLStorage(PostgreSQLCopying, SQLStorage):
     """The production storage.
 
     One pool per process, created lazily so that it is opened in each gunicorn
@@ -133,6 +183,10 @@ class PostgreSQLStorage(SQLStorage):
         self._statement_timeout_ms = statement_timeout_ms
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._pid = 0
+        #: The process that has connected at least once (an outage after that is the pool's).
+        self._connected_pid = 0
+        #: When the last first attempt failed, and why: shared with the threads that waited.
+        self._first_failure: tuple[float, str] | None = None
         self._lock = threading.Lock()
         #: The connection of this thread's open ``transaction()``, if any.
         self._tx = threading.local()
@@ -143,8 +197,11 @@ class PostgreSQLStorage(SQLStorage):
         pool, pid = self._pool, os.getpid()
         if pool is not None and self._pid == pid:
             return pool
+        asked = time.monotonic()
         with self._lock:
             if self._pool is None or self._pid != pid:
+                if self._connected_pid != pid:
+                    self._connect_first(asked)
                 # A pool inherited through fork is abandoned, not closed: its
                 # sockets belong to the parent.
                 self._pool = ConnectionPool(
@@ -170,6 +227,38 @@ class PostgreSQLStorage(SQLStorage):
                 self._pool.open(wait=False)
                 self._pid = pid
             return self._pool
+
+    def _connect_first(self, asked: float) -> None:
+        """One direct attempt before this process's first pool: fail fast, with the cause.
+
+        The pool connects in the background and retries with a backoff, so a
+        request on a server that was never there (a wrong port, a database
+        that does not exist, a refused login) would wait out the pool timeout,
+        log a warning per attempt and learn only that the database is busy.
+        The attempt's own error is the answer instead, at once. Once this
+        process has connected, an outage is the pool's to ride out (requests
+        fail as busy, the pool reconnects by itself), as before. Threads that
+        waited for the lock while an attempt failed share its answer.
+        """
+        failed = self._first_failure
+        if failed is not None and failed[0] >= asked:
+            raise Unavailable(failed[1], public_detail=_UNREACHABLE)
+        timeout = self._pool_args["timeout"]
+        try:
+            params = psycopg.conninfo.conninfo_to_dict(self.url)
+        except psycopg.Error:
+            params = {}
+        extra: dict[str, Any] = (
+            {} if "connect_timeout" in params else {"connect_timeout": max(2, math.ceil(timeout))}
+        )
+        try:
+            psycopg.connect(self.url, autocommit=True, **extra).close()
+        except psycopg.Error as exc:
+            message = connection_failure(exc, self.url)
+            self._first_failure = (time.monotonic(), message)
+            raise Unavailable(message, public_detail=_UNREACHABLE) from None
+        self._first_failure = None
+        self._connected_pid = os.getpid()
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         # The pool keeps its own connection objects: wrappers change them in place.
@@ -266,30 +355,77 @@ class PostgreSQLStorage(SQLStorage):
         """Apply pending migrations (yoyo, with its lock)."""
         try:
             return super().migrate(plugins)
-        except psycopg.OperationalError:
-            raise Unavailable("the database cannot be reached to migrate it") from None
+        except psycopg.OperationalError as exc:
+            cause = connection_failure(exc, self.url)
+            raise Unavailable(f"the database cannot be reached to migrate it: {cause}") from None
 
     def migration_status(self, plugins: Sequence[PluginMigrations] = ()) -> list[MigrationState]:
         """Every migration and whether it is applied."""
         try:
             return super().migration_status(plugins)
-        except psycopg.OperationalError:
-            raise Unavailable("the database cannot be reached") from None
+        except psycopg.OperationalError as exc:
+            raise Unavailable(
+                connection_failure(exc, self.url), public_detail=_UNREACHABLE
+            ) from None
 
     def copy_users(self, rows: Iterable[tuple[User, str]]) -> int:
         """Insert many ``(user, email_key)`` pairs in one transaction with ``COPY``.
 
-        The bulk path (for imports): all or nothing; a taken email fails the
-        whole batch with ``Conflict``. Returns how many rows were written.
+        All or nothing; a taken email fails the whole batch with ``Conflict``.
+        Returns how many rows were written.
         """
-        count = 0
+        batch = [UserRow(user, email_key) for user, email_key in rows]
+        self.insert_users(batch)
+        return len(batch)
+
+    def insert_users(self, rows: Sequence[UserRow]) -> None:
+        """``BulkStorage.insert_users`` with one ``COPY``: a savepoint inside a transaction.
+
+        COPY streams the rows in one statement, past the per-row round trip
+        and plan of an ``INSERT``; the unique indexes still decide a taken
+        email (``Conflict``, and nothing of the batch stays).
+        """
+        if not rows:
+            return
         with (
             self._cursor() as cur,
             cur.connection.transaction(),
             cur.copy(self.queries["copy_users"]) as copy,
         ):
-            for user, email_key in rows:
-                p = insert_params(user, email_key)
+            for row in rows:
+                p = insert_params(row.user, row.email_key, row.name_key, row.next_key)
                 copy.write_row([p[c] for c in _COPY_COLUMNS])
-                count += 1
-        return count
+
+    def insert_rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """``SQLStorage.insert_rows`` with one ``COPY`` (a savepoint inside a transaction)."""
+        if not rows:
+            return
+        statement = pg_sql.SQL("COPY {} ({}) FROM STDIN").format(
+            pg_sql.Identifier(table), pg_sql.SQL(", ").join(map(pg_sql.Identifier, columns))
+        )
+        with self._cursor() as cur, cur.connection.transaction(), cur.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def users_by_email_keys(self, email_keys: Sequence[str]) -> dict[str, User]:
+        """``BulkStorage.users_by_email_keys``: one statement with two ``= ANY`` arrays."""
+        keys = list(dict.fromkeys(email_keys))
+        if not keys:
+            return {}
+        found: dict[str, User] = {}
+        asked = set(keys)
+        rows = self.fetch_all(self.queries["users_by_email_keys"], {"keys": keys})
+        for row in rows:
+            user = self.user_from_row(row[2:])
+            for key in row[:2]:
+                if key in asked:
+                    found[key] = user
+        return found
+
+    def execute_many(self, sql: str, params: Sequence[Mapping[str, Any]]) -> None:
+        """psycopg's ``executemany``: the statements go in one pipeline, not a round trip each."""
+        if params:
+            with self._cursor() as cur:
+                cur.executemany(sql, params)

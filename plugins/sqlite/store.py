@@ -12,8 +12,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from userplane.plugin import ConfigurationError, Conflict, PluginMigrations, Unavailable
-from userplane.sql import Dialect, SQLStorage, load_queries
+from userplane.plugin import (
+    ConfigurationError,
+    Conflict,
+    MigrationState,
+    PluginMigrations,
+    Unavailable,
+)
+from userplane.plugins.sqlite.copying import SQLiteCopying
+from userplane.sql import (
+    Dialect,
+    SQLStorage,
+    load_queries,
+    migration_sources,
+    migration_status,
+)
 
 # Fixed width, so that text order is time order in the keyset index.
 _TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -27,9 +40,17 @@ def _parse_time(value: str) -> datetime:
     return datetime.strptime(value, _TIME).replace(tzinfo=UTC)
 
 
+#: What an HTTP client is told of a database error naming the file (the log has the path).
+_UNUSABLE = "the database cannot be used now"
+
+
 @contextlib.contextmanager
-def _mapped_errors() -> Iterator[None]:
-    """The one place where sqlite3 errors become domain errors."""
+def _mapped_errors(path: str) -> Iterator[None]:
+    """The one place where sqlite3 errors become domain errors.
+
+    Every error about the database names its file, ``path`` (absolute): with
+    a relative URL, "which file?" is the first question.
+    """
     try:
         yield
     except sqlite3.IntegrityError as exc:
@@ -43,13 +64,39 @@ def _mapped_errors() -> Iterator[None]:
     except sqlite3.OperationalError as exc:
         message = str(exc)
         if "no such table" in message:
-            raise Unavailable("the database is not migrated: run `userplane migrate`") from None
+            raise Unavailable(
+                f"the database {path} is not migrated: run `userplane migrate`",
+                public_detail="the database is not migrated",
+            ) from None
         if "locked" in message or "busy" in message:
-            raise Unavailable("the database is busy; retry shortly") from None
-        raise Unavailable("the database cannot be used now") from exc
+            raise Unavailable(
+                f"the database {path} is busy; retry shortly",
+                public_detail="the database is busy; retry shortly",
+            ) from None
+        if "unable to open" in message:
+            if not os.path.exists(path):
+                # Connections never create the file: a command run from another
+                # folder must not silently start an empty database there.
+                raise Unavailable(
+                    f"no database at {path}: run `userplane migrate` to create it",
+                    public_detail=_UNUSABLE,
+                ) from None
+            raise Unavailable(
+                f"cannot open the database {path}: {message}", public_detail=_UNUSABLE
+            ) from None
+        raise Unavailable(
+            f"the database {path} cannot be used now: {message}", public_detail=_UNUSABLE
+        ) from exc
+    except sqlite3.DatabaseError as exc:
+        if type(exc) is not sqlite3.DatabaseError:  # a programming error: a bug, not a state
+            raise
+        # "file is not a database", "database disk image is malformed"
+        raise Unavailable(
+            f"the database {path} cannot be used: {exc}", public_detail=_UNUSABLE
+        ) from None
 
 
-class SQLiteStorage(SQLStorage):
+class SQLiteStorage(SQLiteCopying, SQLStorage):
     """The embedded default. Safe for several gunicorn workers on one file.
 
     WAL lets readers run beside the one writer; ``busy_timeout`` makes a
@@ -70,19 +117,13 @@ class SQLiteStorage(SQLStorage):
 
     def __init__(self, url: str, path: str, busy_timeout_ms: int = 5000) -> None:
         self.url = url
-        self.path = path
+        #: Absolute: resolved once, against the working directory the process started in.
+        self.path = path if path == ":memory:" else os.path.abspath(path)
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._pid = os.getpid()
-        if path != ":memory:":
-            try:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:  # a file where a folder should be, no permission
-                raise ConfigurationError(
-                    f"USERPLANE_DATABASE_URL: cannot make the folder of {path}: {exc.strerror}"
-                ) from None
 
     def _connect(self) -> Any:
         """This thread's connection (a ``sqlite3.Connection``, or a wrapper's proxy of one)."""
@@ -92,11 +133,15 @@ class SQLiteStorage(SQLStorage):
         cached = getattr(self._local, "conn", None)
         if cached is not None and self._local.pid == pid:
             return cached
+        # mode=rw: a missing file is an error, never a new empty database; only
+        # migrate() creates it.
+        memory = self.path == ":memory:"
         conn = sqlite3.connect(
-            self.path,
+            self.path if memory else f"{Path(self.path).as_uri()}?mode=rw",
             timeout=self._busy_timeout_ms / 1000,
             isolation_level=None,  # autocommit: each statement is its own transaction
             check_same_thread=False,
+            uri=not memory,
         )
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
         if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
@@ -134,7 +179,7 @@ class SQLiteStorage(SQLStorage):
             finally:
                 self._local.depth -= 1
             return
-        with _mapped_errors():
+        with _mapped_errors(self.path):
             self._cursor().execute("BEGIN IMMEDIATE")
         self._local.depth = 1
         try:
@@ -145,7 +190,7 @@ class SQLiteStorage(SQLStorage):
             raise
         self._local.depth = 0
         try:
-            with _mapped_errors():
+            with _mapped_errors(self.path):
                 self._cursor().execute("COMMIT")
         except BaseException:
             self._roll_back()
@@ -167,19 +212,24 @@ class SQLiteStorage(SQLStorage):
 
     def fetch_one(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None:
         """The first row, sqlite3 errors mapped."""
-        with _mapped_errors():
+        with _mapped_errors(self.path):
             row: Sequence[Any] | None = self._cursor().execute(sql, params).fetchone()
             return row
 
     def fetch_all(self, sql: str, params: Mapping[str, Any]) -> list[Sequence[Any]]:
         """Every row, sqlite3 errors mapped."""
-        with _mapped_errors():
+        with _mapped_errors(self.path):
             return self._cursor().execute(sql, params).fetchall()
 
     def execute(self, sql: str, params: Mapping[str, Any]) -> int:
         """The rows changed, sqlite3 errors mapped."""
-        with _mapped_errors():
+        with _mapped_errors(self.path):
             return self._cursor().execute(sql, params).rowcount
+
+    def execute_many(self, sql: str, params: Sequence[Mapping[str, Any]]) -> None:
+        """sqlite3's ``executemany``: one statement prepared once for every mapping."""
+        with _mapped_errors(self.path):
+            self._cursor().executemany(sql, params)
 
     def time_from_db(self, value: Any) -> datetime:
         """Fixed-width UTC text to an aware ``datetime``."""
@@ -196,7 +246,7 @@ class SQLiteStorage(SQLStorage):
 
     def ping(self) -> None:
         """Run a trivial query against the users table."""
-        with _mapped_errors():
+        with _mapped_errors(self.path):
             self._cursor().execute("SELECT 1 FROM users LIMIT 1").fetchall()
 
     def close(self) -> None:
@@ -215,9 +265,30 @@ class SQLiteStorage(SQLStorage):
         that connections opened at once do not race to switch it (switching
         takes an exclusive lock that concurrent writers fail on at once).
         """
-        applied = super().migrate(plugins)
         if self.path != ":memory:":
-            with _mapped_errors(), contextlib.closing(sqlite3.connect(self.path)) as conn:
+            try:  # the one command that creates the database: its folder too
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a file where a folder should be, no permission
+                raise ConfigurationError(
+                    f"USERPLANE_DATABASE_URL: cannot make the folder of {self.path}: {exc.strerror}"
+                ) from None
+        with _mapped_errors(self.path):
+            applied = super().migrate(plugins)
+        if self.path != ":memory:":
+            with _mapped_errors(self.path), contextlib.closing(sqlite3.connect(self.path)) as conn:
                 conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
                 conn.execute("PRAGMA journal_mode = WAL")
         return applied
+
+    def migration_url(self) -> str:
+        """The file by its absolute path, as the connections open it."""
+        return self.url if self.path == ":memory:" else f"sqlite:///{self.path}"
+
+    def migration_status(self, plugins: Sequence[PluginMigrations] = ()) -> list[MigrationState]:
+        """Every migration and whether it is applied; a missing file is not created."""
+        if self.path != ":memory:" and not os.path.exists(self.path):
+            # None applied: asked of an empty database in memory, not of a new file.
+            sources = migration_sources(self.dialect.name, self.core_migrations(), plugins)
+            return migration_status("sqlite:///:memory:", sources)
+        with _mapped_errors(self.path):
+            return super().migration_status(plugins)

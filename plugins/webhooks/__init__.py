@@ -3,7 +3,7 @@
 Subscriptions (a URL, event types, a secret) are managed over HTTP
 (``/api/v1/webhooks``, action ``webhooks:manage``) and with ``userplane
 webhooks …``. Every change a subscription asks for writes one outbox row in
-the change's own transaction (``userplane_record_change``): no change
+the change's own transaction (``userplane_record_changes``): no change
 without its deliveries, no delivery without its change. In each serving
 process a dispatcher (``dispatcher``) claims due deliveries in batches, in
 order per user, and sends each subscription's batch over one kept-alive
@@ -226,15 +226,28 @@ def userplane_register_services(registry: Registry) -> None:
 
 
 @hookimpl
-def userplane_record_change(change: Change, registry: Registry) -> None:
-    """One outbox row per live subscription to ``change``'s action, in its transaction."""
+def userplane_record_changes(changes: Sequence[Change], registry: Registry) -> None:
+    """One outbox row per live subscription to each change's action, in their transaction.
+
+    A single change is one ``INSERT … SELECT``; a batch (an import) checks
+    first that anything subscribes, then sends its statements as one batch.
+    """
     if Webhooks not in registry.services:
         return
     from userplane.plugin import utcnow
     from userplane.plugins.webhooks.events import ordering_key, payload
 
     state = registry.services.get(Webhooks)
-    if state.store.record_change(change.action, ordering_key(change), payload(change, utcnow())):
+    now = utcnow()
+    if len(changes) == 1:
+        change = changes[0]
+        wrote = state.store.record_change(change.action, ordering_key(change), payload(change, now))
+    elif state.store.any_live_subscription():
+        state.store.record_changes([(c.action, ordering_key(c), payload(c, now)) for c in changes])
+        wrote = True  # most likely: the dispatcher finds out, at the cost of one claim
+    else:
+        wrote = False
+    if wrote:
         state.wrote.any = True
 
 

@@ -54,6 +54,10 @@ SELECT gen_random_uuid(), s.id, :event_type, :ordering_key, :payload, 'pending',
 FROM webhook_subscriptions AS s
 WHERE s.disabled_at IS NULL AND (:event_type = ANY(s.events) OR '*' = ANY(s.events))
 
+-- name: any_live_subscription
+-- A batch of changes skips the outbox statements when nothing subscribes to anything.
+SELECT 1 FROM webhook_subscriptions WHERE disabled_at IS NULL LIMIT 1
+
 -- name: claim
 -- Due deliveries, each the head of its (subscription, ordering key): no earlier one of
 -- them is still pending, so a receiver gets a user's events in order. SKIP LOCKED: two

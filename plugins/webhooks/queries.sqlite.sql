@@ -59,6 +59,10 @@ FROM webhook_subscriptions AS s
 WHERE s.disabled_at IS NULL
   AND EXISTS (SELECT 1 FROM json_each(s.events) AS e WHERE e.value IN (:event_type, '*'))
 
+-- name: any_live_subscription
+-- A batch of changes skips the outbox statements when nothing subscribes to anything.
+SELECT 1 FROM webhook_subscriptions WHERE disabled_at IS NULL LIMIT 1
+
 -- name: claim
 UPDATE webhook_deliveries
 SET claimed_until = strftime('%Y-%m-%dT%H:%M:%f', 'now', '+' || :lease || ' seconds')

@@ -161,6 +161,22 @@ class WebhookStore:
             {"event_type": event_type, "ordering_key": ordering_key, "payload": payload},
         )
 
+    def any_live_subscription(self) -> bool:
+        """Whether any subscription is live: a batch skips its statements otherwise."""
+        return self._storage.fetch_one(self._sql["any_live_subscription"], {}) is not None
+
+    def record_changes(self, rows: Sequence[tuple[str, str, str]]) -> None:
+        """``record_change`` for each ``(event_type, ordering_key, payload)``, in one batch."""
+        self._storage.execute_many(
+            self._sql["record_change"],
+            [
+                self._storage.params(
+                    {"event_type": event_type, "ordering_key": key, "payload": payload}
+                )
+                for event_type, key, payload in rows
+            ],
+        )
+
     def claim(self, worker: str, limit: int, lease_s: float) -> list[Claimed]:
         """Claim up to ``limit`` due head deliveries for ``lease_s`` seconds, for ``worker``."""
         size = int(limit)
