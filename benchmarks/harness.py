@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from benchmarks import database, load, processes, report
+from benchmarks import bulk, database, load, processes, report
 from benchmarks.sql import columns, statements
 from benchmarks.targets import HttpTarget, OtlpSink, free_port, request
 
@@ -127,6 +127,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--users", type=int, default=10_000, help="seeded users [10000]")
     parser.add_argument(
+        "--bulk-users",
+        type=int,
+        default=None,
+        help="users imported and exported against a raw COPY (benchmarks/bulk.py) "
+        "[100000; 10000 with --quick; 0 skips it]",
+    )
+    parser.add_argument(
         "--pg-url",
         default=os.environ.get("USERPLANE_BENCH_PG_URL", DEFAULT_PG_URL),
         help="a database to create the benchmark database from "
@@ -169,6 +176,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         name, sep, _ = item.partition("=")
         if not sep or not name.startswith("USERPLANE_"):
             parser.error(f"--set takes USERPLANE_NAME=VALUE, not {item!r}")
+    if args.bulk_users is None:
+        args.bulk_users = 10_000 if args.quick else 100_000
     if args.quick:
         args.duration, args.rounds, args.warmup = 3.0, 1, 1.0
     elif args.output is None:
@@ -294,6 +303,7 @@ class Bench:
         self.key = ""
         self.postmaster: int | None = None
         self.seeded: database.Seeded | None = None
+        self.bulk: bulk.BulkResults | None = None
         self.paths: dict[tuple[str, int], str] = {}
         self.pg_scripts: dict[str, Path] = {}
         self.pg_defines: dict[str, str] = {}
@@ -761,6 +771,13 @@ class Bench:
                 report.checks_table(report.recording_checks(summaries, UNRECORDED)),
                 "",
             ]
+        if self.bulk is not None:
+            out += [
+                "## Bulk import and export (`benchmarks/bulk.py`)",
+                "",
+                bulk.table(self.bulk),
+                "",
+            ]
         out += ["## Cold start, memory, telemetry export", ""]
         pairs = []
         if help_ms is not None:
@@ -882,6 +899,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.start_targets()
             bench.measure()
             bench.facts["rss"] = {n: t.peak_rss_kib() for n, t in bench.http.items()}
+            if args.bulk_users > 0:
+                # After the HTTP runs, with their servers still up but idle: the bulk
+                # runs use databases of their own.
+                bench.bulk = bulk.measure(args.pg_url, args.bulk_users, args.rounds, bench.workdir)
             text = bench.render(started, load_before)
             failed = False
         finally:

@@ -51,3 +51,22 @@ def test_targets_that_could_exhaust_max_connections_are_refused_before_starting(
     bench.args = harness.parse_args(["--baseline", "HEAD", "--output", "/dev/null"])
     with pytest.raises(SystemExit, match="106 PostgreSQL connections"):
         bench.check_connection_budget()
+
+
+def test_the_bulk_benchmark_measures_and_reports(tmp_path: Path, postgresql_server: str) -> None:
+    """A small run of benchmarks/bulk.py: every run timed, the targets' table printed."""
+    from benchmarks import bulk
+
+    results = bulk.measure(postgresql_server, 300, 1, tmp_path)
+    assert set(results.runs) == {
+        "raw COPY",
+        "import",
+        "export ndjson",
+        "export csv",
+        "import (audit, webhooks off)",
+    }
+    assert all(r.seconds > 0 for runs in results.runs.values() for r in runs)
+    assert all(r.rss_mib for r in results.runs["import"])
+    table = bulk.table(results)
+    assert "| import >= 50% of raw COPY's rows/s |" in table
+    assert "| export peak RSS < 100 MiB |" in table
