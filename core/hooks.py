@@ -305,11 +305,11 @@ class Hooks:
             self._hook.userplane_record_change(change=change, registry=registry)
 
     def record_change(self, change: Change, registry: Registry) -> None:
-        """``userplane_record_change``: every implementation, in the write's transaction.
+        """``record_changes`` of one change: every recorder sees it, batch or single.
 
         Not isolated: an exception fails (and rolls back) the write.
         """
-        self._hook.userplane_record_change(change=change, registry=registry)
+        self.record_changes((change,), registry)
 
     def changes_committed(self, changes: Sequence[Change], registry: Registry) -> None:
         """``userplane_changes_committed``, listeners isolated."""

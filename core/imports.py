@@ -26,7 +26,7 @@ import attrs
 
 from userplane.auth import current_principal
 from userplane.changes import USER_CREATED, USER_UPDATED
-from userplane.errors import Conflict, FieldError, InvalidInput, PreconditionFailed
+from userplane.errors import Conflict, FieldError, InvalidInput, NotFound, PreconditionFailed
 from userplane.storage import UserRow
 from userplane.users import User, check_fields, utcnow
 
@@ -315,6 +315,9 @@ class UserImporter:
         self._dry_run = dry_run
         self._clock = clock
         self._new_id = new_id
+        #: A dry run's users as earlier batches would have left them (nothing is
+        #: stored): a later row naming one finds it, as in a real import.
+        self._dry: dict[str, User] = {}
 
     def import_batch(self, records: Iterable[Record]) -> BatchResult:
         """Validate and write one batch, in one transaction (tried again on a lost race)."""
@@ -331,9 +334,9 @@ class UserImporter:
             for attempt in range(RETRIES):
                 try:
                     return self._write(rows, rejected)
-                except (Conflict, PreconditionFailed):
-                    # Another writer took an address, or changed a user, between
-                    # this batch's lookup and its write: look again.
+                except (Conflict, PreconditionFailed, NotFound):
+                    # Another writer took an address, or changed, deleted or purged a
+                    # user, between this batch's lookup and its write: look again.
                     if attempt == RETRIES - 1:
                         raise
             raise AssertionError("unreachable")
@@ -351,6 +354,10 @@ class UserImporter:
         writing = contextlib.nullcontext() if self._dry_run else changes.writing()
         with writing, contextlib.nullcontext() if self._dry_run else storage.transaction():
             found = storage.users_by_email_keys([r.email_key for r in rows])
+            if self._dry_run:
+                found.update(
+                    {r.email_key: self._dry[r.email_key] for r in rows if r.email_key in self._dry}
+                )
             # A user created earlier in this batch is "found" by the rows after it.
             pending: dict[str, int] = {}
             new: list[UserRow] = []
@@ -395,12 +402,14 @@ class UserImporter:
                     updated.append((stored, after, frozenset(outcome)))
                     found[key] = after  # a later row of the file finds it as it is now
                 else:
-                    found[key] = attrs.evolve(stored, **outcome)
+                    found[key] = self._dry[key] = attrs.evolve(stored, **outcome)
                     counts.updated += 1
             counts.created = len(new)
             counts.updated += len(updated)
             counts.rejected = len(rejected)
-            if not self._dry_run:
+            if self._dry_run:
+                self._dry.update({r.email_key: r.user for r in new})
+            else:
                 storage.insert_users(new)
                 for user_row in new:
                     changes.record_user(USER_CREATED, None, user_row.user)

@@ -117,14 +117,19 @@ def populate(url: str, env: dict[str, str]) -> Instance:
 
 
 def dump(registry: Registry) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table, as the store holds it (through its own copy session)."""
+    """Every row of every table, as the store holds it (through its own copy session).
+
+    But transaction ids: the copy's are the target's own (a copied audit event
+    keeps every hashed value, not the source server's id of its transaction).
+    """
     storage = registry.storage
     assert isinstance(storage, CopyableStorage)
     out = {}
     tables = [t for t in storage.copy_tables() if t.name not in EPHEMERAL]
     with storage.copy_session(write=False) as session:
         for table in tables:
-            rows = [r for batch in session.rows(table, table.columns, 2) for r in batch]
+            columns = [c for c in table.columns if c.kind != "txid"]
+            rows = [r for batch in session.rows(table, columns, 2) for r in batch]
             out[table.name] = sorted(rows, key=repr)
     return out
 

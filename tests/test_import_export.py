@@ -1948,6 +1948,55 @@ def test_a_killed_import_process_resumes(
     assert {u.email for u in every_user(registry)} == {r["email"] for r in users_rows(total)}
 
 
+def test_ctrl_c_stops_an_import_in_one_line_and_it_resumes(
+    database_url: str, registry: Registry, tmp_path: Path
+) -> None:
+    total = 3000
+    path = write_ndjson(tmp_path / "in.ndjson", users_rows(total))
+    state = Path(f"{path}.import-state")
+    env = process_env(tmp_path, database_url)
+    proc = subprocess.Popen(
+        [str(SCRIPT), "users", "import", str(path), "--batch-size", "25"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not state.exists():
+        assert proc.poll() is None, "the import ended before it could be interrupted"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert out == ""
+    lines = [x for x in err.splitlines() if x.strip()]
+    # The batch under way finishes: committed, announced and its place saved.
+    assert lines[0] == "userplane: stopping after the batch under way (Ctrl-C again to stop now)"
+    assert lines[-1].startswith("userplane: interrupted: ")
+    assert " rows done, up to line " in lines[-1]
+    assert lines[-1].endswith("run the same command to resume")
+    saved = json.loads(state.read_text())
+    assert row_count(registry) == saved["line"]  # nothing committed past the saved place
+    assert "Traceback" not in err
+    again = subprocess.run(
+        [str(SCRIPT), "users", "import", str(path), "--batch-size", "25", "--summary", "json"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert again.returncode == 0, (again.stdout, again.stderr)
+    summary = json.loads(again.stdout)
+    assert "resuming" in again.stderr
+    assert summary == {**summary, "created": total, "skipped": 0}
+    assert row_count(registry) == total
+
+
 # -- reading, directly ----------------------------------------------------------------------------
 
 

@@ -172,6 +172,12 @@ class UserplaneGroup(click.Group):
             raise _masked_click_error(exc, ctx) from None
         except click.exceptions.Exit:
             raise
+        except BrokenPipeError:
+            # The reader went away (`| head`): it has what it wanted. stdout goes to
+            # /dev/null, so that the interpreter's last flush does not fail again.
+            with contextlib.suppress(OSError, ValueError):  # a stdout with no descriptor
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(0)
         except Exception as exc:  # a bug: say so in one line, never a traceback
             # Masked: a library's message may quote a setting, or the piece of a
             # password its URL parser cut off ("Port could not be cast … 'pa'").

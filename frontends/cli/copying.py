@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
 
 import attrs
 import click
@@ -72,6 +73,10 @@ def copy(state: State, to: str, replace: bool, batch_size: int, progress: bool, 
     from userplane.registry import Registry
 
     source = state.registry
+    try:
+        _ = urlsplit(to).port  # a port that is no number fails here, not deep in a driver
+    except ValueError:
+        raise ConfigurationError(f"--to: the port of {mask_url(to)} is not a number") from None
     try:
         opened = Registry(attrs.evolve(state.settings, database_url=to))
     except ConfigurationError as exc:  # about the URL given, not the setting

@@ -69,6 +69,11 @@ def _csv_cell(value: Any) -> str:
         import orjson
 
         return orjson.dumps(value).decode()
+    if isinstance(value, str):
+        # A name beginning with "=" must not run as a formula in a spreadsheet.
+        from userplane.imports import escape_cell
+
+        return escape_cell(value)
     return str(value)
 
 

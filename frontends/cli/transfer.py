@@ -6,8 +6,10 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -21,6 +23,8 @@ from userplane.frontends.cli.users import users
 if TYPE_CHECKING:
     from userplane.imports import Counts, Record
 
+#: The exit code of an import stopped by Ctrl-C (128 + SIGINT, as shells report it).
+INTERRUPTED = 130
 #: Errors shown on stderr at most; the rejects file has every rejected row.
 SHOWN_ERRORS = 20
 _STATE_VERSION = 1
@@ -59,17 +63,14 @@ def export(state: State, fmt: str, include_deleted: bool, output: str | None) ->
         else (line.encode() for line in exports.csv_rows(users_))
     )
     if output is None:
-        out = sys.stdout.buffer
-        try:
-            for chunk in chunks:
-                out.write(chunk)
-            out.flush()
-        except BrokenPipeError:
-            # The reader went away (`| head`): it has what it wanted. stdout goes to
-            # /dev/null so that the interpreter's last flush does not fail again.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
+        out = sys.stdout.buffer  # a reader gone (`| head`): the group ends quietly
+        for chunk in chunks:
+            out.write(chunk)
+        out.flush()
         return
+    folder = Path(output).resolve().parent
+    if not folder.is_dir():
+        raise click.BadParameter(f"{str(folder)!r} is not a folder", param_hint="'-o'")
     count = _write_atomically(Path(output), chunks) - (fmt == "csv")
     click.echo(f"exported {count} user{'s' if count != 1 else ''} to {output}", err=True)
 
@@ -174,7 +175,12 @@ def import_(
     # Named so that the format is known again when it is fixed and imported.
     rejects_path = Path(rejects) if rejects else None if stdin else Path(f"{file}.rejects.{fmt}")
     state_path = None if stdin or dry_run else Path(f"{file}.import-state")
-    options = {"format": fmt, "on_conflict": on_conflict}
+    # The database too: a place kept for one database must not skip rows in another.
+    options = {
+        "format": fmt,
+        "on_conflict": on_conflict,
+        "database": _database_of(state),
+    }
     done, counts = 0, Counts()
     if state_path is not None and path is not None and state_path.exists() and not restart:
         done, counts = _resume(state_path, path, options)
@@ -192,6 +198,8 @@ def import_(
                 err=True,
             )
             state_path = None
+    if rejects_path is not None and not dry_run:
+        _check_writable(rejects_path, "--rejects")
     importer = UserImporter(
         state.registry, OnConflict(on_conflict), dry_run=dry_run
     )  # settings and storage are read here: errors surface before any output
@@ -214,19 +222,35 @@ def import_(
             desc="dry run" if dry_run else "import",
         ) as bar,
     ):
-        for batch in batches(_records(stream, fmt, done), batch_size):
-            result = importer.import_batch(batch)
-            counts.add(result.counts)
-            for bad in result.rejected:
-                rejected_out.write(bad.raw, stream.header_line if fmt == "csv" else None)
-                for line in bad.lines():
-                    if errors_shown < SHOWN_ERRORS:
-                        bar.write(line, file=sys.stderr)
-                    errors_shown += 1
-            rejected_out.flush()
-            if state_path is not None and path is not None:
-                _save_state(state_path, path, options, batch[-1].line, counts)
-            bar.update(len(batch))
+        interrupt = _Interrupt(bar)
+        try:
+            for batch in interrupt.until_asked(batches(_records(stream, fmt, done), batch_size)):
+                result = importer.import_batch(batch)
+                counts.add(result.counts)
+                for bad in result.rejected:
+                    rejected_out.write(bad.raw, stream.header_line if fmt == "csv" else None)
+                    for line in bad.lines():
+                        if errors_shown < SHOWN_ERRORS:
+                            bar.write(line, file=sys.stderr)
+                        errors_shown += 1
+                rejected_out.flush()
+                if state_path is not None and path is not None:
+                    _save_state(state_path, path, options, batch[-1].line, counts)
+                done = batch[-1].line
+                bar.update(len(batch))
+        except KeyboardInterrupt:  # a second Ctrl-C: stopped inside a batch
+            interrupt.abrupt = True
+        finally:
+            interrupt.restore()
+    if interrupt.asked:
+        again = "run the same command to resume" if state_path else "run it again"
+        where = (
+            "the batch under way may or may not have committed (a re-run skips what is there)"
+            if interrupt.abrupt
+            else f"{counts.rows} rows done, up to line {done}"
+        )
+        click.echo(f"userplane: interrupted: {where}; {again}", err=True)
+        raise SystemExit(INTERRUPTED)
     if state_path is not None:
         with contextlib.suppress(FileNotFoundError):
             state_path.unlink()
@@ -239,6 +263,69 @@ def import_(
             f"{counts.rejected} row{'s' if counts.rejected != 1 else ''} rejected"
             + (f": see {rejects_path}" if rejects_path and not dry_run else "")
         )
+
+
+class _Interrupt:
+    """Ctrl-C between batches: the batch under way finishes (commit, hooks, saved place).
+
+    A batch is written, then announced to plugins, then its place saved: stopped
+    half-way, it would be committed but not counted. The first Ctrl-C asks to
+    stop after it; a second one stops at once.
+    """
+
+    def __init__(self, bar: Any) -> None:
+        self.asked = False
+        self.abrupt = False
+        self._bar = bar
+        self._previous: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+        self._bar.write(
+            "userplane: stopping after the batch under way (Ctrl-C again to stop now)",
+            file=sys.stderr,
+        )
+
+    def until_asked(self, batches: Iterator[list[Record]]) -> Iterator[list[Record]]:
+        """``batches`` until a stop is asked for."""
+        for batch in batches:
+            if self.asked:
+                return
+            yield batch
+
+    def restore(self) -> None:
+        """The SIGINT handler as it was."""
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+        if self.abrupt:
+            self.asked = True
+
+
+def _database_of(state: State) -> str:
+    """Which database an import writes to, for its saved place: a file's path or a URL, masked."""
+    from userplane.settings import mask_url
+
+    storage = state.registry.storage
+    path = getattr(storage, "path", None)
+    return str(path) if isinstance(path, str) else mask_url(state.settings.database_url)
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """Fail now, in one line, if ``path`` cannot be written (before any row is)."""
+    existed = path.exists()
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot write {str(path)!r}: {exc.strerror}", param_hint=f"'{option}'"
+        ) from None
+    if not existed:
+        path.unlink()
 
 
 def _records(stream: Any, fmt: str, done: int) -> Iterator[Record]:

@@ -260,9 +260,14 @@ class _Session:
 
         if not rows:
             return
-        given = {c.name for c in columns}
-        # A transaction id the source has no counterpart for: this transaction's.
-        stamped = [c.name for c in table.columns if c.kind == "txid" and c.name not in given]
+        # A transaction id is this transaction's, whatever the source held: another
+        # server's ids mean nothing here (an audit event not yet chained would wait for
+        # this server's counter to pass one), and SQLite has none.
+        kept = [i for i, c in enumerate(columns) if c.kind != "txid"]
+        if len(kept) < len(columns):
+            rows = [tuple(row[i] for i in kept) for row in rows]
+            columns = [columns[i] for i in kept]
+        stamped = [c.name for c in table.columns if c.kind == "txid"]
         txid = [self._transaction_id()] * len(stamped)
         names = [c.name for c in columns] + stamped
         kinds = [c.kind for c in columns]
