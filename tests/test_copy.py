@@ -40,6 +40,9 @@ from userplane.plugins.audit import trail_of
 from userplane.storage import CopyableStorage
 from userplane.users import NewUser, UserChanges
 
+# Copies between real databases, one as a real process.
+pytestmark = pytest.mark.e2e
+
 PG_ENV = "USERPLANE_TEST_POSTGRESQL_URL"
 #: Not copied (ephemeral) and not compared.
 EPHEMERAL = {"rate_limits"}

@@ -31,6 +31,9 @@ from userplane.plugins.postgresql.store import PostgreSQLStorage, connection_fai
 from userplane.plugins.sqlite import SQLiteStorage, userplane_describe
 from userplane.testing import insert, make_user
 
+# Real CLI processes against unreachable servers.
+pytestmark = pytest.mark.e2e
+
 PG_ENV = "USERPLANE_TEST_POSTGRESQL_URL"
 
 

@@ -59,6 +59,9 @@ from userplane.sealed_storage import INDEX_KEYS_SETTING, KEYS_SETTING, SealedSto
 from userplane.storage import BulkStorage
 from userplane.users import MAX_FULL_NAME, check_fields
 
+# Imports and exports through the CLI, many as real processes.
+pytestmark = pytest.mark.e2e
+
 PG_ENV = "USERPLANE_TEST_POSTGRESQL_URL"
 PROBLEM_JSON = "application/problem+json"
 #: The exit code of ``InvalidInput`` (rows rejected), of a usage error, of ``Unavailable``.

@@ -10,7 +10,11 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from serving import SCRIPT, running_server
+
+# A real server and the walkthrough's processes.
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "<!-- admin-walkthrough -->"

@@ -14,6 +14,9 @@ import pytest
 
 import userplane
 
+# Real CLI processes.
+pytestmark = pytest.mark.e2e
+
 SCRIPT = Path(sys.executable).parent / "userplane"
 ENTRY_POINTS = {
     "module": [sys.executable, "-m", "userplane"],
