@@ -176,11 +176,11 @@ def userplane_http_routes(app: Any, registry: Registry) -> None:
 
 @hookimpl
 def userplane_openapi(document: dict[str, Any], registry: Registry) -> None:
-    """The key routes and their schemas (not the role names: the document is public)."""
+    """The key routes and their schemas; a new key's role is one of this registry's roles."""
     if ApiKeys in registry.services:
         from userplane.plugins.api_keys.openapi import add_to
 
-        add_to(document)
+        add_to(document, registry.auth.roles)
 
 
 @hookimpl

@@ -115,7 +115,7 @@ def name_schema() -> dict[str, Any]:
     }
 
 
-def _schemas() -> dict[str, Any]:
+def _schemas(roles: list[str]) -> dict[str, Any]:
     time = {"type": "string", "format": "date-time"}
     nullable_time = {"type": ["string", "null"], "format": "date-time"}
     record = {
@@ -147,11 +147,8 @@ def _schemas() -> dict[str, Any]:
                 "name": name_schema(),
                 "role": {
                     "type": "string",
-                    "minLength": 1,
-                    # Not an enum: the document is public, and a service's own role
-                    # names are not for anonymous readers. An unknown one is a 422.
-                    "description": "A role of this service (`admin`, `editor`, `viewer`, "
-                    "`auditor`, or one of `USERPLANE_ROLES`); the caller's own roles must grant "
+                    "enum": roles,
+                    "description": "A role of this service; the caller's own roles must grant "
                     "every action it grants (else 403).",
                 },
                 "expires_in": {
@@ -199,10 +196,10 @@ def _schemas() -> dict[str, Any]:
     }
 
 
-def add_to(document: dict[str, Any]) -> None:
+def add_to(document: dict[str, Any], roles: Iterable[str]) -> None:
     """Add ``/api/v1/keys`` and ``/api/v1/keys/{key_id}`` and their schemas.
 
-    The roles a key may take are not listed: the document is public.
+    ``roles``: every role the registry defines, the values a new key's role may take.
     """
     request_id = _ref("parameters", "X-Request-ID")
     needs = (
@@ -299,4 +296,4 @@ def add_to(document: dict[str, Any]) -> None:
             },
         },
     }
-    document["components"]["schemas"].update(_schemas())
+    document["components"]["schemas"].update(_schemas(sorted(roles)))
