@@ -7,7 +7,15 @@ Settings (``USERPLANE_JWT_*``):
 
 - ``ALGORITHM``: ``HS256``/``384``/``512``, ``RS…``, ``PS…``, ``ES…`` or ``EdDSA``;
 - ``KEY`` (an HMAC secret or a PEM public key), or ``KEY_FILE`` (a PEM file),
-  or ``JWKS_FILE`` (a local JSON Web Key Set, keys picked by ``kid``);
+  or ``JWKS_FILE`` (a local JSON Web Key Set, keys picked by ``kid``), or
+  ``JWKS_URL`` (the provider's JWKS, https; fetched, cached and refreshed as
+  ``keysets`` says), or ``DISCOVERY=true`` (the JWKS URL from
+  ``<ISSUER>/.well-known/openid-configuration``): exactly one;
+- ``JWKS_TIMEOUT_SECONDS`` (5), ``JWKS_CACHE_SECONDS`` (300) and
+  ``JWKS_REFRESH_INTERVAL_SECONDS`` (30): for ``JWKS_URL`` and ``DISCOVERY``,
+  how long a fetch may take, how long a fetched set is used, and how far apart
+  fetches are at least (a token naming an unknown ``kid`` refreshes the set,
+  no more often than that);
 - ``ISSUER`` and ``AUDIENCE``: checked when set. In prod both are required
   (start-up fails naming them), unless ``ALLOW_ANY_AUDIENCE=true`` says, with a
   warning at every start, that any token the key signed may be used here, one
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,10 +59,12 @@ from userplane.plugin import (
 
 if TYPE_CHECKING:
     from userplane.plugin import Registry
+    from userplane.plugins.bearer_jwt.keysets import RemoteKeySet
 
 # PyJWT (and the cryptography it loads) is imported where a key or token is
 # handled, not here: every userplane process loads this plugin, and one that
-# never sees a JWT (the CLI, --help) must not pay for it.
+# never sees a JWT (the CLI, --help) must not pay for it. So is ``keysets``
+# (urllib.request, http.client, ssl): it is loaded where a key set is built.
 
 _log = logging.getLogger("userplane.jwt")
 
@@ -74,6 +85,21 @@ def _leeway(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
 def _max_lifetime(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
     if value < 1:
         raise ValueError("USERPLANE_JWT_MAX_LIFETIME_SECONDS: must be at least 1")
+
+
+def _timeout(_: Any, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (math.isfinite(value) and 0 < value <= 60):
+        raise ValueError("USERPLANE_JWT_JWKS_TIMEOUT_SECONDS: must be more than 0 and at most 60")
+
+
+def _cache(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 1 <= value <= 86400:
+        raise ValueError("USERPLANE_JWT_JWKS_CACHE_SECONDS: must be between 1 and 86400")
+
+
+def _refresh(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 1 <= value <= 3600:
+        raise ValueError("USERPLANE_JWT_JWKS_REFRESH_INTERVAL_SECONDS: must be between 1 and 3600")
 
 
 #: ``USERPLANE_JWT_ROLES_CLAIM_SEPARATOR``'s word for any run of whitespace.
@@ -98,6 +124,16 @@ class JwtSettings:
     key: str | None = setting(default=None, secret=True, repr=False)
     key_file: str | None = None
     jwks_file: str | None = None
+    #: The provider's JWKS, fetched over https (http only to a loopback host).
+    jwks_url: str | None = None
+    #: Find the JWKS URL in ``<ISSUER>/.well-known/openid-configuration``.
+    discovery: bool = False
+    #: How long one fetch of the JWKS (or discovery document) may take.
+    jwks_timeout_seconds: float = attrs.field(default=5.0, validator=_timeout)
+    #: How long a fetched JWKS is used before it is fetched again.
+    jwks_cache_seconds: int = attrs.field(default=300, validator=_cache)
+    #: The least time between two fetches, whatever made them (an unknown ``kid``, a failure).
+    jwks_refresh_interval_seconds: int = attrs.field(default=30, validator=_refresh)
     issuer: str | None = None
     audience: str | None = None
     #: In prod, accept tokens without checking whom they were issued for or by.
@@ -112,7 +148,12 @@ class JwtSettings:
     @property
     def configured(self) -> bool:
         """Whether any key material is set: the plugin is on."""
-        return any((self.key, self.key_file, self.jwks_file))
+        return any((self.key, self.key_file, self.jwks_file, self.jwks_url, self.discovery))
+
+    @property
+    def remote(self) -> bool:
+        """Whether keys are fetched from the provider: ``JWKS_URL`` or ``DISCOVERY``."""
+        return bool(self.jwks_url or self.discovery)
 
 
 def _read(path: str, name: str) -> str:
@@ -131,18 +172,24 @@ class Verifier:
                 "USERPLANE_JWT_ALGORITHM: must be one of "
                 f"{', '.join(sorted(ALGORITHMS))} when a JWT key is set"
             )
-        if sum(bool(v) for v in (cfg.key, cfg.key_file, cfg.jwks_file)) != 1:
+        sources = (cfg.key, cfg.key_file, cfg.jwks_file, cfg.jwks_url, cfg.discovery)
+        if sum(bool(v) for v in sources) != 1:
             raise ConfigurationError(
-                "USERPLANE_JWT_KEY, USERPLANE_JWT_KEY_FILE, USERPLANE_JWT_JWKS_FILE: "
-                "set exactly one"
+                "USERPLANE_JWT_KEY, USERPLANE_JWT_KEY_FILE, USERPLANE_JWT_JWKS_FILE, "
+                "USERPLANE_JWT_JWKS_URL, USERPLANE_JWT_DISCOVERY: set exactly one"
             )
-        import jwt
-
         self.cfg = cfg
         self.algorithm: str = cfg.algorithm
-        algorithm = jwt.get_algorithm_by_name(self.algorithm)
         self._key: Any = None
         self._jwks: dict[str, Any] = {}
+        #: The provider's keys, with ``JWKS_URL`` or ``DISCOVERY``; fetched on first use.
+        self.remote: RemoteKeySet | None = None
+        if cfg.remote:
+            self.remote = _remote(cfg, self.algorithm)
+            return
+        import jwt
+
+        algorithm = jwt.get_algorithm_by_name(self.algorithm)
         if cfg.jwks_file:
             self._jwks = self._load_jwks(cfg.jwks_file)
             return
@@ -172,23 +219,30 @@ class Verifier:
     def _load_jwks(self, path: str) -> dict[str, Any]:
         import jwt
 
+        from userplane.plugins.bearer_jwt.keysets import usable_keys
+
         name = "USERPLANE_JWT_JWKS_FILE"
         try:
-            keys = jwt.PyJWKSet.from_json(_read(path, name))
-        except (jwt.PyJWKSetError, jwt.InvalidKeyError, json.JSONDecodeError, ValueError) as exc:
+            usable = usable_keys(json.loads(_read(path, name)), self.algorithm)
+        except (jwt.PyJWTError, ValueError) as exc:
             raise ConfigurationError(f"{name}: not a usable JWKS ({exc})") from None
-        usable = {k.key_id or "": k for k in keys.keys if k.algorithm_name == self.algorithm}
         if not usable:
             raise ConfigurationError(f"{name}: no key for {self.algorithm}")
         return usable
 
     def _key_for(self, token: str) -> Any:
-        if not self._jwks:
+        if not self._jwks and self.remote is None:
             return self._key
         import jwt
 
-        kid = jwt.get_unverified_header(token).get("kid") or ""
-        found = self._jwks.get(kid) if kid else next(iter(self._jwks.values()))
+        kid = jwt.get_unverified_header(token).get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise Unauthenticated(REJECTED)
+        if self.remote is not None:
+            # Without a kid, only a set of one key answers: no guessing among several.
+            found = self.remote.get(kid or None)
+        else:
+            found = self._jwks.get(kid) if kid else next(iter(self._jwks.values()))
         if found is None:
             raise Unauthenticated(REJECTED)
         return found
@@ -225,6 +279,37 @@ class Verifier:
             raise Unauthenticated(REJECTED)
         roles = frozenset(r for r in found if r in known_roles)
         return Principal(id=f"jwt:{subject}", kind="jwt", roles=roles, name=subject)
+
+
+def _remote(cfg: JwtSettings, algorithm: str) -> RemoteKeySet:
+    """The key set for ``JWKS_URL`` or ``DISCOVERY``, settings checked; nothing fetched yet."""
+    from userplane.plugins.bearer_jwt.keysets import RemoteKeySet, check_url
+
+    name = "USERPLANE_JWT_JWKS_URL" if cfg.jwks_url else "USERPLANE_JWT_DISCOVERY"
+    if algorithm.startswith("HS"):
+        raise ConfigurationError(
+            f"{name}: {algorithm} keys are shared secrets, which no provider publishes; "
+            "use the provider's signature algorithm (RS256, ES256, …)"
+        )
+    url = issuer = None
+    if cfg.jwks_url:
+        url = check_url(cfg.jwks_url, name)
+    else:
+        if not cfg.issuer:
+            raise ConfigurationError(
+                f"{name}: needs USERPLANE_JWT_ISSUER, whose "
+                "/.well-known/openid-configuration names the JWKS URL"
+            )
+        issuer = cfg.issuer
+        check_url(issuer, "USERPLANE_JWT_ISSUER")
+    return RemoteKeySet(
+        algorithm,
+        url=url,
+        issuer=issuer,
+        timeout=cfg.jwks_timeout_seconds,
+        cache_seconds=cfg.jwks_cache_seconds,
+        refresh_interval=cfg.jwks_refresh_interval_seconds,
+    )
 
 
 def _lifetime_within(claims: dict[str, Any], most: int) -> bool:
@@ -347,12 +432,21 @@ def userplane_auth_challenges(settings: Settings) -> str | None:
 
 
 @hookimpl
-def userplane_describe(settings: Settings) -> dict[str, str]:
-    """Whether JWTs are accepted, and from whom."""
+def userplane_describe(settings: Settings, registry: Registry | None) -> dict[str, str]:
+    """Whether JWTs are accepted, from whom, and where their keys come from."""
     cfg = section(JwtSettings, settings, "JWT_")
     if not cfg.configured:
         return {}
     issuer = f" from {mask_url(cfg.issuer)}" if cfg.issuer else ""
     waived = cfg.allow_any_audience and not (cfg.issuer and cfg.audience)
     checks = ", audience and issuer NOT checked" if waived else ""
-    return {"jwt": f"{cfg.algorithm} bearer tokens{issuer}{checks}"}
+    keys = ""
+    if cfg.jwks_url:
+        keys = f", keys from {mask_url(cfg.jwks_url)}"
+    elif cfg.discovery and cfg.issuer:
+        keys = f", keys from {mask_url(cfg.issuer.rstrip('/'))}/.well-known/openid-configuration"
+    if cfg.remote and registry is not None:
+        verifier = registry.services.get(JwtVerifier).verifier
+        if verifier is not None and verifier.remote is not None:
+            keys += f" ({verifier.remote.describe()})"
+    return {"jwt": f"{cfg.algorithm} bearer tokens{issuer}{keys}{checks}"}
