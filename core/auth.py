@@ -15,7 +15,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import ipaddress
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -38,6 +39,10 @@ USERS_PURGE = "users:purge"
 #: Reading every user at once (``GET /api/v1/users/export``): bulk personal data.
 USERS_EXPORT = "users:export"
 KEYS_MANAGE = "keys:manage"
+#: Reading groups and their members.
+GROUPS_READ = "groups:read"
+#: Creating, renaming and deleting groups, and changing their members and roles.
+GROUPS_WRITE = "groups:write"
 
 ACTIONS = frozenset(
     {
@@ -49,8 +54,55 @@ ACTIONS = frozenset(
         USERS_PURGE,
         USERS_EXPORT,
         KEYS_MANAGE,
+        GROUPS_READ,
+        GROUPS_WRITE,
     }
 )
+
+#: What a role grants when it grants every action (the built-in ``admin``).
+EVERY_ACTION = "*"
+
+
+def beyond(held: Iterable[str], role: str, roles: Mapping[str, Collection[str]]) -> frozenset[str]:
+    """The actions ``role`` grants that the roles ``held`` do not; empty when they grant all.
+
+    A role granting every action (``*``) is covered only by a held role that
+    grants every action too. A role ``roles`` does not define grants nothing,
+    so any holder covers it.
+    """
+    granted: set[str] = set()
+    for name in held:
+        granted.update(roles.get(name, ()))
+    if EVERY_ACTION in granted:
+        return frozenset()
+    return frozenset(roles.get(role, ())) - granted
+
+
+def check_may_grant(
+    by: Principal | None,
+    granted: Iterable[str],
+    roles: Mapping[str, Collection[str]],
+    doing: str,
+) -> None:
+    """``Forbidden`` unless ``by``'s roles grant every action of each role in ``granted``.
+
+    The rule against privilege escalation: a principal may hand out (a key
+    with a role, a group granting roles, a member added to such a group) or
+    take away only what its own roles grant. ``by=None`` (code embedding the
+    core) is not checked. ``doing`` names the act, for the message:
+    ``"create a key with role"`` reads "may not create a key with role 'admin'".
+    """
+    if by is None:
+        return
+    for role in sorted(granted):
+        missing = beyond(by.roles, role, roles)
+        if missing:
+            what = "every action" if EVERY_ACTION in missing else ", ".join(sorted(missing))
+            raise Forbidden(
+                f"this principal may not {doing} {role!r}: that role grants "
+                f"{what}, beyond what this principal's own roles grant"
+            )
+
 
 #: The namespaces of userplane's own actions: a plugin's actions live in namespaces of
 #: its own ("reports:read"), so a role naming an unknown action in these is a typo.
@@ -68,6 +120,9 @@ class Principal:
     roles: frozenset[str] = frozenset()
     #: A display name for logs (a key's name), when there is one.
     name: str | None = None
+    #: The user this principal acts as, when its plugin links one (a token's subject):
+    #: authentication then adds the roles of that user's groups to ``roles``.
+    user_id: uuid.UUID | None = None
 
 
 @attrs.frozen
@@ -257,7 +312,19 @@ class AuthService:
                 self.rate_limit(AUTH_FAILURE, subject)
                 raise Unauthenticated("the credentials were not accepted")
             raise Unauthenticated("credentials are required: Authorization: Bearer <key or token>")
+        if principal.user_id is not None:
+            principal = self._with_group_roles(principal, principal.user_id)
         return principal
+
+    def _with_group_roles(self, principal: Principal, user_id: uuid.UUID) -> Principal:
+        """``principal`` with the roles of its user's groups added (its own plus its groups')."""
+        groups = self._registry.groups
+        if not groups.available:
+            return principal
+        extra = groups.roles_of(user_id) - principal.roles
+        if not extra:
+            return principal
+        return attrs.evolve(principal, roles=principal.roles | extra)
 
     def rate_limit(self, kind: str, subject: str, consume: bool = True) -> Quota | None:
         """Ask the rate limiter about one request of ``kind`` by ``subject``; ``None``: no limit.

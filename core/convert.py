@@ -14,6 +14,7 @@ import cattrs
 from cattrs.preconf.json import make_converter
 
 from userplane.errors import FieldError, InvalidInput
+from userplane.groups import Group, GroupChanges, NewGroup
 from userplane.users import UNSET, NewUser, Unset, User, UserChanges, check_fields
 
 T = TypeVar("T")
@@ -164,13 +165,101 @@ def user_from_dict(data: dict[str, Any]) -> User:
     return api.structure(data, User)
 
 
+def _role_list(value: Any, field: str, errors: list[FieldError]) -> frozenset[str] | None:
+    if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
+        errors.append(FieldError(field, "must be a list of role names"))
+        return None
+    return frozenset(value)
+
+
+_GROUP_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "display_name": ((str,), "must be a string"),
+    "external_id": ((str, type(None)), "must be a string or null"),
+    "roles": ((list,), "must be a list of role names"),
+}
+
+
+def _group_fields(data: Any, required: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise InvalidInput.for_field("$", "must be a JSON object")
+    errors: list[FieldError] = []
+    fields: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in _GROUP_TYPES:
+            errors.append(FieldError(f"$.{key}", "unknown field"))
+        elif key == "roles":
+            roles = _role_list(value, "$.roles", errors)
+            if roles is not None:
+                fields["roles"] = roles
+        elif not isinstance(value, _GROUP_TYPES[key][0]):
+            errors.append(FieldError(f"$.{key}", _GROUP_TYPES[key][1]))
+        else:
+            fields[key] = value
+    errors += [FieldError(f"$.{k}", "is required") for k in required if k not in data]
+    if errors:
+        raise _invalid(errors)
+    return fields
+
+
+def new_group_from(data: Any) -> NewGroup:
+    """A ``NewGroup`` from a JSON object (``display_name`` required; ``roles``, ``external_id``)."""
+    return NewGroup(**_group_fields(data, ("display_name",)))
+
+
+def group_changes_from(data: Any) -> GroupChanges:
+    """``GroupChanges`` from a JSON merge-patch object: absent keys stay ``UNSET``."""
+    fields = _group_fields(data, ())
+    if fields.get("display_name", "") is None:
+        raise InvalidInput.for_field("$.display_name", "must not be null")
+    return GroupChanges(**fields)
+
+
+def group_to_dict(group: Group) -> dict[str, Any]:
+    """The public JSON shape of a group (roles sorted)."""
+    return {
+        "id": str(group.id),
+        "display_name": group.display_name,
+        "external_id": group.external_id,
+        "roles": sorted(group.roles),
+        "created_at": api.unstructure(group.created_at),
+        "updated_at": api.unstructure(group.updated_at),
+        "version": group.version,
+    }
+
+
+def user_ids_from(data: Any, field: str = "user_ids") -> list[uuid.UUID]:
+    """The user ids of ``{"user_ids": [...]}``; ``InvalidInput`` naming each bad one."""
+    if not isinstance(data, dict):
+        raise InvalidInput.for_field("$", "must be a JSON object")
+    unknown = [FieldError(f"$.{k}", "unknown field") for k in data if k != field]
+    if field not in data:
+        raise _invalid([*unknown, FieldError(f"$.{field}", "is required")])
+    values = data[field]
+    if not isinstance(values, list):
+        raise _invalid([*unknown, FieldError(f"$.{field}", "must be a list of user ids")])
+    ids: list[uuid.UUID] = []
+    errors = list(unknown)
+    for i, value in enumerate(values):
+        try:
+            ids.append(uuid.UUID(value))
+        except (TypeError, ValueError, AttributeError):
+            errors.append(FieldError(f"$.{field}[{i}]", "must be a user id (a UUID)"))
+    if errors:
+        raise _invalid(errors)
+    return ids
+
+
 __all__ = [
     "UNSET",
     "Unset",
     "changes_from",
     "field_errors",
+    "group_changes_from",
+    "group_to_dict",
+    "new_group_from",
     "new_user_from",
     "structure",
     "user_from_dict",
+    "user_ids_from",
     "user_to_dict",
 ]

@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from userplane.auth import (
         ACTIONS,
+        EVERY_ACTION,
+        GROUPS_READ,
+        GROUPS_WRITE,
         KEYS_MANAGE,
         NAMESPACES,
         USERS_DELETE,
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
         Credentials,
         Principal,
         acting_as,
+        check_may_grant,
         current_principal,
         local_principal,
     )
@@ -53,6 +57,14 @@ if TYPE_CHECKING:
         Unavailable,
         Undecryptable,
         UserplaneError,
+    )
+    from userplane.groups import (
+        Group,
+        GroupChanges,
+        GroupFilter,
+        GroupQuery,
+        GroupService,
+        NewGroup,
     )
     from userplane.hooks import Hooks, PluginMigrations
     from userplane.idempotency import IdempotencyRecord, StoredResponse
@@ -82,6 +94,7 @@ if TYPE_CHECKING:
         CopyColumn,
         CopySession,
         CopyTable,
+        GroupStorage,
         IndexEntry,
         InstrumentableStorage,
         KeyRecord,
@@ -107,6 +120,9 @@ _SOURCES = {
     **dict.fromkeys(
         (
             "ACTIONS",
+            "EVERY_ACTION",
+            "GROUPS_READ",
+            "GROUPS_WRITE",
             "KEYS_MANAGE",
             "NAMESPACES",
             "USERS_DELETE",
@@ -120,6 +136,7 @@ _SOURCES = {
             "Credentials",
             "Principal",
             "acting_as",
+            "check_may_grant",
             "current_principal",
             "local_principal",
         ),
@@ -193,6 +210,7 @@ _SOURCES = {
             "CopyColumn",
             "CopySession",
             "CopyTable",
+            "GroupStorage",
             "IndexEntry",
             "InstrumentableStorage",
             "KeyRecord",
@@ -203,6 +221,10 @@ _SOURCES = {
             "UserRow",
         ),
         "userplane.storage",
+    ),
+    **dict.fromkeys(
+        ("Group", "GroupChanges", "GroupFilter", "GroupQuery", "GroupService", "NewGroup"),
+        "userplane.groups",
     ),
     **dict.fromkeys(
         (
@@ -223,6 +245,9 @@ _SOURCES = {
 __all__ = [
     "ACTIONS",
     "AUTH_FAILURE",
+    "EVERY_ACTION",
+    "GROUPS_READ",
+    "GROUPS_WRITE",
     "KEYS_MANAGE",
     "MASK",
     "NAMESPACES",
@@ -251,6 +276,12 @@ __all__ = [
     "FieldChange",
     "FieldError",
     "Forbidden",
+    "Group",
+    "GroupChanges",
+    "GroupFilter",
+    "GroupQuery",
+    "GroupService",
+    "GroupStorage",
     "Hooks",
     "IdempotencyRecord",
     "IndexEntry",
@@ -260,6 +291,7 @@ __all__ = [
     "Keyring",
     "MigrationState",
     "NamedKey",
+    "NewGroup",
     "NewUser",
     "NotFound",
     "PluginMigrations",
@@ -294,6 +326,7 @@ __all__ = [
     "UserService",
     "UserplaneError",
     "acting_as",
+    "check_may_grant",
     "current_context",
     "current_principal",
     "hookimpl",

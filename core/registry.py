@@ -18,6 +18,7 @@ import pluggy
 from userplane.auth import AuthService
 from userplane.changes import ChangeRecorder
 from userplane.errors import ConfigurationError, Unavailable, UserplaneError
+from userplane.groups import GroupService
 from userplane.hooks import Hooks
 from userplane.idempotency import IdempotencyService
 from userplane.plugin_manager import make_plugin_manager
@@ -25,7 +26,7 @@ from userplane.sealed_storage import SealedStorage
 from userplane.sealing import Sealer
 from userplane.services import ServiceCheck, Services
 from userplane.settings import Settings
-from userplane.storage import MigrationState, Storage
+from userplane.storage import GroupStorage, MigrationState, Storage
 from userplane.users import UserService, utcnow
 
 _log = logging.getLogger("userplane.registry")
@@ -77,6 +78,10 @@ class Registry:
             self.changes = ChangeRecorder(self, storage, self.sealed)
             self.users = UserService(
                 self.sealed, self.hooks, registry=self, encrypted=keyring is not None
+            )
+            #: Groups, when the storage keeps them (``GroupStorage``).
+            self.groups = GroupService(
+                self.sealed if isinstance(storage, GroupStorage) else None, registry=self
             )
             self.idempotency = IdempotencyService(
                 self.sealed,

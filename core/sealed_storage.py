@@ -44,6 +44,7 @@ from userplane.pagination import Position, Sort
 from userplane.sealing import SEALED_FIELDS, DataKey, Sealer, is_sealed, is_sealed_body
 from userplane.storage import (
     BulkStorage,
+    GroupStorage,
     IndexEntry,
     KeyRecord,
     MigrationState,
@@ -53,6 +54,7 @@ from userplane.storage import (
 from userplane.users import User, UserFilter
 
 if TYPE_CHECKING:
+    from userplane.groups import Group, GroupFilter
     from userplane.hooks import PluginMigrations
 
 #: How many times an update of a plaintext user is sealed and tried before giving up.
@@ -476,6 +478,94 @@ class SealedStorage:
     def retire_key_record(self, name: str, at: datetime) -> None:
         """Passed through."""
         self.inner.retire_key_record(name, at)
+
+    # -- groups (``GroupStorage``, when the inner storage keeps them) -------------------
+    # Groups hold nothing personal: they pass through, and only members, who are
+    # users, are opened.
+
+    @property
+    def _groups(self) -> GroupStorage:
+        inner = self.inner
+        if not isinstance(inner, GroupStorage):
+            raise ConfigurationError(
+                f"the {inner.name!r} storage does not keep groups "
+                "(it does not implement userplane.storage.GroupStorage)"
+            )
+        return inner
+
+    def insert_group(self, group: Group, name_key: str) -> Group:
+        """Insert through the inner storage."""
+        return self._groups.insert_group(group, name_key)
+
+    def get_group(self, group_id: uuid.UUID) -> Group | None:
+        """Read through the inner storage."""
+        return self._groups.get_group(group_id)
+
+    def lock_group(self, group_id: uuid.UUID) -> Group | None:
+        """Lock through the inner storage."""
+        return self._groups.lock_group(group_id)
+
+    def list_groups(self, flt: GroupFilter, after: Position | None, limit: int) -> list[Group]:
+        """List through the inner storage."""
+        return self._groups.list_groups(flt, after, limit)
+
+    def update_group(
+        self,
+        group_id: uuid.UUID,
+        fields: Mapping[str, Any],
+        name_key: str | None,
+        expected_version: int | None,
+        now: datetime,
+    ) -> Group:
+        """Update through the inner storage."""
+        return self._groups.update_group(group_id, fields, name_key, expected_version, now)
+
+    def delete_group(self, group_id: uuid.UUID, expected_version: int | None) -> Group:
+        """Delete through the inner storage."""
+        return self._groups.delete_group(group_id, expected_version)
+
+    def add_members(
+        self,
+        group_id: uuid.UUID,
+        user_ids: Sequence[uuid.UUID],
+        expected_version: int | None,
+        now: datetime,
+    ) -> tuple[list[uuid.UUID], Group]:
+        """Add through the inner storage."""
+        return self._groups.add_members(group_id, user_ids, expected_version, now)
+
+    def remove_members(
+        self,
+        group_id: uuid.UUID,
+        user_ids: Sequence[uuid.UUID],
+        expected_version: int | None,
+        now: datetime,
+    ) -> tuple[list[uuid.UUID], Group]:
+        """Remove through the inner storage."""
+        return self._groups.remove_members(group_id, user_ids, expected_version, now)
+
+    def set_members(
+        self,
+        group_id: uuid.UUID,
+        user_ids: Sequence[uuid.UUID],
+        expected_version: int | None,
+        now: datetime,
+    ) -> tuple[list[uuid.UUID], list[uuid.UUID], Group]:
+        """Set through the inner storage."""
+        return self._groups.set_members(group_id, user_ids, expected_version, now)
+
+    def member_ids(self, group_id: uuid.UUID) -> list[uuid.UUID]:
+        """Member ids through the inner storage."""
+        return self._groups.member_ids(group_id)
+
+    def list_members(self, group_id: uuid.UUID, after: uuid.UUID | None, limit: int) -> list[User]:
+        """A page of members, opened."""
+        self.verify()
+        return [self._opened(u) for u in self._groups.list_members(group_id, after, limit)]
+
+    def member_roles(self, user_id: uuid.UUID) -> frozenset[str]:
+        """Roles through the inner storage."""
+        return self._groups.member_roles(user_id)
 
     # -- users -----------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from userplane.pagination import Position, Sort
 from userplane.users import User, UserFilter
 
 if TYPE_CHECKING:
+    from userplane.groups import Group, GroupFilter
     from userplane.hooks import PluginMigrations
 
 
@@ -373,6 +374,113 @@ class BulkStorage(Protocol):
         another row): the caller rolls the transaction back, so none is
         inserted.
         """
+
+
+@runtime_checkable
+class GroupStorage(Protocol):
+    """A storage that keeps groups and their members (optional capability).
+
+    Every ``SQLStorage`` does, in the tables of the published schema
+    (``user_groups``, ``group_members``); ``StorageContract`` proves it.
+    Without it, group operations answer that the storage does not keep
+    groups. The rules of ``Storage`` hold: races are decided by the
+    database (a unique index on the folded display name and on the external
+    id, conditional writes on ``version``), and each method that writes
+    several statements runs them in one transaction.
+    """
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """As ``Storage.transaction``: group writes join the block's transaction."""
+
+    def insert_group(self, group: Group, name_key: str) -> Group:
+        """Insert ``group`` with its folded name ``name_key``.
+
+        ``Conflict`` if that name or its ``external_id`` is taken.
+        """
+
+    def get_group(self, group_id: uuid.UUID) -> Group | None:
+        """The group with ``group_id``, or ``None``."""
+
+    def lock_group(self, group_id: uuid.UUID) -> Group | None:
+        """Inside ``transaction()``: the group, locked until it ends (as ``lock_user``)."""
+
+    def list_groups(self, flt: GroupFilter, after: Position | None, limit: int) -> list[Group]:
+        """At most ``limit`` groups matching ``flt``, by ``created_at`` and ``id``, after ``after``.
+
+        ``flt.display_name`` matches the folded name exactly, ``flt.q`` a
+        substring of it (taken literally), ``flt.member`` the groups that
+        user belongs to.
+        """
+
+    def update_group(
+        self,
+        group_id: uuid.UUID,
+        fields: Mapping[str, Any],
+        name_key: str | None,
+        expected_version: int | None,
+        now: datetime,
+    ) -> Group:
+        """Set ``fields`` (``display_name`` with its ``name_key``, ``roles``, ``external_id``).
+
+        Bumps ``version`` and sets ``updated_at``. ``NotFound`` if there is no
+        such group, ``PreconditionFailed`` if ``expected_version`` differs,
+        ``Conflict`` if the new name or external id is taken.
+        """
+
+    def delete_group(self, group_id: uuid.UUID, expected_version: int | None) -> Group:
+        """Remove the group and its memberships; returns it as it was (errors: ``update_group``)."""
+
+    def add_members(
+        self,
+        group_id: uuid.UUID,
+        user_ids: Sequence[uuid.UUID],
+        expected_version: int | None,
+        now: datetime,
+    ) -> tuple[list[uuid.UUID], Group]:
+        """Add the users to the group; returns those not members before, and the group after.
+
+        ``InvalidInput`` (field ``$.members``) naming the ids that are no live
+        user, and nothing is added. When someone was added the group's
+        ``version`` grows by one and ``updated_at`` is ``now``. Errors on the
+        group as ``update_group``.
+        """
+
+    def remove_members(
+        self,
+        group_id: uuid.UUID,
+        user_ids: Sequence[uuid.UUID],
+        expected_version: int | None,
+        now: datetime,
+    ) -> tuple[list[uuid.UUID], Group]:
+        """Remove the users from the group; returns those that were members, and the group after.
+
+        Ids that are not members (or no users) are ignored. Version as ``add_members``.
+        """
+
+    def set_members(
+        self,
+        group_id: uuid.UUID,
+        user_ids: Sequence[uuid.UUID],
+        expected_version: int | None,
+        now: datetime,
+    ) -> tuple[list[uuid.UUID], list[uuid.UUID], Group]:
+        """Make the live members exactly ``user_ids``: returns who was added, removed, the group.
+
+        A deleted user who is a member stays one (it is not among the members a
+        client sees, so it cannot be among those it means to keep).
+
+        One change: the version grows by one if anyone was added or removed.
+        Errors as ``add_members`` (an id that is no live user changes nothing).
+        """
+
+    def member_ids(self, group_id: uuid.UUID) -> list[uuid.UUID]:
+        """Every member's id, deleted users' too, by id."""
+
+    def list_members(self, group_id: uuid.UUID, after: uuid.UUID | None, limit: int) -> list[User]:
+        """At most ``limit`` live members of the group, by user id, after ``after``."""
+
+    def member_roles(self, user_id: uuid.UUID) -> frozenset[str]:
+        """The roles of every group ``user_id`` belongs to (a deleted user's: none)."""
 
 
 #: The kinds of value a copied column holds (``CopyColumn.kind``): the published schema's,

@@ -145,26 +145,37 @@ def _check_full_name(value: str | None) -> list[FieldError]:
         return []
     if not value.strip():
         return [FieldError("$.full_name", "must not be blank; use null to clear it")]
-    if len(value) > MAX_FULL_NAME:
-        return [FieldError("$.full_name", f"must be at most {MAX_FULL_NAME} characters")]
+    return check_display_text("$.full_name", value, MAX_FULL_NAME)
+
+
+def check_display_text(field: str, value: str, longest: int) -> list[FieldError]:
+    """The rules for a name shown to people (a user's, a group's): what is wrong with ``value``.
+
+    Not blank, at most ``longest`` characters (and twice that once folded),
+    no control characters, no invisible formatting characters.
+    """
+    if not value.strip():
+        return [FieldError(field, "must not be blank")]
+    if len(value) > longest:
+        return [FieldError(field, f"must be at most {longest} characters")]
     # Printable ASCII folds to its own length and holds no control or formatting
     # character: the checks below cannot fail on it (the common case, and imports').
     if value.isascii() and value.isprintable():
         return []
     # Normalising can multiply a character (U+FDFA becomes 18); the folded name is
     # the sort key a cursor carries, so it is bounded too.
-    if len(fold(value)) > MAX_FOLDED:
-        return [FieldError("$.full_name", "is too long once Unicode-normalised")]
+    if len(fold(value)) > 2 * longest:
+        return [FieldError(field, "is too long once Unicode-normalised")]
     # Cc covers C0, DEL and C1 (terminal escapes); Cs are lone surrogates.
     if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
-        return [FieldError("$.full_name", "must not contain control characters")]
+        return [FieldError(field, "must not contain control characters")]
     # A name is shown to people (lists, audit logs, emails): a right-to-left override
     # or a zero-width character would let one name pass for another. Emoji joined by
     # ZWJ are refused with them: a sequence's parts still show, and no name needs it.
     if any(is_invisible_format(c) for c in value):
         return [
             FieldError(
-                "$.full_name",
+                field,
                 "must not contain invisible formatting characters "
                 "(bidirectional controls, zero-width or tag characters)",
             )

@@ -25,12 +25,13 @@ from hypothesis import strategies as st
 from openapi_spec_validator import validate
 
 from userplane import Registry, Settings
+from userplane.auth import beyond
 from userplane.frontends.http import create_app
 from userplane.frontends.http.testing import PrincipalTokens, client
 from userplane.plugin import Change, Principal, hookimpl
 from userplane.plugins import api_keys
 from userplane.plugins.api_keys import authenticator
-from userplane.plugins.api_keys.keys import MAX_NAME, beyond
+from userplane.plugins.api_keys.keys import MAX_NAME
 from userplane.plugins.api_keys.openapi import name_pattern, name_schema
 from userplane.plugins.api_keys.resources import MAX_LIMIT
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import attrs
 
 #: Bumped with every core migration that changes the published schema.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 @attrs.frozen
@@ -110,4 +110,40 @@ SCHEMA: tuple[Column, ...] = (
         nullable=True,
         notes=f"{_TIME}; when every user had a blind-index key's index (NULL while re-indexing)",
     ),
+    Column("user_groups", "id", "uuid", notes="primary key"),
+    Column("user_groups", "display_name", "text", max_length=200),
+    Column(
+        "user_groups",
+        "display_name_folded",
+        "text",
+        max_length=400,
+        notes="fold(display_name); unique (user_groups_display_name_folded_key)",
+    ),
+    Column(
+        "user_groups",
+        "external_id",
+        "text",
+        nullable=True,
+        max_length=255,
+        notes="unique where not NULL (user_groups_external_id_key)",
+    ),
+    Column(
+        "user_groups", "roles", "text", max_length=4096, notes="a JSON array of role names, sorted"
+    ),
+    Column("user_groups", "created_at", "timestamp", notes=f"{_TIME}; indexed with id"),
+    Column("user_groups", "updated_at", "timestamp", notes=_TIME),
+    Column("user_groups", "version", "integer", notes="bumped by every write, membership included"),
+    Column(
+        "group_members",
+        "group_id",
+        "uuid",
+        notes="primary key with user_id; references user_groups, gone with the group",
+    ),
+    Column(
+        "group_members",
+        "user_id",
+        "uuid",
+        notes="references users, gone with the user (purged); indexed with group_id",
+    ),
+    Column("group_members", "added_at", "timestamp", notes=_TIME),
 )

@@ -34,6 +34,7 @@ from userplane.hooks import PluginMigrations
 from userplane.idempotency import IdempotencyRecord, StoredResponse
 from userplane.pagination import Position, Sort
 from userplane.sql.dialect import Dialect
+from userplane.sql.groups import SQLGroups
 from userplane.sql.listing import list_users_sql
 from userplane.sql.migrations import apply_migrations, migration_sources, migration_status
 from userplane.sql.schema import SCHEMA_VERSION
@@ -122,7 +123,7 @@ def write_missed(user_id: uuid.UUID, exists: bool) -> NotFound | PreconditionFai
     return PreconditionFailed("the user has changed since that version")
 
 
-class SQLStorage(abc.ABC):
+class SQLStorage(SQLGroups, abc.ABC):
     """The user and idempotency-key operations, shared by the SQL stores."""
 
     #: Short backend name shown to operators ("sqlite", "postgresql").

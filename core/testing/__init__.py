@@ -21,12 +21,14 @@ test client for plugin authors is ``userplane.frontends.http.testing``.
 from __future__ import annotations
 
 from userplane.testing.auth import AuthPluginContract, StatementCounter, ValidCredentials
+from userplane.testing.groups import GroupStorageContract
 from userplane.testing.sealed import SealedStorageContract
 from userplane.testing.storage import StorageContract, insert, make_user, run_concurrently
 from userplane.testing.strategies import emails, new_users
 
 __all__ = [
     "AuthPluginContract",
+    "GroupStorageContract",
     "SealedStorageContract",
     "StatementCounter",
     "StorageContract",

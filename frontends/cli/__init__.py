@@ -11,6 +11,7 @@ from userplane.frontends.cli import (  # noqa: F401  (commands register)
     admin,
     copying,
     encryption,
+    groups,
     transfer,
     users,
 )

@@ -9,6 +9,13 @@ import falcon
 from userplane.frontends.http import media, problems
 from userplane.frontends.http.auth import App, Authenticate
 from userplane.frontends.http.docs import Docs, OpenApi
+from userplane.frontends.http.groups import (
+    GroupResource,
+    GroupsResource,
+    MemberResource,
+    MembersResource,
+    UserGroupsResource,
+)
 from userplane.frontends.http.middleware import (
     BodyPolicy,
     Cors,
@@ -76,7 +83,7 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
     problems.install(app, registry.auth.challenges)
 
     app.add_route("/", Home(registry))
-    doc = document()
+    doc = document(registry.auth.roles)
     registry.hooks.openapi(doc, registry)
     app.add_route("/docs", Docs(doc))
     app.add_route("/api/v1/openapi.json", OpenApi(doc))
@@ -88,6 +95,16 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
     app.add_route("/api/v1/users/export", ExportResource(registry.users, registry.auth))
     app.add_route("/api/v1/users/{user_id:uuid}", UserResource(registry.users, registry.auth))
     app.add_route("/api/v1/users/{user_id:uuid}/restore", RestoreResource(registry.users))
+    app.add_route(
+        "/api/v1/users/{user_id:uuid}/groups", UserGroupsResource(registry.groups, registry.users)
+    )
+    app.add_route("/api/v1/groups", GroupsResource(registry.groups))
+    app.add_route("/api/v1/groups/{group_id:uuid}", GroupResource(registry.groups))
+    app.add_route("/api/v1/groups/{group_id:uuid}/members", MembersResource(registry.groups))
+    app.add_route(
+        "/api/v1/groups/{group_id:uuid}/members/{user_id:uuid}",
+        MemberResource(registry.groups, registry.users),
+    )
     app.add_static_route("/static", str(STATIC))
     registry.hooks.http_routes(app, registry)
     return app

@@ -8,6 +8,7 @@ keeps every promise in it.
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
 from typing import Any
 
 import email_validator
@@ -134,15 +135,15 @@ def _header(name: str) -> dict[str, str]:
     return _ref("parameters", name)
 
 
-def document() -> dict[str, Any]:
-    """The OpenAPI document, as a JSON-ready dict."""
+def document(roles: Collection[str] | None = None) -> dict[str, Any]:
+    """The OpenAPI document, as a JSON-ready dict; ``roles``: the role names the service knows."""
     user_id = _ref("parameters", "user_id")
     include_deleted = _query(
         "include_deleted",
         {"type": "boolean", "default": False},
         "Also find deleted users; needs users:read-deleted (else a list is 403, a user 404).",
     )
-    return {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "userplane",
@@ -365,6 +366,14 @@ def document() -> dict[str, Any]:
         },
         "components": _components(),
     }
+    # Imported here: that module builds on this one's helpers.
+    from userplane.frontends.http import openapi_groups
+
+    doc["paths"].update(openapi_groups.paths())
+    doc["components"]["schemas"].update(openapi_groups.schemas())
+    if roles is not None:
+        doc["components"]["schemas"]["RoleName"]["enum"] = sorted(roles)
+    return doc
 
 
 def _components() -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import re
 import uuid
 from typing import Any, ClassVar
 from urllib.parse import urlencode
@@ -14,7 +13,8 @@ import orjson
 
 from userplane import auth, convert
 from userplane.auth import USERS_READ_DELETED, AuthService
-from userplane.errors import FieldError, Forbidden, InvalidInput, PreconditionFailed
+from userplane.errors import FieldError, Forbidden, InvalidInput
+from userplane.frontends.http.conditions import expected_version, not_modified
 from userplane.idempotency import IdempotencyService, StoredResponse
 from userplane.users import DEFAULT_LIMIT, User, UserQuery, UserService, check_query
 
@@ -34,36 +34,7 @@ def _send_user(resp: falcon.Response, user: User) -> None:
 
 
 def _expected_version(req: falcon.Request, users: UserService, user_id: uuid.UUID) -> int | None:
-    """The version ``If-Match`` allows a write at, or ``None`` when unconditional.
-
-    A single tag maps straight to ``WHERE version = ?``. With several, the
-    current version is read and, if listed, used as the condition, so the
-    write still fails if someone else writes in between.
-    """
-    tags = req.if_match
-    if tags is None:
-        return None
-    # The wildcard is the bare ``*``; a quoted "*" is an entity tag (Falcon's ETag).
-    if any(t == "*" and not isinstance(t, falcon.ETag) for t in tags):
-        users.get(user_id)  # "*" means: only if it exists
-        return None
-    versions = []
-    for tag in tags:
-        # Strong comparison (RFC 9110 13.1.1), character by character: a weak tag,
-        # "01" or "²" never matches "1"; a tag past any version we issue neither.
-        strong = isinstance(tag, falcon.ETag) and not tag.is_weak
-        if strong and _VERSION_TAG.fullmatch(tag) and int(tag) < 2**31:
-            versions.append(int(tag))
-    if len(versions) == 1 and len(tags) == 1:
-        return versions[0]
-    current = users.get(user_id).version
-    if current in versions:
-        return current
-    raise PreconditionFailed("the user has changed since that version")
-
-
-#: The ETags we issue: a version, 1 to 2**31 - 1 (the column's range), no leading zero.
-_VERSION_TAG = re.compile(r"[1-9][0-9]{0,9}")
+    return expected_version(req, lambda: users.get(user_id).version, "user")
 
 
 def _bool_param(values: dict[str, Any], name: str, errors: list[FieldError]) -> bool | None:
@@ -75,10 +46,10 @@ def _bool_param(values: dict[str, Any], name: str, errors: list[FieldError]) -> 
     return value
 
 
-def _single_params(
+def single_params(
     req: falcon.Request, allowed: frozenset[str]
 ) -> tuple[dict[str, Any], list[FieldError]]:
-    """The allowed query parameters given once, and an error for any other or repeated one."""
+    """The ``allowed`` query parameters given once, and an error for any other or repeated one."""
     errors = [
         FieldError(f"$.{name}", "unknown query parameter")
         for name in req.params
@@ -96,7 +67,7 @@ def _single_params(
 
 
 def _include_deleted(req: falcon.Request) -> bool:
-    values, errors = _single_params(req, _GET_PARAMS)
+    values, errors = single_params(req, _GET_PARAMS)
     value = _bool_param(values, "include_deleted", errors)
     if errors:
         raise InvalidInput.from_errors(errors)
@@ -112,7 +83,7 @@ def _may_see_deleted(req: falcon.Request, auth: AuthService) -> None:
 
 
 def _parse_list_query(req: falcon.Request) -> UserQuery:
-    values, errors = _single_params(req, _LIST_PARAMS)
+    values, errors = single_params(req, _LIST_PARAMS)
     limit = DEFAULT_LIMIT
     if "limit" in values:
         try:
@@ -230,11 +201,7 @@ class UserResource:
             req.context.principal, USERS_READ_DELETED, user_id
         )
         user = self._users.get(user_id, include_deleted=include_deleted)
-        tags = req.if_none_match
-        # Weak comparison for If-None-Match (RFC 9110 13.1.2).
-        if tags is not None and any(t == "*" or t == str(user.version) for t in tags):
-            resp.status = falcon.HTTP_304
-            resp.set_header("ETag", etag(user))
+        if not_modified(req, resp, user.version):
             return
         _send_user(resp, user)
 

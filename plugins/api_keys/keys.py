@@ -16,13 +16,19 @@ import re
 import secrets
 import string
 import uuid
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from userplane.plugin import FieldChange, FieldError, Forbidden, InvalidInput, NotFound
+from userplane.plugin import (
+    FieldChange,
+    FieldError,
+    InvalidInput,
+    NotFound,
+    check_may_grant,
+)
 
 if TYPE_CHECKING:
     from userplane.plugin import ChangeRecorder, Principal
@@ -94,23 +100,6 @@ def _random(length: int) -> str:
 
 #: The fields of a key its records show (never its secret hash or use times).
 _RECORDED = ("name", "role", "prefix", "expires_at", "revoked_at")
-#: What a role grants when it grants every action (the built-in ``admin``).
-EVERY_ACTION = "*"
-
-
-def beyond(held: Iterable[str], role: str, roles: Mapping[str, Collection[str]]) -> frozenset[str]:
-    """The actions ``role`` grants that the roles ``held`` do not; empty when they grant all.
-
-    A role granting every action (``*``) is covered only by a held role that
-    grants every action too. A role ``roles`` does not define grants nothing,
-    so any holder covers it.
-    """
-    granted: set[str] = set()
-    for name in held:
-        granted.update(roles.get(name, ()))
-    if EVERY_ACTION in granted:
-        return frozenset()
-    return frozenset(roles.get(role, ())) - granted
 
 
 def check_grantable(
@@ -122,15 +111,7 @@ def check_grantable(
     create, or revoke, only keys whose role grants nothing it does not hold
     itself. ``doing`` names the act, for the message.
     """
-    if by is None:
-        return
-    missing = beyond(by.roles, role, roles)
-    if missing:
-        what = "every action" if EVERY_ACTION in missing else ", ".join(sorted(missing))
-        raise Forbidden(
-            f"this principal may not {doing} a key with role {role!r}: that role grants "
-            f"{what}, beyond what this principal's own roles grant"
-        )
+    check_may_grant(by, (role,), roles, f"{doing} a key with role")
 
 
 class ApiKeyService:

@@ -26,6 +26,11 @@ EVENT_TYPES: Final = (
     "user.deleted",
     "user.restored",
     "user.purged",
+    "group.created",
+    "group.updated",
+    "group.deleted",
+    "group.member_added",
+    "group.member_removed",
     "api_key.created",
     "api_key.revoked",
     "encryption.rotated",
@@ -36,8 +41,17 @@ EVENT_TYPES: Final = (
 )
 ALL: Final = "*"
 
-#: Fields whose after-value a payload carries: none of them is personal.
-_PUBLIC_VALUES: Final = ("is_active", "deleted_at", "version")
+#: Fields whose after-value a payload carries: none of them is personal (a group's name,
+#: roles and external id, and a member's id, are not a person's data).
+_PUBLIC_VALUES: Final = (
+    "is_active",
+    "deleted_at",
+    "version",
+    "display_name",
+    "roles",
+    "external_id",
+    "member",
+)
 
 
 def ordering_key(change: Change) -> str:

@@ -205,6 +205,32 @@ OPERATIONS = [
     Operation(EXPORT, "HEAD", "users:export", 200),
 ]
 
+GROUPS = "/api/v1/groups"
+GROUP = "/api/v1/groups/{group_id:uuid}"
+MEMBERS = "/api/v1/groups/{group_id:uuid}/members"
+MEMBER = "/api/v1/groups/{group_id:uuid}/members/{user_id:uuid}"
+USER_GROUPS = "/api/v1/users/{user_id:uuid}/groups"
+
+#: The groups operations and the action each needs (what each role may do with them is
+#: tested in test_groups_http.py, with groups to act on).
+GROUP_OPERATIONS = {
+    (GROUPS, "GET"): "groups:read",
+    (GROUPS, "HEAD"): "groups:read",
+    (GROUPS, "POST"): "groups:write",
+    (GROUP, "GET"): "groups:read",
+    (GROUP, "HEAD"): "groups:read",
+    (GROUP, "PATCH"): "groups:write",
+    (GROUP, "DELETE"): "groups:write",
+    (MEMBERS, "GET"): "groups:read",
+    (MEMBERS, "HEAD"): "groups:read",
+    (MEMBERS, "POST"): "groups:write",
+    (MEMBERS, "PUT"): "groups:write",
+    (MEMBER, "PUT"): "groups:write",
+    (MEMBER, "DELETE"): "groups:write",
+    (USER_GROUPS, "GET"): "groups:read",
+    (USER_GROUPS, "HEAD"): "groups:read",
+}
+
 AUDIT = "/api/v1/audit"
 AUDIT_EVENT = "/api/v1/audit/{event_id:uuid}"
 WEBHOOKS = "/api/v1/webhooks"
@@ -296,6 +322,7 @@ def test_the_operation_table_names_every_protected_route_and_its_action(
     }
     assert protected == {
         **{(op.route, op.method): op.action for op in OPERATIONS},
+        **GROUP_OPERATIONS,
         **PLUGIN_OPERATIONS,
     }
     public = {
@@ -303,7 +330,10 @@ def test_the_operation_table_names_every_protected_route_and_its_action(
     }
     assert public == PUBLIC_ROUTES
     assert set(app.route_actions) == (
-        {op.route for op in OPERATIONS} | {route for route, _ in PLUGIN_OPERATIONS} | PUBLIC_ROUTES
+        {op.route for op in OPERATIONS}
+        | {route for route, _ in GROUP_OPERATIONS}
+        | {route for route, _ in PLUGIN_OPERATIONS}
+        | PUBLIC_ROUTES
     )
 
 

@@ -50,7 +50,7 @@ def _served(app: falcon.App) -> set[tuple[str, str]]:
 
 def _served_document(registry: Registry) -> dict[str, object]:
     """The document the app serves, built as create_app builds it: core and plugins."""
-    doc = document()
+    doc = document(registry.auth.roles)
     registry.hooks.openapi(doc, registry)
     return doc
 
@@ -178,7 +178,8 @@ def _as_a_client_would(case: schemathesis.Case) -> None:
     tested on its own). A webhook URL must lead to public addresses, which
     no pattern can say: a schema-valid one gets a public host (an address
     literal, so nothing is resolved). Values that break the schema are left
-    alone, so negative cases stay negative.
+    alone, so negative cases stay negative. Groups page as users do by
+    creation; a group's members by user id.
     """
     key = (case.headers or {}).get("Idempotency-Key")
     if isinstance(key, str) and re.fullmatch(r"[!-~]{1,255}", key):
@@ -192,6 +193,14 @@ def _as_a_client_would(case: schemathesis.Case) -> None:
         return
     if path == "/api/v1/audit" and 1 <= len(cursor) <= 64:
         case.query = {**query, "cursor": audit_cursor(1, query.get("sort") == "-seq")}
+    elif path.endswith("/members") and 1 <= len(cursor) <= 2400:
+        # A group's members page by user id.
+        case.query = {**query, "cursor": encode_cursor(Sort("id"), Position(None, uuid.uuid4()))}
+    elif path.endswith("/groups") and 1 <= len(cursor) <= 2400:
+        case.query = {
+            **query,
+            "cursor": encode_cursor(Sort(), Position(datetime.now(UTC), uuid.uuid4())),
+        }
     elif path.startswith("/api/v1/users") and 1 <= len(cursor) <= 2400:
         sort_text = query.get("sort", "created_at")
         sort = (

@@ -24,7 +24,8 @@ ENV = "USERPLANE_TEST_MARIADB_URL"
 #: to start on MariaDB rather than run without the trail it promises (README).
 WITHOUT_AUDIT = {"USERPLANE_DISABLED_PLUGINS": "audit"}
 #: The tables the tests empty between tests (yoyo's own are left alone).
-TABLES = ("users", "idempotency_keys", "encryption_keys", "api_keys")
+#: Groups first: their members reference users.
+TABLES = ("user_groups", "users", "idempotency_keys", "encryption_keys", "api_keys")
 
 
 def _unavailable(reason: str) -> None:

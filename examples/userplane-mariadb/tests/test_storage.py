@@ -332,14 +332,18 @@ def test_rolling_back_0004_refuses_to_cut_a_sealed_value(
     try:
         with backend.lock():
             latest = read_migrations(str(store.core_migrations()))
-            backend.rollback_migrations(backend.to_rollback(latest)[:1])
+            # 0004 and every later migration, newest first (they depend on it).
+            newest_first = backend.to_rollback(latest)
+            ids = [m.id for m in newest_first]
+            backend.rollback_migrations(newest_first[: ids.index("0004_encryption") + 1])
     finally:
         backend.connection.close()
-    assert [m.id for m in store.migration_status() if not m.applied] == ["0004_encryption"]
+    undone = sorted(ids[: ids.index("0004_encryption") + 1])
+    assert [m.id for m in store.migration_status() if not m.applied] == undone
     columns = "SELECT column_name FROM information_schema.columns WHERE table_schema = %(db)s"
     names = {row[0] for row in store.fetch_all(columns + " AND table_name = 'users'", {"db": name})}
     assert "email_index_next" not in names
-    assert store.migrate() == ["0004_encryption"]
+    assert store.migrate() == undone
     names = {row[0] for row in store.fetch_all(columns + " AND table_name = 'users'", {"db": name})}
     assert "email_index_next" in names
     store.close()

@@ -93,7 +93,9 @@ class MariaDBStorage(SQLStorage):
                 # "Duplicate entry '…' for key 'name'": the key's name ends the message.
                 if str(exc.args[-1]).rstrip("'").endswith(_EMAIL_KEYS):
                     raise Conflict("a user with that email already exists") from None
-                raise Conflict("that record already exists") from None
+                # The key's name, as the core's stores give it: a caller may tell which.
+                key = str(exc.args[-1]).rstrip("'").rpartition("'")[2]
+                raise Conflict(f"that record already exists ({key})") from None
             if code == ER.NO_SUCH_TABLE:
                 raise Unavailable("the database is not migrated: run `userplane migrate`") from None
             # A lock wait, a deadlock, a statement past max_statement_time (MariaDB's 1969):
