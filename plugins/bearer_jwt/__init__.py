@@ -28,7 +28,13 @@ Settings (``USERPLANE_JWT_*``):
 - ``ROLES_CLAIM_SEPARATOR`` (unset): how to split a claim given as one string,
   ``space`` or one punctuation character (``,``). Unset, a string claim makes
   the token invalid: split on spaces, a role named "Helpdesk admin" would grant
-  ``admin``.
+  ``admin``;
+- ``USER_CLAIM`` (unset): a claim (``email``, ``sub``, dotted for nested ones)
+  naming the user a token acts as, and ``USER_MATCH`` (``email``, or ``id``)
+  what it holds. The token then carries the roles of that user's groups
+  too, and is refused (401) unless the user is live and active (and, by
+  email, unless ``email_verified`` is false): a person deactivated or
+  deleted (by SCIM, say) loses access at once.
 
 ``exp``, ``iat`` and ``sub`` are required. The principal is ``jwt:<sub>`` with
 the roles from the claim that userplane knows; others are ignored.
@@ -36,9 +42,12 @@ the roles from the claim that userplane knows; others are ignored.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +56,8 @@ import attrs
 from userplane.plugin import (
     ConfigurationError,
     Credentials,
+    InvalidInput,
+    NotFound,
     Principal,
     Settings,
     SettingsSection,
@@ -116,6 +127,11 @@ def _separator(_: Any, attribute: attrs.Attribute[str | None], value: str | None
         )
 
 
+def _user_match(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in ("email", "id"):
+        raise ValueError("USERPLANE_JWT_USER_MATCH: must be email or id")
+
+
 @attrs.frozen
 class JwtSettings:
     """This plugin's settings, from ``USERPLANE_JWT_*``."""
@@ -144,6 +160,12 @@ class JwtSettings:
     roles_claim: str = "roles"
     #: How a roles claim given as one string is split; unset, such a token is refused.
     roles_claim_separator: str | None = attrs.field(default=None, validator=_separator)
+    #: A claim naming the user a token acts as (its id or email): the token then also
+    #: carries the roles of that user's groups, and is refused unless the user is live
+    #: and active.
+    user_claim: str | None = None
+    #: What the user claim holds: ``email`` (looked up by address) or ``id`` (a user id).
+    user_match: str = attrs.field(default="email", validator=_user_match)
 
     @property
     def configured(self) -> bool:
@@ -247,8 +269,19 @@ class Verifier:
             raise Unauthenticated(REJECTED)
         return found
 
-    def verify(self, token: str, known_roles: Any) -> Principal:
-        """The token's principal, or ``Unauthenticated`` with one message for every failure."""
+    def verify(
+        self,
+        token: str,
+        known_roles: Any,
+        find_user: Callable[[str], uuid.UUID | None] | None = None,
+    ) -> Principal:
+        """The token's principal, or ``Unauthenticated`` with one message for every failure.
+
+        With ``USER_CLAIM`` set, ``find_user`` turns the claim's value into the
+        id of the live, active user the token acts as (``None``: no such user,
+        and the token is refused); authentication then adds the roles of that
+        user's groups.
+        """
         import jwt
 
         cfg = self.cfg
@@ -278,7 +311,23 @@ class Verifier:
         if found is None:
             raise Unauthenticated(REJECTED)
         roles = frozenset(r for r in found if r in known_roles)
-        return Principal(id=f"jwt:{subject}", kind="jwt", roles=roles, name=subject)
+        user_id = None
+        if cfg.user_claim and find_user is not None:
+            value = _claim(claims, cfg.user_claim)
+            # An address the provider says it has not verified names nobody: anyone may
+            # have typed it into their profile there.
+            unverified = cfg.user_match == "email" and claims.get("email_verified") in (
+                False,
+                "false",
+            )
+            user_id = None
+            if isinstance(value, str) and value and not unverified:
+                user_id = find_user(value)
+            if user_id is None:
+                raise Unauthenticated(REJECTED)
+        return Principal(
+            id=f"jwt:{subject}", kind="jwt", roles=roles, name=subject, user_id=user_id
+        )
 
 
 def _remote(cfg: JwtSettings, algorithm: str) -> RemoteKeySet:
@@ -327,15 +376,21 @@ def _lifetime_within(claims: dict[str, Any], most: int) -> bool:
     return exp - iat <= most
 
 
+def _claim(claims: dict[str, Any], path: str) -> Any:
+    """The claim at ``path``, dotted for nested claims (``realm_access.roles``); ``None``."""
+    value: Any = claims
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
 def _roles(claims: dict[str, Any], path: str, separator: str | None) -> list[str] | None:
     """The role names in the claim at ``path``; ``None`` when it holds a string it may not split.
 
     A string is split only as ``separator`` says: split on spaces by default, a
     role named "Helpdesk admin" (a display name, say) would grant ``admin``.
     """
-    value: Any = claims
-    for part in path.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
+    value = _claim(claims, path)
     if isinstance(value, str):
         if separator is None:
             return None
@@ -422,7 +477,28 @@ def userplane_authenticate(credentials: Credentials, registry: Registry) -> Prin
     verifier = registry.services.get(JwtVerifier).verifier
     if verifier is None:
         return None
-    return verifier.verify(token, registry.auth.roles)
+    match = verifier.cfg.user_match
+    return verifier.verify(
+        token, registry.auth.roles, functools.partial(_live_user, registry, match)
+    )
+
+
+def _live_user(registry: Registry, match: str, value: str) -> uuid.UUID | None:
+    """The id of the live, active user ``value`` names, by ``match`` only; else ``None``.
+
+    By the kind the settings say, never guessed from the value: with ``email``,
+    a claim holding another user's id must not act as that user.
+    """
+    try:
+        if match == "id":
+            user = registry.users.get(uuid.UUID(value))
+        else:
+            if "@" not in value:
+                return None
+            user = registry.users.get_by_email(value)
+    except (NotFound, InvalidInput, ValueError):
+        return None
+    return user.id if user.is_active else None
 
 
 @hookimpl
