@@ -5,17 +5,17 @@ A user's roles are its own plus those of every group it belongs to
 (SCIM ``Groups``) and what an administrator grants roles to, so that a
 person's access follows their team rather than being set user by user.
 
-A group's ``version`` grows with every write to it, its membership
-included: the version (and so the ETag) of a group says whether its member
-list changed. Members are live users; a deleted user stays a member while
-deleted (hidden from member lists, back on restore) and leaves every group
-when purged.
+A group's ``version`` grows with every write to it, adding and removing
+members included, so a membership change made on an older version is
+refused. A member's own deletion, restoration or purge is not a write to
+its groups: their versions stay. A deleted user stays a member while
+deleted (hidden from member lists, granted nothing, back on restore) unless
+removed, and leaves every group when purged.
 """
 
 from __future__ import annotations
 
 import contextlib
-import unicodedata
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from datetime import datetime
@@ -41,6 +41,7 @@ from userplane.users import (
     Unset,
     User,
     check_display_text,
+    check_external_id,
     utcnow,
 )
 
@@ -50,12 +51,11 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-#: The longest display name and external id.
+#: The longest display name.
 MAX_DISPLAY_NAME: Final = 200
-MAX_EXTERNAL_ID: Final = 255
 #: The most roles one group grants, and the most members one call adds or removes.
 MAX_ROLES: Final = 50
-MAX_MEMBERS_PER_CALL: Final = 1000
+MAX_MEMBERS_PER_CALL: Final = 500
 
 GROUP_CREATED: Final = "group.created"
 GROUP_UPDATED: Final = "group.updated"
@@ -165,21 +165,6 @@ def check_group_fields(values: Mapping[str, Any], known_roles: Collection[str]) 
     if "roles" in values:
         errors += check_roles(values["roles"], known_roles)
     return errors
-
-
-def check_external_id(field: str, value: Any) -> list[FieldError]:
-    """An external id: ``None``, or 1 to 255 characters of visible text."""
-    if value is None:
-        return []
-    if not isinstance(value, str):
-        return [FieldError(field, "must be a string or null")]
-    if not value or len(value) > MAX_EXTERNAL_ID:
-        return [FieldError(field, f"must be 1 to {MAX_EXTERNAL_ID} characters")]
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
-        return [FieldError(field, "must not contain control characters")]
-    if value[0].isspace() or value[-1].isspace():
-        return [FieldError(field, "must not begin or end with whitespace")]
-    return []
 
 
 def check_roles(roles: Any, known_roles: Collection[str]) -> list[FieldError]:
@@ -453,19 +438,7 @@ class GroupService:
         ``InvalidInput`` naming every id that is no live user (nothing is
         added then). The group's version grows only if someone was added.
         """
-
-        def call() -> Group:
-            ids = _member_ids(user_ids, "$.members")
-            with self._changes.writing(), self._storage.transaction():
-                self._check_members_change(group_id, "add a member to a group granting role")
-                added, group = self._storage.add_members(
-                    group_id, ids, expected_version, self._clock()
-                )
-                for user_id in added:
-                    self._record_member(GROUP_MEMBER_ADDED, group, user_id)
-            return group
-
-        return self._run("groups.add_members", call)
+        return self._change_members(GROUP_MEMBER_ADDED, group_id, user_ids, expected_version)
 
     def remove_members(
         self,
@@ -474,19 +447,29 @@ class GroupService:
         expected_version: int | None = None,
     ) -> Group:
         """Remove users from a group; ids that are not members are ignored."""
+        return self._change_members(GROUP_MEMBER_REMOVED, group_id, user_ids, expected_version)
+
+    def _change_members(
+        self,
+        action: str,
+        group_id: uuid.UUID,
+        user_ids: Iterable[uuid.UUID],
+        expected_version: int | None,
+    ) -> Group:
+        adding = action == GROUP_MEMBER_ADDED
+        write = self._storage.add_members if adding else self._storage.remove_members
+        doing = "add a member to" if adding else "remove a member from"
 
         def call() -> Group:
-            ids = _member_ids(user_ids, "$.members")
+            ids = _member_ids(user_ids, "$.user_ids")
             with self._changes.writing(), self._storage.transaction():
-                self._check_members_change(group_id, "remove a member from a group granting role")
-                removed, group = self._storage.remove_members(
-                    group_id, ids, expected_version, self._clock()
-                )
-                for user_id in removed:
-                    self._record_member(GROUP_MEMBER_REMOVED, group, user_id)
+                self._check_members_change(group_id, f"{doing} a group granting role")
+                changed, group = write(group_id, ids, expected_version, self._clock())
+                for user_id in changed:
+                    self._record_member(action, group, user_id)
             return group
 
-        return self._run("groups.remove_members", call)
+        return self._run("groups.add_members" if adding else "groups.remove_members", call)
 
     def set_members(
         self,
@@ -497,7 +480,7 @@ class GroupService:
         """Make the group's members exactly ``user_ids`` (live users), in one transaction."""
 
         def call() -> Group:
-            wanted = _member_ids(user_ids, "$.members")
+            wanted = _member_ids(user_ids, "$.user_ids")
             with self._changes.writing(), self._storage.transaction():
                 self._check_members_change(group_id, "change the members of a group granting role")
                 added, removed, group = self._storage.set_members(

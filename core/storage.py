@@ -439,7 +439,7 @@ class GroupStorage(Protocol):
     ) -> tuple[list[uuid.UUID], Group]:
         """Add the users to the group; returns those not members before, and the group after.
 
-        ``InvalidInput`` (field ``$.members``) naming the ids that are no live
+        ``InvalidInput`` (field ``$.user_ids``) naming the ids that are no live
         user, and nothing is added. When someone was added the group's
         ``version`` grows by one and ``updated_at`` is ``now``. Errors on the
         group as ``update_group``.
@@ -464,10 +464,10 @@ class GroupStorage(Protocol):
         expected_version: int | None,
         now: datetime,
     ) -> tuple[list[uuid.UUID], list[uuid.UUID], Group]:
-        """Make the live members exactly ``user_ids``: returns who was added, removed, the group.
+        """Make the members exactly ``user_ids``: returns who was added, removed, the group.
 
-        A deleted user who is a member stays one (it is not among the members a
-        client sees, so it cannot be among those it means to keep).
+        A deleted member not among ``user_ids`` is removed too: a restore must
+        not hand back roles the caller meant to take away.
 
         One change: the version grows by one if anyone was added or removed.
         Errors as ``add_members`` (an id that is no live user changes nothing).

@@ -20,6 +20,7 @@ from userplane.auth import Principal, acting_as
 from userplane.errors import Conflict, Forbidden, InvalidInput, NotFound, PreconditionFailed
 from userplane.groups import (
     MAX_DISPLAY_NAME,
+    MAX_MEMBERS_PER_CALL,
     Group,
     GroupChanges,
     GroupQuery,
@@ -28,7 +29,7 @@ from userplane.groups import (
 from userplane.plugins.audit import trail_of
 from userplane.plugins.audit.query import parse_query
 from userplane.testing import run_concurrently
-from userplane.users import NewUser, User
+from userplane.users import NewUser, User, UserChanges
 
 EDITOR = Principal(id="key:editor", kind="api-key", roles=frozenset({"editor"}), name="editor")
 ADMIN = Principal(id="key:admin", kind="api-key", roles=frozenset({"admin"}), name="admin")
@@ -337,10 +338,10 @@ def test_add_and_remove_members(registry: Registry) -> None:
     stranger = uuid.uuid4()
     with pytest.raises(InvalidInput) as info:
         groups.add_members(group.id, [cid.id, stranger])
-    assert [e.field for e in info.value.errors] == ["$.members"]
+    assert [e.field for e in info.value.errors] == ["$.user_ids"]
     assert str(stranger) in str(info.value)
     registry.users.delete(cid.id)
-    assert fields_at_fault(lambda: groups.add_members(group.id, [cid.id])) == ["$.members"]
+    assert fields_at_fault(lambda: groups.add_members(group.id, [cid.id])) == ["$.user_ids"]
     assert member_ids(registry, group.id) == sorted([ann.id, bob.id])
     assert groups.remove_members(group.id, [cid.id, stranger]).version == 2  # none were
     assert groups.remove_members(group.id, [ann.id], expected_version=2).version == 3
@@ -349,8 +350,8 @@ def test_add_and_remove_members(registry: Registry) -> None:
         groups.add_members(uuid.uuid4(), [bob.id])
     with pytest.raises(NotFound):
         groups.remove_members(uuid.uuid4(), [bob.id])
-    too_many = [uuid.uuid4() for _ in range(1001)]
-    assert fields_at_fault(lambda: groups.add_members(group.id, too_many)) == ["$.members"]
+    too_many = [uuid.uuid4() for _ in range(MAX_MEMBERS_PER_CALL + 1)]
+    assert fields_at_fault(lambda: groups.add_members(group.id, too_many)) == ["$.user_ids"]
 
 
 def test_set_members_makes_the_members_exactly_those(registry: Registry) -> None:
@@ -666,3 +667,37 @@ def test_any_sequence_of_member_changes_keeps_the_model(
         assert member_ids(registry, group.id) == sorted(model)
         assert groups.get(group.id).version == version
     groups.delete(group.id)
+
+
+def test_changing_a_members_address_activation_or_deletion_needs_its_groups_roles(
+    registry: Registry,
+) -> None:
+    # A token may name its user by address: giving an admin-group member a new address
+    # (one the caller controls), or bringing one back, hands out admin.
+    groups = registry.groups
+    ann, bob, cid = make_users(registry, 3)
+    admins = groups.create(NewGroup("Admins", frozenset({"admin"})))
+    groups.add_members(admins.id, [ann.id, bob.id])
+    registry.users.set_active(bob.id, False)
+    registry.users.delete(cid.id)
+    groups.add_members(groups.create(NewGroup("Viewers", frozenset({"viewer"}))).id, [])
+    with acting_as(EDITOR):
+        for refused in (
+            lambda: registry.users.update(ann.id, UserChanges(email="mine@example.org")),
+            lambda: registry.users.set_active(bob.id, True),
+        ):
+            with pytest.raises(Forbidden, match="admin"):
+                refused()
+        # What hands out nothing stays allowed: a name, deactivating, a user in no group.
+        registry.users.update(ann.id, UserChanges(full_name="Ann"))
+        registry.users.set_active(ann.id, False)
+        registry.users.restore(cid.id)
+    groups.add_members(admins.id, [cid.id])
+    registry.users.delete(cid.id)
+    with acting_as(EDITOR), pytest.raises(Forbidden, match="admin"):
+        registry.users.restore(cid.id)
+    assert registry.users.get(ann.id).email == ann.email
+    assert not registry.users.get(bob.id).is_active
+    with acting_as(ADMIN):
+        registry.users.update(ann.id, UserChanges(email="ann2@example.org"))
+        registry.users.restore(cid.id)

@@ -28,8 +28,11 @@ if TYPE_CHECKING:
 
 GROUP_COLUMNS = "id, display_name, external_id, roles, created_at, updated_at, version"
 _MEMBER_USER_COLUMNS = (
-    "u.id, u.email, u.full_name, u.is_active, u.created_at, u.updated_at, u.version, u.deleted_at"
+    "u.id, u.email, u.full_name, u.is_active, u.created_at, u.updated_at, u.version, "
+    "u.deleted_at, u.external_source, u.external_id, u.attributes"
 )
+#: How a row-locking dialect spells a shared lock on the rows a ``SELECT`` reads.
+_SHARE_LOCKS = {"postgresql": " FOR SHARE", "mysql": " LOCK IN SHARE MODE"}
 #: The most ids one ``IN (…)`` list holds.
 IDS_PER_STATEMENT = 500
 #: The most unknown ids an error names.
@@ -255,15 +258,9 @@ class SQLGroups:
         """Add the missing, delete the others: one change, one version."""
         with self.transaction():
             group = self._locked(group_id, expected_version)
-            # The members a client sees: a deleted user stays a member, back on restore.
-            rows = self.fetch_all(
-                self._sql(
-                    "SELECT m.user_id FROM group_members m JOIN users u ON u.id = m.user_id "
-                    "WHERE m.group_id = :id AND u.deleted_at IS NULL"
-                ),
-                self.params({"id": group_id}),
-            )
-            current = {self.uuid_from_db(r[0]) for r in rows}
+            # Exactly: a deleted member not named goes too, so that no restore hands it
+            # back roles the caller meant to take away.
+            current = set(self.member_ids(group_id))
             wanted = set(user_ids)
             added = self._insert_members(group_id, [u for u in user_ids if u not in current], now)
             removed = self._delete_members(group_id, sorted(current - wanted))
@@ -293,9 +290,9 @@ class SQLGroups:
         if not user_ids:
             return []
         live: set[uuid.UUID] = set()
-        # PostgreSQL: a user being purged meanwhile waits, or makes us wait, rather than
-        # leaving a membership that references nobody.
-        share = " FOR SHARE" if self.dialect.name == "postgresql" else ""
+        # A user being purged meanwhile waits, or makes us wait, rather than leaving a
+        # membership that references nobody (SQLite's transactions hold the database).
+        share = _SHARE_LOCKS.get(self.dialect.name, "")
         for listed, params in self._chunks(user_ids):
             rows = self.fetch_all(
                 self._sql(
@@ -310,7 +307,7 @@ class SQLGroups:
             more = len(missing) - NAMED_IN_ERRORS
             tail = f" and {more} more" if more > 0 else ""
             raise InvalidInput.from_errors(
-                [FieldError("$.members", f"no live user with id {named}{tail}")]
+                [FieldError("$.user_ids", f"no live user with id {named}{tail}")]
             )
         members = self._existing_members(group_id, user_ids)
         added = [u for u in user_ids if u not in members]

@@ -454,12 +454,12 @@ class GroupStorageContract:
         stranger = uuid.uuid4()
         with pytest.raises(InvalidInput) as info:
             store.add_members(group.id, [ann.id, stranger, bob.id], None, _BASE_TIME)
-        assert _members_field(info.value) == ["$.members"]
+        assert _members_field(info.value) == ["$.user_ids"]
         assert str(stranger) in info.value.errors[0].message
         assert str(ann.id) not in info.value.errors[0].message
         with pytest.raises(InvalidInput) as info:
             store.add_members(group.id, [gone.id, ann.id], None, _BASE_TIME)
-        assert _members_field(info.value) == ["$.members"]
+        assert _members_field(info.value) == ["$.user_ids"]
         assert str(gone.id) in info.value.errors[0].message
         assert store.member_ids(group.id) == []
         assert store.get_group(group.id) == group

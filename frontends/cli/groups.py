@@ -48,8 +48,10 @@ def _group(service: GroupService, id_or_name: str) -> Group:
     return service.find(id_or_name)
 
 
-def _user_ids(state: State, users: tuple[str, ...]) -> list[uuid.UUID]:
-    return [state.registry.users.find(u).id for u in users]
+def _user_ids(
+    state: State, users: tuple[str, ...], include_deleted: bool = False
+) -> list[uuid.UUID]:
+    return [state.registry.users.find(u, include_deleted).id for u in users]
 
 
 @cli.group(cls=OperationGroup)
@@ -179,31 +181,32 @@ def members(state: State, id_or_name: str, fmt: str) -> None:
     emit((convert.user_to_dict(u) for u in _pages(fetch)), fmt, MEMBER_COLUMNS)
 
 
-@groups.command()
-@click.argument("id_or_name")
-@click.argument("users", nargs=-1, required=True)
-@click.option("--if-version", type=int, default=None, help="Only if the group is at this version.")
-@format_option
-@pass_state
-def add(
-    state: State, id_or_name: str, users: tuple[str, ...], if_version: int | None, fmt: str
-) -> None:
-    """Add USERS (ids or emails) to a group; members already in it stay."""
-    service = state.registry.groups
-    group = _group(service, id_or_name)
-    _show([service.add_members(group.id, _user_ids(state, users), if_version)], fmt)
+def _members_command(name: str, adding: bool, summary: str) -> None:
+    """``groups add`` or ``groups remove``: the same shape, one direction each."""
+
+    @groups.command(name, help=summary)
+    @click.argument("id_or_name")
+    @click.argument("users", nargs=-1, required=True)
+    @click.option(
+        "--if-version", type=int, default=None, help="Only if the group is at this version."
+    )
+    @format_option
+    @pass_state
+    def command(
+        state: State, id_or_name: str, users: tuple[str, ...], if_version: int | None, fmt: str
+    ) -> None:
+        service = state.registry.groups
+        group = _group(service, id_or_name)
+        if adding:
+            group = service.add_members(group.id, _user_ids(state, users), if_version)
+        else:
+            # A deleted member too: its membership would give it the group's roles on restore.
+            ids = _user_ids(state, users, include_deleted=True)
+            group = service.remove_members(group.id, ids, if_version)
+        _show([group], fmt)
 
 
-@groups.command()
-@click.argument("id_or_name")
-@click.argument("users", nargs=-1, required=True)
-@click.option("--if-version", type=int, default=None, help="Only if the group is at this version.")
-@format_option
-@pass_state
-def remove(
-    state: State, id_or_name: str, users: tuple[str, ...], if_version: int | None, fmt: str
-) -> None:
-    """Remove USERS (ids or emails) from a group; others are left alone."""
-    service = state.registry.groups
-    group = _group(service, id_or_name)
-    _show([service.remove_members(group.id, _user_ids(state, users), if_version)], fmt)
+_members_command("add", True, "Add USERS (ids or emails) to a group; members already in it stay.")
+_members_command(
+    "remove", False, "Remove USERS (ids or emails) from a group; others are left alone."
+)

@@ -7,6 +7,7 @@ from typing import Any
 from userplane.frontends.http.openapi import (
     _BODY_ERRORS,
     _QUERY_ERRORS,
+    EXTERNAL_ID_PATTERN,
     _errors,
     _header,
     _json_body,
@@ -15,12 +16,8 @@ from userplane.frontends.http.openapi import (
     _query,
     _ref,
 )
-from userplane.groups import MAX_DISPLAY_NAME, MAX_EXTERNAL_ID, MAX_MEMBERS_PER_CALL, MAX_ROLES
-from userplane.users import DEFAULT_LIMIT, MAX_LIMIT
-
-_VISIBLE = r"\x00-\x1f\x7f-\x9f"
-_EXTERNAL_ID_PATTERN = rf"^[^\s{_VISIBLE}](?:[^{_VISIBLE}]*[^\s{_VISIBLE}])?$"
-
+from userplane.groups import MAX_DISPLAY_NAME, MAX_MEMBERS_PER_CALL, MAX_ROLES
+from userplane.users import DEFAULT_LIMIT, MAX_EXTERNAL_ID, MAX_LIMIT
 
 #: A filter's text: no database can take a NUL (a 422, as the service says).
 _NO_NUL = {"type": "string", "maxLength": MAX_DISPLAY_NAME, "pattern": "^[^\\u0000]*$"}
@@ -95,7 +92,7 @@ def paths() -> dict[str, Any]:
                             "type": "string",
                             "minLength": 1,
                             "maxLength": MAX_EXTERNAL_ID,
-                            "pattern": _EXTERNAL_ID_PATTERN,
+                            "pattern": EXTERNAL_ID_PATTERN,
                         },
                         "Only the group with this external id.",
                     ),
@@ -214,16 +211,16 @@ def schemas() -> dict[str, Any]:
         "type": "string",
         "minLength": 1,
         "maxLength": MAX_DISPLAY_NAME,
-        "pattern": _name_pattern(),
-        "description": "Unique, compared case-insensitively; not blank, no control or "
-        "invisible formatting characters.",
+        "allOf": [{"pattern": _name_pattern()}, {"pattern": "^\\S(?:.*\\S)?$"}],
+        "description": "Unique, compared case-insensitively; no whitespace first or last, "
+        "no control or invisible formatting characters.",
     }
     external_id = {
         "type": ["string", "null"],
         "minLength": 1,
         "maxLength": MAX_EXTERNAL_ID,
         # No control character; no whitespace first or last.
-        "pattern": _EXTERNAL_ID_PATTERN,
+        "pattern": EXTERNAL_ID_PATTERN,
         "description": "The identity provider's id for the group; unique.",
     }
     roles = {

@@ -33,7 +33,7 @@ Settings (``USERPLANE_JWT_*``):
   naming the user a token acts as, and ``USER_MATCH`` (``email``, or ``id``)
   what it holds. The token then carries the roles of that user's groups
   too, and is refused (401) unless the user is live and active (and, by
-  email, unless ``email_verified`` is false): a person deactivated or
+  email, when the token says ``email_verified`` is false): a person deactivated or
   deleted (by SCIM, say) loses access at once.
 
 ``exp``, ``iat`` and ``sub`` are required. The principal is ``jwt:<sub>`` with

@@ -44,6 +44,8 @@ _log = logging.getLogger("userplane.jwt")
 MAX_BYTES = 1024 * 1024
 #: How long a thread waits, beyond the fetch timeout, for another thread's fetch.
 WAIT_MARGIN_SECONDS = 0.5
+#: How long the last good key set outlives failed fetches: a day.
+MAX_STALE_SECONDS = 86400.0
 #: The OpenID Connect discovery document's path under the issuer.
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 
@@ -167,7 +169,9 @@ def fetch_json(url: str, timeout: float) -> tuple[Any, float | None]:
         with opener.open(request, timeout=timeout) as response:
             chunks: list[bytes] = []
             size = 0
-            while chunk := response.read(65536):
+            # read1: what one receive brings. A plain read waits for 64 KiB, each receive
+            # within the socket timeout: one byte at a time would stretch it without end.
+            while chunk := response.read1(65536):
                 size += len(chunk)
                 if size > MAX_BYTES:
                     raise FetchError(f"the answer is larger than {MAX_BYTES} bytes")
@@ -225,7 +229,8 @@ class RemoteKeySet:
     - one fetch at a time: meanwhile other threads use the current set, or,
       when it lacks their key, wait for that fetch (at most its timeout);
     - a failed fetch keeps the last good set, and logs one warning per streak
-      of failures (with the reason; never a token), and one line on recovery.
+      of failures (with the reason; never a token), and one line on recovery;
+      but a set last fetched ``MAX_STALE_SECONDS`` ago verifies nothing.
 
     ``clock`` (``time.monotonic``) may be replaced, by tests.
     """
@@ -256,6 +261,7 @@ class RemoteKeySet:
         self._expires_at = 0.0
         self._last_attempt: float | None = None
         self._fetching = False
+        self._stale_logged = False
         self._failure: str | None = None
         self._discovered: str | None = None
         #: Fetch attempts so far (successful or not).
@@ -275,14 +281,14 @@ class RemoteKeySet:
         """
         with self._cond:
             now = self.clock()
-            found = pick(self._keys or {}, kid)
+            found = pick(self._usable(now), kid)
             if found is not None and now < self._expires_at:
                 return found
             if self._fetching:
                 if found is not None:
                     return found  # stale but good: the fetch under way refreshes it
                 self._wait_for_fetch()
-                return pick(self._keys or {}, kid)
+                return pick(self._usable(self.clock()), kid)
             if self._last_attempt is not None and now - self._last_attempt < self.refresh_interval:
                 return found
             self._fetching = True
@@ -290,21 +296,47 @@ class RemoteKeySet:
             self.attempts += 1
         keys: dict[str, Any] | None = None
         max_age: float | None = None
+        failure: str | None = "interrupted"
         try:
             keys, max_age = self._fetch()
             failure = None
         except FetchError as exc:
             failure = str(exc) or type(exc).__name__
-        except Exception as exc:  # a bug must not leave _fetching set forever
+        except Exception as exc:
             failure = f"{type(exc).__name__}: {exc}"
+        finally:
+            # Whatever ends the fetch (a bug, an interrupt), the next may start.
+            with self._cond:
+                self._fetching = False
+                self._cond.notify_all()
+                if keys is not None:
+                    self._store(keys, max_age)
+                else:
+                    self._failed(failure or "unknown")
         with self._cond:
-            self._fetching = False
-            self._cond.notify_all()
-            if keys is not None:
-                self._store(keys, max_age)
-            else:
-                self._failed(failure or "unknown")
-            return pick(self._keys or {}, kid)
+            return pick(self._usable(self.clock()), kid)
+
+    def _usable(self, now: float) -> dict[str, Any]:
+        """The keys tokens may be verified with: none once the set is too old.
+
+        The last good set outlives failed fetches (a provider briefly down),
+        but not for ever: a key the provider withdrew must stop working even
+        while whoever blocks the way to the provider keeps fetches failing.
+        """
+        if self._keys is None:
+            return {}
+        if now - self._fetched_at > MAX_STALE_SECONDS:
+            if not self._stale_logged:
+                # Said once, when it happens: a streak of failures warned at its start only.
+                self._stale_logged = True
+                _log.warning(
+                    "JWT signing keys from %s were last fetched %.0f s ago, too long to trust "
+                    "them: every JWT is rejected until a fetch succeeds",
+                    self.source,
+                    now - self._fetched_at,
+                )
+            return {}
+        return self._keys
 
     def _wait_for_fetch(self) -> None:
         """Wait (holding ``_cond``) for the fetch under way, at most its timeout."""
@@ -321,6 +353,7 @@ class RemoteKeySet:
         if max_age is not None:
             lifetime = min(self.cache_seconds, max(self.refresh_interval, max_age))
         self._keys, self._fetched_at, self._expires_at = keys, now, now + lifetime
+        self._stale_logged = False
         if self._failure is not None:
             self._failure = None
             _log.info("JWT signing keys fetched again from %s (%d usable)", self.source, len(keys))
@@ -331,10 +364,15 @@ class RemoteKeySet:
         self._discovered = None  # discover again next time: the JWKS URL may have moved
         if not first:
             return
+        age = self.clock() - self._fetched_at
         if self._keys is None:
             outcome = "no keys were ever fetched: every JWT is rejected until a fetch succeeds"
+        elif age > MAX_STALE_SECONDS:
+            outcome = (
+                f"the keys fetched {age:.0f} s ago are too old to trust: every JWT is "
+                "rejected until a fetch succeeds"
+            )
         else:
-            age = self.clock() - self._fetched_at
             outcome = f"still using the {_count(self._keys)} fetched {age:.0f} s ago"
         _log.warning(
             "JWT signing keys could not be fetched from %s: %s; %s (next attempt in %g s at "

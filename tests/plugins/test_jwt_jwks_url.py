@@ -3,10 +3,11 @@
 The identity provider is a real HTTP server on 127.0.0.1 (``Provider``) whose
 key set can change between requests, which counts the requests it gets and can
 be made to fail (500, garbage, a key set with no usable key, an answer held
-back past the timeout, the port closed). Keys are generated with
-``cryptography`` and tokens signed with PyJWT. Time is the key set's injected
-clock (``FakeClock``), moved by the tests: nothing sleeps for a cache lifetime
-or a refresh interval, and nothing asserts how long something took.
+back past the timeout, one dripped a byte at a time, the port closed). Keys are
+generated with ``cryptography`` and tokens signed with PyJWT. Time is the key
+set's injected clock (``FakeClock``), moved by the tests: nothing sleeps for a
+cache lifetime or a refresh interval, and only the dripping provider's test
+asserts how long something took (with a wide margin: it is the point).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from userplane.auth import Credentials, Principal
 from userplane.errors import ConfigurationError, Unauthenticated
 from userplane.frontends.http import create_app
 from userplane.plugins import bearer_jwt
+from userplane.plugins.bearer_jwt.keysets import MAX_STALE_SECONDS
 
 USERS = "/api/v1/users"
 PROBLEM_JSON = "application/problem+json"
@@ -43,6 +45,9 @@ CACHE = 300
 INTERVAL = 30
 #: How long a test waits for something another thread does: a safety limit, never expected.
 PATIENCE = 30
+#: A dripping provider sends one byte every ``DRIP_EVERY`` s for ``DRIP_FOR`` s, then the rest.
+DRIP_EVERY = 0.3
+DRIP_FOR = 10.0
 
 
 # --------------------------------------------------------------------------- the provider
@@ -53,7 +58,10 @@ class Provider:
 
     ``mode`` is how it answers: ``ok``, ``500``, ``garbage`` (not JSON),
     ``not-a-jwks``, ``redirect`` (302 to the same JWKS), ``huge`` (2 MiB),
-    ``hold`` (nothing until ``released``, or the test ends).
+    ``hold`` (nothing until ``released``, or the test ends), ``drip`` (the
+    status and headers, then the JWKS, led by blanks, one byte every
+    ``DRIP_EVERY`` s for ``DRIP_FOR`` s, then the rest at once: valid JSON,
+    only slow; it stops when ``released``, or when the client has gone).
     """
 
     def __init__(self) -> None:
@@ -64,6 +72,8 @@ class Provider:
         self.discovery: dict[str, Any] | None = None
         self.requests: list[str] = []
         self.lock = threading.Lock()
+        #: One event per ``drip`` answer, set when its handler has returned.
+        self.drips: list[threading.Event] = []
         self.released = threading.Event()
         provider = self
 
@@ -98,6 +108,9 @@ class Provider:
             time.sleep(delay)
         if mode == "hold":
             self.released.wait(PATIENCE)
+        if mode == "drip":
+            self.drip(handler, json.dumps(jwks).encode())
+            return
         if handler.path.endswith("/.well-known/openid-configuration") and self.discovery:
             body, status = json.dumps(self.discovery).encode(), 200
         elif mode == "500":
@@ -124,6 +137,27 @@ class Provider:
             handler.wfile.write(body)
         except OSError:
             pass  # the client gave up (a timeout under test)
+
+    def drip(self, handler: BaseHTTPRequestHandler, jwks: bytes) -> None:
+        done = threading.Event()
+        with self.lock:
+            self.drips.append(done)
+        slow = int(DRIP_FOR / DRIP_EVERY)
+        body = b" " * slow + jwks
+        try:
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()  # sent now: wfile is not buffered
+            for i in range(slow):
+                if self.released.wait(DRIP_EVERY):
+                    return
+                handler.wfile.write(body[i : i + 1])
+            handler.wfile.write(body[slow:])
+        except OSError:
+            pass  # the client gave up, as it should
+        finally:
+            done.set()
 
     def stop(self) -> None:
         if not self.stopped:
@@ -437,7 +471,7 @@ def test_cache_control_max_age_is_honoured_within_bounds(
 # --------------------------------------------------------------------------- a provider failing
 
 
-FAILURES = ["500", "garbage", "not-a-jwks", "no usable key", "timeout", "refused"]
+FAILURES = ["500", "garbage", "not-a-jwks", "no usable key", "timeout", "drip", "refused"]
 
 
 #: The fetch timeout while a ``timeout`` failure is provoked (the setting's default
@@ -462,6 +496,7 @@ REASONS = {
     "not-a-jwks": "not a JWKS",
     "no usable key": "no usable ES256 signing key",
     "timeout": "no answer within",
+    "drip": "no answer within",
     "refused": "cannot connect",
     "redirect": "HTTP 302 (redirects are not followed)",
     "huge": "larger than 1048576 bytes",
@@ -556,6 +591,79 @@ def test_a_set_never_fetched_rejects_tokens_with_a_401(
         assert provider.count == 2
 
 
+def test_a_provider_dripping_its_answer_is_cut_off_at_the_timeout(
+    serve: Serve, provider: Provider, keys: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A byte every 0.3 s: each receive comes within the timeout, the whole answer does not."""
+    provider.publish(jwk(keys["k1"], "k1"))
+    provider.mode = "drip"
+    server = serve(url_env(provider, USERPLANE_JWT_JWKS_TIMEOUT_SECONDS="1"))
+    token = es256(keys["k1"], "k1")
+    try:
+        with caplog.at_level(logging.INFO, logger="userplane.jwt"):
+            started = time.monotonic()
+            resp = server.list_users(token)
+            elapsed = time.monotonic() - started
+            assert_rejected(resp)
+            assert_rejected(server.create_user(token))  # within the interval: no second attempt
+        # About 1 s; the drip would have taken 10 (a wide margin: the machine may be busy).
+        assert elapsed < DRIP_FOR / 2, f"a 1 s timeout, and the fetch took {elapsed:.1f} s"
+        [warning] = jwt_warnings(caplog)
+        assert "no answer within 1 s" in warning.getMessage(), warning.getMessage()
+        assert "no keys were ever fetched" in warning.getMessage()
+        assert provider.count == 1
+    finally:
+        provider.stop()  # ends the drip at once, whether or not the client has gone
+    assert all(done.wait(PATIENCE) for done in provider.drips)
+    provider.thread.join(PATIENCE)
+    assert not provider.thread.is_alive()
+
+
+def test_the_last_good_set_verifies_nothing_a_day_after_it_was_fetched(
+    serve: Serve, provider: Provider, keys: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider.publish(jwk(keys["k1"], "k1"))
+    server = serve(url_env(provider))
+    known = es256(keys["k1"], "k1")
+    assert_accepted(server.list_users(known))
+    fetched_at = server.clock.now
+
+    provider.mode = "500"  # or whoever stands between us and the provider blocks it
+    with caplog.at_level(logging.INFO, logger="userplane.jwt"):
+        server.clock.advance(CACHE + 1)
+        assert_accepted(server.list_users(known))
+        assert provider.count == 2
+        # Almost a day later, every fetch since failing: the last good set still verifies.
+        server.clock.now = fetched_at + MAX_STALE_SECONDS - 10
+        assert_accepted(server.list_users(known))
+        assert provider.count == 3
+        # A day after the last good fetch it verifies nothing, fetch or no fetch:
+        server.clock.now = fetched_at + MAX_STALE_SECONDS + 1  # within the interval: none
+        assert_rejected(server.list_users(known))
+        assert provider.count == 3
+        server.clock.advance(INTERVAL + 1)  # one more, failing
+        assert_rejected(server.list_users(known))
+        assert provider.count == 4
+        assert server.authenticate(known) is None
+
+        # The provider recovers: the next fetch the interval allows brings the keys back.
+        provider.mode = "ok"
+        assert_rejected(server.list_users(known))
+        assert provider.count == 4
+        server.clock.advance(INTERVAL + 1)
+        assert_accepted(server.list_users(known))
+        assert provider.count == 5
+        # And the day starts again from that fetch.
+        refetched_at = server.clock.now
+        provider.mode = "500"
+        server.clock.now = refetched_at + MAX_STALE_SECONDS - 10
+        assert_accepted(server.list_users(known))
+        assert provider.count == 6
+    messages = [r.getMessage() for r in caplog.records if r.name == "userplane.jwt"]
+    assert any("fetched again" in m for m in messages), messages
+    assert known not in caplog.text
+
+
 # --------------------------------------------------------------------------- threads
 
 
@@ -609,6 +717,58 @@ def test_a_slow_refresh_does_not_hold_up_tokens_with_known_keys(
     refreshing.join(PATIENCE)
     assert not refreshing.is_alive()
     assert provider.count == 2
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("fetched_before", [False, True], ids=["never fetched", "fetched"])
+def test_a_fetch_ended_by_a_base_exception_does_not_block_the_next(
+    serve: Serve,
+    provider: Provider,
+    keys: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    interrupt: type[BaseException],
+    fetched_before: bool,
+) -> None:
+    """Not an ``Exception``: it goes on up, but the key set is not left "fetching" for ever."""
+    provider.publish(jwk(keys["k1"], "k1"))
+    server = serve(url_env(provider))
+    keyset = server.keyset
+    known = es256(keys["k1"], "k1")
+    if fetched_before:
+        assert server.authenticate(known) is not None
+        server.clock.advance(CACHE + 1)
+    requests = provider.count
+    # A thread waiting for a fetch under way would wait this long: a set stuck "fetching"
+    # makes the test slow and fail, not hang.
+    keyset.timeout = PATIENCE / 4
+    real_fetch = keyset._fetch
+    calls: list[None] = []
+
+    def interrupted_once() -> Any:
+        calls.append(None)
+        if len(calls) == 1:
+            raise interrupt()
+        return real_fetch()
+
+    monkeypatch.setattr(keyset, "_fetch", interrupted_once)
+    with caplog.at_level(logging.INFO, logger="userplane.jwt"):
+        with pytest.raises(interrupt):
+            server.authenticate(known)
+        assert provider.count == requests
+        # Within the interval no fetch is made, and none is waited for.
+        started = time.monotonic()
+        assert (server.authenticate(known) is not None) is fetched_before
+        assert server.authenticate(es256(keys["stranger"], "k9")) is None
+        assert time.monotonic() - started < keyset.timeout
+        assert len(calls) == 1
+
+        server.clock.advance(INTERVAL + 1)
+        assert_accepted(server.list_users(known))
+    assert len(calls) == 2
+    assert provider.count == requests + 1
+    [warning] = jwt_warnings(caplog)
+    assert "interrupted" in warning.getMessage(), warning.getMessage()
 
 
 # --------------------------------------------------------------------------- discovery

@@ -713,6 +713,8 @@ def test_every_setting_is_declared() -> None:
         "USERPLANE_JWT_MAX_LIFETIME_SECONDS": 86400,
         "USERPLANE_JWT_ROLES_CLAIM": "roles",
         "USERPLANE_JWT_ROLES_CLAIM_SEPARATOR": None,
+        "USERPLANE_JWT_USER_CLAIM": None,
+        "USERPLANE_JWT_USER_MATCH": "email",
     }
 
 

@@ -8,7 +8,7 @@ CREATE TABLE user_groups (
     display_name_folded VARCHAR(400) NOT NULL,
     external_id VARCHAR(255) NULL,
     -- A JSON array of role names, sorted.
-    roles VARCHAR(4096) NOT NULL DEFAULT '[]',
+    roles TEXT NOT NULL DEFAULT ('[]'),
     created_at DATETIME(6) NOT NULL,
     updated_at DATETIME(6) NOT NULL,
     version INT NOT NULL DEFAULT 1 CHECK (version >= 1),
