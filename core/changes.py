@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
+from userplane.attributes import same_json
 from userplane.auth import current_principal
 from userplane.errors import UserplaneError
 
@@ -43,7 +44,16 @@ if TYPE_CHECKING:
 #: The fields of a user that hold personal data.
 PERSONAL_FIELDS: Final = ("email", "full_name")
 #: The fields of a user a change reports, in order.
-USER_FIELDS: Final = ("email", "full_name", "is_active", "deleted_at", "version")
+USER_FIELDS: Final = (
+    "email",
+    "full_name",
+    "is_active",
+    "deleted_at",
+    "version",
+    "external_source",
+    "external_id",
+    "attributes",
+)
 
 #: Actions on users.
 USER_CREATED: Final = "user.created"
@@ -164,10 +174,17 @@ def json_value(value: Any) -> Any:
 
 def user_fields(before: User | None, after: User | None) -> dict[str, tuple[Any, Any]]:
     """The user fields that differ between ``before`` and ``after`` (``None``: no user)."""
-    out = {}
+    out: dict[str, tuple[Any, Any]] = {}
     for name in USER_FIELDS:
         old = None if before is None else getattr(before, name)
         new = None if after is None else getattr(after, name)
+        if name == "attributes":  # none is none, whether the user exists or not
+            old, new = old or None, new or None
+            if old is not None and new is not None and same_json(old, new):
+                continue
+            if (old is None) != (new is None) or old is not None:
+                out[name] = (old, new)
+            continue
         if old != new:
             out[name] = (json_value(old), json_value(new))
     return out

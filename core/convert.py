@@ -111,11 +111,18 @@ def structure(data: Any, cls: type[T]) -> T:
 
 
 def new_user_from(data: Any) -> NewUser:
-    """A ``NewUser`` from a JSON object (``email`` required; ``full_name``, ``is_active``).
+    """A ``NewUser`` from a JSON object (``email`` required; the other fields optional).
 
     When the shape is wrong, the domain rules still run on the fields that have
     the right type, so that one answer names every field at fault.
     """
+    if isinstance(data, dict) and "attributes" in data:
+        attributes = data["attributes"]
+        if attributes is None:  # none, said explicitly
+            data = {k: v for k, v in data.items() if k != "attributes"}
+        elif not isinstance(attributes, dict):
+            domain = check_fields({k: v for k, v in data.items() if k != "attributes"})[1]
+            raise _invalid([FieldError("$.attributes", "must be a JSON object"), *domain])
     try:
         return structure(data, NewUser)
     except InvalidInput as exc:
@@ -127,13 +134,21 @@ _CHANGE_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "email": ((str,), "must be a string"),
     "full_name": ((str, type(None)), "must be a string or null"),
     "is_active": ((bool,), "must be a boolean"),
+    "external_source": ((str, type(None)), "must be a string or null"),
+    "external_id": ((str, type(None)), "must be a string or null"),
+    # A merge patch of the attributes; null removes them all.
+    "attributes": ((dict, type(None)), "must be a JSON object or null"),
 }
+#: Fields a change may set to null.
+_NULLABLE = frozenset({"full_name", "external_source", "external_id", "attributes"})
 
 
 def changes_from(data: Any) -> UserChanges:
     """``UserChanges`` from a JSON merge-patch object: absent keys stay ``UNSET``.
 
-    ``null`` clears ``full_name``; ``null`` for ``email`` or ``is_active`` is
+    ``null`` clears ``full_name``, the external id (with its source) and the
+    attributes; ``attributes`` merges into the stored ones (RFC 7396: a key
+    set to ``null`` goes); ``null`` for ``email`` or ``is_active`` is
     invalid, since neither may be empty. Every field at fault is reported.
     """
     if not isinstance(data, dict):
@@ -143,7 +158,7 @@ def changes_from(data: Any) -> UserChanges:
     for key, value in data.items():
         if key not in _CHANGE_TYPES:
             errors.append(FieldError(f"$.{key}", "unknown field"))
-        elif value is None and key != "full_name":
+        elif value is None and key not in _NULLABLE:
             errors.append(FieldError(f"$.{key}", "must not be null"))
         elif not isinstance(value, _CHANGE_TYPES[key][0]):
             errors.append(FieldError(f"$.{key}", _CHANGE_TYPES[key][1]))

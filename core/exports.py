@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
@@ -82,6 +83,8 @@ def csv_rows(users: Iterator[User]) -> Iterator[str]:
                 cells.append("true" if value else "false")
             elif isinstance(value, str):
                 cells.append(escape_cell(value))
+            elif isinstance(value, dict):  # the attributes, as JSON text ("" when none)
+                cells.append(escape_cell(json.dumps(value, ensure_ascii=False)) if value else "")
             else:
                 cells.append(str(value))
         yield line(cells)

@@ -17,6 +17,7 @@ import contextlib
 import csv
 import enum
 import io
+import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
@@ -27,14 +28,15 @@ import attrs
 from userplane.auth import current_principal
 from userplane.changes import USER_CREATED, USER_UPDATED
 from userplane.errors import Conflict, FieldError, InvalidInput, NotFound, PreconditionFailed
+from userplane.pagination import Sort
 from userplane.storage import UserRow
-from userplane.users import User, check_fields, utcnow
+from userplane.users import User, UserFilter, check_fields, utcnow
 
 if TYPE_CHECKING:
     from userplane.registry import Registry
 
 #: The fields a row may set, as the API's create takes them.
-FIELDS: Final = ("email", "full_name", "is_active")
+FIELDS: Final = ("email", "full_name", "is_active", "external_source", "external_id", "attributes")
 #: What an export holds besides: accepted and ignored (``deleted_at`` only when empty).
 EXPORTED: Final = ("id", "created_at", "updated_at", "version", "deleted_at")
 DEFAULT_BATCH: Final = 1000
@@ -212,8 +214,20 @@ def read_csv(stream: Iterable[str]) -> Iterator[Record]:
                 value = _boolean(cell)
                 if value is None:
                     error = FieldError("$.is_active", "must be true or false (or 1/0, yes/no)")
+            elif name == "attributes":
+                value = _json_object(value)
+                if value is None:
+                    error = FieldError("$.attributes", "must be a JSON object, as JSON text")
             data[name] = value
         yield Record(first, raw, None if error else data, error)
+
+
+def _json_object(cell: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(cell)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _boolean(cell: str) -> bool | None:
@@ -284,6 +298,9 @@ def _well_typed(data: Mapping[str, Any]) -> bool:
         isinstance(data.get("email"), str)
         and isinstance(data.get("full_name", ""), str | None)
         and isinstance(data.get("is_active", True), bool)
+        and isinstance(data.get("external_source"), str | None)
+        and isinstance(data.get("external_id"), str | None)
+        and isinstance(data.get("attributes", {}), dict)
         and data.keys() <= _FIELD_SET
     )
 
@@ -362,10 +379,15 @@ class UserImporter:
             pending: dict[str, int] = {}
             new: list[UserRow] = []
             now = self._clock()
+            externals = _Externals(storage, self._registry.encrypted)
             for n, row in enumerate(rows):
                 key = row.email_key
                 at = pending.get(key)
                 stored = found.get(key) if at is None else new[at].user
+                refused = externals.refused(row, stored)
+                if refused is not None:
+                    rejected.append(refused)
+                    continue
                 if stored is None:
                     # A microsecond apart: the default order (created_at, then id) is the
                     # file's, in an export as in a list.
@@ -378,6 +400,14 @@ class UserImporter:
                         created_at=at,
                         updated_at=at,
                         version=1,
+                        # No id, no source: as a create over the API stores it.
+                        external_source=(
+                            row.fields.get("external_source")
+                            if row.fields.get("external_id") is not None
+                            else None
+                        ),
+                        external_id=row.fields.get("external_id"),
+                        attributes=row.fields.get("attributes") or {},
                     )
                     pending[key] = len(new)
                     new.append(UserRow(user, key))
@@ -447,7 +477,63 @@ class UserImporter:
                     ),
                 ),
             )
-        return {k: v for k, v in row.fields.items() if getattr(stored, k) != v}
+        changed = {k: v for k, v in row.fields.items() if getattr(stored, k) != v}
+        if "external_source" in changed or "external_id" in changed:
+            # One value: written together.
+            changed["external_source"] = row.fields.get("external_source")
+            changed["external_id"] = row.fields.get("external_id")
+        return changed
+
+
+class _Externals:
+    """What an import checks of external ids and attributes before it writes a row.
+
+    The database's unique index would refuse a taken external id with the
+    whole batch; a row is rejected instead, alone: one whose external id
+    belongs to another user (stored, or an earlier row of the batch), and,
+    while personal data is encrypted, one with custom attributes (not sealed).
+    """
+
+    def __init__(self, storage: Any, encrypted: bool) -> None:
+        self._storage = storage
+        self._encrypted = encrypted
+        #: The batch's external ids so far, by (source, id): the user (email key) holding it.
+        self._claimed: dict[tuple[str, str], str] = {}
+
+    def refused(self, row: _Row, stored: User | None) -> Rejected | None:
+        """A rejection of ``row`` (going to ``stored``, or a new user), or ``None``."""
+        fields = row.fields
+        if self._encrypted and fields.get("attributes"):
+            return self._reject(
+                row,
+                "$.attributes",
+                "custom attributes are stored unsealed, so they are refused while "
+                "personal data is encrypted",
+            )
+        source, external_id = fields.get("external_source"), fields.get("external_id")
+        if source is None or external_id is None:
+            return None
+        pair = (source, external_id)
+        holder = self._claimed.get(pair)
+        if holder is not None and holder != row.email_key:
+            return self._reject(row, "$.external_id", "is given to another row of the file")
+        if stored is None or (stored.external_source, stored.external_id) != pair:
+            taken = self._storage.list_users(
+                UserFilter(external_source=source, external_id=external_id, include_deleted=True),
+                Sort(),
+                None,
+                1,
+            )
+            if taken and (stored is None or taken[0].id != stored.id):
+                return self._reject(
+                    row, "$.external_id", f"from {source!r} belongs to user {taken[0].id}"
+                )
+        self._claimed[pair] = row.email_key
+        return None
+
+    @staticmethod
+    def _reject(row: _Row, field: str, message: str) -> Rejected:
+        return Rejected(row.record.line, row.record.raw, (FieldError(field, message),))
 
 
 def batches(records: Iterable[Record], size: int) -> Iterator[list[Record]]:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import unicodedata
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 
-from userplane.auth import USERS_READ_DELETED, current_principal
+from userplane.attributes import check_attributes, merge_patch, same_json
+from userplane.auth import USERS_READ_DELETED, check_may_grant, current_principal
 from userplane.changes import (
     USER_CREATED,
     USER_DELETED,
@@ -20,7 +22,7 @@ from userplane.changes import (
     USER_UPDATED,
 )
 from userplane.emails import normalize_email
-from userplane.errors import FieldError, InvalidInput, NotFound
+from userplane.errors import Conflict, FieldError, InvalidInput, NotFound
 from userplane.pagination import (
     CURSOR_FIELD,
     Position,
@@ -74,6 +76,12 @@ class User:
     updated_at: datetime
     version: int
     deleted_at: datetime | None = None
+    #: Who issued ``external_id`` (an identity provider, a provisioning client): the pair
+    #: is unique, so two providers may use the same id for different people.
+    external_source: str | None = None
+    external_id: str | None = None
+    #: The caller's own metadata: a bounded JSON object (``userplane.attributes``).
+    attributes: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
 
 
 @attrs.frozen
@@ -83,6 +91,9 @@ class NewUser:
     email: str
     full_name: str | None = None
     is_active: bool = True
+    external_source: str | None = None
+    external_id: str | None = None
+    attributes: dict[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -92,10 +103,15 @@ class UserChanges:
     email: str | Unset = UNSET
     full_name: str | Unset | None = UNSET
     is_active: bool | Unset = UNSET
+    #: Set with ``external_id``: the two are one value.
+    external_source: str | Unset | None = UNSET
+    external_id: str | Unset | None = UNSET
+    #: A JSON merge patch (RFC 7396) of the attributes: ``None`` removes a key.
+    attributes: dict[str, Any] | Unset | None = UNSET
 
     def as_dict(self) -> dict[str, Any]:
         """The fields that are set, by name."""
-        return {k: v for k, v in attrs.asdict(self).items() if v is not UNSET}
+        return {k: v for k, v in attrs.asdict(self, recurse=False).items() if v is not UNSET}
 
 
 @attrs.frozen
@@ -112,6 +128,9 @@ class UserFilter:
     include_deleted: bool = False
     #: With ``email``: a user whose second index value (``email_index_next``) is this matches too.
     email_next: str | None = None
+    #: Users from this source; users with this external id (from any source, unless given).
+    external_source: str | None = None
+    external_id: str | None = None
 
 
 @attrs.frozen
@@ -125,6 +144,8 @@ class UserQuery:
     q: str | None = None
     sort: str = "created_at"
     include_deleted: bool = False
+    external_source: str | None = None
+    external_id: str | None = None
 
 
 @attrs.frozen
@@ -205,7 +226,77 @@ def check_fields(values: Mapping[str, Any]) -> tuple[str | None, list[FieldError
     full_name = values.get("full_name")
     if isinstance(full_name, str):
         errors += _check_full_name(full_name)
+    if "external_id" in values or "external_source" in values:
+        errors += check_external(values.get("external_source"), values.get("external_id"))
+        if values.get("external_source") is not None and "external_id" not in values:
+            errors.append(FieldError("$.external_id", "is required with external_source"))
+    attributes = values.get("attributes")
+    if attributes is not None:
+        errors += check_attributes(attributes)
     return key, errors
+
+
+#: The longest external id, and source name.
+MAX_EXTERNAL_ID: Final = 255
+MAX_EXTERNAL_SOURCE: Final = 64
+
+
+def check_external_id(field: str, value: Any) -> list[FieldError]:
+    """An external id: ``None``, or 1 to 255 characters, no control character, no outer space."""
+    if value is None:
+        return []
+    if not isinstance(value, str):
+        return [FieldError(field, "must be a string or null")]
+    if not value or len(value) > MAX_EXTERNAL_ID:
+        return [FieldError(field, f"must be 1 to {MAX_EXTERNAL_ID} characters")]
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
+        return [FieldError(field, "must not contain control characters")]
+    if value[0].isspace() or value[-1].isspace():
+        return [FieldError(field, "must not begin or end with whitespace")]
+    return []
+
+
+def check_external(source: Any, external_id: Any) -> list[FieldError]:
+    """An external id with its source: an id needs its source (no id: the source goes too)."""
+    errors = check_external_id("$.external_id", external_id)
+    source_errors = check_external_source(source)
+    errors += source_errors
+    if not source_errors and external_id is not None and source is None:
+        errors.append(FieldError("$.external_source", "is required with external_id"))
+    return errors
+
+
+@contextlib.contextmanager
+def _external_conflicts(source: str | None, external_id: str | None) -> Iterator[None]:
+    """A storage ``Conflict`` on the external id, said as such (an email's is said already)."""
+    try:
+        yield
+    except Conflict as exc:
+        if external_id is not None and "external" in exc.detail:
+            raise Conflict(
+                f"a user with external id {external_id!r} from {source!r} exists"
+            ) from None
+        raise
+
+
+def check_external_source(source: Any) -> list[FieldError]:
+    """A source of external ids: ``None``, or 1 to 64 ASCII letters, digits and ``._-:``."""
+    if source is None or (
+        isinstance(source, str)
+        and 0 < len(source) <= MAX_EXTERNAL_SOURCE
+        and _is_source_name(source)
+    ):
+        return []
+    return [
+        FieldError(
+            "$.external_source",
+            f"must be 1 to {MAX_EXTERNAL_SOURCE} letters, digits, '.', '_', '-' or ':'",
+        )
+    ]
+
+
+def _is_source_name(text: str) -> bool:
+    return all(c.isascii() and (c.isalnum() or c in "._-:") for c in text)
 
 
 @attrs.frozen
@@ -248,8 +339,16 @@ def check_query(query: UserQuery) -> ResolvedQuery:
     elif query.q is not None and not _sendable(query.q):
         errors.append(FieldError("$.q", "must be text without NUL characters"))
     q = fold(query.q) if query.q else None
+    # Each on its own in a list: every user from a source, or with an id from any.
+    errors += check_external_id("$.external_id", query.external_id)
+    errors += check_external_source(query.external_source)
     flt = UserFilter(
-        is_active=query.is_active, email=email_key, q=q, include_deleted=query.include_deleted
+        is_active=query.is_active,
+        email=email_key,
+        q=q,
+        include_deleted=query.include_deleted,
+        external_source=query.external_source,
+        external_id=query.external_id,
     )
     return ResolvedQuery(flt, sort, after, errors)
 
@@ -291,10 +390,14 @@ def _unchanged(user: User, fields: Mapping[str, Any], expected_version: int | No
         return False
     if expected_version is not None and user.version != expected_version:
         return False
-    return all(
-        type(getattr(user, name)) is type(value) and getattr(user, name) == value
-        for name, value in fields.items()
-    )
+    return all(_same(getattr(user, name), value) for name, value in fields.items())
+
+
+def _same(stored: Any, value: Any) -> bool:
+    """Whether ``value`` is ``stored`` as a client sees it: JSON ``true`` is not ``1``."""
+    if isinstance(stored, Mapping) and isinstance(value, Mapping):
+        return same_json(stored, value)
+    return type(stored) is type(value) and stored == value
 
 
 def _raise_if(errors: list[FieldError]) -> None:
@@ -337,7 +440,16 @@ class UserService:
         """Create a user; ``Conflict`` if the normalised email is taken."""
 
         def call() -> User:
-            key, errors = check_fields({"email": new.email, "full_name": new.full_name})
+            key, errors = check_fields(
+                {
+                    "email": new.email,
+                    "full_name": new.full_name,
+                    "external_source": new.external_source,
+                    "external_id": new.external_id,
+                    "attributes": new.attributes,
+                }
+            )
+            errors += self._attributes_sealable(new.attributes)
             _raise_if(errors)
             assert key is not None
             now = self._clock()
@@ -349,14 +461,47 @@ class UserService:
                 created_at=now,
                 updated_at=now,
                 version=1,
+                # No id, no source: a source alone says nothing.
+                external_source=new.external_source if new.external_id is not None else None,
+                external_id=new.external_id,
+                attributes=dict(new.attributes),
             )
-            with self._changes.writing():
+            with (
+                _external_conflicts(user.external_source, user.external_id),
+                self._changes.writing(),
+            ):
                 stored = self._storage.insert_user(user, key)
                 self._changes.record_user(USER_CREATED, None, stored)
             self._hooks.user_created(stored, current_principal(), self._registry)
             return stored
 
         return self._run("users.create", call)
+
+    def _may_hand_out_groups(self, user_id: uuid.UUID, doing: str) -> None:
+        """``Forbidden`` unless the acting principal's roles cover those of ``user_id``'s groups.
+
+        Changing a member's address, reactivating or restoring it hands its
+        groups' roles to whoever the address (a token's email claim) or the
+        account then is: the rule against escalation of groups applies.
+        """
+        groups = self._registry.groups
+        principal = current_principal()
+        if principal is None or not groups.available:
+            return
+        roles = frozenset().union(*(g.roles for g in groups.groups_of(user_id)))
+        check_may_grant(principal, roles, self._registry.auth.roles, doing)
+
+    def _attributes_sealable(self, attributes: Mapping[str, Any] | None) -> list[FieldError]:
+        """Custom attributes are not sealed yet: with encryption on, none may be stored."""
+        if self._encrypted and attributes:
+            return [
+                FieldError(
+                    "$.attributes",
+                    "custom attributes are stored unsealed, so they are refused while "
+                    "personal data is encrypted",
+                )
+            ]
+        return []
 
     def get(self, user_id: uuid.UUID, include_deleted: bool = False) -> User:
         """The user with ``user_id``, or ``NotFound`` (also when deleted, unless included)."""
@@ -461,32 +606,79 @@ class UserService:
 
         def call() -> User:
             fields = changes.as_dict()
+            # A merge patch, applied to the attributes as stored when the write runs.
+            patch = fields.pop("attributes", UNSET)
             key, errors = check_fields(fields)
+            if "external_source" in fields and "external_id" not in fields:
+                if fields["external_source"] is None:  # a source is set with its id, only
+                    errors.append(FieldError("$.external_id", "is required with external_source"))
+            elif "external_id" in fields and fields["external_id"] is None:
+                fields["external_source"] = None  # no id, no source
             if "is_active" in fields and not isinstance(fields["is_active"], bool):
                 errors.append(FieldError("$.is_active", "must be a boolean"))
+            if patch is not UNSET and patch is not None and not isinstance(patch, dict):
+                errors.append(FieldError("$.attributes", "must be a JSON object or null"))
+            elif isinstance(patch, dict) and errors:
+                # Named with the others now; the merge is checked again as it is written.
+                errors += check_attributes(patch)
             _raise_if(errors)
-            with self._changes.writing():
-                before = self._locked(user_id)
-                # What a no-op is compared with. With records, the user read locked in
-                # the write's own transaction: no writer can slip between the comparison
-                # and the write it replaces, so the "before" of every record is the
-                # state the previous record left. Without records, a plain read is
-                # enough: a writer racing with it makes either order valid (this no-op
-                # before its write; or, read after it, a real write), and a user that
-                # does not match is left to the conditional UPDATE, which decides.
-                current = before if self._changes.active else self._storage.get_user(user_id)
-                if current is not None and _unchanged(current, fields, expected_version):
-                    return current
-                updated = self._storage.update_user(
-                    user_id, fields, key, expected_version, self._clock()
+            updated, written = self._update(user_id, fields, patch, key, expected_version)
+            if written:
+                self._hooks.user_updated(
+                    updated, frozenset(written), current_principal(), self._registry
                 )
-                self._changes.record_user(USER_UPDATED, before, updated)
-            self._hooks.user_updated(
-                updated, frozenset(fields), current_principal(), self._registry
-            )
             return updated
 
         return self._run("users.update", call)
+
+    def _update(
+        self,
+        user_id: uuid.UUID,
+        fields: dict[str, Any],
+        patch: Mapping[str, Any] | Unset | None,
+        key: str | None,
+        expected_version: int | None,
+    ) -> tuple[User, dict[str, Any] | None]:
+        """One try of ``update``: the user, and the fields written (``None``: nothing was)."""
+        merging = patch is not UNSET
+        # A merge of attributes is written onto the state it read: in one transaction,
+        # with the user locked from the read to the write, so no other writer's keys are
+        # lost (and no client sees a 412 it did not ask for with If-Match).
+        locked = contextlib.nullcontext() if not merging else self._storage.transaction()
+        with self._changes.writing(), locked:
+            before = self._locked(user_id)
+            # What a no-op is compared with. With records, the user read locked in
+            # the write's own transaction: no writer can slip between the comparison
+            # and the write it replaces, so the "before" of every record is the
+            # state the previous record left. Without records, a plain read is
+            # enough: a writer racing with it makes either order valid (this no-op
+            # before its write; or, read after it, a real write), and a user that
+            # does not match is left to the conditional UPDATE, which decides.
+            if self._changes.active:
+                current = before
+            elif merging:
+                current = self._storage.lock_user(user_id)
+            else:
+                current = self._storage.get_user(user_id)
+            condition = expected_version
+            if merging:
+                if current is None or current.deleted_at is not None:
+                    raise NotFound(f"no user with id {user_id}")
+                merged = (
+                    merge_patch(current.attributes, patch) if isinstance(patch, Mapping) else {}
+                )
+                _raise_if(check_attributes(merged) + self._attributes_sealable(merged))
+                fields = {**fields, "attributes": merged}
+            if current is not None and _unchanged(current, fields, expected_version):
+                return current, None
+            if "email" in fields or fields.get("is_active") is True:
+                # Who the user is (a token may name it by address), or that it may act
+                # again: either hands its groups' roles to someone.
+                self._may_hand_out_groups(user_id, "change a user whose groups grant role")
+            with _external_conflicts(fields.get("external_source"), fields.get("external_id")):
+                updated = self._storage.update_user(user_id, fields, key, condition, self._clock())
+            self._changes.record_user(USER_UPDATED, before, updated)
+        return updated, fields
 
     def delete(self, user_id: uuid.UUID, expected_version: int | None = None) -> User:
         """Softly delete the user (only if still at ``expected_version`` when given).
@@ -528,6 +720,7 @@ class UserService:
         def call() -> User:
             if not self._may_see_deleted(user_id):
                 return self._live(user_id)
+            self._may_hand_out_groups(user_id, "restore a user whose groups grant role")
             with self._changes.writing():
                 before = self._locked(user_id)
                 restored = self._storage.restore_user(user_id, self._clock())

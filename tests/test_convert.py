@@ -78,6 +78,9 @@ def test_user_dict_is_json_with_z_timestamps(user: User) -> None:
         "updated_at",
         "version",
         "deleted_at",
+        "external_source",
+        "external_id",
+        "attributes",
     }
     assert data["id"] == str(user.id)
     times = ["created_at", "updated_at"]
@@ -113,6 +116,9 @@ def test_user_dict_shape() -> None:
         "updated_at": "2026-01-02T03:04:05.123456Z",
         "version": 3,
         "deleted_at": None,
+        "external_source": None,
+        "external_id": None,
+        "attributes": {},
     }
 
 
@@ -139,6 +145,9 @@ def test_a_deleted_user_dict_shape() -> None:
         "updated_at": "2026-02-03T04:05:06.000007Z",
         "version": 4,
         "deleted_at": "2026-02-03T04:05:06.000007Z",
+        "external_source": None,
+        "external_id": None,
+        "attributes": {},
     }
     assert user_from_dict(data) == user
 

@@ -1521,6 +1521,9 @@ def test_csv_export_has_a_header_and_one_row_per_user(
         "updated_at",
         "version",
         "deleted_at",
+        "external_source",
+        "external_id",
+        "attributes",
     ]
     assert [r[0] for r in rows[1:]] == [str(u.id) for u in population]
     client = client_for(registry)
@@ -1537,6 +1540,9 @@ def test_csv_export_has_a_header_and_one_row_per_user(
             body["updated_at"],
             str(body["version"]),
             body["deleted_at"] or "",
+            body["external_source"] or "",
+            body["external_id"] or "",
+            json.dumps(body["attributes"]) if body["attributes"] else "",
         ]
         assert row == expected
     plain = list(csv.reader(run.export("--format", "csv").stdout.splitlines()))

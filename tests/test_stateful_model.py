@@ -133,6 +133,10 @@ class ModelUser:
             "updated_at": self.updated_at,
             "version": self.version,
             "deleted_at": self.deleted_at,
+            # The model's users are made without them (tests/test_user_external.py has them).
+            "external_source": None,
+            "external_id": None,
+            "attributes": {},
         }
 
 
@@ -754,7 +758,7 @@ def fresh_database(backend: str, request: pytest.FixtureRequest) -> Iterator[Cal
     with psycopg.connect(url, autocommit=True) as conn:
 
         def postgresql_database() -> str:
-            conn.execute("TRUNCATE users, idempotency_keys, api_keys")
+            conn.execute("TRUNCATE users, idempotency_keys, api_keys, group_members, user_groups")
             return url
 
         yield postgresql_database

@@ -35,12 +35,15 @@ def list_users_sql(
     q: bool,
     include_deleted: bool,
     email_next: bool = False,
+    external_source: bool = False,
+    external_id: bool = False,
 ) -> str:
     """The ``SELECT`` for one page; the flags say which parameters it takes.
 
     Parameters: ``after_key`` and ``after_id`` (the cursor), ``is_active``,
     ``email_key`` (and ``email_next``, matched against the second index
-    column), ``q`` (folded text) and ``limit``.
+    column), ``q`` (folded text), ``external_source`` and ``external_id``,
+    and ``limit``.
     """
 
     def p(name: str) -> str:
@@ -65,6 +68,10 @@ def list_users_sql(
         )
     elif email:
         conditions.append(f"email_normalized = {p('email_key')}")
+    if external_source:
+        conditions.append(f"external_source = {p('external_source')}")
+    if external_id:
+        conditions.append(f"external_id = {p('external_id')}")
     if q:
         on_email = dialect.contains.format(haystack="email_normalized", needle=p("q"))
         on_name = dialect.contains.format(haystack="full_name_folded", needle=p("q"))

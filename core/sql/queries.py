@@ -63,9 +63,12 @@ NAMED_QUERIES: tuple[NamedQuery, ...] = (
             "created_at",
             "updated_at",
             "version",
+            "external_source",
+            "external_id",
+            "attributes",
         ),
-        f"insert a row (email_index_next = email_next); {_WRITE}; a taken email_normalized "
-        "or email_index_next raises Conflict",
+        f"insert a row (email_index_next = email_next); {_WRITE}; a taken email_normalized, "
+        "email_index_next or (external_source, external_id) raises Conflict",
     ),
     NamedQuery(
         "get_user", ("id", "include_deleted"), f"{_USER}, or none; deleted only if include_deleted"
@@ -102,10 +105,16 @@ NAMED_QUERIES: tuple[NamedQuery, ...] = (
             "full_name_folded",
             "set_is_active",
             "is_active",
+            "set_external",
+            "external_source",
+            "external_id",
+            "set_attributes",
+            "attributes",
         ),
         "one conditional UPDATE of a live user (version = expected_version when that is not "
         "NULL): set each field whose set_<field> is true (the email with email_normalized = "
-        f"email_key and email_index_next = email_next), version + 1, updated_at = now; {_WRITE}",
+        "email_key and email_index_next = email_next; external_source with external_id), "
+        f"version + 1, updated_at = now; {_WRITE}",
     ),
     NamedQuery(
         "delete_user",

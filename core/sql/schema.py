@@ -11,7 +11,7 @@ from __future__ import annotations
 import attrs
 
 #: Bumped with every core migration that changes the published schema.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 @attrs.frozen
@@ -76,6 +76,30 @@ SCHEMA: tuple[Column, ...] = (
     Column("users", "updated_at", "timestamp", notes=_TIME),
     Column("users", "version", "integer", notes="1 to 2**31 - 1; bumped by every write"),
     Column("users", "deleted_at", "timestamp", nullable=True, notes=f"{_TIME}; set while deleted"),
+    Column(
+        "users",
+        "external_source",
+        "text",
+        nullable=True,
+        max_length=64,
+        notes="who issued external_id; set with it, or NULL with it",
+    ),
+    Column(
+        "users",
+        "external_id",
+        "text",
+        nullable=True,
+        max_length=255,
+        notes="unique with external_source where not NULL (users_external_id_key)",
+    ),
+    Column(
+        "users",
+        "attributes",
+        "text",
+        nullable=True,
+        max_length=65536,
+        notes="a JSON object as compact text, NULL when empty",
+    ),
     Column("idempotency_keys", "key", "text", max_length=768, notes="primary key, exact"),
     Column("idempotency_keys", "fingerprint", "text", max_length=64),
     Column("idempotency_keys", "claimed_at", "timestamp", notes=_TIME),

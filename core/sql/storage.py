@@ -43,7 +43,23 @@ from userplane.text import fold
 from userplane.users import User, UserFilter
 
 #: The user columns every query returns, in ``User``'s field order.
-USER_COLUMNS = "id, email, full_name, is_active, created_at, updated_at, version, deleted_at"
+USER_COLUMNS = (
+    "id, email, full_name, is_active, created_at, updated_at, version, deleted_at, "
+    "external_source, external_id, attributes"
+)
+#: How many columns ``USER_COLUMNS`` names.
+USER_COLUMN_COUNT = 11
+
+
+def attributes_to_db(attributes: Mapping[str, Any]) -> str | None:
+    """A user's custom attributes as stored: compact JSON text, ``NULL`` when there are none."""
+    return json.dumps(attributes, separators=(",", ":"), ensure_ascii=False) if attributes else None
+
+
+def attributes_from_db(value: Any) -> dict[str, Any]:
+    """The stored attributes (JSON text or ``NULL``) as a dict."""
+    return {} if value is None else dict(json.loads(value))
+
 
 Row = Sequence[Any]
 
@@ -68,6 +84,9 @@ def insert_params(
         "created_at": user.created_at,
         "updated_at": user.updated_at,
         "version": user.version,
+        "external_source": user.external_source,
+        "external_id": user.external_id,
+        "attributes": attributes_to_db(user.attributes),
     }
 
 
@@ -93,6 +112,12 @@ def update_params(
         **_personal_params(fields, email_key, name_key, next_key),
         "set_is_active": "is_active" in fields,
         "is_active": fields.get("is_active"),
+        # The external id and its source are one value: set together.
+        "set_external": "external_id" in fields,
+        "external_source": fields.get("external_source"),
+        "external_id": fields.get("external_id"),
+        "set_attributes": "attributes" in fields,
+        "attributes": attributes_to_db(fields.get("attributes") or {}),
     }
 
 
@@ -220,6 +245,9 @@ class SQLStorage(SQLGroups, abc.ABC):
             updated_at=self.time_from_db(row[5]),
             version=row[6],
             deleted_at=None if deleted is None else self.time_from_db(deleted),
+            external_source=row[8],
+            external_id=row[9],
+            attributes=attributes_from_db(row[10]),
         )
 
     def core_migrations(self) -> Path | None:
@@ -342,6 +370,8 @@ class SQLStorage(SQLGroups, abc.ABC):
             email_next=flt.email is not None and flt.email_next is not None,
             q=bool(flt.q),
             include_deleted=flt.include_deleted,
+            external_source=flt.external_source is not None,
+            external_id=flt.external_id is not None,
         )
         params = {
             "after_key": None if after is None else after.key,
@@ -350,6 +380,8 @@ class SQLStorage(SQLGroups, abc.ABC):
             "email_key": flt.email,
             "email_next": flt.email_next,
             "q": flt.q,
+            "external_source": flt.external_source,
+            "external_id": flt.external_id,
             "limit": limit,
         }
         return [self.user_from_row(r) for r in self.fetch_all(sql, self.params(params))]
@@ -473,7 +505,8 @@ class SQLStorage(SQLGroups, abc.ABC):
         rows = self.fetch_all(
             self.queries["index_entries"], self.params({"after": after, "limit": limit})
         )
-        return [IndexEntry(self.user_from_row(r[:8]), r[8], r[9]) for r in rows]
+        n = USER_COLUMN_COUNT
+        return [IndexEntry(self.user_from_row(r[:n]), r[n], r[n + 1]) for r in rows]
 
     def count_users(self) -> int:
         """``SELECT count(*)``."""

@@ -25,9 +25,11 @@ from userplane.testing.groups import GroupStorageContract
 from userplane.testing.sealed import SealedStorageContract
 from userplane.testing.storage import StorageContract, insert, make_user, run_concurrently
 from userplane.testing.strategies import emails, new_users
+from userplane.testing.users_external import ExternalIdContract
 
 __all__ = [
     "AuthPluginContract",
+    "ExternalIdContract",
     "GroupStorageContract",
     "SealedStorageContract",
     "StatementCounter",

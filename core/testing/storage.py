@@ -46,6 +46,7 @@ from userplane.pagination import Position, Sort
 from userplane.sql import SCHEMA, SQLStorage, insert_params
 from userplane.storage import BulkStorage, KeyRecord, Storage, UserRow
 from userplane.testing.groups import GroupStorageContract
+from userplane.testing.users_external import ExternalIdContract
 from userplane.text import fold
 from userplane.users import MAX_FULL_NAME, User, UserFilter, sort_key
 
@@ -122,7 +123,7 @@ def run_concurrently(count: int, action: Callable[[int], T]) -> list[T | BaseExc
     return results
 
 
-class StorageContract(GroupStorageContract):
+class StorageContract(GroupStorageContract, ExternalIdContract):
     """The behaviour every ``Storage`` must have. Subclass it and provide a ``storage`` fixture.
 
     The fixture yields a migrated, empty storage and closes it afterwards.

@@ -43,17 +43,55 @@ def users() -> None:
     """Create, read, update and delete users."""
 
 
+def _attributes(text: str | None) -> Any:
+    """``--attributes`` as JSON (``InvalidInput`` naming it when it is not JSON)."""
+    if text is None:
+        return None
+    import json
+
+    from userplane.errors import InvalidInput
+
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise InvalidInput.for_field("--attributes", "must be a JSON object") from None
+
+
+external_source_option = click.option(
+    "--external-source", default=None, help="Who issued --external-id (an identity provider)."
+)
+external_id_option = click.option(
+    "--external-id", default=None, help="The id that source knows the user by (with its source)."
+)
+
+
 @users.command()
 @click.option("--email", required=True, help="The address; must be unique (case-insensitively).")
 @click.option("--full-name", default=None, help="Display name.")
 @click.option("--inactive", is_flag=True, help="Create the user deactivated.")
+@external_source_option
+@external_id_option
+@click.option("--attributes", default=None, help="Custom attributes, a JSON object.")
 @format_option
 @pass_state
-def create(state: State, email: str, full_name: str | None, inactive: bool, fmt: str) -> None:
+def create(
+    state: State,
+    email: str,
+    full_name: str | None,
+    inactive: bool,
+    external_source: str | None,
+    external_id: str | None,
+    attributes: str | None,
+    fmt: str,
+) -> None:
     """Create a user and print it."""
     from userplane import convert
 
-    data = {"email": email, "full_name": full_name, "is_active": not inactive}
+    data: dict[str, Any] = {"email": email, "full_name": full_name, "is_active": not inactive}
+    if external_source is not None or external_id is not None:
+        data |= {"external_source": external_source, "external_id": external_id}
+    if attributes is not None:
+        data["attributes"] = _attributes(attributes)
     _show([state.registry.users.create(convert.new_user_from(data))], fmt)
 
 
@@ -71,6 +109,8 @@ def create(state: State, email: str, full_name: str | None, inactive: bool, fmt:
 @click.option("--email", default=None, help="Only the user with this address.")
 @click.option("-q", "--query", "q", default=None, help="Substring of email or name, any case.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many.")
+@click.option("--external-source", default=None, help="Only users from this source.")
+@click.option("--external-id", default=None, help="Only users with this external id.")
 @format_option
 @pass_state
 def list_(
@@ -81,6 +121,8 @@ def list_(
     email: str | None,
     q: str | None,
     limit: int | None,
+    external_source: str | None,
+    external_id: str | None,
     fmt: str,
 ) -> None:
     """List users (oldest first unless --sort says otherwise), following every page."""
@@ -101,6 +143,8 @@ def list_(
                 q=q,
                 sort=sort,
                 include_deleted=include_deleted,
+                external_source=external_source,
+                external_id=external_id,
             )
             page = service.list(query)
             yield from page.items
@@ -129,6 +173,14 @@ def get(state: State, id_or_email: str, include_deleted: bool, fmt: str) -> None
 @click.option("--full-name", default=None, help="New display name.")
 @click.option("--clear-full-name", is_flag=True, help="Remove the display name.")
 @click.option("--active/--inactive", "is_active", default=None, help="Activate or deactivate.")
+@external_source_option
+@external_id_option
+@click.option("--clear-external-id", is_flag=True, help="Remove the external id and its source.")
+@click.option(
+    "--attributes",
+    default=None,
+    help="A JSON merge patch of the custom attributes (a key set to null goes).",
+)
 @click.option("--if-version", type=int, default=None, help="Only if the user is at this version.")
 @format_option
 @pass_state
@@ -139,6 +191,10 @@ def update(
     full_name: str | None,
     clear_full_name: bool,
     is_active: bool | None,
+    external_source: str | None,
+    external_id: str | None,
+    clear_external_id: bool,
+    attributes: str | None,
     if_version: int | None,
     fmt: str,
 ) -> None:
@@ -147,6 +203,11 @@ def update(
 
     if full_name is not None and clear_full_name:
         raise click.UsageError("--full-name and --clear-full-name exclude each other")
+    external = external_source is not None or external_id is not None
+    if external and clear_external_id:
+        raise click.UsageError(
+            "--external-source/--external-id and --clear-external-id exclude each other"
+        )
     data: dict[str, object] = {}
     if email is not None:
         data["email"] = email
@@ -154,6 +215,15 @@ def update(
         data["full_name"] = full_name
     if is_active is not None:
         data["is_active"] = is_active
+    # Only what was given: a source alone is refused (as over HTTP), never a clear.
+    if external_source is not None:
+        data["external_source"] = external_source
+    if external_id is not None:
+        data["external_id"] = external_id
+    if clear_external_id:
+        data |= {"external_source": None, "external_id": None}
+    if attributes is not None:
+        data["attributes"] = _attributes(attributes)
     service = state.registry.users
     user_id = _id_of(service, id_or_email)
     _show([service.update(user_id, convert.changes_from(data), if_version)], fmt)

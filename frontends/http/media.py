@@ -9,9 +9,13 @@ import falcon
 import orjson
 from falcon import media
 
-#: No request body of ours nests deeper or holds a longer string; more is hostile.
+from userplane import attributes
+
+#: No request body of ours nests deeper or holds a string much longer (a custom
+#: attribute's string value is the longest: ``userplane.attributes.MAX_STRING``); more is
+#: hostile. Twice that: a value a little too long reaches the rules, which name its field.
 MAX_DEPTH = 8
-MAX_STRING = 1024
+MAX_STRING = 2 * attributes.MAX_STRING
 
 
 def _too_large(detail: str) -> falcon.HTTPError:

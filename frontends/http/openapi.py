@@ -14,10 +14,17 @@ from typing import Any
 import email_validator
 
 import userplane
+from userplane import attributes
 from userplane.idempotency import MAX_KEY_LENGTH
 from userplane.pagination import SORT_FIELDS
 from userplane.text import is_invisible_format
-from userplane.users import DEFAULT_LIMIT, MAX_FULL_NAME, MAX_LIMIT
+from userplane.users import (
+    DEFAULT_LIMIT,
+    MAX_EXTERNAL_ID,
+    MAX_EXTERNAL_SOURCE,
+    MAX_FULL_NAME,
+    MAX_LIMIT,
+)
 
 PROBLEM = "application/problem+json"
 JSON = "application/json"
@@ -66,6 +73,70 @@ _EMAIL_PATTERN = (
     + "|".join(_any_case(d) for d in email_validator.SPECIAL_USE_DOMAIN_NAMES)
     + r")\.?$)"
 )
+
+
+_CONTROL = r"\x00-\x1f\x7f-\x9f"
+#: An external id comes with its source; a source alone needs the id beside it (null: none).
+_EXTERNAL_PAIR = [
+    {
+        "if": {"required": ["external_id"], "properties": {"external_id": {"type": "string"}}},
+        "then": {
+            "required": ["external_source"],
+            "properties": {"external_source": {"type": "string"}},
+        },
+    },
+    {
+        "if": {
+            "required": ["external_source"],
+            "properties": {"external_source": {"type": "string"}},
+        },
+        "then": {"required": ["external_id"]},
+    },
+]
+#: A key of custom attributes.
+_ATTRIBUTE_KEY = {
+    "minLength": 1,
+    "maxLength": attributes.MAX_KEY,
+    "pattern": f"^[^{_CONTROL}]*$",
+}
+
+
+def _attribute_value(depth: int) -> dict[str, Any]:
+    """What a value of custom attributes at ``depth`` may be (the object itself is 1)."""
+    # Each keyword applies to its own type only: maxLength to strings, the bounds to numbers.
+    scalar = {
+        "type": ["string", "number", "boolean", "null"],
+        "maxLength": attributes.MAX_STRING,
+        "pattern": "^[^\\u0000]*$",
+        "minimum": -attributes.MAX_SAFE_INTEGER,
+        "maximum": attributes.MAX_SAFE_INTEGER,
+    }
+    if depth >= attributes.MAX_DEPTH:
+        return scalar
+    inner = _attribute_value(depth + 1)
+    return {
+        "anyOf": [
+            scalar,
+            {
+                "type": "object",
+                "maxProperties": attributes.MAX_ENTRIES,
+                "propertyNames": _ATTRIBUTE_KEY,
+                "additionalProperties": inner,
+            },
+            {"type": "array", "maxItems": attributes.MAX_ENTRIES, "items": inner},
+        ]
+    }
+
+
+#: In a change, a source (even null) is set with its id, always.
+_EXTERNAL_PAIR_CHANGE = [
+    _EXTERNAL_PAIR[0],
+    {"if": {"required": ["external_source"]}, "then": {"required": ["external_id"]}},
+]
+#: A source of external ids.
+SOURCE_PATTERN = "^[A-Za-z0-9._:-]+$"
+#: An external id (of a user or a group): no control character, no whitespace first or last.
+EXTERNAL_ID_PATTERN = rf"^[^\s{_CONTROL}](?:[^{_CONTROL}]*[^\s{_CONTROL}])?$"
 
 
 def _ref(kind: str, name: str) -> dict[str, str]:
@@ -223,6 +294,27 @@ def document(roles: Collection[str] | None = None) -> dict[str, Any]:
                                 "pattern": "^[^\\u0000]*$",
                             },
                             "Substring of the email or the name, any letter case.",
+                        ),
+                        _query(
+                            "external_source",
+                            {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": MAX_EXTERNAL_SOURCE,
+                                "pattern": SOURCE_PATTERN,
+                            },
+                            "Only users from this source of external ids.",
+                        ),
+                        _query(
+                            "external_id",
+                            {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": MAX_EXTERNAL_ID,
+                                "pattern": EXTERNAL_ID_PATTERN,
+                            },
+                            "Only users with this external id (from any source, unless "
+                            "`external_source` says).",
                         ),
                         include_deleted,
                         _header("X-Request-ID"),
@@ -392,6 +484,9 @@ def _components() -> dict[str, Any]:
                     "updated_at",
                     "version",
                     "deleted_at",
+                    "external_source",
+                    "external_id",
+                    "attributes",
                 ],
                 "properties": {
                     "id": {"type": "string", "format": "uuid"},
@@ -402,6 +497,9 @@ def _components() -> dict[str, Any]:
                     "updated_at": {"type": "string", "format": "date-time"},
                     "version": {"type": "integer", "minimum": 1},
                     "deleted_at": {**nullable_time, "description": "Set while deleted."},
+                    "external_source": {"type": ["string", "null"]},
+                    "external_id": {"type": ["string", "null"]},
+                    "attributes": {"type": "object"},
                 },
             },
             "NewUser": {
@@ -412,7 +510,11 @@ def _components() -> dict[str, Any]:
                     "email": _ref("schemas", "Email"),
                     "full_name": _ref("schemas", "FullName"),
                     "is_active": {"type": "boolean", "default": True},
+                    "external_source": _ref("schemas", "ExternalSource"),
+                    "external_id": _ref("schemas", "ExternalId"),
+                    "attributes": _ref("schemas", "Attributes"),
                 },
+                "allOf": _EXTERNAL_PAIR,
             },
             "UserChanges": {
                 "type": "object",
@@ -421,7 +523,39 @@ def _components() -> dict[str, Any]:
                     "email": _ref("schemas", "Email"),
                     "full_name": _ref("schemas", "FullName"),
                     "is_active": {"type": "boolean"},
+                    "external_source": _ref("schemas", "ExternalSource"),
+                    "external_id": _ref("schemas", "ExternalId"),
+                    "attributes": {
+                        **_ref("schemas", "Attributes"),
+                        "description": "Merged into the stored attributes (RFC 7396: a "
+                        "key set to null goes); null removes them all.",
+                    },
                 },
+                "allOf": _EXTERNAL_PAIR_CHANGE,
+            },
+            "ExternalSource": {
+                "type": ["string", "null"],
+                "minLength": 1,
+                "maxLength": MAX_EXTERNAL_SOURCE,
+                "pattern": SOURCE_PATTERN,
+                "description": "Who issued `external_id` (an identity provider); set with it.",
+            },
+            "ExternalId": {
+                "type": ["string", "null"],
+                "minLength": 1,
+                "maxLength": MAX_EXTERNAL_ID,
+                "pattern": EXTERNAL_ID_PATTERN,
+                "description": "The id the source knows the user by: unique with the source.",
+            },
+            "Attributes": {
+                "type": ["object", "null"],
+                "maxProperties": attributes.MAX_ENTRIES,
+                "propertyNames": _ATTRIBUTE_KEY,
+                "additionalProperties": _attribute_value(2),
+                "description": "Your own metadata: a JSON object of at most "
+                f"{attributes.MAX_BYTES} bytes, nested at most {attributes.MAX_DEPTH} "
+                f"levels, {attributes.MAX_ENTRIES} entries per object or array, strings "
+                f"of at most {attributes.MAX_STRING} characters.",
             },
             "Email": {
                 "type": "string",

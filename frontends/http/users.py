@@ -18,7 +18,19 @@ from userplane.frontends.http.conditions import expected_version, not_modified
 from userplane.idempotency import IdempotencyService, StoredResponse
 from userplane.users import DEFAULT_LIMIT, User, UserQuery, UserService, check_query
 
-_LIST_PARAMS = frozenset({"limit", "cursor", "is_active", "email", "q", "sort", "include_deleted"})
+_LIST_PARAMS = frozenset(
+    {
+        "limit",
+        "cursor",
+        "is_active",
+        "email",
+        "q",
+        "sort",
+        "include_deleted",
+        "external_source",
+        "external_id",
+    }
+)
 _GET_PARAMS = frozenset({"include_deleted"})
 _BOOLS = {"true": True, "false": False}
 
@@ -100,6 +112,8 @@ def _parse_list_query(req: falcon.Request) -> UserQuery:
         q=values.get("q"),
         sort=values.get("sort", "created_at"),
         include_deleted=bool(include_deleted),
+        external_source=values.get("external_source"),
+        external_id=values.get("external_id"),
     )
     if errors:
         # Name every parameter at fault at once, the core's checks included.

@@ -3,27 +3,34 @@
 
 -- name: insert_user
 INSERT INTO users (id, email, email_normalized, email_index_next, full_name,
-                   full_name_folded, is_active, created_at, updated_at, version)
+                   full_name_folded, is_active, created_at, updated_at, version,
+                   external_source, external_id, attributes)
 VALUES (%(id)s, %(email)s, %(email_key)s, %(email_next)s::text, %(full_name)s,
-        %(full_name_folded)s, %(is_active)s, %(created_at)s, %(updated_at)s, %(version)s)
-RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+        %(full_name_folded)s, %(is_active)s, %(created_at)s, %(updated_at)s, %(version)s,
+        %(external_source)s::text, %(external_id)s::text, %(attributes)s::text)
+RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
+          external_source, external_id, attributes
 
 -- name: get_user
-SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
+       external_source, external_id, attributes
 FROM users WHERE id = %(id)s AND (%(include_deleted)s::boolean OR deleted_at IS NULL)
 
 -- name: lock_user
-SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
+       external_source, external_id, attributes
 FROM users WHERE id = %(id)s FOR UPDATE
 
 -- name: get_user_by_email
-SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
+       external_source, external_id, attributes
 FROM users
 WHERE email_normalized = %(email_key)s AND (%(include_deleted)s::boolean OR deleted_at IS NULL)
 
 -- name: get_user_by_email_keys
 -- One statement: a re-index moving the user between two statements must not hide it.
-SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
+       external_source, external_id, attributes
 FROM users
 WHERE (email_normalized = %(email_key)s OR email_index_next = %(email_next)s)
   AND (%(include_deleted)s::boolean OR deleted_at IS NULL)
@@ -39,23 +46,30 @@ UPDATE users SET
     full_name_folded = CASE WHEN %(set_full_name)s THEN %(full_name_folded)s::text
                             ELSE full_name_folded END,
     is_active = CASE WHEN %(set_is_active)s THEN %(is_active)s::boolean ELSE is_active END,
+    external_source = CASE WHEN %(set_external)s THEN %(external_source)s::text
+                           ELSE external_source END,
+    external_id = CASE WHEN %(set_external)s THEN %(external_id)s::text ELSE external_id END,
+    attributes = CASE WHEN %(set_attributes)s THEN %(attributes)s::text ELSE attributes END,
     version = version + 1,
     updated_at = %(now)s
 WHERE id = %(id)s AND deleted_at IS NULL
   AND (%(expected_version)s::integer IS NULL OR version = %(expected_version)s::integer)
-RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
+          external_source, external_id, attributes
 
 -- name: delete_user
 -- Soft: the row stays, so the email stays reserved until a purge.
 UPDATE users SET deleted_at = %(now)s, updated_at = %(now)s, version = version + 1
 WHERE id = %(id)s AND deleted_at IS NULL
   AND (%(expected_version)s::integer IS NULL OR version = %(expected_version)s::integer)
-RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
+          external_source, external_id, attributes
 
 -- name: restore_user
 UPDATE users SET deleted_at = NULL, updated_at = %(now)s, version = version + 1
 WHERE id = %(id)s AND deleted_at IS NOT NULL
-RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
+          external_source, external_id, attributes
 
 -- name: purge_users
 DELETE FROM users WHERE deleted_at IS NOT NULL AND deleted_at < %(before)s
@@ -122,7 +136,8 @@ DELETE FROM idempotency_keys WHERE expires_at <= %(now)s
 
 -- name: copy_users
 COPY users (id, email, email_normalized, email_index_next, full_name, full_name_folded,
-            is_active, created_at, updated_at, version)
+            is_active, created_at, updated_at, version, external_source, external_id,
+            attributes)
 FROM STDIN
 
 -- name: users_by_email_keys
@@ -133,7 +148,8 @@ SELECT u.*
 FROM unnest(%(keys)s::text[]) AS k(key)
 CROSS JOIN LATERAL (
     SELECT u.email_normalized, u.email_index_next, u.id, u.email, u.full_name, u.is_active,
-           u.created_at, u.updated_at, u.version, u.deleted_at
+           u.created_at, u.updated_at, u.version, u.deleted_at, u.external_source,
+           u.external_id, u.attributes
     FROM users AS u WHERE u.email_normalized = k.key LIMIT 1
 ) AS u
 UNION ALL
@@ -141,7 +157,8 @@ SELECT u.*
 FROM unnest(%(keys)s::text[]) AS k(key)
 CROSS JOIN LATERAL (
     SELECT u.email_normalized, u.email_index_next, u.id, u.email, u.full_name, u.is_active,
-           u.created_at, u.updated_at, u.version, u.deleted_at
+           u.created_at, u.updated_at, u.version, u.deleted_at, u.external_source,
+           u.external_id, u.attributes
     FROM users AS u WHERE u.email_index_next = k.key LIMIT 1
 ) AS u
 
@@ -168,5 +185,5 @@ UPDATE encryption_keys SET ready_at = %(at)s WHERE name = %(name)s AND ready_at 
 -- name: index_entries
 -- A re-index walks every user, deleted ones too, by id, with both index values.
 SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
-       email_normalized, email_index_next
+       external_source, external_id, attributes, email_normalized, email_index_next
 FROM users WHERE (%(after)s::uuid IS NULL OR id > %(after)s::uuid) ORDER BY id LIMIT %(limit)s

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import re
@@ -333,7 +334,20 @@ class PostgreSQLStorage(PostgreSQLCopying, SQLStorage):
 
     def user_from_row(self, row: Sequence[Any]) -> User:
         """The columns come back in ``User``'s field order, as uuid, bool and UTC datetimes."""
-        return User(*row)
+        attributes = row[10]
+        return User(
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            row[5],
+            row[6],
+            row[7],
+            row[8],
+            row[9],
+            {} if attributes is None else json.loads(attributes),
+        )
 
     def ping(self) -> None:
         """``SELECT 1`` through the pool."""

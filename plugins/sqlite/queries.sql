@@ -2,27 +2,34 @@
 
 -- name: insert_user
 INSERT INTO users (id, email, email_normalized, email_index_next, full_name,
-                   full_name_folded, is_active, created_at, updated_at, version)
+                   full_name_folded, is_active, created_at, updated_at, version,
+                   external_source, external_id, attributes)
 VALUES (:id, :email, :email_key, :email_next, :full_name,
-        :full_name_folded, :is_active, :created_at, :updated_at, :version)
-RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+        :full_name_folded, :is_active, :created_at, :updated_at, :version,
+        :external_source, :external_id, :attributes)
+RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
+          external_source, external_id, attributes
 
 -- name: get_user
-SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
+       external_source, external_id, attributes
 FROM users WHERE id = :id AND (:include_deleted OR deleted_at IS NULL)
 
 -- name: lock_user
 -- A transaction here holds the database's write lock (BEGIN IMMEDIATE): no row lock needed.
-SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
+       external_source, external_id, attributes
 FROM users WHERE id = :id
 
 -- name: get_user_by_email
-SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
+       external_source, external_id, attributes
 FROM users WHERE email_normalized = :email_key AND (:include_deleted OR deleted_at IS NULL)
 
 -- name: get_user_by_email_keys
 -- One statement: a re-index moving the user between two statements must not hide it.
-SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
+       external_source, external_id, attributes
 FROM users
 WHERE (email_normalized = :email_key OR email_index_next = :email_next)
   AND (:include_deleted OR deleted_at IS NULL)
@@ -37,23 +44,30 @@ UPDATE users SET
     full_name = CASE WHEN :set_full_name THEN :full_name ELSE full_name END,
     full_name_folded = CASE WHEN :set_full_name THEN :full_name_folded ELSE full_name_folded END,
     is_active = CASE WHEN :set_is_active THEN :is_active ELSE is_active END,
+    external_source = CASE WHEN :set_external THEN :external_source
+                           ELSE external_source END,
+    external_id = CASE WHEN :set_external THEN :external_id ELSE external_id END,
+    attributes = CASE WHEN :set_attributes THEN :attributes ELSE attributes END,
     version = version + 1,
     updated_at = :now
 WHERE id = :id AND deleted_at IS NULL
   AND (:expected_version IS NULL OR version = :expected_version)
-RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
+          external_source, external_id, attributes
 
 -- name: delete_user
 -- Soft: the row stays, so the email stays reserved until a purge.
 UPDATE users SET deleted_at = :now, updated_at = :now, version = version + 1
 WHERE id = :id AND deleted_at IS NULL
   AND (:expected_version IS NULL OR version = :expected_version)
-RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
+          external_source, external_id, attributes
 
 -- name: restore_user
 UPDATE users SET deleted_at = NULL, updated_at = :now, version = version + 1
 WHERE id = :id AND deleted_at IS NOT NULL
-RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+RETURNING id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
+          external_source, external_id, attributes
 
 -- name: purge_users
 DELETE FROM users WHERE deleted_at IS NOT NULL AND deleted_at < :before
@@ -139,5 +153,5 @@ UPDATE encryption_keys SET ready_at = :at WHERE name = :name AND ready_at IS NUL
 -- name: index_entries
 -- A re-index walks every user, deleted ones too, by id, with both index values.
 SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
-       email_normalized, email_index_next
+       external_source, external_id, attributes, email_normalized, email_index_next
 FROM users WHERE (:after IS NULL OR id > :after) ORDER BY id LIMIT :limit

@@ -41,14 +41,16 @@ EVENT_TYPES: Final = (
 )
 ALL: Final = "*"
 
-#: Fields whose after-value a payload carries: none of them is personal (a group's name,
-#: roles and external id, and a member's id, are not a person's data).
+#: Fields whose after-value a payload carries: none of them is personal (a group's name
+#: and roles, an external id and its source, a member's id; a user's custom attributes
+#: may be, and are not carried).
 _PUBLIC_VALUES: Final = (
     "is_active",
     "deleted_at",
     "version",
     "display_name",
     "roles",
+    "external_source",
     "external_id",
     "member",
 )

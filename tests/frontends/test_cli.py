@@ -54,6 +54,9 @@ USER_KEYS = {
     "updated_at",
     "version",
     "deleted_at",
+    "external_source",
+    "external_id",
+    "attributes",
 }
 TABLE_COLUMNS = ["ID", "EMAIL", "FULL_NAME", "IS_ACTIVE", "CREATED_AT", "VERSION", "DELETED_AT"]
 

@@ -41,6 +41,9 @@ USER_FIELDS = {
     "updated_at",
     "version",
     "deleted_at",
+    "external_source",
+    "external_id",
+    "attributes",
 }
 GENERATED_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 NEXT_LINK = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?(?:\s*;|\s*,|\s*$)')

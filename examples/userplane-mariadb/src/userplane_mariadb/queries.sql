@@ -4,25 +4,31 @@
 
 -- name: insert_user
 INSERT INTO users (id, email, email_normalized, email_index_next, full_name,
-                   full_name_folded, is_active, created_at, updated_at, version)
+                   full_name_folded, is_active, created_at, updated_at, version,
+                   external_source, external_id, attributes)
 VALUES (%(id)s, %(email)s, %(email_key)s, %(email_next)s, %(full_name)s,
-        %(full_name_folded)s, %(is_active)s, %(created_at)s, %(updated_at)s, %(version)s)
+        %(full_name_folded)s, %(is_active)s, %(created_at)s, %(updated_at)s, %(version)s,
+        %(external_source)s, %(external_id)s, %(attributes)s)
 
 -- name: get_user
-SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
+       external_source, external_id, attributes
 FROM users WHERE id = %(id)s AND (%(include_deleted)s OR deleted_at IS NULL)
 
 -- name: lock_user
-SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
+       external_source, external_id, attributes
 FROM users WHERE id = %(id)s FOR UPDATE
 
 -- name: get_user_by_email
-SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
+       external_source, external_id, attributes
 FROM users WHERE email_normalized = %(email_key)s AND (%(include_deleted)s OR deleted_at IS NULL)
 
 -- name: get_user_by_email_keys
 -- One statement: a re-index moving the user between two statements must not hide it.
-SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at
+SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
+       external_source, external_id, attributes
 FROM users
 WHERE (email_normalized = %(email_key)s OR email_index_next = %(email_next)s)
   AND (%(include_deleted)s OR deleted_at IS NULL)
@@ -30,7 +36,11 @@ LIMIT 1
 
 -- name: update_user
 -- One conditional statement: the version check and the write cannot be separated.
-UPDATE users SET
+-- FORCE INDEX (PRIMARY), here and in every UPDATE of one user: found through
+-- users_deleted_at_idx instead (the optimizer's pick on a small table), a writer would
+-- lock that index's entry before the row, while lock_user holds the row and then writes:
+-- a deadlock. By the primary key, every writer takes the row first.
+UPDATE users FORCE INDEX (PRIMARY) SET
     email = CASE WHEN %(set_email)s THEN %(email)s ELSE email END,
     email_normalized = CASE WHEN %(set_email)s THEN %(email_key)s ELSE email_normalized END,
     email_index_next = CASE WHEN %(set_email)s THEN %(email_next)s ELSE email_index_next END,
@@ -38,6 +48,10 @@ UPDATE users SET
     full_name_folded = CASE WHEN %(set_full_name)s THEN %(full_name_folded)s
                             ELSE full_name_folded END,
     is_active = CASE WHEN %(set_is_active)s THEN %(is_active)s ELSE is_active END,
+    external_source = CASE WHEN %(set_external)s THEN %(external_source)s
+                           ELSE external_source END,
+    external_id = CASE WHEN %(set_external)s THEN %(external_id)s ELSE external_id END,
+    attributes = CASE WHEN %(set_attributes)s THEN %(attributes)s ELSE attributes END,
     version = version + 1,
     updated_at = %(now)s
 WHERE id = %(id)s AND deleted_at IS NULL
@@ -45,12 +59,12 @@ WHERE id = %(id)s AND deleted_at IS NULL
 
 -- name: delete_user
 -- Soft: the row stays, so the email stays reserved until a purge.
-UPDATE users SET deleted_at = %(now)s, updated_at = %(now)s, version = version + 1
+UPDATE users FORCE INDEX (PRIMARY) SET deleted_at = %(now)s, updated_at = %(now)s, version = version + 1
 WHERE id = %(id)s AND deleted_at IS NULL
   AND (%(expected_version)s IS NULL OR version = %(expected_version)s)
 
 -- name: restore_user
-UPDATE users SET deleted_at = NULL, updated_at = %(now)s, version = version + 1
+UPDATE users FORCE INDEX (PRIMARY) SET deleted_at = NULL, updated_at = %(now)s, version = version + 1
 WHERE id = %(id)s AND deleted_at IS NOT NULL
 
 -- name: purge_users
@@ -83,7 +97,7 @@ WHERE u.deleted_at IS NOT NULL AND u.deleted_at < %(before)s
 -- Key rotation and re-indexing: the stored form changes, what a client sees (version, updated_at) does not.
 -- The row count is of rows changed (no CLIENT_FOUND_ROWS): a row at version that already
 -- holds these values counts 0, so the store's reseal_user then asks user_at_version.
-UPDATE users SET
+UPDATE users FORCE INDEX (PRIMARY) SET
     email = CASE WHEN %(set_email)s THEN %(email)s ELSE email END,
     email_normalized = COALESCE(%(email_key)s, email_normalized),
     email_index_next = COALESCE(%(email_next)s, email_index_next),
@@ -165,5 +179,5 @@ UPDATE encryption_keys SET ready_at = %(at)s WHERE name = %(name)s AND ready_at 
 -- A re-index walks every user, deleted ones too, by id (the primary key: CHAR(36) in
 -- utf8mb4_nopad_bin, whose code point order is the ids' order), with both index values.
 SELECT id, email, full_name, is_active, created_at, updated_at, version, deleted_at,
-       email_normalized, email_index_next
+       external_source, external_id, attributes, email_normalized, email_index_next
 FROM users WHERE (%(after)s IS NULL OR id > %(after)s) ORDER BY id LIMIT %(limit)s
