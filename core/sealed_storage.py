@@ -37,6 +37,7 @@ from userplane.errors import (
     Unavailable,
     Undecryptable,
 )
+from userplane.filtering import And, Compare, Expr, Not, Or
 from userplane.idempotency import IdempotencyRecord, StoredResponse
 from userplane.indexing import PLAIN, IndexPlan, Scheme, other
 from userplane.keyring import Keyring, NamedKey
@@ -44,6 +45,7 @@ from userplane.pagination import Position, Sort
 from userplane.sealing import SEALED_FIELDS, DataKey, Sealer, is_sealed, is_sealed_body
 from userplane.storage import (
     BulkStorage,
+    FilterableStorage,
     GroupStorage,
     IndexEntry,
     KeyRecord,
@@ -566,6 +568,70 @@ class SealedStorage:
     def member_roles(self, user_id: uuid.UUID) -> frozenset[str]:
         """Roles through the inner storage."""
         return self._groups.member_roles(user_id)
+
+    # -- filters (``FilterableStorage``, when the inner storage runs them) ---------------
+
+    def _filterable(self) -> FilterableStorage:
+        inner = self.inner
+        if not isinstance(inner, FilterableStorage):
+            raise ConfigurationError(
+                f"the {inner.name!r} storage cannot filter users "
+                "(it does not implement userplane.storage.FilterableStorage)"
+            )
+        return inner
+
+    def _sealed_filter(self, expr: Expr) -> Expr:
+        """``expr`` as the inner storage runs it: an email by its blind-index values.
+
+        A sealed address or name has no text to search or compare but equality
+        of the address: anything else is refused, never run on ciphertext.
+        """
+        self.verify()
+        plan = self._plan
+        if plan is None:
+            return expr
+
+        def rewrite(node: Expr) -> Expr:
+            if isinstance(node, And | Or):
+                return type(node)(tuple(rewrite(p) for p in node.parts))
+            if isinstance(node, Not):
+                return Not(rewrite(node.part))
+            # A sealed name's presence shows (NULL stays NULL); its text does not.
+            searching = isinstance(node, Compare) and (
+                node.field == "full_name" or (node.field == "email" and node.op not in ("eq", "ne"))
+            )
+            if searching:
+                raise InvalidInput.for_field(
+                    "$.filter",
+                    f"personal data is encrypted: {node.field!r} can only be compared "
+                    "whole (eq, ne), and only the email",
+                )
+            if isinstance(node, Compare) and node.field == "email":
+                return Compare("email", node.op, plan.values(str(node.value)))
+            return node
+
+        return rewrite(expr)
+
+    def select_users(
+        self,
+        expr: Expr,
+        sort: Sort,
+        offset: int,
+        limit: int,
+        include_deleted: bool = False,
+    ) -> list[User]:
+        """Selected by the inner storage, opened; personal orders refused when sealed."""
+        sealed = self._sealed_filter(expr)
+        if self._plan is not None:
+            errors = encrypted_query_errors(False, sort.field)
+            if errors:
+                raise InvalidInput.from_errors(errors)
+        rows = self._filterable().select_users(sealed, sort, offset, limit, include_deleted)
+        return [self._opened(u) for u in rows]
+
+    def count_selected(self, expr: Expr, include_deleted: bool = False) -> int:
+        """Counted by the inner storage."""
+        return self._filterable().count_selected(self._sealed_filter(expr), include_deleted)
 
     # -- users -----------------------------------------------------------------------
 

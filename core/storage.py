@@ -32,6 +32,7 @@ from userplane.pagination import Position, Sort
 from userplane.users import User, UserFilter
 
 if TYPE_CHECKING:
+    from userplane.filtering import Expr
     from userplane.groups import Group, GroupFilter
     from userplane.hooks import PluginMigrations
 
@@ -481,6 +482,30 @@ class GroupStorage(Protocol):
 
     def member_roles(self, user_id: uuid.UUID) -> frozenset[str]:
         """The roles of every group ``user_id`` belongs to (a deleted user's: none)."""
+
+
+@runtime_checkable
+class FilterableStorage(Protocol):
+    """A storage that runs filters (``userplane.filtering``) over users (optional capability).
+
+    Every ``SQLStorage`` does (``userplane.sql.filtering``). Values arrive as
+    the service prepared them: an email's ``eq``/``ne`` value is its email key
+    (a sealed store's: the pair of its blind-index values), its ``co``/``sw``/
+    ``ew`` value and a name's are folded.
+    """
+
+    def select_users(
+        self,
+        expr: Expr,
+        sort: Sort,
+        offset: int,
+        limit: int,
+        include_deleted: bool = False,
+    ) -> list[User]:
+        """At most ``limit`` users matching ``expr``, by ``sort`` then ``id``, from ``offset``."""
+
+    def count_selected(self, expr: Expr, include_deleted: bool = False) -> int:
+        """How many users match ``expr``."""
 
 
 #: The kinds of value a copied column holds (``CopyColumn.kind``): the published schema's,

@@ -22,7 +22,9 @@ from userplane.changes import (
     USER_UPDATED,
 )
 from userplane.emails import normalize_email
-from userplane.errors import Conflict, FieldError, InvalidInput, NotFound
+from userplane.errors import ConfigurationError, Conflict, FieldError, InvalidInput, NotFound
+from userplane.filtering import And, Compare, Expr, Not, Or
+from userplane.filtering import check as check_filter
 from userplane.pagination import (
     CURSOR_FIELD,
     Position,
@@ -146,6 +148,14 @@ class UserQuery:
     include_deleted: bool = False
     external_source: str | None = None
     external_id: str | None = None
+
+
+@attrs.frozen
+class UserSelection:
+    """One page of the users a filter selects, and how many it selects in all."""
+
+    items: tuple[User, ...]
+    total: int
 
 
 @attrs.frozen
@@ -400,6 +410,28 @@ def _same(stored: Any, value: Any) -> bool:
     return type(stored) is type(value) and stored == value
 
 
+def prepare_filter(expr: Expr) -> Expr:
+    """``expr`` with its values as storage compares them: keys of addresses, folded text.
+
+    What ``UserService.select`` hands a ``FilterableStorage``.
+    """
+    if isinstance(expr, And | Or):
+        return type(expr)(tuple(prepare_filter(p) for p in expr.parts))
+    if isinstance(expr, Not):
+        return Not(prepare_filter(expr.part))
+    if not isinstance(expr, Compare) or not isinstance(expr.value, str):
+        return expr
+    if expr.field == "email" and expr.op in ("eq", "ne"):
+        try:
+            key = normalize_email(expr.value)
+        except InvalidInput:
+            key = ""  # not an address: no user's key, so eq matches none and ne all
+        return attrs.evolve(expr, value=key)
+    if expr.field in ("email", "full_name"):
+        return attrs.evolve(expr, value=fold(expr.value))
+    return expr
+
+
 def _raise_if(errors: list[FieldError]) -> None:
     if errors:
         raise InvalidInput.from_errors(errors)
@@ -565,6 +597,58 @@ class UserService:
             return UserPage(items=items, next=nxt)
 
         return self._run("users.list", call)
+
+    def select(
+        self,
+        expr: Expr,
+        *,
+        sort: str = "created_at",
+        offset: int = 0,
+        limit: int = DEFAULT_LIMIT,
+        include_deleted: bool = False,
+    ) -> UserSelection:
+        """The users matching a filter (``userplane.filtering``), a page by offset, and how many.
+
+        For provisioning protocols, whose clients page by position
+        (``startIndex``) and ask how many there are. ``InvalidInput`` at
+        ``$.filter`` for a field or comparison the filter may not use, or one
+        a sealed store cannot run; at ``$.sort``, ``$.offset``, ``$.limit``
+        for the others.
+        """
+
+        def call() -> UserSelection:
+            from userplane.storage import FilterableStorage
+
+            errors: list[FieldError] = []
+            try:
+                check_filter(expr)
+            except InvalidInput as exc:
+                errors += exc.errors
+            order = Sort()
+            try:
+                order = Sort.parse(sort)
+            except InvalidInput as exc:
+                errors += exc.errors
+            if offset < 0:
+                errors.append(FieldError("$.offset", "must not be negative"))
+            if not 0 <= limit <= MAX_LIMIT:
+                errors.append(FieldError("$.limit", f"must be between 0 and {MAX_LIMIT}"))
+            _raise_if(errors)
+            if self._encrypted:
+                from userplane.sealed_storage import encrypted_query_errors
+
+                _raise_if(encrypted_query_errors(False, order.field))
+            storage = self._storage
+            if not isinstance(storage, FilterableStorage):
+                raise ConfigurationError("this storage cannot filter users")
+            prepared = prepare_filter(expr)
+            total = storage.count_selected(prepared, include_deleted)
+            items: list[User] = []
+            if limit and offset < total:
+                items = storage.select_users(prepared, order, offset, limit, include_deleted)
+            return UserSelection(tuple(items), total)
+
+        return self._run("users.select", call)
 
     def _position(
         self, sort: Sort, after: Position | None, include_deleted: bool

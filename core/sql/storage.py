@@ -30,12 +30,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from userplane.errors import NotFound, PreconditionFailed
+from userplane.filtering import Expr
 from userplane.hooks import PluginMigrations
 from userplane.idempotency import IdempotencyRecord, StoredResponse
 from userplane.pagination import Position, Sort
 from userplane.sql.dialect import Dialect
+from userplane.sql.filtering import where as filtering_where
 from userplane.sql.groups import SQLGroups
-from userplane.sql.listing import list_users_sql
+from userplane.sql.listing import SORT_COLUMNS, list_users_sql
 from userplane.sql.migrations import apply_migrations, migration_sources, migration_status
 from userplane.sql.schema import SCHEMA_VERSION
 from userplane.storage import IndexEntry, KeyRecord, MigrationState, UserRow
@@ -446,6 +448,38 @@ class SQLStorage(SQLGroups, abc.ABC):
             # transaction only where the store makes them one).
             self.execute(self.queries["purge_orphan_responses"], {})
             return count
+
+    # -- filters (``userplane.storage.FilterableStorage``) ------------------------------
+
+    def select_users(
+        self,
+        expr: Expr,
+        sort: Sort,
+        offset: int,
+        limit: int,
+        include_deleted: bool = False,
+    ) -> list[User]:
+        """The users matching ``expr``, in ``sort`` order then ``id``, from ``offset``."""
+        condition, params = filtering_where(self.dialect, expr)
+        if not include_deleted:
+            condition = f"deleted_at IS NULL AND {condition}"
+        column = SORT_COLUMNS[sort.field]
+        direction = " DESC" if sort.descending else ""
+        order = f"{column}{direction}, id{direction}"
+        sql = (
+            f"SELECT {USER_COLUMNS} FROM users WHERE {condition} ORDER BY {order} "
+            f"LIMIT {self.dialect.placeholder('limit')} OFFSET {self.dialect.placeholder('offset')}"
+        )
+        params |= {"limit": limit, "offset": offset}
+        return [self.user_from_row(r) for r in self.fetch_all(sql, self.params(params))]
+
+    def count_selected(self, expr: Expr, include_deleted: bool = False) -> int:
+        """How many users match ``expr``."""
+        condition, params = filtering_where(self.dialect, expr)
+        if not include_deleted:
+            condition = f"deleted_at IS NULL AND {condition}"
+        row = self.fetch_one(f"SELECT count(*) FROM users WHERE {condition}", self.params(params))
+        return int(row[0]) if row else 0
 
     # -- idempotency keys --------------------------------------------------------
 

@@ -21,6 +21,7 @@ test client for plugin authors is ``userplane.frontends.http.testing``.
 from __future__ import annotations
 
 from userplane.testing.auth import AuthPluginContract, StatementCounter, ValidCredentials
+from userplane.testing.filtering import FilterContract
 from userplane.testing.groups import GroupStorageContract
 from userplane.testing.sealed import SealedStorageContract
 from userplane.testing.storage import StorageContract, insert, make_user, run_concurrently
@@ -30,6 +31,7 @@ from userplane.testing.users_external import ExternalIdContract
 __all__ = [
     "AuthPluginContract",
     "ExternalIdContract",
+    "FilterContract",
     "GroupStorageContract",
     "SealedStorageContract",
     "StatementCounter",

@@ -45,6 +45,7 @@ from userplane.idempotency import IdempotencyRecord, StoredResponse
 from userplane.pagination import Position, Sort
 from userplane.sql import SCHEMA, SQLStorage, insert_params
 from userplane.storage import BulkStorage, KeyRecord, Storage, UserRow
+from userplane.testing.filtering import FilterContract
 from userplane.testing.groups import GroupStorageContract
 from userplane.testing.users_external import ExternalIdContract
 from userplane.text import fold
@@ -123,7 +124,7 @@ def run_concurrently(count: int, action: Callable[[int], T]) -> list[T | BaseExc
     return results
 
 
-class StorageContract(GroupStorageContract, ExternalIdContract):
+class StorageContract(GroupStorageContract, ExternalIdContract, FilterContract):
     """The behaviour every ``Storage`` must have. Subclass it and provide a ``storage`` fixture.
 
     The fixture yields a migrated, empty storage and closes it afterwards.

@@ -1,0 +1,228 @@
+"""Filters over users as expressions of their fields, which every storage runs as SQL.
+
+A provisioning protocol (SCIM's ``filter``) or an administrator's query
+names users by conditions on their fields: ``email`` starts with, ``active``
+is, ``updated_at`` is after, member of a group, combined with and, or, not.
+This module holds the expression, the rules of which comparison each field
+takes (``check``), and the reference meaning of each (``matches``), which
+the SQL of every store must agree with (``userplane.testing`` proves it).
+
+A frontend maps its own language onto these fields; a field or comparison
+outside them is refused (``InvalidInput``), never dropped: a filter that
+cannot be run answers an error, not an unfiltered list.
+
+Comparisons never match a field the user has no value for, ``ne`` included,
+and ``Not`` negates that: ``Not(Compare("external_id", "eq", "x"))`` matches
+a user without an external id. Text is compared as the field's kind says:
+``email`` on the normalised address (``co``/``sw``/``ew`` on its folded
+form), ``full_name`` folded (any letter case), the external id and its
+source exactly.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Collection
+from datetime import datetime
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+
+import attrs
+
+from userplane.errors import InvalidInput
+from userplane.text import fold
+
+if TYPE_CHECKING:
+    from userplane.users import User
+
+Op: TypeAlias = Literal["eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le"]
+#: A comparison's value; the pair is internal: a sealed address's two blind-index values.
+Value: TypeAlias = str | bool | datetime | uuid.UUID | tuple[str, str | None]
+
+#: What each field holds, which decides the comparisons it takes.
+FIELD_KINDS: Final = {
+    "id": "uuid",
+    "email": "email",
+    "full_name": "folded",
+    "is_active": "boolean",
+    "external_source": "exact",
+    "external_id": "exact",
+    "created_at": "time",
+    "updated_at": "time",
+    #: Membership: the user belongs to the group with this id (``eq`` only).
+    "group": "member",
+}
+#: The comparisons of each kind, and the type of value they take.
+KIND_OPS: Final[dict[str, tuple[frozenset[str], type | tuple[type, ...]]]] = {
+    "uuid": (frozenset({"eq", "ne"}), uuid.UUID),
+    "email": (frozenset({"eq", "ne", "co", "sw", "ew"}), str),
+    "folded": (frozenset({"eq", "ne", "co", "sw", "ew"}), str),
+    "exact": (frozenset({"eq", "ne", "co", "sw", "ew"}), str),
+    "boolean": (frozenset({"eq", "ne"}), bool),
+    "time": (frozenset({"eq", "ne", "gt", "ge", "lt", "le"}), datetime),
+    "member": (frozenset({"eq"}), uuid.UUID),
+}
+#: Fields ``Present`` may test (the others always hold a value).
+OPTIONAL_FIELDS: Final = frozenset({"full_name", "external_source", "external_id"})
+#: The most comparisons one filter holds, and the deepest nesting.
+MAX_TERMS: Final = 64
+MAX_DEPTH: Final = 16
+FIELD: Final = "$.filter"
+
+
+@attrs.frozen
+class Compare:
+    """``field op value``: a time is aware UTC, an id a ``UUID``."""
+
+    field: str
+    op: Op
+    value: Value
+
+
+@attrs.frozen
+class Present:
+    """The user has a value for ``field`` (one of ``OPTIONAL_FIELDS``)."""
+
+    field: str
+
+
+@attrs.frozen
+class And:
+    """Every part matches."""
+
+    parts: tuple[Expr, ...]
+
+
+@attrs.frozen
+class Or:
+    """At least one part matches."""
+
+    parts: tuple[Expr, ...]
+
+
+@attrs.frozen
+class Not:
+    """The part does not match."""
+
+    part: Expr
+
+
+Expr: TypeAlias = Compare | Present | And | Or | Not
+
+
+def check(expr: Expr) -> None:
+    """``InvalidInput`` (at ``$.filter``) unless every term names a field and a comparison
+    its kind takes, with a value of the right type; the size and depth are bounded."""
+    terms = 0
+
+    def visit(node: Expr, depth: int) -> None:
+        nonlocal terms
+        if depth > MAX_DEPTH:
+            raise _invalid(f"nests deeper than {MAX_DEPTH} levels")
+        if isinstance(node, And | Or):
+            if len(node.parts) < 2:
+                raise _invalid("and/or join two conditions or more")
+            for part in node.parts:
+                visit(part, depth + 1)
+            return
+        if isinstance(node, Not):
+            visit(node.part, depth + 1)
+            return
+        terms += 1
+        if terms > MAX_TERMS:
+            raise _invalid(f"holds more than {MAX_TERMS} conditions")
+        kind = FIELD_KINDS.get(node.field)
+        if kind is None:
+            raise _invalid(f"cannot filter by {node.field!r}")
+        if isinstance(node, Present):
+            if node.field not in OPTIONAL_FIELDS:
+                raise _invalid(f"{node.field!r} is always present")
+            return
+        ops, value_type = KIND_OPS[kind]
+        if node.op not in ops:
+            raise _invalid(f"{node.field!r} takes {', '.join(sorted(ops))}, not {node.op!r}")
+        if not isinstance(node.value, value_type) or (
+            value_type is not bool and isinstance(node.value, bool)
+        ):
+            raise _invalid(f"{node.field!r} compares with {_type_name(kind)}")
+        if kind == "time" and node.value.utcoffset() is None:  # type: ignore[union-attr]
+            raise _invalid(f"{node.field!r} compares with an aware time")
+        if isinstance(node.value, str) and "\x00" in node.value:
+            raise _invalid("values must not contain NUL")
+
+    visit(expr, 0)
+
+
+def _type_name(kind: str) -> str:
+    return {
+        "uuid": "an id",
+        "member": "a group id",
+        "boolean": "true or false",
+        "time": "a time",
+    }.get(kind, "text")
+
+
+def _invalid(message: str) -> InvalidInput:
+    return InvalidInput.for_field(FIELD, message)
+
+
+def matches(
+    expr: Expr, user: User, groups_of: Callable[[uuid.UUID], Collection[uuid.UUID]]
+) -> bool:
+    """Whether ``user`` matches ``expr``: the meaning every store's SQL must have.
+
+    ``groups_of(user_id)`` gives the ids of the groups a user belongs to.
+    """
+    if isinstance(expr, And):
+        return all(matches(p, user, groups_of) for p in expr.parts)
+    if isinstance(expr, Or):
+        return any(matches(p, user, groups_of) for p in expr.parts)
+    if isinstance(expr, Not):
+        return not matches(expr.part, user, groups_of)
+    if isinstance(expr, Present):
+        return getattr(user, expr.field) is not None
+    kind = FIELD_KINDS[expr.field]
+    if kind == "member":
+        return expr.value in groups_of(user.id)
+    stored = getattr(user, expr.field)
+    if stored is None:
+        return False
+    value = expr.value
+    if kind == "email":
+        from userplane.emails import normalize_email
+
+        key = normalize_email(stored)
+        if expr.op in ("eq", "ne"):
+            try:
+                wanted = normalize_email(str(value))
+            except InvalidInput:
+                return expr.op == "ne"  # no address is one that is not an address
+            return (key == wanted) == (expr.op == "eq")
+        return _text(expr.op, key, fold(str(value)))
+    if kind == "folded":
+        return _text(expr.op, fold(stored), fold(str(value)))
+    if kind == "exact":
+        return _text(expr.op, stored, str(value))
+    if expr.op == "eq":
+        return bool(stored == value)
+    if expr.op == "ne":
+        return bool(stored != value)
+    return bool(
+        {
+            "gt": stored > value,
+            "ge": stored >= value,
+            "lt": stored < value,
+            "le": stored <= value,
+        }[expr.op]
+    )
+
+
+def _text(op: str, stored: str, value: str) -> bool:
+    if op == "eq":
+        return stored == value
+    if op == "ne":
+        return stored != value
+    if op == "co":
+        return value in stored
+    if op == "sw":
+        return stored.startswith(value)
+    return stored.endswith(value)

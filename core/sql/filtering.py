@@ -1,0 +1,109 @@
+"""Filters (``userplane.filtering``) as SQL: one ``WHERE`` condition, composed per expression.
+
+Composed from fixed fragments and the field's own column, never from input:
+every value is a parameter. Each comparison is written never to be NULL
+(``col IS NOT NULL AND …``), so that ``NOT`` means what ``matches`` says: a
+user without a value matches no comparison, and the negation of one.
+
+The values reach storage as the service prepared them: an email as its
+normalised key (``eq``, ``ne``) or folded (``co``, ``sw``, ``ew``), a name
+folded. A sealed store passes an email's ``eq``/``ne`` value as the pair of
+its blind-index values.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from userplane.filtering import FIELD_KINDS, And, Compare, Expr, Not, Or, Present
+
+if TYPE_CHECKING:
+    from userplane.sql.dialect import Dialect
+
+#: The column a field is compared on.
+COLUMNS = {
+    "id": "id",
+    "email": "email_normalized",
+    "full_name": "full_name_folded",
+    "is_active": "is_active",
+    "external_source": "external_source",
+    "external_id": "external_id",
+    "created_at": "created_at",
+    "updated_at": "updated_at",
+}
+#: The column whose NULL says a field has no value (``Present``).
+_PRESENT = {
+    "full_name": "full_name",
+    "external_source": "external_source",
+    "external_id": "external_id",
+}
+_SQL_OPS = {"eq": "=", "ne": "<>", "gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+class Compiler:
+    """Builds one condition and its parameters (``p0``, ``p1`` …) for ``dialect``."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.params: dict[str, Any] = {}
+
+    def _param(self, value: Any) -> str:
+        name = f"f{len(self.params)}"
+        self.params[name] = value
+        return self.dialect.placeholder(name)
+
+    def compile(self, expr: Expr) -> str:
+        """The condition ``expr`` is, with its parameters added to ``params``."""
+        if isinstance(expr, And):
+            return "(" + " AND ".join(self.compile(p) for p in expr.parts) + ")"
+        if isinstance(expr, Or):
+            return "(" + " OR ".join(self.compile(p) for p in expr.parts) + ")"
+        if isinstance(expr, Not):
+            return f"(NOT {self.compile(expr.part)})"
+        if isinstance(expr, Present):
+            # A missing name, external id or source is stored as NULL.
+            return f"({_PRESENT[expr.field]} IS NOT NULL)"
+        return self._compare(expr)
+
+    def _compare(self, node: Compare) -> str:
+        kind = FIELD_KINDS[node.field]
+        if kind == "member":
+            group = self._param(node.value)
+            return f"(id IN (SELECT user_id FROM group_members WHERE group_id = {group}))"
+        column = COLUMNS[node.field]
+        # The folded name is '' for no name: a comparison sees only users with one.
+        guard = f"{'full_name' if node.field == 'full_name' else column} IS NOT NULL"
+        if node.field == "email" and isinstance(node.value, tuple):
+            return self._sealed_email(node.op, node.value)
+        if node.op in _SQL_OPS:
+            return f"({guard} AND {column} {_SQL_OPS[node.op]} {self._param(node.value)})"
+        text = str(node.value)
+        if text == "":
+            return f"({guard})"  # every text contains, starts and ends with nothing
+        if node.op == "co":
+            found = self.dialect.contains.format(haystack=column, needle=self._param(text))
+            return f"({guard} AND {found})"
+        size = self._param(len(text))
+        value = self._param(text)
+        if node.op == "sw":
+            return f"({guard} AND substr({column}, 1, {size}) = {value})"
+        # Ends with: PostgreSQL's substr takes no negative start; its right() does.
+        if self.dialect.name == "postgresql":
+            return f"({guard} AND right({column}, {size}) = {value})"
+        return f"({guard} AND substr({column}, -{size}) = {value})"
+
+    def _sealed_email(self, op: str, keys: tuple[Any, ...]) -> str:
+        """``eq``/``ne`` of a sealed address: either of its two blind-index values."""
+        first, second = keys
+        same = f"email_normalized = {self._param(first)}"
+        if second is not None:
+            # A row not yet re-indexed holds NULL there: never NULL, so that NOT is false.
+            second_same = f"email_index_next = {self._param(second)}"
+            same = f"({same} OR (email_index_next IS NOT NULL AND {second_same}))"
+        return f"({same})" if op == "eq" else f"(NOT {same})"
+
+
+def where(dialect: Dialect, expr: Expr) -> tuple[str, dict[str, Any]]:
+    """The condition of ``expr`` in ``dialect`` and its parameters (values not yet ``to_db``)."""
+    compiler = Compiler(dialect)
+    return compiler.compile(expr), compiler.params
