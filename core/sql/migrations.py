@@ -41,6 +41,10 @@ def migration_sources(
     return sources
 
 
+#: How long a SQLite migration waits for another process's to release the file.
+SQLITE_MIGRATION_WAIT_MS = 60_000
+
+
 def _load(url: str, sources: Sequence[tuple[str, Path]]) -> tuple[Any, Any, dict[str, str]]:
     from yoyo import get_backend, read_migrations
 
@@ -50,7 +54,13 @@ def _load(url: str, sources: Sequence[tuple[str, Path]]) -> tuple[Any, Any, dict
         for path in folder.glob("*.sql"):
             if not path.name.endswith(".rollback.sql"):
                 owner[path.stem] = source
-    return get_backend(url), migrations, owner
+    backend = get_backend(url)
+    if url.startswith("sqlite"):
+        # Several processes starting at once (gunicorn workers, instances) migrate at once:
+        # one holds the file's write lock while it applies; the others wait for it rather
+        # than fail after sqlite3's default 5 s on a loaded machine.
+        backend.connection.execute(f"PRAGMA busy_timeout = {SQLITE_MIGRATION_WAIT_MS}")
+    return backend, migrations, owner
 
 
 def apply_migrations(url: str, sources: Sequence[tuple[str, Path]]) -> list[str]:
