@@ -1905,6 +1905,40 @@ def test_a_process_export_to_a_file(database_url: str, registry: Registry, tmp_p
     assert [r["email"] for r in rows] == ["u0@example.org", "u1@example.org", "u2@example.org"]
 
 
+def _import_until_a_place_is_saved(
+    path: Path, env: dict[str, str], cwd: Path, doing: str, *, text: bool
+) -> subprocess.Popen[Any]:
+    """``users import`` of ``path`` in batches of 25, running once its first place is saved."""
+    state = Path(f"{path}.import-state")
+    proc = subprocess.Popen(
+        [str(SCRIPT), "users", "import", str(path), "--batch-size", "25"],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=text,
+    )
+    deadline = time.monotonic() + 60
+    while not state.exists():
+        assert proc.poll() is None, f"the import ended before it could be {doing}"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    return proc
+
+
+def _resume(path: Path, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The same import run again, with a JSON summary: it resumes."""
+    return subprocess.run(
+        [str(SCRIPT), "users", "import", str(path), "--batch-size", "25", "--summary", "json"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def test_a_killed_import_process_resumes(
     database_url: str, registry: Registry, tmp_path: Path
 ) -> None:
@@ -1912,19 +1946,8 @@ def test_a_killed_import_process_resumes(
     path = write_ndjson(tmp_path / "in.ndjson", users_rows(total))
     state = Path(f"{path}.import-state")
     env = process_env(tmp_path, database_url)
-    proc = subprocess.Popen(
-        [str(SCRIPT), "users", "import", str(path), "--batch-size", "25"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = _import_until_a_place_is_saved(path, env, tmp_path, "killed", text=False)
     try:
-        deadline = time.monotonic() + 60
-        while not state.exists():
-            assert proc.poll() is None, "the import ended before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
         time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
     finally:
@@ -1936,15 +1959,7 @@ def test_a_killed_import_process_resumes(
     assert 0 < done < total, done
     stored_then = row_count(registry)
     assert stored_then >= done
-    again = subprocess.run(
-        [str(SCRIPT), "users", "import", str(path), "--batch-size", "25", "--summary", "json"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    again = _resume(path, env, tmp_path)
     assert again.returncode == 0, (again.stdout, again.stderr)
     assert "resuming" in again.stderr
     summary = json.loads(again.stdout)
@@ -1964,19 +1979,7 @@ def test_ctrl_c_stops_an_import_in_one_line_and_it_resumes(
     path = write_ndjson(tmp_path / "in.ndjson", users_rows(total))
     state = Path(f"{path}.import-state")
     env = process_env(tmp_path, database_url)
-    proc = subprocess.Popen(
-        [str(SCRIPT), "users", "import", str(path), "--batch-size", "25"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while not state.exists():
-        assert proc.poll() is None, "the import ended before it could be interrupted"
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    proc = _import_until_a_place_is_saved(path, env, tmp_path, "interrupted", text=True)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)
@@ -1990,15 +1993,7 @@ def test_ctrl_c_stops_an_import_in_one_line_and_it_resumes(
     saved = json.loads(state.read_text())
     assert row_count(registry) == saved["line"]  # nothing committed past the saved place
     assert "Traceback" not in err
-    again = subprocess.run(
-        [str(SCRIPT), "users", "import", str(path), "--batch-size", "25", "--summary", "json"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    again = _resume(path, env, tmp_path)
     assert again.returncode == 0, (again.stdout, again.stderr)
     summary = json.loads(again.stdout)
     assert "resuming" in again.stderr

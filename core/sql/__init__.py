@@ -19,9 +19,8 @@ from userplane.sql.queries import (
     load_queries,
     parse_queries,
 )
-from userplane.sql.schema import SCHEMA, SCHEMA_VERSION, Column
+from userplane.sql.schema import SCHEMA, SCHEMA_VERSION, USER_COLUMNS, Column
 from userplane.sql.storage import (
-    USER_COLUMNS,
     Row,
     SQLStorage,
     insert_params,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from userplane.errors import FieldError, InvalidInput, NotFound, PreconditionFailed
 from userplane.groups import Group, GroupFilter
 from userplane.pagination import Position
+from userplane.sql.schema import USER_COLUMNS
 
 if TYPE_CHECKING:
     from userplane.sql.dialect import Dialect
@@ -27,10 +28,8 @@ if TYPE_CHECKING:
     from userplane.users import User
 
 GROUP_COLUMNS = "id, display_name, external_id, roles, created_at, updated_at, version"
-_MEMBER_USER_COLUMNS = (
-    "u.id, u.email, u.full_name, u.is_active, u.created_at, u.updated_at, u.version, "
-    "u.deleted_at, u.external_source, u.external_id, u.attributes"
-)
+#: ``USER_COLUMNS`` of the users joined as ``u``.
+_MEMBER_USER_COLUMNS = ", ".join(f"u.{c.strip()}" for c in USER_COLUMNS.split(","))
 #: How a row-locking dialect spells a shared lock on the rows a ``SELECT`` reads.
 _SHARE_LOCKS = {"postgresql": " FOR SHARE", "mysql": " LOCK IN SHARE MODE"}
 #: The most ids one ``IN (…)`` list holds.

@@ -13,6 +13,14 @@ import attrs
 #: Bumped with every core migration that changes the published schema.
 SCHEMA_VERSION = 6
 
+#: The user columns every query returns, in ``User``'s field order.
+USER_COLUMNS = (
+    "id, email, full_name, is_active, created_at, updated_at, version, deleted_at, "
+    "external_source, external_id, attributes"
+)
+#: How many columns ``USER_COLUMNS`` names.
+USER_COLUMN_COUNT = len(USER_COLUMNS.split(","))
+
 
 @attrs.frozen
 class Column:

@@ -39,18 +39,10 @@ from userplane.sql.filtering import where as filtering_where
 from userplane.sql.groups import SQLGroups
 from userplane.sql.listing import SORT_COLUMNS, list_users_sql
 from userplane.sql.migrations import apply_migrations, migration_sources, migration_status
-from userplane.sql.schema import SCHEMA_VERSION
+from userplane.sql.schema import SCHEMA_VERSION, USER_COLUMN_COUNT, USER_COLUMNS
 from userplane.storage import IndexEntry, KeyRecord, MigrationState, UserRow
 from userplane.text import fold
 from userplane.users import User, UserFilter
-
-#: The user columns every query returns, in ``User``'s field order.
-USER_COLUMNS = (
-    "id, email, full_name, is_active, created_at, updated_at, version, deleted_at, "
-    "external_source, external_id, attributes"
-)
-#: How many columns ``USER_COLUMNS`` names.
-USER_COLUMN_COUNT = 11
 
 
 def attributes_to_db(attributes: Mapping[str, Any]) -> str | None:

@@ -17,7 +17,7 @@ import falcon
 from userplane import auth, convert
 from userplane.errors import FieldError, InvalidInput
 from userplane.frontends.http.conditions import expected_version, not_modified
-from userplane.frontends.http.users import single_params
+from userplane.frontends.http.params import single_params
 from userplane.groups import Group, GroupQuery, GroupService
 from userplane.users import DEFAULT_LIMIT, UserService
 

@@ -15,6 +15,7 @@ from userplane import auth, convert
 from userplane.auth import USERS_READ_DELETED, AuthService
 from userplane.errors import FieldError, Forbidden, InvalidInput
 from userplane.frontends.http.conditions import expected_version, not_modified
+from userplane.frontends.http.params import single_params
 from userplane.idempotency import IdempotencyService, StoredResponse
 from userplane.users import DEFAULT_LIMIT, User, UserQuery, UserService, check_query
 
@@ -56,26 +57,6 @@ def _bool_param(values: dict[str, Any], name: str, errors: list[FieldError]) -> 
     if value is None:
         errors.append(FieldError(f"$.{name}", "must be true or false"))
     return value
-
-
-def single_params(
-    req: falcon.Request, allowed: frozenset[str]
-) -> tuple[dict[str, Any], list[FieldError]]:
-    """The ``allowed`` query parameters given once, and an error for any other or repeated one."""
-    errors = [
-        FieldError(f"$.{name}", "unknown query parameter")
-        for name in req.params
-        if name not in allowed
-    ]
-    values: dict[str, Any] = {}
-    for name, value in req.params.items():
-        if name not in allowed:
-            continue
-        if isinstance(value, list):
-            errors.append(FieldError(f"$.{name}", "must be given once"))
-        else:
-            values[name] = value
-    return values, errors
 
 
 def _include_deleted(req: falcon.Request) -> bool:

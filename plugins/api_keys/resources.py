@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 
 import falcon
 
+from userplane.frontends.http import query_params
 from userplane.plugin import (
     KEYS_MANAGE,
     FieldError,
@@ -73,22 +74,6 @@ def parse_lifetime(value: object) -> timedelta:
     return timedelta(**{_UNITS[match[2]]: int(match[1])})
 
 
-def _params(req: falcon.Request, allowed: frozenset[str]) -> dict[str, str]:
-    """The query parameters, each given once; ``InvalidInput`` naming every one at fault."""
-    errors = []
-    values: dict[str, str] = {}
-    for name, value in req.params.items():
-        if name not in allowed:
-            errors.append(FieldError(f"$.{name}", "unknown query parameter"))
-        elif isinstance(value, list):
-            errors.append(FieldError(f"$.{name}", "must be given once"))
-        else:
-            values[name] = value
-    if errors:
-        raise InvalidInput.from_errors(errors)
-    return values
-
-
 def _principal() -> Principal:
     """Who is asking: the auth middleware always sets one; fail closed regardless."""
     principal = current_principal()
@@ -139,7 +124,7 @@ class KeysResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """201 with ``Location`` and the key's record and secret: the only time it is shown."""
-        _params(req, frozenset())
+        query_params(req, frozenset())
         if req.get_header("Idempotency-Key") is not None:
             raise InvalidInput.for_field(
                 "Idempotency-Key",
@@ -158,7 +143,7 @@ class KeysResource:
 
         The next page is in ``next`` and in a ``Link: <…>; rel="next"`` header.
         """
-        values = _params(req, frozenset({"limit", "cursor"}))
+        values = query_params(req, frozenset({"limit", "cursor"}))
         errors = []
         limit = DEFAULT_LIMIT
         if "limit" in values:
@@ -196,7 +181,7 @@ class KeyResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, key_id: uuid.UUID) -> None:
         """The key's record (never its secret); 404 if there is none."""
-        _params(req, frozenset())
+        query_params(req, frozenset())
         resp.media = self._service.get(key_id).public()
 
     on_head = on_get
@@ -207,7 +192,7 @@ class KeyResource:
         Revoking a revoked key changes nothing (it keeps its first ``revoked_at``,
         and no second ``api_key.revoked`` is recorded). 404 for an unknown id.
         """
-        _params(req, frozenset())
+        query_params(req, frozenset())
         resp.media = self._service.revoke(key_id, by=_principal()).public()
 
 

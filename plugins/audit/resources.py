@@ -8,28 +8,12 @@ from urllib.parse import urlencode
 
 import falcon
 
-from userplane.plugin import FieldError, InvalidInput
+from userplane.frontends.http import query_params
 from userplane.plugins.audit import AUDIT_READ
 from userplane.plugins.audit.query import PARAMS, parse_query
 from userplane.plugins.audit.trail import AuditTrail
 
 LIST_PATH: Final = "/api/v1/audit"
-
-
-def _params(req: falcon.Request, allowed: frozenset[str]) -> dict[str, str]:
-    """The query parameters, each given once; ``InvalidInput`` naming every one at fault."""
-    errors = []
-    values: dict[str, str] = {}
-    for name, value in req.params.items():
-        if name not in allowed:
-            errors.append(FieldError(f"$.{name}", "unknown query parameter"))
-        elif isinstance(value, list):
-            errors.append(FieldError(f"$.{name}", "must be given once"))
-        else:
-            values[name] = value
-    if errors:
-        raise InvalidInput.from_errors(errors)
-    return values
 
 
 class AuditEventsResource:
@@ -42,7 +26,7 @@ class AuditEventsResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         """The page, with ``next`` in the body and a ``Link: <…>; rel="next"`` header."""
-        page = self._trail.list(parse_query(_params(req, PARAMS)))
+        page = self._trail.list(parse_query(query_params(req, PARAMS)))
         resp.media = {"items": list(page.items), "next": page.next}
         if page.next is not None:
             params: dict[str, Any] = {k: v for k, v in req.params.items() if k != "cursor"}
@@ -63,7 +47,7 @@ class AuditEventResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, event_id: uuid.UUID) -> None:
         """The event; 404 if there is none (or it was pruned)."""
-        _params(req, frozenset())
+        query_params(req, frozenset())
         resp.media = self._trail.get(event_id)
 
     on_head = on_get

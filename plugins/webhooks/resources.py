@@ -9,27 +9,12 @@ from urllib.parse import urlencode
 
 import falcon
 
-from userplane.plugin import FieldError, InvalidInput
+from userplane.frontends.http import query_params
+from userplane.plugin import InvalidInput
 from userplane.plugins.webhooks import MANAGE
 from userplane.plugins.webhooks.subscriptions import WebhookService
 
 BASE = "/api/v1/webhooks"
-
-
-def _params(req: falcon.Request, allowed: frozenset[str]) -> dict[str, str]:
-    """The allowed query parameters, each given once; ``InvalidInput`` naming any other."""
-    errors = []
-    values: dict[str, str] = {}
-    for name, value in req.params.items():
-        if name not in allowed:
-            errors.append(FieldError(f"$.{name}", "unknown query parameter"))
-        elif isinstance(value, list):
-            errors.append(FieldError(f"$.{name}", "must be given once"))
-        else:
-            values[name] = value
-    if errors:
-        raise InvalidInput.from_errors(errors)
-    return values
 
 
 def _object(req: falcon.Request) -> Mapping[str, Any]:
@@ -56,7 +41,7 @@ class WebhooksResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Every subscription, oldest first (never a secret)."""
-        _params(req, frozenset())
+        query_params(req, frozenset())
         resp.media = {"items": [s.public() for s in self._service.list()]}
 
     on_head = on_get
@@ -72,7 +57,7 @@ class WebhookResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, webhook_id: uuid.UUID) -> None:
         """The subscription (never its secret)."""
-        _params(req, frozenset())
+        query_params(req, frozenset())
         resp.media = self._service.get(webhook_id).public()
 
     on_head = on_get
@@ -94,7 +79,7 @@ class DeliveriesResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, webhook_id: uuid.UUID) -> None:
         """A page; the next is in ``next`` and in the ``Link`` header."""
-        values = _params(req, self._ALLOWED)
+        values = query_params(req, self._ALLOWED)
         page = self._service.deliveries(
             webhook_id,
             status=values.get("status"),
