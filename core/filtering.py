@@ -21,6 +21,7 @@ source exactly.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Collection
 from datetime import datetime
@@ -69,20 +70,46 @@ MAX_DEPTH: Final = 16
 FIELD: Final = "$.filter"
 
 
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def _identifier(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    # Written into SQL as a name: a plugin's constant, checked all the same.
+    if not _IDENTIFIER.fullmatch(value):
+        raise ValueError(f"{attribute.name} must be a lower-case SQL name, not {value!r}")
+
+
+@attrs.frozen
+class Linked:
+    """A text a plugin keeps for some users, in a table of its own: ``table(user_id, column)``.
+
+    A field a filter may name besides the users' own: the SCIM plugin keeps a
+    client's ``userName`` this way. ``table`` holds at most one row per user
+    (``user_id`` is its key); a user without a row, or with NULL there, has
+    no value. ``kind`` is ``"exact"`` or ``"folded"``; a folded column holds
+    the value as ``userplane.text.fold`` gives it, and the filter's values
+    are folded to match (``UserService.select`` does it).
+    """
+
+    table: str = attrs.field(validator=_identifier)
+    column: str = attrs.field(validator=_identifier)
+    kind: Literal["exact", "folded"] = "exact"
+
+
 @attrs.frozen
 class Compare:
     """``field op value``: a time is aware UTC, an id a ``UUID``."""
 
-    field: str
+    field: str | Linked
     op: Op
     value: Value
 
 
 @attrs.frozen
 class Present:
-    """The user has a value for ``field`` (one of ``OPTIONAL_FIELDS``)."""
+    """The user has a value for ``field`` (one of ``OPTIONAL_FIELDS``, or a ``Linked``)."""
 
-    field: str
+    field: str | Linked
 
 
 @attrs.frozen
@@ -130,11 +157,11 @@ def check(expr: Expr) -> None:
         terms += 1
         if terms > MAX_TERMS:
             raise _invalid(f"holds more than {MAX_TERMS} conditions")
-        kind = FIELD_KINDS.get(node.field)
+        kind = node.field.kind if isinstance(node.field, Linked) else FIELD_KINDS.get(node.field)
         if kind is None:
             raise _invalid(f"cannot filter by {node.field!r}")
         if isinstance(node, Present):
-            if node.field not in OPTIONAL_FIELDS:
+            if not isinstance(node.field, Linked) and node.field not in OPTIONAL_FIELDS:
                 raise _invalid(f"{node.field!r} is always present")
             return
         ops, value_type = KIND_OPS[kind]
@@ -165,19 +192,32 @@ def _invalid(message: str) -> InvalidInput:
     return InvalidInput.for_field(FIELD, message)
 
 
+def _no_links(field: Linked, user_id: uuid.UUID) -> str | None:
+    raise TypeError(f"matches() needs `linked` to read {field.table}.{field.column}")
+
+
 def matches(
-    expr: Expr, user: User, groups_of: Callable[[uuid.UUID], Collection[uuid.UUID]]
+    expr: Expr,
+    user: User,
+    groups_of: Callable[[uuid.UUID], Collection[uuid.UUID]],
+    linked: Callable[[Linked, uuid.UUID], str | None] = _no_links,
 ) -> bool:
     """Whether ``user`` matches ``expr``: the meaning every store's SQL must have.
 
-    ``groups_of(user_id)`` gives the ids of the groups a user belongs to.
+    ``groups_of(user_id)`` gives the ids of the groups a user belongs to;
+    ``linked(field, user_id)`` a ``Linked`` field's value for a user, as stored.
     """
     if isinstance(expr, And):
-        return all(matches(p, user, groups_of) for p in expr.parts)
+        return all(matches(p, user, groups_of, linked) for p in expr.parts)
     if isinstance(expr, Or):
-        return any(matches(p, user, groups_of) for p in expr.parts)
+        return any(matches(p, user, groups_of, linked) for p in expr.parts)
     if isinstance(expr, Not):
-        return not matches(expr.part, user, groups_of)
+        return not matches(expr.part, user, groups_of, linked)
+    if isinstance(expr.field, Linked):
+        held = linked(expr.field, user.id)
+        if isinstance(expr, Present) or held is None:
+            return held is not None
+        return _text(expr.op, held, str(expr.value))
     if isinstance(expr, Present):
         return getattr(user, expr.field) is not None
     kind = FIELD_KINDS[expr.field]

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
         Undecryptable,
         UserplaneError,
     )
-    from userplane.filtering import And, Compare, Expr, Not, Or, Present
+    from userplane.filtering import And, Compare, Expr, Linked, Not, Or, Present
     from userplane.groups import (
         Group,
         GroupChanges,
@@ -105,6 +105,7 @@ if TYPE_CHECKING:
         Storage,
         UserRow,
     )
+    from userplane.text import fold
     from userplane.users import (
         UNSET,
         NewUser,
@@ -230,7 +231,9 @@ _SOURCES = {
         ("Group", "GroupChanges", "GroupFilter", "GroupQuery", "GroupService", "NewGroup"),
         "userplane.groups",
     ),
-    **dict.fromkeys(("And", "Compare", "Expr", "Not", "Or", "Present"), "userplane.filtering"),
+    **dict.fromkeys(
+        ("And", "Compare", "Expr", "Linked", "Not", "Or", "Present"), "userplane.filtering"
+    ),
     **dict.fromkeys(
         (
             "UNSET",
@@ -246,6 +249,7 @@ _SOURCES = {
         ),
         "userplane.users",
     ),
+    "fold": "userplane.text",
 }
 
 __all__ = [
@@ -298,6 +302,7 @@ __all__ = [
     "InvalidInput",
     "KeyRecord",
     "Keyring",
+    "Linked",
     "MigrationState",
     "NamedKey",
     "NewGroup",
@@ -342,6 +347,7 @@ __all__ = [
     "check_may_grant",
     "current_context",
     "current_principal",
+    "fold",
     "hookimpl",
     "is_secret_name",
     "local_principal",

@@ -23,7 +23,7 @@ from userplane.changes import (
 )
 from userplane.emails import normalize_email
 from userplane.errors import ConfigurationError, Conflict, FieldError, InvalidInput, NotFound
-from userplane.filtering import And, Compare, Expr, Not, Or
+from userplane.filtering import And, Compare, Expr, Linked, Not, Or
 from userplane.filtering import check as check_filter
 from userplane.pagination import (
     CURSOR_FIELD,
@@ -427,7 +427,9 @@ def prepare_filter(expr: Expr) -> Expr:
         except InvalidInput:
             key = ""  # not an address: no user's key, so eq matches none and ne all
         return attrs.evolve(expr, value=key)
-    if expr.field in ("email", "full_name"):
+    if expr.field in ("email", "full_name") or (
+        isinstance(expr.field, Linked) and expr.field.kind == "folded"
+    ):
         return attrs.evolve(expr, value=fold(expr.value))
     return expr
 

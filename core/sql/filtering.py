@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from userplane.filtering import FIELD_KINDS, And, Compare, Expr, Not, Or, Present
+from userplane.filtering import FIELD_KINDS, And, Compare, Expr, Linked, Not, Or, Present
 
 if TYPE_CHECKING:
     from userplane.sql.dialect import Dialect
@@ -61,11 +61,21 @@ class Compiler:
         if isinstance(expr, Not):
             return f"(NOT {self.compile(expr.part)})"
         if isinstance(expr, Present):
+            if isinstance(expr.field, Linked):
+                table, column = expr.field.table, expr.field.column
+                return f"(id IN (SELECT user_id FROM {table} WHERE {table}.{column} IS NOT NULL))"
             # A missing name, external id or source is stored as NULL.
             return f"({_PRESENT[expr.field]} IS NOT NULL)"
+        if isinstance(expr.field, Linked):
+            # The plugin's table, by its key: the comparison runs inside it.
+            table = expr.field.table
+            column = f"{table}.{expr.field.column}"
+            inner = self._text_compare(expr, column, f"{column} IS NOT NULL")
+            return f"(id IN (SELECT user_id FROM {table} WHERE {inner}))"
         return self._compare(expr)
 
     def _compare(self, node: Compare) -> str:
+        assert isinstance(node.field, str)
         kind = FIELD_KINDS[node.field]
         if kind == "member":
             group = self._param(node.value)
@@ -75,6 +85,10 @@ class Compiler:
         guard = f"{'full_name' if node.field == 'full_name' else column} IS NOT NULL"
         if node.field == "email" and isinstance(node.value, tuple):
             return self._sealed_email(node.op, node.value)
+        return self._text_compare(node, column, guard)
+
+    def _text_compare(self, node: Compare, column: str, guard: str) -> str:
+        """``column op value``, never NULL: ``guard`` holds only where it has a value."""
         if node.op in _SQL_OPS:
             return f"({guard} AND {column} {_SQL_OPS[node.op]} {self._param(node.value)})"
         text = str(node.value)

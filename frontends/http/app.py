@@ -17,6 +17,7 @@ from userplane.frontends.http.groups import (
     UserGroupsResource,
 )
 from userplane.frontends.http.middleware import (
+    JSON_TYPES,
     BodyPolicy,
     Cors,
     RequestId,
@@ -78,7 +79,11 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
     app.req_options.auto_parse_qs_csv = False
     app.req_options.keep_blank_qs_values = True
     handlers = media.handlers()
-    app.req_options.media_handlers = falcon.media.Handlers(handlers)
+    # Requests are read in the JSON types only (BodyPolicy refuses others before a
+    # handler runs); a plugin's routes may add theirs (SCIM's application/scim+json).
+    app.req_options.media_handlers = falcon.media.Handlers(
+        {t: h for t, h in handlers.items() if t in JSON_TYPES}
+    )
     app.resp_options.media_handlers = falcon.media.Handlers(handlers)
     problems.install(app, registry.auth.challenges)
 

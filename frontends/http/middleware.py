@@ -66,7 +66,9 @@ class BodyPolicy:
         if sock is not None:
             sock.settimeout(self.read_timeout_s)
         media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
-        if media_type not in JSON_TYPES:
+        # JSON, or a type a plugin's routes read (SCIM's application/scim+json): a type
+        # the app has a request handler for.
+        if media_type not in JSON_TYPES and media_type not in req.options.media_handlers:
             raise falcon.HTTPUnsupportedMediaType(
                 title="Unsupported media type",
                 description="send the body as application/json",
