@@ -337,7 +337,7 @@ def test_create_rejects_unknown_roles_naming_role(
         keys.create("ci", role)
     assert fields_of(info.value) == ["role"]
     assert "role" in info.value.detail
-    assert "admin, auditor, editor, viewer" in info.value.detail  # the audit plugin's too
+    assert "admin, auditor, editor, provisioner, viewer" in info.value.detail  # plugins' too
     assert store.list_api_keys() == []
 
 

@@ -725,7 +725,8 @@ def test_hook_roles(open_registry: Callable[..., Registry], settings: Settings) 
     key, _ = api_keys.service(registry).create("supporting", "support")
     assert key.role == "support"
     with pytest.raises(
-        InvalidInput, match="role: must be one of: admin, auditor, editor, support, viewer"
+        InvalidInput,
+        match="role: must be one of: admin, auditor, editor, provisioner, support, viewer",
     ):
         api_keys.service(registry).create("typo", "suport")
 

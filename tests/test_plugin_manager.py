@@ -62,6 +62,7 @@ BUILTINS = [
     "postgresql",
     "rate_limits",
     "roles",
+    "scim",
     "sqlite",
     "telemetry",
     "webhooks",

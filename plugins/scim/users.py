@@ -2,8 +2,11 @@
 
 A user is a SCIM ``User`` (RFC 7643 §4.1) this way:
 
-- ``userName`` and the one ``emails`` value (``type`` ``work``, ``primary``)
-  are the address; ``displayName`` is the name; ``active`` is ``is_active``;
+- ``userName`` is the name the client gave (``store.ScimUsers``), or the
+  address where it gave none other; the one ``emails`` value is the
+  address, with the ``type`` and ``primary`` the client gave it (a user no
+  client wrote: ``work``, primary); ``displayName`` is the name; ``active``
+  is ``is_active``;
 - ``externalId`` is the external id when its source is the SCIM source
   (an id another provider gave is not this client's to see);
 - ``groups`` are the user's groups (read only, as RFC 7643 says);
@@ -17,21 +20,25 @@ A filter on an attribute this mapping has no column for answers
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import attrs
+
 from userplane.plugin import And as AllOf
-from userplane.plugin import Compare, Expr, Group, User
+from userplane.plugin import Compare, Expr, Group, Linked, User, fold
 from userplane.plugin import Not as NoneOf
 from userplane.plugin import Or as AnyOf
 from userplane.plugin import Present as HasValue
 from userplane.plugins.scim import filters
+from userplane.plugins.scim.errors import bad_request
 from userplane.plugins.scim.filters import FilterError
+from userplane.plugins.scim.store import EMAIL_PRIMARY, EMAIL_TYPE, ROW, USER_NAME, ScimUser
 
 USER_SCHEMA: Final = filters.CORE_USER
-#: The one email a user has, as SCIM lists it.
-EMAIL_TYPE: Final = "work"
+#: The type of the address of a user no client wrote.
+EMAIL_TYPE_DEFAULT: Final = "work"
 
 
 def iso(moment: datetime) -> str:
@@ -40,15 +47,30 @@ def iso(moment: datetime) -> str:
 
 
 def user_resource(
-    user: User, *, base_url: str, source: str, groups: Iterable[Group] = ()
+    user: User,
+    *,
+    base_url: str,
+    source: str,
+    groups: Iterable[Group] = (),
+    row: ScimUser | None = None,
 ) -> dict[str, Any]:
-    """``user`` as a SCIM ``User``; ``base_url`` is the service's ``…/scim/v2``."""
+    """``user`` as a SCIM ``User``; ``base_url`` is the service's ``…/scim/v2``.
+
+    ``row`` is what a client wrote of the user beyond its fields, if one did.
+    """
+    email: dict[str, Any] = {"value": user.email, "type": EMAIL_TYPE_DEFAULT, "primary": True}
+    if row is not None:
+        email = {"value": user.email}
+        if row.email_type is not None:
+            email["type"] = row.email_type
+        if row.email_primary is not None:
+            email["primary"] = row.email_primary
     resource: dict[str, Any] = {
         "schemas": [USER_SCHEMA],
         "id": str(user.id),
-        "userName": user.email,
+        "userName": user.email if row is None or row.user_name is None else row.user_name,
         "active": user.is_active,
-        "emails": [{"value": user.email, "type": EMAIL_TYPE, "primary": True}],
+        "emails": [email],
         "meta": {
             "resourceType": "User",
             "created": iso(user.created_at),
@@ -129,7 +151,12 @@ class _Users:
         if isinstance(node, filters.Present):
             return self._present(name, node.path)
         op, value = node.op, node.value
-        if name in ("username", "emails.value", "emails"):
+        if name == "username":
+            # The stored name where there is one, the address where there is none.
+            stored = self._text(USER_NAME, op, value, node.path)
+            address = self._text("email", op, value, node.path)
+            return AnyOf((stored, AllOf((NoneOf(HasValue(USER_NAME)), address))))
+        if name in ("emails.value", "emails"):
             return self._text("email", op, value, node.path)
         if name == "displayname":
             return self._text("full_name", op, value, node.path)
@@ -145,18 +172,30 @@ class _Users:
             if op != "eq":
                 raise FilterError(f"{node.path}: only eq is supported", 0)
             return self._id("group", op, value, node.path)
-        if name in ("emails.type", "emails.primary"):
-            return self._constant(name, op, value, node.path)
+        if name == "emails.type":
+            stored = self._text(EMAIL_TYPE, op, value, node.path)
+            return AnyOf((stored, AllOf((NoneOf(HasValue(ROW)), _work(op, str(value))))))
+        if name == "emails.primary":
+            if isinstance(value, str):
+                value = {"true": True, "false": False}.get(value.lower(), value)
+            if op not in ("eq", "ne") or not isinstance(value, bool):
+                raise FilterError(f"{node.path}: compares with true or false, by eq or ne", 0)
+            stored = Compare(EMAIL_PRIMARY, op, str(value).lower())
+            default = _always() if (value is True) == (op == "eq") else _never()
+            return AnyOf((stored, AllOf((NoneOf(HasValue(ROW)), default))))
         if name in ("meta.lastmodified", "meta.created"):
             field = "updated_at" if name == "meta.lastmodified" else "created_at"
             return self._time(field, op, value, node.path)
         raise _unsupported(node.path)
 
     def _present(self, name: str, path: filters.AttrPath) -> Expr:
-        if name in ("username", "emails", "emails.value", "active", "id", "emails.type"):
+        if name in ("username", "emails", "emails.value", "active", "id"):
             return _always()
-        if name in ("meta.created", "meta.lastmodified", "meta", "emails.primary"):
+        if name in ("meta.created", "meta.lastmodified", "meta"):
             return _always()
+        if name in ("emails.type", "emails.primary"):
+            field = EMAIL_TYPE if name == "emails.type" else EMAIL_PRIMARY
+            return AnyOf((HasValue(field), NoneOf(HasValue(ROW))))
         if name == "displayname":
             return HasValue("full_name")
         if name == "externalid":
@@ -167,7 +206,7 @@ class _Users:
         raise _unsupported(path)
 
     @staticmethod
-    def _text(field: str, op: Any, value: Any, path: filters.AttrPath) -> Expr:
+    def _text(field: str | Linked, op: Any, value: Any, path: filters.AttrPath) -> Expr:
         if op not in ("eq", "ne", "co", "sw", "ew"):
             raise FilterError(f"{path}: {op} is not supported on text", 0)
         if not isinstance(value, str):
@@ -206,20 +245,20 @@ class _Users:
             moment = moment.replace(tzinfo=UTC)
         return Compare(field, op, moment)
 
-    @staticmethod
-    def _constant(name: str, op: Any, value: Any, path: filters.AttrPath) -> Expr:
-        """``emails.type`` is always ``work``, ``emails.primary`` always true."""
-        stored: Any = EMAIL_TYPE if name == "emails.type" else True
-        if name == "emails.primary" and isinstance(value, str):
-            value = {"true": True, "false": False}.get(value.lower(), value)
-        if op not in ("eq", "ne"):
-            raise FilterError(f"{path}: compares by eq or ne", 0)
-        same = (
-            stored == value
-            if not isinstance(stored, str)
-            else (isinstance(value, str) and value.lower() == stored)
-        )
-        return _always() if same == (op == "eq") else _never()
+
+def _work(op: str, value: str) -> Expr:
+    """Whether ``work`` (a user no client wrote has a work address) compares so with ``value``."""
+    if op not in ("eq", "ne", "co", "sw", "ew"):
+        raise FilterError(f"emails.type: {op} is not supported on text", 0)
+    wanted = fold(value)
+    held = {
+        "eq": wanted == EMAIL_TYPE_DEFAULT,
+        "ne": wanted != EMAIL_TYPE_DEFAULT,
+        "co": wanted in EMAIL_TYPE_DEFAULT,
+        "sw": EMAIL_TYPE_DEFAULT.startswith(wanted),
+        "ew": EMAIL_TYPE_DEFAULT.endswith(wanted),
+    }[op]
+    return _always() if held else _never()
 
 
 def _name(path: filters.AttrPath) -> str:
@@ -233,3 +272,105 @@ def _strip_core(name: str) -> str:
 
 def _unsupported(path: filters.AttrPath) -> FilterError:
     return FilterError(f"{path}: filtering by this attribute is not supported", 0)
+
+
+# -- what a client writes ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class UserFields:
+    """The attributes of a ``User`` a client wrote, as ours.
+
+    ``active`` is ``None`` when the client left it out: a replace (PUT) keeps
+    the user's, as Okta's replaces, which omit it, expect.
+    """
+
+    user_name: str
+    email: str
+    display_name: str | None
+    active: bool | None
+    external_id: str | None
+    #: The ``type`` and ``primary`` the client gave the address, if any.
+    email_type: str | None = None
+    email_primary: bool | None = None
+
+
+def boolean(value: Any, name: str) -> bool:
+    """A SCIM boolean; Entra ID sends ``"True"``/``"False"`` as strings."""
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if not isinstance(value, bool):
+        raise bad_request(f"{name}: must be true or false")
+    return value
+
+
+def _text_of(resource: Mapping[str, Any], name: str) -> str | None:
+    value = lookup(resource, name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise bad_request(f"{name}: must be a string")
+    return value
+
+
+def _email_of(resource: Mapping[str, Any], user_name: str) -> Mapping[str, Any]:
+    """The address: the primary email, else the first, else the userName if it is one."""
+    emails = lookup(resource, "emails")
+    if emails is None or emails == []:
+        if "@" in user_name:
+            return {"value": user_name}
+        raise bad_request("emails: required (the userName is no email address)")
+    if not isinstance(emails, list) or not all(isinstance(e, Mapping) for e in emails):
+        raise bad_request("emails: must be a list of objects")
+    primary = [e for e in emails if lookup(e, "primary") is not None]
+    chosen = next((e for e in primary if boolean(lookup(e, "primary"), "emails.primary")), None)
+    chosen = chosen if chosen is not None else emails[0]
+    assert isinstance(chosen, Mapping)
+    if not isinstance(lookup(chosen, "value"), str):
+        raise bad_request("emails.value: must be a string")
+    kind = lookup(chosen, "type")
+    if kind is not None and not isinstance(kind, str):
+        raise bad_request("emails.type: must be a string")
+    return chosen
+
+
+def user_fields(resource: Mapping[str, Any]) -> UserFields:
+    """What a ``User`` body (POST, PUT, or a patched resource) sets; ``ScimError`` if it cannot.
+
+    Attribute names match in any letter case; read-only ones (``id``,
+    ``meta``, ``groups``) and undeclared ones are ignored.
+    """
+    if not isinstance(resource, Mapping):
+        raise bad_request("the body must be a JSON object", "invalidSyntax")
+    schemas = lookup(resource, "schemas")
+    if schemas is not None and (
+        not isinstance(schemas, list)
+        or not any(isinstance(s, str) and s.lower() == USER_SCHEMA.lower() for s in schemas)
+    ):
+        raise bad_request(f"schemas: must include {USER_SCHEMA}", "invalidSyntax")
+    user_name = _text_of(resource, "userName")
+    if user_name is None or not user_name.strip():
+        raise bad_request("userName: required")
+    active = lookup(resource, "active")
+    email = _email_of(resource, user_name)
+    primary = lookup(email, "primary")
+    return UserFields(
+        user_name=user_name,
+        email=lookup(email, "value"),
+        display_name=_text_of(resource, "displayName"),
+        active=None if active is None else boolean(active, "active"),
+        external_id=_text_of(resource, "externalId"),
+        email_type=lookup(email, "type"),
+        email_primary=None if primary is None else boolean(primary, "emails.primary"),
+    )
+
+
+def lookup(resource: Mapping[str, Any], name: str) -> Any:
+    """``resource[name]`` matching the name in any letter case; ``None`` if absent."""
+    if name in resource:
+        return resource[name]
+    lowered = name.lower()
+    for key, value in resource.items():
+        if isinstance(key, str) and key.lower() == lowered:
+            return value
+    return None

@@ -34,12 +34,13 @@ CORE_MIGRATION_IDS = sorted(
     for p in migrations.folder("sqlite").glob("*.sql")  # type: ignore[union-attr]
     if not p.name.endswith(".rollback.sql")
 )
-#: The core's migrations, then the plugins' (api_keys, audit, rate_limits and webhooks
-#: own their tables).
+#: The core's migrations, then the plugins' (api_keys, audit, rate_limits, scim and
+#: webhooks own their tables).
 MIGRATIONS = [(m, "userplane") for m in CORE_MIGRATION_IDS] + [
     ("api_keys_0001_api_keys", "api_keys"),
     ("audit_0001_events", "audit"),
     ("rate_limits_0001_rate_limits", "rate_limits"),
+    ("scim_0001_users", "scim"),
     ("webhooks_0001_webhooks", "webhooks"),
 ]
 MIGRATION_IDS = [m for m, _ in MIGRATIONS]
@@ -1355,15 +1356,16 @@ def test_check_pings_storage_and_every_plugin_service(run: Cli) -> None:
         "plugins",
         "storage",
         "webhooks",
+        "scim",
         "audit",
         "api_keys",
         "migrations",
     ]
-    assert rows[2:6] == [
+    assert rows[2:7] == [
         {"name": name, "ok": False, "error": not_migrated, "detail": None}
-        for name in ("storage", "webhooks", "audit", "api_keys")
+        for name in ("storage", "webhooks", "scim", "audit", "api_keys")
     ]
-    assert rows[6] == {
+    assert rows[7] == {
         "name": "migrations",
         "ok": None,
         "error": "skipped: storage did not answer",
@@ -1384,6 +1386,7 @@ def test_check_pings_storage_and_every_plugin_service(run: Cli) -> None:
         {"name": "storage", "ok": True, "error": None, "detail": "sqlite"},
         {"name": "encryption", "ok": True, "error": None, "detail": None},
         {"name": "webhooks", "ok": True, "error": None, "detail": None},
+        {"name": "scim", "ok": True, "error": None, "detail": None},
         {"name": "audit", "ok": True, "error": None, "detail": None},
         {"name": "api_keys", "ok": True, "error": None, "detail": None},
         {

@@ -264,6 +264,28 @@ PLUGIN_OPERATIONS = {
     (KEY, "DELETE"): "keys:manage",
 }
 
+#: The SCIM server's provisioning routes (their refusals are SCIM errors, tested with
+#: the plugin: tests/plugins/test_scim_http.py).
+SCIM = "/scim/v2"
+SCIM_OPERATIONS = {
+    **{
+        (f"{SCIM}/{kind}", method): "scim:provision"
+        for kind in ("Users", "Groups")
+        for method in ("GET", "HEAD", "POST")
+    },
+    **{
+        (f"{SCIM}/{kind}/{{{name}}}", method): "scim:provision"
+        for kind, name in (("Users", "user_id"), ("Groups", "group_id"))
+        for method in ("GET", "HEAD", "PUT", "PATCH", "DELETE")
+    },
+    **{(f"{SCIM}/{kind}/.search", "POST"): "scim:provision" for kind in ("Users", "Groups")},
+    **{
+        (f"{SCIM}/{what}", method): "scim:provision"
+        for what in ("Bulk", "Me", ".search")
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+    },
+}
+
 #: What each built-in role is expected to grant, of the operations above.
 GRANTS = {
     "viewer": {"users:read"},
@@ -271,7 +293,19 @@ GRANTS = {
     "admin": {"users:read", "users:write", "users:delete", "users:restore", "users:export"},
 }
 
-PUBLIC_ROUTES = {"/", "/docs", "/api/v1/openapi.json", "/health/live", "/health/ready"}
+PUBLIC_ROUTES = {
+    "/",
+    "/docs",
+    "/api/v1/openapi.json",
+    "/health/live",
+    "/health/ready",
+    # SCIM's discovery documents describe the server, not its data (RFC 7644 §4).
+    f"{SCIM}/ServiceProviderConfig",
+    f"{SCIM}/Schemas",
+    f"{SCIM}/Schemas/{{schema_id}}",
+    f"{SCIM}/ResourceTypes",
+    f"{SCIM}/ResourceTypes/{{name}}",
+}
 
 
 def assert_targets_untouched(
@@ -324,6 +358,7 @@ def test_the_operation_table_names_every_protected_route_and_its_action(
         **{(op.route, op.method): op.action for op in OPERATIONS},
         **GROUP_OPERATIONS,
         **PLUGIN_OPERATIONS,
+        **SCIM_OPERATIONS,
     }
     public = {
         route for route, actions in app.route_actions.items() if set(actions.values()) == {PUBLIC}
@@ -333,6 +368,7 @@ def test_the_operation_table_names_every_protected_route_and_its_action(
         {op.route for op in OPERATIONS}
         | {route for route, _ in GROUP_OPERATIONS}
         | {route for route, _ in PLUGIN_OPERATIONS}
+        | {route for route, _ in SCIM_OPERATIONS}
         | PUBLIC_ROUTES
     )
 
@@ -506,7 +542,10 @@ def test_a_plugin_route_with_its_own_action_is_protected(registry: Registry) -> 
 
 def test_public_routes_answer_without_credentials(registry: Registry) -> None:
     client = anonymous_client(registry)
+    examples = {"{schema_id}": "urn:ietf:params:scim:schemas:core:2.0:User", "{name}": "User"}
     for route in sorted(PUBLIC_ROUTES):
+        for template, example in examples.items():
+            route = route.replace(template, example)
         resp = client.simulate_get(route)
         assert resp.status_code == 200, (route, resp.text)
         assert "WWW-Authenticate" not in resp.headers

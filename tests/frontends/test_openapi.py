@@ -41,6 +41,8 @@ def _documented(doc: dict[str, object]) -> set[tuple[str, str]]:
 def _served(app: falcon.App) -> set[tuple[str, str]]:
     ops = set()
     for route in inspect.inspect_routes(app):
+        if route.path.startswith("/scim/v2"):
+            continue  # SCIM describes itself (/scim/v2/Schemas, RFC 7643), not in OpenAPI
         path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
         for method in route.methods:
             if method.method in HTTP_METHODS and not method.internal:

@@ -1,0 +1,2 @@
+DROP TRIGGER scim_users_follow_users;
+DROP TABLE scim_users;
