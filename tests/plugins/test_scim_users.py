@@ -17,10 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from userplane import Registry
+from userplane.plugin import fold
 from userplane.groups import NewGroup
 from userplane.plugins.scim import filters
 from userplane.plugins.scim.filters import FilterError, parse_filter
+from userplane.plugins.scim.store import ScimUser, ScimUsers
 from userplane.plugins.scim.users import user_filter, user_resource
+from userplane.sql import SQLStorage
 from userplane.users import NewUser, User, UserChanges
 
 SOURCE = "scim"
@@ -59,12 +62,30 @@ def people(registry: Registry) -> dict[str, Any]:
         users.append(user)
     group = registry.groups.create(NewGroup("Team"))
     registry.groups.add_members(group.id, [u.id for u in users[::2]])
+    # What SCIM clients wrote of some: a userName that is not the address (one that
+    # is its own address in other letters), the address's type and primary flag.
+    rows = ScimUsers(_sql(registry))
+    for i, row in {
+        2: ScimUser("ann.lee", "home", False),
+        4: ScimUser(None, "Work", True),
+        5: ScimUser(users[5].email.upper(), None, None),
+        7: ScimUser("Bo", "other", None),
+    }.items():
+        key = None if row.user_name is None else fold(row.user_name)
+        rows.put(users[i].id, row, key)
     return {"users": [registry.users.get(u.id) for u in users], "group": group}
+
+
+def _sql(registry: Registry) -> SQLStorage:
+    storage = registry.storage
+    assert isinstance(storage, SQLStorage)
+    return storage
 
 
 def _resource(registry: Registry, user: User) -> dict[str, Any]:
     groups = registry.groups.groups_of(user.id)
-    return user_resource(user, base_url=BASE, source=SOURCE, groups=groups)
+    row = ScimUsers(_sql(registry)).get(user.id)
+    return user_resource(user, base_url=BASE, source=SOURCE, groups=groups, row=row)
 
 
 def _quote(text: str) -> str:
@@ -85,6 +106,10 @@ def _terms(people: dict[str, Any]) -> st.SearchStrategy[str]:
             "",
             "@",
             "not an address",
+            "ann.lee",
+            "BO",
+            "bo",
+            "Lee",
         ]
     )
     names = st.sampled_from([*NAMES, "ann", "LEE", "", "x"])
@@ -118,6 +143,17 @@ def _terms(people: dict[str, Any]) -> st.SearchStrategy[str]:
         ),
         st.just(f'groups.value eq "{group}"'),
         st.sampled_from(["displayName pr", "externalId pr", "userName pr", "emails pr"]),
+        st.builds(
+            lambda op, v: f"emails.type {op} {_quote(v)}",
+            text_op,
+            st.sampled_from(["work", "WORK", "home", "other", "o", "", "wo"]),
+        ),
+        st.builds(
+            lambda op, v: f"emails[primary {op} {v}]",
+            st.sampled_from(["eq", "ne"]),
+            st.sampled_from(["true", "false"]),
+        ),
+        st.sampled_from(["emails.type pr", "emails.primary pr", 'emails[type eq "home"]']),
     )
 
 
