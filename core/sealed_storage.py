@@ -619,6 +619,7 @@ class SealedStorage:
         offset: int,
         limit: int,
         include_deleted: bool = False,
+        after: Position | None = None,
     ) -> list[User]:
         """Selected by the inner storage, opened; personal orders refused when sealed."""
         sealed = self._sealed_filter(expr)
@@ -626,7 +627,7 @@ class SealedStorage:
             errors = encrypted_query_errors(False, sort.field)
             if errors:
                 raise InvalidInput.from_errors(errors)
-        rows = self._filterable().select_users(sealed, sort, offset, limit, include_deleted)
+        rows = self._filterable().select_users(sealed, sort, offset, limit, include_deleted, after)
         return [self._opened(u) for u in rows]
 
     def count_selected(self, expr: Expr, include_deleted: bool = False) -> int:

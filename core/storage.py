@@ -501,8 +501,13 @@ class FilterableStorage(Protocol):
         offset: int,
         limit: int,
         include_deleted: bool = False,
+        after: Position | None = None,
     ) -> list[User]:
-        """At most ``limit`` users matching ``expr``, by ``sort`` then ``id``, from ``offset``."""
+        """At most ``limit`` users matching ``expr``, by ``sort`` then ``id``, from ``offset``.
+
+        With ``after`` (its ``key`` resolved: the time, address key or folded
+        name, as ``list_users`` takes it), only the users past that place.
+        """
 
     def count_selected(self, expr: Expr, include_deleted: bool = False) -> int:
         """How many users match ``expr``."""

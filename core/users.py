@@ -152,10 +152,15 @@ class UserQuery:
 
 @attrs.frozen
 class UserSelection:
-    """One page of the users a filter selects, and how many it selects in all."""
+    """One page of the users a filter selects, and how many it selects in all.
+
+    ``next`` is the cursor of the page after this one, when the selection was
+    paged by cursor and there is one.
+    """
 
     items: tuple[User, ...]
     total: int
+    next: str | None = None
 
 
 @attrs.frozen
@@ -608,14 +613,18 @@ class UserService:
         offset: int = 0,
         limit: int = DEFAULT_LIMIT,
         include_deleted: bool = False,
+        cursor: str | None = None,
     ) -> UserSelection:
-        """The users matching a filter (``userplane.filtering``), a page by offset, and how many.
+        """The users matching a filter (``userplane.filtering``), a page, and how many.
 
         For provisioning protocols, whose clients page by position
-        (``startIndex``) and ask how many there are. ``InvalidInput`` at
-        ``$.filter`` for a field or comparison the filter may not use, or one
-        a sealed store cannot run; at ``$.sort``, ``$.offset``, ``$.limit``
-        for the others.
+        (``startIndex``: ``offset``) and ask how many there are, or by cursor
+        (``cursor``: ``""`` for the first page, then each answer's ``next``):
+        a cursor is a place in the keyset order, so a page costs the same
+        however deep, and users created or deleted meanwhile shift no page.
+        ``InvalidInput`` at ``$.filter`` for a field or comparison the filter
+        may not use, or one a sealed store cannot run; at ``$.sort``,
+        ``$.offset``, ``$.limit``, ``$.cursor`` for the others.
         """
 
         def call() -> UserSelection:
@@ -635,6 +644,12 @@ class UserService:
                 errors.append(FieldError("$.offset", "must not be negative"))
             if not 0 <= limit <= MAX_LIMIT:
                 errors.append(FieldError("$.limit", f"must be between 0 and {MAX_LIMIT}"))
+            after: Position | None = None
+            if cursor:
+                try:
+                    after = decode_cursor(cursor, order)
+                except InvalidInput as exc:
+                    errors += exc.errors
             _raise_if(errors)
             if self._encrypted:
                 from userplane.sealed_storage import encrypted_query_errors
@@ -645,10 +660,19 @@ class UserService:
                 raise ConfigurationError("this storage cannot filter users")
             prepared = prepare_filter(expr)
             total = storage.count_selected(prepared, include_deleted)
-            items: list[User] = []
-            if limit and offset < total:
-                items = storage.select_users(prepared, order, offset, limit, include_deleted)
-            return UserSelection(tuple(items), total)
+            if cursor is None:
+                items: list[User] = []
+                if limit and offset < total:
+                    items = storage.select_users(prepared, order, offset, limit, include_deleted)
+                return UserSelection(tuple(items), total)
+            position = self._position(order, after, include_deleted)
+            rows = storage.select_users(prepared, order, 0, limit + 1, include_deleted, position)
+            page = tuple(rows[:limit])
+            nxt = None
+            if len(rows) > limit and page:
+                last = page[-1]
+                nxt = encode_cursor(order, Position(cursor_key(last, order.field), last.id))
+            return UserSelection(page, total, nxt)
 
         return self._run("users.select", call)
 

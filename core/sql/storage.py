@@ -450,12 +450,19 @@ class SQLStorage(SQLGroups, abc.ABC):
         offset: int,
         limit: int,
         include_deleted: bool = False,
+        after: Position | None = None,
     ) -> list[User]:
         """The users matching ``expr``, in ``sort`` order then ``id``, from ``offset``."""
         condition, params = filtering_where(self.dialect, expr)
         if not include_deleted:
             condition = f"deleted_at IS NULL AND {condition}"
         column = SORT_COLUMNS[sort.field]
+        if after is not None:
+            # The keyset, as the list's: a row comparison the sort's index seeks on.
+            op = "<" if sort.descending else ">"
+            key, last = self.dialect.placeholder("after_key"), self.dialect.placeholder("after_id")
+            condition = f"({column}, id) {op} ({key}, {last}) AND {condition}"
+            params |= {"after_key": after.key, "after_id": after.id}
         direction = " DESC" if sort.descending else ""
         order = f"{column}{direction}, id{direction}"
         sql = (

@@ -48,7 +48,7 @@ from userplane.filtering import (
     matches,
 )
 from userplane.groups import Group, name_key
-from userplane.pagination import Sort
+from userplane.pagination import Position, Sort
 from userplane.sealed_storage import SealedStorage
 from userplane.storage import FilterableStorage, GroupStorage, Storage
 from userplane.text import fold
@@ -565,7 +565,7 @@ class FilterContract:
         ):
             population.check(expr)
 
-    def test_pages_by_offset_in_each_sort(self, storage: Storage) -> None:
+    def test_pages_by_offset_and_keyset_in_each_sort(self, storage: Storage) -> None:
         store = _filterable(storage)
         population = self._people(storage)
         sealed = _is_sealed(storage)
@@ -591,6 +591,13 @@ class FilterContract:
                 assert store.select_users(condition, sort, len(want), 5, include_deleted) == []
                 assert store.select_users(condition, sort, 0, 0, include_deleted) == []
                 assert store.count_selected(condition, include_deleted) == len(want)
+                # By keyset: from just past each user, the users after it, in order.
+                for i, user in enumerate(want):
+                    after = Position(_sort_key(user, sort.field), user.id)
+                    rest = store.select_users(
+                        prepare_filter(condition), sort, 0, 3, include_deleted, after
+                    )
+                    assert [u.id for u in rest] == [u.id for u in want[i + 1 : i + 4]], text
 
     def test_a_sealed_store_refuses_what_it_cannot_run(self, storage: Storage) -> None:
         store = _filterable(storage)

@@ -34,6 +34,7 @@ _ATTRIBUTES = {
     "$.sort": "sortBy",
     "$.offset": "startIndex",
     "$.limit": "count",
+    "$.cursor": "cursor",
 }
 #: The scimType of a problem by its status, where one fits.
 _TYPES = {409: "uniqueness", 422: "invalidValue"}
@@ -105,8 +106,11 @@ class ScimErrors:
             scim_type = "invalidSyntax"
         errors = problem.get("errors")
         first = errors[0] if isinstance(errors, list) and errors else None
-        if status == 422 and isinstance(first, dict) and first.get("field") == "$.filter":
+        field = first.get("field") if isinstance(first, dict) else None
+        if status == 422 and field == "$.filter":
             scim_type = "invalidFilter"  # a filter the store cannot run (sealed data)
+        if status == 422 and field == "$.cursor":
+            scim_type = "invalidCursor"  # RFC 9865: not a cursor of ours, or its user is gone
         if status == 422:
             status = 400
         resp.status = status

@@ -21,12 +21,21 @@ from userplane.plugins.scim.errors import PREFIX, SCIM_JSON, ScimError, bad_requ
 from userplane.plugins.scim.filters import CORE_GROUP, CORE_USER
 from userplane.plugins.scim.projection import Projection, projection
 from userplane.plugins.scim.schemas import DEFAULT_COUNT, MAX_RESULTS, SEARCH_SCHEMA
-from userplane.plugins.scim.service import Page, Provisioning, etag
+from userplane.plugins.scim.service import Listed, Page, Provisioning, etag
 
 #: The action every provisioning route needs.
 PROVISION: Final = "scim:provision"
 _LIST_PARAMS: Final = frozenset(
-    {"filter", "startindex", "count", "sortby", "sortorder", "attributes", "excludedattributes"}
+    {
+        "filter",
+        "startindex",
+        "count",
+        "cursor",
+        "sortby",
+        "sortorder",
+        "attributes",
+        "excludedattributes",
+    }
 )
 _ONE_PARAMS: Final = frozenset({"attributes", "excludedattributes"})
 
@@ -69,11 +78,15 @@ def page_of(values: dict[str, Any]) -> Page:
     sort_by = values.get("sortby")
     if sort_by is not None and not isinstance(sort_by, str):
         raise bad_request("sortBy: must be a string")
+    cursor = values.get("cursor")
+    if cursor is not None and (not isinstance(cursor, str) or start is not None):
+        raise bad_request("cursor: a string, and not with startIndex (RFC 9865)", "invalidCursor")
     return Page(
         start_index=start_index,
         count=min(max(size, 0), MAX_RESULTS),
         sort_by=sort_by,
         descending=order is not None and str(order).lower() == "descending",
+        cursor=cursor,
     )
 
 
@@ -137,12 +150,13 @@ class UsersResource(_Base):
         shown = projection(
             _text(values, "attributes"), _text(values, "excludedattributes"), CORE_USER
         )
-        users, total = self._p.list_users(_text(values, "filter"), page)
+        listed = self._p.list_users(_text(values, "filter"), page)
         base = self.base(req)
         found = [
-            shown.apply(self._p.user_resource(u, base, groups=shown.wants("groups"))) for u in users
+            shown.apply(self._p.user_resource(u, base, groups=shown.wants("groups")))
+            for u in listed.items
         ]
-        _send(resp, schemas.list_response(found, total, page.start_index))
+        _send(resp, _list_body(found, listed, page))
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Create a user: 201 with ``Location`` and ``ETag``."""
@@ -151,6 +165,16 @@ class UsersResource(_Base):
         resource = self._p.user_resource(user, self.base(req))
         resp.location = resource["meta"]["location"]
         _send_user(resp, resource, shown, 201)
+
+
+def _list_body(found: list[dict[str, Any]], listed: Listed, page: Page) -> dict[str, Any]:
+    """A ``ListResponse``: by index (``startIndex``) or by cursor (``nextCursor``, RFC 9865)."""
+    body = schemas.list_response(found, listed.total, page.start_index)
+    if page.cursor is not None:
+        del body["startIndex"]
+        if listed.next_cursor is not None:
+            body["nextCursor"] = listed.next_cursor
+    return body
 
 
 def _one_projection(req: falcon.Request, schema: str) -> Projection:
@@ -257,13 +281,13 @@ class GroupsResource(_Base):
         shown = projection(
             _text(values, "attributes"), _text(values, "excludedattributes"), CORE_GROUP
         )
-        groups, total = self._p.list_groups(_text(values, "filter"), page)
+        listed = self._p.list_groups(_text(values, "filter"), page)
         base = self.base(req)
         found = [
             shown.apply(self._p.group_resource(g, base, members=shown.wants("members")))
-            for g in groups
+            for g in listed.items
         ]
-        _send(resp, schemas.list_response(found, total, page.start_index))
+        _send(resp, _list_body(found, listed, page))
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Create a group (with members): 201 with ``Location`` and ``ETag``."""

@@ -188,7 +188,7 @@ def service_provider_config(base_url: str) -> dict[str, Any]:
         "sort": {"supported": True},
         "etag": {"supported": True},
         "pagination": {
-            "cursor": False,
+            "cursor": True,
             "index": True,
             "defaultPaginationMethod": "index",
             "defaultPageSize": DEFAULT_COUNT,

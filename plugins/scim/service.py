@@ -76,12 +76,25 @@ T = TypeVar("T")
 
 @attrs.frozen
 class Page:
-    """What a list asks for: ``start_index`` from 1, ``count`` results at most."""
+    """What a list asks for: ``start_index`` from 1, ``count`` results at most.
+
+    ``cursor`` (RFC 9865) pages by cursor instead: ``""`` for the first page.
+    """
 
     start_index: int = 1
     count: int = 100
     sort_by: str | None = None
     descending: bool = False
+    cursor: str | None = None
+
+
+@attrs.frozen
+class Listed:
+    """A page of a list, how many there are in all, and the next page's cursor."""
+
+    items: list[Any]
+    total: int
+    next_cursor: str | None = None
 
 
 def _not_found(kind: str, raw: str) -> ScimError:
@@ -175,7 +188,7 @@ class Provisioning:
     def _has_groups(self) -> bool:
         return bool(self._registry.groups.available)
 
-    def list_users(self, filter_text: str | None, page: Page) -> tuple[list[User], int]:
+    def list_users(self, filter_text: str | None, page: Page) -> Listed:
         """The users a filter selects, a page of them, and how many there are."""
         expr: Expr | None = None
         if filter_text is not None:
@@ -199,8 +212,9 @@ class Provisioning:
             sort=sort,
             offset=page.start_index - 1,
             limit=page.count,
+            cursor=page.cursor,
         )
-        return list(selection.items), int(selection.total)
+        return Listed(list(selection.items), selection.total, selection.next)
 
     def create_user(self, body: Any) -> User:
         """Create a user from a ``User`` body (201)."""
@@ -332,7 +346,7 @@ class Provisioning:
         listed = self.members(group) if members else None
         return group_resource(group, base_url=base_url, members=listed)
 
-    def list_groups(self, filter_text: str | None, page: Page) -> tuple[list[Group], int]:
+    def list_groups(self, filter_text: str | None, page: Page) -> Listed:
         """The groups a filter selects, a page of them, and how many there are."""
         criteria = GroupCriteria()
         if filter_text is not None:
@@ -341,6 +355,8 @@ class Provisioning:
             except filters.FilterError as exc:
                 raise bad_request(f"filter: {exc.message}", "invalidFilter") from None
         found = [] if criteria.nothing else self._matching_groups(criteria)
+        if page.cursor is not None:
+            return self._groups_by_cursor(criteria, page, found)
         if page.sort_by is not None:
             key = _strip_schema(page.sort_by.lower(), filters.CORE_GROUP)
             if key not in ("displayname", "meta.created"):
@@ -352,7 +368,24 @@ class Provisioning:
         if page.descending:
             found.reverse()
         start = page.start_index - 1
-        return found[start : start + page.count], len(found)
+        return Listed(found[start : start + page.count], len(found))
+
+    def _groups_by_cursor(self, criteria: GroupCriteria, page: Page, found: list[Group]) -> Listed:
+        """A page of groups from a cursor of the groups' own keyset, in creation order."""
+        if page.sort_by is not None or page.descending:
+            raise bad_request("sortBy: groups paged by cursor come in creation order only")
+        if criteria.nothing or criteria.group_id is not None or page.count == 0:
+            return Listed(found[: page.count], len(found))
+        listed = self._groups.list(
+            GroupQuery(
+                limit=page.count,
+                cursor=page.cursor or None,
+                display_name=criteria.display_name,
+                external_id=criteria.external_id,
+                member=criteria.member,
+            )
+        )
+        return Listed(list(listed.items), len(found), listed.next)
 
     def _matching_groups(self, criteria: GroupCriteria) -> list[Group]:
         if criteria.group_id is not None:

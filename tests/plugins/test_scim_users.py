@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from userplane import Registry
-from userplane.plugin import fold
 from userplane.groups import NewGroup
+from userplane.plugin import fold
 from userplane.plugins.scim import filters
 from userplane.plugins.scim.filters import FilterError, parse_filter
 from userplane.plugins.scim.store import ScimUser, ScimUsers
