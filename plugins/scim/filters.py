@@ -499,6 +499,15 @@ class _Parser:
             )
         return path
 
+    def attr_expr_after(self, path: AttrPath) -> Comparison | Present:
+        """After ``attr[...].sub``: its operator and value."""
+        token = self.advance()
+        if self.is_keyword(token, "pr"):
+            return Present(path)
+        if self.is_keyword(token, *_OPS):
+            return self.comparison(path, _OPS[token.text.lower()])
+        self.fail(token, _EXPECTED_OP)
+
     def attr_expr(self, scope: AttrPath | None) -> Filter:
         path = self.attr_path(scope)
         token = self.advance()
@@ -512,15 +521,19 @@ class _Parser:
         if self.is_punct(token, "["):
             if scope is not None:
                 self.fail(token, "value filters cannot be nested")
-            node = ValuePath(path, self.value_filter(path, token))
+            inner = self.value_filter(path, token)
             after = self.peek()
             if self.is_punct(after, ".") and self.noun == "filter":
-                self.fail(
-                    after,
-                    "a filter cannot follow 'attr[...]' with a sub-attribute (PATCH paths "
-                    "can); put the condition inside the brackets",
-                )
-            return node
+                # Entra ID's 'emails[type eq "work"].value eq "x"': outside RFC 7644's
+                # grammar, but what it means is 'emails[type eq "work" and value eq "x"]'.
+                self.advance()
+                name = self.advance()
+                if name.kind != "word" or not _ATTRNAME.fullmatch(name.text):
+                    self.fail(name, f"expected a sub-attribute name of {render(path)}")
+                condition = self.attr_expr_after(AttrPath(name.text))
+                parts = inner.operands if isinstance(inner, And) else (inner,)
+                inner = And((*parts, condition))
+            return ValuePath(path, inner)
         self.fail(token, _EXPECTED_OP)
 
     def value_filter(self, path: AttrPath, opening: _Token) -> Filter:

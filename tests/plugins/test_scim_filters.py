@@ -238,6 +238,19 @@ REAL_CLIENTS: list[tuple[str, Filter]] = [
             )
         ),
     ),
+    # Entra ID's uniqueness check: a value path with a sub-attribute, outside RFC 7644's
+    # filter grammar, read as the condition inside the brackets.
+    (
+        'emails[type eq "work"].value eq "user@contoso.com"',
+        ValuePath(P("emails"), And((eq("type", "work"), eq("value", "user@contoso.com")))),
+    ),
+    (
+        'emails[type eq "work" and primary eq true].value pr',
+        ValuePath(
+            P("emails"),
+            And((eq("type", "work"), eq("primary", True), Present(P("value")))),
+        ),
+    ),
 ]
 
 
@@ -345,11 +358,8 @@ ERRORS: list[tuple[str, int, str]] = [
     ('emails[value.x eq "a"]', 7, "name a sub-attribute of emails on its own"),
     (f'emails[{CORE_USER}:value eq "a"]', 7, "name a sub-attribute of emails on its own"),
     ('name.givenName[value eq "a"]', 14, "not to the sub-attribute 'name.givenName'"),
-    (
-        'emails[type eq "work"].value eq "x"',
-        22,
-        "a filter cannot follow 'attr[...]' with a sub-attribute",
-    ),
+    ('emails[type eq "work"].value', 28, "expected an operator"),
+    ('emails[type eq "work"].1 eq "x"', 23, "expected a sub-attribute name of emails"),
     ("emails[]", 7, "expected a filter inside '[...]'"),
     ("", 0, "empty filter"),
     ("   \t ", 0, "empty filter"),
