@@ -526,6 +526,10 @@ class SealedStorage:
         """Delete through the inner storage."""
         return self._groups.delete_group(group_id, expected_version)
 
+    def touch_groups_of(self, user_id: uuid.UUID, now: datetime) -> int:
+        """Bump through the inner storage."""
+        return self._groups.touch_groups_of(user_id, now)
+
     def add_members(
         self,
         group_id: uuid.UUID,

@@ -431,6 +431,15 @@ class GroupStorage(Protocol):
     def delete_group(self, group_id: uuid.UUID, expected_version: int | None) -> Group:
         """Remove the group and its memberships; returns it as it was (errors: ``update_group``)."""
 
+    def touch_groups_of(self, user_id: uuid.UUID, now: datetime) -> int:
+        """Bump the version of every group ``user_id`` belongs to; how many there were.
+
+        For a member deleted or restored: the group's live members change, so
+        its version (its ETag) must. Locks those groups, in id order, so that
+        called before the user is locked it takes locks in the order member
+        changes do (group, then user).
+        """
+
     def add_members(
         self,
         group_id: uuid.UUID,

@@ -799,6 +799,7 @@ class UserService:
 
         def call() -> User:
             with self._changes.writing():
+                self._touch_groups(user_id)
                 before = self._locked(user_id)
                 deleted = self._storage.delete_user(user_id, expected_version, self._clock())
                 self._changes.record_user(USER_DELETED, before, deleted)
@@ -832,6 +833,7 @@ class UserService:
                 return self._live(user_id)
             self._may_hand_out_groups(user_id, "restore a user whose groups grant role")
             with self._changes.writing():
+                self._touch_groups(user_id)
                 before = self._locked(user_id)
                 restored = self._storage.restore_user(user_id, self._clock())
                 if restored is not None:
@@ -889,6 +891,20 @@ class UserService:
             self._hooks.user_purged(user_id, current_principal(), self._registry)
 
         self._run("users.purge_user", call)
+
+    def _touch_groups(self, user_id: uuid.UUID) -> None:
+        """A member's groups get a new version: who they list changes with the member.
+
+        Before the user is locked, in the write's transaction: the order in
+        which member changes lock (group, then user), so the two never deadlock.
+        """
+        from userplane.storage import GroupStorage
+
+        store = self._storage
+        inner = getattr(store, "inner", store)  # a sealed store keeps groups if its inner one does
+        if isinstance(inner, GroupStorage) and isinstance(store, GroupStorage):
+            with store.transaction():
+                store.touch_groups_of(user_id, self._clock())
 
     def _locked(self, user_id: uuid.UUID) -> User | None:
         """The user as it is before a recorded write (locked till commit); ``None`` unrecorded."""

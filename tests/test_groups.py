@@ -354,6 +354,28 @@ def test_add_and_remove_members(registry: Registry) -> None:
     assert fields_at_fault(lambda: groups.add_members(group.id, too_many)) == ["$.user_ids"]
 
 
+def test_deleting_or_restoring_a_member_gives_its_groups_a_new_version(
+    registry: Registry,
+) -> None:
+    """Who a group lists changes with its member's deletion: so does its version (its ETag)."""
+    groups = registry.groups
+    team = groups.create(NewGroup("Team"))
+    bystanders = groups.create(NewGroup("Bystanders"))
+    ann, bob = make_users(registry, 2)
+    team = groups.add_members(team.id, [ann.id, bob.id])
+    bystanders = groups.add_members(bystanders.id, [bob.id])
+    registry.users.delete(ann.id)
+    after_delete = groups.get(team.id)
+    assert after_delete.version == team.version + 1
+    assert groups.get(bystanders.id) == bystanders
+    registry.users.restore(ann.id)
+    assert groups.get(team.id).version == team.version + 2
+    # A delete that fails (a stale version) leaves every group as it was.
+    with pytest.raises(PreconditionFailed):
+        registry.users.delete(ann.id, expected_version=1)
+    assert groups.get(team.id).version == team.version + 2
+
+
 def test_set_members_makes_the_members_exactly_those(registry: Registry) -> None:
     groups = registry.groups
     group = groups.create(NewGroup("Exact"))

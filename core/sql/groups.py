@@ -219,6 +219,27 @@ class SQLGroups:
             self.execute(self._sql("DELETE FROM user_groups WHERE id = :id"), params)
         return group
 
+    def touch_groups_of(self, user_id: uuid.UUID, now: datetime) -> int:
+        """Lock the user's groups in id order, then bump each one's version."""
+        with self.transaction():
+            rows = self.fetch_all(
+                self._sql(
+                    "SELECT id FROM user_groups WHERE id IN "
+                    "(SELECT group_id FROM group_members WHERE user_id = :user_id) "
+                    f"ORDER BY id{self._lock_suffix()}"
+                ),
+                self.params({"user_id": user_id}),
+            )
+            for (group_id,) in rows:
+                self.execute(
+                    self._sql(
+                        "UPDATE user_groups SET version = version + 1, updated_at = :now "
+                        "WHERE id = :id"
+                    ),
+                    {**self.params({"now": now}), "id": group_id},
+                )
+            return len(rows)
+
     # -- members ----------------------------------------------------------------
 
     def add_members(

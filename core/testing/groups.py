@@ -529,6 +529,25 @@ class GroupStorageContract:
         assert (removed, after.version) == ([bob.id], 4)
         assert store.member_ids(group.id) == []
 
+    def test_touch_groups_of_bumps_only_the_users_groups(self, storage: Storage) -> None:
+        store = _groups(storage)
+        ann, bob = _users(storage, 2)
+        first = _add(store, make_group("First", created_at=_BASE_TIME))
+        second = _add(store, make_group("Second", created_at=_BASE_TIME))
+        other = _add(store, make_group("Other", created_at=_BASE_TIME))
+        _, first = store.add_members(first.id, [ann.id, bob.id], None, _BASE_TIME)
+        _, second = store.add_members(second.id, [ann.id], None, _BASE_TIME)
+        _, other = store.add_members(other.id, [bob.id], None, _BASE_TIME)
+        t = _BASE_TIME + timedelta(minutes=5, microseconds=7)
+        assert store.touch_groups_of(ann.id, t) == 2
+        for before in (first, second):
+            after = store.get_group(before.id)
+            assert after is not None
+            assert (after.version, after.updated_at) == (before.version + 1, t)
+            assert store.member_ids(before.id) == store.member_ids(after.id)
+        assert store.get_group(other.id) == other
+        assert store.touch_groups_of(uuid.uuid4(), t) == 0
+
     def test_member_ids_include_deleted_users_and_list_members_only_live_ones(
         self, storage: Storage
     ) -> None:
