@@ -790,6 +790,31 @@ class UserService:
             self._changes.record_user(USER_UPDATED, before, updated)
         return updated, fields
 
+    def touch(self, user_id: uuid.UUID, expected_version: int | None = None) -> User:
+        """A new version of the user, its fields left as they are.
+
+        For a plugin that keeps data of a user beyond its fields (the SCIM
+        plugin: the userName a client gave): when that data changes, the user's
+        ``version`` and ``updated_at`` must move too, so that ETags, ``If-Match``
+        and "modified since" see the change, and two writers of it are decided
+        by the version like any other. Call it in the transaction that writes
+        the plugin's data (``registry.changes.writing()``). Recorded and
+        announced as ``user.updated`` with no field of the user's changed.
+        ``NotFound`` and ``PreconditionFailed`` as ``update``.
+        """
+
+        def call() -> User:
+            with self._changes.writing():
+                before = self._locked(user_id)
+                touched = self._storage.update_user(
+                    user_id, {}, None, expected_version, self._clock()
+                )
+                self._changes.record_user(USER_UPDATED, before, touched)
+            self._hooks.user_updated(touched, frozenset(), current_principal(), self._registry)
+            return touched
+
+        return self._run("users.touch", call)
+
     def delete(self, user_id: uuid.UUID, expected_version: int | None = None) -> User:
         """Softly delete the user (only if still at ``expected_version`` when given).
 

@@ -546,6 +546,29 @@ def test_an_empty_update_does_not_write(registry: Registry) -> None:
     assert registry.users.get(user.id) == user
 
 
+def test_touch_gives_a_new_version_and_nothing_else(registry: Registry) -> None:
+    """What a plugin calls when data it keeps of a user changes (a SCIM userName)."""
+    from userplane.plugins.audit import trail_of
+    from userplane.plugins.audit.query import parse_query
+
+    user = create(registry, full_name="Ann")
+    touched = registry.users.touch(user.id, expected_version=1)
+    assert touched.version == 2
+    assert touched.updated_at > user.updated_at
+    assert attrs.evolve(touched, version=1, updated_at=user.updated_at) == user
+    assert registry.users.get(user.id) == touched
+    with pytest.raises(PreconditionFailed):
+        registry.users.touch(user.id, expected_version=1)
+    assert registry.users.get(user.id) == touched
+    events = trail_of(registry).list(parse_query({"user_id": str(user.id)}))
+    assert [e["action"] for e in events.items][-1] == "user.updated"
+    registry.users.delete(user.id)
+    with pytest.raises(NotFound):
+        registry.users.touch(user.id)
+    with pytest.raises(NotFound):
+        registry.users.touch(uuid.uuid4())
+
+
 def test_update_with_the_expected_version(registry: Registry) -> None:
     user = create(registry)
     updated = registry.users.update(user.id, UserChanges(full_name="A"), expected_version=1)

@@ -23,6 +23,8 @@ import attrs
 from userplane.plugin import Settings, SettingsSection, hookimpl, section
 
 if TYPE_CHECKING:
+    import click
+
     from userplane.plugin import Registry
     from userplane.plugins.scim.service import Provisioning
 
@@ -73,6 +75,19 @@ def _provisioning() -> type[Provisioning]:
     from userplane.plugins.scim.service import Provisioning
 
     return Provisioning
+
+
+def provisioning(registry: Registry) -> Provisioning:
+    """The SCIM operations of ``registry``; ``ConfigurationError`` where the plugin is out."""
+    from userplane.plugin import ConfigurationError
+
+    kind = _provisioning()
+    if kind not in registry.services:
+        raise ConfigurationError(
+            f"the {registry.storage.name} storage cannot hold SCIM data: the scim plugin "
+            "runs on SQLite and PostgreSQL"
+        )
+    return registry.services.get(kind)
 
 
 @hookimpl
@@ -155,6 +170,14 @@ def userplane_http_routes(app: Any, registry: Registry) -> None:
         handlers[SCIM_JSON] = handlers[falcon.MEDIA_JSON]
     app.add_error_handler(ScimError, handle_scim_error)
     add_routes(app, registry.services.get(provisioning), settings_of(registry.settings).base_url)
+
+
+@hookimpl
+def userplane_cli_commands(cli: click.Group) -> None:
+    """``userplane scim user|group``."""
+    from userplane.plugins.scim.commands import add_commands
+
+    add_commands(cli)
 
 
 @hookimpl

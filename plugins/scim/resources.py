@@ -38,6 +38,8 @@ _LIST_PARAMS: Final = frozenset(
     }
 )
 _ONE_PARAMS: Final = frozenset({"attributes", "excludedattributes"})
+#: The greatest startIndex taken: beyond it every list is past its end anyway.
+_LAST: Final = 2**31 - 1
 
 
 def _send(resp: falcon.Response, body: Any, status: int = 200) -> None:
@@ -70,7 +72,8 @@ def page_of(values: dict[str, Any]) -> Page:
     """``startIndex`` (below 1 is 1), ``count`` (negative is 0, above the most is the most)."""
     start = values.get("startindex")
     count = values.get("count")
-    start_index = 1 if start is None else max(1, _whole(str(start), "startIndex"))
+    # Past any list there is (and past what JSON numbers carry): the end, said once.
+    start_index = 1 if start is None else min(max(1, _whole(str(start), "startIndex")), _LAST)
     size = DEFAULT_COUNT if count is None else _whole(str(count), "count")
     order = values.get("sortorder")
     if order is not None and str(order).lower() not in ("ascending", "descending"):

@@ -11,7 +11,6 @@ a write that lost a race is computed again from the new version (up to
 from __future__ import annotations
 
 import uuid
-import zlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final, TypeVar
@@ -109,16 +108,13 @@ def parse_id(raw: str, kind: str) -> uuid.UUID:
         raise _not_found(kind, raw) from None
 
 
-def etag(version: int, row: ScimUser | None = None) -> str:
-    """The weak ETag of a resource: its version, and what a client wrote of a user.
+def etag(version: int) -> str:
+    """The weak ETag of a resource: its version.
 
-    A change of userName (or of the address's type) alone writes only this
-    plugin's row, not the user, so the row's checksum is part of the tag:
-    any change shows in it.
+    A user's version moves with its row in this plugin's table too (a
+    userName changed alone ``touch``es the user), so it covers all of it.
     """
-    if row is None:
-        return f'W/"{version}"'
-    return f'W/"{version}-{zlib.crc32(repr(attrs.astuple(row)).encode()):08x}"'
+    return f'W/"{version}"'
 
 
 def _check_user_name(name: str) -> None:
@@ -172,16 +168,19 @@ class Provisioning:
         except NotFound:
             raise _not_found("user", raw_id) from None
 
+    def user_name_holder(self, key: str) -> uuid.UUID | None:
+        """The user whose kept userName folds to ``key`` (one that is not an address)."""
+        return self._rows.holder(key)
+
     def user_etag(self, user: User) -> str:
         """The ETag of ``user`` as a SCIM resource."""
-        return etag(user.version, self._rows.get(user.id))
+        return etag(user.version)
 
     def user_resource(self, user: User, base_url: str, groups: bool = True) -> dict[str, Any]:
         """``user`` as a SCIM ``User``; ``groups=False`` leaves its groups out (not asked for)."""
         row = self._rows.get(user.id)
         found = self._registry.groups.groups_of(user.id) if groups and self._has_groups else ()
         resource = user_resource(user, base_url=base_url, source=self.source, groups=found, row=row)
-        resource["meta"]["version"] = etag(user.version, row)
         return resource
 
     @property
@@ -231,7 +230,8 @@ class Provisioning:
                     external_id=fields.external_id,
                 )
             )
-            self._store(user, fields)
+            row = self._row(user, fields)
+            self._rows.put(user.id, row, _name_key(row))
         return user
 
     def replace_user(self, raw_id: str, body: Any, expected: str | None) -> User:
@@ -258,8 +258,8 @@ class Provisioning:
     ) -> User:
         with self._writing():
             user = self.user(raw_id)
-            tag = self.user_etag(user)
-            if expected is not None and not _tag_matches(expected, tag):
+            stored = self._rows.get(user.id)
+            if expected is not None and not _tag_matches(expected, etag(user.version)):
                 raise PreconditionFailed("the user has changed since that version")
             fields = compute(user)
             _check_user_name(fields.user_name)
@@ -271,7 +271,14 @@ class Provisioning:
                 **self._external(user, fields.external_id),
             )
             updated: User = self._users.update(user.id, changes, expected_version=user.version)
-            self._store(updated, fields)
+            row = self._row(updated, fields)
+            if (row or _DEFAULT_ROW) != (stored or _DEFAULT_ROW):
+                self._rows.put(user.id, row, _name_key(row))
+                if updated.version == user.version:
+                    # Only the plugin's row changes: the user's version must move all the
+                    # same (ETags, If-Match, meta.lastModified), conditionally, so that
+                    # of two writers of the row one loses, as of two writers of the user.
+                    updated = self._users.touch(user.id, expected_version=user.version)
         return updated
 
     def _external(self, user: User, external_id: str | None) -> dict[str, Any]:
@@ -290,9 +297,9 @@ class Provisioning:
                 raise PreconditionFailed("the user has changed since that version")
             self._users.delete(user.id, expected_version=user.version)
 
-    def _store(self, user: User, fields: UserFields) -> None:
-        """Keep what the user does not hold: a userName that is not the address, the
-        address's type and primary flag (``_check_name_free`` first)."""
+    def _row(self, user: User, fields: UserFields) -> ScimUser:
+        """What to keep that the user does not hold: a userName that is not the address,
+        the address's type and primary flag (``_check_name_free`` first)."""
         name: str | None = fields.user_name
         if name == user.email or (
             self._registry.encrypted and name is not None and fold(name) == fold(user.email)
@@ -303,8 +310,7 @@ class Provisioning:
                 "userName: while personal data is encrypted, the userName must be the "
                 "user's email address (a userName is stored unsealed)"
             )
-        row = ScimUser(name, fields.email_type, fields.email_primary)
-        self._rows.put(user.id, row, None if name is None else fold(name))
+        return ScimUser(name, fields.email_type, fields.email_primary)
 
     def _check_name_free(self, name: str, owner: uuid.UUID | None) -> None:
         """409 ``uniqueness`` if another user has ``name`` as userName, stored or as address."""
@@ -534,6 +540,14 @@ class Provisioning:
         with self._writing():
             group = self._current_group(raw_id, expected)
             self._groups.delete(group.id, expected_version=group.version)
+
+
+#: What a user no client wrote stands for: its address as userName, a work address, primary.
+_DEFAULT_ROW: Final = ScimUser(None, "work", True)
+
+
+def _name_key(row: ScimUser) -> str | None:
+    return None if row.user_name is None else fold(row.user_name)
 
 
 def _filtered_members(path: PatchPath) -> list[uuid.UUID]:
