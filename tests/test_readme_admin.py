@@ -69,6 +69,13 @@ def test_the_walkthrough_runs_as_written(
     assert exported == {"ann@example.org": "Ann", "bob@example.org": ""}
     objects = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert {u["email"] for u in objects if "email" in u} == set(exported)
+    # The identity provider's lookup finds Ann; the CLI shows the same SCIM user.
+    found = json.loads((tmp_path / "ann-scim.json").read_text())
+    assert found["totalResults"] == 1
+    (ann,) = found["Resources"]
+    assert ann["userName"] == "ann@example.org"
+    shown = json.loads((tmp_path / "ann-scim-cli.json").read_text())
+    assert (shown["id"], shown["userName"]) == (ann["id"], ann["userName"])
     reports = json.loads((tmp_path / "reports-key.json").read_text())
     assert reports["key"].startswith("up_")
     assert reports["role"] == "viewer"

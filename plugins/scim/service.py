@@ -20,6 +20,7 @@ import attrs
 from userplane.plugin import (
     UNSET,
     ConfigurationError,
+    Conflict,
     Expr,
     Group,
     GroupChanges,
@@ -54,6 +55,7 @@ from userplane.plugins.scim.users import (
     user_resource,
 )
 
+_NAME_TAKEN: Final = "userName: another user has this userName"
 #: How often a write without ``If-Match`` is computed again after losing a race.
 RETRIES: Final = 3
 #: The longest userName kept.
@@ -230,8 +232,7 @@ class Provisioning:
                     external_id=fields.external_id,
                 )
             )
-            row = self._row(user, fields)
-            self._rows.put(user.id, row, _name_key(row))
+            self._put_row(user.id, self._row(user, fields))
         return user
 
     def replace_user(self, raw_id: str, body: Any, expected: str | None) -> User:
@@ -273,7 +274,7 @@ class Provisioning:
             updated: User = self._users.update(user.id, changes, expected_version=user.version)
             row = self._row(updated, fields)
             if (row or _DEFAULT_ROW) != (stored or _DEFAULT_ROW):
-                self._rows.put(user.id, row, _name_key(row))
+                self._put_row(user.id, row)
                 if updated.version == user.version:
                     # Only the plugin's row changes: the user's version must move all the
                     # same (ETags, If-Match, meta.lastModified), conditionally, so that
@@ -297,6 +298,13 @@ class Provisioning:
                 raise PreconditionFailed("the user has changed since that version")
             self._users.delete(user.id, expected_version=user.version)
 
+    def _put_row(self, user_id: uuid.UUID, row: ScimUser) -> None:
+        """Store ``row``; a userName another writer took meanwhile is 409 ``uniqueness``."""
+        try:
+            self._rows.put(user_id, row, _name_key(row))
+        except Conflict:
+            raise ScimError(409, _NAME_TAKEN, "uniqueness") from None
+
     def _row(self, user: User, fields: UserFields) -> ScimUser:
         """What to keep that the user does not hold: a userName that is not the address,
         the address's type and primary flag (``_check_name_free`` first)."""
@@ -317,7 +325,7 @@ class Provisioning:
         key = fold(name)
         holder = self._rows.holder(key)
         if holder is not None and holder != owner:
-            raise ScimError(409, "userName: another user has this userName", "uniqueness")
+            raise ScimError(409, _NAME_TAKEN, "uniqueness")
         if holder is None and "@" in name:
             try:
                 other: User = self._users.get_by_email(name)
@@ -325,7 +333,7 @@ class Provisioning:
                 return
             stored = self._rows.get(other.id)
             if other.id != owner and (stored is None or stored.user_name is None):
-                raise ScimError(409, "userName: another user has this userName", "uniqueness")
+                raise ScimError(409, _NAME_TAKEN, "uniqueness")
 
     # -- groups --------------------------------------------------------------------------------
 
