@@ -183,7 +183,9 @@ def userplane_cli_commands(cli: click.Group) -> None:
 @hookimpl
 def userplane_describe(registry: Registry | None) -> dict[str, str]:
     """Where SCIM clients provision, and with which role."""
-    if registry is None or _provisioning() not in registry.services:
+    if registry is None:
         return {}
+    if _provisioning() not in registry.services:
+        return {"scim": "not served: the scim plugin runs on SQLite and PostgreSQL"}
     source = settings_of(registry.settings).source
     return {"scim": f"/scim/v2 (API keys of role {PROVISIONER}; source {source!r})"}

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from userplane.frontends.cli import OperationGroup, State, pass_state
-from userplane.plugin import NotFound, Registry, User, fold
+from userplane.plugin import NotFound, fold
 from userplane.plugins.scim import provisioning, settings_of
+
+if TYPE_CHECKING:  # the registry is imported when a command runs, never for --help
+    from userplane.plugin import Registry, User
 
 
 def _base_url(registry: Registry) -> str:
