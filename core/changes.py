@@ -222,6 +222,10 @@ class ChangeRecorder:
         self._pending: contextvars.ContextVar[list[Change] | None] = contextvars.ContextVar(
             "userplane_pending_changes", default=None
         )
+        #: What runs once the outermost ``writing()`` block has committed.
+        self._after: contextvars.ContextVar[list[Callable[[], None]] | None] = (
+            contextvars.ContextVar("userplane_after_commit", default=None)
+        )
         #: Whether any plugin implements ``userplane_record_change``; asked once.
         self.active = registry.hooks.records_changes
 
@@ -238,25 +242,47 @@ class ChangeRecorder:
         Nested blocks join the outer one; only the outermost records and
         announces. Without an active recorder the block runs as it is.
         """
-        if not self.active:
-            yield
-            return
-        pending = self._pending.get()
-        if pending is not None:
-            with self._storage.transaction():
+        if self._after.get() is not None:  # inside another block: it commits, then announces
+            if self.active:
+                with self._storage.transaction():
+                    yield
+            else:
                 yield
             return
-        collected: list[Change] = []
-        token = self._pending.set(collected)
+        after: list[Callable[[], None]] = []
+        after_token = self._after.set(after)
         try:
-            with self._storage.transaction():
+            if not self.active:
                 yield
+            else:
+                collected: list[Change] = []
+                token = self._pending.set(collected)
+                try:
+                    with self._storage.transaction():
+                        yield
+                        if collected:
+                            self._registry.hooks.record_changes(collected, self._registry)
+                finally:
+                    self._pending.reset(token)
                 if collected:
-                    self._registry.hooks.record_changes(collected, self._registry)
+                    self._registry.hooks.changes_committed(collected, self._registry)
         finally:
-            self._pending.reset(token)
-        if collected:
-            self._registry.hooks.changes_committed(collected, self._registry)
+            self._after.reset(after_token)
+        for call in after:
+            call()
+
+    def after_commit(self, call: Callable[[], None]) -> None:
+        """Run ``call`` once the outermost ``writing()`` block has committed; at once outside one.
+
+        For what announces a write (the ``userplane_user_*`` hooks): a write
+        inside a larger block (a plugin's request of several writes) is not
+        announced if the block then fails and rolls it back.
+        """
+        after = self._after.get()
+        if after is None:
+            call()
+        else:
+            after.append(call)
 
     def record(
         self,

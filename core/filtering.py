@@ -7,6 +7,9 @@ This module holds the expression, the rules of which comparison each field
 takes (``check``), and the reference meaning of each (``matches``), which
 the SQL of every store must agree with (``userplane.testing`` proves it).
 
+Groups are filtered the same way, over their own fields (``GROUP_FIELD_KINDS``,
+``check_group_filter``, ``group_matches``).
+
 A frontend maps its own language onto these fields; a field or comparison
 outside them is refused (``InvalidInput``), never dropped: a filter that
 cannot be run answers an error, not an unfiltered list.
@@ -23,9 +26,9 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 import attrs
 
@@ -33,6 +36,7 @@ from userplane.errors import InvalidInput
 from userplane.text import fold
 
 if TYPE_CHECKING:
+    from userplane.groups import Group
     from userplane.users import User
 
 Op: TypeAlias = Literal["eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le"]
@@ -64,6 +68,17 @@ KIND_OPS: Final[dict[str, tuple[frozenset[str], type | tuple[type, ...]]]] = {
 }
 #: Fields ``Present`` may test (the others always hold a value).
 OPTIONAL_FIELDS: Final = frozenset({"full_name", "external_source", "external_id"})
+#: The fields of a group a filter may name (``GroupService.select``): its name in any
+#: letter case, external id, times, and a live member (``member``: a user id, ``eq``).
+GROUP_FIELD_KINDS: Final = {
+    "id": "uuid",
+    "display_name": "folded",
+    "external_id": "exact",
+    "created_at": "time",
+    "updated_at": "time",
+    "member": "member",
+}
+GROUP_OPTIONAL_FIELDS: Final = frozenset({"external_id"})
 #: The most comparisons one filter holds, and the deepest nesting.
 MAX_TERMS: Final = 64
 MAX_DEPTH: Final = 16
@@ -139,6 +154,17 @@ Expr: TypeAlias = Compare | Present | And | Or | Not
 def check(expr: Expr) -> None:
     """``InvalidInput`` (at ``$.filter``) unless every term names a field and a comparison
     its kind takes, with a value of the right type; the size and depth are bounded."""
+    _check(expr, FIELD_KINDS, OPTIONAL_FIELDS, linked=True)
+
+
+def check_group_filter(expr: Expr) -> None:
+    """``check`` for a filter over groups (``GROUP_FIELD_KINDS``; no ``Linked`` fields)."""
+    _check(expr, GROUP_FIELD_KINDS, GROUP_OPTIONAL_FIELDS, linked=False)
+
+
+def _check(
+    expr: Expr, kinds: Mapping[str, str], optional: Collection[str], *, linked: bool
+) -> None:
     terms = 0
 
     def visit(node: Expr, depth: int) -> None:
@@ -157,11 +183,13 @@ def check(expr: Expr) -> None:
         terms += 1
         if terms > MAX_TERMS:
             raise _invalid(f"holds more than {MAX_TERMS} conditions")
-        kind = node.field.kind if isinstance(node.field, Linked) else FIELD_KINDS.get(node.field)
+        if isinstance(node.field, Linked) and not linked:
+            raise _invalid(f"cannot filter by {node.field!r}")
+        kind = node.field.kind if isinstance(node.field, Linked) else kinds.get(node.field)
         if kind is None:
             raise _invalid(f"cannot filter by {node.field!r}")
         if isinstance(node, Present):
-            if not isinstance(node.field, Linked) and node.field not in OPTIONAL_FIELDS:
+            if not isinstance(node.field, Linked) and node.field not in optional:
                 raise _invalid(f"{node.field!r} is always present")
             return
         ops, value_type = KIND_OPS[kind]
@@ -223,28 +251,53 @@ def matches(
     kind = FIELD_KINDS[expr.field]
     if kind == "member":
         return expr.value in groups_of(user.id)
-    stored = getattr(user, expr.field)
+    return _compare(kind, expr.op, getattr(user, expr.field), expr.value)
+
+
+def group_matches(
+    expr: Expr, group: Group, members_of: Callable[[uuid.UUID], Collection[uuid.UUID]]
+) -> bool:
+    """Whether ``group`` matches ``expr`` (over ``GROUP_FIELD_KINDS``): what stores' SQL means.
+
+    ``members_of(group_id)`` gives the ids of a group's live members.
+    """
+    if isinstance(expr, And):
+        return all(group_matches(p, group, members_of) for p in expr.parts)
+    if isinstance(expr, Or):
+        return any(group_matches(p, group, members_of) for p in expr.parts)
+    if isinstance(expr, Not):
+        return not group_matches(expr.part, group, members_of)
+    assert isinstance(expr.field, str)
+    if isinstance(expr, Present):
+        return getattr(group, expr.field) is not None
+    kind = GROUP_FIELD_KINDS[expr.field]
+    if kind == "member":
+        return expr.value in members_of(group.id)
+    return _compare(kind, expr.op, getattr(group, expr.field), expr.value)
+
+
+def _compare(kind: str, op: str, stored: Any, value: Any) -> bool:
+    """``stored op value`` for a field of ``kind``; a missing value matches nothing."""
     if stored is None:
         return False
-    value = expr.value
     if kind == "email":
         from userplane.emails import normalize_email
 
         key = normalize_email(stored)
-        if expr.op in ("eq", "ne"):
+        if op in ("eq", "ne"):
             try:
                 wanted = normalize_email(str(value))
             except InvalidInput:
-                return expr.op == "ne"  # no address is one that is not an address
-            return (key == wanted) == (expr.op == "eq")
-        return _text(expr.op, key, fold(str(value)))
+                return op == "ne"  # no address is one that is not an address
+            return (key == wanted) == (op == "eq")
+        return _text(op, key, fold(str(value)))
     if kind == "folded":
-        return _text(expr.op, fold(stored), fold(str(value)))
+        return _text(op, fold(stored), fold(str(value)))
     if kind == "exact":
-        return _text(expr.op, stored, str(value))
-    if expr.op == "eq":
+        return _text(op, stored, str(value))
+    if op == "eq":
         return bool(stored == value)
-    if expr.op == "ne":
+    if op == "ne":
         return bool(stored != value)
     return bool(
         {
@@ -252,7 +305,7 @@ def matches(
             "ge": stored >= value,
             "lt": stored < value,
             "le": stored <= value,
-        }[expr.op]
+        }[op]
     )
 
 

@@ -32,6 +32,7 @@ from userplane.errors import (
     InvalidInput,
     NotFound,
 )
+from userplane.filtering import And, Compare, Expr, Not, Or, check_group_filter
 from userplane.pagination import Position, Sort, decode_cursor, encode_cursor
 from userplane.text import fold
 from userplane.users import (
@@ -136,6 +137,22 @@ class GroupPage:
 
 
 @attrs.frozen
+class GroupSelection:
+    """The groups a filter selects: a page of them, how many in all, the next page's cursor.
+
+    ``next`` is set when the selection was paged by cursor and there is more.
+    """
+
+    items: tuple[Group, ...]
+    total: int
+    next: str | None = None
+
+
+#: How a selection of groups may be ordered (``-`` first: descending), then by id.
+GROUP_SORTS: Final = ("created_at", "display_name")
+
+
+@attrs.frozen
 class MemberPage:
     """One page of a group's live members, by user id; ``next`` is ``None`` on the last."""
 
@@ -181,6 +198,17 @@ def check_roles(roles: Any, known_roles: Collection[str]) -> list[FieldError]:
         known = ", ".join(sorted(known_roles))
         return [FieldError("$.roles", f"unknown role {named}; known: {known}")]
     return []
+
+
+def prepare_group_filter(expr: Expr) -> Expr:
+    """``expr`` with names folded, as ``display_name_folded`` holds them."""
+    if isinstance(expr, And | Or):
+        return type(expr)(tuple(prepare_group_filter(p) for p in expr.parts))
+    if isinstance(expr, Not):
+        return Not(prepare_group_filter(expr.part))
+    if isinstance(expr, Compare) and expr.field == "display_name" and isinstance(expr.value, str):
+        return attrs.evolve(expr, value=fold(expr.value))
+    return expr
 
 
 def _raise_if(errors: list[FieldError]) -> None:
@@ -351,7 +379,7 @@ class GroupService:
             after: Position | None = None
             if query.cursor is not None:
                 try:
-                    after = decode_cursor(query.cursor, GROUP_SORT)
+                    after = decode_cursor(query.cursor, GROUP_SORT, "groups")
                 except InvalidInput as exc:
                     errors += exc.errors
             for field, text in (("$.display_name", query.display_name), ("$.q", query.q)):
@@ -372,10 +400,69 @@ class GroupService:
             nxt = None
             if len(rows) > query.limit:
                 last = items[-1]
-                nxt = encode_cursor(GROUP_SORT, Position(last.created_at, last.id))
+                nxt = encode_cursor(GROUP_SORT, Position(last.created_at, last.id), "groups")
             return GroupPage(items, nxt)
 
         return self._run("groups.list", call)
+
+    def select(
+        self,
+        expr: Expr,
+        *,
+        sort: str = "created_at",
+        offset: int = 0,
+        limit: int = DEFAULT_LIMIT,
+        cursor: str | None = None,
+    ) -> GroupSelection:
+        """The groups matching a filter (``userplane.filtering``, ``GROUP_FIELD_KINDS``).
+
+        A page by offset, or by cursor (``""`` first, then each answer's
+        ``next``; ``created_at`` order only), and how many there are: for
+        provisioning protocols (SCIM's ``Groups``). ``display_name`` compares
+        in any letter case; ``member`` is a live member's user id.
+        ``InvalidInput`` at ``$.filter``, ``$.sort``, ``$.offset``, ``$.limit``
+        or ``$.cursor``.
+        """
+
+        def call() -> GroupSelection:
+            errors: list[FieldError] = []
+            try:
+                check_group_filter(expr)
+            except InvalidInput as exc:
+                errors += exc.errors
+            if sort.removeprefix("-") not in GROUP_SORTS:
+                choices = ", ".join(GROUP_SORTS)
+                errors.append(FieldError("$.sort", f"must be one of {choices}, - for descending"))
+            if offset < 0:
+                errors.append(FieldError("$.offset", "must not be negative"))
+            if not 0 <= limit <= MAX_LIMIT:
+                errors.append(FieldError("$.limit", f"must be between 0 and {MAX_LIMIT}"))
+            after: Position | None = None
+            if cursor and sort != "created_at":
+                errors.append(FieldError("$.cursor", "groups page by cursor oldest first only"))
+            elif cursor:
+                try:
+                    after = decode_cursor(cursor, GROUP_SORT, "groups")
+                except InvalidInput as exc:
+                    errors += exc.errors
+            _raise_if(errors)
+            prepared = prepare_group_filter(expr)
+            total = self._storage.count_selected_groups(prepared)
+            if cursor is None:
+                items: list[Group] = []
+                if limit and offset < total:
+                    items = self._storage.select_groups(prepared, sort, offset, limit)
+                return GroupSelection(tuple(items), total)
+            rows = self._storage.select_groups(prepared, sort, 0, limit + 1, after)
+            page = tuple(rows[:limit])
+            nxt = None
+            if len(rows) > limit and page:
+                nxt = encode_cursor(
+                    GROUP_SORT, Position(page[-1].created_at, page[-1].id), "groups"
+                )
+            return GroupSelection(page, total, nxt)
+
+        return self._run("groups.select", call)
 
     def update(
         self, group_id: uuid.UUID, changes: GroupChanges, expected_version: int | None = None
@@ -514,7 +601,7 @@ class GroupService:
             after: uuid.UUID | None = None
             if cursor is not None:
                 try:
-                    after = decode_cursor(cursor, _MEMBER_SORT).id
+                    after = decode_cursor(cursor, _MEMBER_SORT, "members").id
                 except InvalidInput as exc:
                     errors += exc.errors
             _raise_if(errors)
@@ -524,7 +611,7 @@ class GroupService:
             items = tuple(rows[:limit])
             nxt = None
             if len(rows) > limit:
-                nxt = encode_cursor(_MEMBER_SORT, Position(None, items[-1].id))
+                nxt = encode_cursor(_MEMBER_SORT, Position(None, items[-1].id), "members")
             return MemberPage(items, nxt)
 
         return self._run("groups.members", call)

@@ -65,13 +65,15 @@ class Position:
     id: uuid.UUID
 
 
-def encode_cursor(sort: Sort, position: Position) -> str:
+def encode_cursor(sort: Sort, position: Position, scope: str = "") -> str:
     """An opaque, URL-safe cursor for ``position`` in ``sort`` order.
 
     ``[sort, time, id]`` for ``created_at``, ``[sort, id]`` otherwise: a
-    cursor never carries an email or a name.
+    cursor never carries an email or a name. ``scope`` names what is listed
+    when it is not users (``"groups"``): the sort is written ``groups:created_at``,
+    so that a cursor of one list is refused by another, never taken for a place in it.
     """
-    parts = [str(sort), str(position.id)]
+    parts = [f"{scope}:{sort}" if scope else str(sort), str(position.id)]
     if isinstance(position.key, datetime):
         parts.insert(1, position.key.isoformat())
     raw = json.dumps(parts, separators=(",", ":"))
@@ -84,7 +86,7 @@ def encode_cursor(sort: Sort, position: Position) -> str:
 MAX_CURSOR = 2400
 
 
-def decode_cursor(cursor: str, sort: Sort) -> Position:
+def decode_cursor(cursor: str, sort: Sort, scope: str = "") -> Position:
     """Parse a cursor made by ``encode_cursor`` for ``sort``; anything else is ``InvalidInput``.
 
     A cursor is client input: a tampered one must fail as a clean 4xx, never
@@ -120,8 +122,11 @@ def decode_cursor(cursor: str, sort: Sort) -> Position:
     except (ValueError, TypeError, UnicodeError, OverflowError, RecursionError, binascii.Error):
         # RecursionError: a cursor decoding to JSON nested past Python's limit.
         raise bad from None
-    if sort_raw != str(sort):
+    scope_raw, _, order_raw = sort_raw.rpartition(":")
+    if scope_raw != scope:
+        raise InvalidInput.for_field(CURSOR_FIELD, "this cursor is for another list")
+    if order_raw != str(sort):
         raise InvalidInput.for_field(
-            CURSOR_FIELD, f"this cursor pages in {sort_raw!r} order, not {str(sort)!r}"
+            CURSOR_FIELD, f"this cursor pages in {order_raw!r} order, not {str(sort)!r}"
         )
     return position

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
         GroupChanges,
         GroupFilter,
         GroupQuery,
+        GroupSelection,
         GroupService,
         NewGroup,
     )
@@ -228,7 +229,15 @@ _SOURCES = {
         "userplane.storage",
     ),
     **dict.fromkeys(
-        ("Group", "GroupChanges", "GroupFilter", "GroupQuery", "GroupService", "NewGroup"),
+        (
+            "Group",
+            "GroupChanges",
+            "GroupFilter",
+            "GroupQuery",
+            "GroupSelection",
+            "GroupService",
+            "NewGroup",
+        ),
         "userplane.groups",
     ),
     **dict.fromkeys(
@@ -293,6 +302,7 @@ __all__ = [
     "GroupChanges",
     "GroupFilter",
     "GroupQuery",
+    "GroupSelection",
     "GroupService",
     "GroupStorage",
     "Hooks",

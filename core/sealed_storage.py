@@ -560,6 +560,21 @@ class SealedStorage:
         """Set through the inner storage."""
         return self._groups.set_members(group_id, user_ids, expected_version, now)
 
+    def select_groups(
+        self,
+        expr: Expr,
+        sort: str,
+        offset: int,
+        limit: int,
+        after: Position | None = None,
+    ) -> list[Group]:
+        """Select through the inner storage: groups hold nothing sealed."""
+        return self._groups.select_groups(expr, sort, offset, limit, after)
+
+    def count_selected_groups(self, expr: Expr) -> int:
+        """Count through the inner storage."""
+        return self._groups.count_selected_groups(expr)
+
     def member_ids(self, group_id: uuid.UUID) -> list[uuid.UUID]:
         """Member ids through the inner storage."""
         return self._groups.member_ids(group_id)

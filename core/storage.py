@@ -492,6 +492,24 @@ class GroupStorage(Protocol):
     def member_roles(self, user_id: uuid.UUID) -> frozenset[str]:
         """The roles of every group ``user_id`` belongs to (a deleted user's: none)."""
 
+    def select_groups(
+        self,
+        expr: Expr,
+        sort: str,
+        offset: int,
+        limit: int,
+        after: Position | None = None,
+    ) -> list[Group]:
+        """At most ``limit`` groups matching ``expr`` (over ``GROUP_FIELD_KINDS``), from ``offset``.
+
+        ``sort`` is ``created_at`` or ``display_name`` (by the folded name),
+        ``-`` first for descending, then ``id``. With ``after`` (``created_at``
+        order only), the groups past that place. ``member`` matches live members.
+        """
+
+    def count_selected_groups(self, expr: Expr) -> int:
+        """How many groups match ``expr``."""
+
 
 @runtime_checkable
 class FilterableStorage(Protocol):

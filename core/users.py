@@ -511,7 +511,7 @@ class UserService:
             ):
                 stored = self._storage.insert_user(user, key)
                 self._changes.record_user(USER_CREATED, None, stored)
-            self._hooks.user_created(stored, current_principal(), self._registry)
+            self._announce(self._hooks.user_created, stored)
             return stored
 
         return self._run("users.create", call)
@@ -734,9 +734,7 @@ class UserService:
             _raise_if(errors)
             updated, written = self._update(user_id, fields, patch, key, expected_version)
             if written:
-                self._hooks.user_updated(
-                    updated, frozenset(written), current_principal(), self._registry
-                )
+                self._announce(self._hooks.user_updated, updated, frozenset(written))
             return updated
 
         return self._run("users.update", call)
@@ -810,7 +808,7 @@ class UserService:
                     user_id, {}, None, expected_version, self._clock()
                 )
                 self._changes.record_user(USER_UPDATED, before, touched)
-            self._hooks.user_updated(touched, frozenset(), current_principal(), self._registry)
+            self._announce(self._hooks.user_updated, touched, frozenset())
             return touched
 
         return self._run("users.touch", call)
@@ -823,12 +821,12 @@ class UserService:
         """
 
         def call() -> User:
-            with self._changes.writing():
+            with self._changes.writing(), self._storage.transaction():
                 self._touch_groups(user_id)
                 before = self._locked(user_id)
                 deleted = self._storage.delete_user(user_id, expected_version, self._clock())
                 self._changes.record_user(USER_DELETED, before, deleted)
-            self._hooks.user_deleted(deleted, current_principal(), self._registry)
+            self._announce(self._hooks.user_deleted, deleted)
             return deleted
 
         return self._run("users.delete", call)
@@ -857,7 +855,7 @@ class UserService:
             if not self._may_see_deleted(user_id):
                 return self._live(user_id)
             self._may_hand_out_groups(user_id, "restore a user whose groups grant role")
-            with self._changes.writing():
+            with self._changes.writing(), self._storage.transaction():
                 self._touch_groups(user_id)
                 before = self._locked(user_id)
                 restored = self._storage.restore_user(user_id, self._clock())
@@ -865,7 +863,7 @@ class UserService:
                     self._changes.record_user(USER_RESTORED, before, restored)
             if restored is None:
                 return self._live(user_id)  # live already, or no such user
-            self._hooks.user_restored(restored, current_principal(), self._registry)
+            self._announce(self._hooks.user_restored, restored)
             return restored
 
         return self._run("users.restore", call)
@@ -913,9 +911,19 @@ class UserService:
                 if not self._storage.purge_user(user_id):
                     raise NotFound(f"no deleted user with id {user_id} (delete it first)")
                 self._record_purged(user_id)
-            self._hooks.user_purged(user_id, current_principal(), self._registry)
+            self._announce(self._hooks.user_purged, user_id)
 
         self._run("users.purge_user", call)
+
+    def _announce(self, hook: Callable[..., Any], *args: Any) -> None:
+        """Call a ``userplane_user_*`` hook once the write has committed.
+
+        At once for a write of its own; inside a larger block (a plugin's
+        request of several writes, ``registry.changes.writing()``) when that
+        commits, so that no plugin hears of a write the block rolled back.
+        """
+        principal = current_principal()
+        self._changes.after_commit(lambda: hook(*args, principal, self._registry))
 
     def _touch_groups(self, user_id: uuid.UUID) -> None:
         """A member's groups get a new version: who they list changes with the member.
@@ -928,8 +936,7 @@ class UserService:
         store = self._storage
         inner = getattr(store, "inner", store)  # a sealed store keeps groups if its inner one does
         if isinstance(inner, GroupStorage) and isinstance(store, GroupStorage):
-            with store.transaction():
-                store.touch_groups_of(user_id, self._clock())
+            store.touch_groups_of(user_id, self._clock())
 
     def _locked(self, user_id: uuid.UUID) -> User | None:
         """The user as it is before a recorded write (locked till commit); ``None`` unrecorded."""

@@ -15,7 +15,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from userplane.filtering import FIELD_KINDS, And, Compare, Expr, Linked, Not, Or, Present
+from userplane.filtering import (
+    FIELD_KINDS,
+    GROUP_FIELD_KINDS,
+    And,
+    Compare,
+    Expr,
+    Linked,
+    Not,
+    Or,
+    Present,
+)
 
 if TYPE_CHECKING:
     from userplane.sql.dialect import Dialect
@@ -37,15 +47,37 @@ _PRESENT = {
     "external_source": "external_source",
     "external_id": "external_id",
 }
+#: The columns of a group's fields (``user_groups``), and of its optional ones.
+GROUP_COLUMNS = {
+    "id": "id",
+    "display_name": "display_name_folded",
+    "external_id": "external_id",
+    "created_at": "created_at",
+    "updated_at": "updated_at",
+}
+_GROUP_PRESENT = {"external_id": "external_id"}
 _SQL_OPS = {"eq": "=", "ne": "<>", "gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+#: Membership, from each side: a user in a group; a group with a live member.
+_USER_IN_GROUP = "(id IN (SELECT user_id FROM group_members WHERE group_id = {value}))"
+_GROUP_WITH_MEMBER = (
+    "(id IN (SELECT gm.group_id FROM group_members gm JOIN users mu ON mu.id = gm.user_id "
+    "WHERE gm.user_id = {value} AND mu.deleted_at IS NULL))"
+)
 
 
 class Compiler:
-    """Builds one condition and its parameters (``p0``, ``p1`` …) for ``dialect``."""
+    """Builds one condition and its parameters (``p0``, ``p1`` …) for ``dialect``.
 
-    def __init__(self, dialect: Dialect) -> None:
+    Over users by default; ``groups=True`` over groups (``GROUP_FIELD_KINDS``).
+    """
+
+    def __init__(self, dialect: Dialect, *, groups: bool = False) -> None:
         self.dialect = dialect
         self.params: dict[str, Any] = {}
+        self._kinds = GROUP_FIELD_KINDS if groups else FIELD_KINDS
+        self._columns = GROUP_COLUMNS if groups else COLUMNS
+        self._present = _GROUP_PRESENT if groups else _PRESENT
+        self._member = _GROUP_WITH_MEMBER if groups else _USER_IN_GROUP
 
     def _param(self, value: Any) -> str:
         name = f"f{len(self.params)}"
@@ -65,7 +97,7 @@ class Compiler:
                 table, column = expr.field.table, expr.field.column
                 return f"(id IN (SELECT user_id FROM {table} WHERE {table}.{column} IS NOT NULL))"
             # A missing name, external id or source is stored as NULL.
-            return f"({_PRESENT[expr.field]} IS NOT NULL)"
+            return f"({self._present[expr.field]} IS NOT NULL)"
         if isinstance(expr.field, Linked):
             # The plugin's table, by its key: the comparison runs inside it.
             table = expr.field.table
@@ -76,11 +108,10 @@ class Compiler:
 
     def _compare(self, node: Compare) -> str:
         assert isinstance(node.field, str)
-        kind = FIELD_KINDS[node.field]
+        kind = self._kinds[node.field]
         if kind == "member":
-            group = self._param(node.value)
-            return f"(id IN (SELECT user_id FROM group_members WHERE group_id = {group}))"
-        column = COLUMNS[node.field]
+            return self._member.format(value=self._param(node.value))
+        column = self._columns[node.field]
         # The folded name is '' for no name: a comparison sees only users with one.
         guard = f"{'full_name' if node.field == 'full_name' else column} IS NOT NULL"
         if node.field == "email" and isinstance(node.value, tuple):
@@ -120,4 +151,10 @@ class Compiler:
 def where(dialect: Dialect, expr: Expr) -> tuple[str, dict[str, Any]]:
     """The condition of ``expr`` in ``dialect`` and its parameters (values not yet ``to_db``)."""
     compiler = Compiler(dialect)
+    return compiler.compile(expr), compiler.params
+
+
+def where_groups(dialect: Dialect, expr: Expr) -> tuple[str, dict[str, Any]]:
+    """``where`` for a filter over groups (``user_groups``)."""
+    compiler = Compiler(dialect, groups=True)
     return compiler.compile(expr), compiler.params

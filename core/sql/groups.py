@@ -18,8 +18,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from userplane.errors import FieldError, InvalidInput, NotFound, PreconditionFailed
+from userplane.filtering import Expr
 from userplane.groups import Group, GroupFilter
 from userplane.pagination import Position
+from userplane.sql.filtering import where_groups
 from userplane.sql.schema import USER_COLUMNS
 
 if TYPE_CHECKING:
@@ -32,6 +34,8 @@ GROUP_COLUMNS = "id, display_name, external_id, roles, created_at, updated_at, v
 _MEMBER_USER_COLUMNS = ", ".join(f"u.{c.strip()}" for c in USER_COLUMNS.split(","))
 #: How a row-locking dialect spells a shared lock on the rows a ``SELECT`` reads.
 _SHARE_LOCKS = {"postgresql": " FOR SHARE", "mysql": " LOCK IN SHARE MODE"}
+#: The column each sort of groups orders by.
+_GROUP_SORT_COLUMNS = {"created_at": "created_at", "display_name": "display_name_folded"}
 #: The most ids one ``IN (…)`` list holds.
 IDS_PER_STATEMENT = 500
 #: The most unknown ids an error names.
@@ -353,6 +357,44 @@ class SQLGroups:
                 [self.params({"group_id": group_id, "u": u}) for u in removed],
             )
         return removed
+
+    def select_groups(
+        self,
+        expr: Expr,
+        sort: str,
+        offset: int,
+        limit: int,
+        after: Position | None = None,
+    ) -> list[Group]:
+        """The groups matching ``expr``, in ``sort`` order then ``id``, from ``offset``."""
+        condition, params = where_groups(self.dialect, expr)
+        descending = sort.startswith("-")
+        column = _GROUP_SORT_COLUMNS[sort.removeprefix("-")]
+        if column == "display_name_folded" and self.dialect.name == "postgresql":
+            # By code point, as Python and the users' sort keys (COLLATE "C" there, by
+            # migration): a locale's collation (en_US) would order names otherwise.
+            column = 'display_name_folded COLLATE "C"'
+        direction = " DESC" if descending else ""
+        if after is not None:
+            op = "<" if descending else ">"
+            key, last = self.dialect.placeholder("after_key"), self.dialect.placeholder("after_id")
+            condition = f"({column}, id) {op} ({key}, {last}) AND {condition}"
+            params |= {"after_key": after.key, "after_id": after.id}
+        sql = (
+            f"SELECT {GROUP_COLUMNS} FROM user_groups WHERE {condition} "
+            f"ORDER BY {column}{direction}, id{direction} "
+            f"LIMIT {self.dialect.placeholder('limit')} OFFSET {self.dialect.placeholder('offset')}"
+        )
+        params |= {"limit": limit, "offset": offset}
+        return [self.group_from_row(r) for r in self.fetch_all(sql, self.params(params))]
+
+    def count_selected_groups(self, expr: Expr) -> int:
+        """How many groups match ``expr``."""
+        condition, params = where_groups(self.dialect, expr)
+        row = self.fetch_one(
+            f"SELECT count(*) FROM user_groups WHERE {condition}", self.params(params)
+        )
+        return int(row[0]) if row else 0
 
     def member_ids(self, group_id: uuid.UUID) -> list[uuid.UUID]:
         """Every member's id, by id."""

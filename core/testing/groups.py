@@ -25,14 +25,16 @@ import concurrent.futures
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from userplane.emails import normalize_email
 from userplane.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
-from userplane.groups import Group, GroupFilter, name_key
+from userplane.filtering import And, Compare, Expr, Not, Or, Present, group_matches
+from userplane.groups import Group, GroupFilter, name_key, prepare_group_filter
 from userplane.pagination import Position
 from userplane.storage import BulkStorage, GroupStorage, Storage, UserRow
 from userplane.text import fold
@@ -110,6 +112,12 @@ def _all_groups(store: GroupStorage, flt: GroupFilter, page: int = 100) -> list[
         if len(rows) < page:
             return seen
         after = Position(rows[-1].created_at, rows[-1].id)
+
+
+def _group_sort_key(field: str) -> Callable[[Group], tuple[Any, int]]:
+    if field == "display_name":
+        return lambda g: (name_key(g.display_name), g.id.int)
+    return lambda g: (g.created_at, g.id.int)
 
 
 def _members_field(exc: InvalidInput) -> list[str]:
@@ -547,6 +555,75 @@ class GroupStorageContract:
             assert store.member_ids(before.id) == store.member_ids(after.id)
         assert store.get_group(other.id) == other
         assert store.touch_groups_of(uuid.uuid4(), t) == 0
+
+    def test_selects_groups_as_group_matches_says(self, storage: Storage) -> None:
+        """Every field, every comparison, and/or/not, sorts and pages, against ``group_matches``."""
+        store = _groups(storage)
+        ann, bob, cid = _users(storage, 3)
+        names = ["Admins", "ADMINS-2", "Straße Team", "Zoë", "x%_\\", "Lab"]
+        externals = ["00gA", None, "00ga", None, "ext-%", "X-1"]
+        groups = []
+        for n, (name, external) in enumerate(zip(names, externals, strict=True)):
+            at = _BASE_TIME + timedelta(seconds=n % 3, microseconds=n)
+            group = _add(store, make_group(name, external_id=external, created_at=at))
+            groups.append(group)
+        store.add_members(groups[0].id, [ann.id, bob.id], None, _BASE_TIME)
+        store.add_members(groups[2].id, [cid.id], None, _BASE_TIME)
+        store.add_members(groups[3].id, [bob.id], None, _BASE_TIME)
+        storage.delete_user(cid.id, None, _BASE_TIME)  # a deleted member is no member
+        groups = [store.get_group(g.id) for g in groups]  # type: ignore[misc]
+        live = {ann.id, bob.id}
+
+        def members_of(group_id: uuid.UUID) -> set[uuid.UUID]:
+            return {u for u in store.member_ids(group_id) if u in live}
+
+        moment = groups[2].created_at
+        exprs: list[Expr] = [
+            Compare("display_name", "eq", "admins"),
+            Compare("display_name", "ne", "admins"),
+            Compare("display_name", "co", "team"),
+            Compare("display_name", "sw", "adm"),
+            Compare("display_name", "ew", "-2"),
+            Compare("display_name", "co", "%"),
+            Compare("display_name", "co", "_"),
+            Compare("display_name", "eq", "straße team"),
+            Compare("external_id", "eq", "00gA"),
+            Compare("external_id", "ne", "00gA"),
+            Compare("external_id", "co", "%"),
+            Compare("external_id", "sw", "00g"),
+            Present("external_id"),
+            Not(Present("external_id")),
+            Not(Compare("external_id", "eq", "X-1")),
+            Compare("id", "eq", groups[4].id),
+            Compare("id", "ne", groups[4].id),
+            Compare("member", "eq", bob.id),
+            Compare("member", "eq", cid.id),
+            Not(Compare("member", "eq", ann.id)),
+            Compare("created_at", "gt", moment),
+            Compare("created_at", "le", moment),
+            Compare("updated_at", "ge", _BASE_TIME),
+            And((Compare("member", "eq", bob.id), Present("external_id"))),
+            Or((Compare("display_name", "sw", "z"), Compare("external_id", "eq", "X-1"))),
+            Not(Or((Compare("display_name", "co", "a"), Compare("member", "eq", ann.id)))),
+        ]
+        for expr in exprs:
+            prepared = prepare_group_filter(expr)
+            want = [g for g in groups if group_matches(prepared, g, members_of)]
+            for sort in ("created_at", "-created_at", "display_name", "-display_name"):
+                key = _group_sort_key(sort.removeprefix("-"))
+                ordered = sorted(want, key=key, reverse=sort.startswith("-"))
+                got = store.select_groups(prepared, sort, 0, 100)
+                assert [g.id for g in got] == [g.id for g in ordered], (expr, sort)
+                pages = []
+                for offset in range(0, len(ordered) + 2, 2):
+                    pages += store.select_groups(prepared, sort, offset, 2)
+                assert [g.id for g in pages] == [g.id for g in ordered], (expr, sort)
+            assert store.count_selected_groups(prepared) == len(want), expr
+            oldest = sorted(want, key=_group_sort_key("created_at"))
+            for i, group in enumerate(oldest):
+                after = Position(group.created_at, group.id)
+                rest = store.select_groups(prepared, "created_at", 0, 2, after)
+                assert [g.id for g in rest] == [g.id for g in oldest[i + 1 : i + 3]], expr
 
     def test_member_ids_include_deleted_users_and_list_members_only_live_ones(
         self, storage: Storage

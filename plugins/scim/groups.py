@@ -5,10 +5,13 @@ A group is a SCIM ``Group`` (RFC 7643 §4.2): ``displayName`` is its name,
 group in a group is not a thing we have). The roles a group grants are ours
 alone: SCIM neither shows nor sets them.
 
-Filters on groups are conjunctions of equalities on ``id``, ``displayName``,
-``externalId`` and ``members`` (``members.value``): what identity providers
-send (Entra ID's ``id eq "g" and members eq "u"``, everyone's ``displayName
-eq``). Anything else answers ``invalidFilter``, never an unfiltered list.
+Filters on groups run as the core's SQL (``GroupService.select``):
+``displayName`` and ``externalId`` by ``eq``, ``ne``, ``co``, ``sw``, ``ew``
+(the name in any letter case), ``id``, ``meta.created`` and
+``meta.lastModified``, ``members`` (``members.value``, ``members[value eq
+…]``) by ``eq``, with ``and``, ``or``, ``not``: Entra ID's ``id eq "g" and
+members eq "u"`` among them. Anything else answers ``invalidFilter``, never
+an unfiltered list.
 """
 
 from __future__ import annotations
@@ -19,11 +22,15 @@ from typing import Any, Final
 
 import attrs
 
-from userplane.plugin import Group
+from userplane.plugin import And as AllOf
+from userplane.plugin import Compare, Expr, Group
+from userplane.plugin import Not as NoneOf
+from userplane.plugin import Or as AnyOf
+from userplane.plugin import Present as HasValue
 from userplane.plugins.scim import filters
 from userplane.plugins.scim.errors import bad_request
 from userplane.plugins.scim.filters import FilterError
-from userplane.plugins.scim.users import iso, lookup
+from userplane.plugins.scim.users import id_term, iso, lookup, time_term
 
 GROUP_SCHEMA: Final = filters.CORE_GROUP
 
@@ -55,66 +62,62 @@ def group_resource(
     return resource
 
 
-@attrs.frozen
-class GroupCriteria:
-    """A group filter as equalities; ``nothing`` when no group can match (an id that is none)."""
-
-    group_id: uuid.UUID | None = None
-    display_name: str | None = None
-    external_id: str | None = None
-    member: uuid.UUID | None = None
-    nothing: bool = False
+def _always() -> Expr:
+    # Every group has a name, and every name starts with nothing.
+    return Compare("display_name", "sw", "")
 
 
-_FIELDS = {
-    "id": "group_id",
-    "displayname": "display_name",
-    "externalid": "external_id",
-    "members": "member",
-    "members.value": "member",
-}
+def group_filter(node: filters.Filter) -> Expr:
+    """The SCIM ``filter`` on ``Groups`` as a filter of our groups; ``FilterError`` otherwise."""
+    if isinstance(node, filters.And):
+        return AllOf(tuple(group_filter(p) for p in node.operands))
+    if isinstance(node, filters.Or):
+        return AnyOf(tuple(group_filter(p) for p in node.operands))
+    if isinstance(node, filters.Not):
+        return NoneOf(group_filter(node.operand))
+    if isinstance(node, filters.ValuePath):
+        if _name(node.path) != "members":
+            raise FilterError(f"{node.path}: Groups cannot be filtered by this attribute", 0)
+        return _members(node.filter, node.path)
+    name = _name(node.path)
+    if isinstance(node, filters.Present):
+        if name in ("displayname", "id", "meta.created", "meta.lastmodified", "meta"):
+            return _always()
+        if name == "externalid":
+            return HasValue("external_id")
+        raise FilterError(f"{node.path}: pr is not supported on Groups here", 0)
+    op, value = node.op, node.value
+    if name in ("displayname", "externalid"):
+        if op not in ("eq", "ne", "co", "sw", "ew") or not isinstance(value, str):
+            raise FilterError(f"{node.path}: compares with a string, by eq ne co sw ew", 0)
+        return Compare("display_name" if name == "displayname" else "external_id", op, value)
+    if name == "id":
+        return id_term("id", op, value, node.path, _always())
+    if name in ("members", "members.value"):
+        if op != "eq":
+            raise FilterError(f"{node.path}: only eq is supported", 0)
+        return id_term("member", op, value, node.path, _always())
+    if name in ("meta.created", "meta.lastmodified"):
+        field = "created_at" if name == "meta.created" else "updated_at"
+        return time_term(field, op, value, node.path)
+    raise FilterError(f"{node.path}: Groups cannot be filtered by this attribute", 0)
 
 
-def group_criteria(node: filters.Filter) -> GroupCriteria:
-    """The SCIM ``filter`` on ``Groups`` as equalities; ``FilterError`` for any other."""
-    terms = node.operands if isinstance(node, filters.And) else (node,)
-    found: dict[str, Any] = {}
-    nothing = False
-    for term in terms:
-        if isinstance(term, filters.ValuePath) and term.path.normalized.endswith("members"):
-            term = _member_term(term)
-        if not isinstance(term, filters.Comparison) or term.op != "eq":
-            raise FilterError(
-                "filters on Groups are eq on id, displayName, externalId or members, joined by and",
-                0,
-            )
-        name = term.path.normalized.removeprefix(GROUP_SCHEMA.lower() + ":")
-        field = _FIELDS.get(name)
-        if field is None:
-            raise FilterError(
-                f"{term.path}: filtering Groups by this attribute is not supported", 0
-            )
-        if not isinstance(term.value, str):
-            raise FilterError(f"{term.path}: compares with a string", 0)
-        value: Any = term.value
-        if field in ("group_id", "member"):
-            try:
-                value = uuid.UUID(term.value)
-            except ValueError:
-                nothing = True  # no group or user has this id
-                continue
-        if field in found and found[field] != value:
-            nothing = True  # one attribute equal to two values
-        found[field] = value
-    return GroupCriteria(**found, nothing=nothing)
+def _members(node: filters.Filter, parent: filters.AttrPath) -> Expr:
+    """Inside ``members[...]``: ``value eq "u"``, joined by and, or, not."""
+    if isinstance(node, filters.And):
+        return AllOf(tuple(_members(p, parent) for p in node.operands))
+    if isinstance(node, filters.Or):
+        return AnyOf(tuple(_members(p, parent) for p in node.operands))
+    if isinstance(node, filters.Not):
+        return NoneOf(_members(node.operand, parent))
+    if isinstance(node, filters.Comparison) and node.path.normalized == "value" and node.op == "eq":
+        return id_term("member", "eq", node.value, parent, _always())
+    raise FilterError(f'{parent}: only members[value eq "…"] is supported', 0)
 
 
-def _member_term(node: filters.ValuePath) -> filters.Filter:
-    """``members[value eq "u"]`` is ``members eq "u"``."""
-    inner = node.filter
-    if isinstance(inner, filters.Comparison) and inner.path.normalized == "value":
-        return filters.Comparison(filters.AttrPath("members"), inner.op, inner.value)
-    raise FilterError(f'{node.path}: only members[value eq "…"] is supported', 0)
+def _name(path: filters.AttrPath) -> str:
+    return path.normalized.removeprefix(GROUP_SCHEMA.lower() + ":")
 
 
 @attrs.frozen

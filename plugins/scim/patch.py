@@ -153,7 +153,11 @@ def _apply_path(
         values = value if isinstance(value, list) else [value]
         if op == "add" and isinstance(current, list):
             present = {_value_of(v) for v in current}
-            values = current + [v for v in values if _value_of(v) not in present]
+            kept = current
+            if any(_is_primary(v) for v in values):
+                # RFC 7644 §3.5.2: a value added as primary makes the others not primary.
+                kept = [_not_primary(v) for v in current]
+            values = kept + [v for v in values if _value_of(v) not in present]
         _set(target, name, values)
         return
     if isinstance(value, Mapping) and isinstance(current, Mapping):
@@ -218,6 +222,19 @@ def _apply_filtered(target: dict[str, Any], name: str, op: Op, path: PatchPath, 
             items[i] = merged
     else:
         raise bad_request(f"{path}: the value must be an object")
+
+
+def _is_primary(item: Any) -> bool:
+    if not isinstance(item, Mapping):
+        return False
+    flag = _get(item, "primary")
+    return flag is True or (isinstance(flag, str) and flag.lower() == "true")
+
+
+def _not_primary(item: Any) -> Any:
+    if not _is_primary(item):
+        return item
+    return {k: (False if k.lower() == "primary" else v) for k, v in item.items()}
 
 
 def _from_filter(node: filters.Filter) -> dict[str, Any]:

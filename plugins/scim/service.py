@@ -11,7 +11,7 @@ a write that lost a race is computed again from the new version (up to
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, TypeVar
 
@@ -19,13 +19,14 @@ import attrs
 
 from userplane.plugin import (
     UNSET,
+    Change,
     ConfigurationError,
     Conflict,
     Expr,
     Group,
     GroupChanges,
-    GroupQuery,
     GroupService,
+    GroupStorage,
     InvalidInput,
     NewGroup,
     NewUser,
@@ -40,9 +41,8 @@ from userplane.plugin import (
 from userplane.plugins.scim import filters, patch
 from userplane.plugins.scim.errors import ScimError, bad_request
 from userplane.plugins.scim.groups import (
-    GroupCriteria,
-    group_criteria,
     group_fields,
+    group_filter,
     group_resource,
     member_ids,
 )
@@ -68,6 +68,8 @@ USER_SORTS: Final = {
     "displayname": "full_name",
     "meta.created": "created_at",
 }
+#: Where SCIM sorts groups: ``sortBy`` (lowercased) to ``GroupService.select``'s sorts.
+GROUP_SORTS: Final = {"displayname": "display_name", "meta.created": "created_at"}
 #: A page of a group's members read at once.
 _MEMBER_PAGE: Final = 500
 _USER_MULTI: Final = frozenset({"emails", "groups"})
@@ -221,6 +223,7 @@ class Provisioning:
         """Create a user from a ``User`` body (201)."""
         fields = user_fields(body)
         _check_user_name(fields.user_name)
+        row = self._row(fields.email, fields)  # refused before anything is written
         with self._writing():
             self._check_name_free(fields.user_name, None)
             user: User = self._users.create(
@@ -232,7 +235,7 @@ class Provisioning:
                     external_id=fields.external_id,
                 )
             )
-            self._put_row(user.id, self._row(user, fields))
+            self._put_row(user.id, row)
         return user
 
     def replace_user(self, raw_id: str, body: Any, expected: str | None) -> User:
@@ -258,6 +261,9 @@ class Provisioning:
         self, raw_id: str, expected: str | None, compute: Callable[[User], UserFields]
     ) -> User:
         with self._writing():
+            # Locked from the read to the write: concurrent writers of one user wait for
+            # each other instead of losing (a 412 is only for a stale If-Match).
+            self._registry.storage.lock_user(parse_id(raw_id, "user"))
             user = self.user(raw_id)
             stored = self._rows.get(user.id)
             if expected is not None and not _tag_matches(expected, etag(user.version)):
@@ -265,6 +271,7 @@ class Provisioning:
             fields = compute(user)
             _check_user_name(fields.user_name)
             self._check_name_free(fields.user_name, user.id)
+            row = self._row(fields.email, fields)
             changes = UserChanges(
                 email=fields.email,
                 full_name=fields.display_name,
@@ -272,7 +279,6 @@ class Provisioning:
                 **self._external(user, fields.external_id),
             )
             updated: User = self._users.update(user.id, changes, expected_version=user.version)
-            row = self._row(updated, fields)
             if (row or _DEFAULT_ROW) != (stored or _DEFAULT_ROW):
                 self._put_row(user.id, row)
                 if updated.version == user.version:
@@ -296,7 +302,33 @@ class Provisioning:
             user = self.user(raw_id)
             if expected is not None and not _tag_matches(expected, self.user_etag(user)):
                 raise PreconditionFailed("the user has changed since that version")
-            self._users.delete(user.id, expected_version=user.version)
+            # Not locked first: deleting locks the user's groups before the user.
+            self._users.delete(user.id, expected_version=user.version if expected else None)
+
+    def check_addresses(self, changes: Sequence[Change]) -> None:
+        """``Conflict`` when a write gives a user an address that is another's userName.
+
+        In the write's transaction (``userplane_record_changes``), whatever
+        wrote it (``/api/v1``, the CLI, an import), so that ``userName eq``
+        never finds two users. A sealed address is skipped: while personal
+        data is encrypted no userName other than an address is kept.
+        """
+        given: dict[str, tuple[str, uuid.UUID]] = {}
+        for change in changes:
+            email = change.fields.get("email")
+            if change.target_type != "user" or email is None or email.sealed:
+                continue
+            if isinstance(email.after, str) and change.user_id is not None:
+                given[fold(email.after)] = (email.after, change.user_id)
+        if not given:
+            return
+        for key, holder in self._rows.holders(list(given)).items():  # one query a batch
+            address, user_id = given[key]
+            if holder != user_id:
+                raise Conflict(
+                    f"{address!r} is another user's userName (given over SCIM): "
+                    "userNames and addresses are one name space"
+                )
 
     def _put_row(self, user_id: uuid.UUID, row: ScimUser) -> None:
         """Store ``row``; a userName another writer took meanwhile is 409 ``uniqueness``."""
@@ -305,12 +337,12 @@ class Provisioning:
         except Conflict:
             raise ScimError(409, _NAME_TAKEN, "uniqueness") from None
 
-    def _row(self, user: User, fields: UserFields) -> ScimUser:
-        """What to keep that the user does not hold: a userName that is not the address,
-        the address's type and primary flag (``_check_name_free`` first)."""
+    def _row(self, email: str, fields: UserFields) -> ScimUser:
+        """What to keep that the user (of address ``email``) does not hold: a userName that
+        is not the address, the address's type and primary flag."""
         name: str | None = fields.user_name
-        if name == user.email or (
-            self._registry.encrypted and name is not None and fold(name) == fold(user.email)
+        if name == email or (
+            self._registry.encrypted and name is not None and fold(name) == fold(email)
         ):
             name = None  # the address (in another letter case: the address as stored)
         if name is not None and self._registry.encrypted:
@@ -362,79 +394,28 @@ class Provisioning:
 
     def list_groups(self, filter_text: str | None, page: Page) -> Listed:
         """The groups a filter selects, a page of them, and how many there are."""
-        criteria = GroupCriteria()
+        expr = _every_group()
         if filter_text is not None:
             try:
-                criteria = group_criteria(_parse_filter(filter_text))
+                expr = group_filter(_parse_filter(filter_text))
             except filters.FilterError as exc:
                 raise bad_request(f"filter: {exc.message}", "invalidFilter") from None
-        found = [] if criteria.nothing else self._matching_groups(criteria)
-        if page.cursor is not None:
-            return self._groups_by_cursor(criteria, page, found)
+        sort = "created_at"
         if page.sort_by is not None:
             key = _strip_schema(page.sort_by.lower(), filters.CORE_GROUP)
-            if key not in ("displayname", "meta.created"):
+            if key not in GROUP_SORTS:
                 raise bad_request(
                     f"sortBy: groups sort by displayName or meta.created, not {page.sort_by!r}"
                 )
-            if key == "displayname":
-                found.sort(key=lambda g: (fold(g.display_name), g.id))
+            sort = GROUP_SORTS[key]
         if page.descending:
-            found.reverse()
-        start = page.start_index - 1
-        return Listed(found[start : start + page.count], len(found))
-
-    def _groups_by_cursor(self, criteria: GroupCriteria, page: Page, found: list[Group]) -> Listed:
-        """A page of groups from a cursor of the groups' own keyset, in creation order."""
-        if page.sort_by is not None or page.descending:
+            sort = f"-{sort}"
+        if page.cursor is not None and sort != "created_at":
             raise bad_request("sortBy: groups paged by cursor come in creation order only")
-        if criteria.nothing or criteria.group_id is not None or page.count == 0:
-            return Listed(found[: page.count], len(found))
-        listed = self._groups.list(
-            GroupQuery(
-                limit=page.count,
-                cursor=page.cursor or None,
-                display_name=criteria.display_name,
-                external_id=criteria.external_id,
-                member=criteria.member,
-            )
+        selection = self._groups.select(
+            expr, sort=sort, offset=page.start_index - 1, limit=page.count, cursor=page.cursor
         )
-        return Listed(list(listed.items), len(found), listed.next)
-
-    def _matching_groups(self, criteria: GroupCriteria) -> list[Group]:
-        if criteria.group_id is not None:
-            try:
-                group: Group = self._groups.get(criteria.group_id)
-            except NotFound:
-                return []
-            ok = (
-                (
-                    criteria.display_name is None
-                    or fold(criteria.display_name) == fold(group.display_name)
-                )
-                and (criteria.external_id is None or criteria.external_id == group.external_id)
-                and (
-                    criteria.member is None
-                    or group.id in {g.id for g in self._groups.groups_of(criteria.member)}
-                )
-            )
-            return [group] if ok else []
-        found: list[Group] = []
-        cursor: str | None = None
-        while True:
-            page = self._groups.list(
-                GroupQuery(
-                    limit=_MEMBER_PAGE,
-                    cursor=cursor,
-                    display_name=criteria.display_name,
-                    external_id=criteria.external_id,
-                    member=criteria.member,
-                )
-            )
-            found += page.items
-            if page.next is None:
-                return found
-            cursor = page.next
+        return Listed(list(selection.items), selection.total, selection.next)
 
     def create_group(self, body: Any) -> Group:
         """Create a group, with its members, from a ``Group`` body (201)."""
@@ -486,7 +467,13 @@ class Provisioning:
         return self._retrying(expected, write)
 
     def _current_group(self, raw_id: str, expected: str | None) -> Group:
-        group = self.group(raw_id)
+        """The group, locked till the request's transaction ends: its writers queue."""
+        storage = self._registry.storage
+        group = None
+        if isinstance(storage, GroupStorage):
+            group = storage.lock_group(parse_id(raw_id, "group"))
+        if group is None:
+            raise _not_found("group", raw_id)
         if expected is not None and not _tag_matches(expected, etag(group.version)):
             raise PreconditionFailed("the group has changed since that version")
         return group
@@ -599,6 +586,12 @@ def _parse_filter(text: str) -> filters.Filter:
 def _strip_schema(name: str, schema: str) -> str:
     prefix = schema.lower() + ":"
     return name[len(prefix) :] if name.startswith(prefix) else name
+
+
+def _every_group() -> Expr:
+    from userplane.plugin import Compare
+
+    return Compare("display_name", "sw", "")  # every name starts with nothing
 
 
 def _every_user() -> Expr:

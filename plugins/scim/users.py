@@ -37,6 +37,8 @@ from userplane.plugins.scim.filters import FilterError
 from userplane.plugins.scim.store import EMAIL_PRIMARY, EMAIL_TYPE, ROW, USER_NAME, ScimUser
 
 USER_SCHEMA: Final = filters.CORE_USER
+#: The longest ``emails.type`` kept (canonical ones are work, home, other).
+MAX_EMAIL_TYPE: Final = 64
 #: The type of the address of a user no client wrote.
 EMAIL_TYPE_DEFAULT: Final = "work"
 
@@ -224,26 +226,35 @@ class _Users:
 
     @staticmethod
     def _id(field: str, op: Any, value: Any, path: filters.AttrPath) -> Expr:
-        if op not in ("eq", "ne") or not isinstance(value, str):
-            raise FilterError(f"{path}: compares with an id, by eq or ne", 0)
-        try:
-            wanted = uuid.UUID(value)
-        except ValueError:
-            # No resource has this id: eq matches none, ne every one.
-            return _never() if op == "eq" else _always()
-        return Compare(field, op, wanted)
+        return id_term(field, op, value, path, _always())
 
     @staticmethod
     def _time(field: str, op: Any, value: Any, path: filters.AttrPath) -> Expr:
-        if op in ("co", "sw", "ew") or not isinstance(value, str):
-            raise FilterError(f"{path}: compares with a time (RFC 3339)", 0)
-        try:
-            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise FilterError(f"{path}: {value!r} is not a time (RFC 3339)", 0) from None
-        if moment.utcoffset() is None:
-            moment = moment.replace(tzinfo=UTC)
-        return Compare(field, op, moment)
+        return time_term(field, op, value, path)
+
+
+def id_term(field: str, op: Any, value: Any, path: filters.AttrPath, every: Expr) -> Expr:
+    """``field op id``; ``every`` matches every resource (an id that is none: eq none, ne all)."""
+    if op not in ("eq", "ne") or not isinstance(value, str):
+        raise FilterError(f"{path}: compares with an id, by eq or ne", 0)
+    try:
+        wanted = uuid.UUID(value)
+    except ValueError:
+        return NoneOf(every) if op == "eq" else every
+    return Compare(field, op, wanted)
+
+
+def time_term(field: str, op: Any, value: Any, path: filters.AttrPath) -> Expr:
+    """``field op time``: an RFC 3339 time, UTC where it names no offset."""
+    if op in ("co", "sw", "ew") or not isinstance(value, str):
+        raise FilterError(f"{path}: compares with a time (RFC 3339)", 0)
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise FilterError(f"{path}: {value!r} is not a time (RFC 3339)", 0) from None
+    if moment.utcoffset() is None:
+        moment = moment.replace(tzinfo=UTC)
+    return Compare(field, op, moment)
 
 
 def _work(op: str, value: str) -> Expr:
@@ -322,15 +333,27 @@ def _email_of(resource: Mapping[str, Any], user_name: str) -> Mapping[str, Any]:
         raise bad_request("emails: required (the userName is no email address)")
     if not isinstance(emails, list) or not all(isinstance(e, Mapping) for e in emails):
         raise bad_request("emails: must be a list of objects")
-    primary = [e for e in emails if lookup(e, "primary") is not None]
-    chosen = next((e for e in primary if boolean(lookup(e, "primary"), "emails.primary")), None)
-    chosen = chosen if chosen is not None else emails[0]
+    primary = [
+        e
+        for e in emails
+        if lookup(e, "primary") is not None and boolean(lookup(e, "primary"), "emails.primary")
+    ]
+    if len(primary) > 1:  # RFC 7643 §2.4: true at most once
+        raise bad_request("emails.primary: true on one address at most")
+    chosen = primary[0] if primary else emails[0]
     assert isinstance(chosen, Mapping)
     if not isinstance(lookup(chosen, "value"), str):
         raise bad_request("emails.value: must be a string")
     kind = lookup(chosen, "type")
-    if kind is not None and not isinstance(kind, str):
-        raise bad_request("emails.type: must be a string")
+    if kind is not None and (
+        not isinstance(kind, str)
+        or not 0 < len(kind) <= MAX_EMAIL_TYPE
+        or any(ord(c) < 32 or ord(c) == 127 for c in kind)
+    ):
+        raise bad_request(
+            f"emails.type: a word such as work or home, 1 to {MAX_EMAIL_TYPE} characters, "
+            "no control characters"
+        )
     return chosen
 
 

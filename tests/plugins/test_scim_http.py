@@ -406,9 +406,7 @@ def test_a_malformed_filter_is_an_invalid_filter(scim: Scim, text: str) -> None:
 # --------------------------------------------------------------------------- group filters
 
 
-def test_group_filters_are_equalities_joined_by_and(
-    scim: Scim, people: dict[str, dict[str, Any]]
-) -> None:
+def test_group_filters_run_as_sql(scim: Scim, people: dict[str, dict[str, Any]]) -> None:
     a, b = people["A"]["id"], people["B"]["id"]
     eng = scim.create_group("Engineering", [a, b], externalId="g-eng")["id"]
     sales = scim.create_group("Sales", [a], externalId="g-sales")["id"]
@@ -430,6 +428,25 @@ def test_group_filters_are_equalities_joined_by_and(
         ('displayName eq "Sales" and externalId eq "g-sales"', {"sales"}),
         ('displayName eq "Sales" and externalId eq "g-eng"', set()),
         ('displayName eq "Sales" and displayName eq "Engineering"', set()),
+        ('displayName co "GIN"', {"eng"}),
+        ('displayName sw "e"', {"eng", "Empty"}),
+        ('displayName ew "S"', {"sales"}),
+        ('displayName ne "sales"', {"eng", "Empty"}),
+        ('displayName eq "Sales" or displayName eq "Empty"', {"sales", "Empty"}),
+        ('not (displayName eq "Sales")', {"eng", "Empty"}),
+        ("externalId pr", {"eng", "sales"}),
+        ("not (externalId pr)", {"Empty"}),
+        ('externalId sw "g-"', {"eng", "sales"}),
+        (f'id ne "{eng}"', {"sales", "Empty"}),
+        ('id ne "not-a-uuid"', {"eng", "sales", "Empty"}),
+        (f'not (members eq "{a}")', {"Empty"}),
+        (f'members[value eq "{b}" or value eq "{a}"]', {"eng", "sales"}),
+        ('meta.created gt "2000-01-01T00:00:00Z"', {"eng", "sales", "Empty"}),
+        ('meta.lastModified lt "2000-01-01T00:00:00Z"', set()),
+        (
+            f'displayName sw "e" and (externalId eq "g-eng" or members eq "{a}")',
+            {"eng"},
+        ),
     ]
     for text, expected in cases:
         body = scim.listing(GROUPS, filter=text)
@@ -449,14 +466,15 @@ def test_group_filters_are_equalities_joined_by_and(
 @pytest.mark.parametrize(
     "text",
     [
-        'displayName co "x"',
-        'displayName sw "Eng"',
-        'displayName eq "a" or displayName eq "b"',
-        'not (displayName eq "x")',
         "members pr",
+        'members ne "x"',
+        'members co "x"',
+        'members[display eq "x"]',
         'title eq "x"',
-        'displayName ne "x"',
-        'displayName eq "x" and (externalId eq "y" or id eq "z")',
+        'displayName gt "x"',
+        'meta.created co "2026"',
+        "externalId eq 1",
+        'displayName eq "x" and (externalId eq "y" or title eq "z")',
         'displayName eq "unterminated',
     ],
 )
