@@ -758,7 +758,10 @@ def fresh_database(backend: str, request: pytest.FixtureRequest) -> Iterator[Cal
     with psycopg.connect(url, autocommit=True) as conn:
 
         def postgresql_database() -> str:
-            conn.execute("TRUNCATE users, idempotency_keys, api_keys, group_members, user_groups")
+            conn.execute(
+                "TRUNCATE users, idempotency_keys, api_keys, group_members, user_groups, "
+                "scim_users"
+            )
             return url
 
         yield postgresql_database
