@@ -15,7 +15,6 @@ another store the plugin stays out of the way. See docs/scim.md.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +25,7 @@ from userplane.plugin import Settings, SettingsSection, hookimpl, section
 if TYPE_CHECKING:
     import click
 
-    from userplane.plugin import Change, Registry
+    from userplane.plugin import Registry
     from userplane.plugins.scim.service import Provisioning
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -143,14 +142,6 @@ def userplane_register_services(registry: Registry) -> None:
         ping=lambda _: rows.ping(),
         name="scim",
     )
-
-
-@hookimpl
-def userplane_record_changes(changes: Sequence[Change], registry: Registry) -> None:
-    """Refuse an address that is another user's userName, in the write's transaction."""
-    kind = _provisioning()
-    if kind in registry.services:
-        registry.services.get(kind).check_addresses(changes)
 
 
 @hookimpl

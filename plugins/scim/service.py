@@ -11,7 +11,7 @@ a write that lost a race is computed again from the new version (up to
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final, TypeVar
 
@@ -19,7 +19,6 @@ import attrs
 
 from userplane.plugin import (
     UNSET,
-    Change,
     ConfigurationError,
     Conflict,
     Expr,
@@ -196,7 +195,7 @@ class Provisioning:
         expr: Expr | None = None
         if filter_text is not None:
             try:
-                expr = user_filter(_parse_filter(filter_text), self.source)
+                expr = user_filter(_parse_filter(filter_text), self.source, self._rows.holder)
             except filters.FilterError as exc:
                 raise bad_request(f"filter: {exc.message}", "invalidFilter") from None
         sort = "created_at"
@@ -304,31 +303,6 @@ class Provisioning:
                 raise PreconditionFailed("the user has changed since that version")
             # Not locked first: deleting locks the user's groups before the user.
             self._users.delete(user.id, expected_version=user.version if expected else None)
-
-    def check_addresses(self, changes: Sequence[Change]) -> None:
-        """``Conflict`` when a write gives a user an address that is another's userName.
-
-        In the write's transaction (``userplane_record_changes``), whatever
-        wrote it (``/api/v1``, the CLI, an import), so that ``userName eq``
-        never finds two users. A sealed address is skipped: while personal
-        data is encrypted no userName other than an address is kept.
-        """
-        given: dict[str, tuple[str, uuid.UUID]] = {}
-        for change in changes:
-            email = change.fields.get("email")
-            if change.target_type != "user" or email is None or email.sealed:
-                continue
-            if isinstance(email.after, str) and change.user_id is not None:
-                given[fold(email.after)] = (email.after, change.user_id)
-        if not given:
-            return
-        for key, holder in self._rows.holders(list(given)).items():  # one query a batch
-            address, user_id = given[key]
-            if holder != user_id:
-                raise Conflict(
-                    f"{address!r} is another user's userName (given over SCIM): "
-                    "userNames and addresses are one name space"
-                )
 
     def _put_row(self, user_id: uuid.UUID, row: ScimUser) -> None:
         """Store ``row``; a userName another writer took meanwhile is 409 ``uniqueness``."""

@@ -13,7 +13,6 @@ work address, primary. Filters reach the row through ``Linked`` fields
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from typing import Any, Final
 
 import attrs
@@ -33,8 +32,6 @@ EMAIL_PRIMARY: Final = Linked(_TABLE, "email_primary", "exact")
 ROW: Final = Linked(_TABLE, "user_id", "exact")
 
 _QUERIES = load_queries(__package__ or "userplane.plugins.scim")
-#: The most keys one ``IN (…)`` list holds.
-_KEYS_PER_STATEMENT: Final = 500
 
 
 @attrs.frozen
@@ -78,22 +75,6 @@ class ScimUsers:
         """The user whose stored userName folds to ``key``."""
         row = self._storage.fetch_one(self._sql["by_key"], self._params(user_name_key=key))
         return None if row is None else self._storage.uuid_from_db(row[0])
-
-    def holders(self, keys: Sequence[str]) -> dict[str, uuid.UUID]:
-        """The users whose stored userName folds to each of ``keys`` (those that have one)."""
-        found: dict[str, uuid.UUID] = {}
-        unique = sorted(set(keys))
-        for start in range(0, len(unique), _KEYS_PER_STATEMENT):
-            chunk = unique[start : start + _KEYS_PER_STATEMENT]
-            names = [f"k{i}" for i in range(len(chunk))]
-            listed = ", ".join(f":{n}" for n in names)
-            sql = self._storage.dialect.compile(
-                f"SELECT user_name_key, user_id FROM scim_users WHERE user_name_key IN ({listed})"
-            )
-            params = self._params(**dict(zip(names, chunk, strict=True)))
-            rows = self._storage.fetch_all(sql, params)
-            found |= {str(key): self._storage.uuid_from_db(user) for key, user in rows}
-        return found
 
     def put(self, user_id: uuid.UUID, row: ScimUser, key: str | None) -> None:
         """Store ``row`` for a user (``key``: its folded userName); ``Conflict`` if taken.

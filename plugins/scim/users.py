@@ -20,7 +20,7 @@ A filter on an attribute this mapping has no column for answers
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -106,16 +106,29 @@ def _never() -> Expr:
     return AllOf((Compare("is_active", "eq", True), Compare("is_active", "eq", False)))
 
 
-def user_filter(node: filters.Filter, source: str) -> Expr:
-    """The SCIM ``filter`` on ``Users`` as a filter of our users; ``FilterError`` otherwise."""
-    return _Users(source).expr(node)
+def user_filter(
+    node: filters.Filter,
+    source: str,
+    holder: Callable[[str], uuid.UUID | None] | None = None,
+) -> Expr:
+    """The SCIM ``filter`` on ``Users`` as a filter of our users; ``FilterError`` otherwise.
+
+    ``holder(key)`` names the user whose kept userName folds to ``key``: with it,
+    ``userName eq`` finds that user alone, though another user's address (given
+    elsewhere, over ``/api/v1``) be the same text. The lookup an identity
+    provider makes before every create then never answers two accounts.
+    """
+    return _Users(source, holder).expr(node)
 
 
 class _Users:
     """The mapping of one SCIM source's filters onto the users' fields."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(
+        self, source: str, holder: Callable[[str], uuid.UUID | None] | None = None
+    ) -> None:
         self.source = source
+        self.holder = holder
 
     def expr(self, node: filters.Filter) -> Expr:
         if isinstance(node, filters.And):
@@ -157,7 +170,11 @@ class _Users:
             # The stored name where there is one, the address where there is none.
             stored = self._text(USER_NAME, op, value, node.path)
             address = self._text("email", op, value, node.path)
-            return AnyOf((stored, AllOf((NoneOf(HasValue(USER_NAME)), address))))
+            unnamed = AllOf((NoneOf(HasValue(USER_NAME)), address))
+            if op == "eq" and self.holder is not None and isinstance(value, str):
+                held = self.holder(fold(value))
+                return unnamed if held is None else Compare("id", "eq", held)
+            return AnyOf((stored, unnamed))
         if name in ("emails.value", "emails"):
             return self._text("email", op, value, node.path)
         if name == "displayname":

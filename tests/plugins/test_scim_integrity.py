@@ -1,9 +1,10 @@
-"""What keeps provisioned data whole: writers that queue, one name space, one primary address,
-cursors that belong to one list, and writes announced only once they have committed.
+"""What keeps provisioned data whole: writers that queue, lookups that find one account,
+one primary address, cursors that belong to one list, and writes announced only once
+they have committed.
 
 Each case is a defect a review of the SCIM server found (a lost group member under
 concurrent PATCHes, a NUL address type that made PostgreSQL fail, a primary address
-silently ignored, a userName shadowed by an address given over /api/v1, a filter on an
+silently ignored, a userName lookup answering an address given over /api/v1 too, a filter on an
 unknown attribute run as members, a group cursor taken for a place among users, hooks
 told of a user a rolled-back request never stored), kept here so it stays fixed. On
 both backends, through the app.
@@ -25,7 +26,7 @@ from test_scim_http import (
 )
 
 from userplane.frontends.http import create_app
-from userplane.plugin import Conflict, NewUser, Registry, User, UserChanges, hookimpl
+from userplane.plugin import Conflict, NewUser, Registry, User, hookimpl
 from userplane.testing import run_concurrently
 
 
@@ -97,19 +98,23 @@ def test_adding_a_primary_address_makes_it_the_address(scim: Scim, with_path: bo
     assert resp.json["userName"] == "mover"
 
 
-def test_an_address_given_elsewhere_cannot_shadow_a_user_name(
+def test_an_address_given_elsewhere_never_shadows_a_user_name(
     scim: Scim, registry: Registry
 ) -> None:
-    scim.create_user("dave@example.org", "d2@example.org")  # a userName that is no address
+    """The lookup before every create finds the account the provider named, alone."""
+    named = scim.create_user("dave@example.org", "d2@example.org")["id"]  # no address
     admin = client_for(registry, "admin")
-    resp = admin.simulate_post("/api/v1/users", json={"email": "Dave@example.org"})
-    assert resp.status_code == 409, resp.text
-    assert "userName" in resp.json["detail"]
-    other = registry.users.create(NewUser("e@example.org"))
-    with pytest.raises(Conflict, match="userName"):
-        registry.users.update(other.id, UserChanges(email="dave@example.org"))
-    found = scim.listing(filter='userName eq "dave@example.org"')
-    assert found["totalResults"] == 1
+    other = admin.simulate_post("/api/v1/users", json={"email": "Dave@example.org"})
+    assert other.status_code == 201, other.text  # an address is the API's to give
+    for text in ('userName eq "dave@example.org"', 'userName eq "DAVE@example.org"'):
+        assert scim.ids(filter=text) == [named], text
+    # Over SCIM, the reverse is refused: a userName that is someone's address.
+    resp = scim.send(
+        "POST", USERS, {"userName": "Dave@example.org", "emails": [{"value": "x@example.org"}]}
+    )
+    assert_scim_error(resp, 409, "uniqueness")
+    with pytest.raises(Conflict):
+        registry.users.create(NewUser("d2@example.org"))  # the named user's address
 
 
 @pytest.mark.parametrize(
