@@ -81,9 +81,9 @@ def cursor_of(payload: Any) -> str:
     return b64(json.dumps(payload).encode())
 
 
-def assert_invalid_cursor(cursor: str, sort: Sort) -> InvalidInput:
+def assert_invalid_cursor(cursor: str, sort: Sort, scope: str = "") -> InvalidInput:
     with pytest.raises(InvalidInput) as info:
-        decode_cursor(cursor, sort)
+        decode_cursor(cursor, sort, scope)
     assert [e.field for e in info.value.errors] == [CURSOR_FIELD]
     assert info.value.detail.startswith(CURSOR_FIELD)
     return info.value
@@ -287,6 +287,18 @@ def test_a_cursor_for_the_longest_accepted_names_is_accepted(sort: Sort, name: s
 
 
 # -- a cursor of another sort ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("issued_in", ["", "groups", "members"])
+@pytest.mark.parametrize("used_in", ["", "groups", "members"])
+def test_a_cursor_is_refused_by_any_other_list(issued_in: str, used_in: str) -> None:
+    """Users, groups and a group's members page alike: a cursor names its list."""
+    position = Position(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), uuid.uuid4())
+    cursor = encode_cursor(Sort(), position, issued_in)
+    if issued_in == used_in:
+        assert decode_cursor(cursor, Sort(), used_in) == position
+    else:
+        assert_invalid_cursor(cursor, Sort(), used_in)
 
 
 @pytest.mark.parametrize("issued_for", SORTS, ids=SORT_TEXTS)

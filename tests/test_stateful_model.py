@@ -759,8 +759,7 @@ def fresh_database(backend: str, request: pytest.FixtureRequest) -> Iterator[Cal
 
         def postgresql_database() -> str:
             conn.execute(
-                "TRUNCATE users, idempotency_keys, api_keys, group_members, user_groups, "
-                "scim_users"
+                "TRUNCATE users, idempotency_keys, api_keys, group_members, user_groups, scim_users"
             )
             return url
 

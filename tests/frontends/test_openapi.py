@@ -197,11 +197,12 @@ def _as_a_client_would(case: schemathesis.Case) -> None:
         case.query = {**query, "cursor": audit_cursor(1, query.get("sort") == "-seq")}
     elif path.endswith("/members") and 1 <= len(cursor) <= 2400:
         # A group's members page by user id.
-        case.query = {**query, "cursor": encode_cursor(Sort("id"), Position(None, uuid.uuid4()))}
+        members = encode_cursor(Sort("id"), Position(None, uuid.uuid4()), "members")
+        case.query = {**query, "cursor": members}
     elif path.endswith("/groups") and 1 <= len(cursor) <= 2400:
         case.query = {
             **query,
-            "cursor": encode_cursor(Sort(), Position(datetime.now(UTC), uuid.uuid4())),
+            "cursor": encode_cursor(Sort(), Position(datetime.now(UTC), uuid.uuid4()), "groups"),
         }
     elif path.startswith("/api/v1/users") and 1 <= len(cursor) <= 2400:
         sort_text = query.get("sort", "created_at")
