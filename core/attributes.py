@@ -27,7 +27,8 @@ MAX_ENTRIES: Final = 100
 #: The longest key and string value, in characters.
 MAX_KEY: Final = 64
 MAX_STRING: Final = 2048
-#: Integers beyond this lose precision in JavaScript clients: refused, not rounded.
+#: Integers beyond this lose precision in JavaScript clients: refused, not rounded;
+#: numbers with a fraction are held to the same bounds.
 MAX_SAFE_INTEGER: Final = 2**53 - 1
 
 FIELD: Final = "$.attributes"
@@ -57,8 +58,10 @@ def _check(value: Any, path: str, depth: int, errors: list[FieldError]) -> None:
             errors.append(FieldError(path, f"must be an integer within ±{MAX_SAFE_INTEGER}"))
         return
     if isinstance(value, float):
-        if not math.isfinite(value):
-            errors.append(FieldError(path, "must be a finite number"))
+        # Within the integers' bounds too: what the document promises of every number,
+        # and what a JavaScript client reads back as it was written.
+        if not math.isfinite(value) or abs(value) > MAX_SAFE_INTEGER:
+            errors.append(FieldError(path, f"must be a finite number within ±{MAX_SAFE_INTEGER}"))
         return
     if isinstance(value, str):
         problem = _string_error(value)
