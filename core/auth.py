@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import ipaddress
+import json
 import uuid
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ from userplane.proxies import ClientCertificate
 if TYPE_CHECKING:
     from userplane.limits import Quota
     from userplane.registry import Registry
+    from userplane.settings import Settings
 
 # The actions userplane's own operations need. Plugins may define more.
 USERS_READ = "users:read"
@@ -102,6 +104,24 @@ def check_may_grant(
                 f"this principal may not {doing} {role!r}: that role grants "
                 f"{what}, beyond what this principal's own roles grant"
             )
+
+
+def plugin_role(settings: Settings, name: str, actions: Iterable[str]) -> dict[str, frozenset[str]]:
+    """A plugin's role ``name`` granting ``actions``, for ``userplane_roles``.
+
+    None (``{}``) when the operator defines a role of that name in
+    ``USERPLANE_ROLES`` (one made before the plugin existed, say): theirs
+    stands, rather than the service refusing to start over two definitions.
+    A ``USERPLANE_ROLES`` that is no JSON object is the roles plugin's to name.
+    """
+    custom = settings.extra.get("USERPLANE_ROLES")
+    try:
+        defined = json.loads(custom) if isinstance(custom, str) else None
+    except ValueError:
+        defined = None
+    if isinstance(defined, dict) and name in defined:
+        return {}
+    return {name: frozenset(actions)}
 
 
 #: The namespaces of userplane's own actions: a plugin's actions live in namespaces of

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         check_may_grant,
         current_principal,
         local_principal,
+        plugin_role,
     )
     from userplane.changes import (
         Change,
@@ -143,6 +144,7 @@ _SOURCES = {
             "check_may_grant",
             "current_principal",
             "local_principal",
+            "plugin_role",
         ),
         "userplane.auth",
     ),
@@ -366,6 +368,7 @@ __all__ = [
     "mask_urls_in",
     "parse_keys",
     "password_pieces",
+    "plugin_role",
     "request_context",
     "secret_values",
     "section",

@@ -30,6 +30,7 @@ from userplane.plugin import (
     Settings,
     SettingsSection,
     hookimpl,
+    plugin_role,
     section,
 )
 
@@ -152,16 +153,7 @@ def userplane_roles(settings: Settings) -> dict[str, frozenset[str]]:
     ``USERPLANE_ROLES`` (one made before this plugin existed, say): theirs
     stands, rather than the service refusing to start over two definitions.
     """
-    import json
-
-    custom = settings.extra.get("USERPLANE_ROLES")
-    try:
-        defined = json.loads(custom) if isinstance(custom, str) else None
-    except ValueError:  # the roles plugin names what is wrong with it
-        defined = None
-    if isinstance(defined, dict) and AUDITOR in defined:
-        return {}
-    return {AUDITOR: frozenset({AUDIT_READ})}
+    return plugin_role(settings, AUDITOR, {AUDIT_READ})
 
 
 @hookimpl

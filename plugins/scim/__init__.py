@@ -14,13 +14,12 @@ another store the plugin stays out of the way. See docs/scim.md.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from userplane.plugin import Settings, SettingsSection, hookimpl, section
+from userplane.plugin import Settings, SettingsSection, hookimpl, plugin_role, section
 
 if TYPE_CHECKING:
     import click
@@ -115,14 +114,7 @@ def userplane_roles(settings: Settings) -> dict[str, frozenset[str]]:
     Unless the operator defines a ``provisioner`` of their own in
     ``USERPLANE_ROLES``: theirs stands.
     """
-    custom = settings.extra.get("USERPLANE_ROLES")
-    try:
-        defined = json.loads(custom) if isinstance(custom, str) else None
-    except ValueError:  # the roles plugin names what is wrong with it
-        defined = None
-    if isinstance(defined, dict) and PROVISIONER in defined:
-        return {}
-    return {PROVISIONER: frozenset({PROVISION})}
+    return plugin_role(settings, PROVISIONER, {PROVISION})
 
 
 @hookimpl

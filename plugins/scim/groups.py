@@ -30,7 +30,7 @@ from userplane.plugin import Present as HasValue
 from userplane.plugins.scim import filters
 from userplane.plugins.scim.errors import bad_request
 from userplane.plugins.scim.filters import FilterError
-from userplane.plugins.scim.users import id_term, iso, lookup, time_term
+from userplane.plugins.scim.users import check_body, id_term, iso, lookup, time_term
 
 GROUP_SCHEMA: Final = filters.CORE_GROUP
 
@@ -156,14 +156,7 @@ def member_ids(value: Any) -> tuple[uuid.UUID, ...]:
 
 def group_fields(resource: Mapping[str, Any]) -> GroupFields:
     """What a ``Group`` body (POST, PUT) sets; ``ScimError`` if it cannot."""
-    if not isinstance(resource, Mapping):
-        raise bad_request("the body must be a JSON object", "invalidSyntax")
-    schemas = lookup(resource, "schemas")
-    if schemas is not None and (
-        not isinstance(schemas, list)
-        or not any(isinstance(s, str) and s.lower() == GROUP_SCHEMA.lower() for s in schemas)
-    ):
-        raise bad_request(f"schemas: must include {GROUP_SCHEMA}", "invalidSyntax")
+    check_body(resource, GROUP_SCHEMA)
     name = lookup(resource, "displayName")
     if not isinstance(name, str) or not name.strip():
         raise bad_request("displayName: required, a string")

@@ -138,28 +138,48 @@ class _Base:
         return self._base_url or f"{req.prefix}{PREFIX}"
 
 
-class UsersResource(_Base):
-    """``/scim/v2/Users``: list (filter, sort, page) and create."""
+class _Collection(_Base):
+    """A list of resources (``schema``) and its creation: what Users and Groups share."""
 
     actions: ClassVar[dict[str, str]] = {"GET": PROVISION, "POST": PROVISION}
+    schema: ClassVar[str]
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """A ``ListResponse`` of users."""
+        """A ``ListResponse``."""
         self.answer(req, resp, _params(req, _LIST_PARAMS))
 
     def answer(self, req: falcon.Request, resp: falcon.Response, values: dict[str, Any]) -> None:
         """The list for ``values`` (the query's or a search body's)."""
         page = page_of(values)
         shown = projection(
-            _text(values, "attributes"), _text(values, "excludedattributes"), CORE_USER
+            _text(values, "attributes"), _text(values, "excludedattributes"), self.schema
         )
-        listed = self._p.list_users(_text(values, "filter"), page)
+        listed = self.select(_text(values, "filter"), page)
         base = self.base(req)
-        found = [
-            shown.apply(self._p.user_resource(u, base, groups=shown.wants("groups")))
-            for u in listed.items
-        ]
+        found = [shown.apply(self.resource(item, base, shown)) for item in listed.items]
         _send(resp, _list_body(found, listed, page))
+
+    def select(self, filter_text: str | None, page: Page) -> Listed:
+        """The page of resources a filter selects."""
+        raise NotImplementedError
+
+    def resource(self, item: Any, base: str, shown: Projection) -> dict[str, Any]:
+        """``item`` as a resource, reading only what ``shown`` returns."""
+        raise NotImplementedError
+
+
+class UsersResource(_Collection):
+    """``/scim/v2/Users``: list (filter, sort, page) and create."""
+
+    schema = CORE_USER
+
+    def select(self, filter_text: str | None, page: Page) -> Listed:
+        """The users a filter selects."""
+        return self._p.list_users(filter_text, page)
+
+    def resource(self, item: Any, base: str, shown: Projection) -> dict[str, Any]:
+        """A user; its groups only when returned."""
+        return self._p.user_resource(item, base, groups=shown.wants("groups"))
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Create a user: 201 with ``Location`` and ``ETag``."""
@@ -192,18 +212,18 @@ def _send_user(
     _send(resp, shown.apply(resource), status)
 
 
-class UsersSearch:
-    """``POST /scim/v2/Users/.search``: the list, asked for in a body."""
+class Search:
+    """``POST /scim/v2/Users/.search`` and ``/Groups/.search``: a list, asked for in a body."""
 
     actions: ClassVar[dict[str, str]] = {"POST": PROVISION}
 
-    def __init__(self, users: UsersResource) -> None:
-        self._users = users
+    def __init__(self, lister: _Collection) -> None:
+        self._lister = lister
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """A ``ListResponse`` of the users a ``SearchRequest`` asks for."""
+        """A ``ListResponse`` of what a ``SearchRequest`` asks for."""
         _params(req, frozenset())
-        self._users.answer(req, resp, _search_values(req))
+        self._lister.answer(req, resp, _search_values(req))
 
 
 class UserResource(_Base):
@@ -269,28 +289,18 @@ def _not_modified(req: falcon.Request, resp: falcon.Response, tag: str) -> bool:
     return False
 
 
-class GroupsResource(_Base):
-    """``/scim/v2/Groups``: list (equalities, page) and create."""
+class GroupsResource(_Collection):
+    """``/scim/v2/Groups``: list (filter, sort, page) and create."""
 
-    actions: ClassVar[dict[str, str]] = {"GET": PROVISION, "POST": PROVISION}
+    schema = CORE_GROUP
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """A ``ListResponse`` of groups."""
-        self.answer(req, resp, _params(req, _LIST_PARAMS))
+    def select(self, filter_text: str | None, page: Page) -> Listed:
+        """The groups a filter selects."""
+        return self._p.list_groups(filter_text, page)
 
-    def answer(self, req: falcon.Request, resp: falcon.Response, values: dict[str, Any]) -> None:
-        """The list for ``values`` (the query's or a search body's)."""
-        page = page_of(values)
-        shown = projection(
-            _text(values, "attributes"), _text(values, "excludedattributes"), CORE_GROUP
-        )
-        listed = self._p.list_groups(_text(values, "filter"), page)
-        base = self.base(req)
-        found = [
-            shown.apply(self._p.group_resource(g, base, members=shown.wants("members")))
-            for g in listed.items
-        ]
-        _send(resp, _list_body(found, listed, page))
+    def resource(self, item: Any, base: str, shown: Projection) -> dict[str, Any]:
+        """A group; its members only when returned."""
+        return self._p.group_resource(item, base, members=shown.wants("members"))
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Create a group (with members): 201 with ``Location`` and ``ETag``."""
@@ -310,20 +320,6 @@ def _send_group(
 ) -> None:
     resp.set_header("ETag", etag(group.version))
     _send(resp, shown.apply(resource), status)
-
-
-class GroupsSearch:
-    """``POST /scim/v2/Groups/.search``."""
-
-    actions: ClassVar[dict[str, str]] = {"POST": PROVISION}
-
-    def __init__(self, groups: GroupsResource) -> None:
-        self._groups = groups
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """A ``ListResponse`` of the groups a ``SearchRequest`` asks for."""
-        _params(req, frozenset())
-        self._groups.answer(req, resp, _search_values(req))
 
 
 class GroupResource(_Base):
@@ -449,10 +445,10 @@ def add_routes(app: Any, provisioning: Provisioning, base_url: str | None) -> No
     users = UsersResource(provisioning, base_url)
     groups = GroupsResource(provisioning, base_url)
     app.add_route(f"{PREFIX}/Users", users)
-    app.add_route(f"{PREFIX}/Users/.search", UsersSearch(users))
+    app.add_route(f"{PREFIX}/Users/.search", Search(users))
     app.add_route(f"{PREFIX}/Users/{{user_id}}", UserResource(provisioning, base_url))
     app.add_route(f"{PREFIX}/Groups", groups)
-    app.add_route(f"{PREFIX}/Groups/.search", GroupsSearch(groups))
+    app.add_route(f"{PREFIX}/Groups/.search", Search(groups))
     app.add_route(f"{PREFIX}/Groups/{{group_id}}", GroupResource(provisioning, base_url))
     app.add_route(f"{PREFIX}/ServiceProviderConfig", ServiceProviderConfig(provisioning, base_url))
     schema_docs = Schemas(provisioning, base_url)

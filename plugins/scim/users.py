@@ -380,14 +380,7 @@ def user_fields(resource: Mapping[str, Any]) -> UserFields:
     Attribute names match in any letter case; read-only ones (``id``,
     ``meta``, ``groups``) and undeclared ones are ignored.
     """
-    if not isinstance(resource, Mapping):
-        raise bad_request("the body must be a JSON object", "invalidSyntax")
-    schemas = lookup(resource, "schemas")
-    if schemas is not None and (
-        not isinstance(schemas, list)
-        or not any(isinstance(s, str) and s.lower() == USER_SCHEMA.lower() for s in schemas)
-    ):
-        raise bad_request(f"schemas: must include {USER_SCHEMA}", "invalidSyntax")
+    check_body(resource, USER_SCHEMA)
     user_name = _text_of(resource, "userName")
     if user_name is None or not user_name.strip():
         raise bad_request("userName: required")
@@ -403,6 +396,18 @@ def user_fields(resource: Mapping[str, Any]) -> UserFields:
         email_type=lookup(email, "type"),
         email_primary=None if primary is None else boolean(primary, "emails.primary"),
     )
+
+
+def check_body(resource: Any, schema: str) -> None:
+    """``ScimError`` unless ``resource`` is an object whose ``schemas`` (if any) name ``schema``."""
+    if not isinstance(resource, Mapping):
+        raise bad_request("the body must be a JSON object", "invalidSyntax")
+    schemas = lookup(resource, "schemas")
+    if schemas is not None and (
+        not isinstance(schemas, list)
+        or not any(isinstance(s, str) and s.lower() == schema.lower() for s in schemas)
+    ):
+        raise bad_request(f"schemas: must include {schema}", "invalidSyntax")
 
 
 def lookup(resource: Mapping[str, Any], name: str) -> Any:
