@@ -38,6 +38,8 @@ _LIST_PARAMS: Final = frozenset(
     }
 )
 _ONE_PARAMS: Final = frozenset({"attributes", "excludedattributes"})
+#: The most group members one list answer holds, all its groups together.
+MAX_LISTED_MEMBERS: Final = 10_000
 #: The greatest startIndex taken: beyond it every list is past its end anyway.
 _LAST: Final = 2**31 - 1
 
@@ -156,7 +158,20 @@ class _Collection(_Base):
         )
         listed = self.select(_text(values, "filter"), page)
         base = self.base(req)
-        found = [shown.apply(self.resource(item, base, shown)) for item in listed.items]
+        found: list[dict[str, Any]] = []
+        members = 0
+        for item in listed.items:
+            resource = shown.apply(self.resource(item, base, shown))
+            members += len(resource.get("members", ()))
+            if members > MAX_LISTED_MEMBERS:
+                # One page must not list a million memberships: ask for fewer groups, or
+                # none of their members (each group's own GET lists them all).
+                raise bad_request(
+                    f"this page would list more than {MAX_LISTED_MEMBERS} members: ask for a "
+                    "smaller count, or excludedAttributes=members",
+                    "tooMany",
+                )
+            found.append(resource)
         _send(resp, _list_body(found, listed, page))
 
     def select(self, filter_text: str | None, page: Page) -> Listed:

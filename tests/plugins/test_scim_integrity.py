@@ -199,3 +199,21 @@ def _everyone() -> Any:
     from userplane.plugin import Compare, Or
 
     return Or((Compare("is_active", "eq", True), Compare("is_active", "eq", False)))
+
+
+def test_a_page_of_groups_lists_a_bounded_number_of_members(
+    scim: Scim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from userplane.plugins.scim import resources
+
+    monkeypatch.setattr(resources, "MAX_LISTED_MEMBERS", 3)  # 10,000 in earnest
+    users = [scim.create_user(f"many{n}@example.org")["id"] for n in range(4)]
+    scim.create_group("Two", users[:2])
+    scim.create_group("Also two", users[2:])
+    resp = scim.http.simulate_get(GROUPS)
+    body = assert_scim_error(resp, 400, "tooMany")
+    assert "excludedAttributes=members" in body["detail"]
+    # What the error says to do answers: fewer groups, or no members.
+    assert len(scim.listing(GROUPS, count="1")["Resources"][0]["members"]) == 2
+    listed = scim.listing(GROUPS, excludedAttributes="members")["Resources"]
+    assert [("members" in g) for g in listed] == [False, False]
