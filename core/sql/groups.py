@@ -225,24 +225,22 @@ class SQLGroups:
 
     def touch_groups_of(self, user_id: uuid.UUID, now: datetime) -> int:
         """Lock the user's groups in id order, then bump each one's version."""
+        member_of = "id IN (SELECT group_id FROM group_members WHERE user_id = :user_id)"
         with self.transaction():
-            rows = self.fetch_all(
+            # Locked first, in id order; then one UPDATE of the rows already held.
+            self.fetch_all(
                 self._sql(
-                    "SELECT id FROM user_groups WHERE id IN "
-                    "(SELECT group_id FROM group_members WHERE user_id = :user_id) "
-                    f"ORDER BY id{self._lock_suffix()}"
+                    f"SELECT id FROM user_groups WHERE {member_of} ORDER BY id{self._lock_suffix()}"
                 ),
                 self.params({"user_id": user_id}),
             )
-            for (group_id,) in rows:
-                self.execute(
-                    self._sql(
-                        "UPDATE user_groups SET version = version + 1, updated_at = :now "
-                        "WHERE id = :id"
-                    ),
-                    {**self.params({"now": now}), "id": group_id},
-                )
-            return len(rows)
+            return self.execute(
+                self._sql(
+                    "UPDATE user_groups SET version = version + 1, updated_at = :now "
+                    f"WHERE {member_of}"
+                ),
+                self.params({"user_id": user_id, "now": now}),
+            )
 
     # -- members ----------------------------------------------------------------
 

@@ -62,8 +62,8 @@ def group_resource(
     return resource
 
 
-def _always() -> Expr:
-    # Every group has a name, and every name starts with nothing.
+def every_group() -> Expr:
+    """What every group matches: every group has a name, and every name starts with nothing."""
     return Compare("display_name", "sw", "")
 
 
@@ -82,7 +82,7 @@ def group_filter(node: filters.Filter) -> Expr:
     name = _name(node.path)
     if isinstance(node, filters.Present):
         if name in ("displayname", "id", "meta.created", "meta.lastmodified", "meta"):
-            return _always()
+            return every_group()
         if name == "externalid":
             return HasValue("external_id")
         raise FilterError(f"{node.path}: pr is not supported on Groups here", 0)
@@ -92,11 +92,11 @@ def group_filter(node: filters.Filter) -> Expr:
             raise FilterError(f"{node.path}: compares with a string, by eq ne co sw ew", 0)
         return Compare("display_name" if name == "displayname" else "external_id", op, value)
     if name == "id":
-        return id_term("id", op, value, node.path, _always())
+        return id_term("id", op, value, node.path, every_group())
     if name in ("members", "members.value"):
         if op != "eq":
             raise FilterError(f"{node.path}: only eq is supported", 0)
-        return id_term("member", op, value, node.path, _always())
+        return id_term("member", op, value, node.path, every_group())
     if name in ("meta.created", "meta.lastmodified"):
         field = "created_at" if name == "meta.created" else "updated_at"
         return time_term(field, op, value, node.path)
@@ -112,7 +112,7 @@ def _members(node: filters.Filter, parent: filters.AttrPath) -> Expr:
     if isinstance(node, filters.Not):
         return NoneOf(_members(node.operand, parent))
     if isinstance(node, filters.Comparison) and node.path.normalized == "value" and node.op == "eq":
-        return id_term("member", "eq", node.value, parent, _always())
+        return id_term("member", "eq", node.value, parent, every_group())
     raise FilterError(f'{parent}: only members[value eq "…"] is supported', 0)
 
 

@@ -15,13 +15,13 @@ import falcon
 import orjson
 
 from userplane.frontends.http import PUBLIC
-from userplane.plugin import Group, User
+from userplane.plugin import User
 from userplane.plugins.scim import schemas
 from userplane.plugins.scim.errors import PREFIX, SCIM_JSON, ScimError, bad_request
 from userplane.plugins.scim.filters import CORE_GROUP, CORE_USER
 from userplane.plugins.scim.projection import Projection, projection
 from userplane.plugins.scim.schemas import DEFAULT_COUNT, MAX_RESULTS, SEARCH_SCHEMA
-from userplane.plugins.scim.service import Listed, Page, Provisioning, etag
+from userplane.plugins.scim.service import Listed, Page, Provisioning, etag, tag_matches
 
 #: The action every provisioning route needs.
 PROVISION: Final = "scim:provision"
@@ -202,7 +202,7 @@ class UsersResource(_Collection):
         user = self._p.create_user(req.get_media())
         resource = self._p.user_resource(user, self.base(req))
         resp.location = resource["meta"]["location"]
-        _send_user(resp, resource, shown, 201)
+        _send_resource(resp, resource, shown, 201)
 
 
 def _list_body(found: list[dict[str, Any]], listed: Listed, page: Page) -> dict[str, Any]:
@@ -220,9 +220,10 @@ def _one_projection(req: falcon.Request, schema: str) -> Projection:
     return projection(values.get("attributes"), values.get("excludedattributes"), schema)
 
 
-def _send_user(
+def _send_resource(
     resp: falcon.Response, resource: dict[str, Any], shown: Projection, status: int = 200
 ) -> None:
+    """A user or group, as ``shown`` asks, with its version (``meta.version``) as ETag."""
     resp.set_header("ETag", resource["meta"]["version"])
     _send(resp, shown.apply(resource), status)
 
@@ -259,14 +260,14 @@ class UserResource(_Base):
         if _not_modified(req, resp, tag):
             return
         resource = self._p.user_resource(user, self.base(req), groups=shown.wants("groups"))
-        _send_user(resp, resource, shown)
+        _send_resource(resp, resource, shown)
 
     def _written(
         self, req: falcon.Request, resp: falcon.Response, write: Callable[[], User]
     ) -> None:
         shown = _one_projection(req, CORE_USER)
         user = write()
-        _send_user(resp, self._p.user_resource(user, self.base(req)), shown)
+        _send_resource(resp, self._p.user_resource(user, self.base(req)), shown)
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
         """Replace the user (``active`` is kept when the body leaves it out)."""
@@ -291,13 +292,7 @@ class UserResource(_Base):
 
 def _not_modified(req: falcon.Request, resp: falcon.Response, tag: str) -> bool:
     wanted = req.get_header("If-None-Match")
-    if wanted is None:
-        return False
-    bare = tag.removeprefix("W/")
-    if any(
-        p.strip() in ("*", tag, bare) or p.strip().removeprefix("W/") == bare
-        for p in wanted.split(",")
-    ):
+    if wanted is not None and tag_matches(wanted, tag):
         resp.status = falcon.HTTP_304
         resp.set_header("ETag", tag)
         return True
@@ -323,18 +318,7 @@ class GroupsResource(_Collection):
         group = self._p.create_group(req.get_media())
         resource = self._p.group_resource(group, self.base(req), members=shown.wants("members"))
         resp.location = resource["meta"]["location"]
-        _send_group(resp, group, resource, shown, 201)
-
-
-def _send_group(
-    resp: falcon.Response,
-    group: Group,
-    resource: dict[str, Any],
-    shown: Projection,
-    status: int = 200,
-) -> None:
-    resp.set_header("ETag", etag(group.version))
-    _send(resp, shown.apply(resource), status)
+        _send_resource(resp, resource, shown, 201)
 
 
 class GroupResource(_Base):
@@ -354,14 +338,14 @@ class GroupResource(_Base):
         if _not_modified(req, resp, etag(group.version)):
             return
         resource = self._p.group_resource(group, self.base(req), members=shown.wants("members"))
-        _send_group(resp, group, resource, shown)
+        _send_resource(resp, resource, shown)
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, group_id: str) -> None:
         """Replace the group's name, external id and (when given) members."""
         shown = _one_projection(req, CORE_GROUP)
         group = self._p.replace_group(group_id, req.get_media(), req.get_header("If-Match"))
         resource = self._p.group_resource(group, self.base(req), members=shown.wants("members"))
-        _send_group(resp, group, resource, shown)
+        _send_resource(resp, resource, shown)
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response, group_id: str) -> None:
         """Apply a ``PatchOp``: 204, or 200 with the group when ``attributes`` asks for it.
@@ -377,7 +361,7 @@ class GroupResource(_Base):
             return
         shown = projection(values.get("attributes"), values.get("excludedattributes"), CORE_GROUP)
         resource = self._p.group_resource(group, self.base(req), members=shown.wants("members"))
-        _send_group(resp, group, resource, shown)
+        _send_resource(resp, resource, shown)
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, group_id: str) -> None:
         """Delete the group: 204."""

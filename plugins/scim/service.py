@@ -40,6 +40,7 @@ from userplane.plugin import (
 from userplane.plugins.scim import filters, patch
 from userplane.plugins.scim.errors import ScimError, bad_request
 from userplane.plugins.scim.groups import (
+    every_group,
     group_fields,
     group_filter,
     group_resource,
@@ -49,6 +50,7 @@ from userplane.plugins.scim.paths import PatchPath
 from userplane.plugins.scim.store import ScimUser, ScimUsers
 from userplane.plugins.scim.users import (
     UserFields,
+    every_user,
     user_fields,
     user_filter,
     user_resource,
@@ -210,7 +212,7 @@ class Provisioning:
         if page.descending:
             sort = f"-{sort}"
         selection = self._users.select(
-            expr if expr is not None else _every_user(),
+            expr if expr is not None else every_user(),
             sort=sort,
             offset=page.start_index - 1,
             limit=page.count,
@@ -265,7 +267,7 @@ class Provisioning:
             self._registry.storage.lock_user(parse_id(raw_id, "user"))
             user = self.user(raw_id)
             stored = self._rows.get(user.id)
-            if expected is not None and not _tag_matches(expected, etag(user.version)):
+            if expected is not None and not tag_matches(expected, etag(user.version)):
                 raise PreconditionFailed("the user has changed since that version")
             fields = compute(user)
             _check_user_name(fields.user_name)
@@ -299,7 +301,7 @@ class Provisioning:
         """DELETE: the user is deleted (softly: an administrator can restore it)."""
         with self._writing():
             user = self.user(raw_id)
-            if expected is not None and not _tag_matches(expected, self.user_etag(user)):
+            if expected is not None and not tag_matches(expected, self.user_etag(user)):
                 raise PreconditionFailed("the user has changed since that version")
             # Not locked first: deleting locks the user's groups before the user.
             self._users.delete(user.id, expected_version=user.version if expected else None)
@@ -368,7 +370,7 @@ class Provisioning:
 
     def list_groups(self, filter_text: str | None, page: Page) -> Listed:
         """The groups a filter selects, a page of them, and how many there are."""
-        expr = _every_group()
+        expr = every_group()
         if filter_text is not None:
             try:
                 expr = group_filter(_parse_filter(filter_text))
@@ -448,7 +450,7 @@ class Provisioning:
             group = storage.lock_group(parse_id(raw_id, "group"))
         if group is None:
             raise _not_found("group", raw_id)
-        if expected is not None and not _tag_matches(expected, etag(group.version)):
+        if expected is not None and not tag_matches(expected, etag(group.version)):
             raise PreconditionFailed("the group has changed since that version")
         return group
 
@@ -562,20 +564,8 @@ def _strip_schema(name: str, schema: str) -> str:
     return name[len(prefix) :] if name.startswith(prefix) else name
 
 
-def _every_group() -> Expr:
-    from userplane.plugin import Compare
-
-    return Compare("display_name", "sw", "")  # every name starts with nothing
-
-
-def _every_user() -> Expr:
-    from userplane.plugin import Compare, Or
-
-    return Or((Compare("is_active", "eq", True), Compare("is_active", "eq", False)))
-
-
-def _tag_matches(header: str, tag: str) -> bool:
-    """Whether ``If-Match`` (one tag or a list, weak or strong, or ``*``) names ``tag``.
+def tag_matches(header: str, tag: str) -> bool:
+    """Whether an ``If-Match``/``If-None-Match`` (tags, weak or strong, or ``*``) names ``tag``.
 
     SCIM's ETags are weak (``W/"3"``), and RFC 7644 §3.14 has clients send
     them back: compared weakly, by the quoted value.

@@ -97,13 +97,13 @@ def user_resource(
 # -- filters -------------------------------------------------------------------------------------
 
 
-def _always() -> Expr:
-    # is_active is never missing: true or false, one of the two always holds.
+def every_user() -> Expr:
+    """What every user matches: ``is_active`` is never missing, true or false."""
     return AnyOf((Compare("is_active", "eq", True), Compare("is_active", "eq", False)))
 
 
 def _never() -> Expr:
-    return AllOf((Compare("is_active", "eq", True), Compare("is_active", "eq", False)))
+    return NoneOf(every_user())
 
 
 def user_filter(
@@ -186,11 +186,11 @@ class _Users:
         if name == "active":
             return self._boolean(op, value, node.path)
         if name == "id":
-            return self._id("id", op, value, node.path)
+            return id_term("id", op, value, node.path, every_user())
         if name in ("groups.value", "groups"):
             if op != "eq":
                 raise FilterError(f"{node.path}: only eq is supported", 0)
-            return self._id("group", op, value, node.path)
+            return id_term("group", op, value, node.path, every_user())
         if name == "emails.type":
             stored = self._text(EMAIL_TYPE, op, value, node.path)
             return AnyOf((stored, AllOf((NoneOf(HasValue(ROW)), _work(op, str(value))))))
@@ -200,18 +200,18 @@ class _Users:
             if op not in ("eq", "ne") or not isinstance(value, bool):
                 raise FilterError(f"{node.path}: compares with true or false, by eq or ne", 0)
             stored = Compare(EMAIL_PRIMARY, op, str(value).lower())
-            default = _always() if (value is True) == (op == "eq") else _never()
+            default = every_user() if (value is True) == (op == "eq") else _never()
             return AnyOf((stored, AllOf((NoneOf(HasValue(ROW)), default))))
         if name in ("meta.lastmodified", "meta.created"):
             field = "updated_at" if name == "meta.lastmodified" else "created_at"
-            return self._time(field, op, value, node.path)
+            return time_term(field, op, value, node.path)
         raise _unsupported(node.path)
 
     def _present(self, name: str, path: filters.AttrPath) -> Expr:
         if name in ("username", "emails", "emails.value", "active", "id"):
-            return _always()
+            return every_user()
         if name in ("meta.created", "meta.lastmodified", "meta"):
-            return _always()
+            return every_user()
         if name in ("emails.type", "emails.primary"):
             field = EMAIL_TYPE if name == "emails.type" else EMAIL_PRIMARY
             return AnyOf((HasValue(field), NoneOf(HasValue(ROW))))
@@ -240,14 +240,6 @@ class _Users:
         if op not in ("eq", "ne") or not isinstance(value, bool):
             raise FilterError(f"{path}: compares with true or false, by eq or ne", 0)
         return Compare("is_active", op, value)
-
-    @staticmethod
-    def _id(field: str, op: Any, value: Any, path: filters.AttrPath) -> Expr:
-        return id_term(field, op, value, path, _always())
-
-    @staticmethod
-    def _time(field: str, op: Any, value: Any, path: filters.AttrPath) -> Expr:
-        return time_term(field, op, value, path)
 
 
 def id_term(field: str, op: Any, value: Any, path: filters.AttrPath, every: Expr) -> Expr:
@@ -286,7 +278,7 @@ def _work(op: str, value: str) -> Expr:
         "sw": EMAIL_TYPE_DEFAULT.startswith(wanted),
         "ew": EMAIL_TYPE_DEFAULT.endswith(wanted),
     }[op]
-    return _always() if held else _never()
+    return every_user() if held else _never()
 
 
 def _name(path: filters.AttrPath) -> str:
