@@ -1,22 +1,85 @@
 """``/api/v1/openapi.json`` and ``/docs``: the contract, for machines and for people.
 
-The docs page is rendered here from the same document, as plain HTML with the
-package's own stylesheet: no script, no CDN, so it works offline and under a
-strict Content-Security-Policy.
+``/docs`` is Swagger UI 5, served from the ``swagger-ui-bundle`` wheel: it
+renders OpenAPI 3.1 and can call the API ("Try it out"). Everything it loads
+comes from this server (no CDN), so it works offline, and the page carries
+no inline script or style, so it runs under a Content-Security-Policy that
+allows scripts from this origin only.
 """
 
 from __future__ import annotations
 
-import html
+import re
+from pathlib import Path
 from typing import Any, ClassVar
 
 import falcon
+import falcon.routing
 import orjson
+import swagger_ui_bundle  # type: ignore[import-untyped]
 
 from userplane.frontends.http.auth import PUBLIC
 from userplane.frontends.http.openapi import document
 
-_METHODS = ("get", "post", "put", "patch", "delete")
+#: Swagger UI's files, as the wheel ships them (``vendor/swagger-ui-5.31.0``).
+SWAGGER_UI = Path(str(swagger_ui_bundle.swagger_ui_path))
+
+#: Where they are served. The directory's name carries Swagger UI's version, so a
+#: URL always names the same bytes and browsers may cache them for a year.
+ASSETS = f"/docs/assets/{SWAGGER_UI.name}"
+
+#: The files the page needs, and their source maps for a browser's developer
+#: tools. Nothing else in the directory is served: its ``index.html`` and
+#: ``swagger-initializer.js`` would open Swagger's demo document from the internet.
+ASSET_FILES = frozenset(
+    {
+        "swagger-ui.css",
+        "swagger-ui.css.map",
+        "swagger-ui-bundle.js",
+        "swagger-ui-bundle.js.map",
+    }
+)
+
+#: For ``/docs`` only: Swagger UI runs its script and our initializer (both from
+#: this origin), fetches the document and "Try it out" requests from this origin,
+#: and draws a few icons as ``data:`` images. Still nothing inline, no framing.
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+
+#: A year, and no revalidation: a new Swagger UI comes with a new URL (``ASSETS``).
+_IMMUTABLE = "public, max-age=31536000, immutable"
+
+_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>userplane API docs</title>
+<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">
+<link rel="stylesheet" href="{assets}/swagger-ui.css">
+<link rel="stylesheet" href="/static/style.css">
+<script src="{assets}/swagger-ui-bundle.js" defer></script>
+<script src="/static/docs.js" defer></script>
+</head>
+<body class="docs">
+<header class="docs-intro">
+<h1>userplane API docs</h1>
+<p>Most operations need credentials. Click <strong>Authorize</strong>, paste an API key
+(<code>up_…</code>) or a JWT from your identity provider as the bearer token, then
+<strong>Try it out</strong> on any operation. The key stays in this tab only.</p>
+<p>No key yet? On the server: <code>userplane keys create --name me --role admin</code>
+(it is printed once).</p>
+<nav aria-label="Elsewhere"><a href="/api/v1/openapi.json">OpenAPI document (JSON)</a>
+<a href="/">About this instance</a></nav>
+</header>
+<noscript><p class="docs-noscript">This page needs JavaScript. The API is described in
+<a href="/api/v1/openapi.json">/api/v1/openapi.json</a> (OpenAPI 3.1).</p></noscript>
+<div id="swagger-ui"></div>
+</body>
+</html>
+"""
 
 
 class OpenApi:
@@ -35,110 +98,53 @@ class OpenApi:
     on_head = on_get
 
 
-def _e(value: Any) -> str:
-    return html.escape(str(value))
+def render() -> str:
+    """The ``/docs`` page: a short note on credentials, and Swagger UI below it.
 
-
-def _schema_name(node: dict[str, Any]) -> str:
-    ref = node.get("$ref", "")
-    if ref:
-        return str(ref).rsplit("/", 1)[-1]
-    kind = node.get("type", "")
-    return " | ".join(kind) if isinstance(kind, list) else str(kind)
-
-
-def _resolve(doc: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
-    ref = node.get("$ref")
-    if not ref:
-        return node
-    target: Any = doc
-    for part in ref.removeprefix("#/").split("/"):
-        target = target[part]
-    resolved: dict[str, Any] = target
-    return resolved
-
-
-def _operation(
-    doc: dict[str, Any], path: str, method: str, op: dict[str, Any], shared: list[Any]
-) -> str:
-    out = [f'<section class="op"><h3><code>{method.upper()} {_e(path)}</code></h3>']
-    out.append(f"<p>{_e(op.get('summary', ''))}</p>")
-    if op.get("description"):
-        out.append(f"<p>{_e(op['description'])}</p>")
-    params = [_resolve(doc, p) for p in [*shared, *op.get("parameters", [])]]
-    if params:
-        out.append("<table><tr><th>parameter</th><th>in</th><th>type</th><th>meaning</th></tr>")
-        for p in params:
-            schema = p.get("schema", {})
-            kind = _schema_name(schema)
-            if "enum" in schema:
-                kind = " | ".join(schema["enum"])
-            out.append(
-                f"<tr><td><code>{_e(p['name'])}</code></td><td>{_e(p['in'])}</td>"
-                f"<td>{_e(kind)}</td><td>{_e(p.get('description', ''))}</td></tr>"
-            )
-        out.append("</table>")
-    body = op.get("requestBody")
-    if body:
-        media = ", ".join(body["content"])
-        schema = _schema_name(next(iter(body["content"].values()))["schema"])
-        out.append(f"<p>Body: <code>{_e(schema)}</code> as {_e(media)}</p>")
-    out.append("<ul>")
-    for status, response in op["responses"].items():
-        response = _resolve(doc, response)
-        out.append(f"<li><code>{_e(status)}</code> {_e(response['description'])}</li>")
-    out.append("</ul></section>")
-    return "".join(out)
-
-
-def render(doc: dict[str, Any]) -> str:
-    """The docs page for ``doc``."""
-    info = doc["info"]
-    parts = [
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">',
-        f"<title>{_e(info['title'])} API</title>",
-        '<link rel="stylesheet" href="/static/style.css"></head><body><main>',
-        f"<h1>{_e(info['title'])} API <small>{_e(info['version'])}</small></h1>",
-        f"<p>{_e(info['description'])}</p>",
-        '<p>Machine-readable: <a href="/api/v1/openapi.json">/api/v1/openapi.json</a></p>',
-        "<h2>Operations</h2>",
-    ]
-    for path, item in doc["paths"].items():
-        shared = item.get("parameters", [])
-        for method in _METHODS:
-            if method in item:
-                parts.append(_operation(doc, path, method, item[method], shared))
-    parts.append("<h2>Schemas</h2>")
-    for name, schema in doc["components"]["schemas"].items():
-        parts.append(f"<section><h3>{_e(name)}</h3>")
-        if schema.get("description"):
-            parts.append(f"<p>{_e(schema['description'])}</p>")
-        props = schema.get("properties", {})
-        if props:
-            required = set(schema.get("required", []))
-            parts.append("<table><tr><th>field</th><th>type</th><th>required</th></tr>")
-            for field, sub in props.items():
-                parts.append(
-                    f"<tr><td><code>{_e(field)}</code></td><td>{_e(_schema_name(sub))}</td>"
-                    f"<td>{'yes' if field in required else 'no'}</td></tr>"
-                )
-            parts.append("</table>")
-        parts.append("</section>")
-    parts.append("</main></body></html>")
-    return "".join(parts)
+    Swagger UI reads the document from ``/api/v1/openapi.json`` (``static/docs.js``),
+    so the page is the same whatever plugins add to the document.
+    """
+    return _PAGE.format(assets=ASSETS)
 
 
 class Docs:
-    """``GET /docs``: the API for people."""
+    """``GET /docs``: the API for people, with Swagger UI."""
 
     actions: ClassVar[dict[str, str]] = {"GET": PUBLIC}
 
-    def __init__(self, doc: dict[str, Any] | None = None) -> None:
-        self._page = render(document() if doc is None else doc).encode()
+    def __init__(self) -> None:
+        self._page = render().encode()
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = "text/html; charset=utf-8"
+        # Its own policy, which SecurityHeaders leaves alone: the default forbids scripts.
+        resp.set_header("Content-Security-Policy", DOCS_CSP)
         resp.data = self._page
 
     # RFC 9110: HEAD wherever GET; Falcon sends no body for it.
     on_head = on_get
+
+
+class SwaggerAssets:
+    """A sink serving Swagger UI's files under ``ASSETS``, cached for a year.
+
+    Only the names in ``ASSET_FILES`` are served, so no path reaches anything
+    else. Falcon's static route does the serving (ETag, ``Last-Modified``,
+    ranges, content types); it is wrapped in a sink rather than added with
+    ``add_static_route`` to check the names and add ``Cache-Control``. Public,
+    as ``/docs`` is (``App.add_sink`` checks ``actions``).
+    """
+
+    actions: ClassVar[dict[str, str]] = {"GET": PUBLIC}
+
+    #: The sink's prefix, for ``app.add_sink`` (a regular expression: the version has dots).
+    prefix = re.compile(re.escape(ASSETS + "/"))
+
+    def __init__(self, directory: Path = SWAGGER_UI) -> None:
+        self._files = falcon.routing.StaticRoute(ASSETS, directory)
+
+    def __call__(self, req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
+        if req.path.removeprefix(ASSETS + "/") not in ASSET_FILES:
+            raise falcon.HTTPNotFound()
+        self._files(req, resp)
+        resp.set_header("Cache-Control", _IMMUTABLE)

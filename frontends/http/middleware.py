@@ -14,6 +14,8 @@ from userplane.frontends.http.queueing import queued_for
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 JSON_TYPES = frozenset({"application/json", "application/merge-patch+json"})
+#: An HTML form's body, admitted only under the app's ``form_prefixes``.
+FORM_TYPE = "application/x-www-form-urlencoded"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -39,9 +41,17 @@ class BodyPolicy:
     Runs before routing, so an oversized body is refused without being read.
     """
 
-    def __init__(self, max_body_bytes: int, read_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        max_body_bytes: int,
+        read_timeout_s: float = 10.0,
+        form_prefixes: set[str] | None = None,
+    ) -> None:
         self.max_body_bytes = max_body_bytes
         self.read_timeout_s = read_timeout_s
+        #: Paths under which HTML forms may be posted (the console's ``/admin``); the
+        #: app's ``form_prefixes``, filled in by plugins as they add their routes.
+        self.form_prefixes = form_prefixes if form_prefixes is not None else set()
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         length = req.content_length
@@ -68,6 +78,10 @@ class BodyPolicy:
         media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
         # JSON, or a type a plugin's routes read (SCIM's application/scim+json): a type
         # the app has a request handler for.
+        if media_type == FORM_TYPE and any(
+            req.path == p or req.path.startswith(p + "/") for p in self.form_prefixes
+        ):
+            return
         if media_type not in JSON_TYPES and media_type not in req.options.media_handlers:
             raise falcon.HTTPUnsupportedMediaType(
                 title="Unsupported media type",
@@ -92,7 +106,19 @@ class ShedLoad:
 
 
 class SecurityHeaders:
-    """Headers every response carries; API responses are never cached."""
+    """Headers every response carries; API responses are never cached.
+
+    An HTML page gets ``DEFAULT_CSP`` (no script at all) unless its resource
+    set a ``Content-Security-Policy`` of its own: a page that runs scripts
+    (``/docs``) says which, and keeps that policy.
+    """
+
+    #: The policy of an HTML page that sets none: stylesheets and images from
+    #: this origin, nothing else; never framed.
+    DEFAULT_CSP = (
+        "default-src 'none'; style-src 'self'; img-src 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    )
 
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
@@ -103,11 +129,8 @@ class SecurityHeaders:
             resp.set_header(*NO_STORE)
         content_type = resp.content_type or ""
         if content_type.startswith("text/html"):
-            resp.set_header(
-                "Content-Security-Policy",
-                "default-src 'none'; style-src 'self'; img-src 'self'; "
-                "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
-            )
+            if resp.get_header("Content-Security-Policy") is None:
+                resp.set_header("Content-Security-Policy", self.DEFAULT_CSP)
             resp.set_header("X-Frame-Options", "DENY")
 
 

@@ -43,6 +43,8 @@ def _served(app: falcon.App) -> set[tuple[str, str]]:
     for route in inspect.inspect_routes(app):
         if route.path.startswith("/scim/v2"):
             continue  # SCIM describes itself (/scim/v2/Schemas, RFC 7643), not in OpenAPI
+        if route.path == "/admin" or route.path.startswith("/admin/"):
+            continue  # the web console's pages are for browsers, not an API
         path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
         for method in route.methods:
             if method.method in HTTP_METHODS and not method.internal:
@@ -110,19 +112,6 @@ def test_the_document_is_served(client: testing.TestClient, registry: Registry) 
     assert resp.status_code == 200
     assert resp.headers["Content-Type"] == "application/json"
     assert resp.json == _served_document(registry)
-
-
-def test_the_docs_page_is_offline_html(client: testing.TestClient) -> None:
-    resp = client.simulate_get("/docs")
-    assert resp.status_code == 200
-    assert resp.headers["Content-Type"].startswith("text/html")
-    assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
-    assert "<script" not in resp.text
-    assert "http://" not in resp.text
-    assert "https://" not in resp.text
-    for operation_id in ("POST /api/v1/users/", "PATCH /api/v1/users/{user_id}"):
-        assert operation_id in resp.text
-    assert "Idempotency-Key" in resp.text
 
 
 def _fuzzed_app() -> falcon.App:
