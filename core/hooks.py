@@ -357,6 +357,10 @@ class Hooks:
         """``userplane_http_routes``."""
         self._hook.userplane_http_routes(app=app, registry=registry)
 
+    def console(self, console: Any, registry: Registry) -> None:
+        """``userplane_console``: every plugin adds its pages to the web console."""
+        self._hook.userplane_console(console=console, registry=registry)
+
 
 def _call(impl: pluggy.HookImpl, kwargs: Mapping[str, Any]) -> Any:
     """Call one implementation with the arguments it takes, from a hook call's keywords."""

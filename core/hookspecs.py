@@ -355,3 +355,18 @@ def userplane_serving(registry: Registry) -> None:
 @hookspec
 def userplane_http_routes(app: Any, registry: Registry) -> None:
     """Add routes to the Falcon ``app``; each resource declares its ``actions``."""
+
+
+@hookspec
+def userplane_console(console: Any, registry: Registry) -> None:
+    """Add pages to the web console (``/admin``); ``console`` is its ``Console``.
+
+    Called once per app, when the console plugin mounts it. Add a section
+    with ``console.add_section(path, title, action, routes)`` (its routes
+    declare their actions as every route does), your templates with
+    ``console.add_templates(folder)``, and a panel on each user's page with
+    ``console.add_user_panel(template, load)``. Render with
+    ``console.render(req, resp, template, **context)``; a form's fields,
+    its CSRF token already checked, are ``console.form(req)``. See
+    ``docs/console.md``.
+    """

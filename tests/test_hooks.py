@@ -25,7 +25,7 @@ import attrs
 import click
 import pytest
 from click.testing import CliRunner
-from clients import client_for
+from clients import ConsoleClient, client_for, console_for
 from falcon import testing
 
 from userplane.frontends.cli import OperationCommand, State, cli, pass_state
@@ -1055,6 +1055,79 @@ def test_hook_http_routes(open_registry: Callable[..., Registry]) -> None:
         create_app(careless)
 
 
+class CountPage:
+    """A plugin's console page: how many users, for those who may read them."""
+
+    actions: ClassVar[dict[str, str]] = {"GET": "users:read", "POST": "users:write"}
+
+    def __init__(self, console: Any, registry: Registry) -> None:
+        self.console = console
+        self.registry = registry
+
+    def on_get(self, req: Any, resp: Any) -> None:
+        count = len(self.registry.users.list(UserQuery(limit=100)).items)
+        self.console.render(req, resp, "demo/count.html", count=count)
+
+    def on_post(self, req: Any, resp: Any) -> None:
+        email = self.console.form(req)["email"]
+        self.registry.users.create(NewUser(email))
+        self.console.redirect(req, resp, "/admin/demo", f"Added {email}.")
+
+
+def test_hook_console(open_registry: Callable[..., Registry], tmp_path: Path) -> None:
+    """A plugin's section is in the navigation, rendered in the layout, guarded like the API."""
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "count.html").write_text(
+        '{% extends "base.html" %}{% block main %}<h1>Count</h1>'
+        '<p id="count">{{ count }}</p><form method="post" action="/admin/demo">'
+        '<input type="hidden" name="csrf" value="{{ csrf }}"></form>{% endblock %}'
+    )
+    seen: list[Any] = []
+
+    class Pages(Plugin):
+        @hookimpl
+        def userplane_console(self, console: Any, registry: Registry) -> None:
+            seen.append(console)
+            console.add_templates(tmp_path)
+            console.add_section(
+                "/admin/demo", "Demo", "users:read", {"/admin/demo": CountPage(console, registry)}
+            )
+
+    registry = open_registry(Pages())
+    registry.users.create(NewUser("ann@example.org"))
+    viewer = console_for(registry, "viewer")
+    assert len(seen) == 1
+    page = viewer.get("/admin/demo")
+    assert page.status_code == 200
+    assert '<p id="count">1</p>' in page.text
+    assert '<a href="/admin/demo" aria-current="page">Demo</a>' in page.text
+    assert page.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    # A viewer may not write: the same refusal as the API's, as a page.
+    refused = viewer.post("/admin/demo", {"email": "bob@example.org"})
+    assert refused.status_code == 403
+    assert "Not allowed" in refused.text
+    editor = console_for(registry, "editor", app=viewer.client.app)
+    editor.get("/admin/demo")
+    added = editor.post("/admin/demo", {"email": "bob@example.org"})
+    assert (added.status_code, added.headers["Location"]) == (303, "/admin/demo")
+    assert "Added bob@example.org." in editor.get("/admin/demo").text
+    # Signed out, the page sends the browser to sign in and back.
+    anonymous = ConsoleClient(viewer.client.app).get("/admin/demo")
+    assert anonymous.status_code == 303
+    assert anonymous.headers["Location"] == "/admin/sign-in?next=%2Fadmin%2Fdemo"
+
+    class Careless(Plugin):
+        __name__ = "careless_console"
+
+        @hookimpl
+        def userplane_console(self, console: Any) -> None:
+            console.add_section("/admin/open", "Open", "users:read", {"/admin/open": Undeclared()})
+
+    careless = open_registry(Careless())
+    with pytest.raises(ConfigurationError, match="Undeclared does not declare the action for GET"):
+        create_app(careless)
+
+
 # -- records of changes -----------------------------------------------------------------------
 
 
@@ -1252,7 +1325,7 @@ def test_hook_serving(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_hook_openapi(open_registry: Callable[..., Registry]) -> None:
-    """A plugin's paths are in the served document and on the docs page."""
+    """A plugin's paths are in the served document, which the docs page renders."""
 
     class Documented(Plugin):
         @hookimpl
@@ -1269,7 +1342,8 @@ def test_hook_openapi(open_registry: Callable[..., Registry]) -> None:
     doc = client.simulate_get("/api/v1/openapi.json").json
     assert doc["paths"]["/api/v1/demo/stats"]["get"]["summary"] == "Count the demo's users"
     assert "/api/v1/users/" in doc["paths"]
-    assert "Count the demo&#x27;s users" in client.simulate_get("/docs").text
+    # /docs is Swagger UI: it shows what /api/v1/openapi.json says, plugins' paths included.
+    assert "/api/v1/openapi.json" in client.simulate_get("/static/docs.js").text
 
 
 def test_hook_instruments(database_url: str) -> None:

@@ -56,6 +56,7 @@ def test_loads_the_builtin_plugins() -> None:
 BUILTINS = [
     "api_keys",
     "audit",
+    "console",
     "encryption_keys",
     "jwt",
     "logging",

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import falcon
+import falcon.inspect
 
 from userplane.frontends.http import media, problems
 from userplane.frontends.http.auth import App, Authenticate
-from userplane.frontends.http.docs import Docs, OpenApi
+from userplane.frontends.http.docs import Docs, OpenApi, SwaggerAssets
 from userplane.frontends.http.groups import (
     GroupResource,
     GroupsResource,
@@ -60,12 +61,13 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
         )
     middleware.extend(registry.hooks.http_middleware(settings, registry))
     route_actions: dict[str, dict[str, str]] = {}
+    form_prefixes: set[str] = set()
     middleware += [
         # Inside the plugins' layers, so a refused request is still logged and
         # traced; before everything else of ours, so refusing it costs little.
         ShedLoad(settings.queue_timeout_ms / 1000),
         SecurityHeaders(),
-        BodyPolicy(settings.max_body_bytes, settings.body_timeout_ms / 1000),
+        BodyPolicy(settings.max_body_bytes, settings.body_timeout_ms / 1000, form_prefixes),
         guard := Authenticate(
             registry.auth, route_actions, settings.trusted_proxies, settings.forwarded_header
         ),
@@ -74,6 +76,8 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
     app = App(middleware=middleware)
     app.guard = guard
     app.route_actions = route_actions
+    # Where a plugin's pages take HTML form posts (the console adds /admin); JSON elsewhere.
+    app.form_prefixes = form_prefixes
     app.req_options.strip_url_path_trailing_slash = True
     # Query strings are parsed strictly: repeated keys stay lists, blanks are kept.
     app.req_options.auto_parse_qs_csv = False
@@ -87,10 +91,11 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
     app.resp_options.media_handlers = falcon.media.Handlers(handlers)
     problems.install(app, registry.auth.challenges)
 
-    app.add_route("/", Home(registry))
+    app.add_route("/", home := Home(registry))
     doc = document(registry.auth.roles)
     registry.hooks.openapi(doc, registry)
-    app.add_route("/docs", Docs(doc))
+    app.add_route("/docs", Docs())
+    app.add_sink(SwaggerAssets(), SwaggerAssets.prefix)
     app.add_route("/api/v1/openapi.json", OpenApi(doc))
     app.add_route("/health/live", Live())
     app.add_route("/health/ready", Ready(registry))
@@ -112,6 +117,7 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
     )
     app.add_static_route("/static", str(STATIC))
     registry.hooks.http_routes(app, registry)
+    home.link_console(any(route.path == "/admin" for route in falcon.inspect.inspect_routes(app)))
     return app
 
 

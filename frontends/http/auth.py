@@ -79,6 +79,8 @@ class App(falcon.App):  # type: ignore[type-arg]
         super().__init__(*args, **kwargs)
         self.route_actions: dict[str, dict[str, str]] = {}
         self.guard: Authenticate | None = None
+        #: Path prefixes under which HTML forms may be posted (``BodyPolicy``).
+        self.form_prefixes: set[str] = set()
 
     def add_route(self, uri_template: str, resource: object, **kwargs: Any) -> None:
         actions = required_actions(resource, kwargs.get("suffix"))
@@ -198,8 +200,12 @@ class Authenticate:
             forwarded_cert = req.get_header("X-Forwarded-Client-Cert")
             if forwarded_cert:
                 certificate = parse_client_certificate(forwarded_cert)
+        # A plugin's middleware that authenticated the request another way (the
+        # console's session cookie, under /admin only) leaves the credential it
+        # stands for here; the request is then checked exactly as that bearer's.
+        authorization = req.context.get("authorization") or req.auth
         return Credentials.from_authorization(
-            req.auth,
+            authorization,
             _HeadersView(req),
             client_address=client,
             peer_address=peer,

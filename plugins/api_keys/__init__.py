@@ -175,6 +175,15 @@ def userplane_http_routes(app: Any, registry: Registry) -> None:
 
 
 @hookimpl
+def userplane_console(console: Any, registry: Registry) -> None:
+    """Key pages in the web console: list, create (the secret shown once), revoke."""
+    if ApiKeys in registry.services:
+        from userplane.plugins.api_keys.console import add_pages
+
+        add_pages(console, service(registry))
+
+
+@hookimpl
 def userplane_openapi(document: dict[str, Any], registry: Registry) -> None:
     """The key routes and their schemas; a new key's role is one of this registry's roles."""
     if ApiKeys in registry.services:

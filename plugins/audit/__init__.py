@@ -170,6 +170,14 @@ def userplane_http_routes(app: Any, registry: Registry) -> None:
 
 
 @hookimpl
+def userplane_console(console: Any, registry: Registry) -> None:
+    """Each user's history on the user's page in the web console (``audit:read``)."""
+    from userplane.plugins.audit.console import add_panel
+
+    add_panel(console, trail_of(registry), AUDIT_READ)
+
+
+@hookimpl
 def userplane_openapi(document: dict[str, Any]) -> None:
     """The audit routes and their schemas."""
     from userplane.plugins.audit.openapi import add_to

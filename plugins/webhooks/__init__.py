@@ -298,6 +298,15 @@ def userplane_http_routes(app: Any, registry: Registry) -> None:
 
 
 @hookimpl
+def userplane_console(console: Any, registry: Registry) -> None:
+    """Webhook pages in the web console: subscribe (the secret shown once), deliveries."""
+    if Webhooks in registry.services:
+        from userplane.plugins.webhooks.console import add_pages
+
+        add_pages(console, registry.services.get(Webhooks).service)
+
+
+@hookimpl
 def userplane_openapi(document: dict[str, Any], registry: Registry) -> None:
     """The webhook routes and schemas."""
     if Webhooks in registry.services:

@@ -34,11 +34,12 @@ CORE_MIGRATION_IDS = sorted(
     for p in migrations.folder("sqlite").glob("*.sql")  # type: ignore[union-attr]
     if not p.name.endswith(".rollback.sql")
 )
-#: The core's migrations, then the plugins' (api_keys, audit, rate_limits, scim and
-#: webhooks own their tables).
+#: The core's migrations, then the plugins' (api_keys, audit, console, rate_limits, scim
+#: and webhooks own their tables).
 MIGRATIONS = [(m, "userplane") for m in CORE_MIGRATION_IDS] + [
     ("api_keys_0001_api_keys", "api_keys"),
     ("audit_0001_events", "audit"),
+    ("console_0001_sessions", "console"),
     ("rate_limits_0001_rate_limits", "rate_limits"),
     ("scim_0001_users", "scim"),
     ("webhooks_0001_webhooks", "webhooks"),
@@ -1357,15 +1358,16 @@ def test_check_pings_storage_and_every_plugin_service(run: Cli) -> None:
         "storage",
         "webhooks",
         "scim",
+        "console",
         "audit",
         "api_keys",
         "migrations",
     ]
-    assert rows[2:7] == [
+    assert rows[2:8] == [
         {"name": name, "ok": False, "error": not_migrated, "detail": None}
-        for name in ("storage", "webhooks", "scim", "audit", "api_keys")
+        for name in ("storage", "webhooks", "scim", "console", "audit", "api_keys")
     ]
-    assert rows[7] == {
+    assert rows[8] == {
         "name": "migrations",
         "ok": None,
         "error": "skipped: storage did not answer",
@@ -1387,6 +1389,7 @@ def test_check_pings_storage_and_every_plugin_service(run: Cli) -> None:
         {"name": "encryption", "ok": True, "error": None, "detail": None},
         {"name": "webhooks", "ok": True, "error": None, "detail": None},
         {"name": "scim", "ok": True, "error": None, "detail": None},
+        {"name": "console", "ok": True, "error": None, "detail": None},
         {"name": "audit", "ok": True, "error": None, "detail": None},
         {"name": "api_keys", "ok": True, "error": None, "detail": None},
         {

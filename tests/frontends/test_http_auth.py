@@ -286,6 +286,49 @@ SCIM_OPERATIONS = {
     },
 }
 
+#: The web console's pages (their refusals are a sign-in redirect or a page, tested with
+#: the plugin: tests/plugins/test_console.py); GET pages answer HEAD too.
+ADMIN = "/admin"
+CONSOLE_OPERATIONS = {
+    **{
+        (route, method): action
+        for route, action in (
+            (f"{ADMIN}/users", "users:read"),
+            (f"{ADMIN}/users/{{user_id:uuid}}", "users:read"),
+            (f"{ADMIN}/users/new", "users:write"),
+            (f"{ADMIN}/keys", "keys:manage"),
+            (f"{ADMIN}/groups", "groups:read"),
+            (f"{ADMIN}/groups/{{group_id:uuid}}", "groups:read"),
+            (f"{ADMIN}/webhooks", "webhooks:manage"),
+            (f"{ADMIN}/webhooks/{{webhook_id:uuid}}", "webhooks:manage"),
+        )
+        for method in ("GET", "HEAD")
+    },
+    **{
+        (f"{ADMIN}/groups{tail}", "POST"): "groups:write"
+        for tail in (
+            "",
+            "/{group_id:uuid}",
+            "/{group_id:uuid}/delete",
+            "/{group_id:uuid}/members",
+            "/{group_id:uuid}/members/{user_id:uuid}/remove",
+        )
+    },
+    (f"{ADMIN}/webhooks", "POST"): "webhooks:manage",
+    (f"{ADMIN}/webhooks/{{webhook_id:uuid}}/delete", "POST"): "webhooks:manage",
+    (
+        f"{ADMIN}/webhooks/{{webhook_id:uuid}}/deliveries/{{delivery_id:uuid}}/redeliver",
+        "POST",
+    ): "webhooks:manage",
+    (f"{ADMIN}/users", "POST"): "users:write",
+    (f"{ADMIN}/users/{{user_id:uuid}}", "POST"): "users:write",
+    (f"{ADMIN}/users/{{user_id:uuid}}/delete", "POST"): "users:delete",
+    (f"{ADMIN}/users/{{user_id:uuid}}/restore", "POST"): "users:restore",
+    (f"{ADMIN}/users/{{user_id:uuid}}/purge", "POST"): "users:purge",
+    (f"{ADMIN}/keys", "POST"): "keys:manage",
+    (f"{ADMIN}/keys/{{key_id:uuid}}/revoke", "POST"): "keys:manage",
+}
+
 #: What each built-in role is expected to grant, of the operations above.
 GRANTS = {
     "viewer": {"users:read"},
@@ -305,6 +348,10 @@ PUBLIC_ROUTES = {
     f"{SCIM}/Schemas/{{schema_id}}",
     f"{SCIM}/ResourceTypes",
     f"{SCIM}/ResourceTypes/{{name}}",
+    # The console's way in: signing in and out checks the credential itself.
+    ADMIN,
+    f"{ADMIN}/sign-in",
+    f"{ADMIN}/sign-out",
 }
 
 
@@ -359,6 +406,7 @@ def test_the_operation_table_names_every_protected_route_and_its_action(
         **GROUP_OPERATIONS,
         **PLUGIN_OPERATIONS,
         **SCIM_OPERATIONS,
+        **CONSOLE_OPERATIONS,
     }
     public = {
         route for route, actions in app.route_actions.items() if set(actions.values()) == {PUBLIC}
@@ -369,6 +417,7 @@ def test_the_operation_table_names_every_protected_route_and_its_action(
         | {route for route, _ in GROUP_OPERATIONS}
         | {route for route, _ in PLUGIN_OPERATIONS}
         | {route for route, _ in SCIM_OPERATIONS}
+        | {route for route, _ in CONSOLE_OPERATIONS}
         | PUBLIC_ROUTES
     )
 
@@ -546,8 +595,11 @@ def test_public_routes_answer_without_credentials(registry: Registry) -> None:
     for route in sorted(PUBLIC_ROUTES):
         for template, example in examples.items():
             route = route.replace(template, example)
+        if route == f"{ADMIN}/sign-out":
+            continue  # POST only, with the console's form (tests/plugins/test_console.py)
         resp = client.simulate_get(route)
-        assert resp.status_code == 200, (route, resp.text)
+        # The console's root sends a browser on to sign in.
+        assert resp.status_code == (303 if route == ADMIN else 200), (route, resp.text)
         assert "WWW-Authenticate" not in resp.headers
     assert client.simulate_get("/static/style.css").status_code == 200
 
