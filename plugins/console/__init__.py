@@ -54,17 +54,28 @@ SETTINGS = SettingsSection("CONSOLE_", ConsoleSettings)
 
 
 class ConsoleState:
-    """This plugin's state in one registry: the session table, and gates awaiting their console.
+    """This plugin's state in one registry: the session table, and the gate awaiting its console.
 
-    ``userplane_http_middleware`` makes a gate before the app has routes;
-    ``userplane_http_routes`` (called next, for the same app) hands it the
-    console it mounted.
+    ``create_app`` calls ``userplane_http_middleware`` (which makes the app's
+    gate) and then ``userplane_http_routes`` (which mounts the console and hands
+    it to that gate) in one thread: the gate waits in a thread-local slot, so
+    apps built at once in other threads never swap gates, and a slot left by a
+    middleware call without routes is replaced by the next app's.
     """
 
     def __init__(self, sessions: Sessions) -> None:
         self.sessions = sessions
-        self.unmounted: list[ConsoleGate] = []
-        self.lock = threading.Lock()
+        self._pending = threading.local()
+
+    def hold(self, gate: ConsoleGate) -> None:
+        """Keep ``gate`` for the console this thread mounts next."""
+        self._pending.gate = gate
+
+    def take(self) -> ConsoleGate | None:
+        """The gate this thread's app installed, once."""
+        gate: ConsoleGate | None = getattr(self._pending, "gate", None)
+        self._pending.gate = None
+        return gate
 
 
 @hookimpl
@@ -116,8 +127,7 @@ def userplane_http_middleware(registry: Registry) -> list[Any]:
 
     state = registry.services.get(ConsoleState)
     gate = ConsoleGate(state.sessions)
-    with state.lock:
-        state.unmounted.append(gate)
+    state.hold(gate)
     return [gate]
 
 
@@ -131,7 +141,9 @@ def userplane_http_routes(app: Any, registry: Registry) -> None:
     from userplane.plugins.console.site import PREFIX, Console
 
     state = registry.services.get(ConsoleState)
-    if getattr(app, "guard", None) is None:
+    gate = state.take()
+    if gate is None or getattr(app, "guard", None) is None:
+        # Without its gate, no page would check a session or a form: fail closed.
         raise ConfigurationError("the console needs the app made by create_app")
     console = Console(app, registry, static=f"{PREFIX}/static")
     app.form_prefixes.add(PREFIX)
@@ -144,10 +156,7 @@ def userplane_http_routes(app: Any, registry: Registry) -> None:
         console.add_section(f"{PREFIX}/groups", "Groups", GROUPS_READ, groups.routes(console))
         console.add_user_panel("_user_groups.html", groups.user_groups(console), GROUPS_READ)
     registry.hooks.console(console, registry)
-    with state.lock:
-        gates, state.unmounted = state.unmounted, []
-    for gate in gates:
-        gate.console = console
+    gate.console = console
 
 
 @hookimpl

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import falcon
 import falcon.routing
-import falcon.uri
 import orjson
 
 from userplane.plugin import Forbidden, InvalidInput
@@ -49,6 +48,8 @@ _log = logging.getLogger("userplane.console")
 _FORM_TYPE = "application/x-www-form-urlencoded"
 #: What ``Sec-Fetch-Site`` may say of a form post: from a console page, or typed by hand.
 _SAME_ORIGIN = frozenset({"same-origin", "none"})
+#: The methods that change nothing, which need no form token.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: The most fields one of the console's forms has, with room to spare.
 _MAX_FIELDS = 64
 
@@ -64,7 +65,11 @@ def _cookie(req: falcon.Request, name: str) -> str | None:
 
 
 def parse_form(req: falcon.Request) -> dict[str, str]:
-    """A posted form's fields, the last value of each; ``InvalidInput`` for one we cannot read."""
+    """A posted form's fields, the last value of each; ``InvalidInput`` for one we cannot read.
+
+    Strict as the API is with JSON: text that is not UTF-8, raw or
+    percent-encoded, is refused rather than stored with replacement characters.
+    """
     media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
     if req.content_length and media_type != _FORM_TYPE:
         raise falcon.HTTPUnsupportedMediaType(
@@ -72,17 +77,23 @@ def parse_form(req: falcon.Request) -> dict[str, str]:
         )
     body = req.bounded_stream.read() if req.content_length else b""
     try:
-        text = body.decode("utf-8")
+        pairs = urllib.parse.parse_qsl(
+            body.decode("utf-8"),
+            keep_blank_values=True,
+            errors="strict",
+            max_num_fields=_MAX_FIELDS,
+        )
     except UnicodeDecodeError:
-        raise InvalidInput.for_field("form", "is not UTF-8") from None
-    fields = falcon.uri.parse_query_string(text, keep_blank=True, csv=False)
-    if len(fields) > _MAX_FIELDS:
-        raise InvalidInput.for_field("form", f"has more than {_MAX_FIELDS} fields")
+        raise InvalidInput.for_field("form", "is not UTF-8 text") from None
+    except ValueError:
+        raise InvalidInput.for_field("form", f"has more than {_MAX_FIELDS} fields") from None
     form: dict[str, str] = {}
-    for name, value in fields.items():
-        form[name] = value[-1] if isinstance(value, list) else value
-        if len(form[name]) > MAX_CREDENTIAL or "\x00" in form[name]:
+    for name, value in pairs:
+        if "\x00" in value:
+            raise InvalidInput.for_field(name, "must not contain a NUL character")
+        if len(value) > MAX_CREDENTIAL:
             raise InvalidInput.for_field(name, f"must be at most {MAX_CREDENTIAL} characters")
+        form[name] = value
     return form
 
 
@@ -118,7 +129,9 @@ class ConsoleGate:
         flash = _cookie(req, FLASH_COOKIE)
         if flash is not None:
             req.context.flash = urllib.parse.unquote(flash)[:300]
-        if req.method == "POST":
+        if req.method not in _SAFE_METHODS:
+            # Every method that may change something, not only the forms' POST: a
+            # plugin's page answering PUT or DELETE is guarded the same way.
             self._check_form(req)
 
     def _check_form(self, req: falcon.Request) -> None:
@@ -150,8 +163,10 @@ class ConsoleGate:
             set_cookie(req, resp, FORM_COOKIE, new_form, 12 * 3600)
         if req.context.get("flash") is not None and not resp.context.get("flash_set"):
             clear_cookie(resp, FLASH_COOKIE)
-        if req.context.get("stale_session"):
+        if req.context.get("stale_session") and not resp.context.get("session_set"):
             clear_cookie(resp, SESSION_COOKIE)
+        # The app's SecurityHeaders ran before an error page was drawn here.
+        resp.set_header("X-Frame-Options", "DENY")
         if resp.content_type == "application/problem+json" and isinstance(resp.data, bytes):
             try:
                 self._error_page(req, resp)

@@ -16,6 +16,7 @@ import falcon
 from userplane.plugin import (
     GROUPS_READ,
     GROUPS_WRITE,
+    UNSET,
     USERS_READ,
     Conflict,
     Group,
@@ -40,9 +41,15 @@ def group_path(group_id: uuid.UUID) -> str:
     return f"{PREFIX}/groups/{group_id}"
 
 
-def _roles(form: dict[str, Any], known: list[str]) -> frozenset[str]:
-    """The roles ticked in a form: one checkbox per role, named ``role:<name>``."""
-    return frozenset(r for r in known if f"role:{r}" in form)
+def _roles(
+    form: dict[str, Any], known: list[str], held: frozenset[str] = frozenset()
+) -> frozenset[str]:
+    """The roles ticked in a form (one checkbox per role, ``role:<name>``).
+
+    Roles the group ``held`` that are not defined any more have no checkbox:
+    they stay as they are, rather than go with a rename.
+    """
+    return frozenset(r for r in known if f"role:{r}" in form) | (held - set(known))
 
 
 class GroupsPage:
@@ -136,16 +143,21 @@ class GroupPage:
     def on_post(self, req: falcon.Request, resp: falcon.Response, group_id: uuid.UUID) -> None:
         console = self._console
         form = dict(console.form(req))
-        changes = GroupChanges(
-            display_name=form.get("display_name", "").strip(),
-            roles=_roles(form, sorted(console.registry.auth.roles)),
-        )
         groups = console.registry.groups
         version = None
         try:
             version = Console.version(form)
             if version is None:
                 raise InvalidInput.for_field("version", "is missing: reload the page")
+            stored = groups.get(group_id)
+            name = form.get("display_name", "").strip()
+            roles = _roles(form, sorted(console.registry.auth.roles), stored.roles)
+            # Only what changed, as a PATCH would: setting roles to what they are is
+            # still judged as handing them out.
+            changes = GroupChanges(
+                display_name=name if name != stored.display_name else UNSET,
+                roles=roles if roles != stored.roles else UNSET,
+            )
             group = groups.update(group_id, changes, expected_version=version)
         except PreconditionFailed:
             message = (
@@ -184,6 +196,7 @@ class GroupPage:
             page = console.registry.groups.members(group.id, PAGE_SIZE, after)
         except InvalidInput as exc:
             errors = {**errors, **errors_by_field(exc, {"cursor": "after"})}
+            status = 422 if status == 200 else status
         else:
             members, following = page.items, page.next
         console.render(
@@ -253,19 +266,33 @@ class Members:
         who = form.get("member", "").strip()
         groups = console.registry.groups
         try:
-            if not who:
-                raise InvalidInput.for_field("member", "give the email or id of a user")
-            try:
-                user = console.registry.users.find(who)
-            except NotFound:
-                raise InvalidInput.for_field("member", f"no user is {who!r}") from None
-            group = groups.add_members(group_id, [user.id])
+            user_id = self._user_id(req, who)
+            group = groups.add_members(group_id, [user_id])
         except InvalidInput as exc:
-            errors = errors_by_field(exc, {"user_ids": "member"})
+            errors = errors_by_field(exc, {"user_ids": "member", "id_or_email": "member"})
             current = groups.get(group_id)
             self._pages.show(req, resp, current, {**_values(current), **form}, errors, None, 422)
             return
-        console.redirect(req, resp, group_path(group.id), f"Added {user.email}.")
+        console.redirect(req, resp, group_path(group.id), f"Added {who}.")
+
+    def _user_id(self, req: falcon.Request, who: str) -> uuid.UUID:
+        """The user ``who`` names: by id, or by email for those who may read users.
+
+        The API's member routes take ids; looking an address up answers whether
+        someone has it, which only a principal allowed ``users:read`` may learn.
+        """
+        if not who:
+            raise InvalidInput.for_field("member", "give the email or id of a user")
+        try:
+            return uuid.UUID(who)
+        except ValueError:
+            pass
+        if not self._console.may(req, USERS_READ):
+            raise InvalidInput.for_field("member", "must be a user id (a UUID)")
+        try:
+            return self._console.registry.users.find(who).id
+        except NotFound:
+            raise InvalidInput.for_field("member", f"no user is {who!r}") from None
 
 
 class RemoveMember:

@@ -28,6 +28,8 @@ from userplane.sql import SQLStorage, load_queries
 _QUERIES = load_queries(__package__ or "userplane.plugins.console")
 #: The length, in bytes, of a session's token (its cookie is this, base64url).
 TOKEN_BYTES = 32
+#: How far apart instances' clocks may be for a session to stay valid on all of them.
+_SKEW_S = 300
 #: The most characters of a credential signing in may store (JWTs can be long).
 MAX_CREDENTIAL = 8192
 
@@ -121,11 +123,17 @@ class Sessions:
         if row is None:
             return None
         sealed, _expires = row
+        sealer = _sealer(raw)
         try:
-            # The lifetime bounds the seal too: a row whose end was tampered with
-            # still does not outlive it.
-            opened = _sealer(raw).decrypt_at_time(str(sealed).encode(), self.lifetime_s, now)
+            # No time check by Fernet itself: it refuses a seal from more than 60 s
+            # ahead, and instances' clocks may differ by more than that.
+            opened = sealer.decrypt(str(sealed).encode())
+            sealed_at = sealer.extract_timestamp(str(sealed).encode())
         except InvalidToken:
+            return None
+        # The lifetime bounds the seal too (with room for clock skew): a row whose
+        # end was tampered with still does not outlive it.
+        if now - sealed_at > self.lifetime_s + _SKEW_S:
             return None
         return opened.decode()
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import falcon
 
 from userplane.frontends.http import PUBLIC
-from userplane.plugin import Unauthenticated
+from userplane.plugin import WRITE, Unauthenticated
 from userplane.plugins.console.site import PREFIX, SESSION_COOKIE, Console, clear_cookie, set_cookie
 
 if TYPE_CHECKING:
@@ -103,8 +103,9 @@ class SignIn:
         # Authenticated as the API would: the same plugins, the same failure limit per address.
         req.context.authorization = f"Bearer {credential}"
         credentials = self._console.app.guard.credentials(req)
+        auth = self._console.registry.auth
         try:
-            self._console.registry.auth.authenticate(credentials)
+            principal = auth.authenticate(credentials)
         except Unauthenticated:
             self._console.render(
                 req,
@@ -115,11 +116,14 @@ class SignIn:
                 error="That key or token was not accepted: it may be mistyped, expired or revoked.",
             )
             return
+        # A session is a write: counted against the principal's limit, as an API call.
+        auth.admit(principal, WRITE, credentials.client_address)
         previous = req.context.get("console_session")
         if previous is not None:
             self._sessions.end(previous)  # one session per browser: the old one ends here
         token = self._sessions.start(credential)
         set_cookie(req, resp, SESSION_COOKIE, token, self._sessions.lifetime_s)
+        resp.context.session_set = True  # not to be cleared as the stale one it replaces
         self._console.redirect(req, resp, following)
 
 

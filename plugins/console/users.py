@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import falcon
 
 from userplane.plugin import (
+    UNSET,
     USERS_DELETE,
     USERS_PURGE,
     USERS_READ,
@@ -175,16 +176,12 @@ class UserPage:
     def on_post(self, req: falcon.Request, resp: falcon.Response, user_id: uuid.UUID) -> None:
         console = self._console
         form = dict(console.form(req))
-        changes = UserChanges(
-            email=form.get("email", "").strip(),
-            full_name=form.get("full_name", "").strip() or None,
-            is_active=checkbox(form, "is_active"),
-        )
         version = None
         try:
             version = Console.version(form)
             if version is None:
                 raise InvalidInput.for_field("version", "is missing: reload the page")
+            changes = _changes(form, self._load(req, user_id))
             user = console.registry.users.update(user_id, changes, expected_version=version)
         except PreconditionFailed:
             # Someone saved this user after the form was loaded: show what is stored
@@ -211,7 +208,7 @@ class UserPage:
     def _load(self, req: falcon.Request, user_id: uuid.UUID) -> User:
         console = self._console
         return console.registry.users.get(
-            user_id, include_deleted=console.may(req, USERS_READ_DELETED)
+            user_id, include_deleted=console.may(req, USERS_READ_DELETED, user_id)
         )
 
     def show(
@@ -250,6 +247,23 @@ class UserPage:
             may_purge=console.may(req, USERS_PURGE, user.id),
             panels=panels,
         )
+
+
+def _changes(form: dict[str, str], stored: User) -> UserChanges:
+    """What the form changes of ``stored``: only the fields whose value differs.
+
+    As a client's PATCH names only what it changes: a field sent unchanged
+    could still be judged as a change (an address "changed" to itself needs
+    the roles of the user's groups), which an edit of the name alone must not be.
+    """
+    email = form.get("email", "").strip()
+    full_name = form.get("full_name", "").strip() or None
+    is_active = checkbox(form, "is_active")
+    return UserChanges(
+        email=email if email != stored.email else UNSET,
+        full_name=full_name if full_name != stored.full_name else UNSET,
+        is_active=is_active if is_active != stored.is_active else UNSET,
+    )
 
 
 def _values(user: User) -> dict[str, str]:
@@ -307,6 +321,9 @@ class PurgeUser:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, user_id: uuid.UUID) -> None:
         console = self._console
+        # Only a deleted user is purged, and only one this principal may see, as
+        # restoring needs: a hidden user is not confirmed, let alone erased.
+        console.require(req, USERS_READ_DELETED, user_id)
         if console.form(req).get("confirm") != "yes":
             raise InvalidInput.for_field(
                 "confirm", "tick the box to confirm: a purge cannot be undone"

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import falcon
 
-from userplane.plugin import Conflict, InvalidInput
+from userplane.plugin import Conflict, InvalidInput, NotFound
 from userplane.plugins.webhooks import MANAGE
 from userplane.plugins.webhooks.records import STATUSES
 from userplane.plugins.webhooks.subscriptions import WebhookService
@@ -143,6 +143,9 @@ class Redeliver:
         webhook_id: uuid.UUID,
         delivery_id: uuid.UUID,
     ) -> None:
+        # A delivery of this webhook only: the page it was sent again from.
+        if self._service.delivery(delivery_id).subscription_id != webhook_id:
+            raise NotFound(f"webhook {webhook_id} has no delivery {delivery_id}")
         try:
             self._service.redeliver(delivery_id)
         except Conflict as exc:

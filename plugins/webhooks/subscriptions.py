@@ -222,6 +222,13 @@ class WebhookService:
         items = items[:size]
         return DeliveryPage(items, str(items[-1].seq) if more else None)
 
+    def delivery(self, delivery_id: uuid.UUID) -> Delivery:
+        """One delivery, whatever its state; ``NotFound`` if there is none."""
+        delivery = self._store.get_delivery(delivery_id)
+        if delivery is None:
+            raise NotFound(f"no webhook delivery with id {delivery_id}")
+        return delivery
+
     def redeliver(self, delivery_id: uuid.UUID) -> Delivery:
         """A dead or delivered delivery back to pending, its attempts reset, due now."""
         delivery = self._store.get_delivery(delivery_id)
