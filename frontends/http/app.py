@@ -25,7 +25,7 @@ from userplane.frontends.http.middleware import (
     SecurityHeaders,
     ShedLoad,
 )
-from userplane.frontends.http.openapi import document
+from userplane.frontends.http.openapi import document, tag_operations
 from userplane.frontends.http.pages import STATIC, Home, Live, Ready
 from userplane.frontends.http.users import (
     ExportResource,
@@ -94,6 +94,7 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
     app.add_route("/", home := Home(registry))
     doc = document(registry.auth.roles)
     registry.hooks.openapi(doc, registry)
+    tag_operations(doc)
     app.add_route("/docs", Docs())
     app.add_sink(SwaggerAssets(), SwaggerAssets.prefix)
     app.add_route("/api/v1/openapi.json", OpenApi(doc))

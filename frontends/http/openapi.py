@@ -185,11 +185,26 @@ _BODY_ERRORS = (400, 411, 413, 415, 422)
 _QUERY_ERRORS = (414,)
 
 
+#: What a request body of each schema looks like, for people (the docs' "Try it out"
+#: starts from it). Each is a valid body: tests/frontends/test_openapi.py checks.
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "NewUser": {
+        "email": "ann@example.org",
+        "full_name": "Ann Example",
+        "attributes": {"department": "sales"},
+    },
+    "UserChanges": {"full_name": "Ann B. Example", "is_active": False},
+}
+
+
 def _json_body(schema: str, *media: str) -> dict[str, Any]:
-    return {
-        "required": True,
-        "content": {m: {"schema": _ref("schemas", schema)} for m in (JSON, *media)},
-    }
+    def content() -> dict[str, Any]:
+        out: dict[str, Any] = {"schema": _ref("schemas", schema)}
+        if schema in EXAMPLES:
+            out["example"] = EXAMPLES[schema]
+        return out
+
+    return {"required": True, "content": {m: content() for m in (JSON, *media)}}
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -221,9 +236,19 @@ def document(roles: Collection[str] | None = None) -> dict[str, Any]:
             "version": userplane.__version__,
             "summary": "A pluggable user-management service.",
             "description": (
-                "Every error is an RFC 9457 problem document. Single users carry an "
-                "`ETag`; send it back as `If-Match` to make an update or delete "
-                "conditional. Lists page by keyset: follow `next` (or the `Link` header)."
+                "**Authenticate** with a bearer token: an API key (`up_…`, made on the "
+                "server with `userplane keys create --name me --role admin`) or a JWT "
+                "from the configured identity provider, as `Authorization: Bearer …`. "
+                'Here, press "Authorize", paste it, then "Try it out" on any operation.\n\n'
+                "Every error is an RFC 9457 problem document (`application/problem+json`) "
+                "naming the field at fault. Single users carry an `ETag`; send it back as "
+                "`If-Match` to make an update or delete conditional (a stale one is a "
+                "412). Lists page by keyset: follow `next` (or the `Link` header). A "
+                "`POST` with an `Idempotency-Key` is safe to retry. Every answer carries "
+                "`X-Request-ID`; with rate limits on, `RateLimit` and `RateLimit-Policy` "
+                "say where the caller stands, and a 429 says when to retry "
+                "(`Retry-After`). Request bodies are JSON, at most "
+                "`USERPLANE_MAX_BODY_BYTES` (64 KiB by default)."
             ),
         },
         "servers": [{"url": "/"}],
@@ -731,3 +756,36 @@ def _components() -> dict[str, Any]:
             "503": _problem("A dependency is unavailable; retry later", "Retry-After"),
         },
     }
+
+
+#: The groups the docs show operations in, by the first segment of their path.
+TAGS: dict[str, str] = {
+    "users": "Users: create, read, change, delete, restore, list and export",
+    "groups": "Groups and their members",
+    "keys": "API keys",
+    "webhooks": "Webhook subscriptions and deliveries",
+    "audit": "The audit trail",
+    "service": "This instance: health, the documents",
+}
+
+
+def tag_operations(doc: dict[str, Any]) -> None:
+    """Put every operation that has no tag in the group its path names (``/api/v1/<group>``).
+
+    Run once the plugins have added their paths, so theirs are grouped too; a
+    path of a group not listed in ``TAGS`` makes a group of its own.
+    """
+    used: dict[str, str] = {}
+    for path, item in doc["paths"].items():
+        parts = path.strip("/").split("/")
+        name = parts[2] if len(parts) > 2 and parts[:2] == ["api", "v1"] else "service"
+        if name == "openapi.json":
+            name = "service"
+        for method, operation in item.items():
+            if method in ("get", "put", "post", "patch", "delete") and not operation.get("tags"):
+                operation["tags"] = [name]
+                used.setdefault(name, TAGS.get(name, name))
+    doc["tags"] = [
+        {"name": name, "description": used[name]}
+        for name in [*[t for t in TAGS if t in used], *sorted(set(used) - set(TAGS))]
+    ]

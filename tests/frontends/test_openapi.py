@@ -21,7 +21,7 @@ from schemathesis.generation.meta import ParameterLocation
 
 from userplane import Registry, Settings
 from userplane.frontends.http import create_app
-from userplane.frontends.http.openapi import document
+from userplane.frontends.http.openapi import document, tag_operations
 from userplane.pagination import SORT_FIELDS, Position, Sort, encode_cursor
 from userplane.plugins.audit.query import encode_cursor as audit_cursor
 from userplane.users import NewUser
@@ -56,6 +56,7 @@ def _served_document(registry: Registry) -> dict[str, object]:
     """The document the app serves, built as create_app builds it: core and plugins."""
     doc = document(registry.auth.roles)
     registry.hooks.openapi(doc, registry)
+    tag_operations(doc)
     return doc
 
 
@@ -230,3 +231,32 @@ def _with_a_public_host(case: schemathesis.Case) -> None:
     public = f"{scheme}://{_PUBLIC_HOST}{rest[min(ends, default=len(rest)) :]}"
     if len(public) <= 2048:
         case.body = {**body, "url": public}
+
+
+def test_the_documented_examples_are_bodies_the_server_takes(client: testing.TestClient) -> None:
+    """The docs' "Try it out" starts from these: each must work as it stands."""
+    from userplane.frontends.http.openapi import EXAMPLES
+
+    created = client.simulate_post("/api/v1/users", json=EXAMPLES["NewUser"])
+    assert created.status_code == 201, created.text
+    assert {k: created.json[k] for k in EXAMPLES["NewUser"]} == EXAMPLES["NewUser"]
+    changed = client.simulate_patch(
+        f"/api/v1/users/{created.json['id']}",
+        json=EXAMPLES["UserChanges"],
+        headers={"If-Match": created.headers["ETag"]},
+    )
+    assert changed.status_code == 200, changed.text
+    assert {k: changed.json[k] for k in EXAMPLES["UserChanges"]} == EXAMPLES["UserChanges"]
+
+
+def test_every_served_operation_is_in_a_group_of_the_docs(client: testing.TestClient) -> None:
+    doc = client.simulate_get("/api/v1/openapi.json").json
+    names = [tag["name"] for tag in doc["tags"]]
+    assert names[:2] == ["users", "groups"]
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            if method in ("get", "put", "post", "patch", "delete"):
+                assert len(operation["tags"]) == 1, (path, method)
+                assert operation["tags"][0] in names, (path, method)
+    assert doc["paths"]["/api/v1/keys"]["post"]["tags"] == ["keys"]
+    assert doc["paths"]["/health/live"]["get"]["tags"] == ["service"]
