@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import falcon
-import falcon.inspect
 
 from userplane.frontends.http import media, problems
 from userplane.frontends.http.auth import App, Authenticate
@@ -118,7 +117,8 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
     )
     app.add_static_route("/static", str(STATIC))
     registry.hooks.http_routes(app, registry)
-    home.link_console(any(route.path == "/admin" for route in falcon.inspect.inspect_routes(app)))
+    # The route table, not falcon.inspect: that reads every responder's source (280 ms).
+    home.link_console("/admin" in route_actions)
     return app
 
 
