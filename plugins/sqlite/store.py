@@ -32,6 +32,10 @@ from userplane.sql import (
 _TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
+#: How long a migration waits for another process's, in seconds (yoyo's lock waits 60 s).
+_MIGRATION_WAIT_S = 60
+
+
 def _time(value: datetime) -> str:
     return value.astimezone(UTC).strftime(_TIME)
 
@@ -275,8 +279,12 @@ class SQLiteStorage(SQLiteCopying, SQLStorage):
         with _mapped_errors(self.path):
             applied = super().migrate(plugins)
         if self.path != ":memory:":
-            with _mapped_errors(self.path), contextlib.closing(sqlite3.connect(self.path)) as conn:
-                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            # Switching to WAL takes the file's exclusive lock: while another process
+            # still applies migrations it waits as long as they may take (as yoyo's
+            # own connection does), not a request's busy timeout.
+            connect = sqlite3.connect(self.path, timeout=_MIGRATION_WAIT_S)
+            with _mapped_errors(self.path), contextlib.closing(connect) as conn:
+                conn.execute(f"PRAGMA busy_timeout = {_MIGRATION_WAIT_S * 1000}")
                 conn.execute("PRAGMA journal_mode = WAL")
         return applied
 
