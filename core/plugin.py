@@ -77,6 +77,7 @@ if TYPE_CHECKING:
     from userplane.plugin_manager import hookimpl
     from userplane.proxies import ClientCertificate, TrustedProxies
     from userplane.registry import Registry
+    from userplane.replicas import ReadReplicas, ReplicaRead, ReplicaState, replica_read
     from userplane.services import ServiceCheck, Services
     from userplane.settings import (
         MASK,
@@ -191,6 +192,9 @@ _SOURCES = {
     "ClientCertificate": "userplane.proxies",
     "TrustedProxies": "userplane.proxies",
     "Registry": "userplane.registry",
+    **dict.fromkeys(
+        ("ReadReplicas", "ReplicaRead", "ReplicaState", "replica_read"), "userplane.replicas"
+    ),
     "ServiceCheck": "userplane.services",
     "Services": "userplane.services",
     **dict.fromkeys(
@@ -333,7 +337,10 @@ __all__ = [
     "RateLimit",
     "RateLimitCounters",
     "RateLimited",
+    "ReadReplicas",
     "Registry",
+    "ReplicaRead",
+    "ReplicaState",
     "RequestContext",
     "ServiceCheck",
     "Services",
@@ -369,6 +376,7 @@ __all__ = [
     "parse_keys",
     "password_pieces",
     "plugin_role",
+    "replica_read",
     "request_context",
     "secret_values",
     "section",

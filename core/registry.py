@@ -67,6 +67,12 @@ class Registry:
                 "(is its plugin installed and not disabled?)"
             )
         self._storage = storage
+        if settings.database_replica_urls and getattr(storage, "read_replicas", None) is None:
+            storage.close()
+            raise ConfigurationError(
+                f"USERPLANE_DATABASE_REPLICA_URLS: the {storage.name} storage has no read "
+                "replicas (PostgreSQL has)"
+            )
         try:
             self.hooks.register_services(self)
             self.hooks.storage_opened(storage, settings, self)

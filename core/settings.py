@@ -28,6 +28,7 @@ LogFormat = Literal["auto", "console", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 AuthMode = Literal["enabled", "disabled"]
 ForwardedHeader = Literal["x-forwarded-for", "forwarded"]
+PreparedStatements = Literal["auto", "true", "false"]
 
 
 def _between(minimum: int, maximum: int | None = None) -> Any:
@@ -112,6 +113,15 @@ class Settings:
     idempotency_ttl_s: int = attrs.field(default=86400, validator=_between(1))
     #: The longest one SQL statement may run before it is cancelled (a 503), in ms.
     db_statement_timeout_ms: int = attrs.field(default=5000, validator=_between(1))
+    #: Server-side prepared statements: ``auto`` uses them unless a pooler in
+    #: transaction mode (PgBouncer) shows itself; ``false`` says there is one.
+    db_prepared_statements: PreparedStatements = "auto"
+    #: Read replicas of the database (comma-separated URLs): reads that may lag go there.
+    database_replica_urls: tuple[str, ...] = attrs.field(default=(), repr=False)
+    #: A replica further behind the primary than this is skipped, in ms.
+    db_replica_max_lag_ms: int = attrs.field(default=1000, validator=_between(1))
+    #: How long after a write its principal's reads go to the primary, in ms.
+    db_read_your_writes_ms: int = attrs.field(default=5000, validator=_between(0))
     #: How long a request body may take to arrive, in ms (then a 408).
     body_timeout_ms: int = attrs.field(default=10000, validator=_between(1))
     #: How long a request may wait for a worker thread before a fast 503 instead, in ms.

@@ -99,6 +99,33 @@ def postgresql_url(postgresql_database: str) -> str:
     return postgresql_database
 
 
+def _pgbouncer(postgresql_server: str, *, ignore_options: bool) -> Iterator[int]:
+    from pgbouncer import available, running_pgbouncer
+
+    why = available()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}: under CI the PgBouncer tests must run", pytrace=False)
+        pytest.skip(why)
+    with running_pgbouncer(postgresql_server, ignore_options=ignore_options) as port:
+        yield port
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(postgresql_server: str) -> Iterator[int]:
+    """The port of a PgBouncer in transaction mode in front of the test server.
+
+    It refuses the startup parameter ``options``, as PgBouncer does by default.
+    """
+    yield from _pgbouncer(postgresql_server, ignore_options=False)
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_ignoring(postgresql_server: str) -> Iterator[int]:
+    """A PgBouncer told to drop the startup ``options`` (``ignore_startup_parameters``)."""
+    yield from _pgbouncer(postgresql_server, ignore_options=True)
+
+
 @pytest.fixture(params=["refusing", "unreachable"])
 def database_address(request: pytest.FixtureRequest) -> str:
     """``host:port`` of a PostgreSQL that refuses the test's role, or of nothing at all."""

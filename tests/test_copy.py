@@ -228,6 +228,25 @@ def test_sqlite_to_postgresql_and_back_copies_everything(
     check_target(last, env, made)
 
 
+def test_a_copy_through_pgbouncer_copies_everything(
+    tmp_path: Path, env: dict[str, str], new_postgresql: Callable[[], str], pgbouncer: int
+) -> None:
+    # PgBouncer in transaction mode refuses the copy's startup options: it goes
+    # without them, and sets what it needs in its own transaction.
+    from pgbouncer import through
+
+    first = f"sqlite:///{tmp_path / 'first.db'}"
+    middle = through(new_postgresql(), pgbouncer)
+    last = f"sqlite:///{tmp_path / 'last.db'}"
+    made = populate(first, env)
+    for source, target in ((first, middle), (middle, last)):
+        result = invoke(["copy", "--to", target], env, source)
+        assert result.exit_code == 0, result.stderr
+    with opened(first, env) as a, opened(last, env) as c:
+        assert dump(a) == dump(c)
+    check_target(middle, env, made)
+
+
 def test_postgresql_to_sqlite_keeps_the_sequences_ahead(
     tmp_path: Path, env: dict[str, str], new_postgresql: Callable[[], str]
 ) -> None:

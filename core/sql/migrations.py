@@ -55,6 +55,12 @@ def _load(url: str, sources: Sequence[tuple[str, Path]]) -> tuple[Any, Any, dict
             if not path.name.endswith(".rollback.sql"):
                 owner[path.stem] = source
     backend = get_backend(url)
+    if getattr(backend.connection, "prepare_threshold", None) is not None:
+        # psycopg prepares a statement run five times on one connection; through a
+        # pooler in transaction mode (PgBouncer) the next transaction may be on a
+        # server that already has that name, or lacks it. Migrations gain nothing
+        # from preparing, so never.
+        backend.connection.prepare_threshold = None
     if url.startswith("sqlite"):
         # Several processes starting at once (gunicorn workers, instances) migrate at once:
         # one holds the file's write lock while it applies; the others wait for it rather

@@ -20,6 +20,7 @@ from userplane.frontends.http.middleware import (
     JSON_TYPES,
     BodyPolicy,
     Cors,
+    ReplicaReads,
     RequestId,
     SecurityHeaders,
     ShedLoad,
@@ -33,6 +34,7 @@ from userplane.frontends.http.users import (
     UsersResource,
 )
 from userplane.registry import Registry
+from userplane.replicas import POSITION_HEADER, RecentWriters
 
 #: Headers a browser script may read on a cross-origin response.
 EXPOSED_HEADERS = [
@@ -43,6 +45,7 @@ EXPOSED_HEADERS = [
     "RateLimit-Policy",
     "Retry-After",
     "X-Request-ID",
+    POSITION_HEADER,
 ]
 
 
@@ -71,6 +74,11 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
             registry.auth, route_actions, settings.trusted_proxies, settings.forwarded_header
         ),
     ]
+
+    replicas = getattr(registry.storage, "read_replicas", None)
+    if replicas is not None:
+        writers = RecentWriters(settings.db_read_your_writes_ms / 1000)
+        middleware.append(ReplicaReads(replicas, writers, form_prefixes))
 
     app = App(middleware=middleware)
     app.guard = guard

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from typing import Any
 
 import falcon
 
-from userplane.errors import Unavailable
+from userplane.errors import FieldError, InvalidInput, Unavailable
 from userplane.frontends.http.problems import NO_STORE, SECURITY_HEADERS
 from userplane.frontends.http.queueing import queued_for
+from userplane.replicas import (
+    POSITION_HEADER,
+    ReadReplicas,
+    RecentWriters,
+    ReplicaRead,
+    reset_replica_read,
+    set_replica_read,
+)
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 JSON_TYPES = frozenset({"application/json", "application/merge-patch+json"})
 #: An HTML form's body, admitted only under the app's ``form_prefixes``.
 FORM_TYPE = "application/x-www-form-urlencoded"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_READS = frozenset({"GET", "HEAD"})
+_log = logging.getLogger("userplane.http")
 
 
 class RequestId:
@@ -161,3 +172,62 @@ def add_vary(resp: falcon.Response, name: str) -> None:
     if any(part == "*" or part.lower() == name.lower() for part in names):
         return  # "*" varies on everything already
     resp.set_header("Vary", ", ".join([*names, name]))
+
+
+class ReplicaReads:
+    """Let a ``GET``'s reads go to a read replica, unless they must see a recent write.
+
+    Placed after authentication and rate limiting, whose reads stay on the
+    primary. A principal's own write keeps its reads on the primary for the
+    read-your-writes window (in this process); a ``Userplane-Position`` sent
+    back from any write's response keeps them off replicas that have not
+    replayed it (through any instance). Every successful write's response
+    carries the primary's position. The console's pages (``form_prefixes``)
+    always read the primary: an administrator sees what they just did.
+    """
+
+    def __init__(
+        self, replicas: ReadReplicas, writers: RecentWriters, primary_prefixes: set[str]
+    ) -> None:
+        self._replicas = replicas
+        self._writers = writers
+        self._primary_prefixes = primary_prefixes
+
+    def process_resource(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, params: dict[str, Any]
+    ) -> None:
+        if req.method not in _READS or resource is None:
+            return
+        given = req.get_header(POSITION_HEADER)
+        after = None
+        if given is not None:
+            try:
+                after = self._replicas.parse_position(given)
+            except ValueError:
+                raise InvalidInput(
+                    f"{POSITION_HEADER}: not a position this service wrote",
+                    [FieldError(POSITION_HEADER, "not a position this service wrote")],
+                ) from None
+        if any(req.path.startswith(prefix) for prefix in self._primary_prefixes):
+            return
+        principal = req.context.get("principal")
+        if principal is not None and self._writers.recent(principal.id):
+            return
+        req.context.replica_token = set_replica_read(ReplicaRead(after))
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
+    ) -> None:
+        token = req.context.get("replica_token")
+        if token is not None:
+            reset_replica_read(token)
+            return
+        if req.method in _READS or not req_succeeded or not 200 <= resp.status_code < 300:
+            return
+        principal = req.context.get("principal")
+        if principal is not None:
+            self._writers.wrote(principal.id)
+        try:
+            resp.set_header(POSITION_HEADER, self._replicas.position())
+        except Exception:  # the write is done: a position it cannot name costs it nothing
+            _log.warning("the primary's position could not be read", exc_info=True)

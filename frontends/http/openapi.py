@@ -248,7 +248,9 @@ def document(roles: Collection[str] | None = None) -> dict[str, Any]:
                 "`X-Request-ID`; with rate limits on, `RateLimit` and `RateLimit-Policy` "
                 "say where the caller stands, and a 429 says when to retry "
                 "(`Retry-After`). Request bodies are JSON, at most "
-                "`USERPLANE_MAX_BODY_BYTES` (64 KiB by default)."
+                "`USERPLANE_MAX_BODY_BYTES` (64 KiB by default). Where the service reads "
+                "from replicas, a successful write answers with `Userplane-Position`: send "
+                "it back on a read to be served only by a database that holds that write."
             ),
         },
         "servers": [{"url": "/"}],

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from userplane.plugin import ConfigurationError, Settings, hookimpl
+from userplane.plugin import ConfigurationError, Settings, hookimpl, mask_url
 
 if TYPE_CHECKING:
     from userplane.plugins.postgresql.store import PostgreSQLStorage
@@ -23,6 +23,12 @@ def userplane_open_storage(settings: Settings) -> PostgreSQLStorage | None:
     """Serve ``postgresql:`` and ``postgres:`` URLs."""
     if urlsplit(settings.database_url).scheme not in SCHEMES:
         return None
+    for replica in settings.database_replica_urls:
+        if urlsplit(replica).scheme not in SCHEMES:
+            raise ConfigurationError(
+                "USERPLANE_DATABASE_REPLICA_URLS: every replica is a postgresql:// URL, "
+                f"not {mask_url(replica)!r}"
+            )
     try:
         from userplane.plugins.postgresql.store import PostgreSQLStorage
     except ImportError as exc:
@@ -37,4 +43,9 @@ def userplane_open_storage(settings: Settings) -> PostgreSQLStorage | None:
         timeout=settings.db_pool_timeout_ms / 1000,
         max_waiting=settings.db_pool_max_waiting,
         statement_timeout_ms=settings.db_statement_timeout_ms,
+        prepared_statements={"auto": None, "true": True, "false": False}[
+            settings.db_prepared_statements
+        ],
+        replica_urls=settings.database_replica_urls,
+        replica_max_lag_ms=settings.db_replica_max_lag_ms,
     )

@@ -309,9 +309,19 @@ class PostgreSQLCopying:
         from userplane.plugins.postgresql.store import _mapped_errors
 
         with _mapped_errors():
-            return psycopg.connect(
-                self.url, options="-c statement_timeout=0 -c TimeZone=UTC", connect_timeout=10
-            )
+            try:
+                return psycopg.connect(
+                    self.url, options="-c statement_timeout=0 -c TimeZone=UTC", connect_timeout=10
+                )
+            except psycopg.OperationalError as exc:
+                if "unsupported startup parameter" not in str(exc):
+                    raise
+            # A pooler (PgBouncer) between: no startup options and nothing prepared;
+            # the session's settings are SET LOCAL in each transaction instead.
+            conn = psycopg.connect(self.url, connect_timeout=10, prepare_threshold=None)
+            conn.execute("SET TimeZone TO 'UTC'")
+            conn.commit()  # outside any transaction, so copy_session may set its isolation
+            return conn
 
     def copy_tables(self) -> list[CopyTable]:
         """Every table of the connection's schema, yoyo's left out."""
@@ -329,6 +339,8 @@ class PostgreSQLCopying:
                 conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
                 conn.read_only = True
             with conn.transaction():
+                # Whatever the role's or the pooler's default: a copy may take long.
+                conn.execute("SET LOCAL statement_timeout = 0")
                 yield _Session(conn)
         finally:
             conn.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import re
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -27,13 +29,20 @@ from userplane.plugin import (
     User,
     UserRow,
     mask_text,
+    replica_read,
 )
 from userplane.plugins.postgresql.copying import PostgreSQLCopying
+from userplane.plugins.postgresql.replicas import PostgreSQLReplicas, parse_lsn
 from userplane.sql import NAMED_QUERIES, Dialect, SQLStorage, insert_params, load_queries
 
 #: The bulk path writes the columns ``insert_user`` takes, in its documented order.
 _COPY_COLUMNS = next(q.params for q in NAMED_QUERIES if q.name == "insert_user")
 
+
+_log = logging.getLogger("userplane.postgresql")
+
+#: A statement a replica may serve: a plain SELECT (one that locks rows is the primary's).
+_REPLICA_READ = re.compile(r"\s*SELECT\b(?!.*\bFOR\s+(?:UPDATE|SHARE|NO\s+KEY|KEY))", re.I | re.S)
 
 #: What an HTTP client is told when the cause names the server (the log has it).
 _UNREACHABLE = "the database cannot be reached; retry shortly"
@@ -117,9 +126,21 @@ class StorageFailure(RuntimeError):
 
 
 def yoyo_url(url: str) -> str:
-    """The same database for yoyo, which names the psycopg 3 driver in the scheme."""
+    """The same database for yoyo, which names the psycopg 3 driver in the scheme.
+
+    yoyo reads one host and port from the address; a multi-host URL (for
+    failover, ``h1:5432,h2:5432``) goes as libpq's query parameters instead,
+    which yoyo hands to ``psycopg.connect`` as they are.
+    """
     _, sep, rest = url.partition("://")
-    return f"postgresql+psycopg://{rest}" if sep else url
+    if not sep:
+        return url
+    if "," in urlsplit(url).netloc:
+        params = psycopg.conninfo.conninfo_to_dict(url)
+        dbname = str(params.pop("dbname", "") or "")
+        query = urlencode({k: str(v) for k, v in params.items()}, quote_via=quote)
+        return f"postgresql+psycopg:///{quote(dbname)}?{query}"
+    return f"postgresql+psycopg://{rest}"
 
 
 def _check(conn: psycopg.Connection[Any]) -> None:
@@ -173,6 +194,9 @@ class PostgreSQLStorage(PostgreSQLCopying, SQLStorage):
         timeout: float = 5.0,
         max_waiting: int = 64,
         statement_timeout_ms: int = 5000,
+        prepared_statements: bool | None = None,
+        replica_urls: Sequence[str] = (),
+        replica_max_lag_ms: int = 1000,
     ) -> None:
         self.url = url
         self._pool_args = {
@@ -182,6 +206,14 @@ class PostgreSQLStorage(PostgreSQLCopying, SQLStorage):
             "max_waiting": max_waiting,
         }
         self._statement_timeout_ms = statement_timeout_ms
+        #: ``None``: on, unless a pooler shows itself (``_detect_pooler``, ``_unprepared``).
+        self._prepared_setting = prepared_statements
+        #: What ``execute`` is given: ``True`` prepares every statement at once, ``None``
+        #: never (and connections are made with ``prepare_threshold=None``).
+        self._prepare: bool | None = None if prepared_statements is False else True
+        #: Whether session settings can go as the startup packet's ``options``; a
+        #: pooler (PgBouncer) refuses or drops them, and they are then ``SET`` instead.
+        self._startup_options = True
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._pid = 0
         #: The process that has connected at least once (an outage after that is the pool's).
@@ -191,6 +223,23 @@ class PostgreSQLStorage(PostgreSQLCopying, SQLStorage):
         self._lock = threading.Lock()
         #: The connection of this thread's open ``transaction()``, if any.
         self._tx = threading.local()
+        #: ``ReadReplicas``: where reads in ``userplane.replicas.replica_reads()`` may go.
+        self.read_replicas: PostgreSQLReplicas | None = None
+        if replica_urls:
+            self.read_replicas = PostgreSQLReplicas(
+                replica_urls,
+                primary_position=self._primary_position,
+                pool_args={
+                    **self._pool_args,
+                    "min_size": min(1, max_size),
+                    # A replica slow to lend a connection is skipped for the primary.
+                    "timeout": min(timeout, 1.0),
+                },
+                connection_args=self._connection_args,
+                configure=self._configure,
+                check=_check,
+                max_lag_s=replica_max_lag_ms / 1000,
+            )
 
     @property
     def pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
@@ -210,13 +259,7 @@ class PostgreSQLStorage(PostgreSQLCopying, SQLStorage):
                     open=False,
                     check=_check,
                     configure=self._configure,
-                    kwargs={
-                        "autocommit": True,
-                        "options": (
-                            f"-c statement_timeout={int(self._statement_timeout_ms)} "
-                            "-c TimeZone=UTC"
-                        ),
-                    },
+                    kwargs=self._connection_args(),
                     name="userplane",
                     # psycopg_pool retries a failed connection with a backoff that
                     # doubles for up to this long. Kept short, so that once the
@@ -253,7 +296,16 @@ class PostgreSQLStorage(PostgreSQLCopying, SQLStorage):
             {} if "connect_timeout" in params else {"connect_timeout": max(2, math.ceil(timeout))}
         )
         try:
-            psycopg.connect(self.url, autocommit=True, **extra).close()
+            try:
+                conn = psycopg.connect(self.url, **self._connection_args(), **extra)
+            except psycopg.OperationalError as exc:
+                if "unsupported startup parameter" not in str(exc) or not self._startup_options:
+                    raise
+                # PgBouncer refuses the startup packet's ``options`` outright.
+                self._pooler_found("refuses the startup parameter `options`")
+                conn = psycopg.connect(self.url, **self._connection_args(), **extra)
+            with conn:
+                self._detect_pooler(conn)
         except psycopg.Error as exc:
             message = connection_failure(exc, self.url)
             self._first_failure = (time.monotonic(), message)
@@ -261,7 +313,51 @@ class PostgreSQLStorage(PostgreSQLCopying, SQLStorage):
         self._first_failure = None
         self._connected_pid = os.getpid()
 
+    def _connection_args(self) -> dict[str, Any]:
+        """What every connection is made with, as far as the server (or pooler) allows."""
+        args: dict[str, Any] = {"autocommit": True}
+        if self._startup_options:
+            args["options"] = (
+                f"-c statement_timeout={int(self._statement_timeout_ms)} -c TimeZone=UTC"
+            )
+        if self._prepare is None:
+            # psycopg otherwise prepares a statement on its fifth run by itself.
+            args["prepare_threshold"] = None
+        return args
+
+    def _detect_pooler(self, conn: psycopg.Connection[Any]) -> None:
+        """Did the startup ``options`` arrive? A pooler told to ignore them drops them."""
+        if not self._startup_options:
+            return
+        row = conn.execute(
+            "SELECT setting FROM pg_settings WHERE name = 'statement_timeout'"
+        ).fetchone()
+        if row is None or row[0] != str(int(self._statement_timeout_ms)):
+            self._pooler_found("drops the startup parameter `options`")
+
+    def _pooler_found(self, what: str) -> None:
+        """Between userplane and PostgreSQL is a pooler (PgBouncer): settings go by ``SET``."""
+        self._startup_options = False
+        auto = self._prepared_setting is None
+        if auto:
+            self._prepare = None
+        _log.warning(
+            "the PostgreSQL server %s, as a connection pooler such as PgBouncer does: "
+            "TimeZone is set per connection instead, and statement_timeout is NOT set by "
+            "userplane (set it on the role: ALTER ROLE ... SET statement_timeout = %d, or in "
+            "the pooler); server-side prepared statements are %s",
+            what,
+            int(self._statement_timeout_ms),
+            "off (USERPLANE_DB_PREPARED_STATEMENTS=auto)"
+            if auto
+            else ("on, as USERPLANE_DB_PREPARED_STATEMENTS says" if self._prepare else "off"),
+        )
+
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        if not self._startup_options:
+            # Without the startup ``options``: a SET, which PgBouncer keeps per client
+            # (TimeZone is a parameter the server reports, and the pooler restores).
+            conn.execute("SET TimeZone TO 'UTC'")
         # The pool keeps its own connection objects: wrappers change them in place.
         self.wrapped(conn)
 
@@ -287,6 +383,8 @@ class PostgreSQLStorage(PostgreSQLCopying, SQLStorage):
                 yield cur
             return
         with _mapped_errors(), self.pool.connection() as conn, conn.cursor() as cur:
+            if self._prepare is None and conn.prepare_threshold is not None:
+                conn.prepare_threshold = None  # made before prepared statements were turned off
             yield cur
 
     @contextlib.contextmanager
@@ -296,6 +394,8 @@ class PostgreSQLStorage(PostgreSQLCopying, SQLStorage):
             yield
             return
         with _mapped_errors(), self.pool.connection() as conn:
+            if self._prepare is None and conn.prepare_threshold is not None:
+                conn.prepare_threshold = None
             self._tx.conn, self._tx.pid = conn, os.getpid()
             try:
                 with conn.transaction():
@@ -311,25 +411,88 @@ class PostgreSQLStorage(PostgreSQLCopying, SQLStorage):
             return None
         return conn
 
-    # Every statement is prepared at once: all of them are on hot paths.
+    # Every statement is prepared at once (all of them are on hot paths), unless a
+    # pooler in transaction mode stands between: a statement prepared on one server
+    # connection is unknown on the next.
+
+    def _execute(self, cur: psycopg.Cursor[Any], sql: str, params: Mapping[str, Any]) -> None:
+        prepare = self._prepare
+        try:
+            cur.execute(sql, params, prepare=prepare)
+        except (pg_errors.InvalidSqlStatementName, pg_errors.DuplicatePreparedStatement):
+            # A pooler that passed the startup options on (or was told to ignore
+            # them) shows itself here. Outside a transaction the statement did
+            # nothing and runs again unprepared; inside one, the transaction is
+            # lost and the caller learns it as a 503 to retry.
+            if prepare is None or self._prepared_setting is not None:
+                raise
+            self._unprepared()
+            cur.connection.prepare_threshold = None
+            if self._held() is not None:
+                raise
+            cur.execute(sql, params, prepare=None)
+
+    def _unprepared(self) -> None:
+        """``auto``: a prepared statement went missing, so a pooler is between: stop preparing."""
+        with self._lock:
+            if self._prepare is None:  # another thread saw it first, and said so
+                return
+            self._prepare = None
+        _log.warning(
+            "a prepared statement went missing between two statements, as it does through "
+            "a pooler in transaction mode (PgBouncer): server-side prepared statements are "
+            "off from now on (USERPLANE_DB_PREPARED_STATEMENTS=auto; set false to say so)"
+        )
+
+    def _from_replica(self, sql: str, params: Mapping[str, Any], one: bool) -> tuple[bool, Any]:
+        """``(True, rows)`` if a replica may serve ``sql`` and did, else ``(False, None)``."""
+        replicas = self.read_replicas
+        if replicas is None:
+            return False, None
+        scope = replica_read()
+        if (
+            scope is None
+            or self._held() is not None
+            or not isinstance(sql, str)
+            or not _REPLICA_READ.match(sql)
+        ):
+            return False, None
+        replica = replicas.pick(scope.after)
+        if replica is None:
+            return False, None
+        with _mapped_errors():
+            return replicas.read(replica, sql, params, self._prepare, one)
+
+    def _primary_position(self) -> int:
+        """The primary's WAL position now (never a replica's, whatever the scope)."""
+        with self._cursor() as cur:
+            cur.execute("SELECT pg_current_wal_lsn()::text")
+            row = cur.fetchone()
+        return parse_lsn(row[0]) if row else 0
 
     def fetch_one(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any] | None:
         """The first row (a prepared statement), driver errors mapped."""
+        served, found = self._from_replica(sql, params, True)
+        if served:
+            return found  # type: ignore[no-any-return]
         with self._cursor() as cur:
-            cur.execute(sql, params, prepare=True)
+            self._execute(cur, sql, params)
             row: Sequence[Any] | None = cur.fetchone()
             return row
 
     def fetch_all(self, sql: str, params: Mapping[str, Any]) -> list[Sequence[Any]]:
         """Every row (a prepared statement), driver errors mapped."""
+        served, found = self._from_replica(sql, params, False)
+        if served:
+            return found  # type: ignore[no-any-return]
         with self._cursor() as cur:
-            cur.execute(sql, params, prepare=True)
+            self._execute(cur, sql, params)
             return cur.fetchall()
 
     def execute(self, sql: str, params: Mapping[str, Any]) -> int:
         """The rows changed (a prepared statement), driver errors mapped."""
         with self._cursor() as cur:
-            cur.execute(sql, params, prepare=True)
+            self._execute(cur, sql, params)
             return cur.rowcount
 
     def user_from_row(self, row: Sequence[Any]) -> User:
@@ -355,7 +518,9 @@ class PostgreSQLStorage(PostgreSQLCopying, SQLStorage):
             cur.execute("SELECT 1 FROM users LIMIT 1")
 
     def close(self) -> None:
-        """Close this process's pool."""
+        """Close this process's pool (and its replicas')."""
+        if self.read_replicas is not None:
+            self.read_replicas.close()
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None and self._pid == os.getpid():

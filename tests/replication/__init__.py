@@ -1,0 +1,1 @@
+"""Tests against throwaway streaming-replication PostgreSQL clusters (see ``cluster``)."""
