@@ -78,6 +78,10 @@ def events(registry: Registry, **filters: str) -> list[dict[str, Any]]:
     """Every event matching ``filters``, oldest first, as readers see them."""
     query = {k.replace("-", "_"): v for k, v in filters.items()}
     out: list[dict[str, Any]] = []
+    # An event is listed once every transaction older than it has ended, in any database
+    # of the cluster: beside other suites' transactions, that may take longer than a
+    # reader's own wait.
+    trail_of(registry).catch_up(wait=30)
     while True:
         page = trail_of(registry).list(parse_query({**query, "limit": "500"}))
         out += page.items
