@@ -4,7 +4,8 @@ Spans: one server span per request (child of an incoming ``traceparent``), one
 per service operation and CLI command (the ``userplane_operation`` wrapper),
 and one per SQL statement (the psycopg and sqlite3 instrumentations, put on the
 storage's connections through ``userplane_storage_opened``). Metrics: request
-duration and in-flight requests, the PostgreSQL pool, users created and deleted.
+duration and in-flight requests, the PostgreSQL pool, each read replica's lag and
+whether it is used, users created and deleted.
 
 Off unless ``USERPLANE_OTEL_ENABLED=true`` (and it needs the ``otel`` extra).
 When off, it registers nothing, adds no middleware and its operation wrapper
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
         PoolStats,
         RateLimitCounters,
         Registry,
+        ReplicaState,
         Services,
         Storage,
     )
@@ -134,6 +136,7 @@ class _Instruments:
         meter: Meter,
         pool_stats: Callable[[], PoolStats | None],
         limits: Callable[[], RateLimitCounters | None],
+        replicas: Callable[[], list[ReplicaState]],
     ) -> None:
         from opentelemetry.metrics import Observation
 
@@ -168,6 +171,31 @@ class _Instruments:
         def waiting(options: CallbackOptions) -> list[Observation]:
             stats = pool_stats()
             return [] if stats is None else [Observation(stats.waiting, _POOL)]
+
+        def replica_lag(options: CallbackOptions) -> list[Observation]:
+            return [
+                Observation(r.lag_ms, {"userplane.db.replica": r.name})
+                for r in replicas()
+                if r.lag_ms is not None
+            ]
+
+        def replica_usable(options: CallbackOptions) -> list[Observation]:
+            states = replicas()
+            return [Observation(int(r.usable), {"userplane.db.replica": r.name}) for r in states]
+
+        # Read replicas (USERPLANE_DATABASE_REPLICA_URLS), as this process last checked them.
+        meter.create_observable_gauge(
+            "userplane.db.replica.lag",
+            callbacks=[replica_lag],
+            unit="ms",
+            description="How far each read replica is behind the primary.",
+        )
+        meter.create_observable_gauge(
+            "userplane.db.replica.usable",
+            callbacks=[replica_usable],
+            unit="1",
+            description="1 while reads may go to the replica, 0 while it is skipped.",
+        )
 
         def limited(field: str) -> Callable[[CallbackOptions], list[Observation]]:
             def observe(options: CallbackOptions) -> list[Observation]:
@@ -271,7 +299,9 @@ class Telemetry:
         self.meter: Meter = meter
         #: Where the rate limiter's counters are looked up (``observe_limits``).
         self._services: weakref.ref[Services] | None = None
-        self.instruments = _Instruments(meter, self._pool_stats, self._limit_counters)
+        self.instruments = _Instruments(
+            meter, self._pool_stats, self._limit_counters, self._replica_states
+        )
         #: What exception messages in spans must never show (``record_exception``).
         self._secrets = secret_values(settings)
 
@@ -306,6 +336,11 @@ class Telemetry:
     def _pool_stats(self) -> PoolStats | None:
         storage = self._pooled() if self._pooled is not None else None
         return storage.pool_stats() if storage is not None else None
+
+    def _replica_states(self) -> list[ReplicaState]:
+        storage = self._pooled() if self._pooled is not None else None
+        replicas = getattr(storage, "read_replicas", None)
+        return [] if replicas is None else list(replicas.states())
 
     def observe_pool(self, storage: PooledStorage) -> None:
         """Report ``storage``'s pool in the ``db.client.connection.*`` gauges."""

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from clients import client_for
+from databases import empty
 from falcon import testing
 
 from userplane import Registry, Settings
@@ -85,17 +86,7 @@ def postgresql_database(create_postgresql_database: Any) -> str:
 @pytest.fixture
 def postgresql_url(postgresql_database: str) -> str:
     """The run's PostgreSQL database, emptied for this test."""
-    import psycopg
-
-    with psycopg.connect(postgresql_database, autocommit=True) as conn:
-        tables = [
-            name
-            for (name,) in conn.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-                " AND tablename NOT LIKE '%yoyo%'"
-            )
-        ]
-        conn.execute(f"TRUNCATE {', '.join(tables)}")
+    empty(postgresql_database)
     return postgresql_database
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from clients import client_for, new_key
+from databases import empty
 from serving import running_server, unique_email
 
 from userplane import Registry, Settings
@@ -44,15 +45,7 @@ def cluster(replication_requirements: None) -> Iterator[ReplicatedCluster]:
 @pytest.fixture
 def clean(cluster: ReplicatedCluster) -> Iterator[ReplicatedCluster]:
     """The cluster with its users gone and both standbys replaying and caught up."""
-    with cluster.connect() as conn:
-        tables = [
-            name
-            for (name,) in conn.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-                " AND tablename NOT LIKE '%yoyo%'"
-            )
-        ]
-        conn.execute(f"TRUNCATE {', '.join(tables)}")
+    empty(cluster.primary_url)
     for standby in (0, 1):
         if cluster.replay_paused(standby):
             cluster.resume_replay(standby)
@@ -350,3 +343,48 @@ def test_replica_urls_must_name_postgresql() -> None:
     with pytest.raises(ConfigurationError, match="every replica is a postgresql") as raised:
         Registry(settings)
     assert "secret" not in str(raised.value)
+
+
+def test_metrics_report_each_replicas_lag_and_use(clean: ReplicatedCluster) -> None:
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from userplane.plugins import telemetry
+
+    reader = InMemoryMetricReader()
+    settings = Settings.from_mapping(
+        {
+            "USERPLANE_DATABASE_URL": clean.primary_url,
+            "USERPLANE_DATABASE_REPLICA_URLS": ",".join(clean.standby_urls),
+            "USERPLANE_DB_REPLICA_MAX_LAG_MS": str(LAG_MS),
+            "USERPLANE_OTEL_ENABLED": "true",
+            "USERPLANE_OTEL_EXPORTER": "none",
+        }
+    )
+    with Registry(settings, plugins=[telemetry.Exporters(metrics=reader)]) as registry:
+        store = registry.storage
+        assert isinstance(store, PostgreSQLStorage)
+        with replica_reads():
+            _usable(store, True)
+        clean.pause_replay(1)
+        insert(store, make_user())
+        assert store.read_replicas is not None
+        poll(
+            lambda: [s.usable for s in store.read_replicas.states()] == [True, False] or None,  # type: ignore[union-attr]
+            10,
+            "the paused replica to be skipped",
+        )
+        data = reader.get_metrics_data()
+    points: dict[str, dict[str, float]] = {}
+    assert data is not None
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    replica = (point.attributes or {}).get("userplane.db.replica")
+                    if replica is not None:
+                        points.setdefault(metric.name, {})[str(replica)] = point.value
+    first, second = clean.standby_urls  # no password: the names are the URLs
+    assert points["userplane.db.replica.usable"] == {first: 1, second: 0}
+    lag = points["userplane.db.replica.lag"]
+    assert lag[first] < LAG_MS
+    assert lag[second] > LAG_MS

@@ -77,7 +77,7 @@ class Cluster:
 
 
 #: ``with start_cluster(name, env) as cluster``: the ``start_cluster`` fixture (conftest).
-StartCluster = Callable[[str, dict[str, str]], contextlib.AbstractContextManager[Cluster]]
+StartCluster = Callable[..., contextlib.AbstractContextManager[Cluster]]
 
 
 def instance_name(index: int) -> str:

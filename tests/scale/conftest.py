@@ -43,17 +43,22 @@ def start_cluster(
 ) -> StartCluster:
     """``with start_cluster(name, env) as cluster``: a cluster on a database of its own.
 
-    The database is dropped when the cluster has stopped; an instance that logged a
-    traceback meanwhile fails the module's last test (at teardown).
+    With ``pgbouncer`` (a port), the instances reach the database through it; the
+    cluster's ``query`` still reads it directly. The database is dropped when the
+    cluster has stopped; an instance that logged a traceback meanwhile fails the
+    module's last test (at teardown).
     """
 
     @contextlib.contextmanager
-    def start(name: str, env: dict[str, str]) -> Iterator[Cluster]:
+    def start(name: str, env: dict[str, str], pgbouncer: int | None = None) -> Iterator[Cluster]:
         import psycopg
+        from pgbouncer import through
 
         url: str = create_postgresql_database()
+        served = url if pgbouncer is None else through(url, pgbouncer)
         try:
-            with running_cluster(tmp_path_factory.mktemp(name), url, env) as cluster:
+            with running_cluster(tmp_path_factory.mktemp(name), served, env) as cluster:
+                cluster.database_url = url
                 yield cluster
             # Stopped: whatever the tests asked of them, no instance failed inside.
             for server in cluster.instances:

@@ -4,6 +4,7 @@
   every instance: one 201, every other a 409 problem, one row;
 - many PATCHes with one ``If-Match`` at once: one 200, every other a 412
   problem, the winner's state everywhere and in the database;
+- each of those through PgBouncer in transaction mode as well;
 - one ``Idempotency-Key`` create retried on every instance, in turn and all
   at once: one user, the same answer (status, body, ``Location``, ``ETag``)
   everywhere, every answer but the first marked ``Idempotent-Replayed``; the
@@ -32,9 +33,11 @@ MERGE_PATCH = "application/merge-patch+json"
 RACERS = 24
 
 
-@pytest.fixture(scope="module")
-def cluster(start_cluster: StartCluster) -> Iterator[Cluster]:
-    with start_cluster("writes", {"USERPLANE_RATE_LIMITS": "off"}) as running:
+@pytest.fixture(scope="module", params=["direct", "pgbouncer"])
+def cluster(start_cluster: StartCluster, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """The cluster on PostgreSQL directly, then through PgBouncer in transaction mode."""
+    port = request.getfixturevalue("pgbouncer") if request.param == "pgbouncer" else None
+    with start_cluster("writes", {"USERPLANE_RATE_LIMITS": "off"}, port) as running:
         yield running
 
 
