@@ -32,12 +32,15 @@ import attrs
 POSITION_HEADER = "Userplane-Position"
 
 
-@attrs.frozen
+@attrs.define
 class ReplicaRead:
     """Reads here may come from a replica that has replayed at least ``after``."""
 
     #: A position parsed by the storage's ``ReadReplicas.parse_position``, or ``None``.
     after: Any = None
+    #: The replica this scope reads from, once the storage chose one: every read of
+    #: one request from the same replica, so that one answer never mixes two states.
+    pinned: Any = None
 
 
 _scope: contextvars.ContextVar[ReplicaRead | None] = contextvars.ContextVar(

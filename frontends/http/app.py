@@ -78,6 +78,7 @@ def create_app(registry: Registry) -> falcon.App[Any, Any]:
     replicas = getattr(registry.storage, "read_replicas", None)
     if replicas is not None:
         writers = RecentWriters(settings.db_read_your_writes_ms / 1000)
+        # The very set: the console's prefix joins it as its routes are added.
         middleware.append(ReplicaReads(replicas, writers, form_prefixes))
 
     app = App(middleware=middleware)

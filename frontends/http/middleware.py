@@ -27,6 +27,10 @@ JSON_TYPES = frozenset({"application/json", "application/merge-patch+json"})
 FORM_TYPE = "application/x-www-form-urlencoded"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _READS = frozenset({"GET", "HEAD"})
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: Read the primary whatever the request: health checks (a replica's state is not the
+#: instance's) and SCIM (provisioning clients never send a position back).
+_PRIMARY_PATHS = ("/health", "/scim")
 _log = logging.getLogger("userplane.http")
 
 
@@ -182,8 +186,9 @@ class ReplicaReads:
     read-your-writes window (in this process); a ``Userplane-Position`` sent
     back from any write's response keeps them off replicas that have not
     replayed it (through any instance). Every successful write's response
-    carries the primary's position. The console's pages (``form_prefixes``)
-    always read the primary: an administrator sees what they just did.
+    carries the primary's position. Some paths always read the primary:
+    ``primary_prefixes`` (the console's pages, where an administrator sees
+    what they just did), health checks and SCIM (``_PRIMARY_PATHS``).
     """
 
     def __init__(
@@ -208,7 +213,8 @@ class ReplicaReads:
                     f"{POSITION_HEADER}: not a position this service wrote",
                     [FieldError(POSITION_HEADER, "not a position this service wrote")],
                 ) from None
-        if any(req.path.startswith(prefix) for prefix in self._primary_prefixes):
+        path = req.path
+        if path.startswith(_PRIMARY_PATHS) or any(map(path.startswith, self._primary_prefixes)):
             return
         principal = req.context.get("principal")
         if principal is not None and self._writers.recent(principal.id):
@@ -222,7 +228,7 @@ class ReplicaReads:
         if token is not None:
             reset_replica_read(token)
             return
-        if req.method in _READS or not req_succeeded or not 200 <= resp.status_code < 300:
+        if req.method not in _WRITES or not req_succeeded or not 200 <= resp.status_code < 300:
             return
         principal = req.context.get("principal")
         if principal is not None:

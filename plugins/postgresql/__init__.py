@@ -29,6 +29,15 @@ def userplane_open_storage(settings: Settings) -> PostgreSQLStorage | None:
                 "USERPLANE_DATABASE_REPLICA_URLS: every replica is a postgresql:// URL, "
                 f"not {mask_url(replica)!r}"
             )
+    if (
+        settings.database_replica_urls
+        and settings.db_read_your_writes_ms < settings.db_replica_max_lag_ms
+    ):
+        raise ConfigurationError(
+            "USERPLANE_DB_READ_YOUR_WRITES_MS: must be at least USERPLANE_DB_REPLICA_MAX_LAG_MS "
+            f"({settings.db_read_your_writes_ms} < {settings.db_replica_max_lag_ms}), or a "
+            "replica could still miss a principal's write once its window has passed"
+        )
     try:
         from userplane.plugins.postgresql.store import PostgreSQLStorage
     except ImportError as exc:

@@ -2,14 +2,16 @@
 
 Each process watches its replicas from one background thread (started on the
 first read that may go to one, so after gunicorn forks). Every ``interval``
-it samples the primary's WAL position (``pg_current_wal_lsn()``) and each
+it samples the primary's WAL position (``pg_current_wal_insert_lsn()``) and each
 replica's replayed position (``pg_last_wal_replay_lsn()``). A replica's lag is
 how long ago the primary first held a position the replica has not replayed
 yet: measured in time, by the primary's own history, whatever the write
 rate, and zero for an idle primary. A replica is usable while it answers, is
-in recovery (a promoted one is no replica), and lags at most ``max_lag_s``;
-a read that fails on one marks it down until the next check and is served by
-the primary instead.
+in recovery (a promoted one is no replica), lags at most ``max_lag_s``, and
+was checked lately (a stalled monitor vouches for nothing). A request reads
+from one replica (``ReplicaRead.pinned``), so one answer never mixes two
+replicas' states. A read a replica cannot serve is served by the primary; a
+replica whose connection broke is skipped until a check finds it back.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class Replica:
         self.replayed: int | None = None
         #: How far behind it was then, in seconds (``None``: unknown).
         self.lag_s: float | None = None
+        #: When the monitor last heard from it (monotonic seconds).
+        self.checked_at = 0.0
         #: Whether reads may go there, and if not, why.
         self.usable = False
         self.reason = _UNCHECKED
@@ -98,6 +102,7 @@ class PostgreSQLReplicas:
         self._pid = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self._turn = itertools.count()
         #: The primary's positions as sampled: (monotonic seconds, position), oldest first.
         self._history: collections.deque[tuple[float, int]] = collections.deque()
@@ -118,14 +123,24 @@ class PostgreSQLReplicas:
 
     # -- routing ----------------------------------------------------------------------
 
-    def pick(self, after: int | None) -> Replica | None:
-        """A usable replica that has replayed ``after``, in turn; ``None`` for the primary."""
+    def pick(self, after: int | None, pinned: Replica | None = None) -> Replica | None:
+        """A usable replica that has replayed ``after`` (``pinned`` if it still is); else ``None``.
+
+        Replicas are taken in turn, one per request: the caller pins the first.
+        """
         replicas = self._mine()
-        usable = [
-            r
-            for r in replicas
-            if r.usable and (after is None or (r.replayed is not None and r.replayed >= after))
-        ]
+        fresh = time.monotonic() - max(3 * self.interval_s, self.max_lag_s)
+
+        def serves(r: Replica) -> bool:
+            return (
+                r.usable
+                and r.checked_at >= fresh
+                and (after is None or (r.replayed is not None and r.replayed >= after))
+            )
+
+        if pinned is not None:
+            return pinned if serves(pinned) else None
+        usable = [r for r in replicas if serves(r)]
         if not usable:
             return None
         return usable[next(self._turn) % len(usable)]
@@ -133,19 +148,30 @@ class PostgreSQLReplicas:
     def read(
         self, replica: Replica, sql: str, params: Mapping[str, Any], prepare: bool | None, one: bool
     ) -> tuple[bool, Any]:
-        """``(True, rows)`` from ``replica``, or ``(False, None)``: it failed, ask the primary."""
+        """``(True, rows)`` from ``replica``, or ``(False, None)``: ask the primary instead.
+
+        A statement cancelled for taking too long raises (the primary would take as
+        long). Anything else the replica cannot do goes to the primary: a busy pool,
+        a conflict with recovery, a write after all, a table a migration has not
+        replayed yet. Only a broken connection takes the replica out.
+        """
+        conn: psycopg.Connection[Any] | None = None
         try:
             with self._pool(replica).connection() as conn, conn.cursor() as cur:
                 if prepare is None and conn.prepare_threshold is not None:
                     conn.prepare_threshold = None
                 cur.execute(sql, params, prepare=prepare)
                 return True, (cur.fetchone() if one else cur.fetchall())
-        except psycopg.errors.ReadOnlySqlTransaction:
-            return False, None  # it writes after all (a function with effects): the primary's
-        except (psycopg.OperationalError, PoolTimeout, TooManyRequests, PoolClosed) as exc:
-            # Down, restarting, or a query cancelled by a conflict with recovery:
-            # the primary answers this one, and the monitor decides when it is back.
-            self._down(replica, f"a read failed: {type(exc).__name__}: {exc}".splitlines()[0])
+        except psycopg.errors.QueryCanceled:
+            raise
+        except (PoolTimeout, TooManyRequests):
+            return False, None
+        except PoolClosed:
+            return False, None  # taken out meanwhile
+        except psycopg.Error as exc:
+            if conn is None or conn.closed or conn.broken:
+                reason = f"a read failed: {type(exc).__name__}: {exc}".splitlines()[0]
+                self._down(replica, reason)
             return False, None
 
     # -- this process's replicas and monitor --------------------------------------------
@@ -157,14 +183,15 @@ class PostgreSQLReplicas:
         with self._lock:
             if self._pid != pid:
                 # Inherited through fork: the parent's pools and sockets are not ours.
+                # No I/O here: until the monitor's first check (at once, in its
+                # thread), every replica is unchecked and reads go to the primary.
                 self._replicas = [Replica(url) for url in self._urls]
                 self._history = collections.deque()
                 self._stop = threading.Event()
-                self._check_all()  # usable from the first read, not a tick later
-                thread = threading.Thread(
+                self._thread = threading.Thread(
                     target=self._watch, name="userplane-replicas", daemon=True
                 )
-                thread.start()
+                self._thread.start()
                 self._pid = pid
         return self._replicas
 
@@ -189,11 +216,12 @@ class PostgreSQLReplicas:
 
     def _watch(self) -> None:
         stop = self._stop
-        while not stop.wait(self.interval_s):
+        while not stop.is_set():
             try:
                 self._check_all()
-            except Exception:  # never let the monitor die: reads would stay where they are
+            except Exception:  # never let the monitor die (a stalled one vouches for nothing)
                 _log.exception("checking the read replicas failed")
+            stop.wait(self.interval_s)
 
     def _check_all(self) -> None:
         now = time.monotonic()
@@ -213,8 +241,18 @@ class PostgreSQLReplicas:
         try:
             conn = replica.watch
             if conn is None or conn.closed:
+                # Keepalives: a replica cut off by the network must fail the check in
+                # seconds, not hang it until TCP gives up.
                 conn = replica.watch = psycopg.connect(
-                    replica.url, autocommit=True, connect_timeout=2, prepare_threshold=None
+                    replica.url,
+                    autocommit=True,
+                    connect_timeout=2,
+                    prepare_threshold=None,
+                    keepalives=1,
+                    keepalives_idle=2,
+                    keepalives_interval=1,
+                    keepalives_count=2,
+                    tcp_user_timeout=3000,
                 )
             row = conn.execute(
                 "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text"
@@ -229,10 +267,12 @@ class PostgreSQLReplicas:
         if row is None or not row[0] or row[1] is None:
             self._down(replica, "it is not in recovery (a primary, or promoted)")
             return
+        replica.checked_at = time.monotonic()
         replica.replayed = parse_lsn(row[1])
         replica.lag_s = self._lag(replica.replayed, now)
         if replica.lag_s > self.max_lag_s:
-            self._down(replica, f"it lags {replica.lag_s * 1000:.0f} ms behind the primary")
+            lag = f"it lags {replica.lag_s * 1000:.0f} ms behind the primary"
+            self._down(replica, lag, broken=False)
             return
         if not replica.usable:
             _log.info("read replica %s is usable (lag %.0f ms)", replica.name, replica.lag_s * 1000)
@@ -250,11 +290,11 @@ class PostgreSQLReplicas:
                 return now - at if index else max(now - at, self.max_lag_s * 1.001 + 0.001)
         return 0.0
 
-    def _down(self, replica: Replica, reason: str) -> None:
+    def _down(self, replica: Replica, reason: str, *, broken: bool = True) -> None:
         if replica.usable or replica.reason == _UNCHECKED:
             _log.warning("read replica %s is skipped: %s", replica.name, reason)
         replica.usable, replica.reason = False, reason
-        if "lags" in reason:
+        if not broken:
             return  # reachable: its connections are good for when it catches up
         # Its connections are dead or dying, and a pool that kept retrying them would
         # make the first reads after it is back wait out its backoff: a fresh one then.
@@ -268,6 +308,8 @@ class PostgreSQLReplicas:
         self._stop.set()
         if self._pid != os.getpid():
             return
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
         for replica in self._replicas:
             if replica.pool is not None:
                 replica.pool.close()

@@ -41,8 +41,13 @@ _COPY_COLUMNS = next(q.params for q in NAMED_QUERIES if q.name == "insert_user")
 
 _log = logging.getLogger("userplane.postgresql")
 
-#: A statement a replica may serve: a plain SELECT (one that locks rows is the primary's).
-_REPLICA_READ = re.compile(r"\s*SELECT\b(?!.*\bFOR\s+(?:UPDATE|SHARE|NO\s+KEY|KEY))", re.I | re.S)
+#: A statement a replica may serve: a plain SELECT, after any leading comments (one that
+#: locks rows is the primary's; one that writes after all is refused by the replica, and
+#: then runs on the primary).
+_REPLICA_READ = re.compile(
+    r"\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*SELECT\b(?!.*\bFOR\s+(?:UPDATE|SHARE|NO\s+KEY|KEY))",
+    re.I | re.S,
+)
 
 #: What an HTTP client is told when the cause names the server (the log has it).
 _UNREACHABLE = "the database cannot be reached; retry shortly"
@@ -139,7 +144,8 @@ def yoyo_url(url: str) -> str:
         params = psycopg.conninfo.conninfo_to_dict(url)
         dbname = str(params.pop("dbname", "") or "")
         query = urlencode({k: str(v) for k, v in params.items()}, quote_via=quote)
-        return f"postgresql+psycopg:///{quote(dbname)}?{query}"
+        # As it is: yoyo takes the path's database name without decoding it.
+        return f"postgresql+psycopg:///{dbname}?{query}"
     return f"postgresql+psycopg://{rest}"
 
 
@@ -326,13 +332,17 @@ class PostgreSQLStorage(PostgreSQLCopying, SQLStorage):
         return args
 
     def _detect_pooler(self, conn: psycopg.Connection[Any]) -> None:
-        """Did the startup ``options`` arrive? A pooler told to ignore them drops them."""
+        """Did the startup ``options`` arrive? A pooler told to ignore them drops them.
+
+        Told by where the setting came from, not by its value: a role whose own
+        ``statement_timeout`` equals ours must not hide the pooler.
+        """
         if not self._startup_options:
             return
         row = conn.execute(
-            "SELECT setting FROM pg_settings WHERE name = 'statement_timeout'"
+            "SELECT setting, source FROM pg_settings WHERE name = 'statement_timeout'"
         ).fetchone()
-        if row is None or row[0] != str(int(self._statement_timeout_ms)):
+        if row is None or row[1] != "client" or row[0] != str(int(self._statement_timeout_ms)):
             self._pooler_found("drops the startup parameter `options`")
 
     def _pooler_found(self, what: str) -> None:
@@ -429,7 +439,10 @@ class PostgreSQLStorage(PostgreSQLCopying, SQLStorage):
             self._unprepared()
             cur.connection.prepare_threshold = None
             if self._held() is not None:
-                raise
+                raise Unavailable(
+                    "a prepared statement went missing through a connection pooler; "
+                    "server-side prepared statements are off now: retry"
+                ) from None
             cur.execute(sql, params, prepare=None)
 
     def _unprepared(self) -> None:
@@ -457,16 +470,19 @@ class PostgreSQLStorage(PostgreSQLCopying, SQLStorage):
             or not _REPLICA_READ.match(sql)
         ):
             return False, None
-        replica = replicas.pick(scope.after)
+        replica = replicas.pick(scope.after, scope.pinned)
         if replica is None:
             return False, None
+        scope.pinned = replica
         with _mapped_errors():
             return replicas.read(replica, sql, params, self._prepare, one)
 
     def _primary_position(self) -> int:
         """The primary's WAL position now (never a replica's, whatever the scope)."""
         with self._cursor() as cur:
-            cur.execute("SELECT pg_current_wal_lsn()::text")
+            # The insert position: past every commit record made so far, flushed or
+            # not (with synchronous_commit off, the write position may not be).
+            cur.execute("SELECT pg_current_wal_insert_lsn()::text")
             row = cur.fetchone()
         return parse_lsn(row[0]) if row else 0
 

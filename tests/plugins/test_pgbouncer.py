@@ -70,6 +70,26 @@ def test_the_pooler_is_found_and_nothing_is_prepared(
         store.close()
 
 
+def test_a_role_timeout_equal_to_ours_does_not_hide_the_pooler(
+    create_postgresql_database: Callable[[], str], postgresql_server: str, pgbouncer_ignoring: int
+) -> None:
+    # The deployment guide says to set statement_timeout on the role or database: the
+    # value then matches ours, and only where it came from tells the options were dropped.
+    import psycopg
+
+    url = create_postgresql_database()
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(postgresql_server, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" SET statement_timeout = 5000')
+    store = PostgreSQLStorage(through(url, pgbouncer_ignoring))
+    try:
+        assert store.fetch_one("SELECT 1", {}) == (1,)
+        assert store._startup_options is False
+        assert store._prepare is None
+    finally:
+        store.close()
+
+
 def test_statements_missing_on_the_server_turn_preparing_off(
     postgresql_url: str, pgbouncer_ignoring: int, caplog: pytest.LogCaptureFixture
 ) -> None:

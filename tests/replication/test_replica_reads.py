@@ -100,9 +100,11 @@ def test_reads_in_scope_go_to_a_replica_and_the_rest_to_the_primary(
                 assert store.get_user(other.id) == other
             # Row locks are the primary's too.
             assert store.fetch_one("SELECT pg_is_in_recovery() FROM users LIMIT 1 FOR UPDATE", {})
-        # Both replicas serve, in turn.
-        with replica_reads():
-            ports = {store.fetch_one("SELECT inet_server_port()", {})[0] for _ in range(10)}  # type: ignore[index]
+        # Both replicas serve, in turn: a request (a scope) to each.
+        ports = set()
+        for _ in range(10):
+            with replica_reads():
+                ports.add(store.fetch_one("SELECT inet_server_port()", {})[0])  # type: ignore[index]
         assert ports == {clean.node(0).port, clean.node(1).port}
     finally:
         store.close()
@@ -252,6 +254,7 @@ def replicated_registry(clean: ReplicatedCluster) -> Iterator[Registry]:
             "USERPLANE_DATABASE_URL": clean.primary_url,
             "USERPLANE_DATABASE_REPLICA_URLS": clean.standby_urls[0],
             "USERPLANE_DB_REPLICA_MAX_LAG_MS": "60000",
+            "USERPLANE_DB_READ_YOUR_WRITES_MS": "60000",
         }
     )
     with Registry(settings) as registry:
@@ -312,6 +315,7 @@ def test_serve_with_a_replica(clean: ReplicatedCluster, tmp_path: Path) -> None:
     env = {
         "USERPLANE_DATABASE_REPLICA_URLS": ",".join(clean.standby_urls),
         "USERPLANE_DB_REPLICA_MAX_LAG_MS": "60000",
+        "USERPLANE_DB_READ_YOUR_WRITES_MS": "60000",
     }
     with running_server(tmp_path, clean.primary_url, "postgresql", env) as server:
         clean.pause_replay(0)
@@ -388,3 +392,87 @@ def test_metrics_report_each_replicas_lag_and_use(clean: ReplicatedCluster) -> N
     lag = points["userplane.db.replica.lag"]
     assert lag[first] < LAG_MS
     assert lag[second] > LAG_MS
+
+
+def test_the_window_must_cover_the_lag_bound() -> None:
+    from userplane import ConfigurationError
+
+    settings = Settings.from_mapping(
+        {
+            "USERPLANE_DATABASE_URL": "postgresql://u@127.0.0.1:1/db",
+            "USERPLANE_DATABASE_REPLICA_URLS": "postgresql://u@r1/db",
+            "USERPLANE_DB_REPLICA_MAX_LAG_MS": "2000",
+            "USERPLANE_DB_READ_YOUR_WRITES_MS": "1000",
+        }
+    )
+    with pytest.raises(ConfigurationError, match="READ_YOUR_WRITES_MS: must be at least"):
+        Registry(settings)
+
+
+def test_a_replica_down_or_promoted_from_the_start_never_holds_a_read(
+    clean: ReplicatedCluster,
+) -> None:
+    # One "replica" is the primary itself (as after a failover, with the promoted node
+    # still listed), the other is stopped before the first read.
+    clean.stop_standby(1)
+    store = PostgreSQLStorage(
+        clean.primary_url,
+        replica_urls=[clean.primary_url, clean.standby_urls[1]],
+        replica_max_lag_ms=LAG_MS,
+    )
+    try:
+        user = insert(store, make_user())
+        started = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(4) as pool, replica_reads():
+            got = list(pool.map(lambda _: store.get_user(user.id), range(40)))
+        assert got == [user] * 40
+        assert time.monotonic() - started < 5
+        assert store.read_replicas is not None
+
+        def reasons() -> list[str] | None:
+            found = [s.reason for s in store.read_replicas.states()]  # type: ignore[union-attr]
+            return found if all(r != "not checked yet" for r in found) else None
+
+        promoted, stopped = poll(reasons, 10, "both replicas to be checked")
+        assert "not in recovery" in promoted
+        assert "cannot be reached" in stopped
+        with replica_reads():
+            assert not _on_replica(store)
+    finally:
+        store.close()
+        clean.start_standby(1)
+
+
+def test_a_slow_read_on_a_replica_is_a_503_and_leaves_it_in_use(
+    clean: ReplicatedCluster,
+) -> None:
+    from userplane.errors import Unavailable
+
+    store = PostgreSQLStorage(
+        clean.primary_url,
+        replica_urls=[clean.standby_urls[0]],
+        statement_timeout_ms=200,
+    )
+    try:
+        with replica_reads():
+            _usable(store, True)
+            with pytest.raises(Unavailable, match="did not answer in time"):
+                store.fetch_one("SELECT pg_sleep(1)", {})
+            [state] = store.read_replicas.states()  # type: ignore[union-attr]
+            assert state.usable
+            assert _on_replica(store)
+    finally:
+        store.close()
+
+
+def test_one_request_reads_one_replica(clean: ReplicatedCluster) -> None:
+    store = _store(clean, 0, 1)
+    try:
+        with replica_reads():
+            _usable(store, True)
+        for _ in range(5):
+            with replica_reads():
+                ports = {store.fetch_one("SELECT inet_server_port()", {})[0] for _ in range(6)}  # type: ignore[index]
+            assert len(ports) == 1
+    finally:
+        store.close()
