@@ -39,7 +39,7 @@ def available() -> str | None:
 
 @contextlib.contextmanager
 def running_pgbouncer(
-    server_url: str, *, ignore_options: bool = False, pool_size: int = 20
+    server_url: str, *, ignore_options: bool = False, pool_size: int = 8
 ) -> Iterator[int]:
     """Start PgBouncer in front of ``server_url``'s server; yield the port it listens on."""
     server = urlsplit(server_url)
@@ -59,6 +59,9 @@ def running_pgbouncer(
         "admin_users = postgres\n"
         "pool_mode = transaction\n"
         f"default_pool_size = {pool_size}\n"
+        # Server connections go once idle for a few seconds: the suites beside this
+        # one share the server's max_connections.
+        "server_idle_timeout = 5\n"
         "max_client_conn = 1000\n"
         f"logfile = {directory / 'pgbouncer.log'}\n"
         f"{ignore}"
