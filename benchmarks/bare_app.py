@@ -132,6 +132,9 @@ class Users:
             "created_at": now,
             "updated_at": now,
             "version": 1,
+            "external_source": None,
+            "external_id": None,
+            "attributes": None,
         }
         try:
             row = _one("insert_user", params)
@@ -171,6 +174,11 @@ class User:
             "full_name_folded": (full_name or "").lower(),
             "set_is_active": "is_active" in body,
             "is_active": body.get("is_active"),
+            "set_external": False,
+            "external_source": None,
+            "external_id": None,
+            "set_attributes": False,
+            "attributes": None,
         }
         row = _one("update_user", params)
         if row is None:

@@ -7,7 +7,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -29,9 +29,9 @@ def with_database(url: str, name: str) -> str:
 
 
 @contextlib.contextmanager
-def temporary_database(admin_url: str) -> Iterator[str]:
+def temporary_database(admin_url: str, suffix: str = "") -> Iterator[str]:
     """A new, empty database next to ``admin_url``'s, dropped (connections and all) after."""
-    name = f"userplane_bench_{os.getpid()}_{int(time.time())}"
+    name = f"userplane_bench_{os.getpid()}_{int(time.time())}{suffix}"
     try:
         with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -53,6 +53,8 @@ class Seeded:
     ids: list[uuid.UUID]
     emails: list[str]
     seconds: float
+    #: Each user's creation time (one second apart, in the past).
+    created: list[datetime] = field(default_factory=list)
 
 
 def seed(url: str, count: int) -> Seeded:
@@ -95,7 +97,72 @@ def seed(url: str, count: int) -> Seeded:
         ids=[u.id for u, _ in users],
         emails=[u.email for u, _ in users],
         seconds=time.monotonic() - started,
+        created=[u.created_at for u, _ in users],
     )
+
+
+def seed_peer(url: str, seeded: Seeded) -> float:
+    """The users of ``seeded`` in the reference peer's ``users`` table, by one COPY.
+
+    The peer (``/work/shared/peers/fastapi_seed``, SQLModel ``User``) keeps
+    ``id, email, full_name, is_active, created_at, updated_at``: the same ids,
+    emails, names and creation times as ``seed``, so the same scripts address
+    the same users and its offset pages hold the same users as userplane's
+    keyset pages. Also fills ``bench_ids(n, id)``, by which ``reset`` tells
+    the seeded users from those a run created. Returns the seconds taken.
+    """
+    started = time.monotonic()
+    columns = "id, email, full_name, is_active, created_at, updated_at"
+    with psycopg.connect(url, autocommit=True) as conn:
+        with conn.cursor() as cur, cur.copy(f"COPY users ({columns}) FROM STDIN") as cp:
+            for n, (user_id, email, created) in enumerate(
+                zip(seeded.ids, seeded.emails, seeded.created, strict=True)
+            ):
+                cp.write_row((user_id, email, f"Seed User {n}", True, created, created))
+        conn.execute("CREATE TABLE bench_ids (n integer PRIMARY KEY, id uuid NOT NULL)")
+        with conn.cursor() as cur, cur.copy("COPY bench_ids (n, id) FROM STDIN") as cp:
+            for n, user_id in enumerate(seeded.ids, start=1):
+                cp.write_row((n, user_id))
+        conn.execute("VACUUM ANALYZE users")
+        conn.execute("VACUUM ANALYZE bench_ids")
+    return time.monotonic() - started
+
+
+def make_api_keys(url: str, count: int, role: str = "admin") -> list[str]:
+    """``count`` API keys of ``role``, written straight into ``api_keys`` (one COPY).
+
+    The rows are those ``userplane keys create`` writes (lookup id, SHA-256 of
+    the whole key, through the plugin's own ``hash_key`` and ``lookup_of``),
+    without a process and an audit record per key. The benchmark spreads its
+    requests over them so that the rate limits stay at their defaults, counted
+    per key, and are checked, not refused (see ``README.md``).
+    """
+    import secrets
+    import string
+
+    from userplane.plugins.api_keys.keys import (
+        KEY_PREFIX,
+        LOOKUP_LENGTH,
+        SECRET_LENGTH,
+        hash_key,
+        lookup_of,
+    )
+
+    alphabet = string.ascii_letters + string.digits
+    now = datetime.now(UTC)
+    keys = [
+        KEY_PREFIX + "".join(secrets.choice(alphabet) for _ in range(LOOKUP_LENGTH + SECRET_LENGTH))
+        for _ in range(count)
+    ]
+    columns = "id, name, role, lookup, secret_hash, created_at"
+    with (
+        psycopg.connect(url, autocommit=True) as conn,
+        conn.cursor() as cur,
+        cur.copy(f"COPY api_keys ({columns}) FROM STDIN") as cp,
+    ):
+        for n, key in enumerate(keys):
+            cp.write_row((uuid.uuid4(), f"bench-{n}", role, lookup_of(key), hash_key(key), now))
+    return keys
 
 
 def seed_sealed(url: str, seeded: Seeded, env: Mapping[str, str]) -> float:
@@ -111,7 +178,9 @@ def seed_sealed(url: str, seeded: Seeded, env: Mapping[str, str]) -> float:
     from userplane.settings import Settings
 
     started = time.monotonic()
-    ring = keyring(Settings.from_env(environ=dict(env), env_file="/nonexistent"))
+    # USERPLANE_ENV_FILE may name a missing file (an explicit env_file may not):
+    # no .env of the working directory is read.
+    ring = keyring(Settings.from_env(environ={**env, "USERPLANE_ENV_FILE": "/nonexistent"}))
     assert ring is not None
     sealer = Sealer(ring)
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=len(seeded.ids) + 3600)
@@ -170,8 +239,15 @@ def reset(url: str) -> None:
         conn.execute("VACUUM ANALYZE users")
 
 
-def versions(url: str, ids: Sequence[uuid.UUID]) -> list[tuple[uuid.UUID, int]]:
-    """The current version of each of ``ids``, for the If-Match of update runs."""
+def versions(
+    url: str, ids: Sequence[uuid.UUID], *, versioned: bool = True
+) -> list[tuple[uuid.UUID, int]]:
+    """The current version of each of ``ids``, for the If-Match of update runs.
+
+    ``versioned=False`` (the reference peer, which has no versions): 0 for each.
+    """
+    if not versioned:
+        return [(i, 0) for i in ids]
     with psycopg.connect(url, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT id, version FROM users WHERE id = ANY(%s)", (list(ids),)
@@ -194,6 +270,16 @@ def server_facts(url: str) -> tuple[str, int | None]:
         if comm.startswith("postgres"):
             postmaster = backend_stat.ppid
     return str(version), postmaster
+
+
+def connections_in_use(url: str) -> int:
+    """Client connections the server holds now, other than the one asking."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def settings(url: str, names: Sequence[str]) -> dict[str, str]:

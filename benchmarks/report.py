@@ -12,6 +12,9 @@ from benchmarks.load import Result, median
 PRIMARY = "userplane"
 BARE = "bare"
 PGBENCH = "pgbench"
+#: The reference peer (issue 21), and the scenarios it has no route for.
+SEED = "seed"
+NOT_ON_SEED = ("get_by_email",)
 #: The scenarios the issue compares with the bare stack.
 VERSUS_BARE = ("get_by_id", "create", "update")
 RPS_RATIO_MIN = 0.8
@@ -70,29 +73,43 @@ def _ratio(a: float | None, b: float | None) -> str:
 def results_table(
     summaries: Mapping[tuple[str, str], Summary], scenarios: Sequence[str], targets: Sequence[str]
 ) -> str:
-    """The main table: one row per scenario and target, ratios on the userplane rows."""
+    """The main table: one row per scenario and target, ratios on the userplane rows.
+
+    The seed's row of a scenario it has no route for (get_by_email) reads
+    "n/a", and so do the userplane rows' ratios to it.
+    """
     head = (
         "| scenario | target | req/s | req/s per round | p50 ms | p99 ms | errors | 412 "
-        "| app CPU ms/req | DB CPU ms/req | req/s ÷ bare | req/s ÷ pgbench | p99 ÷ bare |"
+        "| app CPU ms/req | DB CPU ms/req | req/s ÷ bare | p99 ÷ bare "
+        "| req/s ÷ seed | p99 ÷ seed | req/s ÷ pgbench |"
     )
-    rows = [head, "|" + "---|" * 13]
+    rows = [head, "|" + "---|" * 15]
     for scenario in scenarios:
         bare = summaries.get((scenario, BARE))
         pg = summaries.get((scenario, PGBENCH))
+        seed = summaries.get((scenario, SEED))
+        no_seed = SEED in targets and scenario in NOT_ON_SEED
         for target in targets:
             s = summaries.get((scenario, target))
             if s is None:
+                if target == SEED and no_seed:
+                    rows.append(f"| {scenario} | {target} |" + " n/a |" * 13)
                 continue
             ours = target.startswith(PRIMARY)
             per_round = " / ".join(f"{x:,.0f}" for x in s.rounds)
             errors = str(s.errors) + (f" ({'; '.join(s.details)})" if s.details else "")
+            if ours and seed:
+                versus_seed = f"{_ratio(s.rps, seed.rps)} | {_ratio(s.p99_ms, seed.p99_ms)}"
+            else:
+                versus_seed = "n/a | n/a" if ours and no_seed else " | "
             rows.append(
                 f"| {scenario} | {target} | {_num(s.rps, 0)} | {per_round} | {_num(s.p50_ms, 2)} "
                 f"| {_num(s.p99_ms, 2)} | {errors} | {s.precondition_failed} "
                 f"| {_num(s.app_cpu_ms, 3)} | {_num(s.db_cpu_ms, 3)} "
                 f"| {_ratio(s.rps, bare.rps) if ours and bare else ''} "
-                f"| {_ratio(s.rps, pg.rps) if ours and pg else ''} "
-                f"| {_ratio(s.p99_ms, bare.p99_ms) if ours and bare else ''} |"
+                f"| {_ratio(s.p99_ms, bare.p99_ms) if ours and bare else ''} "
+                f"| {versus_seed} "
+                f"| {_ratio(s.rps, pg.rps) if ours and pg else ''} |"
             )
     return "\n".join(rows)
 
@@ -168,6 +185,89 @@ def checks(
                 f"{help_ms:.0f} ms",
                 f"≤ {HELP_MAX_MS:.0f} ms",
                 help_ms <= HELP_MAX_MS,
+            )
+        )
+    return out
+
+
+#: Issue 21: userplane's req/s ÷ the reference peer's, at least, per scenario
+#: (the list target is checked on the first page).
+VERSUS_SEED = (
+    ("get_by_id", 3.0),
+    ("mix", 3.0),
+    ("create", 4.0),
+    ("update", 4.0),
+    ("list_page_1", 5.0),
+)
+#: Issue 21: userplane's p99 ÷ the peer's, at most, in every scenario the peer has.
+SEED_P99_RATIO_MAX = 1 / 3
+#: Issue 21: userplane's req/s ÷ the bare stack's on get by id, at least.
+BARE_GET_RATIO_MIN = 0.85
+
+
+def peer_checks(
+    summaries: Mapping[tuple[str, str], Summary], target: str = PRIMARY, connections: int = 64
+) -> list[Check]:
+    """Issue 21's targets for ``target``: against the reference peer, the bare stack, errors."""
+    out: list[Check] = []
+    for scenario, low in VERSUS_SEED:
+        ours, peer = summaries.get((scenario, target)), summaries.get((scenario, SEED))
+        name = f"{scenario}: req/s vs seed"
+        if ours is None or peer is None or not peer.rps:
+            out.append(Check(name, "not run", f"≥ {low:.1f}", None))
+            continue
+        ratio = ours.rps / peer.rps
+        out.append(
+            Check(
+                name,
+                f"{ratio:.2f} ({ours.rps:,.0f} / {peer.rps:,.0f})",
+                f"≥ {low:.1f}",
+                ratio >= low,
+            )
+        )
+    scenarios = sorted(
+        {k[0] for k in summaries if k[1] == target and k[0] not in NOT_ON_SEED},
+        key=lambda n: [s for s, _ in VERSUS_SEED].index(n) if n in dict(VERSUS_SEED) else 99,
+    )
+    for scenario in scenarios or [s for s, _ in VERSUS_SEED]:
+        ours, peer = summaries.get((scenario, target)), summaries.get((scenario, SEED))
+        name = f"{scenario}: p99 vs seed"
+        if ours is None or peer is None or not peer.p99_ms:
+            out.append(Check(name, "not run", "≤ 0.33", None))
+            continue
+        ratio = ours.p99_ms / peer.p99_ms
+        out.append(
+            Check(
+                name,
+                f"{ratio:.2f} ({ours.p99_ms:.1f} ms / {peer.p99_ms:.1f} ms)",
+                "≤ 0.33",
+                ratio <= SEED_P99_RATIO_MAX,
+            )
+        )
+    ours, bare = summaries.get(("get_by_id", target)), summaries.get(("get_by_id", BARE))
+    required = f"≥ {BARE_GET_RATIO_MIN:.2f}"
+    if ours is None or bare is None or not bare.rps:
+        out.append(Check("get_by_id: req/s vs bare", "not run", required, None))
+    else:
+        ratio = ours.rps / bare.rps
+        out.append(
+            Check(
+                "get_by_id: req/s vs bare",
+                f"{ratio:.2f} ({ours.rps:,.0f} / {bare.rps:,.0f})",
+                required,
+                ratio >= BARE_GET_RATIO_MIN,
+            )
+        )
+    ours_all = {k[0]: v for k, v in summaries.items() if k[1] == target}
+    if ours_all:
+        errors = sum(s.errors for s in ours_all.values())
+        where = ", ".join(f"{k} {s.errors}" for k, s in ours_all.items() if s.errors)
+        out.append(
+            Check(
+                f"errors at {connections} connections (all scenarios, all rounds)",
+                f"{errors}" + (f" ({where})" if where else ""),
+                "0",
+                errors == 0,
             )
         )
     return out

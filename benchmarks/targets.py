@@ -55,6 +55,7 @@ class HttpTarget:
         port: int,
         log_path: Path,
         description: str,
+        ready_path: str = "/health/ready",
     ) -> None:
         self.name = name
         self.cmd = list(cmd)
@@ -62,6 +63,8 @@ class HttpTarget:
         self.port = port
         self.log_path = log_path
         self.description = description
+        #: The path that answers 200 once the server is ready.
+        self.ready_path = ready_path
         self.proc: Any = None
         self._log: IO[bytes] | None = None
 
@@ -71,11 +74,11 @@ class HttpTarget:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> float:
-        """Start the server and wait until ``/health/ready`` answers 200; the seconds it took."""
+        """Start the server and wait until its ready path answers 200; the seconds it took."""
         self._log = self.log_path.open("ab")
         started = time.monotonic()
         self.proc = processes.start(self.cmd, self.env, self._log)
-        wait_ready(self.proc, self.port, timeout, self.log_path)
+        wait_ready(self.proc, self.port, timeout, self.log_path, self.ready_path)
         return time.monotonic() - started
 
     def stop(self) -> None:
@@ -94,6 +97,20 @@ class HttpTarget:
     def cpu(self) -> float:
         """CPU seconds used so far by the master and its workers."""
         return processes.tree_cpu(self.proc.pid) if self.proc is not None else 0.0
+
+    def settle(self, timeout: float = 5.0, idle_s: float = 0.01) -> None:
+        """Wait (``timeout`` at most) until the server is idle: under ``idle_s`` CPU per 100 ms.
+
+        wrk stops with requests in flight; the server may still be answering
+        them (and writing) when wrk has exited.
+        """
+        deadline = time.monotonic() + timeout
+        quiet, before = 0, self.cpu()
+        while quiet < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = self.cpu()
+            quiet = quiet + 1 if now - before < idle_s else 0
+            before = now
 
     def peak_rss_kib(self) -> list[int]:
         """``VmHWM`` of each worker, in KiB."""
@@ -145,8 +162,14 @@ def log_tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def wait_ready(proc: Any, port: int, timeout: float, log_path: Path | None = None) -> None:
-    """Poll ``GET /health/ready`` every 10 ms until it answers 200."""
+def wait_ready(
+    proc: Any,
+    port: int,
+    timeout: float,
+    log_path: Path | None = None,
+    path: str = "/health/ready",
+) -> None:
+    """Poll ``GET path`` every 10 ms until it answers 200."""
     deadline = time.monotonic() + timeout
     while True:
         code = proc.poll()
@@ -154,7 +177,7 @@ def wait_ready(proc: Any, port: int, timeout: float, log_path: Path | None = Non
             tail = log_tail(log_path) if log_path else ""
             raise RuntimeError(f"the server exited with {code} before it was ready:\n{tail}")
         with contextlib.suppress(OSError, http.client.HTTPException):
-            if request(port, "GET", "/health/ready", timeout=2.0)[0] == 200:
+            if request(port, "GET", path, timeout=2.0)[0] == 200:
                 return
         if time.monotonic() > deadline:
             tail = log_tail(log_path) if log_path else ""

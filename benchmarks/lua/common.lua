@@ -5,6 +5,13 @@
 --   tag=TEXT     unique per run: goes into created emails
 --   threads=N    wrk's -t (to split the users to update between threads)
 --   path=PATH    the list scenarios' URL path
+--   keys=1       spread requests over the API keys of keys.txt (one per line),
+--                a different key for each request in turn: the rate limits stay
+--                at their defaults, counted per key, and are checked, not refused
+--   flavor=seed  the reference peer (fastapi_seed): its collection is
+--                /api/v1/users/ (trailing slash: without it FastAPI answers 307),
+--                it has no versions (PATCH without If-Match, as application/json),
+--                no email lookup, and offset paging
 -- The bearer credentials come from the environment (BENCH_AUTHORIZATION), so
 -- they never show in a process listing.
 --
@@ -62,6 +69,14 @@ end
 
 local ids, emails, read_headers, json_headers, patch_headers
 local prefix, created, updated = "", 0, 0
+-- The collection's path: userplane's and the bare stack's, or the peer's.
+local collection = "/api/v1/users"
+-- A cheap answer holding no user (see update()).
+local nobody = "/api/v1/users?email=nobody%40bench.example.org"
+local versioned = true
+-- Per-request API keys (keys=1), taken in turn from a per-thread start.
+local keys, key_at = nil, 0
+seed_flavor = false
 -- Users this thread may update, as a FIFO of {id, version}: one request per
 -- user at a time, with the version its last answer gave, so no 412 is expected.
 local queue, head, tail, inflight = {}, 1, 0, {}
@@ -73,6 +88,17 @@ function prepare(args, what)
   json_headers = make_headers({["Content-Type"] = "application/json"})
   patch_headers = make_headers({["Content-Type"] = "application/merge-patch+json"})
   prefix = string.format("%s-%d-", a.tag or "run", tid)
+  if a.flavor == "seed" then
+    seed_flavor = true
+    collection = "/api/v1/users/"
+    nobody = "/api/v1/users/?offset=0&limit=1"
+    versioned = false
+    patch_headers = make_headers({["Content-Type"] = "application/json"})
+  end
+  if a.keys == "1" then
+    keys = read_lines(a.data .. "/keys.txt")
+    key_at = math.floor(#keys * tid / tonumber(a.threads or "1"))
+  end
   local updatable = {}
   if what.versions then
     local nthreads = tonumber(a.threads or "1")
@@ -101,16 +127,27 @@ function prepare(args, what)
   return a
 end
 
+-- The headers h with the next API key (keys=1), else as they are.
+local function keyed(h)
+  if keys then
+    key_at = key_at % #keys + 1
+    h["Authorization"] = "Bearer " .. keys[key_at]
+  end
+  return h
+end
+
 function get_by_id()
-  return wrk.format("GET", "/api/v1/users/" .. ids[math.random(#ids)], read_headers)
+  return wrk.format("GET", "/api/v1/users/" .. ids[math.random(#ids)], keyed(read_headers))
 end
 
 function get_by_email()
-  return wrk.format("GET", "/api/v1/users?email=" .. emails[math.random(#emails)], read_headers)
+  return wrk.format(
+    "GET", "/api/v1/users?email=" .. emails[math.random(#emails)], keyed(read_headers)
+  )
 end
 
 function get_path(path)
-  return wrk.format("GET", path, read_headers)
+  return wrk.format("GET", path, keyed(read_headers))
 end
 
 function create()
@@ -118,30 +155,31 @@ function create()
   local body = string.format(
     '{"email":"%s%d@bench.example.org","full_name":"Created %d"}', prefix, created, created
   )
-  return wrk.format("POST", "/api/v1/users", json_headers, body)
+  return wrk.format("POST", collection, keyed(json_headers), body)
 end
 
--- A request whose answer holds no user, for when every user a thread may
--- update is in flight (it cannot be with the seeded users and 64 connections).
-local NOBODY = "/api/v1/users?email=nobody%40bench.example.org"
-
+-- update() asks for a request whose answer holds no user (nobody) when every
+-- user a thread may update is in flight (it cannot be with the seeded users
+-- and 64 connections).
 function update()
   if head > tail then
-    return wrk.format("GET", NOBODY, read_headers)
+    return wrk.format("GET", nobody, keyed(read_headers))
   end
   local entry = queue[head]
   queue[head] = nil
   head = head + 1
   inflight[entry[1]] = entry[2]
   updated = updated + 1
-  patch_headers["If-Match"] = '"' .. entry[2] .. '"'
+  if versioned then
+    patch_headers["If-Match"] = '"' .. entry[2] .. '"'
+  end
   local body = string.format('{"full_name":"Updated %d"}', updated)
-  return wrk.format("PATCH", "/api/v1/users/" .. entry[1], patch_headers, body)
+  return wrk.format("PATCH", "/api/v1/users/" .. entry[1], keyed(patch_headers), body)
 end
 
 -- Puts an updated user back in the queue with its new version. The answer to
--- an update is one user object (it starts with {"id": on userplane and the bare
--- stack alike) or a problem naming the user's path in "instance"; any other
+-- an update is one user object (it starts with {"id": on userplane, the bare
+-- stack and the peer alike) or a problem naming the user's path in "instance"; any other
 -- body (a list page, which may hold a user being updated) is not one. A refused
 -- update other than a 412 goes back with the version it had; a 412 user is dropped.
 function track_update(status, body)
