@@ -205,31 +205,30 @@ SEED_P99_RATIO_MAX = 1 / 3
 BARE_GET_RATIO_MIN = 0.85
 
 
+def _rps_check(
+    name: str, ours: Summary | None, theirs: Summary | None, required: str, low: float
+) -> Check:
+    """``ours`` req/s ÷ ``theirs``, met at ``low`` or more; "not run" without both."""
+    if ours is None or theirs is None or not theirs.rps:
+        return Check(name, "not run", required, None)
+    ratio = ours.rps / theirs.rps
+    return Check(name, f"{ratio:.2f} ({ours.rps:,.0f} / {theirs.rps:,.0f})", required, ratio >= low)
+
+
 def peer_checks(
     summaries: Mapping[tuple[str, str], Summary], target: str = PRIMARY, connections: int = 64
 ) -> list[Check]:
     """Issue 21's targets for ``target``: against the reference peer, the bare stack, errors."""
     out: list[Check] = []
+    order = [scenario for scenario, _ in VERSUS_SEED]
     for scenario, low in VERSUS_SEED:
         ours, peer = summaries.get((scenario, target)), summaries.get((scenario, SEED))
-        name = f"{scenario}: req/s vs seed"
-        if ours is None or peer is None or not peer.rps:
-            out.append(Check(name, "not run", f"≥ {low:.1f}", None))
-            continue
-        ratio = ours.rps / peer.rps
-        out.append(
-            Check(
-                name,
-                f"{ratio:.2f} ({ours.rps:,.0f} / {peer.rps:,.0f})",
-                f"≥ {low:.1f}",
-                ratio >= low,
-            )
-        )
+        out.append(_rps_check(f"{scenario}: req/s vs seed", ours, peer, f"≥ {low:.1f}", low))
     scenarios = sorted(
         {k[0] for k in summaries if k[1] == target and k[0] not in NOT_ON_SEED},
-        key=lambda n: [s for s, _ in VERSUS_SEED].index(n) if n in dict(VERSUS_SEED) else 99,
+        key=lambda n: order.index(n) if n in order else len(order),
     )
-    for scenario in scenarios or [s for s, _ in VERSUS_SEED]:
+    for scenario in scenarios or order:
         ours, peer = summaries.get((scenario, target)), summaries.get((scenario, SEED))
         name = f"{scenario}: p99 vs seed"
         if ours is None or peer is None or not peer.p99_ms:
@@ -246,18 +245,7 @@ def peer_checks(
         )
     ours, bare = summaries.get(("get_by_id", target)), summaries.get(("get_by_id", BARE))
     required = f"≥ {BARE_GET_RATIO_MIN:.2f}"
-    if ours is None or bare is None or not bare.rps:
-        out.append(Check("get_by_id: req/s vs bare", "not run", required, None))
-    else:
-        ratio = ours.rps / bare.rps
-        out.append(
-            Check(
-                "get_by_id: req/s vs bare",
-                f"{ratio:.2f} ({ours.rps:,.0f} / {bare.rps:,.0f})",
-                required,
-                ratio >= BARE_GET_RATIO_MIN,
-            )
-        )
+    out.append(_rps_check("get_by_id: req/s vs bare", ours, bare, required, BARE_GET_RATIO_MIN))
     ours_all = {k[0]: v for k, v in summaries.items() if k[1] == target}
     if ours_all:
         errors = sum(s.errors for s in ours_all.values())
@@ -311,15 +299,7 @@ def recording_checks(
     for scenario, low in RECORDING_BOUNDS:
         on, off = summaries.get((scenario, recorded)), summaries.get((scenario, unrecorded))
         name = f"{scenario}: req/s with audit and a webhook vs without"
-        if on is None or off is None or not off.rps:
-            out.append(Check(name, "not run", f"≥ {low:.2f}", None))
-            continue
-        ratio = on.rps / off.rps
-        out.append(
-            Check(
-                name, f"{ratio:.2f} ({on.rps:,.0f} / {off.rps:,.0f})", f"≥ {low:.2f}", ratio >= low
-            )
-        )
+        out.append(_rps_check(name, on, off, f"≥ {low:.2f}", low))
     return out
 
 
