@@ -61,6 +61,7 @@ from userplane.plugin import (
     User,
 )
 from userplane.plugins import api_keys
+from userplane.plugins.audit import trail_of
 from userplane.plugins.console import ConsoleState
 from userplane.plugins.console.signin import safe_next
 
@@ -1149,6 +1150,9 @@ def test_history_panel(registry: Registry, app: Any) -> None:
     user_id = uuid.UUID(user_path.rsplit("/", 1)[1])
     admin.get(user_path)
     admin.post(user_path, {"email": "hist@example.org", "full_name": "Story", "version": "1"})
+    # An event is listed once every older transaction in the cluster has ended: beside
+    # other suites' transactions, that may take longer than a page's own wait.
+    trail_of(registry).catch_up(wait=30)
     page = admin.get(user_path)
     panel = page.text.split('id="history"', 1)[1]
     assert "user.created" in panel
