@@ -54,7 +54,7 @@ class RateLimitSettings:
     limits: str | None = None
     #: The share of a limit a process may admit before it reports to the database.
     limit_slack: float = attrs.field(default=0.05, validator=_slack)
-    #: How long a process trusts what the database last told it of a subject, in ms.
+    #: How often a process reports what it admitted by itself, in ms (0: never by itself).
     limit_sync_ms: int = attrs.field(default=1000, validator=_sync)
 
 
@@ -114,7 +114,7 @@ def userplane_register_services(registry: Registry) -> None:
     own = section(RateLimitSettings, registry.settings, PREFIX)
     limiter = Limiter(in_force, store, own.limit_slack, own.limit_sync_ms / 1000)
     registry.services.register_value(
-        Limiter, limiter, ping=lambda _: store.ping(), name="rate_limits"
+        Limiter, limiter, ping=lambda _: store.ping(), close=Limiter.close, name="rate_limits"
     )
     registry.services.register_value(RateLimitCounters, limiter.counters)
 

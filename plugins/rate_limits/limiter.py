@@ -3,23 +3,33 @@
 Every check could be one statement in the database (``store``), but a
 request far under its limit need not wait for one. A process that last heard
 from the database that a subject has ``remaining`` requests left admits up
-to ``batch = floor(slack x limit)`` more on its own, for at most ``sync_s``,
-and reports them with its next statement (where they are counted whatever
-happens). Near the limit (fewer left than the batch), or once a subject is
-refused, every request is decided by the database, and a refusal holds
-locally until the time the database named.
+to ``batch = floor(slack x limit)`` more on its own, and a reporter thread
+reports what it admitted, for every subject at once, in one statement every
+``sync_s`` (where they are counted whatever happens); the answers refresh
+this process's view of each subject. Near the limit (fewer left than the
+batch), or once a subject is refused, every request is decided by the
+database, and a refusal holds locally until the time the database named. A
+subject this process has not heard of yet is asked about on the request
+thread, once.
+
+Why a reporter rather than a statement per subject and ``sync_s``: with many
+principals (a service's API keys) each process would otherwise send one
+statement per subject per ``sync_s``, on a request thread; the reporter sends
+one per process, off the request path, whatever the number of subjects.
 
 The accuracy that costs: ``P`` processes (instances x workers) each hold at
 most ``batch`` unreported requests (those in a statement still on its way
 count, so a process's threads share one batch), so a subject gets at most
 ``limit + P x batch = limit x (1 + P x slack)`` requests in a window. With
-``slack = 0`` every check is a statement, and the limit is exact.
+``slack = 0`` every check is a statement, and the limit is exact; so it is
+with ``sync_s = 0`` (no reporter).
 
 A store that fails costs no request: the check answers ``None`` (no limit),
 a warning is logged (at most every ``_WARN_EVERY_S``) and the failure is
-counted (``RateLimitCounters.store_failures``, exported as a metric). Failed
-authentications are the exception: they are then counted in the process
-alone, so that an outage of the store does not make guessing free.
+counted (``RateLimitCounters.store_failures``, exported as a metric); a
+report that fails is sent again with the next. Failed authentications are
+the exception: they are then counted in the process alone, so that an
+outage of the store does not make guessing free.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import collections
 import itertools
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -65,6 +76,8 @@ class _Subject:
     in_flight: int = 0
     #: The database's clock in the answer applied last: an older answer is not applied.
     db_now: float = -math.inf
+    #: The policy the subject is limited by (its key names one class).
+    policy: RateLimit | None = None
 
 
 class Limiter:
@@ -90,6 +103,10 @@ class Limiter:
         self._pruned_at = clock()
         #: Failures counted here while the store fails: subject key -> tat (monotonic).
         self._fallback_tat: collections.OrderedDict[str, float] = collections.OrderedDict()
+        #: The reporter thread, and the process it belongs to (gunicorn forks workers).
+        self._reporter: threading.Thread | None = None
+        self._reporter_pid = 0
+        self._stop = threading.Event()
 
     def check(self, kind: str, subject: str, consume: bool) -> Quota | None:
         """Decide one request of ``kind`` by ``subject`` (``consume``: count it).
@@ -115,8 +132,16 @@ class Limiter:
                 fresh = now - known.synced_at < self._sync_s
                 if fresh and not consume and known.remaining > unreported:
                     return self._local(policy, known, now, allowed=True)
-                if fresh and not happened and unreported < min(self._batch[kind], known.remaining):
+                # The reporter reports what is admitted here within sync_s, however long
+                # ago this view was refreshed: the batch is what bounds the error.
+                if (
+                    consume
+                    and not happened
+                    and self._sync_s > 0
+                    and unreported < min(self._batch[kind], known.remaining)
+                ):
                     known.pending += 1
+                    self._ensure_reporter()
                     return self._local(policy, known, now, allowed=True)
                 if consume:
                     # To the database with what this process served meanwhile; in flight
@@ -131,31 +156,102 @@ class Limiter:
             else:
                 hit = self._peek(key, policy)
         except Exception as exc:
-            self._failed(exc, key, sent)
+            self._failed(exc, [(key, sent)])
             if kind == AUTH_FAILURE:
                 # Guessing must not become free while the store is away: failures
                 # are then counted in this process alone, exactly as GCRA would.
                 return self._fallback(policy, key, happened)
             return None
-        quota = _quota(policy, hit)
         with self._lock:
-            self.counters.store_checks += 1
-            self.counters.refused += consume and not happened and not quota.allowed
             state = self._subjects.get(key)
             if state is None:
-                state = self._subjects[key] = _Subject(now, 0, now)
+                state = self._subjects[key] = _Subject(now, 0, now, policy=policy)
                 self._forget_beyond_bound()
             state.in_flight = max(0, state.in_flight - sent)
-            if hit.now >= state.db_now:  # an older answer than one applied says less
-                state.db_now = hit.now
-                state.synced_at = now
-                state.remaining = quota.remaining
-                state.reset_at = now + quota.reset_s
-                # Refused, or just admitted the last of the quota: no more fits until the
-                # database's tat says so, and this process knows when without asking again.
-                state.blocked_until = now + _next_fits_in(policy, hit)
+            quota = self._apply(state, policy, hit, now)
+            self.counters.store_checks += 1
+            self.counters.refused += consume and not happened and not quota.allowed
         if now - self._pruned_at >= _PRUNE_EVERY_S:
             self._prune(now)
+        return quota
+
+    def _ensure_reporter(self) -> None:
+        """Start this process's reporter if it has none. Called with the lock held."""
+        pid = os.getpid()
+        if self._reporter_pid == pid and self._reporter is not None:
+            return
+        # A forked worker inherits the object but not the thread: it starts its own.
+        self._reporter_pid = pid
+        self._stop.clear()
+        self._reporter = threading.Thread(
+            target=self._report_every, name="userplane-rate-limits", daemon=True
+        )
+        self._reporter.start()
+
+    def _report_every(self) -> None:
+        while not self._stop.wait(self._sync_s):
+            try:
+                self.report()
+            except Exception:  # the thread must outlive any one failure
+                _log.exception("the rate-limit reporter failed")
+
+    def report(self) -> int:
+        """Report what the fast path admitted, every subject in one statement; how many."""
+        now = self._clock()
+        with self._lock:
+            served = [
+                (key, state.pending, state.policy)
+                for key, state in self._subjects.items()
+                if state.pending and state.policy is not None
+            ]
+            for key, sent, _ in served:
+                state = self._subjects[key]
+                state.pending, state.in_flight = 0, state.in_flight + sent
+        if served:
+            try:
+                answers = self._store.report(
+                    [(key, sent, policy.interval_s) for key, sent, policy in served]
+                )
+            except Exception as exc:
+                self._failed(exc, [(key, sent) for key, sent, _ in served])
+                return 0
+            with self._lock:
+                self.counters.store_checks += 1
+                for key, sent, policy in served:
+                    known = self._subjects.get(key)
+                    if known is None:
+                        continue
+                    known.in_flight = max(0, known.in_flight - sent)
+                    if key in answers:
+                        tat, db_now = answers[key]
+                        self._apply(known, policy, Hit(allowed=True, tat=tat, now=db_now), now)
+        if now - self._pruned_at >= _PRUNE_EVERY_S:
+            self._prune(now)
+        return len(served)
+
+    def close(self) -> None:
+        """Stop the reporter, and report what is still unreported."""
+        self._stop.set()
+        reporter, self._reporter = self._reporter, None
+        if reporter is not None and reporter is not threading.current_thread():
+            reporter.join(5.0)
+        self.report()
+
+    @staticmethod
+    def _apply(state: _Subject, policy: RateLimit, hit: Hit, now: float) -> Quota:
+        """Refresh ``state`` from the database's answer ``hit`` (unless older); its ``Quota``.
+
+        Called with the lock held.
+        """
+        quota = _quota(policy, hit)
+        if hit.now >= state.db_now:  # an older answer than one applied says less
+            state.db_now = hit.now
+            state.synced_at = now
+            state.remaining = quota.remaining
+            state.reset_at = now + quota.reset_s
+            # Refused, or just admitted the last of the quota: no more fits until the
+            # database's tat says so, and this process knows when without asking again.
+            state.blocked_until = now + _next_fits_in(policy, hit)
         return quota
 
     def _forget_beyond_bound(self) -> None:
@@ -195,15 +291,16 @@ class Limiter:
             retry_after_s=0.0 if allowed else known.blocked_until - now,
         )
 
-    def _failed(self, exc: Exception, key: str, sent: int) -> None:
+    def _failed(self, exc: Exception, unreported: list[tuple[str, int]]) -> None:
         """The store failed: serve unlimited, take back what was not reported, say so."""
         now = self._clock()
         with self._lock:
             self.counters.store_failures += 1
-            known = self._subjects.get(key)
-            if known is not None:
-                known.in_flight = max(0, known.in_flight - sent)
-                known.pending += sent
+            for key, sent in unreported:
+                known = self._subjects.get(key)
+                if known is not None:
+                    known.in_flight = max(0, known.in_flight - sent)
+                    known.pending += sent
             warn = now - self._warned_at >= _WARN_EVERY_S
             if warn:
                 self._warned_at = now

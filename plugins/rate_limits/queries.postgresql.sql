@@ -23,6 +23,22 @@ ON CONFLICT (bucket) DO UPDATE SET
               <= EXCLUDED.seen
 RETURNING tat, seen, allowed
 
+-- name: report
+-- What a process's fast path served, for many subjects in one statement (limiter.Reporter):
+-- each bucket's :pendings requests of its :steps seconds are counted whatever happens, and
+-- nothing is decided. In bucket order, so that processes reporting at once lock rows in one
+-- order and never deadlock.
+INSERT INTO rate_limits AS r (bucket, tat, seen, allowed)
+SELECT b.bucket, n.now + b.pending * b.step, n.now, true
+FROM unnest(:buckets::text[], :pendings::double precision[], :steps::double precision[])
+     WITH ORDINALITY AS b(bucket, pending, step, i)
+CROSS JOIN (SELECT extract(epoch FROM clock_timestamp())::double precision AS now) AS n
+ORDER BY b.i
+ON CONFLICT (bucket) DO UPDATE SET
+    tat = greatest(r.tat, EXCLUDED.seen) + (EXCLUDED.tat - EXCLUDED.seen),
+    seen = EXCLUDED.seen
+RETURNING bucket, tat, seen
+
 -- name: peek
 -- One row whether or not the subject has state: its tat (or NULL) and the clock.
 SELECT r.tat, n.now

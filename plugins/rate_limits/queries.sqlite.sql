@@ -21,6 +21,21 @@ ON CONFLICT (bucket) DO UPDATE SET
               <= excluded.seen
 RETURNING tat, seen, allowed
 
+-- name: report
+-- As queries.postgresql.sql's report, the subjects as a JSON array of [bucket, pending, step].
+INSERT INTO rate_limits (bucket, tat, seen, allowed)
+SELECT json_extract(j.value, '$[0]'),
+       n.now + json_extract(j.value, '$[1]') * json_extract(j.value, '$[2]'),
+       n.now,
+       1
+FROM json_each(:subjects) AS j, (SELECT (julianday('now') - 2440587.5) * 86400.0 AS now) AS n
+WHERE true
+ORDER BY j.key
+ON CONFLICT (bucket) DO UPDATE SET
+    tat = max(rate_limits.tat, excluded.seen) + (excluded.tat - excluded.seen),
+    seen = excluded.seen
+RETURNING bucket, tat, seen
+
 -- name: peek
 SELECT r.tat, n.now
 FROM (SELECT (julianday('now') - 2440587.5) * 86400.0 AS now) AS n

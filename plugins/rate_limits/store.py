@@ -8,6 +8,8 @@ state. PostgreSQL keeps the table UNLOGGED: counters need no crash safety.
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Sequence
 
 import attrs
 
@@ -50,6 +52,7 @@ class RateStore:
                 "(USERPLANE_DISABLED_PLUGINS=rate_limits) and bring a limiter of your own"
             )
         self._storage = storage
+        self._dialect = dialect
         queries = load_queries(
             __package__ or "userplane.plugins.rate_limits", f"queries.{dialect}.sql"
         )
@@ -73,6 +76,26 @@ class RateStore:
         assert row is not None  # an upsert with RETURNING always returns its row
         tat, now, allowed = row
         return Hit(allowed=bool(allowed), tat=float(tat), now=float(now))
+
+    def report(self, served: Sequence[tuple[str, int, float]]) -> dict[str, tuple[float, float]]:
+        """Count requests already served, for many subjects in one statement; decide nothing.
+
+        ``served`` holds ``(key, requests, interval_s)``; the answer maps each
+        key to its theoretical arrival time after the count and the database's
+        clock, in epoch seconds.
+        """
+        ordered = sorted(served)  # one lock order for every process: no deadlock
+        params: dict[str, object]
+        if self._dialect == "postgresql":
+            params = {
+                "buckets": [key for key, _, _ in ordered],
+                "pendings": [float(n) for _, n, _ in ordered],
+                "steps": [float(step) for _, _, step in ordered],
+            }
+        else:
+            params = {"subjects": json.dumps([[k, float(n), float(s)] for k, n, s in ordered])}
+        rows = self._storage.fetch_all(self._sql["report"], params)
+        return {bucket: (float(tat), float(now)) for bucket, tat, now in rows}
 
     def peek(self, key: str) -> tuple[float | None, float]:
         """The subject's theoretical arrival time (``None`` if it has none) and the clock."""

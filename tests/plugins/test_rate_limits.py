@@ -533,3 +533,116 @@ def test_guessing_stays_limited_per_process_while_the_store_fails(
         store.execute("ALTER TABLE rate_limits_away RENAME TO rate_limits", {})
     assert [s.status_code for s in statuses] == [401, 401, 401, 429, 429]
     assert registry.services.get(RateLimitCounters).store_failures > 0
+
+
+# ------------------------------------------------------------------------------- the reporter
+
+#: One request is a second of quota; a batch of 30 is admitted without a statement.
+SECONDS = {"USERPLANE_RATE_LIMITS": "read=100/100s", "USERPLANE_RATE_LIMIT_SLACK": "0.3"}
+
+
+def tat_of(limiter: Limiter, subject: str) -> float:
+    """The subject's theoretical arrival time in the database (epoch seconds)."""
+    tat, _ = limiter._store.peek(state_key(READ, subject))
+    assert tat is not None
+    return tat
+
+
+def test_many_subjects_cost_one_statement_per_report_not_one_each(
+    make_registry: MakeRegistry,
+) -> None:
+    """256 principals: each is asked about once, then one statement reports them all."""
+    limiter = limiter_of(make_registry(USERPLANE_RATE_LIMIT_SYNC_MS="60000", **SECONDS))
+    subjects = [f"principal:key-{i}" for i in range(256)]
+    for subject in subjects:
+        assert limiter.check(READ, subject, True).allowed  # type: ignore[union-attr]
+    first_sight = limiter.counters.store_checks
+    assert first_sight == 256  # a subject this process never heard of: asked once
+    before = {subject: tat_of(limiter, subject) for subject in subjects}
+    for _ in range(5):
+        for subject in subjects:
+            quota = limiter.check(READ, subject, True)
+            assert quota is not None
+            assert quota.allowed
+    assert limiter.counters.store_checks == first_sight  # no statement on the request path
+    assert limiter.report() == 256
+    assert limiter.counters.store_checks == first_sight + 1
+    # Every subject's five requests admitted here are now counted in the database.
+    for subject in subjects:
+        assert tat_of(limiter, subject) - before[subject] == pytest.approx(5.0, abs=1e-3)
+    assert limiter.report() == 0  # nothing unreported: no statement
+    assert limiter.counters.store_checks == first_sight + 1
+
+
+def test_the_reporter_reports_within_the_sync_interval(make_registry: MakeRegistry) -> None:
+    limiter = limiter_of(make_registry(USERPLANE_RATE_LIMIT_SYNC_MS="100", **SECONDS))
+    limiter.check(READ, "principal:reported", True)
+    before = tat_of(limiter, "principal:reported")
+    for _ in range(10):
+        limiter.check(READ, "principal:reported", True)
+    deadline = time.monotonic() + 5
+    while tat_of(limiter, "principal:reported") - before < 9.5:
+        assert time.monotonic() < deadline, "the reporter never reported"
+        time.sleep(0.05)
+    assert tat_of(limiter, "principal:reported") - before == pytest.approx(10.0, abs=1e-3)
+
+
+def test_a_report_refreshes_the_view_and_a_subject_spent_elsewhere_is_refused(
+    make_registry: MakeRegistry,
+) -> None:
+    """Another instance spends the quota: this one learns it from its next report."""
+    settings = {"USERPLANE_RATE_LIMITS": "write=40/60s", "USERPLANE_RATE_LIMIT_SLACK": "0.25"}
+    here = limiter_of(make_registry(USERPLANE_RATE_LIMIT_SYNC_MS="60000", **settings))
+    elsewhere = limiter_of(make_registry(**{**settings, "USERPLANE_RATE_LIMIT_SLACK": "0"}))
+    assert here.check(WRITE, "principal:shared", True).allowed  # type: ignore[union-attr]
+    assert here.check(WRITE, "principal:shared", True).allowed  # type: ignore[union-attr]
+    while elsewhere.check(WRITE, "principal:shared", True).allowed:  # type: ignore[union-attr]
+        pass
+    assert here.report() == 1
+    quota = here.check(WRITE, "principal:shared", True)
+    assert quota is not None
+    assert not quota.allowed
+    assert quota.retry_after >= 1
+
+
+def test_closing_reports_what_is_unreported(make_registry: MakeRegistry) -> None:
+    registry = make_registry(USERPLANE_RATE_LIMIT_SYNC_MS="60000", **SECONDS)
+    limiter = limiter_of(registry)
+    limiter.check(READ, "principal:closing", True)
+    before = tat_of(limiter, "principal:closing")
+    for _ in range(19):
+        limiter.check(READ, "principal:closing", True)
+    reader = limiter_of(make_registry(**SECONDS))
+    assert tat_of(reader, "principal:closing") == before
+    registry.close()
+    assert tat_of(reader, "principal:closing") - before == pytest.approx(19.0, abs=1e-3)
+
+
+def test_a_failed_report_is_sent_again_with_the_next(
+    make_registry: MakeRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = limiter_of(make_registry(USERPLANE_RATE_LIMIT_SYNC_MS="60000", **SECONDS))
+    limiter.check(READ, "principal:retried", True)
+    before = tat_of(limiter, "principal:retried")
+    for _ in range(9):
+        limiter.check(READ, "principal:retried", True)
+    store = limiter._store
+    real = store.report
+
+    def unreachable(served: Any) -> Any:
+        raise ConnectionError("the database went away")
+
+    monkeypatch.setattr(store, "report", unreachable)
+    assert limiter.report() == 0
+    assert limiter.counters.store_failures == 1
+    assert tat_of(limiter, "principal:retried") == before
+    monkeypatch.setattr(store, "report", real)
+    assert limiter.report() == 1
+    assert tat_of(limiter, "principal:retried") - before == pytest.approx(9.0, abs=1e-3)
+
+
+def test_no_sync_interval_means_every_check_is_a_statement(make_registry: MakeRegistry) -> None:
+    limiter = limiter_of(make_registry(USERPLANE_RATE_LIMIT_SYNC_MS="0", **SECONDS))
+    for _ in range(10):
+        limiter.check(READ, "principal:exact", True)
+    assert limiter.counters.store_checks == 10
