@@ -671,9 +671,17 @@ def said(name: str) -> bool:
     schema = name_schema()
     return (
         schema["minLength"] <= len(name) <= schema["maxLength"]
-        and re.search(schema["pattern"], name) is not None
-        and re.search(schema["not"]["pattern"], name) is None
+        and re.search(ecma(schema["pattern"]), name) is not None
+        and re.search(ecma(schema["not"]["pattern"]), name) is None
     )
+
+
+def ecma(pattern: str) -> str:
+    """A JSON Schema pattern (ECMA-262) for Python's ``re``: there, ``$`` is the end of input.
+
+    Python's ``$`` also matches before a final newline (``"0\\n"``); ``\\Z`` does not.
+    """
+    return pattern[:-1] + r"\Z" if pattern.endswith("$") else pattern
 
 
 @given(st.text(max_size=120))
