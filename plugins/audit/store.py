@@ -162,7 +162,9 @@ class AuditStore:
         if len(events) == 1:
             change, fields = events[0]
             params = {**self._values(change), "fields": fields_json(fields)}
-            storage.execute(self._sql["append"], storage.params(params))
+            # execute_many: nobody waits for a row count, so a store that pipelines
+            # (PostgreSQL) sends the event with the transaction's COMMIT.
+            storage.execute_many(self._sql["append"], [storage.params(params)])
             return
         stamp = self._one("batch_stamp", {})
         assert stamp is not None
