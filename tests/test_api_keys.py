@@ -3,7 +3,8 @@
 
 Time is the test's own: a ``Clock`` for wall-clock time (creation, expiry, revocation,
 ``last_used_at``) and ``Ticks`` for the monotonic clock the authenticator's cache runs on.
-Storage is never faked; a bound method is at most wrapped to count its calls or fail.
+Storage is never faked; a bound method is at most wrapped to count its calls, to fail,
+or to take the test's time.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import re
 import secrets
 import sqlite3
 import string
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -129,9 +133,9 @@ def keys(registry: Registry, store: ApiKeyStorage, clock: Clock) -> ApiKeyServic
 
 @pytest.fixture
 def touches(store: ApiKeyStorage, monkeypatch: pytest.MonkeyPatch) -> Calls:
-    """Every ``touch_api_key`` call the storage gets."""
-    calls = Calls(store.touch_api_key)
-    monkeypatch.setattr(store, "touch_api_key", calls)
+    """Every ``touch_api_keys`` call (a batch of ``{key id: time}``) the storage gets."""
+    calls = Calls(store.touch_api_keys)
+    monkeypatch.setattr(store, "touch_api_keys", calls)
     return calls
 
 
@@ -421,7 +425,8 @@ def test_revoke_unknown_is_not_found(keys: ApiKeyService) -> None:
 
 @pytest.fixture
 def authenticator(store: ApiKeyStorage, ticks: Ticks, clock: Clock) -> plugin.KeyAuthenticator:
-    return plugin.KeyAuthenticator(store, TTL)
+    """An authenticator without a refresher thread: the test runs ``refresh`` itself."""
+    return plugin.KeyAuthenticator(store, TTL, refresh_seconds=None)
 
 
 def rejected(auth: plugin.KeyAuthenticator, key: str) -> bool:
@@ -486,7 +491,7 @@ def test_a_revoked_key_is_rejected_once_the_cache_expires(
 def test_without_a_cache_a_revoked_key_is_rejected_at_once(
     keys: ApiKeyService, store: ApiKeyStorage, ticks: Ticks, clock: Clock
 ) -> None:
-    auth = plugin.KeyAuthenticator(store, 0.0)
+    auth = plugin.KeyAuthenticator(store, 0.0, refresh_seconds=None)
     record, key = keys.create("ci", "admin")
     auth.authenticate(key)
     keys.revoke(record.id)
@@ -516,26 +521,28 @@ def test_last_used_at_is_written_at_most_once_per_window(
     used = clock.advance(SECOND)
     for _ in range(20):
         authenticator.authenticate(key)
-    assert touches.count == 1
-    assert touches.args[0] == (record.id, used)
+    authenticator.refresh()
+    assert touches.args == [({record.id: used},)]
     stored = store.get_api_key(record.lookup)
     assert stored is not None
     assert stored.last_used_at == used
     clock.advance(SECOND)
     ticks.advance(TTL - 0.01)
     authenticator.authenticate(key)
+    authenticator.refresh()
     assert touches.count == 1
     later = clock.advance(SECOND)
     ticks.advance(0.01)
     for _ in range(5):
         authenticator.authenticate(key)
+    authenticator.refresh()
     assert touches.count == 2
     stored = store.get_api_key(record.lookup)
     assert stored is not None
     assert stored.last_used_at == later
 
 
-def test_each_key_is_touched_on_its_own(
+def test_the_keys_used_are_touched_in_one_statement(
     keys: ApiKeyService, authenticator: plugin.KeyAuthenticator, touches: Calls
 ) -> None:
     a, key_a = keys.create("a", "admin")
@@ -543,7 +550,8 @@ def test_each_key_is_touched_on_its_own(
     for _ in range(3):
         authenticator.authenticate(key_a)
         authenticator.authenticate(key_b)
-    assert sorted(args[0] for args in touches.args) == sorted([a.id, b.id])
+    authenticator.refresh()
+    assert touches.args == [({a.id: T0, b.id: T0},)]  # both, in one statement
 
 
 def test_an_unavailable_database_while_touching_does_not_reject_a_valid_key(
@@ -556,8 +564,11 @@ def test_an_unavailable_database_while_touching_does_not_reject_a_valid_key(
     record, key = keys.create("ci", "admin")
     touches.fail = Unavailable("the database is busy; retry shortly")
     assert authenticator.authenticate(key).id == f"key:{record.id}"
+    authenticator.refresh()
     assert touches.count == 1
     assert authenticator.authenticate(key).id == f"key:{record.id}"
+    authenticator.refresh()
+    assert touches.count == 1  # not noted again within the window
     stored = store.get_api_key(record.lookup)
     assert stored is not None
     assert stored.last_used_at is None
@@ -565,6 +576,7 @@ def test_an_unavailable_database_while_touching_does_not_reject_a_valid_key(
     touches.fail = None
     ticks.advance(TTL)
     authenticator.authenticate(key)
+    authenticator.refresh()
     assert touches.count == 2
     stored = store.get_api_key(record.lookup)
     assert stored is not None
@@ -628,24 +640,27 @@ def test_a_database_refusing_last_used_at_still_serves_valid_keys(
     read_only_keys: tuple[Registry, str], ticks: Ticks, caplog: pytest.LogCaptureFixture
 ) -> None:
     registry, key = read_only_keys
+    auth = api_keys.state_of(registry).authenticator
     http = testing.TestClient(create_app(registry), headers={"Authorization": f"Bearer {key}"})
     with caplog.at_level(logging.WARNING, logger="userplane.api_keys"):
         for _ in range(5):
             answer = http.simulate_get("/api/v1/users")
             assert answer.status_code == 200, answer.text
+        auth.refresh()  # the refresher's pass (its thread may have run one already)
         # Logged once: a failed write is not tried again on every request...
         failures = [r for r in caplog.records if r.getMessage().startswith(TOUCH_FAILED)]
         assert len(failures) == 1
         # ...only once the delay has passed, like a write that succeeds.
         ticks.advance(TTL)  # the default USERPLANE_API_KEYS_CACHE_SECONDS
         assert http.simulate_get("/api/v1/users").status_code == 200
+        auth.refresh()
         failures = [r for r in caplog.records if r.getMessage().startswith(TOUCH_FAILED)]
         assert len(failures) == 2
     record = api_keys.state_of(registry).store.get_api_key(key[3:15])
     assert record is not None
     assert record.last_used_at is None  # the database did refuse it
     for failure in failures:
-        assert failure.key_id == str(record.id)  # type: ignore[attr-defined]
+        assert failure.key_ids == [str(record.id)]  # type: ignore[attr-defined]
         logged = " ".join(str(v) for v in vars(failure).values())
         assert key not in logged
         assert key[3:] not in logged
@@ -673,8 +688,10 @@ def test_a_flood_of_unknown_keys_never_evicts_a_real_one(
 ) -> None:
     registry, counter = counted
     _, key = api_keys.service(registry).create("ci", "admin")
-    auth = api_keys.state_of(registry).authenticator  # the production cache and its bounds
-    auth.authenticate(key)  # read (and last_used_at written) once
+    store = api_keys.state_of(registry).store
+    # The default bounds; no refresher thread, whose passes would be counted too.
+    auth = plugin.KeyAuthenticator(store, TTL, refresh_seconds=None)
+    auth.authenticate(key)  # read once
     flood = [random_key() for _ in range(plugin.CACHE_ENTRIES + 1)]
     for unknown in flood:
         assert rejected(auth, unknown)
@@ -695,7 +712,7 @@ def test_unknown_lookups_are_bounded_on_their_own(
 ) -> None:
     registry, counter = counted
     store = api_keys.state_of(registry).store
-    auth = plugin.KeyAuthenticator(store, TTL, entries=4, unknown_entries=3)
+    auth = plugin.KeyAuthenticator(store, TTL, entries=4, unknown_entries=3, refresh_seconds=None)
     keys = [api_keys.service(registry).create(f"k{i}", "viewer")[1] for i in range(4)]
     for key in keys:
         auth.authenticate(key)
@@ -721,3 +738,304 @@ def test_a_key_stored_after_its_id_was_found_unknown_works_once_the_window_passe
     assert rejected(authenticator, key)  # "unknown" is trusted for the window, like a key
     ticks.advance(TTL)
     assert authenticator.authenticate(key).name == "hand made"
+
+
+# --- the refresher -------------------------------------------------------------------------
+
+
+class Statements:
+    """Every statement the storage runs, by ``fetch_one``, ``fetch_all`` or ``execute``."""
+
+    def __init__(self) -> None:
+        self.sql: list[str] = []
+
+    def wrap(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(sql: str, params: Any) -> Any:
+            self.sql.append(sql)
+            return method(sql, params)
+
+        return counted
+
+    @property
+    def count(self) -> int:
+        return len(self.sql)
+
+
+@pytest.fixture
+def statements(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> Statements:
+    counter = Statements()
+    storage = registry.storage
+    for name in ("fetch_one", "fetch_all", "execute"):
+        monkeypatch.setattr(storage, name, counter.wrap(getattr(storage, name)))
+    return counter
+
+
+@pytest.fixture
+def batch_reads(store: ApiKeyStorage, monkeypatch: pytest.MonkeyPatch) -> Calls:
+    """Every ``get_api_keys`` call (the refresher's reads) the storage gets."""
+    calls = Calls(store.get_api_keys)
+    monkeypatch.setattr(store, "get_api_keys", calls)
+    return calls
+
+
+def test_keys_in_use_are_read_ahead_and_requests_run_no_statement(
+    keys: ApiKeyService,
+    authenticator: plugin.KeyAuthenticator,
+    statements: Statements,
+    ticks: Ticks,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(plugin, "CHUNK", 16)
+    made = [keys.create(f"k{i}", "viewer") for i in range(40)]
+    start = statements.count
+    principals = [authenticator.authenticate(key) for _, key in made]  # read one by one
+    authenticator.refresh()  # the uses noted: one statement per chunk
+    assert statements.count - start == 40 + 3
+    for _ in range(4 * int(TTL)):  # four windows, a refresher pass a second
+        ticks.advance(1.0)
+        before = statements.count
+        authenticator.refresh()
+        ran = statements.sql[before:]
+        assert len(ran) <= 3 + 3, ran  # a read, and maybe a write, per chunk of 16 keys
+        before = statements.count
+        for (record, key), principal in zip(made, principals, strict=True):
+            assert authenticator.authenticate(key) == principal
+            assert principal.id == f"key:{record.id}"
+        assert statements.count == before, "a request ran a statement"
+
+
+def test_the_principal_is_built_once_per_read(
+    keys: ApiKeyService, authenticator: plugin.KeyAuthenticator
+) -> None:
+    _, key = keys.create("ci", "admin")
+    assert authenticator.authenticate(key) is authenticator.authenticate(key)
+
+
+def test_keys_no_longer_used_are_not_read_ahead(
+    keys: ApiKeyService, authenticator: plugin.KeyAuthenticator, ticks: Ticks, batch_reads: Calls
+) -> None:
+    _, used = keys.create("used", "admin")
+    _, idle = keys.create("idle", "admin")
+    authenticator.authenticate(used)
+    authenticator.authenticate(idle)
+    for _ in range(3 * int(TTL)):
+        ticks.advance(1.0)
+        authenticator.refresh()
+        authenticator.authenticate(used)
+    read = [lookup for args in batch_reads.args for lookup in args[0]]
+    assert used[3:15] in read
+    assert read.count(idle[3:15]) <= 2  # read ahead while used within the window, then left
+
+
+def test_a_revoked_key_stops_at_the_next_refresh(
+    keys: ApiKeyService, authenticator: plugin.KeyAuthenticator, ticks: Ticks
+) -> None:
+    record, key = keys.create("ci", "admin")
+    authenticator.authenticate(key)
+    keys.revoke(record.id)
+    ticks.advance(TTL / 2)
+    assert not rejected(authenticator, key)  # trusted, as read, for the window
+    authenticator.refresh()
+    assert rejected(authenticator, key)  # before the window is out
+
+
+def test_a_deleted_key_is_dropped_at_the_next_refresh_and_remembered_unknown(
+    store: ApiKeyStorage,
+    registry: Registry,
+    authenticator: plugin.KeyAuthenticator,
+    ticks: Ticks,
+    reads: Calls,
+) -> None:
+    key = random_key()
+    store.insert_api_key(record_for(key))
+    authenticator.authenticate(key)
+    registry.storage.execute(
+        registry.storage.dialect.compile("DELETE FROM api_keys WHERE lookup = :lookup"),
+        {"lookup": key[3:15]},
+    )
+    ticks.advance(TTL / 2)
+    authenticator.refresh()
+    assert rejected(authenticator, key)
+    ticks.advance(TTL / 2)
+    assert rejected(authenticator, key)
+    assert reads.count == 1  # the first read only: "unknown" is trusted for the window
+
+
+@pytest.mark.parametrize("refresher", ["stopped", "failing"])
+def test_a_revoked_key_stops_within_the_window_whatever_the_refresher(
+    keys: ApiKeyService,
+    authenticator: plugin.KeyAuthenticator,
+    ticks: Ticks,
+    batch_reads: Calls,
+    refresher: str,
+) -> None:
+    record, key = keys.create("ci", "admin")
+    batch_reads.fail = Unavailable("the database is busy; retry shortly")
+    authenticator.authenticate(key)
+    keys.revoke(record.id)
+    for _ in range(int(TTL) - 1):
+        ticks.advance(1.0)
+        if refresher == "failing":
+            authenticator.refresh()
+        assert not rejected(authenticator, key)
+    ticks.advance(1.0)
+    assert rejected(authenticator, key)  # read by the request itself, as the window ran out
+
+
+def test_a_read_is_trusted_from_when_it_was_sent(
+    keys: ApiKeyService,
+    authenticator: plugin.KeyAuthenticator,
+    ticks: Ticks,
+    batch_reads: Calls,
+    reads: Calls,
+) -> None:
+    _, key = keys.create("ci", "admin")
+    authenticator.authenticate(key)
+    ticks.advance(TTL / 2)
+    slow = batch_reads.method
+
+    def two_seconds_late(lookups: Any) -> Any:
+        answer = slow(lookups)
+        ticks.advance(2.0)  # the answer comes two seconds after the statement was sent
+        return answer
+
+    batch_reads.method = two_seconds_late
+    authenticator.refresh()
+    assert batch_reads.count == 1
+    ticks.advance(TTL - 2.0 - 0.25)
+    authenticator.authenticate(key)
+    assert reads.count == 1  # still inside the window the refresh opened
+    ticks.advance(0.25)
+    authenticator.authenticate(key)
+    assert reads.count == 2  # TTL after the refresh was sent, not after it answered
+
+
+def test_a_failing_refresher_logs_and_requests_go_on(
+    keys: ApiKeyService,
+    store: ApiKeyStorage,
+    authenticator: plugin.KeyAuthenticator,
+    ticks: Ticks,
+    clock: Clock,
+    batch_reads: Calls,
+    reads: Calls,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    record, key = keys.create("ci", "admin")
+    authenticator.authenticate(key)
+    batch_reads.fail = Unavailable("the database is busy; retry shortly")
+    ticks.advance(TTL / 2)
+    with caplog.at_level(logging.WARNING, logger="userplane.api_keys"):
+        authenticator.refresh()
+    assert [r.getMessage() for r in caplog.records] == [
+        "API keys not refreshed: the database is busy; retry shortly"
+    ]
+    assert key not in caplog.text
+    stored = store.get_api_key_by_id(record.id)
+    assert stored is not None
+    assert stored.last_used_at == T0  # the uses were written all the same
+    assert authenticator.authenticate(key).id == f"key:{record.id}"
+    ticks.advance(TTL / 2)
+    assert authenticator.authenticate(key).id == f"key:{record.id}"  # read by the request
+    assert reads.count == 2
+
+
+def test_uses_are_written_together_and_never_moved_back(
+    keys: ApiKeyService,
+    store: ApiKeyStorage,
+    authenticator: plugin.KeyAuthenticator,
+    statements: Statements,
+    clock: Clock,
+    ticks: Ticks,
+) -> None:
+    made = [keys.create(f"k{i}", "viewer") for i in range(3)]
+    for i, (_, key) in enumerate(made):
+        clock.advance(SECOND)
+        authenticator.authenticate(key)
+        if i == 0:
+            authenticator.authenticate(key)  # noted once
+    later = T0 + timedelta(hours=1)
+    store.touch_api_key(made[2][0].id, later)  # another process, with a later use
+    before = statements.count
+    authenticator.refresh()
+    assert len(statements.sql[before:]) == 1  # one statement for the three keys
+    stored = [store.get_api_key(record.lookup) for record, _ in made]
+    assert [s.last_used_at if s else None for s in stored] == [
+        T0 + SECOND,
+        T0 + 2 * SECOND,
+        later,  # not moved back
+    ]
+    before = statements.count
+    authenticator.refresh()
+    assert statements.count == before  # nothing new noted: nothing written
+
+
+def test_close_writes_the_uses_still_noted(
+    keys: ApiKeyService, store: ApiKeyStorage, authenticator: plugin.KeyAuthenticator, clock: Clock
+) -> None:
+    record, key = keys.create("ci", "admin")
+    used = clock.advance(SECOND)
+    authenticator.authenticate(key)
+    authenticator.close()
+    stored = store.get_api_key(record.lookup)
+    assert stored is not None
+    assert stored.last_used_at == used
+    assert authenticator.authenticate(key).id == f"key:{record.id}"  # still answers
+
+
+def test_closing_the_registry_loses_no_use(database_url: str) -> None:
+    settings = Settings.from_mapping({"USERPLANE_DATABASE_URL": database_url})
+    with Registry(settings) as registry:
+        registry.migrate()
+        record, key = api_keys.service(registry).create("ci", "admin")
+        api_keys.state_of(registry).authenticator.authenticate(key)
+    with Registry(settings) as registry:
+        stored = api_keys.state_of(registry).store.get_api_key(record.lookup)
+    assert stored is not None
+    assert stored.last_used_at is not None
+
+
+def refreshers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "userplane-api-keys"]
+
+
+def test_the_refresher_thread_starts_on_first_use_and_stops_at_close(
+    keys: ApiKeyService, store: ApiKeyStorage, batch_reads: Calls
+) -> None:
+    _, key = keys.create("ci", "admin")
+    auth = plugin.KeyAuthenticator(store, 0.2, refresh_seconds=0.02)  # real time
+    running = len(refreshers())
+    auth.authenticate(key)
+    assert len(refreshers()) == running + 1
+    deadline = time.monotonic() + 10
+    while batch_reads.count < 3 and time.monotonic() < deadline:
+        auth.authenticate(key)  # in use: read ahead
+        time.sleep(0.02)
+    assert batch_reads.count >= 3
+    auth.close()
+    assert len(refreshers()) == running
+    after = batch_reads.count
+    time.sleep(0.1)
+    assert batch_reads.count == after
+
+
+def test_a_forked_process_starts_a_refresher_of_its_own(
+    keys: ApiKeyService,
+    store: ApiKeyStorage,
+    clock: Clock,
+    touches: Calls,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, key = keys.create("ci", "admin")
+    auth = plugin.KeyAuthenticator(store, TTL, refresh_seconds=60.0)
+    running = len(refreshers())
+    auth.authenticate(key)  # a use noted, in the parent
+    pid = os.getpid()
+    monkeypatch.setattr(plugin, "os", SimpleNamespace(getpid=lambda: pid + 1))
+    auth.authenticate(key)  # now in the "child": a thread of its own, the parent's stopped
+    deadline = time.monotonic() + 5
+    while len(refreshers()) != running + 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(refreshers()) == running + 1
+    auth.close()
+    assert touches.count == 0  # the parent's noted use is the parent's to write
+    assert len(refreshers()) == running

@@ -128,6 +128,8 @@ def userplane_register_services(registry: Registry) -> None:
         ApiKeys,
         lambda: ApiKeys(registry, storage),
         ping=lambda keys: keys.store.ping(),
+        # Stops the authenticator's refresher and writes the last_used_at still noted.
+        close=lambda keys: keys.authenticator.close(),
         name="api_keys",
     )
 

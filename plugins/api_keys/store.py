@@ -3,13 +3,17 @@
 The statements (``queries.sql``) are written once, with ``:name`` parameters
 and no ``RETURNING``, and compiled for the storage's dialect: any store built
 on ``userplane.sql.SQLStorage`` whose dialect this plugin has migrations for
-can hold keys.
+can hold keys. The statements over a set of keys (the authenticator's
+refresher) need a set-valued parameter, which each dialect spells its own way:
+they are in ``queries.<dialect>.sql`` for the dialects in ``_LISTS``; on any
+other, the set is read or written one key at a time.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +21,10 @@ from userplane.plugin import Conflict
 from userplane.plugins.api_keys.keys import ApiKey
 from userplane.sql import SQLStorage, load_queries
 
-_QUERIES = load_queries(__package__ or "userplane.plugins.api_keys")
+_PACKAGE = __package__ or "userplane.plugins.api_keys"
+_QUERIES = load_queries(_PACKAGE)
+#: How each dialect with set statements takes a list: an array, or a JSON array's text.
+_LISTS: dict[str, Callable[[list[Any]], Any]] = {"postgresql": list, "sqlite": json.dumps}
 
 
 class ApiKeyStore:
@@ -25,7 +32,11 @@ class ApiKeyStore:
 
     def __init__(self, storage: SQLStorage) -> None:
         self._storage = storage
-        self._sql = {name: storage.dialect.compile(sql) for name, sql in _QUERIES.items()}
+        queries = dict(_QUERIES)
+        self._list = _LISTS.get(storage.dialect.name)
+        if self._list is not None:
+            queries |= load_queries(_PACKAGE, f"queries.{storage.dialect.name}.sql")
+        self._sql = {name: storage.dialect.compile(sql) for name, sql in queries.items()}
 
     def _time(self, value: Any) -> datetime | None:
         return None if value is None else self._storage.time_from_db(value)
@@ -45,6 +56,11 @@ class ApiKeyStore:
             revoked_at=self._time(revoked),
             last_used_at=self._time(used),
         )
+
+    def _values(self, values: Sequence[Any]) -> Any:
+        """``values`` as one set-valued parameter, each as the storage stores it."""
+        assert self._list is not None
+        return self._list([self._storage.to_db(v) for v in values])
 
     def _one(self, name: str, params: dict[str, Any]) -> ApiKey | None:
         row = self._storage.fetch_one(self._sql[name], self._storage.params(params))
@@ -107,3 +123,27 @@ class ApiKeyStore:
     def touch_api_key(self, key_id: uuid.UUID, now: datetime) -> None:
         """Move ``last_used_at`` forward to ``now`` (never back)."""
         self._execute("touch_api_key", {"id": key_id, "now": now})
+
+    def get_api_keys(self, lookups: Sequence[str]) -> list[ApiKey]:
+        """The keys with these lookup ids (in no order), revoked or expired ones included.
+
+        One statement where the dialect has a set statement; the caller bounds the
+        set's size.
+        """
+        if not lookups:
+            return []
+        if self._list is None:
+            return [k for k in map(self.get_api_key, lookups) if k is not None]
+        rows = self._storage.fetch_all(
+            self._sql["get_api_keys"], {"lookups": self._values(lookups)}
+        )
+        return [self._key(r) for r in rows]
+
+    def touch_api_keys(self, uses: Mapping[uuid.UUID, datetime]) -> None:
+        """``touch_api_key`` for each key id, to its own time: one statement if the dialect can."""
+        if self._list is None:
+            for key_id, now in uses.items():
+                self.touch_api_key(key_id, now)
+        elif uses:
+            params = {"ids": self._values(list(uses)), "ats": self._values(list(uses.values()))}
+            self._storage.execute(self._sql["touch_api_keys"], params)
