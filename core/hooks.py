@@ -18,6 +18,7 @@ import attrs
 import pluggy
 
 from userplane.errors import ConfigurationError
+from userplane.plugin_manager import CORE_PLUGIN_NAME as _CORE
 
 if TYPE_CHECKING:
     from userplane.auth import Credentials, Principal
@@ -150,18 +151,24 @@ class Hooks:
 
     # -- operations and auth ----------------------------------------------------
 
+    # The hooks below run on every request: one without implementations is not
+    # dispatched at all (pluggy would build its arguments and walk an empty list).
+
     def operation(self, operation: str, call: Callable[[], T], registry: Registry) -> T:
         """Run ``call`` as ``operation`` inside every ``userplane_operation`` wrapper."""
-        result: T = self._hook.userplane_operation(
-            operation=operation, call=call, registry=registry
-        )
+        hook = self._hook.userplane_operation
+        impls = hook.get_hookimpls()
+        if len(impls) == 1 and impls[0].plugin_name == _CORE:
+            return call()  # the core's own implementation, and no wrapper
+        result: T = hook(operation=operation, call=call, registry=registry)
         return result
 
     def authenticate(self, credentials: Credentials, registry: Registry) -> Principal | None:
         """The first plugin's principal for ``credentials``, or ``None``."""
-        principal: Principal | None = self._hook.userplane_authenticate(
-            credentials=credentials, registry=registry
-        )
+        hook = self._hook.userplane_authenticate
+        if not hook.get_hookimpls():
+            return None
+        principal: Principal | None = hook(credentials=credentials, registry=registry)
         return principal
 
     @property
@@ -186,7 +193,10 @@ class Hooks:
         self, principal: Principal, action: str, resource: Any, registry: Registry
     ) -> list[bool | None]:
         """Every plugin's vote on ``action``."""
-        votes: list[bool | None] = self._hook.userplane_authorize(
+        hook = self._hook.userplane_authorize
+        if not hook.get_hookimpls():
+            return []
+        votes: list[bool | None] = hook(
             principal=principal, action=action, resource=resource, registry=registry
         )
         return votes
@@ -300,9 +310,12 @@ class Hooks:
         Not isolated: an exception fails (and rolls back) the write.
         """
         batch = tuple(changes)
-        self._hook.userplane_record_changes(changes=batch, registry=registry)
-        for change in batch:
-            self._hook.userplane_record_change(change=change, registry=registry)
+        if self._hook.userplane_record_changes.get_hookimpls():
+            self._hook.userplane_record_changes(changes=batch, registry=registry)
+        single = self._hook.userplane_record_change
+        if single.get_hookimpls():
+            for change in batch:
+                single(change=change, registry=registry)
 
     def record_change(self, change: Change, registry: Registry) -> None:
         """``record_changes`` of one change: every recorder sees it, batch or single.
