@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import subprocess
 import sys
@@ -415,3 +416,79 @@ def test_a_server_limit_exceeded_is_a_failure_not_a_retryable_outage(
 def migration_ids(dialect: str) -> list[str]:
     """The ids of ``dialect``'s migrations, in order, from the files themselves."""
     return sorted(p.stem for p in folder(dialect).glob("*.sql") if not p.stem.endswith(".rollback"))
+
+
+# -- a write's transaction in pipeline mode ---------------------------------------------
+
+
+def round_trips(trace: str) -> int:
+    """How often the client waited for the server: each run of frontend messages answered."""
+    directions = [line.split("\t")[1] for line in trace.splitlines() if "\t" in line]
+    return sum(1 for a, b in itertools.pairwise(directions) if a == "F" and b == "B")
+
+
+def test_a_write_and_a_record_cost_two_round_trips(postgresql_url: str, tmp_path: Path) -> None:
+    """BEGIN goes with the insert; a statement nobody waits on goes with the COMMIT."""
+    store = PostgreSQLStorage(postgresql_url, min_size=1, max_size=1)
+    trace = tmp_path / "libpq.trace"
+    user = make_user("piped@example.org")
+    try:
+        store.migrate()
+        store.execute("CREATE TABLE IF NOT EXISTS piped (id uuid)", {})
+        with trace.open("w") as out:
+            with store.pool.connection() as conn:
+                conn.pgconn.trace(out.fileno())
+            with store.transaction():
+                store.insert_user(user, normalize_email(user.email))
+                store.execute_many("INSERT INTO piped VALUES (%(id)s)", [{"id": user.id}])
+            with store.pool.connection() as conn:
+                conn.pgconn.untrace()
+        assert round_trips(trace.read_text()) == 2
+        assert store.fetch_one("SELECT count(*) FROM piped", {}) == (1,)
+        assert store.get_user(user.id) == user
+    finally:
+        store.close()
+
+
+def test_a_queued_statement_that_fails_rolls_the_write_back(store: PostgreSQLStorage) -> None:
+    """Its error comes with the COMMIT's answer: raised, mapped, and nothing is kept."""
+    user = make_user("queued-failure@example.org")
+
+    def write() -> None:
+        with store.transaction():
+            store.insert_user(user, normalize_email(user.email))
+            store.execute_many("SELECT 1 / %(zero)s", [{"zero": 0}])
+
+    with pytest.raises(StorageFailure, match="division by zero"):
+        write()
+    assert store.get_user(user.id, include_deleted=True) is None
+    again = make_user("queued-failure@example.org")  # the connection is fit for use again
+    with store.transaction():
+        store.insert_user(again, normalize_email(again.email))
+    assert store.get_user(again.id) == again
+
+
+def test_counts_and_copy_inside_a_pipelined_transaction(store: PostgreSQLStorage) -> None:
+    """execute still answers its row count; COPY leaves the pipeline; all commit as one."""
+    first = make_user("first-in-tx@example.org")
+    batch = [make_user(f"copied-in-tx-{i}@example.org") for i in range(5)]
+    with store.transaction():
+        store.insert_user(first, normalize_email(first.email))
+        changed = store.execute(
+            "UPDATE users SET full_name = 'Renamed' WHERE id = %(id)s", {"id": first.id}
+        )
+        assert changed == 1
+        store.copy_users((u, normalize_email(u.email)) for u in batch)
+        assert store.execute("UPDATE users SET full_name = 'X' WHERE false", {}) == 0
+    assert all(store.get_user(u.id) is not None for u in [first, *batch])
+    doomed = [make_user(f"doomed-{i}@example.org") for i in range(3)]
+
+    def change_mind() -> None:
+        with store.transaction():
+            store.get_user(first.id)
+            store.copy_users((u, normalize_email(u.email)) for u in doomed)
+            raise RuntimeError("changed my mind")
+
+    with pytest.raises(RuntimeError, match="changed my mind"):
+        change_mind()
+    assert all(store.get_user(u.id) is None for u in doomed)
