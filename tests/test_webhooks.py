@@ -260,16 +260,16 @@ def test_a_failing_outbox_fails_the_write(
     """No change without its deliveries: when the outbox cannot be written, nothing is."""
     subscribe(registry, receiver.url(), "*")
     store = webhooks.state_of(registry).store
-    original = store.record_change
+    original = store.record_changes
 
-    def broken(*args: Any) -> int:
+    def broken(*args: Any) -> None:
         raise RuntimeError("the outbox is gone")
 
-    monkeypatch.setattr(store, "record_change", broken)
+    monkeypatch.setattr(store, "record_changes", broken)
     email = unique_email()
     with pytest.raises(RuntimeError):
         registry.users.create(NewUser(email))
-    monkeypatch.setattr(store, "record_change", original)
+    monkeypatch.setattr(store, "record_changes", original)
     with pytest.raises(NotFound):
         registry.users.get_by_email(email)
 

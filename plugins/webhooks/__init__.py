@@ -229,8 +229,11 @@ def userplane_register_services(registry: Registry) -> None:
 def userplane_record_changes(changes: Sequence[Change], registry: Registry) -> None:
     """One outbox row per live subscription to each change's action, in their transaction.
 
-    A single change is one ``INSERT … SELECT``; a batch (an import) checks
-    first that anything subscribes, then sends its statements as one batch.
+    A single change is one ``INSERT … SELECT`` whose row count nobody waits
+    for: a store that pipelines sends it with the transaction's ``COMMIT``.
+    Whether to wake the dispatcher is then the store's ``live_hint``. A batch
+    (an import) checks first that anything subscribes, then sends its
+    statements as one batch.
     """
     if Webhooks not in registry.services:
         return
@@ -241,7 +244,8 @@ def userplane_record_changes(changes: Sequence[Change], registry: Registry) -> N
     now = utcnow()
     if len(changes) == 1:
         change = changes[0]
-        wrote = state.store.record_change(change.action, ordering_key(change), payload(change, now))
+        state.store.record_changes([(change.action, ordering_key(change), payload(change, now))])
+        wrote = state.store.live_hint(change.action)
     elif state.store.any_live_subscription():
         state.store.record_changes([(c.action, ordering_key(c), payload(c, now)) for c in changes])
         wrote = True  # most likely: the dispatcher finds out, at the cost of one claim

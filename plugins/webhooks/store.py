@@ -9,6 +9,7 @@ database's, so that any number of processes agree on what is due.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -20,6 +21,8 @@ from userplane.sql import SQLStorage, load_queries
 
 #: The dialects this plugin has statements for.
 DIALECTS = ("postgresql", "sqlite")
+#: Seconds a process trusts what it last read of whether any subscription is live.
+LIVE_CACHE_S = 1.0
 
 
 class WebhookStore:
@@ -42,6 +45,8 @@ class WebhookStore:
         #: PostgreSQL plan a tenth of the backlog (a generic plan), a literal the batch.
         self._claim_text = queries["claim"]
         self._claims: dict[int, str] = {}
+        #: (when read, monotonic; the events live subscriptions take): ``live_hint``.
+        self._live: tuple[float, frozenset[str]] | None = None
 
     # -- conversions -------------------------------------------------------------------
 
@@ -120,6 +125,7 @@ class WebhookStore:
             },
         )
         assert row is not None  # RETURNING of an insert
+        self._live = None  # live now: the next write wakes its dispatcher at once
         return self._subscription(row)
 
     def get_subscription(self, sub_id: uuid.UUID) -> Subscription | None:
@@ -150,23 +156,40 @@ class WebhookStore:
         if row is None:
             return None
         self._execute("bury_pending", {"id": sub_id})
+        self._live = None
         return self._subscription(row)
 
     # -- the outbox --------------------------------------------------------------------
-
-    def record_change(self, event_type: str, ordering_key: str, payload: str) -> int:
-        """One delivery per live subscription to ``event_type``; how many were written."""
-        return self._execute(
-            "record_change",
-            {"event_type": event_type, "ordering_key": ordering_key, "payload": payload},
-        )
 
     def any_live_subscription(self) -> bool:
         """Whether any subscription is live: a batch skips its statements otherwise."""
         return self._storage.fetch_one(self._sql["any_live_subscription"], {}) is not None
 
+    def live_hint(self, event_type: str) -> bool:
+        """Whether a live subscription takes ``event_type``, as read at most a second ago.
+
+        A hint, never a decision: the outbox statement decides which rows to
+        write, whatever this says. A write uses it to wake the dispatcher at
+        once; when it is stale (a subscription made on another instance in the
+        last second), the dispatcher's next poll finds the rows instead.
+        """
+        now = time.monotonic()
+        known = self._live
+        if known is None or now - known[0] >= LIVE_CACHE_S:
+            events = frozenset(
+                event
+                for sub in self.list_subscriptions()
+                if sub.disabled_at is None
+                for event in sub.events
+            )
+            known = self._live = (now, events)
+        return event_type in known[1] or "*" in known[1]
+
     def record_changes(self, rows: Sequence[tuple[str, str, str]]) -> None:
-        """``record_change`` for each ``(event_type, ordering_key, payload)``, in one batch."""
+        """One delivery per live subscription to each ``(event_type, ordering_key, payload)``.
+
+        One batch (``execute_many``): no row count is waited for.
+        """
         self._storage.execute_many(
             self._sql["record_change"],
             [
