@@ -47,12 +47,16 @@ TARGETS = ("userplane", "seed", "bare", "pgbench")
 #: (field-level encryption on), to measure what encryption costs.
 #: userplane-unrecorded runs with the audit and webhooks plugins disabled, to measure
 #: what the audit trail and one webhook subscription cost (every other target has both).
+#: userplane-granian serves the same app under granian (a Rust HTTP server, WSGI
+#: interface; `pip install granian`), the same workers and threads, to measure an
+#: alternative server.
 EXTRA_TARGETS = (
     "userplane-nolimits",
     "userplane-otel",
     "userplane-gthread",
     "userplane-encrypted",
     "userplane-unrecorded",
+    "userplane-granian",
 )
 #: The target whose personal data is sealed (docs/encryption.md).
 ENCRYPTED = "userplane-encrypted"
@@ -609,6 +613,21 @@ class Bench:
             what = (
                 "the userplane app under gunicorn's stock gthread worker (no head deadlines, "
                 "no load shedding), otherwise as userplane"
+            )
+            return HttpTarget(name, cmd, env, port, log_path, what)
+        if name == "userplane-granian":
+            if not (BIN / "granian").exists():
+                raise SystemExit("userplane-granian: granian is missing (pip install granian)")
+            env = self.userplane_env(port, telemetry=False)
+            cmd = [
+                str(BIN / "granian"),
+                *("--interface", "wsgi", "--factory", "--host", "127.0.0.1", "--port", str(port)),
+                *("--workers", str(self.workers), "--blocking-threads", str(self.threads)),
+                "userplane.frontends.http:get_app",
+            ]
+            what = (
+                "the userplane app under granian's WSGI interface (no head deadlines, no load "
+                "shedding of ours), the same workers and threads, otherwise as userplane"
             )
             return HttpTarget(name, cmd, env, port, log_path, what)
         if name.startswith(BASELINE_PREFIX):
