@@ -418,10 +418,13 @@ def test_a_cli_key_authenticates_against_the_http_api(on_db: Cli) -> None:
             client.simulate_get(USERS, headers={"Authorization": f"Bearer {wrong}"}).status_code
             == 401
         )
-        # The use shows in the listing; a revocation by the CLI takes effect
-        # (at once here: the cache is off).
-        [listed] = on_db.json("keys", "list")
-        assert listed["last_used_at"] is not None
+        # The use shows in the listing once the process's refresher has written it
+        # (every second); a revocation by the CLI takes effect (at once here: the
+        # cache is off).
+        deadline = time.monotonic() + 10
+        while on_db.json("keys", "list")[0]["last_used_at"] is None:
+            assert time.monotonic() < deadline, "last_used_at was never written"
+            time.sleep(0.2)
         on_db.ok("keys", "revoke", made["id"])
         assert client.simulate_get(USERS, headers=auth).status_code == 401
 
