@@ -58,6 +58,18 @@ REFRESH_SECONDS = 1.0
 CHUNK = 500
 
 
+#: Forks this process has gone through (bumped in the child): cheaper per request than
+#: ``os.getpid``, a system call, to tell that a refresher must be started here.
+_FORKS = [0]
+
+
+def _forked() -> None:
+    _FORKS[0] += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC: what expiry is judged by (tests replace it)."""
     return _utcnow()
@@ -146,6 +158,8 @@ class KeyAuthenticator:
         self._refreshing = threading.Lock()
         #: The process the refresher was started in (or not started: none, or closed).
         self._pid: int | None = None
+        #: ``_FORKS`` when the refresher was last seen to: another count is another process.
+        self._forks = -1
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -212,6 +226,7 @@ class KeyAuthenticator:
     def _start_refresher(self) -> None:
         """Start this process's refresher: on first use, and again in a forked child."""
         with self._lock:
+            self._forks = _FORKS[0]
             pid = os.getpid()
             if self._pid == pid:
                 return
@@ -317,7 +332,7 @@ class KeyAuthenticator:
         lookup = self._lookup_of(key)
         if lookup is None:
             raise Unauthenticated(REJECTED)
-        if self._pid != os.getpid():
+        if self._forks != _FORKS[0]:
             self._start_refresher()
         now = time.monotonic()
         entry = self._entry(lookup, now)

@@ -7,6 +7,7 @@ state. PostgreSQL keeps the table UNLOGGED: counters need no crash safety.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ class Hit:
     now: float
 
 
+@functools.lru_cache(maxsize=65_536)  # a hash per request, of few distinct subjects
 def state_key(kind: str, subject: str) -> str:
     """The row key of ``subject``'s ``kind`` state.
 
