@@ -75,6 +75,7 @@ if TYPE_CHECKING:
     from userplane.limits import AUTH_FAILURE, READ, WRITE, Quota, RateLimit, RateLimitCounters
     from userplane.pagination import Position, Sort
     from userplane.plugin_manager import hookimpl
+    from userplane.processes import forks
     from userplane.proxies import ClientCertificate, TrustedProxies
     from userplane.registry import Registry
     from userplane.replicas import ReadReplicas, ReplicaRead, ReplicaState, replica_read
@@ -265,6 +266,7 @@ _SOURCES = {
         "userplane.users",
     ),
     "fold": "userplane.text",
+    "forks": "userplane.processes",
 }
 
 __all__ = [
@@ -367,6 +369,7 @@ __all__ = [
     "current_context",
     "current_principal",
     "fold",
+    "forks",
     "hookimpl",
     "is_secret_name",
     "local_principal",

@@ -1031,7 +1031,8 @@ def test_a_forked_process_starts_a_refresher_of_its_own(
     auth.authenticate(key)  # a use noted, in the parent
     pid = os.getpid()
     monkeypatch.setattr(plugin, "os", SimpleNamespace(getpid=lambda: pid + 1))
-    monkeypatch.setattr(plugin, "_FORKS", [plugin._FORKS[0] + 1])  # what the fork hook does
+    forked = plugin.forks() + 1
+    monkeypatch.setattr(plugin, "forks", lambda: forked)  # what a fork does to the count
     auth.authenticate(key)  # now in the "child": a thread of its own, the parent's stopped
     deadline = time.monotonic() + 5
     while len(refreshers()) != running + 1 and time.monotonic() < deadline:

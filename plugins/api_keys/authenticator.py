@@ -37,7 +37,14 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import NamedTuple, TypeVar
 
-from userplane.plugin import Principal, Quota, RateLimited, Unauthenticated, UserplaneError
+from userplane.plugin import (
+    Principal,
+    Quota,
+    RateLimited,
+    Unauthenticated,
+    UserplaneError,
+    forks,
+)
 from userplane.plugin import utcnow as _utcnow
 from userplane.plugins.api_keys.keys import KEY_PREFIX, ApiKey, hash_key, lookup_of, matches
 from userplane.plugins.api_keys.store import ApiKeyStore
@@ -56,18 +63,6 @@ UNKNOWN_ENTRIES = 10_000
 REFRESH_SECONDS = 1.0
 #: Keys per statement of the refresher: a bound on one statement's size.
 CHUNK = 500
-
-
-#: Forks this process has gone through (bumped in the child): cheaper per request than
-#: ``os.getpid``, a system call, to tell that a refresher must be started here.
-_FORKS = [0]
-
-
-def _forked() -> None:
-    _FORKS[0] += 1
-
-
-os.register_at_fork(after_in_child=_forked)
 
 
 def utcnow() -> datetime:
@@ -158,7 +153,7 @@ class KeyAuthenticator:
         self._refreshing = threading.Lock()
         #: The process the refresher was started in (or not started: none, or closed).
         self._pid: int | None = None
-        #: ``_FORKS`` when the refresher was last seen to: another count is another process.
+        #: ``forks()`` when the refresher was last seen to: another count is another process.
         self._forks = -1
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -226,7 +221,7 @@ class KeyAuthenticator:
     def _start_refresher(self) -> None:
         """Start this process's refresher: on first use, and again in a forked child."""
         with self._lock:
-            self._forks = _FORKS[0]
+            self._forks = forks()
             pid = os.getpid()
             if self._pid == pid:
                 return
@@ -332,7 +327,7 @@ class KeyAuthenticator:
         lookup = self._lookup_of(key)
         if lookup is None:
             raise Unauthenticated(REJECTED)
-        if self._forks != _FORKS[0]:
+        if self._forks != forks():
             self._start_refresher()
         now = time.monotonic()
         entry = self._entry(lookup, now)

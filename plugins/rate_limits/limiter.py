@@ -38,14 +38,13 @@ import collections
 import itertools
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 
 import attrs
 
-from userplane.plugin import AUTH_FAILURE, Quota, RateLimit, RateLimitCounters
+from userplane.plugin import AUTH_FAILURE, Quota, RateLimit, RateLimitCounters, forks
 from userplane.plugins.rate_limits.store import Hit, RateStore, state_key
 
 _log = logging.getLogger("userplane.rate_limits")
@@ -56,16 +55,6 @@ MAX_SUBJECTS = 100_000
 _WARN_EVERY_S = 10.0
 #: Seconds between two prunes of whole quotas from the table, per process.
 _PRUNE_EVERY_S = 60.0
-#: Forks this process has gone through (bumped in the child): cheaper per request than
-#: ``os.getpid``, a system call, to tell that a reporter must be started here.
-_FORKS = [0]
-
-
-def _forked() -> None:
-    _FORKS[0] += 1
-
-
-os.register_at_fork(after_in_child=_forked)
 
 
 @attrs.define
@@ -113,7 +102,7 @@ class Limiter:
         self._pruned_at = clock()
         #: Failures counted here while the store fails: subject key -> tat (monotonic).
         self._fallback_tat: collections.OrderedDict[str, float] = collections.OrderedDict()
-        #: The reporter thread, and ``_FORKS`` when it was started (gunicorn forks workers).
+        #: The reporter thread, and ``forks()`` when it was started (gunicorn forks workers).
         self._reporter: threading.Thread | None = None
         self._reporter_forks = -1
         self._stop = threading.Event()
@@ -187,10 +176,10 @@ class Limiter:
 
     def _ensure_reporter(self) -> None:
         """Start this process's reporter if it has none. Called with the lock held."""
-        if self._reporter_forks == _FORKS[0] and self._reporter is not None:
+        if self._reporter_forks == forks() and self._reporter is not None:
             return
         # A forked worker inherits the object but not the thread: it starts its own.
-        self._reporter_forks = _FORKS[0]
+        self._reporter_forks = forks()
         self._stop.clear()
         self._reporter = threading.Thread(
             target=self._report_every, name="userplane-rate-limits", daemon=True
