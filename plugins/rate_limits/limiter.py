@@ -105,6 +105,9 @@ class Limiter:
         #: The reporter thread, and ``forks()`` when it was started (gunicorn forks workers).
         self._reporter: threading.Thread | None = None
         self._reporter_forks = -1
+        #: Subjects with requests admitted here and not reported: what the next report sends,
+        #: found without walking every subject remembered (up to ``MAX_SUBJECTS``).
+        self._unreported: set[str] = set()
         self._stop = threading.Event()
 
     def check(self, kind: str, subject: str, consume: bool) -> Quota | None:
@@ -140,6 +143,7 @@ class Limiter:
                     and unreported < min(self._batch[kind], known.remaining)
                 ):
                     known.pending += 1
+                    self._unreported.add(key)
                     self._ensure_reporter()
                     return self._local(policy, known, now, allowed=True)
                 if consume:
@@ -197,10 +201,13 @@ class Limiter:
         """Report what the fast path admitted, every subject in one statement; how many."""
         now = self._clock()
         with self._lock:
+            keys, self._unreported = self._unreported, set()
             served = [
                 (key, state.pending, state.policy)
-                for key, state in self._subjects.items()
-                if state.pending and state.policy is not None
+                for key in keys
+                if (state := self._subjects.get(key)) is not None
+                and state.pending
+                and state.policy is not None
             ]
             for key, sent, _ in served:
                 state = self._subjects[key]
@@ -299,6 +306,8 @@ class Limiter:
                 if known is not None:
                     known.in_flight = max(0, known.in_flight - sent)
                     known.pending += sent
+                    if known.pending:
+                        self._unreported.add(key)
             warn = now - self._warned_at >= _WARN_EVERY_S
             if warn:
                 self._warned_at = now
