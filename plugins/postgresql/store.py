@@ -484,6 +484,10 @@ class PostgreSQLStorage(PostgreSQLCopying, SQLStorage):
 
     def _execute(self, cur: psycopg.Cursor[Any], sql: str, params: Mapping[str, Any]) -> None:
         prepare = self._prepare
+        if prepare is None and cur.connection.prepare_threshold is not None:
+            # Turned off since this connection was lent (by another thread that found
+            # a statement missing): psycopg would still run what it prepared by name.
+            cur.connection.prepare_threshold = None
         try:
             cur.execute(sql, params, prepare=prepare)
         except (pg_errors.InvalidSqlStatementName, pg_errors.DuplicatePreparedStatement):

@@ -96,17 +96,31 @@ def test_statements_missing_on_the_server_turn_preparing_off(
     # A pooler that passes no sign of itself at start-up (the options arrive, as
     # with a role whose statement_timeout happens to be ours) shows itself when a
     # prepared statement goes missing: auto turns preparing off and the call succeeds.
+    import psycopg
+
     url = through(postgresql_url, pgbouncer_ignoring)
-    store = PostgreSQLStorage(url, min_size=3, max_size=3)
+    store = PostgreSQLStorage(url, min_size=1, max_size=3)
     store._detect_pooler = lambda conn: None  # type: ignore[method-assign]
     try:
         user = insert(store, make_user())
-        with (
-            caplog.at_level(logging.WARNING, "userplane.postgresql"),
-            concurrent.futures.ThreadPoolExecutor(3) as pool,
-        ):
-            got = list(pool.map(lambda _: store.get_user(user.id), range(60)))
-        assert got == [user] * 60
+        with caplog.at_level(logging.WARNING, "userplane.postgresql"):
+            # Threads on three client connections: whichever finds a statement missing
+            # turns preparing off while the others may hold connections with statements
+            # prepared; every call still succeeds.
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                got = list(pool.map(lambda _: store.get_user(user.id), range(60)))
+            assert got == [user] * 60
+            # A loaded machine may have run every call on one server connection, and
+            # found nothing missing. Another client then holds a server connection in a
+            # transaction: PgBouncer lends the one most recently used (LIFO), where the
+            # statement is prepared, so the store's next run lands on another.
+            with psycopg.connect(url, autocommit=True) as other:
+                for _ in range(10):
+                    if store._prepare is None:
+                        break
+                    with other.transaction():
+                        other.execute("SELECT 1")
+                        assert store.get_user(user.id) == user
         assert store._prepare is None
         assert any("went missing" in r.getMessage() for r in caplog.records)
     finally:

@@ -352,6 +352,28 @@ def test_hot_queries_are_prepared_on_first_use(postgresql_url: str) -> None:
         store.close()
 
 
+def test_a_connection_lent_before_preparing_went_off_prepares_no_more(postgresql_url: str) -> None:
+    # One thread finds a statement missing (a pooler) and turns preparing off while
+    # another holds a connection lent before: psycopg would still run that
+    # connection's cached statements by name, on a server connection without them.
+    store = PostgreSQLStorage(postgresql_url, min_size=1, max_size=1)
+    try:
+        user = insert(store, make_user())
+        sql = "SELECT id FROM users WHERE id = %(id)s"
+        with store._cursor() as cur:
+            store._execute(cur, sql, {"id": user.id})  # prepared at once: no pooler seen yet
+            store._unprepared()  # another thread, meanwhile
+            # What a pooler's next server connection knows: none of this one's statements.
+            for (name,) in cur.execute("SELECT name FROM pg_prepared_statements").fetchall():
+                cur.execute(f'DEALLOCATE "{name}"')
+            store._execute(cur, sql, {"id": user.id})
+            assert cur.fetchone() == (user.id,)
+            assert cur.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+        assert store._prepare is None
+    finally:
+        store.close()
+
+
 def _backend_pids(store: PostgreSQLStorage) -> set[int]:
     with store.pool.connection() as conn:
         return {conn.info.backend_pid}
