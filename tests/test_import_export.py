@@ -23,6 +23,7 @@ import sys
 import time
 import uuid
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -1596,7 +1597,9 @@ def test_an_export_that_fails_half_way_leaves_no_file(
 def test_an_export_of_many_pages_has_every_user_once_in_order(
     run: Cli, registry: Registry, tmp_path: Path
 ) -> None:
-    # One batch: every user gets the same created_at, so the pages part on the id.
+    # One batch: the users are a microsecond apart, in the file's order, so the pages
+    # part on created_at across second boundaries ("…:37Z" sorts after "…:37.000001Z"
+    # as text, before it as time).
     path = write_ndjson(tmp_path / "in.ndjson", users_rows(1203))
     summary, _ = run.import_(path, "--batch-size", "2000")
     assert counts(summary) == expect(created=1203)
@@ -1605,8 +1608,9 @@ def test_an_export_of_many_pages_has_every_user_once_in_order(
     assert len(lines) == 1204
     assert len({line["id"] for line in lines}) == 1204
     assert lines[-1]["email"] == "late@example.org"
-    order = [(line["created_at"], uuid.UUID(line["id"])) for line in lines]
+    order = [(datetime.fromisoformat(line["created_at"]), uuid.UUID(line["id"])) for line in lines]
     assert order == sorted(order)
+    assert [line["email"] for line in lines[:-1]] == [row["email"] for row in users_rows(1203)]
     csv_rows = run.export("--format", "csv").stdout.splitlines()
     assert len(csv_rows) == 1205
     # Again, in one batch: the lookup of 1203 addresses (several statements) finds them all.
