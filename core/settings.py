@@ -125,7 +125,9 @@ class Settings:
     #: How long a request body may take to arrive, in ms (then a 408).
     body_timeout_ms: int = attrs.field(default=10000, validator=_between(1))
     #: How long a request may wait for a worker thread before a fast 503 instead, in ms.
-    queue_timeout_ms: int = attrs.field(default=1000, validator=_between(1))
+    #: Two seconds: 256 clients writing at once on 2 cores queue up to about one
+    #: (benchmarks/RESULTS.md), and a busy service that keeps up must shed nothing.
+    queue_timeout_ms: int = attrs.field(default=2000, validator=_between(1))
     #: How long a client may take to send its request line and headers, in ms: a
     #: connection that has sent nothing, or only part of its headers, by then is closed.
     header_timeout_ms: int = attrs.field(default=5000, validator=_between(1))
