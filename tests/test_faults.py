@@ -51,8 +51,11 @@ POOL_ENV = {
     "USERPLANE_DB_POOL_MIN_SIZE": "1",
     "USERPLANE_DB_STATEMENT_TIMEOUT_MS": "500",
     "USERPLANE_DB_POOL_TIMEOUT_MS": "500",
+    # The burst outnumbers the threads: the last requests queue for one first.
+    "USERPLANE_QUEUE_TIMEOUT_MS": "1000",
 }
-#: Test 3's promise: with those bounds, every answer (a 503 or not) comes within this.
+#: Test 3's promise: with those bounds (a queue of 1 s at most, then 0.5 s for a
+#: connection or for the statement), every answer (a 503 or not) comes within this.
 BOUND = 2.5
 #: A request still unanswered after this is hung (test 3's client timeout).
 HANG = 8.0
