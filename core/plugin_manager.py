@@ -89,6 +89,9 @@ def _register(pm: PluginManager, plugin: object, name: str | None) -> None:
 def _load_entry_points(pm: PluginManager) -> None:
     from importlib.metadata import entry_points
 
+    # A distribution's name and version, read once: each read parses its METADATA
+    # file, and the built-in plugins are a dozen entry points of one distribution.
+    labels: dict[int, str] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if pm.is_blocked(ep.name) or pm.has_plugin(ep.name):
             continue
@@ -97,8 +100,13 @@ def _load_entry_points(pm: PluginManager) -> None:
         except Exception as exc:  # a plugin's bug must not take the CLI's --help down
             pm.broken.append(BrokenPlugin(ep.name, f"cannot be imported: {_one_line(exc)}"))
             continue
-        if ep.dist is not None:
-            pm.distributions[ep.name] = f"{ep.dist.name} {ep.dist.version}"
+        dist = ep.dist
+        if dist is not None:
+            label = labels.get(id(dist))
+            if label is None:
+                metadata = dist.metadata
+                label = labels[id(dist)] = f"{metadata['Name']} {metadata['Version']}"
+            pm.distributions[ep.name] = label
         _register(pm, plugin, ep.name)
 
 
