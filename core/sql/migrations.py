@@ -7,6 +7,8 @@ instances starting at once) apply each migration exactly once.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,10 +47,49 @@ def migration_sources(
 SQLITE_MIGRATION_WAIT_MS = 60_000
 
 
-def _load(url: str, sources: Sequence[tuple[str, Path]]) -> tuple[Any, Any, dict[str, str]]:
-    from yoyo import get_backend, read_migrations
+#: Migrations read and parsed, by their folders and what the folders hold.
+_parsed: dict[tuple[tuple[str, tuple[tuple[str, int, int], ...]], ...], tuple[Any, Any]] = {}
+_parsed_lock = threading.Lock()
 
-    migrations = read_migrations(*(str(folder) for _, folder in sources))
+
+def _signature(folder: str) -> tuple[str, tuple[tuple[str, int, int], ...]]:
+    """``folder`` and the name, modification time and size of each file in it."""
+    try:
+        entries = sorted(
+            (e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in os.scandir(folder)
+        )
+    except OSError:
+        entries = []
+    return folder, tuple(entries)
+
+
+def _read(folders: Sequence[str]) -> Any:
+    """yoyo's migrations of ``folders``, parsed once per process while the files stay.
+
+    yoyo splits each SQL file with sqlparse, which cost a registry some 30 ms of
+    CPU per migrate (every test's registry, every process's start). The parsed
+    migrations are shared: each is loaded here, under the lock, and only read after.
+    """
+    from yoyo import read_migrations
+    from yoyo.migrations import MigrationList
+
+    key = tuple(_signature(folder) for folder in folders)
+    with _parsed_lock:
+        found = _parsed.get(key)
+        if found is None:
+            migrations = read_migrations(*folders)
+            for migration in [*migrations, *migrations.post_apply]:
+                migration.load()
+            if len(_parsed) >= 64:  # folders of tests' throwaway plugins, say
+                _parsed.clear()
+            found = _parsed[key] = (list(migrations), list(migrations.post_apply))
+    return MigrationList(*found)
+
+
+def _load(url: str, sources: Sequence[tuple[str, Path]]) -> tuple[Any, Any, dict[str, str]]:
+    from yoyo import get_backend
+
+    migrations = _read([str(folder) for _, folder in sources])
     owner = {}
     for source, folder in sources:
         for path in folder.glob("*.sql"):
