@@ -47,20 +47,23 @@ def migration_sources(
 SQLITE_MIGRATION_WAIT_MS = 60_000
 
 
-#: Migrations read and parsed, by their folders and what the folders hold.
-_parsed: dict[tuple[tuple[str, tuple[tuple[str, int, int], ...]], ...], tuple[Any, Any]] = {}
+#: A folder, and the name, modification time and size of each file in it.
+_Signature = tuple[str, tuple[tuple[str, int, int], ...]]
+#: Migrations read and parsed, by their folders' signatures.
+_parsed: dict[tuple[_Signature, ...], tuple[Any, Any]] = {}
 _parsed_lock = threading.Lock()
 
 
-def _signature(folder: str) -> tuple[str, tuple[tuple[str, int, int], ...]]:
+def _signature(folder: str) -> _Signature:
     """``folder`` and the name, modification time and size of each file in it."""
+    entries = []
     try:
-        entries = sorted(
-            (e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in os.scandir(folder)
-        )
+        for entry in os.scandir(folder):
+            stat = entry.stat()
+            entries.append((entry.name, stat.st_mtime_ns, stat.st_size))
     except OSError:
         entries = []
-    return folder, tuple(entries)
+    return folder, tuple(sorted(entries))
 
 
 def _read(folders: Sequence[str]) -> Any:

@@ -393,8 +393,7 @@ class PostgreSQLStorage(PostgreSQLCopying, SQLStorage):
                 yield cur
             return
         with _mapped_errors(), self.pool.connection() as conn, conn.cursor() as cur:
-            if self._prepare is None and conn.prepare_threshold is not None:
-                conn.prepare_threshold = None  # made before prepared statements were turned off
+            self._prepare_as_now(conn)
             yield cur
 
     @contextlib.contextmanager
@@ -412,8 +411,7 @@ class PostgreSQLStorage(PostgreSQLCopying, SQLStorage):
             yield
             return
         with _mapped_errors(), self.pool.connection() as conn:
-            if self._prepare is None and conn.prepare_threshold is not None:
-                conn.prepare_threshold = None
+            self._prepare_as_now(conn)
             self._tx.conn, self._tx.pid = conn, os.getpid()
             pipeline = contextlib.ExitStack()
             self._tx.pipeline = pipeline.enter_context(conn.pipeline())
@@ -484,10 +482,9 @@ class PostgreSQLStorage(PostgreSQLCopying, SQLStorage):
 
     def _execute(self, cur: psycopg.Cursor[Any], sql: str, params: Mapping[str, Any]) -> None:
         prepare = self._prepare
-        if prepare is None and cur.connection.prepare_threshold is not None:
-            # Turned off since this connection was lent (by another thread that found
-            # a statement missing): psycopg would still run what it prepared by name.
-            cur.connection.prepare_threshold = None
+        # Preparing may have been turned off since this connection was lent (another
+        # thread found a statement missing): psycopg would still run what it prepared.
+        self._prepare_as_now(cur.connection)
         try:
             cur.execute(sql, params, prepare=prepare)
         except (pg_errors.InvalidSqlStatementName, pg_errors.DuplicatePreparedStatement):
@@ -505,6 +502,11 @@ class PostgreSQLStorage(PostgreSQLCopying, SQLStorage):
                     "server-side prepared statements are off now: retry"
                 ) from None
             cur.execute(sql, params, prepare=None)
+
+    def _prepare_as_now(self, conn: psycopg.Connection[Any]) -> None:
+        """Stop psycopg preparing on ``conn`` if preparing is off (it was made before)."""
+        if self._prepare is None and conn.prepare_threshold is not None:
+            conn.prepare_threshold = None
 
     def _unprepared(self) -> None:
         """``auto``: a prepared statement went missing, so a pooler is between: stop preparing."""
